@@ -1,0 +1,40 @@
+"""Domain types and seams. Imports nothing of ours but ``errors``-free plain Python."""
+
+from superollama.core.names import DEFAULT_TAG, ModelRef, NameError_
+from superollama.core.seams import InstanceHandle, Runtime
+from superollama.core.types import (
+    MEDIA_MODEL,
+    MEDIA_TEMPLATE,
+    Artifact,
+    Endpoint,
+    EventRecord,
+    InstanceRecord,
+    InstanceSpec,
+    InstanceState,
+    Layer,
+    Manifest,
+    NodeRecord,
+    Progress,
+    VersionRecord,
+)
+
+__all__ = [
+    "DEFAULT_TAG",
+    "MEDIA_MODEL",
+    "MEDIA_TEMPLATE",
+    "Artifact",
+    "Endpoint",
+    "EventRecord",
+    "InstanceHandle",
+    "InstanceRecord",
+    "InstanceSpec",
+    "InstanceState",
+    "Layer",
+    "Manifest",
+    "ModelRef",
+    "NameError_",
+    "NodeRecord",
+    "Progress",
+    "Runtime",
+    "VersionRecord",
+]

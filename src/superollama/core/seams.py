@@ -1,0 +1,50 @@
+"""The seams the rooms plug into. Keep them few and typed; implementations register by ``name``."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Protocol, runtime_checkable
+
+from superollama.core.types import Artifact, Endpoint, InstanceRecord, InstanceSpec
+
+__all__ = ["InstanceHandle", "Runtime"]
+
+
+@runtime_checkable
+class InstanceHandle(Protocol):
+    """A running backend process for one instance, as its runtime started it."""
+
+    instance_id: str
+    pid: int
+    endpoint: Endpoint
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        ...
+
+    async def wait(self) -> int:
+        """Return the exit code once the process has exited (for crash detection)."""
+        ...
+
+    async def stop(self, timeout: float) -> None:
+        """Ask the process to exit (SIGTERM), SIGKILL it after ``timeout`` seconds; idempotent."""
+        ...
+
+
+class Runtime(Protocol):
+    """How to start, stop and health-check a backend on a node for one model version."""
+
+    name: ClassVar[str]  # "llamacpp", "transformers", "vllm" …
+    provider: ClassVar[str]  # the wire protocol it speaks: "openai", "ollama" …
+
+    def accepts(self, artifact: Artifact) -> bool:
+        """Whether this runtime can serve the artifact's format."""
+        ...
+
+    async def start(self, spec: InstanceSpec) -> InstanceHandle:
+        """Start a process and return once it is healthy; raise ``ModelLoadFailed`` with the reason."""
+        ...
+
+    async def adopt(self, record: InstanceRecord) -> InstanceHandle | None:
+        """Deal with a process left by an earlier agent: return a handle to keep it, or stop it and return
+        None (clean replacement)."""
+        ...

