@@ -1,0 +1,174 @@
+"""Open a registry database: SQLite (the single-machine default) or Postgres (shared by many replicas)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from sqlalchemy import URL, event, make_url, text
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from superollama.errors import RegistryError
+from superollama.registry._base import READ_ONLY, Clock, Database, utcnow
+from superollama.registry._errors import mapped
+from superollama.registry.migrations import MIGRATIONS, Migration, migrate
+from superollama.registry.repos import EventRepository, InstanceRepository, NodeRepository, VersionRepository
+
+__all__ = ["Registry", "open_registry"]
+
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_SCHEMA_LOCK_CLASS: Final = 0x534F5343  # "SOSC": first key of the advisory lock around CREATE SCHEMA
+
+
+class Registry:
+    """The registry: one engine, four repositories. Close it when done (or use ``async with``)."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
+        db = Database(engine, clock=clock)
+        self.engine = engine
+        self.versions = VersionRepository(db)
+        self.nodes = NodeRepository(db)
+        self.instances = InstanceRepository(db)
+        self.events = EventRepository(db)
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.engine.dialect.name
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Registry:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+async def open_registry(
+    url: str,
+    *,
+    schema: str | None = None,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    clock: Clock = utcnow,
+    pool_size: int = 5,
+) -> Registry:
+    """Connect, bring the schema up to date, and return the registry.
+
+    ``url``: ``sqlite[+aiosqlite]:///path`` (parent directory created; WAL, foreign keys, busy timeout) or
+    ``postgres[ql][+asyncpg]://…``. On Postgres, ``schema`` (or ``?schema=NAME`` in the URL) puts every
+    table in that schema, created if missing. ``migrations`` is injectable for tests of upgrades.
+    """
+    parsed, schema = _parse(url, schema)
+    if parsed.get_backend_name() == "sqlite":
+        engine = _sqlite_engine(parsed, pool_size)
+    else:
+        engine = _postgres_engine(parsed, schema, pool_size)
+    try:
+        if schema is not None:
+            await _create_schema(engine, schema)
+        await migrate(engine, migrations)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return Registry(engine, clock=clock)
+
+
+def _parse(url: str, schema: str | None) -> tuple[URL, str | None]:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise RegistryError(f"invalid registry URL: {exc}") from exc
+    query_schema = parsed.query.get("schema")
+    if query_schema is not None:
+        parsed = parsed.difference_update_query(["schema"])
+        if isinstance(query_schema, tuple):
+            raise RegistryError("registry URL: give ?schema= once")
+        schema = schema or query_schema
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite":
+        if driver not in ("", "pysqlite", "aiosqlite"):
+            raise RegistryError(f"registry URL: unsupported SQLite driver {driver!r} (use aiosqlite)")
+        if schema is not None:
+            raise RegistryError("registry URL: a schema is only supported on PostgreSQL")
+        return parsed.set(drivername="sqlite+aiosqlite"), None
+    if backend in ("postgresql", "postgres"):
+        if driver not in ("", "asyncpg"):
+            raise RegistryError(f"registry URL: unsupported PostgreSQL driver {driver!r} (use asyncpg)")
+        if schema is not None and not _SCHEMA_NAME.match(schema):
+            raise RegistryError(f"registry URL: invalid schema name {schema!r}")
+        return parsed.set(drivername="postgresql+asyncpg"), schema
+    raise RegistryError(f"registry URL: unsupported database {backend!r} (use sqlite or postgresql)")
+
+
+def _sqlite_engine(url: URL, pool_size: int) -> AsyncEngine:
+    database = url.database or ""
+    memory = database in ("", ":memory:")
+    if not memory and not database.startswith("file:"):
+        path = Path(database).expanduser()
+        with mapped("creating the registry's directory"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        url = url.set(database=str(path))
+    # A plain :memory: database lives in one connection: keep exactly one, handed out in turn.
+    pool: dict[str, Any] = (
+        {"pool_size": 1, "max_overflow": 0, "pool_recycle": -1}
+        if memory
+        else {"pool_size": pool_size, "max_overflow": pool_size}
+    )
+    engine = create_async_engine(url, poolclass=AsyncAdaptedQueuePool, **pool)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        if not memory:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Writes take the write lock up front, so a read-then-write never fails to upgrade its lock.
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _postgres_engine(url: URL, schema: str | None, pool_size: int) -> AsyncEngine:
+    settings = {"application_name": "superollama"}
+    if schema is not None:
+        settings["search_path"] = _quote(schema)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"server_settings": settings, "timeout": 10},
+    )
+
+
+def _quote(schema: str) -> str:
+    return '"' + schema.replace('"', '""') + '"'
+
+
+async def _create_schema(engine: AsyncEngine, schema: str) -> None:
+    with mapped(f"creating schema {schema!r}"):
+        async with engine.begin() as conn:
+            # CREATE SCHEMA IF NOT EXISTS can still collide when two processes run it at once.
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:cls, hashtext(:name))"),
+                {"cls": _SCHEMA_LOCK_CLASS, "name": schema},
+            )
+            await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}"))

@@ -1,0 +1,193 @@
+"""Append-only numbered migrations, from the first table on.
+
+Each migration is a function of a synchronous ``Connection`` (run through ``AsyncConnection.run_sync``), so
+the same code runs on SQLite and Postgres. ``migrate`` applies the pending ones in order, in one
+transaction, and records each in ``schema_migrations``; it is idempotent. Two processes starting at once
+are serialised: on Postgres by a transaction-scoped advisory lock, on SQLite by ``BEGIN IMMEDIATE`` (the
+engines of ``open_registry`` begin write transactions that way).
+
+Never edit a migration that has shipped: add the next number. A migration freezes the tables it touches as
+they were at that point (it does not import ``schema.py``), so replaying history stays exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from superollama.errors import RegistryError
+from superollama.registry._errors import mapped
+from superollama.registry.schema import NAMING_CONVENTION, Json, UTCDateTime
+
+__all__ = ["MIGRATIONS", "Migration", "current_version", "migrate"]
+
+# First key of the Postgres advisory lock (the second is a hash of the current schema): "SOMG".
+_LOCK_CLASS: Final = 0x534F4D47
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered step of the schema's history."""
+
+    version: int
+    name: str
+    upgrade: Callable[[Connection], None]
+
+
+_bookkeeping = MetaData()
+schema_migrations = Table(
+    "schema_migrations",
+    _bookkeeping,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", String, nullable=False),
+    Column("applied_at", UTCDateTime, nullable=False),
+)
+
+
+def _m0001_initial(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    Table(
+        "models",
+        md,
+        Column("name", String, primary_key=True),
+        Column("created_at", UTCDateTime, nullable=False),
+    )
+    Table(
+        "versions",
+        md,
+        Column("name", String, primary_key=True),
+        Column("model", String, ForeignKey("models.name"), nullable=False, index=True),
+        Column("tag", String, nullable=False),
+        Column("format", String, nullable=False),
+        Column("digest", String, nullable=False),
+        Column("size", BigInteger, nullable=False),
+        Column("source", String, nullable=False),
+        Column("metadata", Json(), nullable=False),
+        Column("enabled", Boolean, nullable=False),
+        Column("runtime", String, nullable=True),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+    )
+    Table(
+        "nodes",
+        md,
+        Column("name", String, primary_key=True),
+        Column("address", String, nullable=False),
+        Column("state", String, nullable=False),
+        Column("inventory", Json(), nullable=False),
+        Column("last_seen", UTCDateTime, nullable=True),
+    )
+    Table(
+        "instances",
+        md,
+        Column("id", String, primary_key=True),
+        Column("version", String, nullable=False, index=True),
+        Column("node", String, nullable=False),
+        Column("runtime", String, nullable=False),
+        Column("device", String, nullable=False),
+        Column("state", String, nullable=False),
+        Column("pid", Integer, nullable=True),
+        Column("endpoint", String, nullable=True),
+        Column("error", Text, nullable=True),
+        Column("started_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+        Index("ix_instances_node_state", "node", "state"),
+    )
+    Table(
+        "events",
+        md,
+        Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        Column("created_at", UTCDateTime, nullable=False, index=True),
+        Column("actor", String, nullable=False),
+        Column("action", String, nullable=False),
+        Column("target", String, nullable=False, index=True),
+        Column("result", String, nullable=False),
+        Column("detail", Json(), nullable=False),
+    )
+    md.create_all(conn)
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(1, "create models, versions, nodes, instances, events", _m0001_initial),
+)
+
+
+def _check(migrations: Sequence[Migration]) -> None:
+    numbers = [m.version for m in migrations]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise RegistryError(f"migrations must be numbered 1, 2, 3 … in order, got {numbers}")
+
+
+def _lock(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:cls, hashtext(coalesce(current_schema(), '')))"),
+            {"cls": _LOCK_CLASS},
+        )
+
+
+def _applied(conn: Connection) -> set[int]:
+    if not inspect(conn).has_table(schema_migrations.name):
+        return set()
+    return set(conn.scalars(select(schema_migrations.c.version)))
+
+
+def _migrate_sync(conn: Connection, migrations: Sequence[Migration]) -> list[int]:
+    _lock(conn)
+    schema_migrations.create(conn, checkfirst=True)
+    applied = _applied(conn)
+    done: list[int] = []
+    for migration in migrations:
+        if migration.version in applied:
+            continue
+        migration.upgrade(conn)
+        conn.execute(
+            schema_migrations.insert().values(
+                version=migration.version, name=migration.name, applied_at=datetime.now(UTC)
+            )
+        )
+        done.append(migration.version)
+    return done
+
+
+async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+    """Apply the pending migrations in order, in one transaction; return the numbers applied."""
+    _check(migrations)
+    steps = tuple(migrations)
+    with mapped("migration"):
+        async with engine.begin() as conn:
+            return await conn.run_sync(_migrate_sync, steps)
+
+
+def _current_sync(conn: Connection) -> int:
+    if not inspect(conn).has_table(schema_migrations.name):
+        return 0
+    return int(conn.scalar(select(func.coalesce(func.max(schema_migrations.c.version), 0))) or 0)
+
+
+async def current_version(engine: AsyncEngine) -> int:
+    """The highest migration applied to this database; 0 for an empty one."""
+    with mapped("reading the schema version"):
+        async with engine.connect() as conn:
+            return await conn.run_sync(_current_sync)
