@@ -1,0 +1,309 @@
+"""Content-addressed blobs: ``<root>/blobs/sha256-<hex>``, written through ``<root>/tmp/`` (same filesystem).
+
+A blob lands in ``blobs/`` only after its bytes were hashed while being copied and matched what the caller
+expected; the move is one atomic ``os.replace``. File I/O and hashing run in worker threads, in chunks, so
+the event loop stays free. Digests are written ``sha256:<hex>`` (``sha256-<hex>`` is accepted too).
+
+Pins protect blobs that an operation in this process is about to reference (a pull between its ingest and
+its manifest write) from garbage collection: ``delete`` skips a pinned blob unless forced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from superollama.errors import IntegrityError, InvalidRequest
+
+__all__ = ["CHUNK_SIZE", "Blob", "BlobStore", "hash_file", "normalize_digest", "read_chunks", "short_digest"]
+
+CHUNK_SIZE = 4 * 1024 * 1024
+_DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
+_BLOB_NAME = re.compile(r"^sha256-[0-9a-f]{64}$")
+
+ProgressFn = Callable[[int], None]
+ChunkSource = str | os.PathLike[str] | AsyncIterable[bytes] | Iterable[bytes]
+
+
+def normalize_digest(digest: str) -> str:
+    """``sha256:<hex>`` for a digest written either way; ``InvalidRequest`` for anything else."""
+    m = _DIGEST.match(digest.strip().lower())
+    if m is None:
+        raise InvalidRequest(f"invalid digest {digest!r}: expected sha256:<64 hex digits>")
+    return f"sha256:{m.group(1)}"
+
+
+def short_digest(digest: str) -> str:
+    """The 12 first hex digits, as Ollama shows them (``pulling 6a0746a1ec1a``)."""
+    return normalize_digest(digest).split(":", 1)[1][:12]
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A stored blob: what a manifest layer needs (digest, size) and where it lies."""
+
+    digest: str
+    size: int
+    path: Path
+
+
+async def read_chunks(path: Path, chunk_size: int = CHUNK_SIZE) -> AsyncGenerator[bytes, None]:
+    """Stream a file's bytes, each read in a worker thread."""
+    f = await asyncio.to_thread(path.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(f.read, chunk_size):
+            yield chunk
+    finally:
+        await asyncio.to_thread(f.close)
+
+
+async def hash_file(path: Path, on_progress: ProgressFn | None = None) -> tuple[str, int]:
+    """``(sha256:<hex>, size)`` of a file, hashed in chunks off the event loop."""
+    h = hashlib.sha256()
+    n = 0
+    async with aclosing(read_chunks(path)) as chunks:
+        async for chunk in chunks:
+            await asyncio.to_thread(h.update, chunk)
+            n += len(chunk)
+            if on_progress is not None:
+                on_progress(n)
+    return f"sha256:{h.hexdigest()}", n
+
+
+async def _batched(source: ChunkSource, size: int) -> AsyncGenerator[bytes, None]:
+    """Chunks of about ``size`` bytes from a path, an async or a sync iterable of bytes."""
+    if isinstance(source, str | os.PathLike):
+        async with aclosing(read_chunks(Path(source), size)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+        return
+    buf = bytearray()
+    if isinstance(source, AsyncIterable):
+        async for piece in source:
+            buf += piece
+            if len(buf) >= size:
+                yield bytes(buf)
+                buf.clear()
+    else:
+        for piece in source:
+            buf += piece
+            if len(buf) >= size:
+                yield bytes(buf)
+                buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
+class BlobStore:
+    """The ``blobs/`` folder of a store root."""
+
+    def __init__(self, root: str | os.PathLike[str], *, chunk_size: int = CHUNK_SIZE) -> None:
+        self.root = Path(root)
+        self.dir = self.root / "blobs"
+        self.tmp_dir = self.root / "tmp"
+        self.chunk_size = chunk_size
+        self._lock = threading.Lock()
+        self._pins: Counter[str] = Counter()
+
+    # -- lookup ---------------------------------------------------------------------------------------
+    def path(self, digest: str) -> Path:
+        return self.dir / normalize_digest(digest).replace(":", "-", 1)
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: str) -> int | None:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def iter_digests(self) -> Iterator[str]:
+        try:
+            entries = list(os.scandir(self.dir))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if _BLOB_NAME.match(entry.name) and entry.is_file():
+                yield entry.name.replace("-", ":", 1)
+
+    def disk_usage(self) -> int:
+        """Bytes held by the blobs (partial downloads in ``tmp/`` not included)."""
+        total = 0
+        for digest in self.iter_digests():
+            total += self.size(digest) or 0
+        return total
+
+    # -- pins -----------------------------------------------------------------------------------------
+    def pin(self, digest: str) -> None:
+        with self._lock:
+            self._pins[normalize_digest(digest)] += 1
+
+    def unpin(self, digest: str) -> None:
+        d = normalize_digest(digest)
+        with self._lock:
+            self._pins[d] -= 1
+            if self._pins[d] <= 0:
+                del self._pins[d]
+
+    def is_pinned(self, digest: str) -> bool:
+        with self._lock:
+            return self._pins[normalize_digest(digest)] > 0
+
+    # -- removal --------------------------------------------------------------------------------------
+    def delete(self, digest: str, *, force: bool = False) -> bool:
+        """Remove a blob; False when it was absent or is pinned (and not ``force``)."""
+        path = self.path(digest)
+        with self._lock:
+            if not force and self._pins[normalize_digest(digest)] > 0:
+                return False
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return False
+        return True
+
+    def purge_tmp(self, older_than_s: float = 24 * 3600) -> int:
+        """Remove partial files left in ``tmp/`` by crashed writers; return how many went."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        try:
+            entries = list(os.scandir(self.tmp_dir))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    # -- integrity ------------------------------------------------------------------------------------
+    async def verify(
+        self, digest: str, *, size: int | None = None, on_progress: ProgressFn | None = None
+    ) -> None:
+        """Re-hash a stored blob; ``IntegrityError`` if it is missing, of the wrong size or corrupt."""
+        want = normalize_digest(digest)
+        path = self.path(want)
+        actual_size = self.size(want)
+        if actual_size is None:
+            raise IntegrityError(f"blob {want} is missing ({path})")
+        if size is not None and actual_size != size:
+            raise IntegrityError(f"blob {want} has {actual_size} bytes, expected {size}")
+        got, _ = await hash_file(path, on_progress)
+        if got != want:
+            raise IntegrityError(f"blob {want} is corrupt: its bytes hash to {got}")
+
+    # -- ingest ---------------------------------------------------------------------------------------
+    async def ingest(
+        self,
+        data: ChunkSource,
+        *,
+        expected_digest: str | None = None,
+        expected_size: int | None = None,
+        on_progress: ProgressFn | None = None,
+        pin: bool = False,
+    ) -> Blob:
+        """Store bytes (a file path, or an async/sync iterable of chunks) as a blob, hashing while copying.
+
+        A digest or size mismatch raises ``IntegrityError`` and leaves nothing behind. When the blob is
+        already stored, the incoming bytes are still hashed and checked, but not written again. With
+        ``pin``, the returned blob is pinned (the caller must ``unpin`` it) so no GC removes it meanwhile.
+        """
+        expected = normalize_digest(expected_digest) if expected_digest else None
+        if expected and pin:
+            self.pin(expected)
+        try:
+            blob = await self._ingest(data, expected, expected_size, on_progress, pin and not expected)
+        except BaseException:
+            if expected and pin:
+                self.unpin(expected)
+            raise
+        return blob
+
+    async def _ingest(
+        self,
+        data: ChunkSource,
+        expected: str | None,
+        expected_size: int | None,
+        on_progress: ProgressFn | None,
+        pin_on_commit: bool,
+    ) -> Blob:
+        # Already stored and pinned by digest: hash the incoming bytes only, write nothing.
+        write = not (expected and self.has(expected))
+        tmp: Path | None = None
+        f: BinaryIO | None = None
+        if write:
+            stem = (expected or "sha256:unknown").replace(":", "-")
+            tmp = self.tmp_dir / f"{stem}-{uuid.uuid4().hex}.partial"
+            f = await asyncio.to_thread(_open_new, tmp)
+        h = hashlib.sha256()
+        n = 0
+        try:
+            async with aclosing(_batched(data, self.chunk_size)) as chunks:
+                async for chunk in chunks:
+                    n += len(chunk)
+                    if expected_size is not None and n > expected_size:
+                        raise IntegrityError(
+                            f"blob {expected or ''} is over the expected {expected_size} bytes"
+                        )
+                    await asyncio.to_thread(_consume, h, f, chunk)
+                    if on_progress is not None:
+                        on_progress(n)
+            digest = f"sha256:{h.hexdigest()}"
+            if expected_size is not None and n != expected_size:
+                raise IntegrityError(f"blob {expected or digest} has {n} bytes, expected {expected_size}")
+            if expected is not None and digest != expected:
+                raise IntegrityError(f"blob {expected}: the received bytes hash to {digest}")
+            if f is not None and tmp is not None:
+                await asyncio.to_thread(self._commit, f, tmp, digest, pin_on_commit)
+                f = tmp = None
+            elif pin_on_commit:
+                self.pin(digest)
+        finally:
+            if f is not None:
+                await asyncio.to_thread(f.close)
+            if tmp is not None:
+                await asyncio.to_thread(tmp.unlink, True)
+        return Blob(digest=digest, size=n, path=self.path(digest))
+
+    def _commit(self, f: BinaryIO, tmp: Path, digest: str, pin: bool) -> None:
+        """Flush the temp file and move it into ``blobs/`` (thread). Same bytes there already: drop ours."""
+        try:
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            f.close()
+        dest = self.path(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            if pin:
+                self._pins[digest] += 1
+            if dest.is_file():
+                tmp.unlink(missing_ok=True)
+            else:
+                os.replace(tmp, dest)
+
+
+def _open_new(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("xb")
+
+
+def _consume(h: hashlib._Hash, f: BinaryIO | None, chunk: bytes) -> None:
+    h.update(chunk)
+    if f is not None:
+        f.write(chunk)

@@ -1,0 +1,220 @@
+"""``ModelStore``: the node's model store — pull, copy, remove, verify, garbage-collect, list, show.
+
+The one pull algorithm lives here; the offline CLI and the admin API both call ``ModelStore.pull``.
+
+Consistency: within one process, a pull pins its blobs from ingest until its manifest is written, and
+manifest writes, removals and garbage collection take one lock, so a GC never removes a blob a finished or
+running pull references. Two processes sharing a root (a CLI pull beside a running server) are not
+coordinated: run ``gc`` from one of them only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from superollama.core import Artifact, Layer, Manifest, ModelRef, Progress
+from superollama.errors import IntegrityError, InvalidRequest, ModelExists, ModelNotFound, StoreError
+from superollama.store.blobs import BlobStore, short_digest
+from superollama.store.gguf import as_metadata, read_gguf_metadata
+from superollama.store.manifests import ManifestStore, as_ref
+from superollama.store.sources import FileSource, Source, SourceFile, SourcePlan, split_scheme
+
+__all__ = ["ModelStore", "ProgressCallback"]
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def _ignore(_: Progress) -> None:
+    return None
+
+
+@asynccontextmanager
+async def _closing(stream: AsyncIterator[bytes]) -> AsyncGenerator[AsyncIterator[bytes], None]:
+    """Close a source's stream (an async generator holding a file or a connection) however we leave."""
+    try:
+        yield stream
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class ModelStore:
+    """Blobs + manifests under one root directory, fed by ``Source`` implementations chosen by scheme."""
+
+    def __init__(self, root: str | os.PathLike[str], *, sources: Iterable[Source] | None = None) -> None:
+        self.root = Path(root)
+        self.blobs = BlobStore(self.root)
+        self.manifests = ManifestStore(self.root)
+        self.sources: Mapping[str, Source] = {s.scheme: s for s in (sources or (FileSource(),))}
+        self._lock = asyncio.Lock()
+
+    def source_for(self, ref: str) -> Source:
+        scheme, _ = split_scheme(ref)
+        try:
+            return self.sources[scheme]
+        except KeyError:
+            known = ", ".join(sorted(self.sources))
+            raise InvalidRequest(
+                f"unknown source scheme {scheme!r} (known: {known})", param="source"
+            ) from None
+
+    # -- pull -------------------------------------------------------------------------------------------
+    async def pull(
+        self, source_ref: str, name: ModelRef | str, *, on_progress: ProgressCallback | None = None
+    ) -> Manifest:
+        """Fetch ``source_ref`` into the store as version ``name``; emit Ollama ``/api/pull`` progress.
+
+        Every file becomes a verified blob before the manifest is written; on any failure no manifest is
+        written and the blobs this pull added, unreferenced, are removed.
+        """
+        ref = as_ref(name)
+        emit = on_progress or _ignore
+        emit(Progress("pulling manifest"))
+        source = self.source_for(source_ref)
+        plan = await source.resolve(source_ref)
+        if not plan.files:
+            raise InvalidRequest(f"{source_ref}: nothing to pull")
+        pinned: list[str] = []
+        added: list[str] = []
+        try:
+            layers = [await self._fetch(source, f, emit, pinned, added) for f in plan.files]
+            emit(Progress("verifying sha256 digest"))
+            metadata = await self._metadata(plan, layers)
+            emit(Progress("writing manifest"))
+            manifest = Manifest(
+                name=str(ref),
+                format=plan.format,
+                layers=tuple(layers),
+                metadata=metadata,
+                source=plan.source,
+                created_at=datetime.now(UTC),
+            )
+            async with self._lock:
+                old = self._read_or_none(ref)
+                manifest = await asyncio.to_thread(self.manifests.write, manifest)
+                for digest in pinned:
+                    self.blobs.unpin(digest)
+                pinned.clear()
+                if old is not None:
+                    await self._collect({la.digest for la in old.layers})
+        except BaseException:
+            for digest in pinned:
+                self.blobs.unpin(digest)
+            if added:
+                async with self._lock:
+                    await self._collect(added)
+            raise
+        emit(Progress("success"))
+        return manifest
+
+    def _read_or_none(self, ref: ModelRef) -> Manifest | None:
+        try:
+            return self.manifests.read(ref)
+        except (ModelNotFound, StoreError):
+            return None
+
+    async def _fetch(
+        self, source: Source, file: SourceFile, emit: ProgressCallback, pinned: list[str], added: list[str]
+    ) -> Layer:
+        existed = bool(file.digest) and self.blobs.has(file.digest or "")
+        label = f"pulling {short_digest(file.digest) if file.digest else file.filename}"
+
+        def progress(done: int) -> None:
+            emit(Progress(label, digest=file.digest, total=file.size, completed=done))
+
+        progress(0)
+        async with _closing(source.open(file)) as stream:
+            blob = await self.blobs.ingest(
+                stream, expected_digest=file.digest, expected_size=file.size, on_progress=progress, pin=True
+            )
+        pinned.append(blob.digest)
+        if not existed:
+            added.append(blob.digest)
+        if file.digest is None:  # learnt only now: one last event that names it
+            emit(Progress(f"pulling {short_digest(blob.digest)}", blob.digest, blob.size, blob.size))
+        return Layer(media_type=file.media_type, digest=blob.digest, size=blob.size, filename=file.filename)
+
+    async def _metadata(self, plan: SourcePlan, layers: list[Layer]) -> dict[str, Any]:
+        metadata: dict[str, Any] = dict(plan.metadata)
+        if plan.format == "gguf":
+            model = Manifest(name="", format=plan.format, layers=tuple(layers)).model_layer
+            info = await asyncio.to_thread(read_gguf_metadata, self.blobs.path(model.digest))
+            metadata.update(as_metadata(info))
+        return metadata
+
+    # -- copy / remove / gc -------------------------------------------------------------------------------
+    async def copy(self, src: ModelRef | str, dst: ModelRef | str) -> Manifest:
+        """A second name for the same blobs (no bytes copied); ``ModelExists`` if ``dst`` is taken."""
+        src_ref, dst_ref = as_ref(src), as_ref(dst)
+        async with self._lock:
+            manifest = self.manifests.read(src_ref)
+            if self.manifests.exists(dst_ref):
+                raise ModelExists(f"model '{dst_ref}' already exists", param="destination")
+            copied = replace(manifest, name=str(dst_ref), created_at=datetime.now(UTC))
+            return await asyncio.to_thread(self.manifests.write, copied)
+
+    async def remove(self, name: ModelRef | str) -> set[str]:
+        """Delete a version's manifest, then every blob no manifest references; return the freed digests."""
+        ref = as_ref(name)
+        async with self._lock:
+            self.manifests.delete(ref)
+            return await self._collect(None)
+
+    async def gc(self) -> set[str]:
+        """Remove blobs no manifest references (and stale partial files); return the freed digests."""
+        async with self._lock:
+            await asyncio.to_thread(self.blobs.purge_tmp)
+            return await self._collect(None)
+
+    async def _collect(self, candidates: Iterable[str] | None) -> set[str]:
+        """Delete unreferenced, unpinned blobs among ``candidates`` (all blobs if None). Hold ``_lock``."""
+
+        def run() -> set[str]:
+            referenced = self.manifests.referenced_digests()
+            pool = set(self.blobs.iter_digests()) if candidates is None else set(candidates)
+            return {d for d in sorted(pool - referenced) if self.blobs.delete(d)}
+
+        return await asyncio.to_thread(run)
+
+    # -- read side ----------------------------------------------------------------------------------------
+    async def verify(self, name: ModelRef | str) -> None:
+        """Re-hash every blob of a version; ``IntegrityError`` names the first missing or corrupt one."""
+        manifest = self.manifests.read(name)
+        for layer in manifest.layers:
+            await self.blobs.verify(layer.digest, size=layer.size)
+
+    def exists(self, name: ModelRef | str) -> bool:
+        return self.manifests.exists(name)
+
+    def list(self) -> list[Manifest]:
+        return self.manifests.list()
+
+    def show(self, name: ModelRef | str) -> Manifest:
+        """The manifest of a version (``ModelNotFound`` if absent)."""
+        return self.manifests.read(name)
+
+    def model_path(self, name: ModelRef | str) -> Path:
+        """Path of a version's model blob, for runtimes; ``IntegrityError`` if the blob is gone."""
+        manifest = self.manifests.read(name)
+        path = self.blobs.path(manifest.model_layer.digest)
+        if not path.is_file():
+            raise IntegrityError(f"blob {manifest.model_layer.digest} of '{manifest.name}' is missing")
+        return path
+
+    def artifact(self, name: ModelRef | str) -> Artifact:
+        """A version as a runtime sees it: name, format, model file path, metadata."""
+        manifest = self.manifests.read(name)
+        return Artifact(
+            name=manifest.name, format=manifest.format, path=self.model_path(name), metadata=manifest.metadata
+        )
+
+    def disk_usage(self) -> int:
+        return self.blobs.disk_usage()
