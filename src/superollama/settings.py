@@ -31,7 +31,9 @@ class Settings(BaseSettings):
         description="Home directory: model store (blobs/, manifests/), registry.db, logs.",
     )
     host: str = Field(default=DEFAULT_HOST, description="Address the server binds.")
-    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535, description="Port the server binds (0: any free).")
+    port: int = Field(
+        default=DEFAULT_PORT, ge=0, le=65535, description="Port the server binds (0: any free)."
+    )
     url: str | None = Field(
         default=None,
         description="Server URL the CLI talks to (default: http://HOST:PORT).",

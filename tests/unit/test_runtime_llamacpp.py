@@ -58,7 +58,7 @@ async def test_start_goes_through_the_injected_spawn(tmp_path: Path) -> None:
         async def wait(self) -> int:
             return 0
 
-        async def stop(self, timeout: float) -> None:  # noqa: ASYNC109
+        async def stop(self, timeout: float) -> None:
             return None
 
     async def spawn(launch: WorkerLaunch) -> InstanceHandle:

@@ -1,1 +1,5 @@
-"""admin room."""
+"""Admin API (and, later, the web UI's assets)."""
+
+from superollama.admin.routes import AdminRoutes
+
+__all__ = ["AdminRoutes"]

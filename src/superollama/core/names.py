@@ -17,7 +17,7 @@ _HOST = re.compile(r"^[a-z0-9][a-z0-9.-]{0,252}(:[0-9]{1,5})?$")
 _TAG = re.compile(r"^[a-z0-9_][a-z0-9._-]{0,127}$")
 
 
-class NameError_(ValueError):  # noqa: N801 - a ValueError that names what is wrong
+class NameError_(ValueError):
     """Raised for a string that is not a valid model reference."""
 
 
@@ -51,7 +51,8 @@ class ModelRef:
             (model,) = parts
         if not _PART.match(model):
             raise NameError_(
-                f"invalid model name {text!r}: letters, digits, '.', '_' and '-', starting with a letter or digit"
+                f"invalid model name {text!r}: "
+                "letters, digits, '.', '_' and '-', starting with a letter or digit"
             )
         if namespace is not None and not _PART.match(namespace):
             raise NameError_(f"invalid namespace in {text!r}")

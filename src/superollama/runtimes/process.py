@@ -92,7 +92,7 @@ class ProcessHandle:
     async def wait(self) -> int:
         return await self._process.wait()
 
-    async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 (the InstanceHandle protocol)
+    async def stop(self, timeout: float) -> None:
         """SIGTERM, wait up to ``timeout`` s, SIGKILL, reap. Idempotent; safe concurrently and after death."""
         await terminate(self._process, grace=timeout)
 

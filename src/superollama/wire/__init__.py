@@ -1,1 +1,1 @@
-"""wire room."""
+"""Wire formats at the edges: request checks and pure converters between protocols and core types."""

@@ -1,0 +1,151 @@
+"""The admin API (``/admin/v1``): everything the CLI and the UI do goes through these routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from superollama.admin.serialize import details_json, event_json, instance_json, version_json
+from superollama.control import Controller
+from superollama.core import Progress
+from superollama.errors import InvalidRequest, SuperOllamaError
+from superollama.gateway import read_json
+from superollama.wire.openai import error_body
+
+__all__ = ["AdminRoutes"]
+
+PREFIX = "/admin/v1"
+
+
+class AdminRoutes:
+    def __init__(self, controller: Controller, node: str) -> None:
+        self._controller = controller
+        self._node = node
+        self._background: set[asyncio.Task[None]] = set()  # pulls whose client went away finish anyway
+
+    def register(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get(f"{PREFIX}/models", self.list_models)
+        r.add_post(f"{PREFIX}/pull", self.pull)
+        r.add_get(f"{PREFIX}/instances", self.instances)
+        r.add_get(f"{PREFIX}/events", self.events)
+        r.add_post(f"{PREFIX}/models/{{name:.+}}/enable", self.enable)
+        r.add_post(f"{PREFIX}/models/{{name:.+}}/disable", self.disable)
+        r.add_post(f"{PREFIX}/models/{{name:.+}}/unload", self.unload)
+        r.add_get(f"{PREFIX}/models/{{name:.+}}", self.show)
+        r.add_delete(f"{PREFIX}/models/{{name:.+}}", self.remove)
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        q = request.query
+        enabled = _flag(q.get("enabled"))
+        versions = await self._controller.list_versions(enabled=enabled, fmt=q.get("format"))
+        return _json({"models": [version_json(v) for v in versions]})
+
+    async def show(self, request: web.Request) -> web.Response:
+        details = await self._controller.show(request.match_info["name"])
+        return _json(details_json(details, self._node))
+
+    async def remove(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        await self._controller.remove(
+            name, force=_flag(request.query.get("force")) is True, actor=_actor(request)
+        )
+        return _json({"deleted": name})
+
+    async def enable(self, request: web.Request) -> web.Response:
+        record = await self._controller.set_enabled(request.match_info["name"], True, actor=_actor(request))
+        return _json(version_json(record))
+
+    async def disable(self, request: web.Request) -> web.Response:
+        record = await self._controller.set_enabled(request.match_info["name"], False, actor=_actor(request))
+        return _json(version_json(record))
+
+    async def unload(self, request: web.Request) -> web.Response:
+        stopped = await self._controller.unload(request.match_info["name"], actor=_actor(request))
+        return _json({"unloaded": stopped})
+
+    async def instances(self, request: web.Request) -> web.Response:
+        return _json({"instances": [instance_json(i, self._node) for i in self._controller.instances()]})
+
+    async def events(self, request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            raise InvalidRequest("'limit' must be an integer", param="limit") from None
+        since = _since(q.get("since"))
+        events = await self._controller.events(
+            limit=limit, since=since, target=q.get("target"), action=q.get("action")
+        )
+        return _json({"events": [event_json(e) for e in events]})
+
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        """Pull a model. ``stream`` (default true) answers NDJSON progress as Ollama's ``/api/pull`` does."""
+        body = await read_json(request)
+        source = body.get("source")
+        if not isinstance(source, str) or not source:
+            raise InvalidRequest("'source' is required: file:///path/to/model.gguf", param="source")
+        name, runtime = body.get("name"), body.get("runtime")
+        kwargs: dict[str, Any] = {"actor": _actor(request), "runtime": runtime}
+        if body.get("stream", True) is False:
+            record = await self._controller.pull(source, name, **kwargs)
+            return _json({"status": "success", "model": version_json(record)})
+
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        task = asyncio.create_task(self._pull_into(queue, source, name, kwargs))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        while (item := await queue.get()) is not None:
+            await response.write(orjson.dumps(item) + b"\n")
+        await response.write_eof()
+        return response
+
+    async def _pull_into(
+        self, queue: asyncio.Queue[dict[str, Any] | None], source: str, name: Any, kwargs: dict[str, Any]
+    ) -> None:
+        def progress(p: Progress) -> None:
+            if p.status != "success":  # the one final line below carries success and the version
+                queue.put_nowait(p.as_dict())
+
+        try:
+            record = await self._controller.pull(source, name, on_progress=progress, **kwargs)
+            queue.put_nowait({"status": "success", "model": version_json(record)})
+        except SuperOllamaError as exc:
+            queue.put_nowait({"status": "error", **error_body(exc)})
+        finally:
+            queue.put_nowait(None)
+
+
+def _flag(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+def _since(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    with contextlib.suppress(ValueError, KeyError):
+        return datetime.now(UTC) - timedelta(seconds=float(value[:-1]) * units[value[-1]])
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest("'since' must be like 24h, 30m, 7d or an ISO timestamp", param="since") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _actor(request: web.Request) -> str:
+    agent = request.headers.get("User-Agent", "")
+    return "cli" if agent.startswith("superollama-cli") else "api"
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")

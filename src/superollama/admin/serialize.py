@@ -1,0 +1,74 @@
+"""JSON shapes of the admin API (the CLI and the web UI read exactly these)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from superollama.agent import LiveInstance
+from superollama.control import VersionDetails
+from superollama.core import EventRecord, VersionRecord
+
+__all__ = ["details_json", "event_json", "instance_json", "version_json"]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def version_json(v: VersionRecord) -> dict[str, Any]:
+    meta = v.metadata
+    return {
+        "name": v.name,
+        "model": v.model,
+        "tag": v.tag,
+        "format": v.format,
+        "digest": v.digest,
+        "size": v.size,
+        "source": v.source,
+        "enabled": v.enabled,
+        "runtime": v.runtime,
+        "architecture": meta.get("architecture"),
+        "parameters": meta.get("parameter_count"),
+        "parameter_size": meta.get("parameter_size"),
+        "quantization": meta.get("quantization"),
+        "context_length": meta.get("context_length"),
+        "created_at": _iso(v.created_at),
+        "updated_at": _iso(v.updated_at),
+    }
+
+
+def instance_json(inst: LiveInstance, node: str) -> dict[str, Any]:
+    return {
+        "id": inst.id,
+        "version": inst.version,
+        "node": node,
+        "runtime": inst.runtime,
+        "device": inst.device,
+        "state": str(inst.state),
+        "pid": inst.pid,
+        "endpoint": inst.handle.endpoint.base_url,
+        "in_flight": inst.in_flight,
+        "load_seconds": round(inst.load_seconds, 3),
+        "started_at": _iso(inst.started_at),
+    }
+
+
+def details_json(d: VersionDetails, node: str) -> dict[str, Any]:
+    out = version_json(d.version)
+    out["metadata"] = dict(d.version.metadata)
+    out["layers"] = d.layers
+    out["instances"] = [instance_json(i, node) for i in d.instances]
+    return out
+
+
+def event_json(e: EventRecord) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "created_at": _iso(e.created_at),
+        "actor": e.actor,
+        "action": e.action,
+        "target": e.target,
+        "result": e.result,
+        "detail": dict(e.detail),
+    }

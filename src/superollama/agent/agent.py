@@ -1,0 +1,379 @@
+"""The node agent: runs backend instances for versions on this node and reports what it observes.
+
+In single-machine mode it lives in the server process; the control plane calls it directly through the
+same methods a remote agent will expose over HTTP. It owns:
+- one live instance per version at most (loaded on demand, single-flight: concurrent requests share a load);
+- per-instance load accounting (in-flight requests, last use) for balancing and idle unloading;
+- crash detection (a watcher per process) and clean replacement of processes left by an earlier agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from superollama.core import (
+    Artifact,
+    EventRecord,
+    InstanceHandle,
+    InstanceRecord,
+    InstanceSpec,
+    InstanceState,
+    NodeRecord,
+    Runtime,
+)
+from superollama.errors import LoadTimeout, ModelLoadFailed, Unavailable
+from superollama.registry import Registry
+
+__all__ = ["AgentConfig", "LiveInstance", "LocalAgent"]
+
+log = logging.getLogger("superollama.agent")
+
+_ACTIVE = (InstanceState.PENDING, InstanceState.LOADING, InstanceState.READY, InstanceState.DRAINING)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str = "local"
+    keep_alive: float = 300.0
+    load_timeout: float = 120.0
+    stop_timeout: float = 10.0
+    drain_timeout: float = 30.0
+    max_pending_loads: int = 512
+    reap_interval: float = 1.0
+
+
+@dataclass(eq=False)
+class LiveInstance:
+    """A running instance as the agent tracks it (mutable accounting, immutable identity)."""
+
+    id: str
+    version: str
+    runtime: str
+    device: str
+    handle: InstanceHandle
+    started_at: datetime
+    load_seconds: float
+    last_used: float
+    in_flight: int = 0
+    keep_alive: float | None = None  # per-instance override of the node default
+    state: InstanceState = InstanceState.READY
+    idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set while nothing is in flight
+    _watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    @property
+    def pid(self) -> int:
+        return self.handle.pid
+
+    def record(self, node: str) -> InstanceRecord:
+        return InstanceRecord(
+            id=self.id,
+            version=self.version,
+            node=node,
+            runtime=self.runtime,
+            state=self.state,
+            device=self.device,
+            pid=self.handle.pid,
+            endpoint=self.handle.endpoint.base_url,
+            started_at=self.started_at,
+        )
+
+
+class LocalAgent:
+    def __init__(
+        self,
+        registry: Registry,
+        runtimes: Mapping[str, Runtime],
+        config: AgentConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._registry = registry
+        self._runtimes = dict(runtimes)
+        self._config = config
+        self._clock = clock
+        self._live: dict[str, LiveInstance] = {}  # by version
+        self._by_id: dict[str, LiveInstance] = {}
+        self._loading: dict[str, asyncio.Task[LiveInstance]] = {}
+        self._waiting = 0
+        self._reaper: asyncio.Task[None] | None = None
+        self._closing = False
+        self._listeners: list[Callable[[], None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._registry.nodes.upsert(
+            NodeRecord(name=self._config.node, address="local", state="ready", inventory=_inventory())
+        )
+        await self._replace_leftovers()
+        self._reaper = asyncio.create_task(self._reap_idle(), name="agent-reaper")
+
+    async def close(self) -> None:
+        """Stop every instance (clean shutdown: no process outlives the server)."""
+        self._closing = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for task in list(self._loading.values()):
+            task.cancel()
+        await asyncio.gather(*self._loading.values(), return_exceptions=True)
+        await asyncio.gather(*(self._stop(inst, reason="shutdown") for inst in list(self._live.values())))
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever the set of ready instances changes."""
+        self._listeners.append(listener)
+
+    # -- observed state --------------------------------------------------------------------------
+    def instances(self) -> list[LiveInstance]:
+        return sorted(self._live.values(), key=lambda i: i.version)
+
+    def instance_for(self, version: str) -> LiveInstance | None:
+        return self._live.get(version)
+
+    def loading(self, version: str) -> bool:
+        return version in self._loading
+
+    def in_flight(self, instance_id: str) -> int:
+        inst = self._by_id.get(instance_id)
+        return inst.in_flight if inst is not None else 0
+
+    # -- request accounting (hot path: plain attribute updates, no I/O) --------------------------
+    def acquire(self, instance_id: str) -> None:
+        inst = self._by_id.get(instance_id)
+        if inst is not None:
+            inst.in_flight += 1
+            inst.last_used = self._clock()
+            inst.idle.clear()
+
+    def release(self, instance_id: str) -> None:
+        inst = self._by_id.get(instance_id)
+        if inst is not None:
+            inst.in_flight -= 1
+            inst.last_used = self._clock()
+            if inst.in_flight == 0:
+                inst.idle.set()
+            if inst.in_flight == 0 and self._keep_alive(inst) == 0 and inst.state is InstanceState.READY:
+                asyncio.get_running_loop().create_task(self.unload(inst.version, reason="keep_alive=0"))
+
+    def set_keep_alive(self, version: str, seconds: float | None) -> None:
+        inst = self._live.get(version)
+        if inst is not None:
+            inst.keep_alive = seconds
+
+    # -- loading ---------------------------------------------------------------------------------
+    async def ensure(self, artifact: Artifact, runtime: str, *, device: str = "cpu") -> LiveInstance:
+        """Return the ready instance of ``artifact``'s version, starting one if none runs.
+
+        Concurrent callers share one load; each waits at most ``load_timeout``; at most
+        ``max_pending_loads`` callers wait at once (then a clear 503 busy).
+        """
+        live = self._live.get(artifact.name)
+        if live is not None and live.state is InstanceState.READY:
+            return live
+        if self._closing:
+            raise Unavailable("server is shutting down", retry_after=5)
+        if self._waiting >= self._config.max_pending_loads:
+            raise Unavailable(
+                "server busy: maximum pending requests for loading models exceeded", retry_after=1
+            )
+        task = self._loading.get(artifact.name)
+        if task is None:
+            task = asyncio.create_task(self._load(artifact, runtime, device), name=f"load {artifact.name}")
+            self._loading[artifact.name] = task
+            task.add_done_callback(functools.partial(self._load_done, artifact.name))
+        self._waiting += 1
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout=self._config.load_timeout)
+        except TimeoutError:
+            raise LoadTimeout(
+                f"model {artifact.name!r} is still loading after {self._config.load_timeout:.0f} s",
+                retry_after=5,
+            ) from None
+        finally:
+            self._waiting -= 1
+
+    def _load_done(self, version: str, task: asyncio.Task[LiveInstance]) -> None:
+        if self._loading.get(version) is task:
+            del self._loading[version]
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed load is reported to its waiters, not as "never retrieved"
+
+    async def _load(self, artifact: Artifact, runtime_name: str, device: str) -> LiveInstance:
+        runtime = self._runtimes.get(runtime_name)
+        if runtime is None:
+            raise ModelLoadFailed(f"runtime {runtime_name!r} is not available on node {self._config.node!r}")
+        instance_id = f"inst-{uuid.uuid4().hex[:12]}"
+        started_at = datetime.now(UTC)
+        record = InstanceRecord(
+            id=instance_id,
+            version=artifact.name,
+            node=self._config.node,
+            runtime=runtime_name,
+            state=InstanceState.LOADING,
+            device=device,
+            started_at=started_at,
+        )
+        await self._registry.instances.upsert(record)
+        spec = InstanceSpec(
+            instance_id=instance_id,
+            version=artifact.name,
+            artifact=artifact,
+            runtime=runtime_name,
+            device=device,
+        )
+        t0 = time.perf_counter()
+        try:
+            handle = await runtime.start(spec)
+        except BaseException as exc:
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            await self._registry.instances.set_state(instance_id, InstanceState.FAILED, error=reason)
+            await self._event(
+                "instance.load", artifact.name, "failed", {"instance": instance_id, "error": reason}
+            )
+            log.warning("load of %s failed: %s", artifact.name, reason)
+            if isinstance(exc, Exception) and not isinstance(exc, ModelLoadFailed):
+                raise ModelLoadFailed(f"model {artifact.name!r} failed to load: {reason}") from exc
+            raise
+        load_seconds = time.perf_counter() - t0
+        inst = LiveInstance(
+            id=instance_id,
+            version=artifact.name,
+            runtime=runtime_name,
+            device=device,
+            handle=handle,
+            started_at=started_at,
+            load_seconds=load_seconds,
+            last_used=self._clock(),
+        )
+        if self._closing:
+            await handle.stop(self._config.stop_timeout)
+            raise Unavailable("server is shutting down", retry_after=5)
+        self._live[artifact.name] = inst
+        self._by_id[instance_id] = inst
+        inst._watcher = asyncio.create_task(self._watch(inst), name=f"watch {instance_id}")
+        await self._registry.instances.upsert(inst.record(self._config.node))
+        await self._event(
+            "instance.load",
+            artifact.name,
+            "ok",
+            {"instance": instance_id, "pid": handle.pid, "seconds": round(load_seconds, 3)},
+        )
+        log.info("loaded %s as %s (pid %d) in %.2f s", artifact.name, instance_id, handle.pid, load_seconds)
+        self._changed()
+        return inst
+
+    # -- unloading -------------------------------------------------------------------------------
+    async def unload(self, version: str, *, reason: str = "requested", drain: float | None = None) -> bool:
+        """Drain (no new requests; in-flight ones finish, bounded) then stop the version's instance."""
+        task = self._loading.get(version)
+        if task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+        inst = self._live.get(version)
+        if inst is None or inst.state is not InstanceState.READY:
+            return False
+        inst.state = InstanceState.DRAINING
+        self._changed()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(inst.idle.wait(), self._config.drain_timeout if drain is None else drain)
+        await self._stop(inst, reason=reason)
+        return True
+
+    async def _stop(self, inst: LiveInstance, *, reason: str) -> None:
+        inst.state = InstanceState.DRAINING
+        if self._live.get(inst.version) is inst:
+            del self._live[inst.version]
+        self._by_id.pop(inst.id, None)
+        self._changed()
+        await inst.handle.stop(self._config.stop_timeout)
+        if inst._watcher is not None:
+            inst._watcher.cancel()
+        inst.state = InstanceState.STOPPED
+        await self._registry.instances.set_state(inst.id, InstanceState.STOPPED)
+        await self._event("instance.stop", inst.version, "ok", {"instance": inst.id, "reason": reason})
+        log.info("stopped %s (%s): %s", inst.version, inst.id, reason)
+
+    async def _watch(self, inst: LiveInstance) -> None:
+        code = await inst.handle.wait()
+        if inst.state is not InstanceState.READY or self._closing:
+            return  # an orderly stop
+        inst.state = InstanceState.FAILED
+        self._live.pop(inst.version, None)
+        self._by_id.pop(inst.id, None)
+        self._changed()
+        error = f"process exited with code {code}"
+        log.warning("instance %s of %s crashed: %s", inst.id, inst.version, error)
+        await self._registry.instances.set_state(inst.id, InstanceState.FAILED, error=error)
+        await self._event("instance.crashed", inst.version, "failed", {"instance": inst.id, "error": error})
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.reap_interval)
+            now = self._clock()
+            for inst in list(self._live.values()):
+                idle = now - inst.last_used
+                if (
+                    inst.state is InstanceState.READY
+                    and inst.in_flight == 0
+                    and idle >= self._keep_alive(inst)
+                ):
+                    try:
+                        await self.unload(inst.version, reason=f"idle for {idle:.0f} s")
+                    except Exception:
+                        log.exception("idle unload of %s failed", inst.version)
+
+    def _keep_alive(self, inst: LiveInstance) -> float:
+        return self._config.keep_alive if inst.keep_alive is None else inst.keep_alive
+
+    async def _replace_leftovers(self) -> None:
+        """Processes recorded as running by an earlier agent: adopt them or stop them (never orphans)."""
+        records = await self._registry.instances.list(node=self._config.node, states=_ACTIVE)
+        for record in records:
+            runtime = self._runtimes.get(record.runtime)
+            outcome = "gone"
+            if runtime is not None and record.pid is not None:
+                handle = await runtime.adopt(record)
+                if handle is not None:  # a runtime that re-adopts would register it here
+                    await handle.stop(self._config.stop_timeout)
+                outcome = "replaced"
+            await self._registry.instances.set_state(
+                record.id, InstanceState.STOPPED, error="agent restarted"
+            )
+            await self._event(
+                "instance.replaced", record.version, "ok", {"instance": record.id, "was": outcome}
+            )
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    async def _event(self, action: str, target: str, result: str, detail: dict[str, object]) -> None:
+        try:
+            await self._registry.events.add(
+                EventRecord(action=action, target=target, result=result, actor="agent", detail=detail)
+            )
+        except Exception:
+            log.exception("could not record event %s %s", action, target)
+
+
+def _inventory() -> dict[str, object]:
+    import psutil
+
+    return {
+        "cpus": os.cpu_count() or 1,
+        "memory_bytes": psutil.virtual_memory().total,
+        "devices": [{"name": "cpu", "kind": "cpu"}],
+    }

@@ -1,0 +1,3 @@
+from superollama.cli.main import main
+
+main()

@@ -1,0 +1,115 @@
+"""The CLI's client of the admin API. It finds the server, speaks HTTP, and maps errors to messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import psutil
+
+from superollama import __version__
+from superollama.settings import Settings
+
+__all__ = ["AdminClient", "ApiError", "find_server_url"]
+
+USER_AGENT = f"superollama-cli/{__version__}"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def find_server_url(settings: Settings) -> str:
+    """``SUPEROLLAMA_URL`` if set, else the URL a live ``serve`` on this home wrote, else HOST:PORT."""
+    if settings.url:
+        return settings.url.rstrip("/")
+    marker = settings.home / "server.json"
+    try:
+        info = orjson.loads(marker.read_bytes())
+        if psutil.pid_exists(int(info["pid"])):
+            return str(info["url"]).rstrip("/")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return settings.server_url
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = orjson.loads(response.read())
+    except (orjson.JSONDecodeError, httpx.ResponseNotRead):
+        return response.text or response.reason_phrase
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message", err))
+    return str(err or body)
+
+
+class AdminClient:
+    def __init__(self, base_url: str, timeout: float = 600.0) -> None:
+        self.base_url = base_url
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers={"User-Agent": USER_AGENT})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def reachable(self) -> bool:
+        try:
+            return self._http.get("/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise ApiError(
+                0, f"could not connect to {self.base_url}: is `superollama serve` running?"
+            ) from exc
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _message(response))
+        return orjson.loads(response.content) if response.content else None
+
+    def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """NDJSON lines of a streamed admin response (pull progress)."""
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError(response.status_code, _message(response))
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield orjson.loads(line)
+        except httpx.ConnectError as exc:
+            raise ApiError(
+                0, f"could not connect to {self.base_url}: is `superollama serve` running?"
+            ) from exc
+
+    def stream_chat(self, body: dict[str, Any]) -> Iterator[str]:
+        """Content deltas of a streamed ``/v1/chat/completions`` (the REPL's one use of the data plane)."""
+        with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response.status_code, _message(response))
+            event = None
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                    continue
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                chunk = orjson.loads(data)
+                if event == "error" or "error" in chunk:
+                    err = chunk.get("error", {})
+                    raise ApiError(503, str(err.get("message", err)) if isinstance(err, dict) else str(err))
+                for choice in chunk.get("choices", []):
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        yield content

@@ -1,0 +1,320 @@
+"""``superollama``: the command line. Every command but ``serve`` is a client of the admin API;
+``pull`` also works offline (no server running) through the same controller code the server uses."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+from rich.console import Console
+
+from superollama import __version__
+from superollama.cli.client import AdminClient, ApiError, find_server_url
+from superollama.cli.render import age, human_size, print_table, show_progress
+from superollama.settings import Settings
+
+__all__ = ["cli", "main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console()
+err_console = Console(stderr=True)
+
+
+class Context:
+    def __init__(self, overrides: dict[str, Any]) -> None:
+        self.settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        self._client: AdminClient | None = None
+
+    @property
+    def client(self) -> AdminClient:
+        if self._client is None:
+            self._client = AdminClient(find_server_url(self.settings))
+        return self._client
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _api(fn: F) -> F:
+    """Turn an ``ApiError`` into one clear line on stderr and exit status 1."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            err_console.print(f"[red]Error:[/red] {exc.message}", highlight=False)
+            sys.exit(1)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(path_type=Path), help="Home directory (SUPEROLLAMA_HOME).")
+@click.option("--url", help="Server URL for client commands (SUPEROLLAMA_URL).")
+@click.version_option(__version__, prog_name="superollama")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, url: str | None) -> None:
+    """Super Ollama: provision, manage and serve models behind the OpenAI API."""
+    ctx.obj = Context({"home": home, "url": url})
+
+
+@cli.command()
+@click.option("--host", help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to bind (default 11435; 0 picks a free one).")
+@click.option("--keep-alive", type=float, help="Seconds an idle model stays loaded (default 300).")
+@pass_ctx
+def serve(ctx: Context, host: str | None, port: int | None, keep_alive: float | None) -> None:
+    """Run the server: gateway, admin API and the local node agent."""
+    from superollama.app import serve as run_server
+
+    updates = {
+        k: v for k, v in {"host": host, "port": port, "keep_alive": keep_alive}.items() if v is not None
+    }
+    run_server(ctx.settings.model_copy(update=updates))
+
+
+def _source_uri(source: str) -> str:
+    """A local path (relative to where the CLI runs, not the server) becomes a file:// URI."""
+    if "://" in source:
+        return source
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise click.BadParameter(f"{source}: no such file (use file://, hf://, ollama:// or https://)")
+    return path.resolve().as_uri()
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--name", help="Name the version (name:tag); default: from the source.")
+@click.option("--runtime", help="Serve it with this runtime instead of the format's default.")
+@pass_ctx
+@_api
+def pull(ctx: Context, source: str, name: str | None, runtime: str | None) -> None:
+    """Pull a model from SOURCE (file://PATH or a local path) into the store and register it."""
+    uri = _source_uri(source)
+    if ctx.client.reachable():
+        body = {"source": uri, "name": name, "runtime": runtime, "stream": True}
+        final = show_progress(console, ctx.client.stream_lines("POST", "/admin/v1/pull", json=body))
+        if final.get("status") != "success":
+            raise ApiError(0, str((final.get("error") or {}).get("message", final)))
+        console.print(f"pulled {final['model']['name']}")
+        return
+    console.print(f"[dim]no server at {ctx.client.base_url}: pulling into {ctx.settings.home}[/dim]")
+    console.print(f"pulled {asyncio.run(_pull_offline(ctx.settings, uri, name, runtime))}")
+
+
+async def _pull_offline(settings: Settings, uri: str, name: str | None, runtime: str | None) -> str:
+    from superollama.app import open_catalog
+    from superollama.errors import SuperOllamaError
+
+    registry, _store, controller = await open_catalog(settings)
+    events: list[dict[str, Any]] = []
+    try:
+        record = await controller.pull(
+            uri, name, actor="cli", runtime=runtime, on_progress=lambda p: events.append(p.as_dict())
+        )
+    except SuperOllamaError as exc:
+        raise ApiError(exc.status, exc.message) from exc
+    finally:
+        await registry.close()
+    return record.name
+
+
+@cli.command("ls")
+@click.option("--enabled/--disabled", "enabled", default=None, help="Only enabled or disabled versions.")
+@click.option("--format", "fmt", help="Only this format (gguf, safetensors…).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+@_api
+def list_models(ctx: Context, enabled: bool | None, fmt: str | None, as_json: bool) -> None:
+    """List versions."""
+    params: dict[str, str] = {}
+    if enabled is not None:
+        params["enabled"] = str(enabled).lower()
+    if fmt:
+        params["format"] = fmt
+    models = ctx.client.request("GET", "/admin/v1/models", params=params)["models"]
+    if as_json:
+        click.echo(orjson.dumps(models, option=orjson.OPT_INDENT_2).decode())
+        return
+    rows = [
+        (
+            m["name"],
+            m["digest"][7:19],
+            human_size(m["size"]),
+            m["format"],
+            m["quantization"] or "-",
+            "yes" if m["enabled"] else "no",
+            age(m["created_at"]),
+        )
+        for m in models
+    ]
+    print_table(console, ("NAME", "ID", "SIZE", "FORMAT", "QUANT", "ENABLED", "MODIFIED"), rows)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+@_api
+def ps(ctx: Context, as_json: bool) -> None:
+    """List running instances."""
+    instances = ctx.client.request("GET", "/admin/v1/instances")["instances"]
+    if as_json:
+        click.echo(orjson.dumps(instances, option=orjson.OPT_INDENT_2).decode())
+        return
+    rows = [
+        (
+            i["version"],
+            i["id"],
+            i["state"],
+            i["device"],
+            i["pid"],
+            i["endpoint"],
+            i["in_flight"],
+            age(i["started_at"]),
+        )
+        for i in instances
+    ]
+    print_table(
+        console, ("NAME", "INSTANCE", "STATE", "DEVICE", "PID", "ENDPOINT", "IN FLIGHT", "STARTED"), rows
+    )
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+@_api
+def show(ctx: Context, name: str, as_json: bool) -> None:
+    """Show a version's metadata, files and instances."""
+    info = ctx.client.request("GET", f"/admin/v1/models/{name}")
+    if as_json:
+        click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+        return
+    meta = info["metadata"]
+    fields = [
+        ("name", info["name"]),
+        ("format", info["format"]),
+        ("architecture", info["architecture"]),
+        ("parameters", info["parameter_size"] or info["parameters"]),
+        ("quantization", info["quantization"]),
+        ("context length", info["context_length"]),
+        ("size", human_size(info["size"])),
+        ("enabled", info["enabled"]),
+        ("source", info["source"]),
+        ("created", info["created_at"]),
+    ]
+    print_table(console, ("", ""), [(k, v if v is not None else "-") for k, v in fields])
+    console.print("\n[bold]files[/bold]")
+    print_table(
+        console,
+        ("DIGEST", "SIZE", "TYPE"),
+        [(la["digest"], human_size(la["size"]), la["mediaType"]) for la in info["layers"]],
+    )
+    if meta.get("chat_template"):
+        console.print("\n[bold]template[/bold]")
+        console.print(meta["chat_template"], markup=False, highlight=False)
+    if info["instances"]:
+        console.print("\n[bold]instances[/bold]")
+        print_table(
+            console,
+            ("INSTANCE", "STATE", "PID", "ENDPOINT"),
+            [(i["id"], i["state"], i["pid"], i["endpoint"]) for i in info["instances"]],
+        )
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Drain and stop a loaded model first.")
+@pass_ctx
+@_api
+def rm(ctx: Context, name: str, force: bool) -> None:
+    """Remove a version (its unreferenced files are garbage-collected)."""
+    ctx.client.request("DELETE", f"/admin/v1/models/{name}", params={"force": str(force).lower()})
+    console.print(f"deleted '{name}'")
+
+
+@cli.command()
+@click.argument("name")
+@pass_ctx
+@_api
+def enable(ctx: Context, name: str) -> None:
+    """Make a version routable again."""
+    ctx.client.request("POST", f"/admin/v1/models/{name}/enable")
+    console.print(f"enabled '{name}'")
+
+
+@cli.command()
+@click.argument("name")
+@pass_ctx
+@_api
+def disable(ctx: Context, name: str) -> None:
+    """Stop routing to a version (404, hidden from lists); its instances drain and stop."""
+    ctx.client.request("POST", f"/admin/v1/models/{name}/disable")
+    console.print(f"disabled '{name}'")
+
+
+@cli.command()
+@click.argument("name")
+@pass_ctx
+@_api
+def stop(ctx: Context, name: str) -> None:
+    """Unload a running model now (it loads again on the next request)."""
+    result = ctx.client.request("POST", f"/admin/v1/models/{name}/unload")
+    console.print(f"stopped '{name}'" if result["unloaded"] else f"'{name}' was not running")
+
+
+@cli.command()
+@click.option("--limit", default=50, show_default=True)
+@click.option("--target", help="Only events about this version.")
+@click.option("--since", help="Only newer events: 24h, 30m, 7d or an ISO time.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@_api
+def events(ctx: Context, limit: int, target: str | None, since: str | None, as_json: bool) -> None:
+    """List lifecycle events: who did what, when, and how it ended."""
+    params = {k: v for k, v in {"limit": str(limit), "target": target, "since": since}.items() if v}
+    items = ctx.client.request("GET", "/admin/v1/events", params=params)["events"]
+    if as_json:
+        click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
+        return
+    rows = [(e["created_at"][:19], e["actor"], e["action"], e["target"], e["result"]) for e in items]
+    print_table(console, ("TIME", "ACTOR", "ACTION", "TARGET", "RESULT"), rows)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("prompt", nargs=-1)
+@pass_ctx
+@_api
+def run(ctx: Context, name: str, prompt: tuple[str, ...]) -> None:
+    """Chat with a model: a REPL, or one answer for PROMPT (or for standard input when piped)."""
+    from superollama.cli.repl import one_shot, repl
+
+    if prompt:
+        one_shot(ctx.client, name, " ".join(prompt))
+    elif not sys.stdin.isatty():
+        one_shot(ctx.client, name, sys.stdin.read())
+    else:
+        repl(ctx.client, name)
+
+
+@cli.command()
+@pass_ctx
+def config(ctx: Context) -> None:
+    """Print every setting: environment variable, value, description."""
+    rows = []
+    for key, field in Settings.model_fields.items():
+        rows.append((f"SUPEROLLAMA_{key.upper()}", getattr(ctx.settings, key), field.description or ""))
+    print_table(console, ("VARIABLE", "VALUE", "DESCRIPTION"), rows)
+
+
+def main() -> None:
+    cli(prog_name="superollama")

@@ -1,0 +1,242 @@
+"""Lifecycle use cases (pull, remove, enable, disable, show, list) and the routing snapshot publisher.
+
+The admin API, the CLI's offline mode and the gateway's scale-from-zero all go through this one class,
+so every path shares the same rules and writes the same events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from superollama.agent import LiveInstance, LocalAgent
+from superollama.control.routing import Route, RouteTarget, RoutingHolder, RoutingTable
+from superollama.core import Artifact, EventRecord, ModelRef, NameError_, Progress, VersionRecord
+from superollama.errors import (
+    InvalidModelName,
+    ModelExists,
+    ModelInUse,
+    ModelLoadFailed,
+    ModelNotFound,
+    SuperOllamaError,
+)
+from superollama.registry import Registry
+from superollama.store import ModelStore
+
+__all__ = ["Controller", "VersionDetails", "parse_name"]
+
+log = logging.getLogger("superollama.control")
+
+# Which runtime serves which artifact format when a version names none.
+DEFAULT_RUNTIMES: Mapping[str, str] = {"gguf": "llamacpp"}
+
+
+def parse_name(name: str) -> ModelRef:
+    try:
+        return ModelRef.parse(name)
+    except NameError_ as exc:
+        raise InvalidModelName(str(exc), param="model") from exc
+
+
+@dataclass(frozen=True)
+class VersionDetails:
+    """Everything ``show`` prints about a version."""
+
+    version: VersionRecord
+    layers: list[dict[str, Any]]
+    instances: list[LiveInstance]
+
+
+class Controller:
+    def __init__(
+        self,
+        registry: Registry,
+        store: ModelStore,
+        holder: RoutingHolder,
+        agent: LocalAgent | None = None,
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._holder = holder
+        self._agent = agent
+        self._versions: dict[str, VersionRecord] = {}
+        self._generation = 0
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry
+
+    async def start(self) -> None:
+        if self._agent is not None:
+            self._agent.subscribe(self.republish)
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Reload the catalog from the registry and publish a new snapshot (after every change)."""
+        self._versions = {v.name: v for v in await self._registry.versions.list()}
+        self.republish()
+
+    def republish(self) -> None:
+        routes = []
+        for v in self._versions.values():
+            targets: tuple[RouteTarget, ...] = ()
+            inst = self._agent.instance_for(v.name) if self._agent else None
+            if inst is not None and inst.state == "ready":
+                targets = (RouteTarget(inst.id, inst.handle.endpoint),)
+            created = int(v.created_at.timestamp()) if v.created_at else 0
+            routes.append(Route(v.name, v.name, v.enabled, created, targets))
+        self._generation += 1
+        self._holder.publish(RoutingTable.build(routes, self._generation))
+
+    # -- use cases -------------------------------------------------------------------------------
+    async def pull(
+        self,
+        source: str,
+        name: str | None = None,
+        *,
+        actor: str = "api",
+        runtime: str | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> VersionRecord:
+        ref = parse_name(name or _name_from_source(source))
+        existing = await self._registry.versions.find(str(ref))
+        try:
+            if existing is not None:
+                return await self._pull_existing(existing, source, actor, on_progress)
+            manifest = await self._store.pull(source, ref, on_progress=on_progress)
+        except SuperOllamaError as exc:
+            await self._event(
+                "model.pull", str(ref), actor, "failed", {"source": source, "error": exc.message}
+            )
+            raise
+        record = VersionRecord(
+            name=str(ref),
+            model=ref.family,
+            tag=ref.tag,
+            format=manifest.format,
+            digest=manifest.model_layer.digest,
+            size=manifest.size,
+            source=manifest.source or source,
+            metadata=dict(manifest.metadata),
+            runtime=runtime,
+        )
+        try:
+            await self._registry.versions.add(record)
+        except BaseException:
+            await self._store.remove(ref)  # no half model: the catalog and the store agree
+            raise
+        await self._event("model.pull", str(ref), actor, "ok", {"source": source, "digest": record.digest})
+        await self.refresh()
+        return await self._registry.versions.get(str(ref))
+
+    async def _pull_existing(
+        self,
+        existing: VersionRecord,
+        source: str,
+        actor: str,
+        on_progress: Callable[[Progress], None] | None,
+    ) -> VersionRecord:
+        """Versions are immutable: the same files again is a no-op, other files under the name a 409."""
+        plan = await self._store.source_for(source).resolve(source)
+        if existing.digest not in {f.digest for f in plan.files}:
+            raise ModelExists(
+                f"{existing.name} already exists with other files; versions are immutable: "
+                "remove it first or pull under another tag"
+            )
+        if on_progress is not None:
+            on_progress(Progress(f"{existing.name} is up to date"))
+        await self._event("model.pull", existing.name, actor, "ok", {"source": source, "unchanged": True})
+        return existing
+
+    async def remove(self, name: str, *, force: bool = False, actor: str = "api") -> None:
+        version = await self._get(name)
+        if self._agent is not None:
+            busy = self._agent.instance_for(version.name) is not None or self._agent.loading(version.name)
+            if busy and not force:
+                raise ModelInUse(
+                    f"{version.name} is loaded; stop it first or pass force to drain and stop it"
+                )
+            if busy:
+                await self._agent.unload(version.name, reason="removed")
+        await self._registry.versions.delete(version.name)
+        freed = await self._store.remove(ModelRef.parse(version.name))
+        await self._event("model.remove", version.name, actor, "ok", {"freed_blobs": sorted(freed)})
+        await self.refresh()
+
+    async def set_enabled(self, name: str, enabled: bool, *, actor: str = "api") -> VersionRecord:
+        version = await self._get(name)
+        record = await self._registry.versions.set_enabled(version.name, enabled)
+        await self.refresh()  # routable or not from this snapshot on
+        if not enabled and self._agent is not None:
+            await self._agent.unload(version.name, reason="disabled")
+        await self._event("model.enable" if enabled else "model.disable", version.name, actor, "ok", {})
+        return record
+
+    async def list_versions(
+        self, *, enabled: bool | None = None, fmt: str | None = None
+    ) -> list[VersionRecord]:
+        return await self._registry.versions.list(enabled=enabled, format=fmt)
+
+    async def show(self, name: str) -> VersionDetails:
+        version = await self._get(name)
+        manifest = self._store.show(ModelRef.parse(version.name))
+        layers = [
+            {"mediaType": la.media_type, "digest": la.digest, "size": la.size, "filename": la.filename}
+            for la in manifest.layers
+        ]
+        inst = self._agent.instance_for(version.name) if self._agent else None
+        return VersionDetails(version, layers, [inst] if inst else [])
+
+    def instances(self) -> list[LiveInstance]:
+        return self._agent.instances() if self._agent else []
+
+    async def unload(self, name: str, *, actor: str = "api") -> bool:
+        version = await self._get(name)
+        stopped = self._agent is not None and await self._agent.unload(
+            version.name, reason=f"unloaded by {actor}"
+        )
+        return stopped
+
+    # -- data plane support ----------------------------------------------------------------------
+    async def ensure_ready(self, route: Route) -> RouteTarget:
+        """Scale from zero: start an instance for the route's version and wait (bounded) until ready."""
+        if self._agent is None:
+            raise ModelLoadFailed("this process runs no node agent")
+        version = self._versions.get(route.version)
+        if version is None:
+            raise ModelNotFound(f"model {route.name!r} not found", param="model")
+        artifact = Artifact(
+            name=version.name,
+            format=version.format,
+            path=self._store.model_path(ModelRef.parse(version.name)),
+            metadata=version.metadata,
+        )
+        runtime = version.runtime or DEFAULT_RUNTIMES.get(version.format)
+        if runtime is None:
+            raise ModelLoadFailed(f"no runtime serves the {version.format!r} format yet")
+        inst = await self._agent.ensure(artifact, runtime)
+        return RouteTarget(inst.id, inst.handle.endpoint)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    async def _get(self, name: str) -> VersionRecord:
+        ref = parse_name(name)
+        return await self._registry.versions.get(str(ref))
+
+    async def events(self, **filters: Any) -> list[EventRecord]:
+        return await self._registry.events.list(**filters)
+
+    async def _event(self, action: str, target: str, actor: str, result: str, detail: dict[str, Any]) -> None:
+        await self._registry.events.add(
+            EventRecord(action=action, target=target, actor=actor, result=result, detail=detail)
+        )
+
+
+def _name_from_source(source: str) -> str:
+    """A default name for a pulled file: its stem, lower-cased, with characters our grammar refuses."""
+    stem = source.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".gguf", ".bin", ".safetensors"):
+        stem = stem.removesuffix(suffix)
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem.lower()).strip("-.")
+    return cleaned or "model"

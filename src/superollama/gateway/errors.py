@@ -1,0 +1,61 @@
+"""Render every failure at the edge in the client's protocol, with the right status.
+
+One middleware: our error tree → OpenAI's envelope (``/api/*`` → Ollama's ``{"error": "..."}``);
+aiohttp's own HTTP errors (404 route, 405, 413 body too large) get the same shapes; anything else is a
+500 with a generic message and a logged traceback — never a crashed server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from superollama.errors import InvalidRequest, NotFound, PayloadTooLarge, SuperOllamaError
+from superollama.wire.openai import error_body
+
+__all__ = ["error_middleware", "error_response"]
+
+log = logging.getLogger("superollama.gateway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(exc: SuperOllamaError, *, ollama: bool = False) -> web.Response:
+    body = {"error": exc.message} if ollama else error_body(exc)
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return web.Response(
+        body=orjson.dumps(body), status=exc.status, content_type="application/json", headers=headers
+    )
+
+
+def _from_http(exc: web.HTTPException) -> SuperOllamaError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge(f"request body too large: {exc.text or ''}".strip(": "))
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("no such route")
+    err = InvalidRequest(exc.reason) if 400 <= exc.status < 500 else SuperOllamaError(exc.reason)
+    err.status = exc.status
+    return err
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ollama = request.path.startswith("/api/")
+    try:
+        return await handler(request)
+    except SuperOllamaError as exc:
+        return error_response(exc, ollama=ollama)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(_from_http(exc), ollama=ollama)
+    except (ConnectionResetError, ConnectionError):
+        raise  # the client went away: nothing to render
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(SuperOllamaError("internal server error"), ollama=ollama)

@@ -1,0 +1,148 @@
+"""OpenAI wire edge: request checks and error/list shapes. Pure functions, no I/O.
+
+The gateway relays same-protocol requests byte-for-byte apart from ``model``, so only the fields a
+backend would choke on, or that we need ourselves, are checked here — with OpenAI's messages, ``param``
+naming the field, so the official SDKs raise a ``BadRequestError`` a user can act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from superollama.errors import InvalidRequest, SuperOllamaError
+
+__all__ = [
+    "check_chat",
+    "check_completion",
+    "check_embeddings",
+    "error_body",
+    "model_list",
+    "model_object",
+]
+
+_ENCODINGS = ("float", "base64")
+
+
+def _bad(message: str, param: str) -> InvalidRequest:
+    return InvalidRequest(message, param=param)
+
+
+def _common(body: Mapping[str, Any]) -> None:
+    model = body.get("model")
+    if model is None:
+        raise _bad("you must provide a model parameter", "model")
+    if not isinstance(model, str) or not model.strip():
+        raise _bad("'model' must be a non-empty string", "model")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _bad(f"{stream!r} is not of type 'boolean' - 'stream'", "stream")
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise _bad(f"{value!r} is not a valid value for '{key}': an integer >= 1 is required", key)
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 128):
+        raise _bad(f"{n!r} is not a valid value for 'n': an integer from 1 to 128 is required", "n")
+    for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        value = body.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise _bad(f"{value!r} is not of type 'number' - '{key}'", key)
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise _bad(f"{seed!r} is not of type 'integer' - 'seed'", "seed")
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
+        raise _bad("'stop' must be a string or an array of strings", "stop")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _bad("'stream_options' must be an object", "stream_options")
+
+
+def check_chat(body: Mapping[str, Any]) -> None:
+    _common(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise _bad("you must provide a messages parameter", "messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' must be a non-empty array", "messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _bad(f"'messages.{i}' must be an object", f"messages.[{i}]")
+        role = message.get("role")
+        if role not in ("system", "developer", "user", "assistant", "tool", "function"):
+            raise _bad(f"invalid role {role!r} in 'messages.{i}'", f"messages.[{i}].role")
+    tools = body.get("tools")
+    if tools is not None:
+        _check_tools(tools)
+    response_format = body.get("response_format")
+    if response_format is not None and not (isinstance(response_format, dict) and "type" in response_format):
+        raise _bad("'response_format' must be an object with a 'type'", "response_format")
+
+
+def _check_tools(tools: Any) -> None:
+    if not isinstance(tools, list):
+        raise _bad("'tools' must be an array", "tools")
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise _bad(f"'tools.{i}.type' must be 'function'", f"tools.[{i}].type")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise _bad(f"'tools.{i}.function' must be an object with a 'name'", f"tools.[{i}].function")
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise _bad(f"'tools.{i}.function.parameters' must be an object", f"tools.[{i}].function.parameters")
+
+
+def check_completion(body: Mapping[str, Any]) -> None:
+    _common(body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise _bad("you must provide a prompt parameter", "prompt")
+    if not isinstance(prompt, str | list):
+        raise _bad("'prompt' must be a string, an array of strings or of tokens", "prompt")
+
+
+def check_embeddings(body: Mapping[str, Any]) -> None:
+    _common(body)
+    data = body.get("input")
+    if data is None:
+        raise _bad("you must provide an input parameter", "input")
+    if not _valid_embedding_input(data):
+        raise _bad(
+            "'input' must be a string, an array of strings, an array of tokens or an array of token arrays",
+            "input",
+        )
+    encoding = body.get("encoding_format")
+    if encoding is not None and encoding not in _ENCODINGS:
+        raise _bad(f"{encoding!r} is not one of ['float', 'base64'] - 'encoding_format'", "encoding_format")
+
+
+def _valid_embedding_input(data: Any) -> bool:
+    if isinstance(data, str):
+        return bool(data)
+    if not isinstance(data, list) or not data:
+        return False
+    if all(isinstance(x, str) for x in data):
+        return True
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in data):
+        return True
+    return all(
+        isinstance(row, list) and row and all(isinstance(x, int) and not isinstance(x, bool) for x in row)
+        for row in data
+    )
+
+
+def error_body(exc: SuperOllamaError) -> dict[str, Any]:
+    """OpenAI's error envelope for one of our errors."""
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+
+
+def model_object(name: str, created: int, owned_by: str = "superollama") -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": owned_by}
+
+
+def model_list(models: Iterable[tuple[str, int]]) -> dict[str, Any]:
+    return {"object": "list", "data": [model_object(name, created) for name, created in models]}

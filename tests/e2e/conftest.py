@@ -1,0 +1,139 @@
+"""A real ``superollama serve`` in a child process, on a free loopback port, with its own home."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+_LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+class ServerProcess:
+    def __init__(self, home: Path, **env: str) -> None:
+        self.home = home
+        self.env = {
+            **os.environ,
+            "SUPEROLLAMA_HOME": str(home),
+            "SUPEROLLAMA_PORT": "0",
+            "SUPEROLLAMA_HOST": "127.0.0.1",
+            "SUPEROLLAMA_LLAMACPP_PARALLEL": "4",
+            "SUPEROLLAMA_LLAMACPP_CTX": "4096",
+            **env,
+        }
+        self.env.pop("SUPEROLLAMA_URL", None)
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.log = home / "serve.log"
+
+    def start(self, timeout: float = 60) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "superollama.cli", "serve"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=self.log.open("a"),
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if match := _LISTENING.search(line):
+                self.url = match.group(1)
+                return self
+        self.stop(signal.SIGKILL)
+        raise RuntimeError(f"server did not start:\n{self.log.read_text()[-4000:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None
+        return code
+
+    def admin(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        return httpx.request(method, self.url + path, timeout=120, **kwargs)  # type: ignore[arg-type]
+
+    def instances(self) -> list[dict[str, object]]:
+        return list(self.admin("GET", "/admin/v1/instances").json()["instances"])
+
+    def cli(
+        self, *args: str, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, "SUPEROLLAMA_URL": self.url}
+        return subprocess.run(
+            [sys.executable, "-m", "superollama.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+            check=False,
+        )
+
+
+def worker_pids() -> set[int]:
+    """Every llama.cpp worker process on this machine started from this checkout's package."""
+    pids = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "superollama.runtimes.llamacpp_worker" in cmdline:
+            pids.add(proc.pid)
+    return pids
+
+
+def wait_until(predicate: object, timeout: float = 20, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(interval)
+    return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for a module, the bundled SmolLM2 registered as smollm2:135m, 1 MiB body limit."""
+    home = tmp_path_factory.mktemp("home")
+    srv = ServerProcess(home, SUPEROLLAMA_MAX_BODY_BYTES=str(1024 * 1024)).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of its own for a test that restarts, kills or reconfigures it (not started yet)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    srv = ServerProcess(home)
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -1,0 +1,243 @@
+"""The agent's scheduling rules, driven through the Runtime seam with a controllable runtime.
+
+The real llama.cpp runtime is exercised end to end in tests/e2e; here a runtime double lets each rule
+(single-flight loads, bounded waits, busy, crash detection, idle unloading, leftovers) be forced exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from superollama.agent import AgentConfig, LocalAgent
+from superollama.core import Artifact, Endpoint, InstanceHandle, InstanceRecord, InstanceSpec, InstanceState
+from superollama.errors import LoadTimeout, ModelLoadFailed, Unavailable
+from superollama.registry import Registry, open_registry
+
+
+class Handle:
+    def __init__(self, spec: InstanceSpec, pid: int) -> None:
+        self.instance_id = spec.instance_id
+        self.pid = pid
+        self.endpoint = Endpoint(f"http://127.0.0.1:{pid}", "openai", spec.version)
+        self.exited = asyncio.Event()
+        self.code = 0
+        self.stops = 0
+
+    def alive(self) -> bool:
+        return not self.exited.is_set()
+
+    async def wait(self) -> int:
+        await self.exited.wait()
+        return self.code
+
+    async def stop(self, timeout: float) -> None:
+        self.stops += 1
+        self.exited.set()
+
+    def crash(self, code: int = -9) -> None:
+        self.code = code
+        self.exited.set()
+
+
+class GateRuntime:
+    name: ClassVar[str] = "gate"
+    provider: ClassVar[str] = "openai"
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.starts = 0
+        self.fail: str | None = None
+        self.handles: list[Handle] = []
+        self.adopted: list[str] = []
+
+    def accepts(self, artifact: Artifact) -> bool:
+        return True
+
+    async def start(self, spec: InstanceSpec) -> InstanceHandle:
+        self.starts += 1
+        await self.gate.wait()
+        if self.fail:
+            raise ModelLoadFailed(self.fail)
+        handle = Handle(spec, 40000 + self.starts)
+        self.handles.append(handle)
+        return handle
+
+    async def adopt(self, record: InstanceRecord) -> InstanceHandle | None:
+        self.adopted.append(record.id)
+        return None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+ART = Artifact(name="m:1", format="gguf", path=Path("/dev/null"))
+
+
+@pytest.fixture
+async def registry(tmp_path: Path) -> Registry:
+    reg = await open_registry(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    yield reg  # type: ignore[misc]
+    await reg.close()
+
+
+def make_agent(
+    registry: Registry, runtime: GateRuntime, clock: Clock | None = None, **config: float
+) -> LocalAgent:
+    cfg = AgentConfig(reap_interval=0.01, **config)  # type: ignore[arg-type]
+    return LocalAgent(registry, {"gate": runtime}, cfg, clock=clock or Clock())
+
+
+async def test_concurrent_requests_share_one_load(registry: Registry) -> None:
+    runtime = GateRuntime()
+    runtime.gate.clear()
+    agent = make_agent(registry, runtime)
+    await agent.start()
+    waiters = [asyncio.create_task(agent.ensure(ART, "gate")) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    assert agent.loading("m:1")
+    runtime.gate.set()
+    instances = await asyncio.gather(*waiters)
+    assert runtime.starts == 1 and len({id(i) for i in instances}) == 1
+    assert (await registry.instances.get(instances[0].id)).state is InstanceState.READY
+    await agent.close()
+    assert runtime.handles[0].stops == 1
+    assert (await registry.instances.get(instances[0].id)).state is InstanceState.STOPPED
+
+
+async def test_a_slow_load_times_out_but_keeps_loading(registry: Registry) -> None:
+    runtime = GateRuntime()
+    runtime.gate.clear()
+    agent = make_agent(registry, runtime, load_timeout=0.05)
+    await agent.start()
+    with pytest.raises(LoadTimeout) as info:
+        await agent.ensure(ART, "gate")
+    assert info.value.status == 503 and info.value.retry_after
+    runtime.gate.set()
+    inst = await agent.ensure(ART, "gate")  # the same load finished in the background
+    assert runtime.starts == 1 and inst.version == "m:1"
+    await agent.close()
+
+
+async def test_too_many_waiters_is_busy(registry: Registry) -> None:
+    runtime = GateRuntime()
+    runtime.gate.clear()
+    agent = make_agent(registry, runtime, max_pending_loads=2)
+    await agent.start()
+    waiters = [asyncio.create_task(agent.ensure(ART, "gate")) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(Unavailable, match="busy"):
+        await agent.ensure(ART, "gate")
+    runtime.gate.set()
+    await asyncio.gather(*waiters)
+    await agent.close()
+
+
+async def test_failed_load_is_reported_and_retried_next_time(registry: Registry) -> None:
+    runtime = GateRuntime()
+    runtime.fail = "bad magic"
+    agent = make_agent(registry, runtime)
+    await agent.start()
+    with pytest.raises(ModelLoadFailed, match="bad magic"):
+        await agent.ensure(ART, "gate")
+    events = await registry.events.list(action="instance.load")
+    assert [(e.result, e.detail["error"]) for e in events] == [("failed", "bad magic")]
+    runtime.fail = None
+    assert (await agent.ensure(ART, "gate")).version == "m:1"
+    assert runtime.starts == 2
+    await agent.close()
+
+
+async def test_unknown_runtime_is_a_load_failure(registry: Registry) -> None:
+    agent = make_agent(registry, GateRuntime())
+    await agent.start()
+    with pytest.raises(ModelLoadFailed, match="runtime 'vllm'"):
+        await agent.ensure(ART, "vllm")
+    await agent.close()
+
+
+async def test_crash_is_detected_and_the_next_ensure_reloads(registry: Registry) -> None:
+    runtime = GateRuntime()
+    agent = make_agent(registry, runtime)
+    changes: list[int] = []
+    agent.subscribe(lambda: changes.append(1))
+    await agent.start()
+    first = await agent.ensure(ART, "gate")
+    runtime.handles[0].crash()
+    for _ in range(100):
+        if agent.instance_for("m:1") is None:
+            break
+        await asyncio.sleep(0.01)
+    assert agent.instance_for("m:1") is None and len(changes) >= 2
+    for _ in range(100):
+        if (await registry.instances.get(first.id)).state is InstanceState.FAILED:
+            break
+        await asyncio.sleep(0.01)
+    record = await registry.instances.get(first.id)
+    assert record.state is InstanceState.FAILED and "-9" in (record.error or "")
+    second = await agent.ensure(ART, "gate")
+    assert second.id != first.id
+    await agent.close()
+
+
+async def test_idle_instances_unload_after_keep_alive(registry: Registry) -> None:
+    runtime = GateRuntime()
+    clock = Clock()
+    agent = make_agent(registry, runtime, clock, keep_alive=60)
+    await agent.start()
+    inst = await agent.ensure(ART, "gate")
+    agent.acquire(inst.id)
+    clock.now += 120
+    await asyncio.sleep(0.05)
+    assert agent.instance_for("m:1") is inst  # busy: never unloaded under a request
+    agent.release(inst.id)
+    clock.now += 59
+    await asyncio.sleep(0.05)
+    assert agent.instance_for("m:1") is inst
+    clock.now += 2
+    for _ in range(100):
+        if agent.instance_for("m:1") is None:
+            break
+        await asyncio.sleep(0.01)
+    assert agent.instance_for("m:1") is None and runtime.handles[0].stops == 1
+    await agent.close()
+
+
+async def test_unload_drains_in_flight_requests_first(registry: Registry) -> None:
+    runtime = GateRuntime()
+    agent = make_agent(registry, runtime)
+    await agent.start()
+    inst = await agent.ensure(ART, "gate")
+    agent.acquire(inst.id)
+    unloading = asyncio.create_task(agent.unload("m:1"))
+    await asyncio.sleep(0.05)
+    assert not unloading.done() and runtime.handles[0].stops == 0
+    assert agent.instance_for("m:1") is inst and inst.state is InstanceState.DRAINING
+    agent.release(inst.id)
+    assert await unloading
+    assert runtime.handles[0].stops == 1
+    await agent.close()
+
+
+async def test_leftover_instances_are_replaced_at_start(registry: Registry) -> None:
+    await registry.instances.upsert(
+        InstanceRecord(
+            id="old", version="m:1", node="local", runtime="gate", state=InstanceState.READY, pid=123
+        )
+    )
+    runtime = GateRuntime()
+    agent = make_agent(registry, runtime)
+    await agent.start()
+    assert runtime.adopted == ["old"]
+    assert (await registry.instances.get("old")).state is InstanceState.STOPPED
+    assert [e.detail["instance"] for e in await registry.events.list(action="instance.replaced")] == ["old"]
+    await agent.close()

@@ -1,0 +1,90 @@
+"""OpenAI request checks: each bad field is a 400 naming the field; good requests pass untouched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from superollama.errors import InvalidRequest
+from superollama.wire import openai as wire
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": MSG}, "model"),
+        ({"model": "", "messages": MSG}, "model"),
+        ({"model": "m"}, "messages"),
+        ({"model": "m", "messages": "hi"}, "messages"),
+        ({"model": "m", "messages": [1]}, "messages.[0]"),
+        ({"model": "m", "messages": [{"content": "x"}]}, "messages.[0].role"),
+        ({"model": "m", "messages": MSG, "stream": 1}, "stream"),
+        ({"model": "m", "messages": MSG, "max_tokens": 0}, "max_tokens"),
+        ({"model": "m", "messages": MSG, "max_completion_tokens": True}, "max_completion_tokens"),
+        ({"model": "m", "messages": MSG, "n": 0}, "n"),
+        ({"model": "m", "messages": MSG, "temperature": "hot"}, "temperature"),
+        ({"model": "m", "messages": MSG, "seed": 1.5}, "seed"),
+        ({"model": "m", "messages": MSG, "stop": [1]}, "stop"),
+        ({"model": "m", "messages": MSG, "tools": {}}, "tools"),
+        ({"model": "m", "messages": MSG, "tools": [{"type": "function"}]}, "tools.[0].function"),
+        ({"model": "m", "messages": MSG, "tools": [{"type": "web"}]}, "tools.[0].type"),
+        ({"model": "m", "messages": MSG, "response_format": "json"}, "response_format"),
+        ({"model": "m", "messages": MSG, "stream_options": True}, "stream_options"),
+    ],
+)
+def test_chat_rejects(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        wire.check_chat(body)
+    assert info.value.param == param
+    assert info.value.status == 400
+
+
+def test_chat_accepts_a_full_request() -> None:
+    wire.check_chat(
+        {
+            "model": "m",
+            "messages": [{"role": "system", "content": "s"}, *MSG],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": 5,
+            "n": 2,
+            "temperature": 0,
+            "top_p": 0.9,
+            "seed": 3,
+            "stop": ["\n"],
+            "tools": [],
+            "response_format": {"type": "json_object"},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    ["text", ["a", "b"], [1, 2, 3], [[1, 2], [3]]],
+)
+def test_embeddings_inputs(data: object) -> None:
+    wire.check_embeddings({"model": "m", "input": data, "encoding_format": "base64"})
+
+
+@pytest.mark.parametrize("data", ["", [], [1, "a"], [[1], []], [True], {"a": 1}, None])
+def test_embeddings_bad_inputs(data: object) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        wire.check_embeddings({"model": "m", "input": data})
+    assert info.value.param == "input"
+
+
+def test_completion_needs_prompt() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        wire.check_completion({"model": "m"})
+    assert info.value.param == "prompt"
+    wire.check_completion({"model": "m", "prompt": "once"})
+
+
+def test_error_body_shape() -> None:
+    err = InvalidRequest("bad", param="model")
+    assert wire.error_body(err) == {
+        "error": {"message": "bad", "type": "invalid_request_error", "param": "model", "code": None}
+    }
