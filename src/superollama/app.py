@@ -19,11 +19,12 @@ import orjson
 from aiohttp import web
 
 from superollama import __version__
-from superollama.admin import AdminRoutes
+from superollama.admin import AdminRoutes, ConnectionRoutes
 from superollama.agent import AgentConfig, LocalAgent
-from superollama.control import Controller, RoutingHolder
+from superollama.control import ConnectionManager, Controller, RoutingHolder, SecretBox
 from superollama.errors import SuperOllamaError
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
+from superollama.providers import builtin_providers
 from superollama.registry import Registry, open_registry
 from superollama.runtimes import LlamaCppRuntime
 from superollama.settings import Settings
@@ -81,23 +82,32 @@ async def create_app(settings: Settings) -> web.Application:
             max_pending_loads=settings.max_pending_loads,
         ),
     )
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), auto_decompress=False
+    )
+    connections = ConnectionManager(
+        registry,
+        builtin_providers(session),
+        SecretBox(settings.home / "secret.key"),
+        refresh_interval=settings.connection_refresh,
+    )
     holder = RoutingHolder()
-    controller = Controller(registry, store, holder, agent)
+    controller = Controller(registry, store, holder, agent, connections)
     await agent.start()
+    await connections.start()
     await controller.start()
     if settings.bundled_model:
         await _register_bundled(settings, controller)
 
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), auto_decompress=False
-    )
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
     OpenAIRoutes(holder, controller, agent, Relay(session, settings.upstream_timeout)).register(app)
     AdminRoutes(controller, settings.node_name).register(app)
+    ConnectionRoutes(connections).register(app)
     app.router.add_get("/", _root)
     app.router.add_get("/health", _health)
 
     async def close(_app: web.Application) -> None:
+        await connections.close()
         await agent.close()
         await session.close()
         await registry.close()

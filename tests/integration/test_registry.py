@@ -628,3 +628,35 @@ async def test_postgres_url_forms_and_schema_keyword(pg_url: str) -> None:
 async def test_unreachable_postgres_is_a_registry_error() -> None:
     with pytest.raises(RegistryError):
         await open_registry("postgresql://postgres@127.0.0.1:1/test")
+
+
+# --- connections ----------------------------------------------------------------------------------------
+
+
+async def test_connections_round_trip(registry: Registry) -> None:
+    from superollama.core import ConnectionRecord
+    from superollama.errors import Conflict, NotFound
+
+    added = await registry.connections.add(
+        ConnectionRecord(
+            name="lab",
+            kind="openai",
+            url="http://127.0.0.1:9/v1",
+            secret="env:LAB_KEY",
+            options={"refresh": 30, "aliases": {"big": "llama-3-70b"}},
+        )
+    )
+    assert added.created_at is not None and added.enabled
+    assert await registry.connections.get("lab") == added
+    with pytest.raises(Conflict):
+        await registry.connections.add(ConnectionRecord(name="lab", kind="ollama", url="http://x"))
+    await registry.connections.add(ConnectionRecord(name="a-first", kind="tgi", url="http://y"))
+    assert [c.name for c in await registry.connections.list()] == ["a-first", "lab"]
+    disabled = await registry.connections.set_enabled("lab", False)
+    assert disabled.enabled is False and disabled.options["aliases"] == {"big": "llama-3-70b"}
+    await registry.connections.delete("lab")
+    assert await registry.connections.find("lab") is None
+    with pytest.raises(NotFound):
+        await registry.connections.delete("lab")
+    with pytest.raises(NotFound):
+        await registry.connections.set_enabled("lab", True)

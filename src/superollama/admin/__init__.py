@@ -1,5 +1,6 @@
 """Admin API (and, later, the web UI's assets)."""
 
+from superollama.admin.connections import ConnectionRoutes
 from superollama.admin.routes import AdminRoutes
 
-__all__ = ["AdminRoutes"]
+__all__ = ["AdminRoutes", "ConnectionRoutes"]

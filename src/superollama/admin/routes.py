@@ -17,7 +17,7 @@ from superollama.errors import InvalidRequest, SuperOllamaError
 from superollama.gateway import read_json
 from superollama.wire.openai import error_body
 
-__all__ = ["AdminRoutes"]
+__all__ = ["PREFIX", "AdminRoutes", "actor_of"]
 
 PREFIX = "/admin/v1"
 
@@ -34,6 +34,8 @@ class AdminRoutes:
         r.add_post(f"{PREFIX}/pull", self.pull)
         r.add_get(f"{PREFIX}/instances", self.instances)
         r.add_get(f"{PREFIX}/events", self.events)
+        r.add_post(f"{PREFIX}/copy", self.copy)
+        r.add_post(f"{PREFIX}/rename", self.rename)
         r.add_post(f"{PREFIX}/models/{{name:.+}}/enable", self.enable)
         r.add_post(f"{PREFIX}/models/{{name:.+}}/disable", self.disable)
         r.add_post(f"{PREFIX}/models/{{name:.+}}/unload", self.unload)
@@ -53,21 +55,33 @@ class AdminRoutes:
     async def remove(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         await self._controller.remove(
-            name, force=_flag(request.query.get("force")) is True, actor=_actor(request)
+            name, force=_flag(request.query.get("force")) is True, actor=actor_of(request)
         )
         return _json({"deleted": name})
 
     async def enable(self, request: web.Request) -> web.Response:
-        record = await self._controller.set_enabled(request.match_info["name"], True, actor=_actor(request))
+        record = await self._controller.set_enabled(request.match_info["name"], True, actor=actor_of(request))
         return _json(version_json(record))
 
     async def disable(self, request: web.Request) -> web.Response:
-        record = await self._controller.set_enabled(request.match_info["name"], False, actor=_actor(request))
+        record = await self._controller.set_enabled(
+            request.match_info["name"], False, actor=actor_of(request)
+        )
         return _json(version_json(record))
 
     async def unload(self, request: web.Request) -> web.Response:
-        stopped = await self._controller.unload(request.match_info["name"], actor=_actor(request))
+        stopped = await self._controller.unload(request.match_info["name"], actor=actor_of(request))
         return _json({"unloaded": stopped})
+
+    async def copy(self, request: web.Request) -> web.Response:
+        source, destination = await _pair(request)
+        record = await self._controller.copy(source, destination, actor=actor_of(request))
+        return _json(version_json(record), status=201)
+
+    async def rename(self, request: web.Request) -> web.Response:
+        source, destination = await _pair(request)
+        record = await self._controller.rename(source, destination, actor=actor_of(request))
+        return _json(version_json(record))
 
     async def instances(self, request: web.Request) -> web.Response:
         return _json({"instances": [instance_json(i, self._node) for i in self._controller.instances()]})
@@ -91,7 +105,7 @@ class AdminRoutes:
         if not isinstance(source, str) or not source:
             raise InvalidRequest("'source' is required: file:///path/to/model.gguf", param="source")
         name, runtime = body.get("name"), body.get("runtime")
-        kwargs: dict[str, Any] = {"actor": _actor(request), "runtime": runtime}
+        kwargs: dict[str, Any] = {"actor": actor_of(request), "runtime": runtime}
         if body.get("stream", True) is False:
             record = await self._controller.pull(source, name, **kwargs)
             return _json({"status": "success", "model": version_json(record)})
@@ -123,6 +137,15 @@ class AdminRoutes:
             queue.put_nowait(None)
 
 
+async def _pair(request: web.Request) -> tuple[str, str]:
+    body = await read_json(request)
+    source, destination = body.get("source"), body.get("destination")
+    for key, value in (("source", source), ("destination", destination)):
+        if not isinstance(value, str) or not value:
+            raise InvalidRequest(f"'{key}' is required", param=key)
+    return str(source), str(destination)
+
+
 def _flag(value: str | None) -> bool | None:
     if value is None:
         return None
@@ -142,7 +165,7 @@ def _since(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _actor(request: web.Request) -> str:
+def actor_of(request: web.Request) -> str:
     agent = request.headers.get("User-Agent", "")
     return "cli" if agent.startswith("superollama-cli") else "api"
 

@@ -18,7 +18,7 @@ from superollama.cli.client import AdminClient, ApiError, find_server_url
 from superollama.cli.render import age, human_size, print_table, show_progress
 from superollama.settings import Settings
 
-__all__ = ["cli", "main"]
+__all__ = ["Context", "api", "cli", "console", "main", "pass_ctx"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
@@ -40,7 +40,7 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-def _api(fn: F) -> F:
+def api(fn: F) -> F:
     """Turn an ``ApiError`` into one clear line on stderr and exit status 1."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -95,7 +95,7 @@ def _source_uri(source: str) -> str:
 @click.option("--name", help="Name the version (name:tag); default: from the source.")
 @click.option("--runtime", help="Serve it with this runtime instead of the format's default.")
 @pass_ctx
-@_api
+@api
 def pull(ctx: Context, source: str, name: str | None, runtime: str | None) -> None:
     """Pull a model from SOURCE (file://PATH or a local path) into the store and register it."""
     uri = _source_uri(source)
@@ -132,7 +132,7 @@ async def _pull_offline(settings: Settings, uri: str, name: str | None, runtime:
 @click.option("--format", "fmt", help="Only this format (gguf, safetensors…).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-@_api
+@api
 def list_models(ctx: Context, enabled: bool | None, fmt: str | None, as_json: bool) -> None:
     """List versions."""
     params: dict[str, str] = {}
@@ -162,7 +162,7 @@ def list_models(ctx: Context, enabled: bool | None, fmt: str | None, as_json: bo
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-@_api
+@api
 def ps(ctx: Context, as_json: bool) -> None:
     """List running instances."""
     instances = ctx.client.request("GET", "/admin/v1/instances")["instances"]
@@ -191,7 +191,7 @@ def ps(ctx: Context, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-@_api
+@api
 def show(ctx: Context, name: str, as_json: bool) -> None:
     """Show a version's metadata, files and instances."""
     info = ctx.client.request("GET", f"/admin/v1/models/{name}")
@@ -231,10 +231,32 @@ def show(ctx: Context, name: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("source")
+@click.argument("destination")
+@pass_ctx
+@api
+def cp(ctx: Context, source: str, destination: str) -> None:
+    """Copy a version to a new name (same files, no bytes copied)."""
+    ctx.client.request("POST", "/admin/v1/copy", json={"source": source, "destination": destination})
+    console.print(f"copied '{source}' to '{destination}'")
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("destination")
+@pass_ctx
+@api
+def mv(ctx: Context, source: str, destination: str) -> None:
+    """Rename a version; a running instance of the old name drains and stops."""
+    ctx.client.request("POST", "/admin/v1/rename", json={"source": source, "destination": destination})
+    console.print(f"renamed '{source}' to '{destination}'")
+
+
+@cli.command()
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Drain and stop a loaded model first.")
 @pass_ctx
-@_api
+@api
 def rm(ctx: Context, name: str, force: bool) -> None:
     """Remove a version (its unreferenced files are garbage-collected)."""
     ctx.client.request("DELETE", f"/admin/v1/models/{name}", params={"force": str(force).lower()})
@@ -244,7 +266,7 @@ def rm(ctx: Context, name: str, force: bool) -> None:
 @cli.command()
 @click.argument("name")
 @pass_ctx
-@_api
+@api
 def enable(ctx: Context, name: str) -> None:
     """Make a version routable again."""
     ctx.client.request("POST", f"/admin/v1/models/{name}/enable")
@@ -254,7 +276,7 @@ def enable(ctx: Context, name: str) -> None:
 @cli.command()
 @click.argument("name")
 @pass_ctx
-@_api
+@api
 def disable(ctx: Context, name: str) -> None:
     """Stop routing to a version (404, hidden from lists); its instances drain and stop."""
     ctx.client.request("POST", f"/admin/v1/models/{name}/disable")
@@ -264,7 +286,7 @@ def disable(ctx: Context, name: str) -> None:
 @cli.command()
 @click.argument("name")
 @pass_ctx
-@_api
+@api
 def stop(ctx: Context, name: str) -> None:
     """Unload a running model now (it loads again on the next request)."""
     result = ctx.client.request("POST", f"/admin/v1/models/{name}/unload")
@@ -277,7 +299,7 @@ def stop(ctx: Context, name: str) -> None:
 @click.option("--since", help="Only newer events: 24h, 30m, 7d or an ISO time.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-@_api
+@api
 def events(ctx: Context, limit: int, target: str | None, since: str | None, as_json: bool) -> None:
     """List lifecycle events: who did what, when, and how it ended."""
     params = {k: v for k, v in {"limit": str(limit), "target": target, "since": since}.items() if v}
@@ -293,7 +315,7 @@ def events(ctx: Context, limit: int, target: str | None, since: str | None, as_j
 @click.argument("name")
 @click.argument("prompt", nargs=-1)
 @pass_ctx
-@_api
+@api
 def run(ctx: Context, name: str, prompt: tuple[str, ...]) -> None:
     """Chat with a model: a REPL, or one answer for PROMPT (or for standard input when piped)."""
     from superollama.cli.repl import one_shot, repl
@@ -317,4 +339,6 @@ def config(ctx: Context) -> None:
 
 
 def main() -> None:
+    import superollama.cli.connections  # noqa: F401  (registers its commands on the group)
+
     cli(prog_name="superollama")

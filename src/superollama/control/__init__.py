@@ -1,14 +1,19 @@
 """Control plane: lifecycle use cases, the routing snapshot and (later) reconcilers and rollouts."""
 
+from superollama.control.connections import ConnectionManager, ConnectionState
 from superollama.control.controller import Controller, VersionDetails, parse_name
 from superollama.control.routing import Route, RouteTarget, RoutingHolder, RoutingTable
+from superollama.control.secrets import SecretBox
 
 __all__ = [
+    "ConnectionManager",
+    "ConnectionState",
     "Controller",
     "Route",
     "RouteTarget",
     "RoutingHolder",
     "RoutingTable",
+    "SecretBox",
     "VersionDetails",
     "parse_name",
 ]

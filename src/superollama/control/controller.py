@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from superollama.agent import LiveInstance, LocalAgent
+from superollama.control.connections import ConnectionManager
 from superollama.control.routing import Route, RouteTarget, RoutingHolder, RoutingTable
 from superollama.core import Artifact, EventRecord, ModelRef, NameError_, Progress, VersionRecord
 from superollama.errors import (
@@ -21,6 +22,7 @@ from superollama.errors import (
     ModelLoadFailed,
     ModelNotFound,
     SuperOllamaError,
+    Unavailable,
 )
 from superollama.registry import Registry
 from superollama.store import ModelStore
@@ -56,7 +58,9 @@ class Controller:
         store: ModelStore,
         holder: RoutingHolder,
         agent: LocalAgent | None = None,
+        connections: ConnectionManager | None = None,
     ) -> None:
+        self._connections = connections
         self._registry = registry
         self._store = store
         self._holder = holder
@@ -71,6 +75,8 @@ class Controller:
     async def start(self) -> None:
         if self._agent is not None:
             self._agent.subscribe(self.republish)
+        if self._connections is not None:
+            self._connections.subscribe(self.republish)
         await self.refresh()
 
     async def refresh(self) -> None:
@@ -79,7 +85,7 @@ class Controller:
         self.republish()
 
     def republish(self) -> None:
-        routes = []
+        routes = self._connections.routes() if self._connections is not None else []
         for v in self._versions.values():
             targets: tuple[RouteTarget, ...] = ()
             inst = self._agent.instance_for(v.name) if self._agent else None
@@ -150,6 +156,43 @@ class Controller:
         await self._event("model.pull", existing.name, actor, "ok", {"source": source, "unchanged": True})
         return existing
 
+    async def copy(self, source: str, destination: str, *, actor: str = "api") -> VersionRecord:
+        """A new name on the same blobs (no bytes copied); enabled, routable at once."""
+        version = await self._get(source)
+        dst = parse_name(destination)
+        if await self._registry.versions.find(str(dst)) is not None:
+            raise ModelExists(f"model '{dst}' already exists", param="destination")
+        await self._store.copy(ModelRef.parse(version.name), dst)
+        record = replace(version, name=str(dst), model=dst.family, tag=dst.tag, enabled=True, created_at=None)
+        try:
+            await self._registry.versions.add(record)
+        except BaseException:
+            await self._store.remove(dst)
+            raise
+        await self._event("model.copy", str(dst), actor, "ok", {"from": version.name})
+        await self.refresh()
+        return await self._registry.versions.get(str(dst))
+
+    async def rename(self, old: str, new: str, *, actor: str = "api") -> VersionRecord:
+        """Move a version to a new name. A running instance of the old name drains (its in-flight
+        requests finish) and stops; the new name loads on its next request."""
+        version = await self._get(old)
+        dst = parse_name(new)
+        if await self._registry.versions.find(str(dst)) is not None:
+            raise ModelExists(f"model '{dst}' already exists", param="destination")
+        await self._store.copy(ModelRef.parse(version.name), dst)
+        try:
+            record = await self._registry.versions.rename(version.name, str(dst))
+        except BaseException:
+            await self._store.remove(dst)
+            raise
+        await self._store.remove(ModelRef.parse(version.name))  # the blobs stay: dst references them
+        await self._event("model.rename", str(dst), actor, "ok", {"from": version.name})
+        await self.refresh()
+        if self._agent is not None:
+            await self._agent.unload(version.name, reason=f"renamed to {dst}")
+        return record
+
     async def remove(self, name: str, *, force: bool = False, actor: str = "api") -> None:
         version = await self._get(name)
         if self._agent is not None:
@@ -202,6 +245,10 @@ class Controller:
     # -- data plane support ----------------------------------------------------------------------
     async def ensure_ready(self, route: Route) -> RouteTarget:
         """Scale from zero: start an instance for the route's version and wait (bounded) until ready."""
+        if route.connection is not None:
+            raise Unavailable(
+                route.unavailable or f"connection {route.connection!r} has no target", retry_after=5
+            )
         if self._agent is None:
             raise ModelLoadFailed("this process runs no node agent")
         version = self._versions.get(route.version)

@@ -33,6 +33,8 @@ class Route:
     created: int
     targets: tuple[RouteTarget, ...] = ()
     capabilities: tuple[str, ...] = ("completion", "embedding")
+    connection: str | None = None  # set for a model of an external backend
+    unavailable: str | None = None  # why a connection's model has no target now
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
 """Domain types and seams. Imports nothing of ours but ``errors``-free plain Python."""
 
 from superollama.core.names import DEFAULT_TAG, ModelRef, NameError_
-from superollama.core.seams import InstanceHandle, Runtime
+from superollama.core.seams import InstanceHandle, Provider, Runtime
 from superollama.core.types import (
     MEDIA_MODEL,
     MEDIA_TEMPLATE,
     Artifact,
+    ConnectionRecord,
     Endpoint,
     EventRecord,
     InstanceRecord,
@@ -23,6 +24,7 @@ __all__ = [
     "MEDIA_MODEL",
     "MEDIA_TEMPLATE",
     "Artifact",
+    "ConnectionRecord",
     "Endpoint",
     "EventRecord",
     "InstanceHandle",
@@ -35,6 +37,7 @@ __all__ = [
     "NameError_",
     "NodeRecord",
     "Progress",
+    "Provider",
     "Runtime",
     "VersionRecord",
 ]

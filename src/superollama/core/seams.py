@@ -6,7 +6,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from superollama.core.types import Artifact, Endpoint, InstanceRecord, InstanceSpec
 
-__all__ = ["InstanceHandle", "Runtime"]
+__all__ = ["InstanceHandle", "Provider", "Runtime"]
 
 
 @runtime_checkable
@@ -47,4 +47,19 @@ class Runtime(Protocol):
     async def adopt(self, record: InstanceRecord) -> InstanceHandle | None:
         """Deal with a process left by an earlier agent: return a handle to keep it, or stop it and return
         None (clean replacement)."""
+        ...
+
+
+class Provider(Protocol):
+    """Speaks one backend protocol over HTTP for discovery and health (requests are relayed by the
+    data plane, translated where protocols differ)."""
+
+    kind: ClassVar[str]  # "openai", "ollama", "tgi"
+
+    def relay_base(self, url: str) -> str:
+        """The base URL OpenAI-protocol requests are relayed to (``/v1/...`` is appended)."""
+        ...
+
+    async def models(self, ep: Endpoint) -> list[str]:
+        """The model names the backend serves now; raises ``UpstreamError`` when it cannot be reached."""
         ...

@@ -13,6 +13,7 @@ __all__ = [
     "MEDIA_MODEL",
     "MEDIA_TEMPLATE",
     "Artifact",
+    "ConnectionRecord",
     "Endpoint",
     "EventRecord",
     "InstanceRecord",
@@ -103,11 +104,30 @@ class InstanceState(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """How the data plane reaches a backend: base URL (no trailing slash), protocol, upstream model name."""
+    """How the data plane reaches a backend: base URL (no trailing slash), protocol, upstream model name,
+    and headers every request to it carries (an upstream API key)."""
 
     base_url: str
     provider: str
     served_name: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ConnectionRecord:
+    """An external backend we do not run (Ollama, vLLM, TGI, any OpenAI-compatible server).
+
+    ``secret`` is never a plain key: ``env:VAR`` (read from the environment when used) or ``enc:…``
+    (encrypted with the node's secret key)."""
+
+    name: str
+    kind: str  # "openai", "ollama", "tgi"
+    url: str
+    secret: str | None = None
+    enabled: bool = True
+    options: Mapping[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ read body (bounded) → check → look up the snapshot → pick (or start) an in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -17,9 +18,51 @@ from superollama.errors import InvalidRequest, ModelNotFound
 from superollama.gateway.relay import Relay
 from superollama.wire import openai as wire
 
-__all__ = ["OpenAIRoutes"]
+__all__ = ["ModelTargets", "OpenAIRoutes", "read_json"]
 
 Check = Callable[[Mapping[str, Any]], None]
+
+
+class ModelTargets:
+    """Shared by every API edge: a client's model name → its route → a ready instance, with accounting.
+
+    ``route`` raises ``ModelNotFound`` with the edge's own wording; ``pick`` starts an instance when none
+    is ready (scale from zero); ``hold`` picks and counts the request in flight until it is done.
+    """
+
+    def __init__(self, holder: RoutingHolder, controller: Controller, agent: LocalAgent) -> None:
+        self.holder = holder
+        self.controller = controller
+        self.agent = agent
+
+    def route(
+        self,
+        name: str,
+        missing: str = "The model '{name}' does not exist",
+        disabled: str = "The model '{name}' is disabled",
+    ) -> Route:
+        route = self.holder.table.lookup(name)
+        if route is None:
+            raise ModelNotFound(missing.format(name=name), param="model")
+        if not route.enabled:
+            raise ModelNotFound(disabled.format(name=name), param="model")
+        return route
+
+    async def pick(self, route: Route) -> RouteTarget:
+        if route.targets:
+            if len(route.targets) == 1:
+                return route.targets[0]
+            return min(route.targets, key=lambda t: self.agent.in_flight(t.instance_id))
+        return await self.controller.ensure_ready(route)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, route: Route) -> AsyncIterator[RouteTarget]:
+        target = await self.pick(route)
+        self.agent.acquire(target.instance_id)
+        try:
+            yield target
+        finally:
+            self.agent.release(target.instance_id)
 
 
 class OpenAIRoutes:
@@ -27,8 +70,7 @@ class OpenAIRoutes:
         self, holder: RoutingHolder, controller: Controller, agent: LocalAgent, relay: Relay
     ) -> None:
         self._holder = holder
-        self._controller = controller
-        self._agent = agent
+        self._targets = ModelTargets(holder, controller, agent)
         self._relay = relay
 
     def register(self, app: web.Application) -> None:
@@ -40,41 +82,21 @@ class OpenAIRoutes:
 
     async def list_models(self, request: web.Request) -> web.Response:
         routes = sorted(self._holder.table.enabled(), key=lambda r: r.name)
-        return _json(wire.model_list((r.name, r.created) for r in routes))
+        return _json(wire.model_list((r.name, r.created, r.connection or "superollama") for r in routes))
 
     async def get_model(self, request: web.Request) -> web.Response:
-        route = self._route(request.match_info["model"])
-        return _json(wire.model_object(route.name, route.created))
+        route = self._targets.route(request.match_info["model"])
+        return _json(wire.model_object(route.name, route.created, route.connection or "superollama"))
 
     def _endpoint(self, path: str, check: Check) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.StreamResponse:
             body = await read_json(request)
             check(body)
-            route = self._route(body["model"])
-            target = await self._pick(route)
-            body["model"] = target.endpoint.served_name
-            self._agent.acquire(target.instance_id)
-            try:
+            async with self._targets.hold(self._targets.route(body["model"])) as target:
+                body["model"] = target.endpoint.served_name
                 return await self._relay.forward(request, target, path, body, body.get("stream") is True)
-            finally:
-                self._agent.release(target.instance_id)
 
         return handle
-
-    def _route(self, name: str) -> Route:
-        route = self._holder.table.lookup(name)
-        if route is None:
-            raise ModelNotFound(f"The model '{name}' does not exist", param="model")
-        if not route.enabled:
-            raise ModelNotFound(f"The model '{name}' is disabled", param="model")
-        return route
-
-    async def _pick(self, route: Route) -> RouteTarget:
-        if route.targets:
-            if len(route.targets) == 1:
-                return route.targets[0]
-            return min(route.targets, key=lambda t: self._agent.in_flight(t.instance_id))
-        return await self._controller.ensure_ready(route)
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:

@@ -38,9 +38,8 @@ class Relay:
         url = target.endpoint.base_url + path
         payload = orjson.dumps(body)
         try:
-            upstream_cm = self._session.post(
-                url, data=payload, headers={"Content-Type": "application/json"}, timeout=self._timeout
-            )
+            headers = {"Content-Type": "application/json", **dict(target.endpoint.headers)}
+            upstream_cm = self._session.post(url, data=payload, headers=headers, timeout=self._timeout)
             async with upstream_cm as upstream:
                 if upstream.status >= 400:
                     return await _upstream_error(upstream)

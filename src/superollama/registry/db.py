@@ -15,6 +15,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from superollama.errors import RegistryError
 from superollama.registry._base import READ_ONLY, Clock, Database, utcnow
+from superollama.registry._connections import ConnectionRepository
 from superollama.registry._errors import mapped
 from superollama.registry.migrations import MIGRATIONS, Migration, migrate
 from superollama.registry.repos import EventRepository, InstanceRepository, NodeRepository, VersionRepository
@@ -27,7 +28,7 @@ _SCHEMA_LOCK_CLASS: Final = 0x534F5343  # "SOSC": first key of the advisory lock
 
 
 class Registry:
-    """The registry: one engine, four repositories. Close it when done (or use ``async with``)."""
+    """The registry: one engine, five repositories. Close it when done (or use ``async with``)."""
 
     def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
         db = Database(engine, clock=clock)
@@ -36,6 +37,7 @@ class Registry:
         self.nodes = NodeRepository(db)
         self.instances = InstanceRepository(db)
         self.events = EventRepository(db)
+        self.connections = ConnectionRepository(db)
 
     @property
     def dialect(self) -> str:

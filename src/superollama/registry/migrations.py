@@ -128,8 +128,26 @@ def _m0001_initial(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _m0002_connections(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    Table(
+        "connections",
+        md,
+        Column("name", String, primary_key=True),
+        Column("kind", String, nullable=False),
+        Column("url", String, nullable=False),
+        Column("secret", Text, nullable=True),
+        Column("enabled", Boolean, nullable=False),
+        Column("options", Json(), nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create models, versions, nodes, instances, events", _m0001_initial),
+    Migration(2, "create connections", _m0002_connections),
 )
 
 

@@ -148,3 +148,16 @@ events = Table(
     Column("result", String, nullable=False),
     Column("detail", Json(), nullable=False),
 )
+
+connections = Table(
+    "connections",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("kind", String, nullable=False),
+    Column("url", String, nullable=False),
+    Column("secret", Text, nullable=True),
+    Column("enabled", Boolean, nullable=False),
+    Column("options", Json(), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)

@@ -93,7 +93,8 @@ def _check_tools(tools: Any) -> None:
             raise _bad(f"'tools.{i}.function' must be an object with a 'name'", f"tools.[{i}].function")
         parameters = function.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
-            raise _bad(f"'tools.{i}.function.parameters' must be an object", f"tools.[{i}].function.parameters")
+            param = f"tools.[{i}].function.parameters"
+            raise _bad(f"'tools.{i}.function.parameters' must be an object", param)
 
 
 def check_completion(body: Mapping[str, Any]) -> None:
@@ -144,5 +145,6 @@ def model_object(name: str, created: int, owned_by: str = "superollama") -> dict
     return {"id": name, "object": "model", "created": created, "owned_by": owned_by}
 
 
-def model_list(models: Iterable[tuple[str, int]]) -> dict[str, Any]:
-    return {"object": "list", "data": [model_object(name, created) for name, created in models]}
+def model_list(models: Iterable[tuple[str, int, str]]) -> dict[str, Any]:
+    """``(id, created, owned_by)`` triples as OpenAI's model list."""
+    return {"object": "list", "data": [model_object(*m) for m in models]}

@@ -1,0 +1,56 @@
+"""Upstream API keys at rest: never stored in the clear.
+
+A key is kept either as a reference to an environment variable (``env:NAME``, read when used) or
+encrypted with this node's secret (``enc:<Fernet token>``; the secret is ``HOME/secret.key``, mode 0600,
+created on first use).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from superollama.errors import InvalidRequest, SuperOllamaError
+
+__all__ = ["SecretBox"]
+
+
+class SecretBox:
+    def __init__(self, key_file: Path) -> None:
+        self._key_file = key_file
+        self._fernet: Fernet | None = None
+
+    def seal(self, value: str | None) -> str | None:
+        """What to store for a key: ``env:NAME`` stays a reference; a literal key is encrypted."""
+        if not value:
+            return None
+        if value.startswith("env:"):
+            if not value[4:]:
+                raise InvalidRequest("'env:' needs a variable name, e.g. env:OPENAI_API_KEY", param="api_key")
+            return value
+        return "enc:" + self._box().encrypt(value.encode()).decode()
+
+    def open(self, stored: str | None) -> str | None:
+        """The key to send upstream now (None: none configured, or the variable is unset)."""
+        if not stored:
+            return None
+        if stored.startswith("env:"):
+            return os.environ.get(stored[4:]) or None
+        if stored.startswith("enc:"):
+            try:
+                return self._box().decrypt(stored[4:].encode()).decode()
+            except InvalidToken as exc:
+                raise SuperOllamaError(f"cannot decrypt a stored key with {self._key_file}") from exc
+        raise SuperOllamaError("unknown stored secret format")
+
+    def _box(self) -> Fernet:
+        if self._fernet is None:
+            if not self._key_file.exists():
+                self._key_file.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self._key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(Fernet.generate_key())
+            self._fernet = Fernet(self._key_file.read_bytes().strip())
+        return self._fernet

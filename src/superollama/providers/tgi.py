@@ -1,0 +1,31 @@
+"""Hugging Face text-generation-inference: one model per server (``GET /info``), chat through its
+OpenAI-compatible Messages API (``/v1/chat/completions``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import aiohttp
+
+from superollama.core import Endpoint
+from superollama.errors import UpstreamError
+from superollama.providers.http import get_json, strip_suffix
+
+__all__ = ["TgiProvider"]
+
+
+class TgiProvider:
+    kind: ClassVar[str] = "tgi"
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    def relay_base(self, url: str) -> str:
+        return strip_suffix(url, "/v1")
+
+    async def models(self, ep: Endpoint) -> list[str]:
+        info = await get_json(self._session, ep, "/info")
+        model_id = info.get("model_id") if isinstance(info, dict) else None
+        if not isinstance(model_id, str) or not model_id:
+            raise UpstreamError(f"{ep.base_url}/info: no model_id")
+        return [model_id]
