@@ -19,9 +19,9 @@ import orjson
 from aiohttp import web
 
 from superollama import __version__
-from superollama.admin import AdminRoutes, ConnectionRoutes
+from superollama.admin import AdminRoutes, ConnectionRoutes, JobRoutes
 from superollama.agent import AgentConfig, LocalAgent
-from superollama.control import ConnectionManager, Controller, RoutingHolder, SecretBox
+from superollama.control import ConnectionManager, Controller, JobManager, RoutingHolder, SecretBox
 from superollama.errors import SuperOllamaError
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
 from superollama.providers import builtin_providers
@@ -93,6 +93,8 @@ async def create_app(settings: Settings) -> web.Application:
     )
     holder = RoutingHolder()
     controller = Controller(registry, store, holder, agent, connections)
+    jobs = JobManager(registry)
+    await jobs.start()
     await agent.start()
     await connections.start()
     await controller.start()
@@ -103,10 +105,12 @@ async def create_app(settings: Settings) -> web.Application:
     OpenAIRoutes(holder, controller, agent, Relay(session, settings.upstream_timeout)).register(app)
     AdminRoutes(controller, settings.node_name).register(app)
     ConnectionRoutes(connections).register(app)
+    JobRoutes(controller, jobs).register(app)
     app.router.add_get("/", _root)
     app.router.add_get("/health", _health)
 
     async def close(_app: web.Application) -> None:
+        await jobs.close()
         await connections.close()
         await agent.close()
         await session.close()

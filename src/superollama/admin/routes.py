@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,10 +11,8 @@ from aiohttp import web
 
 from superollama.admin.serialize import details_json, event_json, instance_json, version_json
 from superollama.control import Controller
-from superollama.core import Progress
-from superollama.errors import InvalidRequest, SuperOllamaError
+from superollama.errors import InvalidRequest
 from superollama.gateway import read_json
-from superollama.wire.openai import error_body
 
 __all__ = ["PREFIX", "AdminRoutes", "actor_of"]
 
@@ -26,12 +23,10 @@ class AdminRoutes:
     def __init__(self, controller: Controller, node: str) -> None:
         self._controller = controller
         self._node = node
-        self._background: set[asyncio.Task[None]] = set()  # pulls whose client went away finish anyway
 
     def register(self, app: web.Application) -> None:
         r = app.router
         r.add_get(f"{PREFIX}/models", self.list_models)
-        r.add_post(f"{PREFIX}/pull", self.pull)
         r.add_get(f"{PREFIX}/instances", self.instances)
         r.add_get(f"{PREFIX}/events", self.events)
         r.add_post(f"{PREFIX}/copy", self.copy)
@@ -97,44 +92,6 @@ class AdminRoutes:
             limit=limit, since=since, target=q.get("target"), action=q.get("action")
         )
         return _json({"events": [event_json(e) for e in events]})
-
-    async def pull(self, request: web.Request) -> web.StreamResponse:
-        """Pull a model. ``stream`` (default true) answers NDJSON progress as Ollama's ``/api/pull`` does."""
-        body = await read_json(request)
-        source = body.get("source")
-        if not isinstance(source, str) or not source:
-            raise InvalidRequest("'source' is required: file:///path/to/model.gguf", param="source")
-        name, runtime = body.get("name"), body.get("runtime")
-        kwargs: dict[str, Any] = {"actor": actor_of(request), "runtime": runtime}
-        if body.get("stream", True) is False:
-            record = await self._controller.pull(source, name, **kwargs)
-            return _json({"status": "success", "model": version_json(record)})
-
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        task = asyncio.create_task(self._pull_into(queue, source, name, kwargs))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        while (item := await queue.get()) is not None:
-            await response.write(orjson.dumps(item) + b"\n")
-        await response.write_eof()
-        return response
-
-    async def _pull_into(
-        self, queue: asyncio.Queue[dict[str, Any] | None], source: str, name: Any, kwargs: dict[str, Any]
-    ) -> None:
-        def progress(p: Progress) -> None:
-            if p.status != "success":  # the one final line below carries success and the version
-                queue.put_nowait(p.as_dict())
-
-        try:
-            record = await self._controller.pull(source, name, on_progress=progress, **kwargs)
-            queue.put_nowait({"status": "success", "model": version_json(record)})
-        except SuperOllamaError as exc:
-            queue.put_nowait({"status": "error", **error_body(exc)})
-        finally:
-            queue.put_nowait(None)
 
 
 async def _pair(request: web.Request) -> tuple[str, str]:

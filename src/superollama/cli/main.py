@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,7 +101,23 @@ def pull(ctx: Context, source: str, name: str | None, runtime: str | None) -> No
     uri = _source_uri(source)
     if ctx.client.reachable():
         body = {"source": uri, "name": name, "runtime": runtime, "stream": True}
-        final = show_progress(console, ctx.client.stream_lines("POST", "/admin/v1/pull", json=body))
+        job: list[str] = []
+
+        def remember_job(events: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+            for event in events:
+                if "job" in event and not job:
+                    job.append(event["job"])
+                yield event
+
+        try:
+            final = show_progress(
+                console, remember_job(ctx.client.stream_lines("POST", "/admin/v1/pull", json=body))
+            )
+        except KeyboardInterrupt:
+            if job:
+                ctx.client.request("POST", f"/admin/v1/jobs/{job[0]}/cancel")
+                err_console.print(f"cancelled {job[0]} (pull again to resume)")
+            sys.exit(130)
         if final.get("status") != "success":
             raise ApiError(0, str((final.get("error") or {}).get("message", final)))
         console.print(f"pulled {final['model']['name']}")
@@ -326,6 +342,57 @@ def run(ctx: Context, name: str, prompt: tuple[str, ...]) -> None:
         one_shot(ctx.client, name, sys.stdin.read())
     else:
         repl(ctx.client, name)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def jobs(click_ctx: click.Context, as_json: bool) -> None:
+    """List long operations (pulls, moves); `jobs cancel ID`, `jobs watch ID`."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    ctx: Context = click_ctx.obj
+    try:
+        items = ctx.client.request("GET", "/admin/v1/jobs")["jobs"]
+    except ApiError as exc:
+        err_console.print(f"[red]Error:[/red] {exc.message}", highlight=False)
+        sys.exit(1)
+    if as_json:
+        click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
+        return
+    rows = [
+        (
+            j["id"],
+            j["kind"],
+            j["target"],
+            j["state"],
+            j["progress"].get("status", ""),
+            j["error"] or "",
+            age(j["created_at"]),
+        )
+        for j in items
+    ]
+    print_table(console, ("JOB", "KIND", "TARGET", "STATE", "PROGRESS", "ERROR", "STARTED"), rows)
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@pass_ctx
+@api
+def cancel_job(ctx: Context, job_id: str) -> None:
+    """Cancel a running job."""
+    job = ctx.client.request("POST", f"/admin/v1/jobs/{job_id}/cancel")
+    console.print(f"{job['id']}: {job['state']}")
+
+
+@jobs.command("watch")
+@click.argument("job_id")
+@pass_ctx
+@api
+def watch_job(ctx: Context, job_id: str) -> None:
+    """Follow a job's progress until it ends."""
+    final = show_progress(console, ctx.client.stream_lines("GET", f"/admin/v1/jobs/{job_id}/watch"))
+    console.print(f"{job_id}: {final.get('status')}")
 
 
 @cli.command()

@@ -19,6 +19,8 @@ __all__ = [
     "InstanceRecord",
     "InstanceSpec",
     "InstanceState",
+    "JobRecord",
+    "JobState",
     "Layer",
     "Manifest",
     "NodeRecord",
@@ -195,3 +197,27 @@ class EventRecord:
     detail: Mapping[str, Any] = field(default_factory=dict)
     id: int | None = None
     created_at: datetime | None = None
+
+
+class JobState(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A long operation (pull, move): its last progress event and how it ended."""
+
+    id: str
+    kind: str  # "pull", "move"
+    target: str
+    state: JobState = JobState.RUNNING
+    actor: str = "system"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    progress: Mapping[str, Any] = field(default_factory=dict)
+    result: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None

@@ -145,9 +145,30 @@ def _m0002_connections(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _m0003_jobs(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    Table(
+        "jobs",
+        md,
+        Column("id", String, primary_key=True),
+        Column("kind", String, nullable=False),
+        Column("target", String, nullable=False, index=True),
+        Column("state", String, nullable=False, index=True),
+        Column("actor", String, nullable=False),
+        Column("params", Json(), nullable=False),
+        Column("progress", Json(), nullable=False),
+        Column("result", Json(), nullable=False),
+        Column("error", Text, nullable=True),
+        Column("created_at", UTCDateTime, nullable=False, index=True),
+        Column("updated_at", UTCDateTime, nullable=False),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create models, versions, nodes, instances, events", _m0001_initial),
     Migration(2, "create connections", _m0002_connections),
+    Migration(3, "create jobs", _m0003_jobs),
 )
 
 

@@ -161,3 +161,19 @@ connections = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("kind", String, nullable=False),
+    Column("target", String, nullable=False, index=True),
+    Column("state", String, nullable=False, index=True),
+    Column("actor", String, nullable=False),
+    Column("params", Json(), nullable=False),
+    Column("progress", Json(), nullable=False),
+    Column("result", Json(), nullable=False),
+    Column("error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False, index=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,125 @@
+"""Admin API for long operations: ``/pull`` (a job whose progress streams as NDJSON, in the shape of
+Ollama's ``/api/pull``) and ``/jobs`` (list, show, watch, cancel)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from superollama.admin.routes import PREFIX, actor_of
+from superollama.admin.serialize import version_json
+from superollama.control import Controller, JobManager
+from superollama.core import JobRecord
+from superollama.errors import InvalidRequest
+from superollama.gateway import read_json
+
+__all__ = ["JobRoutes", "job_json"]
+
+
+def job_json(job: JobRecord) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "target": job.target,
+        "state": str(job.state),
+        "actor": job.actor,
+        "params": dict(job.params),
+        "progress": dict(job.progress),
+        "result": dict(job.result),
+        "error": job.error,
+        "created_at": job.created_at.isoformat() if job.created_at else None,
+        "updated_at": job.updated_at.isoformat() if job.updated_at else None,
+    }
+
+
+class JobRoutes:
+    def __init__(self, controller: Controller, jobs: JobManager) -> None:
+        self._controller = controller
+        self._jobs = jobs
+
+    def register(self, app: web.Application) -> None:
+        r = app.router
+        r.add_post(f"{PREFIX}/pull", self.pull)
+        r.add_get(f"{PREFIX}/jobs", self.list)
+        r.add_get(f"{PREFIX}/jobs/{{id}}", self.show)
+        r.add_get(f"{PREFIX}/jobs/{{id}}/watch", self.watch)
+        r.add_post(f"{PREFIX}/jobs/{{id}}/cancel", self.cancel)
+
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        """Start a pull job. ``stream`` (default true): NDJSON progress until it ends (the job goes on if
+        the client leaves); ``stream: false``: wait and answer the result; ``background: true``: 202 + id."""
+        body = await read_json(request)
+        source, name, runtime = body.get("source"), body.get("name"), body.get("runtime")
+        if not isinstance(source, str) or not source:
+            raise InvalidRequest("'source' is required, e.g. file:///path/to/model.gguf", param="source")
+        for key, value in (("name", name), ("runtime", runtime)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidRequest(f"'{key}' must be a string", param=key)
+        actor = actor_of(request)
+
+        async def work(emit: Any) -> dict[str, Any]:
+            record = await self._controller.pull(source, name, actor=actor, runtime=runtime, on_progress=emit)
+            return {"model": version_json(record)}
+
+        target = name or source
+        job = await self._jobs.submit(
+            "pull", target, work, actor=actor, params={"source": source, "name": name}
+        )
+        if body.get("background") is True:
+            return _json(job_json(job), status=202)
+        if body.get("stream", True) is False:
+            done = await self._jobs.wait(job.id)
+            if done.error:
+                return _json(
+                    {
+                        "error": {
+                            "message": done.error,
+                            "type": "job_failed",
+                            "param": None,
+                            "code": str(done.state),
+                        },
+                        "job": done.id,
+                    },
+                    status=_status(done),
+                )
+            return _json({"status": "success", "job": done.id, **done.result})
+        return await _stream(request, self._jobs.watch(job.id), job.id)
+
+    async def list(self, request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", "50"))
+        except ValueError:
+            raise InvalidRequest("'limit' must be an integer", param="limit") from None
+        return _json({"jobs": [job_json(j) for j in await self._jobs.list(limit=limit)]})
+
+    async def show(self, request: web.Request) -> web.Response:
+        return _json(job_json(await self._jobs.get(request.match_info["id"])))
+
+    async def watch(self, request: web.Request) -> web.StreamResponse:
+        job = await self._jobs.get(request.match_info["id"])
+        return await _stream(request, self._jobs.watch(job.id), job.id)
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        return _json(job_json(await self._jobs.cancel(request.match_info["id"])))
+
+
+async def _stream(
+    request: web.Request, events: AsyncIterator[dict[str, Any]], job_id: str
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "X-Job-Id": job_id})
+    await response.prepare(request)
+    async for event in events:
+        await response.write(orjson.dumps(event) + b"\n")
+    await response.write_eof()
+    return response
+
+
+def _status(job: JobRecord) -> int:
+    return 499 if str(job.state) == "cancelled" else 400
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")

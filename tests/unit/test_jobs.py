@@ -1,0 +1,105 @@
+"""Jobs: progress anyone can watch, cancellation, failures, and no half state after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from superollama.control import JobManager
+from superollama.control.jobs import Emit
+from superollama.core import JobRecord, JobState, Progress
+from superollama.errors import Conflict, IntegrityError
+from superollama.registry import Registry, open_registry
+
+
+@pytest.fixture
+async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
+    reg = await open_registry(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    try:
+        yield reg
+    finally:
+        await reg.close()
+
+
+def gated(gate: asyncio.Event, fail: Exception | None = None) -> Any:
+    async def work(emit: Emit) -> Mapping[str, Any]:
+        emit(Progress("pulling abc", digest="sha256:abc", total=10, completed=0))
+        await gate.wait()
+        emit(Progress("pulling abc", digest="sha256:abc", total=10, completed=10))
+        if fail is not None:
+            raise fail
+        return {"model": {"name": "m:1"}}
+
+    return work
+
+
+async def test_watch_sees_progress_then_success(registry: Registry) -> None:
+    jobs = JobManager(registry)
+    await jobs.start()
+    gate = asyncio.Event()
+    job = await jobs.submit("pull", "m:1", gated(gate), actor="cli", params={"source": "file:///x"})
+    assert job.state is JobState.RUNNING
+    seen: list[dict[str, Any]] = []
+
+    async def watch() -> None:
+        async for event in jobs.watch(job.id):
+            seen.append(event)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.wait_for(watcher, 5)
+    assert seen[0]["completed"] == 0 or seen[0]["status"] == "queued"
+    assert seen[-2]["completed"] == 10
+    assert seen[-1] == {"status": "success", "job": job.id, "model": {"name": "m:1"}}
+    done = await registry.jobs.get(job.id)
+    assert done.state is JobState.SUCCEEDED and done.result == {"model": {"name": "m:1"}}
+    assert [e.result for e in await registry.events.list(action="job.pull")] == ["ok"]
+    # watching an ended job gives its final event at once
+    assert [e async for e in jobs.watch(job.id)] == [seen[-1]]
+    await jobs.close()
+
+
+async def test_failure_is_recorded_with_its_reason(registry: Registry) -> None:
+    jobs = JobManager(registry)
+    gate = asyncio.Event()
+    gate.set()
+    job = await jobs.submit("pull", "m:1", gated(gate, IntegrityError("sha256 mismatch")))
+    done = await jobs.wait(job.id)
+    assert done.state is JobState.FAILED and done.error == "sha256 mismatch"
+    await jobs.close()
+
+
+async def test_cancel_stops_the_work(registry: Registry) -> None:
+    jobs = JobManager(registry)
+    job = await jobs.submit("pull", "m:1", gated(asyncio.Event()))
+    await asyncio.sleep(0.02)
+    cancelled = await jobs.cancel(job.id)
+    assert cancelled.state is JobState.CANCELLED
+    with pytest.raises(Conflict):
+        await jobs.cancel(job.id)
+    await jobs.close()
+
+
+async def test_a_job_left_running_by_a_dead_server_is_failed_at_start(registry: Registry) -> None:
+    await registry.jobs.add(JobRecord(id="job-old", kind="pull", target="m:1"))
+    jobs = JobManager(registry)
+    await jobs.start()
+    old = await registry.jobs.get("job-old")
+    assert old.state is JobState.FAILED and "stopped before" in (old.error or "")
+    assert [j.id for j in await jobs.list()] == ["job-old"]
+    await jobs.close()
+
+
+async def test_shutdown_cancels_running_jobs(registry: Registry) -> None:
+    jobs = JobManager(registry)
+    job = await jobs.submit("pull", "m:1", gated(asyncio.Event()))
+    await asyncio.sleep(0.02)
+    await jobs.close()
+    assert (await registry.jobs.get(job.id)).state is JobState.CANCELLED
+    with pytest.raises(Conflict):
+        await jobs.submit("pull", "m:2", gated(asyncio.Event()))
