@@ -18,6 +18,7 @@ from superollama.core.types import (
     Manifest,
     NodeRecord,
     Progress,
+    RequestRecord,
     VersionRecord,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "NodeRecord",
     "Progress",
     "Provider",
+    "RequestRecord",
     "Runtime",
     "VersionRecord",
 ]

@@ -25,6 +25,7 @@ __all__ = [
     "Manifest",
     "NodeRecord",
     "Progress",
+    "RequestRecord",
     "VersionRecord",
 ]
 
@@ -221,3 +222,38 @@ class JobRecord:
     error: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """What the data plane knows about one finished request; metrics, logs, traces, the usage ledger and
+    rate-limit settlement all read this one value (built once, off the byte path, when the request ends).
+
+    Times are ``time.time()`` seconds (wall clock) so that spans and ledger rows line up across processes;
+    durations are seconds."""
+
+    request_id: str
+    protocol: str  # "openai", "ollama", "anthropic"
+    operation: str  # "chat", "completion", "embeddings", "generate" …
+    model: str  # what the client asked for
+    status: int
+    started_at: float
+    duration: float
+    stream: bool = False
+    key_id: str | None = None
+    key_prefix: str | None = None
+    version: str | None = None  # the version that served it (a deployment target)
+    instance: str | None = None  # instance id, or None for a connection
+    connection: str | None = None
+    node: str | None = None
+    ttft: float | None = None  # seconds to the first byte of the answer
+    load_wait: float | None = None  # seconds spent waiting for the model to load
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost: float | None = None
+    error_type: str | None = None  # e.g. "upstream_error", "rate_limited", "model_not_found"
+    error: str | None = None
+    client: str | None = None  # remote address
+    user_agent: str | None = None
+    input: Any = None  # request messages/prompt, only when capture is enabled
+    output: Any = None  # response text, only when capture is enabled
