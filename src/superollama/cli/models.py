@@ -1,0 +1,283 @@
+"""Model commands: pull, ls, ps, show, cp, mv, rm, enable, disable, stop, events, run."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from superollama.cli.client import ApiError
+from superollama.cli.main import Context, api, cli, console, err_console, pass_ctx
+from superollama.cli.render import age, human_size, print_table, show_progress
+from superollama.settings import Settings
+
+__all__ = ["pull", "run"]
+
+
+def _source_uri(source: str) -> str:
+    """A local path (relative to where the CLI runs, not the server) becomes a file:// URI."""
+    if "://" in source:
+        return source
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise click.BadParameter(f"{source}: no such file (use file://, hf://, ollama:// or https://)")
+    return path.resolve().as_uri()
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--name", help="Name the version (name:tag); default: from the source.")
+@click.option("--runtime", help="Serve it with this runtime instead of the format's default.")
+@pass_ctx
+@api
+def pull(ctx: Context, source: str, name: str | None, runtime: str | None) -> None:
+    """Pull a model from SOURCE (file://PATH or a local path) into the store and register it."""
+    uri = _source_uri(source)
+    if ctx.client.reachable():
+        body = {"source": uri, "name": name, "runtime": runtime, "stream": True}
+        job: list[str] = []
+
+        def remember_job(events: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+            for event in events:
+                if "job" in event and not job:
+                    job.append(event["job"])
+                yield event
+
+        try:
+            final = show_progress(
+                console, remember_job(ctx.client.stream_lines("POST", "/admin/v1/pull", json=body))
+            )
+        except KeyboardInterrupt:
+            if job:
+                ctx.client.request("POST", f"/admin/v1/jobs/{job[0]}/cancel")
+                err_console.print(f"cancelled {job[0]} (pull again to resume)")
+            sys.exit(130)
+        if final.get("status") != "success":
+            raise ApiError(0, str((final.get("error") or {}).get("message", final)))
+        console.print(f"pulled {final['model']['name']}")
+        return
+    console.print(f"[dim]no server at {ctx.client.base_url}: pulling into {ctx.settings.home}[/dim]")
+    console.print(f"pulled {asyncio.run(_pull_offline(ctx.settings, uri, name, runtime))}")
+
+
+async def _pull_offline(settings: Settings, uri: str, name: str | None, runtime: str | None) -> str:
+    from superollama.app import open_catalog
+    from superollama.errors import SuperOllamaError
+
+    registry, _store, controller = await open_catalog(settings)
+    events: list[dict[str, Any]] = []
+    try:
+        record = await controller.pull(
+            uri, name, actor="cli", runtime=runtime, on_progress=lambda p: events.append(p.as_dict())
+        )
+    except SuperOllamaError as exc:
+        raise ApiError(exc.status, exc.message) from exc
+    finally:
+        await registry.close()
+    return record.name
+
+
+@cli.command("ls")
+@click.option("--enabled/--disabled", "enabled", default=None, help="Only enabled or disabled versions.")
+@click.option("--format", "fmt", help="Only this format (gguf, safetensors…).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+@api
+def list_models(ctx: Context, enabled: bool | None, fmt: str | None, as_json: bool) -> None:
+    """List versions."""
+    params: dict[str, str] = {}
+    if enabled is not None:
+        params["enabled"] = str(enabled).lower()
+    if fmt:
+        params["format"] = fmt
+    models = ctx.client.request("GET", "/admin/v1/models", params=params)["models"]
+    if as_json:
+        click.echo(orjson.dumps(models, option=orjson.OPT_INDENT_2).decode())
+        return
+    rows = [
+        (
+            m["name"],
+            m["digest"][7:19],
+            human_size(m["size"]),
+            m["format"],
+            m["quantization"] or "-",
+            "yes" if m["enabled"] else "no",
+            age(m["created_at"]),
+        )
+        for m in models
+    ]
+    print_table(console, ("NAME", "ID", "SIZE", "FORMAT", "QUANT", "ENABLED", "MODIFIED"), rows)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+@api
+def ps(ctx: Context, as_json: bool) -> None:
+    """List running instances."""
+    instances = ctx.client.request("GET", "/admin/v1/instances")["instances"]
+    if as_json:
+        click.echo(orjson.dumps(instances, option=orjson.OPT_INDENT_2).decode())
+        return
+    rows = [
+        (
+            i["version"],
+            i["id"],
+            i["state"],
+            i["device"],
+            i["pid"],
+            i["endpoint"],
+            i["in_flight"],
+            age(i["started_at"]),
+        )
+        for i in instances
+    ]
+    print_table(
+        console, ("NAME", "INSTANCE", "STATE", "DEVICE", "PID", "ENDPOINT", "IN FLIGHT", "STARTED"), rows
+    )
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+@api
+def show(ctx: Context, name: str, as_json: bool) -> None:
+    """Show a version's metadata, files and instances."""
+    info = ctx.client.request("GET", f"/admin/v1/models/{name}")
+    if as_json:
+        click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+        return
+    meta = info["metadata"]
+    fields = [
+        ("name", info["name"]),
+        ("format", info["format"]),
+        ("architecture", info["architecture"]),
+        ("parameters", info["parameter_size"] or info["parameters"]),
+        ("quantization", info["quantization"]),
+        ("context length", info["context_length"]),
+        ("size", human_size(info["size"])),
+        ("enabled", info["enabled"]),
+        ("source", info["source"]),
+        ("created", info["created_at"]),
+    ]
+    print_table(console, ("", ""), [(k, v if v is not None else "-") for k, v in fields])
+    console.print("\n[bold]files[/bold]")
+    print_table(
+        console,
+        ("DIGEST", "SIZE", "TYPE"),
+        [(la["digest"], human_size(la["size"]), la["mediaType"]) for la in info["layers"]],
+    )
+    if meta.get("chat_template"):
+        console.print("\n[bold]template[/bold]")
+        console.print(meta["chat_template"], markup=False, highlight=False)
+    if info["instances"]:
+        console.print("\n[bold]instances[/bold]")
+        print_table(
+            console,
+            ("INSTANCE", "STATE", "PID", "ENDPOINT"),
+            [(i["id"], i["state"], i["pid"], i["endpoint"]) for i in info["instances"]],
+        )
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("destination")
+@pass_ctx
+@api
+def cp(ctx: Context, source: str, destination: str) -> None:
+    """Copy a version to a new name (same files, no bytes copied)."""
+    ctx.client.request("POST", "/admin/v1/copy", json={"source": source, "destination": destination})
+    console.print(f"copied '{source}' to '{destination}'")
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("destination")
+@pass_ctx
+@api
+def mv(ctx: Context, source: str, destination: str) -> None:
+    """Rename a version; a running instance of the old name drains and stops."""
+    ctx.client.request("POST", "/admin/v1/rename", json={"source": source, "destination": destination})
+    console.print(f"renamed '{source}' to '{destination}'")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Drain and stop a loaded model first.")
+@pass_ctx
+@api
+def rm(ctx: Context, name: str, force: bool) -> None:
+    """Remove a version (its unreferenced files are garbage-collected)."""
+    ctx.client.request("DELETE", f"/admin/v1/models/{name}", params={"force": str(force).lower()})
+    console.print(f"deleted '{name}'")
+
+
+@cli.command()
+@click.argument("name")
+@pass_ctx
+@api
+def enable(ctx: Context, name: str) -> None:
+    """Make a version routable again."""
+    ctx.client.request("POST", f"/admin/v1/models/{name}/enable")
+    console.print(f"enabled '{name}'")
+
+
+@cli.command()
+@click.argument("name")
+@pass_ctx
+@api
+def disable(ctx: Context, name: str) -> None:
+    """Stop routing to a version (404, hidden from lists); its instances drain and stop."""
+    ctx.client.request("POST", f"/admin/v1/models/{name}/disable")
+    console.print(f"disabled '{name}'")
+
+
+@cli.command()
+@click.argument("name")
+@pass_ctx
+@api
+def stop(ctx: Context, name: str) -> None:
+    """Unload a running model now (it loads again on the next request)."""
+    result = ctx.client.request("POST", f"/admin/v1/models/{name}/unload")
+    console.print(f"stopped '{name}'" if result["unloaded"] else f"'{name}' was not running")
+
+
+@cli.command()
+@click.option("--limit", default=50, show_default=True)
+@click.option("--target", help="Only events about this version.")
+@click.option("--since", help="Only newer events: 24h, 30m, 7d or an ISO time.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@api
+def events(ctx: Context, limit: int, target: str | None, since: str | None, as_json: bool) -> None:
+    """List lifecycle events: who did what, when, and how it ended."""
+    params = {k: v for k, v in {"limit": str(limit), "target": target, "since": since}.items() if v}
+    items = ctx.client.request("GET", "/admin/v1/events", params=params)["events"]
+    if as_json:
+        click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
+        return
+    rows = [(e["created_at"][:19], e["actor"], e["action"], e["target"], e["result"]) for e in items]
+    print_table(console, ("TIME", "ACTOR", "ACTION", "TARGET", "RESULT"), rows)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("prompt", nargs=-1)
+@pass_ctx
+@api
+def run(ctx: Context, name: str, prompt: tuple[str, ...]) -> None:
+    """Chat with a model: a REPL, or one answer for PROMPT (or for standard input when piped)."""
+    from superollama.cli.repl import one_shot, repl
+
+    if prompt:
+        one_shot(ctx.client, name, " ".join(prompt))
+    elif not sys.stdin.isatty():
+        one_shot(ctx.client, name, sys.stdin.read())
+    else:
+        repl(ctx.client, name)
