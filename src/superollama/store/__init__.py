@@ -4,30 +4,59 @@
 
     <root>/blobs/sha256-<hex>                         content-addressed files (Ollama's layout)
     <root>/manifests/[host/][namespace/]model/tag     one JSON manifest per version
-    <root>/tmp/                                       partial writes, moved into place atomically
+    <root>/models/sha256-<hex>/                       folder versions as directories of hard links
+    <root>/tmp/                                       partial writes (and resumable downloads), moved
+                                                      into place atomically
 """
 
 from superollama.store.blobs import Blob, BlobStore, hash_file, normalize_digest, short_digest
 from superollama.store.gguf import GgufInfo, as_metadata, human_parameters, is_gguf, read_gguf_metadata
 from superollama.store.manifests import ManifestStore, manifest_from_json, manifest_to_json
-from superollama.store.sources import FileSource, Source, SourceFile, SourcePlan
+from superollama.store.sources import (
+    DEFAULT_HF_ENDPOINT,
+    DEFAULT_OLLAMA_REGISTRY,
+    MEDIA_FILE,
+    FileSource,
+    HfSource,
+    HttpSource,
+    OllamaDirSource,
+    OllamaSource,
+    PlainHttpSource,
+    RetryPolicy,
+    Source,
+    SourceFile,
+    SourcePlan,
+    default_sources,
+    list_ollama_models,
+)
 from superollama.store.store import ModelStore, ProgressCallback
 
 __all__ = [
+    "DEFAULT_HF_ENDPOINT",
+    "DEFAULT_OLLAMA_REGISTRY",
+    "MEDIA_FILE",
     "Blob",
     "BlobStore",
     "FileSource",
     "GgufInfo",
+    "HfSource",
+    "HttpSource",
     "ManifestStore",
     "ModelStore",
+    "OllamaDirSource",
+    "OllamaSource",
+    "PlainHttpSource",
     "ProgressCallback",
+    "RetryPolicy",
     "Source",
     "SourceFile",
     "SourcePlan",
     "as_metadata",
+    "default_sources",
     "hash_file",
     "human_parameters",
     "is_gguf",
+    "list_ollama_models",
     "manifest_from_json",
     "manifest_to_json",
     "normalize_digest",

@@ -4,6 +4,9 @@ A blob lands in ``blobs/`` only after its bytes were hashed while being copied a
 expected; the move is one atomic ``os.replace``. File I/O and hashing run in worker threads, in chunks, so
 the event loop stays free. Digests are written ``sha256:<hex>`` (``sha256-<hex>`` is accepted too).
 
+A local, immutable file (an Ollama blob) can be *adopted* instead: hard-linked into ``tmp/``, hashed there,
+then moved into place, so no second copy of its bytes is written.
+
 Pins protect blobs that an operation in this process is about to reference (a pull between its ingest and
 its manifest write) from garbage collection: ``delete`` skips a pinned blob unless forced.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -31,6 +35,7 @@ __all__ = ["CHUNK_SIZE", "Blob", "BlobStore", "hash_file", "normalize_digest", "
 CHUNK_SIZE = 4 * 1024 * 1024
 _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 _BLOB_NAME = re.compile(r"^sha256-[0-9a-f]{64}$")
+log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int], None]
 ChunkSource = str | os.PathLike[str] | AsyncIterable[bytes] | Iterable[bytes]
@@ -287,6 +292,14 @@ class BlobStore:
             os.fsync(f.fileno())
         finally:
             f.close()
+        self.place(tmp, digest, pin=pin)
+
+    def place(self, tmp: Path, digest: str, *, pin: bool = False) -> Blob:
+        """Move a complete, verified file (in ``tmp/``, flushed) to its blob path, atomically (blocking).
+
+        The caller has checked that ``tmp`` hashes to ``digest``. Same bytes stored already: drop ``tmp``.
+        """
+        digest = normalize_digest(digest)
         dest = self.path(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
@@ -296,6 +309,46 @@ class BlobStore:
                 tmp.unlink(missing_ok=True)
             else:
                 os.replace(tmp, dest)
+        return Blob(digest=digest, size=dest.stat().st_size, path=dest)
+
+    # -- adopt (hard link) ----------------------------------------------------------------------------
+    async def adopt(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        expected_digest: str | None = None,
+        expected_size: int | None = None,
+        on_progress: ProgressFn | None = None,
+        pin: bool = False,
+    ) -> Blob:
+        """Store an immutable local file as a blob by hard-linking it (no second copy of its bytes).
+
+        The link is made first and its bytes hashed and checked, so what was verified is what is kept.
+        On another filesystem (or where links are refused) this falls back to a copy, with a log note.
+        """
+        expected = normalize_digest(expected_digest) if expected_digest else None
+        tmp = self.tmp_dir / f"link-{uuid.uuid4().hex}.partial"
+        try:
+            await asyncio.to_thread(_link, Path(path), tmp)
+        except OSError as exc:
+            log.warning("cannot hard-link %s into %s (%s): copying it instead", path, self.dir, exc)
+            return await self.ingest(
+                path, expected_digest=expected, expected_size=expected_size, on_progress=on_progress, pin=pin
+            )
+        try:
+            digest, size = await hash_file(tmp, on_progress)
+            if expected_size is not None and size != expected_size:
+                raise IntegrityError(f"blob {expected or digest} has {size} bytes, expected {expected_size}")
+            if expected is not None and digest != expected:
+                raise IntegrityError(f"blob {expected}: the bytes of {path} hash to {digest}")
+            return await asyncio.to_thread(self.place, tmp, digest, pin=pin)
+        finally:
+            await asyncio.to_thread(tmp.unlink, True)
+
+
+def _link(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.link(src, dest)
 
 
 def _open_new(path: Path) -> BinaryIO:

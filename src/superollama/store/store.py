@@ -1,6 +1,8 @@
 """``ModelStore``: the node's model store — pull, copy, remove, verify, garbage-collect, list, show.
 
-The one pull algorithm lives here; the offline CLI and the admin API both call ``ModelStore.pull``.
+The one pull algorithm lives here; the offline CLI and the admin API both call ``ModelStore.pull``. Sources
+(file, https/http, hf, ollama, ollama-dir) resolve a reference into a plan; ``Transfers`` fetches each file
+once per blob (concurrent pulls share a download), resumably, verified, into ``blobs/``.
 
 Consistency: within one process, a pull pins its blobs from ingest until its manifest is written, and
 manifest writes, removals and garbage collection take one lock, so a GC never removes a blob a finished or
@@ -12,19 +14,34 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from superollama.core import Artifact, Layer, Manifest, ModelRef, Progress
 from superollama.errors import IntegrityError, InvalidRequest, ModelExists, ModelNotFound, StoreError
 from superollama.store.blobs import BlobStore, short_digest
+from superollama.store.folders import folder_key, folder_metadata, is_folder, materialize, prune
 from superollama.store.gguf import as_metadata, read_gguf_metadata
 from superollama.store.manifests import ManifestStore, as_ref
-from superollama.store.sources import FileSource, Source, SourceFile, SourcePlan, split_scheme
+from superollama.store.sources import (
+    DEFAULT_OLLAMA_REGISTRY,
+    MEDIA_FILE,
+    RetryPolicy,
+    Source,
+    SourceFile,
+    SourcePlan,
+    default_sources,
+    list_ollama_models,
+    safe_relpath,
+    split_scheme,
+)
+from superollama.store.sources.ollama import layer_metadata
+from superollama.store.transfer import Transfers
 
 __all__ = ["ModelStore", "ProgressCallback"]
 
@@ -35,25 +52,37 @@ def _ignore(_: Progress) -> None:
     return None
 
 
-@asynccontextmanager
-async def _closing(stream: AsyncIterator[bytes]) -> AsyncGenerator[AsyncIterator[bytes], None]:
-    """Close a source's stream (an async generator holding a file or a connection) however we leave."""
-    try:
-        yield stream
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
 class ModelStore:
     """Blobs + manifests under one root directory, fed by ``Source`` implementations chosen by scheme."""
 
-    def __init__(self, root: str | os.PathLike[str], *, sources: Iterable[Source] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        sources: Iterable[Source] | None = None,
+        ollama_registry: str = DEFAULT_OLLAMA_REGISTRY,
+        hf_endpoint: str | None = None,
+        hf_token: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> None:
+        """``sources`` replaces the built-in ones (file, https, http, hf, ollama, ollama-dir), which take
+        ``ollama_registry`` (the base URL serving registry.ollama.ai), ``hf_endpoint``/``hf_token`` (else
+        the hub's ``HF_ENDPOINT``/``HF_TOKEN``), ``retry`` and ``timeout``."""
         self.root = Path(root)
         self.blobs = BlobStore(self.root)
         self.manifests = ManifestStore(self.root)
-        self.sources: Mapping[str, Source] = {s.scheme: s for s in (sources or (FileSource(),))}
+        retry = retry or RetryPolicy()
+        if sources is None:
+            sources = default_sources(
+                ollama_registry=ollama_registry,
+                hf_endpoint=hf_endpoint,
+                hf_token=hf_token,
+                retry=retry,
+                timeout=timeout,
+            )
+        self.sources: Mapping[str, Source] = {s.scheme: s for s in sources}
+        self.transfers = Transfers(self.blobs, retry=retry)
         self._lock = asyncio.Lock()
 
     def source_for(self, ref: str) -> Source:
@@ -82,6 +111,7 @@ class ModelStore:
         plan = await source.resolve(source_ref)
         if not plan.files:
             raise InvalidRequest(f"{source_ref}: nothing to pull")
+        _check_folder(plan)
         pinned: list[str] = []
         added: list[str] = []
         try:
@@ -130,11 +160,7 @@ class ModelStore:
         def progress(done: int) -> None:
             emit(Progress(label, digest=file.digest, total=file.size, completed=done))
 
-        progress(0)
-        async with _closing(source.open(file)) as stream:
-            blob = await self.blobs.ingest(
-                stream, expected_digest=file.digest, expected_size=file.size, on_progress=progress, pin=True
-            )
+        blob = await self.transfers.fetch(source, file, progress)
         pinned.append(blob.digest)
         if not existed:
             added.append(blob.digest)
@@ -144,11 +170,33 @@ class ModelStore:
 
     async def _metadata(self, plan: SourcePlan, layers: list[Layer]) -> dict[str, Any]:
         metadata: dict[str, Any] = dict(plan.metadata)
+        metadata.update(await asyncio.to_thread(layer_metadata, layers, self._read_blob))
         if plan.format == "gguf":
             model = Manifest(name="", format=plan.format, layers=tuple(layers)).model_layer
             info = await asyncio.to_thread(read_gguf_metadata, self.blobs.path(model.digest))
             metadata.update(as_metadata(info))
+        elif any(la.media_type == MEDIA_FILE for la in layers):
+            files = {la.filename: self.blobs.path(la.digest) for la in layers if la.filename}
+            metadata.update(await asyncio.to_thread(folder_metadata, files))
         return metadata
+
+    def _read_blob(self, digest: str) -> bytes:
+        return self.blobs.path(digest).read_bytes()
+
+    # -- import ---------------------------------------------------------------------------------------
+    async def import_ollama_models(
+        self, models_dir: str | os.PathLike[str], *, on_progress: ProgressCallback | None = None
+    ) -> list[Manifest]:
+        """Import every model of a local Ollama models directory (``~/.ollama/models``) under Ollama's
+        own names (``llama3:8b``), hard-linking its blobs (verified) instead of copying them."""
+        root = await asyncio.to_thread(lambda: Path(models_dir).expanduser().absolute())
+        if not await asyncio.to_thread((root / "manifests").is_dir):
+            raise InvalidRequest(f"{root} is not an Ollama models directory (no manifests/)")
+        imported: list[Manifest] = []
+        for name in await asyncio.to_thread(list_ollama_models, root):
+            ref = f"ollama-dir://{root}#{name}"
+            imported.append(await self.pull(ref, name.short, on_progress=on_progress))
+        return imported
 
     # -- copy / remove / gc -------------------------------------------------------------------------------
     async def copy(self, src: ModelRef | str, dst: ModelRef | str) -> Manifest:
@@ -180,7 +228,9 @@ class ModelStore:
         def run() -> set[str]:
             referenced = self.manifests.referenced_digests()
             pool = set(self.blobs.iter_digests()) if candidates is None else set(candidates)
-            return {d for d in sorted(pool - referenced) if self.blobs.delete(d)}
+            freed = {d for d in sorted(pool - referenced) if self.blobs.delete(d)}
+            prune(self.root, {folder_key(m) for m in self.manifests.list() if is_folder(m)})
+            return freed
 
         return await asyncio.to_thread(run)
 
@@ -202,12 +252,23 @@ class ModelStore:
         return self.manifests.read(name)
 
     def model_path(self, name: ModelRef | str) -> Path:
-        """Path of a version's model blob, for runtimes; ``IntegrityError`` if the blob is gone."""
+        """Where a runtime finds a version: its model blob, or for a folder version (safetensors) its
+        folder (``model_dir``); ``IntegrityError`` if a blob is gone."""
         manifest = self.manifests.read(name)
+        if is_folder(manifest):
+            return materialize(manifest, self.blobs, self.root)
         path = self.blobs.path(manifest.model_layer.digest)
         if not path.is_file():
             raise IntegrityError(f"blob {manifest.model_layer.digest} of '{manifest.name}' is missing")
         return path
+
+    def model_dir(self, name: ModelRef | str) -> Path:
+        """A folder version as a directory (``models/sha256-…/``, hard links to its blobs), built on first
+        use; ``InvalidRequest`` for a single-file version."""
+        manifest = self.manifests.read(name)
+        if not is_folder(manifest):
+            raise InvalidRequest(f"'{manifest.name}' is a single {manifest.format} file, not a folder")
+        return materialize(manifest, self.blobs, self.root)
 
     def artifact(self, name: ModelRef | str) -> Artifact:
         """A version as a runtime sees it: name, format, model file path, metadata."""
@@ -218,3 +279,12 @@ class ModelStore:
 
     def disk_usage(self) -> int:
         return self.blobs.disk_usage()
+
+
+def _check_folder(plan: SourcePlan) -> None:
+    """A folder plan's file names must be safe relative paths, each once."""
+    names = [f.filename for f in plan.files if f.media_type == MEDIA_FILE]
+    for name in names:
+        safe_relpath(name)
+    if len(set(names)) != len(names):
+        raise InvalidRequest(f"{plan.source}: the same file name twice in one folder")
