@@ -24,6 +24,7 @@ from superollama.agent import AgentConfig, LocalAgent
 from superollama.control import ConnectionManager, Controller, JobManager, RoutingHolder, SecretBox
 from superollama.errors import SuperOllamaError
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
+from superollama.gateway.ollama_routes import OllamaRoutes
 from superollama.providers import builtin_providers
 from superollama.registry import Registry, open_registry
 from superollama.runtimes import LlamaCppRuntime
@@ -53,7 +54,7 @@ async def open_catalog(settings: Settings) -> tuple[Registry, ModelStore, Contro
     """Registry + store + a controller without an agent: what the CLI's offline ``pull`` uses."""
     settings.home.mkdir(parents=True, exist_ok=True)
     registry = await open_registry(settings.registry_url)
-    store = ModelStore(settings.store_dir)
+    store = ModelStore(settings.store_dir, ollama_registry=settings.ollama_registry)
     controller = Controller(registry, store, RoutingHolder())
     await controller.start()
     return registry, store, controller
@@ -62,7 +63,7 @@ async def open_catalog(settings: Settings) -> tuple[Registry, ModelStore, Contro
 async def create_app(settings: Settings) -> web.Application:
     settings.home.mkdir(parents=True, exist_ok=True)
     registry = await open_registry(settings.registry_url)
-    store = ModelStore(settings.store_dir)
+    store = ModelStore(settings.store_dir, ollama_registry=settings.ollama_registry)
     runtime = LlamaCppRuntime(
         log_dir=settings.home / "logs",
         ctx=settings.llamacpp_ctx,
@@ -103,6 +104,7 @@ async def create_app(settings: Settings) -> web.Application:
 
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
     OpenAIRoutes(holder, controller, agent, Relay(session, settings.upstream_timeout)).register(app)
+    OllamaRoutes(holder, controller, agent, session, settings.upstream_timeout).register(app)
     AdminRoutes(controller, settings.node_name).register(app)
     ConnectionRoutes(connections).register(app)
     JobRoutes(controller, jobs).register(app)

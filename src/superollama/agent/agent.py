@@ -172,6 +172,11 @@ class LocalAgent:
         if inst is not None:
             inst.keep_alive = seconds
 
+    def expires_in(self, version: str) -> float | None:
+        """Seconds until the version's instance is unloaded as idle (inf: never; None: none loaded)."""
+        inst = self._live.get(version)
+        return None if inst is None else inst.last_used + self._keep_alive(inst) - self._clock()
+
     # -- loading ---------------------------------------------------------------------------------
     async def ensure(self, artifact: Artifact, runtime: str, *, device: str = "cpu") -> LiveInstance:
         """Return the ready instance of ``artifact``'s version, starting one if none runs.

@@ -1,0 +1,354 @@
+"""``/api/*``: the Ollama API on the data plane, for every model, translated to the OpenAI API backends speak.
+
+Inference (chat, generate, embed, embeddings) shares the OpenAI edge's path — route → pick (or start) an
+instance → count it in flight — and translates with the pure converters of ``wire.ollama``; answers
+stream as NDJSON (``stream`` defaults to true), ending with the stats object. ``keep_alive`` sets how
+long the instance stays after the request (an empty prompt or messages only loads or unloads it).
+``/api/generate`` renders its prompt itself when it can (llama.cpp's ``/apply-template``, or the request's
+own ``template``) and completes it with ``/v1/completions``, so ``context`` works both ways (llama.cpp's
+``/detokenize`` and ``/tokenize``); with images, or a backend without those routes, it is a chat.
+Model management (tags, ps, show, pull, copy, delete) goes through the controller like the admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from superollama import __version__
+from superollama.agent import LocalAgent
+from superollama.control import Controller, Route, RouteTarget, RoutingHolder
+from superollama.core import Progress
+from superollama.errors import InvalidRequest, NotFound, SuperOllamaError
+from superollama.gateway.openai_routes import ModelTargets, read_json
+from superollama.gateway.upstream import Upstream
+from superollama.wire import ollama as wire
+
+__all__ = ["OllamaRoutes"]
+
+log = logging.getLogger("superollama.gateway.ollama")
+
+_NDJSON = {"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_BATCH = re.compile(r"too large|exceeds", re.I)
+_BATCH_SIZE = re.compile(r"batch size: (\d+)")
+Context = Callable[[str], Awaitable[list[int] | None]]
+
+
+class OllamaRoutes:
+    def __init__(
+        self,
+        holder: RoutingHolder,
+        controller: Controller,
+        agent: LocalAgent,
+        session: aiohttp.ClientSession,
+        timeout: float,
+    ) -> None:
+        self._targets = ModelTargets(holder, controller, agent)
+        self._controller = controller
+        self._agent = agent
+        self._up = Upstream(session, timeout)
+        self._background: set[asyncio.Task[None]] = set()  # pulls whose client went away finish anyway
+
+    def register(self, app: web.Application) -> None:
+        r = app.router
+        r.add_post("/api/chat", self.chat)
+        r.add_post("/api/generate", self.generate)
+        r.add_post("/api/embed", self.embed)
+        r.add_post("/api/embeddings", self.embeddings)
+        r.add_get("/api/tags", self.tags)
+        r.add_get("/api/ps", self.ps)
+        r.add_post("/api/show", self.show)
+        r.add_post("/api/pull", self.pull)
+        r.add_post("/api/copy", self.copy)
+        r.add_delete("/api/delete", self.delete)
+        r.add_get("/api/version", self.version)
+
+    # -- inference -------------------------------------------------------------------------------
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.perf_counter_ns()
+        body = await read_json(request)
+        model, keep = wire.model_name(body), wire.parse_keep_alive(body.get("keep_alive"))
+        payload = wire.chat_request(body, "")  # checked before anything loads
+        route = self._route(model)
+        if not payload["messages"]:
+            reason = await self._load_or_unload(route, keep)
+            return _json(wire.done_object(model, _now(), reason, chat=True))
+        async with self._serve(route, keep) as (target, load_ns):
+            payload["model"] = target.endpoint.served_name
+            path = "/v1/chat/completions"
+            if payload["stream"]:
+                translator = wire.StreamTranslator(model, chat=True)
+                return await self._stream(request, target, path, payload, translator, t0=t0, load_ns=load_ns)
+            sent = time.perf_counter_ns()
+            resp = await self._up.post(target, path, payload)
+            return _json(wire.chat_response(resp, model, _now(), _timing(t0, load_ns, sent)))
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.perf_counter_ns()
+        body = await read_json(request)
+        model, keep = wire.model_name(body), wire.parse_keep_alive(body.get("keep_alive"))
+        raw, context = wire.generate_flags(body)
+        wire.generate_chat_request(body, "")  # checks prompt, system, images, options, format, stream
+        route = self._route(model)
+        if not body.get("prompt"):
+            reason = await self._load_or_unload(route, keep)
+            return _json(wire.done_object(model, _now(), reason, chat=False))
+        async with self._serve(route, keep) as (target, load_ns):
+            served = target.endpoint.served_name
+            prompt = await self._prompt(target, body, raw, context)
+            if prompt is None:
+                path, payload, want = "/v1/chat/completions", wire.generate_chat_request(body, served), None
+            else:
+                path, payload = "/v1/completions", wire.completion_request(prompt, body, served)
+                want = None if raw else self._tokenize(target, prompt)
+            if payload["stream"]:
+                translator = wire.StreamTranslator(model, chat=False)
+                return await self._stream(
+                    request, target, path, payload, translator, t0=t0, load_ns=load_ns, context=want
+                )
+            sent = time.perf_counter_ns()
+            resp = await self._up.post(target, path, payload)
+            tokens = await want(wire.response_text(resp)) if want else None
+            return _json(wire.generate_response(resp, model, _now(), _timing(t0, load_ns, sent), tokens))
+
+    async def embed(self, request: web.Request) -> web.Response:
+        t0 = time.perf_counter_ns()
+        body = await read_json(request)
+        model, keep = wire.model_name(body), wire.parse_keep_alive(body.get("keep_alive"))
+        inputs = wire.embed_inputs(body)
+        payload = wire.embed_request(inputs, "", body.get("dimensions"))
+        truncate = body.get("truncate", True)
+        if not isinstance(truncate, bool):
+            raise InvalidRequest(f"truncate must be a boolean, not {truncate!r}")
+        route = self._route(model)
+        if not inputs:
+            await self._load_or_unload(route, keep)
+            return _json(wire.embed_response({}, model, wire.Timing(time.perf_counter_ns() - t0)))
+        async with self._serve(route, keep) as (target, load_ns):
+            payload["model"] = target.endpoint.served_name
+            resp = await self._embed(target, payload, truncate)
+        timing = wire.Timing(time.perf_counter_ns() - t0, load_ns)
+        return _json(wire.embed_response(resp, model, timing, payload.get("dimensions")))
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """The legacy ``/api/embeddings``: one ``prompt`` → one ``embedding``."""
+        body = await read_json(request)
+        model, keep = wire.model_name(body), wire.parse_keep_alive(body.get("keep_alive"))
+        inputs = wire.embed_inputs(body, "prompt")
+        route = self._route(model)
+        if not inputs:
+            await self._load_or_unload(route, keep)
+            return _json({"embedding": []})
+        async with self._serve(route, keep) as (target, _):
+            payload = wire.embed_request(inputs, target.endpoint.served_name)
+            resp = await self._embed(target, payload, truncate=True)
+        return _json({"embedding": wire.embeddings(resp)[0]})
+
+    # -- models ----------------------------------------------------------------------------------
+    async def tags(self, request: web.Request) -> web.Response:
+        versions = await self._controller.list_versions(enabled=True)
+        return _json({"models": [wire.tag_entry(v) for v in sorted(versions, key=lambda v: v.name)]})
+
+    async def ps(self, request: web.Request) -> web.Response:
+        versions = {v.name: v for v in await self._controller.list_versions()}
+        now, models = datetime.now(UTC), []
+        for inst in self._controller.instances():
+            left = self._agent.expires_in(inst.version)
+            if inst.version in versions and left is not None:
+                models.append(wire.ps_entry(versions[inst.version], wire.expires_at(now, left)))
+        return _json({"models": models})
+
+    async def show(self, request: web.Request) -> web.Response:
+        name = wire.model_name(await read_json(request))
+        details = await self._controller.show(name)
+        route = self._targets.holder.table.lookup(details.version.name)
+        capabilities = route.capabilities if route is not None else ("completion",)
+        return _json(wire.show_response(details.version, capabilities))
+
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        """Pull by source (a ``file://`` URI or a local path; other schemes as the store knows them)."""
+        body = await read_json(request)
+        source = wire.model_name(body)
+        if not wire.is_stream(body):
+            await self._controller.pull(source, actor="api")
+            return _json({"status": "success"})
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        task = asyncio.create_task(self._pull_into(queue, source))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        response = web.StreamResponse(headers=_NDJSON)
+        await response.prepare(request)
+        while (item := await queue.get()) is not None:
+            await response.write(_line(item))
+        await response.write_eof()
+        return response
+
+    async def _pull_into(self, queue: asyncio.Queue[dict[str, Any] | None], source: str) -> None:
+        def progress(p: Progress) -> None:
+            if p.status != "success":  # the one final line below says success
+                queue.put_nowait(p.as_dict())
+
+        try:
+            await self._controller.pull(source, on_progress=progress, actor="api")
+            queue.put_nowait({"status": "success"})
+        except SuperOllamaError as exc:
+            queue.put_nowait({"error": exc.message})
+        finally:
+            queue.put_nowait(None)
+
+    async def copy(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        source, destination = body.get("source"), body.get("destination")
+        for key, value in (("source", source), ("destination", destination)):
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidRequest(f"{key} is required")
+        await self._controller.copy(str(source), str(destination), actor="api")
+        return web.Response(status=200)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        name = wire.model_name(await read_json(request))
+        await self._controller.remove(name, force=True, actor="api")
+        return web.Response(status=200)
+
+    async def version(self, request: web.Request) -> web.Response:
+        return _json({"version": __version__})
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _route(self, name: str) -> Route:
+        return self._targets.route(name, "model '{name}' not found", "model '{name}' is disabled")
+
+    @contextlib.asynccontextmanager
+    async def _serve(self, route: Route, keep: float | None) -> AsyncIterator[tuple[RouteTarget, int]]:
+        """A ready instance for the request (its load time in ns); ``keep_alive`` applies after it."""
+        t = time.perf_counter_ns()
+        async with self._targets.hold(route) as target:
+            try:
+                yield target, time.perf_counter_ns() - t
+            finally:
+                self._agent.set_keep_alive(route.version, keep)
+
+    async def _load_or_unload(self, route: Route, keep: float | None) -> str:
+        if keep == 0:
+            await self._agent.unload(route.version, reason="keep_alive=0")
+            return "unload"
+        await self._targets.pick(route)
+        self._agent.set_keep_alive(route.version, keep)
+        return "load"
+
+    async def _stream(
+        self,
+        request: web.Request,
+        target: RouteTarget,
+        path: str,
+        payload: dict[str, Any],
+        translator: wire.StreamTranslator,
+        *,
+        t0: int,
+        load_ns: int,
+        context: Context | None = None,
+    ) -> web.StreamResponse:
+        sent = time.perf_counter_ns()
+        first: int | None = None
+        async with self._up.stream(target, path, payload) as events:
+            response = web.StreamResponse(headers=_NDJSON)
+            await response.prepare(request)
+            try:
+                async for chunk in events:
+                    for obj in translator.feed(chunk, _now()):
+                        first = first or time.perf_counter_ns()
+                        await response.write(_line(obj))
+                tokens = await context(translator.text) if context else None
+                timing = _timing(t0, load_ns, sent, first)
+                await response.write(_line(translator.final(_now(), timing, tokens)))
+            except SuperOllamaError as exc:  # headers are gone: the error is the last line
+                log.warning("%s %s: %s", request.method, request.path, exc.message)
+                await response.write(_line({"error": exc.message}))
+            await response.write_eof()
+            return response
+
+    async def _prompt(
+        self, target: RouteTarget, body: dict[str, Any], raw: bool, context: list[int] | None
+    ) -> str | None:
+        """The text to complete, or None to send the request as a chat (images; no template route)."""
+        prompt = str(body["prompt"])
+        if raw:
+            return prompt
+        if body.get("images"):
+            if context:
+                raise InvalidRequest("context cannot be combined with images")
+            return None
+        if body.get("template"):
+            text = wire.render_template(body["template"], system=body.get("system") or "", prompt=prompt)
+        else:
+            try:
+                rendered = await self._up.post(
+                    target, "/apply-template", {"messages": wire.generate_messages(body)}
+                )
+            except NotFound:
+                if context:
+                    raise InvalidRequest("this model's backend cannot take 'context'") from None
+                return None
+            text = str(rendered.get("prompt", ""))
+        if context:
+            text = (
+                str((await self._up.post(target, "/detokenize", {"tokens": context})).get("content", ""))
+                + text
+            )
+        return text
+
+    def _tokenize(self, target: RouteTarget, prompt: str) -> Context:
+        """``context`` for the answer: the tokens of prompt + response, as Ollama returns them."""
+
+        async def tokens(response: str) -> list[int] | None:
+            try:
+                out = await self._up.post(target, "/tokenize", {"content": prompt + response})
+            except NotFound:
+                return None
+            return [t if isinstance(t, int) else int(t["id"]) for t in out.get("tokens", [])]
+
+        return tokens
+
+    async def _embed(self, target: RouteTarget, payload: dict[str, Any], truncate: bool) -> dict[str, Any]:
+        """Embed; with ``truncate``, inputs the backend finds too long are cut to the size it names."""
+        try:
+            return await self._up.post(target, "/v1/embeddings", payload)
+        except SuperOllamaError as exc:
+            limit = _BATCH_SIZE.search(exc.message)
+            if not _BATCH.search(exc.message):
+                raise
+            if not truncate or limit is None:
+                raise InvalidRequest(f"input is too long for the model: {exc.message}") from exc
+            cut = []
+            for text in payload["input"]:
+                tokens = (await self._up.post(target, "/tokenize", {"content": text})).get("tokens", [])
+                cut.append(tokens[: int(limit.group(1))])
+            return await self._up.post(target, "/v1/embeddings", {**payload, "input": cut})
+
+
+def _timing(t0: int, load_ns: int, sent: int, first: int | None = None) -> wire.Timing:
+    end = time.perf_counter_ns()
+    if first is None:  # not streamed: all of the backend's time counts as generation
+        return wire.Timing(end - t0, load_ns, 0, end - sent)
+    return wire.Timing(end - t0, load_ns, first - sent, end - first)
+
+
+def _now() -> str:
+    return wire.rfc3339(datetime.now(UTC))
+
+
+def _line(obj: Any) -> bytes:
+    return orjson.dumps(obj) + b"\n"
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")

@@ -1,0 +1,133 @@
+"""Calls to a backend for a *translated* request (a protocol the backend does not speak, e.g. Ollama's):
+one JSON answer, or its SSE stream as parsed objects. Same-protocol requests go through ``Relay`` instead.
+
+Backend errors become ours, with the backend's message: a 4xx keeps its status (404 is ``NotFound``, so
+a caller can fall back when a backend lacks an optional route), a 5xx is a 502. A backend that goes
+away, before or during the stream, is an ``UpstreamError``; so is a stream that ends without ``[DONE]``.
+The stream is read inside the caller's ``async with``: a client that disconnects cancels the handler,
+which leaves the block, which closes the upstream connection, which makes the backend stop generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from superollama.control import RouteTarget
+from superollama.errors import InvalidRequest, NotFound, SuperOllamaError, UpstreamError
+from superollama.wire.ollama import error_message
+
+__all__ = ["Upstream"]
+
+_DOWN = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+
+
+class Upstream:
+    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=10)
+
+    async def post(self, target: RouteTarget, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` and return the JSON object the backend answers."""
+        async with self._request(target, path, body) as upstream:
+            raw = await upstream.read()
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict):
+            raise UpstreamError(f"backend of {target.endpoint.served_name!r} answered {path} with no object")
+        return obj
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, target: RouteTarget, path: str, body: dict[str, Any]
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """POST ``body``; yield an iterator over the answer's SSE ``data:`` objects."""
+        async with self._request(target, path, body) as upstream:
+            yield _sse(upstream, target.endpoint.served_name)
+
+    @contextlib.asynccontextmanager
+    async def _request(
+        self, target: RouteTarget, path: str, body: dict[str, Any]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        name = target.endpoint.served_name
+        try:
+            async with await self._send(target, path, orjson.dumps(body)) as upstream:
+                if upstream.status >= 400:
+                    raise _error(upstream.status, await upstream.read(), upstream.reason or "backend error")
+                yield upstream
+        except _DOWN as exc:
+            raise UpstreamError(f"backend of {name!r} failed: {_describe(exc)}", retry_after=1) from exc
+
+    async def _send(self, target: RouteTarget, path: str, data: bytes) -> aiohttp.ClientResponse:
+        """Send once more when the pooled connection turns out dead before any answer (llama.cpp's HTTP
+        server drops idle keep-alive connections while it streams): the backend never saw the request."""
+        headers = {"Content-Type": "application/json", **dict(target.endpoint.headers)}
+        url = target.endpoint.base_url + path
+        try:
+            return await self._session.post(url, data=data, headers=headers, timeout=self._timeout)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            return await self._session.post(url, data=data, headers=headers, timeout=self._timeout)
+
+
+async def _sse(upstream: aiohttp.ClientResponse, name: str) -> AsyncIterator[dict[str, Any]]:
+    buffer = b""
+    try:
+        async for chunk in upstream.content.iter_any():
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                obj = _event(line.strip(), name)
+                if obj is None:
+                    return  # [DONE]
+                if obj:
+                    yield obj
+    except _DOWN as exc:
+        raise UpstreamError(f"backend of {name!r} failed mid-stream: {_describe(exc)}") from exc
+    raise UpstreamError(f"backend of {name!r} closed the stream before it was done")
+
+
+def _event(line: bytes, name: str) -> dict[str, Any] | None:
+    """One SSE line: its ``data:`` object, ``{}`` for anything else, None at ``[DONE]``."""
+    if line.startswith(b"error:"):
+        raise UpstreamError(f"backend of {name!r} failed mid-stream: {error_message(line[6:], 'error')}")
+    if not line.startswith(b"data:"):
+        return {}
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        return None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(f"backend of {name!r} sent an invalid stream event") from None
+    if not isinstance(obj, dict):
+        return {}
+    if "error" in obj:
+        raise UpstreamError(f"backend of {name!r} failed mid-stream: {error_message(data, 'error')}")
+    return obj
+
+
+def _error(status: int, raw: bytes, reason: str) -> SuperOllamaError:
+    message = error_message(raw, reason)
+    err: SuperOllamaError
+    if status == 404:
+        err = NotFound(message)
+    elif status < 500:
+        err = InvalidRequest(message)
+        err.status = status
+    else:
+        err = UpstreamError(message)
+        err.status = 502
+    return err
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
