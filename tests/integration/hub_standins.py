@@ -15,6 +15,7 @@ misbehave: ``fail_times`` answers 503 first, ``cut_after`` closes the connection
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class Served:
     corrupt_at: int | None = None
     etag_after_cut: str | None = None
     fail_times: int = 0  # answer 503 to this many requests first
+    delay: float = 0.0  # seconds to wait before each 1 MiB chunk (a slow link)
 
     @property
     def size(self) -> int:
@@ -249,6 +251,8 @@ class Hub:
             return resp
         pos = start
         while pos < size:
+            if served.delay:
+                await asyncio.sleep(served.delay)
             chunk = bytearray(served.read(pos, min(1 << 20, size - pos)))
             if served.corrupt_at is not None and pos <= served.corrupt_at < pos + len(chunk):
                 chunk[served.corrupt_at - pos] ^= 0xFF

@@ -43,6 +43,7 @@ class JobRoutes:
     def register(self, app: web.Application) -> None:
         r = app.router
         r.add_post(f"{PREFIX}/pull", self.pull)
+        r.add_post(f"{PREFIX}/move", self.move)
         r.add_get(f"{PREFIX}/jobs", self.list)
         r.add_get(f"{PREFIX}/jobs/{{id}}", self.show)
         r.add_get(f"{PREFIX}/jobs/{{id}}/watch", self.watch)
@@ -52,39 +53,42 @@ class JobRoutes:
         """Start a pull job. ``stream`` (default true): NDJSON progress until it ends (the job goes on if
         the client leaves); ``stream: false``: wait and answer the result; ``background: true``: 202 + id."""
         body = await read_json(request)
-        source, name, runtime = body.get("source"), body.get("name"), body.get("runtime")
-        if not isinstance(source, str) or not source:
-            raise InvalidRequest("'source' is required, e.g. file:///path/to/model.gguf", param="source")
-        for key, value in (("name", name), ("runtime", runtime)):
-            if value is not None and not isinstance(value, str):
-                raise InvalidRequest(f"'{key}' must be a string", param=key)
+        source, name, runtime = (
+            _text(body, "source", required=True),
+            _text(body, "name"),
+            _text(body, "runtime"),
+        )
         actor = actor_of(request)
 
         async def work(emit: Any) -> dict[str, Any]:
             record = await self._controller.pull(source, name, actor=actor, runtime=runtime, on_progress=emit)
             return {"model": version_json(record)}
 
-        target = name or source
-        job = await self._jobs.submit(
-            "pull", target, work, actor=actor, params={"source": source, "name": name}
-        )
+        params = {"source": source, "name": name}
+        job = await self._jobs.submit("pull", name or source, work, actor=actor, params=params)
+        return await self._answer(request, body, job)
+
+    async def move(self, request: web.Request) -> web.StreamResponse:
+        """Move a version's files to another storage root (``to``), as a job like ``pull``."""
+        body = await read_json(request)
+        name, to = _text(body, "name", required=True), _text(body, "to", required=True)
+        actor = actor_of(request)
+
+        async def work(emit: Any) -> dict[str, Any]:
+            record = await self._controller.move(name, to, actor=actor, on_progress=emit)
+            return {"model": version_json(record)}
+
+        job = await self._jobs.submit("move", name, work, actor=actor, params={"to": to})
+        return await self._answer(request, body, job)
+
+    async def _answer(self, request: web.Request, body: dict[str, Any], job: JobRecord) -> web.StreamResponse:
         if body.get("background") is True:
             return _json(job_json(job), status=202)
         if body.get("stream", True) is False:
             done = await self._jobs.wait(job.id)
             if done.error:
-                return _json(
-                    {
-                        "error": {
-                            "message": done.error,
-                            "type": "job_failed",
-                            "param": None,
-                            "code": str(done.state),
-                        },
-                        "job": done.id,
-                    },
-                    status=_status(done),
-                )
+                error = {"message": done.error, "type": "job_failed", "param": None, "code": str(done.state)}
+                return _json({"error": error, "job": done.id}, status=_status(done))
             return _json({"status": "success", "job": done.id, **done.result})
         return await _stream(request, self._jobs.watch(job.id), job.id)
 
@@ -115,6 +119,15 @@ async def _stream(
         await response.write(orjson.dumps(event) + b"\n")
     await response.write_eof()
     return response
+
+
+def _text(body: dict[str, Any], key: str, *, required: bool = False) -> Any:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"'{key}' must be a non-empty string", param=key)
+    return value
 
 
 def _status(job: JobRecord) -> int:

@@ -14,19 +14,29 @@ import orjson
 from superollama.cli.client import ApiError
 from superollama.cli.main import Context, api, cli, console, err_console, pass_ctx
 from superollama.cli.render import age, human_size, print_table, show_progress
+from superollama.core import ModelRef, NameError_
 from superollama.settings import Settings
 
 __all__ = ["pull", "run"]
 
 
 def _source_uri(source: str) -> str:
-    """A local path (relative to where the CLI runs, not the server) becomes a file:// URI."""
+    """What to pull: a URI as given; a local path (relative to where the CLI runs, not the server) as a
+    file:// URI; a bare model name (``llama3:8b``, ``namespace/model:tag``) from the Ollama registry."""
     if "://" in source:
         return source
     path = Path(source).expanduser()
-    if not path.exists():
-        raise click.BadParameter(f"{source}: no such file (use file://, hf://, ollama:// or https://)")
-    return path.resolve().as_uri()
+    if path.exists():
+        return path.resolve().as_uri()
+    looks_like_path = source.startswith((".", "/", "~")) or source.endswith((".gguf", ".safetensors"))
+    if not looks_like_path:
+        try:
+            ModelRef.parse(source)
+        except NameError_:
+            pass
+        else:
+            return f"ollama://{source}"
+    raise click.BadParameter(f"{source}: no such file (use file://, hf://, ollama:// or https://)")
 
 
 @cli.command()
@@ -198,11 +208,22 @@ def cp(ctx: Context, source: str, destination: str) -> None:
 
 @cli.command()
 @click.argument("source")
-@click.argument("destination")
+@click.argument("destination", required=False)
+@click.option("--to", "to", type=click.Path(path_type=Path), help="Move its files to this storage root.")
 @pass_ctx
 @api
-def mv(ctx: Context, source: str, destination: str) -> None:
-    """Rename a version; a running instance of the old name drains and stops."""
+def mv(ctx: Context, source: str, destination: str | None, to: Path | None) -> None:
+    """Rename a version (mv OLD NEW), or move its files to another disk (mv NAME --to PATH) while it
+    keeps serving."""
+    if (destination is None) == (to is None):
+        raise click.UsageError("give either a new name (mv OLD NEW) or a storage root (mv NAME --to PATH)")
+    if to is not None:
+        body = {"name": source, "to": str(to.expanduser().resolve()), "stream": True}
+        final = show_progress(console, ctx.client.stream_lines("POST", "/admin/v1/move", json=body))
+        if final.get("status") != "success":
+            raise ApiError(0, str((final.get("error") or {}).get("message", final)))
+        console.print(f"moved '{source}' to {to}")
+        return
     ctx.client.request("POST", "/admin/v1/rename", json={"source": source, "destination": destination})
     console.print(f"renamed '{source}' to '{destination}'")
 

@@ -7,8 +7,10 @@ so every path shares the same rules and writes the same events.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from superollama.agent import LiveInstance, LocalAgent
@@ -193,6 +195,22 @@ class Controller:
             await self._agent.unload(version.name, reason=f"renamed to {dst}")
         return record
 
+    async def move(
+        self,
+        name: str,
+        to: str,
+        *,
+        actor: str = "api",
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> VersionRecord:
+        """Move a version's files to another storage root on this node; it keeps serving throughout."""
+        version = await self._get(name)
+        t0 = time.perf_counter()
+        moved = await self._store.move(ModelRef.parse(version.name), Path(to), on_progress=on_progress)
+        detail = {"to": to, "blobs": list(moved), "seconds": round(time.perf_counter() - t0, 3)}
+        await self._event("model.move", version.name, actor, "ok", detail)
+        return version
+
     async def remove(self, name: str, *, force: bool = False, actor: str = "api") -> None:
         version = await self._get(name)
         if self._agent is not None:
@@ -281,8 +299,25 @@ class Controller:
 
 
 def _name_from_source(source: str) -> str:
-    """A default name for a pulled file: its stem, lower-cased, with characters our grammar refuses."""
-    stem = source.rstrip("/").rsplit("/", 1)[-1]
+    """The default version name for a pull: what Ollama would call it.
+
+    ``ollama://llama3:8b`` → ``llama3:8b`` (``library/`` dropped), ``ollama://ns/m:t`` → ``ns/m:t``;
+    ``hf://org/repo[@rev][:quant]`` → ``hf.co/org/repo:quant`` (``latest`` without a selector); a file or
+    URL → its stem, with characters our grammar refuses replaced.
+    """
+    scheme, _, rest = source.partition("://")
+    if scheme == "ollama" and rest:
+        parts = rest.split("/")
+        if len(parts) == 3:
+            parts = parts[1:]  # drop the registry host
+        if parts and parts[0] == "library" and len(parts) == 2:
+            parts = parts[1:]
+        return "/".join(parts)
+    if scheme == "hf" and rest:
+        repo, _, selector = rest.partition(":")
+        repo = repo.split("@", 1)[0]
+        return f"hf.co/{repo}:{selector}" if selector else f"hf.co/{repo}"
+    stem = source.rstrip("/").rsplit("/", 1)[-1].split("#", 1)[0]
     for suffix in (".gguf", ".bin", ".safetensors"):
         stem = stem.removesuffix(suffix)
     cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem.lower()).strip("-.")

@@ -173,10 +173,13 @@ class BlobStore:
         with self._lock:
             if not force and self._pins[normalize_digest(digest)] > 0:
                 return False
+            target = path.resolve() if path.is_symlink() else None  # moved to another storage root
             try:
                 path.unlink()
             except FileNotFoundError:
                 return False
+            if target is not None:
+                target.unlink(missing_ok=True)
         return True
 
     def purge_tmp(self, older_than_s: float = 24 * 3600) -> int:

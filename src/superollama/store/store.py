@@ -28,6 +28,7 @@ from superollama.store.blobs import BlobStore, short_digest
 from superollama.store.folders import folder_key, folder_metadata, is_folder, materialize, prune
 from superollama.store.gguf import as_metadata, read_gguf_metadata
 from superollama.store.manifests import ManifestStore, as_ref
+from superollama.store.relocate import relocate_manifest
 from superollama.store.sources import (
     DEFAULT_OLLAMA_REGISTRY,
     MEDIA_FILE,
@@ -250,6 +251,36 @@ class ModelStore:
     def show(self, name: ModelRef | str) -> Manifest:
         """The manifest of a version (``ModelNotFound`` if absent)."""
         return self.manifests.read(name)
+
+    async def move(
+        self, name: ModelRef | str, dest_root: Path, *, on_progress: ProgressCallback | None = None
+    ) -> tuple[str, ...]:
+        """Move a version's blobs to another storage root (no downtime; see ``relocate``). A folder
+        version's materialized folder is rebuilt from the new locations on its next use."""
+        emit = on_progress or _ignore
+        loop = asyncio.get_running_loop()
+
+        def emit_from_thread(progress: Progress) -> None:  # the copy runs in a worker thread
+            loop.call_soon_threadsafe(emit, progress)
+
+        async with self._lock:
+            manifest = self.manifests.read(name)
+            for layer in manifest.layers:
+                self.blobs.pin(layer.digest)
+            try:
+                moved = await asyncio.to_thread(
+                    relocate_manifest, manifest, self.blobs, dest_root, emit_from_thread
+                )
+            finally:
+                for layer in manifest.layers:
+                    self.blobs.unpin(layer.digest)
+            if moved and is_folder(manifest):  # rebuilt from the new locations on next use
+                others = {folder_key(m) for m in self.manifests.list() if is_folder(m)} - {
+                    folder_key(manifest)
+                }
+                await asyncio.to_thread(prune, self.root, others)
+        emit(Progress("success"))
+        return tuple(moved)
 
     def model_path(self, name: ModelRef | str) -> Path:
         """Where a runtime finds a version: its model blob, or for a folder version (safetensors) its
