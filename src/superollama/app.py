@@ -12,7 +12,11 @@ import importlib.util
 import logging
 import os
 import signal
+import sys
+from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -20,16 +24,34 @@ from aiohttp import web
 
 from superollama import __version__
 from superollama.admin import AdminRoutes, ConnectionRoutes, JobRoutes
+from superollama.admin.keys import KeyRoutes
+from superollama.admin.usage import UsageRoutes
 from superollama.agent import AgentConfig, LocalAgent
 from superollama.control import ConnectionManager, Controller, JobManager, RoutingHolder, SecretBox
-from superollama.errors import SuperOllamaError
+from superollama.core import EventRecord
+from superollama.errors import SuperOllamaError, UnsafeBind
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
+from superollama.gateway.middleware import RequestMiddleware, add_exchange_headers
 from superollama.gateway.ollama_routes import OllamaRoutes
+from superollama.gateway.openai_routes import ModelTargets
 from superollama.providers import builtin_providers
 from superollama.registry import Registry, open_registry
 from superollama.runtimes import LlamaCppRuntime
+from superollama.security import (
+    Budgets,
+    KeyCache,
+    KeyManager,
+    MemoryRateLimiter,
+    PriceTable,
+    RateLimiter,
+    Security,
+    check_bind_safety,
+    resolve_auth,
+)
 from superollama.settings import Settings
 from superollama.store import ModelStore
+from superollama.telemetry import Telemetry
+from superollama.telemetry import configure_logging as configure_telemetry_logging
 
 __all__ = ["BUNDLED_NAME", "bundled_model_path", "create_app", "open_catalog", "serve"]
 
@@ -102,24 +124,96 @@ async def create_app(settings: Settings) -> web.Application:
     if settings.bundled_model:
         await _register_bundled(settings, controller)
 
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
-    OpenAIRoutes(holder, controller, agent, Relay(session, settings.upstream_timeout)).register(app)
-    OllamaRoutes(holder, controller, agent, session, settings.upstream_timeout).register(app)
+    security, limiter = await _security(settings, registry)
+    telemetry = Telemetry(settings, usage_store=registry.usage)
+    await telemetry.start()
+    agent.on_event(partial(_observe_event, telemetry, settings.node_name))
+    connections.on_event(telemetry.notify)
+    targets = ModelTargets(holder, controller, agent, security)
+    requests = RequestMiddleware(security, telemetry, settings.node_name)
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[requests.middleware(), error_middleware]
+    )
+    app.on_response_prepare.append(add_exchange_headers)
+    OpenAIRoutes(holder, targets, Relay(session, settings.upstream_timeout)).register(app)
+    OllamaRoutes(targets, controller, agent, session, settings.upstream_timeout).register(app)
     AdminRoutes(controller, settings.node_name).register(app)
     ConnectionRoutes(connections).register(app)
     JobRoutes(controller, jobs).register(app)
+    KeyRoutes(KeyManager(registry.keys, registry.events, security.keys), spend=limiter).register(app)
+    UsageRoutes(telemetry.usage).register(app)
+    app.router.add_get("/metrics", telemetry.metrics_handler)
     app.router.add_get("/", _root)
     app.router.add_get("/health", _health)
+    upkeep = asyncio.create_task(_key_upkeep(security.keys, registry), name="key-upkeep")
 
     async def close(_app: web.Application) -> None:
+        upkeep.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await upkeep
+        await registry.keys.touch(security.keys.drain_used())
+        await requests.close()
         await jobs.close()
         await connections.close()
         await agent.close()
+        await limiter.close()
+        await telemetry.close()  # flushes the usage ledger, traces and logs
         await session.close()
         await registry.close()
 
     app.on_cleanup.append(close)
     return app
+
+
+async def _security(settings: Settings, registry: Registry) -> tuple[Security, RateLimiter]:
+    """Keys (cached in memory), the rate limiter (Redis when configured, else this process's memory),
+    budgets; refuses a non-loopback bind without authentication unless ``insecure``."""
+    keys = KeyCache(registry.keys)
+    await keys.reload()
+    auth_configured = settings.auth == "on" or (settings.auth == "auto" and keys.has_keys)
+    warning = check_bind_safety(settings.host, auth_configured, settings.insecure)
+    if warning:
+        log.warning("%s", warning)
+    limiter: RateLimiter
+    if settings.redis_url:
+        from superollama.security.redis_limits import RedisRateLimiter
+
+        limiter = RedisRateLimiter(settings.redis_url, fail_open=settings.ratelimit_fail_open)
+    else:
+        limiter = MemoryRateLimiter()
+    budgets = Budgets(PriceTable.parse(settings.price_table), limiter)
+    auth = resolve_auth(settings.auth, settings.host, insecure=settings.insecure)
+    return Security(keys, limiter, budgets, auth_required=auth), limiter
+
+
+def _observe_event(telemetry: Telemetry, node: str, event: EventRecord) -> None:
+    """An agent event as telemetry sees it: instance state and load time metrics, incidents."""
+    telemetry.notify(event)
+    state = {
+        "instance.load": "ready" if event.result == "ok" else "failed",
+        "instance.stop": "stopped",
+        "instance.crashed": "failed",
+    }.get(event.action)
+    if state is not None:
+        seconds = event.detail.get("seconds")
+        telemetry.instance_event(
+            str(event.detail.get("instance", "")),
+            event.target,
+            state,
+            node=node,
+            load_seconds=float(seconds) if isinstance(seconds, int | float) else None,
+        )
+
+
+async def _key_upkeep(keys: KeyCache, registry: Registry, interval: float = 10.0) -> None:
+    """Every few seconds: pick up keys created or revoked by other replicas, and record last use."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await registry.keys.touch(keys.drain_used())
+            await keys.reload()
+        except SuperOllamaError as exc:
+            log.warning("key upkeep failed: %s", exc.message)
 
 
 async def _register_bundled(settings: Settings, controller: Controller) -> None:
@@ -148,17 +242,6 @@ async def _health(_request: web.Request) -> web.Response:
     )
 
 
-def configure_logging(settings: Settings) -> None:
-    level = getattr(logging, settings.log_level.upper(), logging.INFO)
-    fmt = (
-        '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
-        if settings.log_json
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.basicConfig(level=level, format=fmt)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
 async def _serve(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -184,10 +267,17 @@ async def _serve(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
-    configure_logging(settings)
+    logging_handle = configure_telemetry_logging(settings)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(_serve(settings))
+        runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
     else:
-        uvloop.run(_serve(settings))
+        runner = uvloop.run
+    try:
+        runner(_serve(settings))
+    except UnsafeBind as exc:
+        print(f"superollama: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        logging_handle.close()

@@ -5,6 +5,13 @@ OS errors) are mapped once, at the boundary where they happen (``raise StoreErro
 edges render them in the client's protocol (OpenAI ``{"error": {...}}``, Ollama ``{"error": "..."}``).
 
     SuperOllamaError                      500  internal_error
+    ├── Unauthorized                      401  invalid_api_key (missing, unknown, revoked or expired key)
+    ├── Forbidden                         403  (the key may not do this)
+    │   ├── ModelNotAllowed               403  model_not_allowed
+    │   └── AdminRequired                 403  admin_required
+    ├── RateLimited                       429  rate_limit_exceeded (Retry-After, x-ratelimit-* headers)
+    ├── QuotaExceeded                     429  insufficient_quota (the key's budget is spent)
+    ├── UnsafeBind                        500  (startup refusal: a non-loopback bind without auth)
     ├── InvalidRequest                    400  invalid_request_error
     │   ├── InvalidModelName              400
     │   └── PayloadTooLarge               413
@@ -25,8 +32,13 @@ edges render them in the client's protocol (OpenAI ``{"error": {...}}``, Ollama 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 __all__ = [
+    "AdminRequired",
     "Conflict",
+    "Forbidden",
     "IntegrityError",
     "InvalidModelName",
     "InvalidRequest",
@@ -34,16 +46,23 @@ __all__ = [
     "ModelExists",
     "ModelInUse",
     "ModelLoadFailed",
+    "ModelNotAllowed",
     "ModelNotFound",
     "NotFound",
     "PayloadTooLarge",
+    "QuotaExceeded",
+    "RateLimited",
     "RegistryError",
     "SourceNotFound",
     "StoreError",
     "SuperOllamaError",
+    "Unauthorized",
     "Unavailable",
+    "UnsafeBind",
     "UpstreamError",
 ]
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class SuperOllamaError(Exception):
@@ -52,12 +71,70 @@ class SuperOllamaError(Exception):
     status: int = 500
     type: str = "internal_error"
     code: str | None = None
+    headers: Mapping[str, str] = _NO_HEADERS  # extra response headers the edge sends with the error
 
     def __init__(self, message: str, *, param: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.retry_after = retry_after
+
+
+class Unauthorized(SuperOllamaError):
+    """No key where one is required, or a key that is unknown, revoked or expired. The message never
+    repeats the key that was sent."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    headers = MappingProxyType({"WWW-Authenticate": 'Bearer realm="superollama"'})
+
+
+class Forbidden(SuperOllamaError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
+class ModelNotAllowed(Forbidden):
+    code = "model_not_allowed"
+
+
+class AdminRequired(Forbidden):
+    code = "admin_required"
+
+
+class RateLimited(SuperOllamaError):
+    """Over a requests- or tokens-per-minute limit. ``headers`` carries OpenAI's ``x-ratelimit-*``."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param, retry_after=retry_after)
+        self.headers = MappingProxyType(dict(headers or {}))
+
+
+class QuotaExceeded(SuperOllamaError):
+    """The key's budget for the current period is spent."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class UnsafeBind(SuperOllamaError):
+    """``serve`` refuses to bind a non-loopback address without auth (unless told ``--insecure``)."""
+
+    code = "unsafe_bind"
 
 
 class InvalidRequest(SuperOllamaError):

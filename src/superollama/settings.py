@@ -7,8 +7,9 @@ command-line flags override them (the CLI builds a new ``Settings`` with ``model
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Settings"]
@@ -89,6 +90,75 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = Field(default=False, description="Write logs as JSON lines (production).")
+    auth: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="API keys on /v1, /api and /admin: auto (required once any key exists, and always on a "
+        "non-loopback address), on (always required), off (never; a key sent is still checked).",
+    )
+    insecure: bool = Field(
+        default=False,
+        description="Allow serving on a non-loopback address without authentication (open to anyone).",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="API key the CLI sends to the server (Authorization: Bearer)."
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for rate limits and budgets shared by several gateway processes "
+        "(redis://host:6379/0); default: in memory, this process only.",
+    )
+    ratelimit_fail_open: bool = Field(
+        default=True,
+        description="When Redis is unreachable, admit requests unchecked (true) or answer 503 (false).",
+    )
+    price_table: str | None = Field(
+        default=None,
+        description="Prices per 1M input/output tokens by model pattern, for budgets: inline JSON "
+        '({"openai/gpt-4o*": {"input": 2.5, "output": 10}}) or a JSON/YAML file path; '
+        "unlisted models cost 0.",
+    )
+
+    # -- telemetry: metrics, traces, Opik, usage ledger, incidents --------------------------------------
+    metrics: bool = Field(default=True, description="Count requests for Prometheus at GET /metrics.")
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry collector for request traces over OTLP/HTTP (http://127.0.0.1:4318; "
+        "/v1/traces is added); default: no tracing.",
+    )
+    otlp_headers: SecretStr | None = Field(
+        default=None, description="Headers sent with every OTLP export: k1=v1,k2=v2 (values URL-encoded)."
+    )
+    otlp_sample_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of requests traced (by trace id); failed requests (5xx) are always traced.",
+    )
+    opik_enabled: bool = Field(
+        default=False, description="Log each request as a trace to Opik (pip install 'superollama[opik]')."
+    )
+    opik_project: str = Field(default="superollama", description="Opik project the traces go to.")
+    opik_workspace: str | None = Field(default=None, description="Opik workspace (Opik cloud).")
+    opik_api_key: SecretStr | None = Field(default=None, description="Opik API key (Opik cloud).")
+    opik_url: str | None = Field(
+        default=None,
+        description="Opik API base URL (self-hosted: http://localhost:5173/api); default: Opik cloud.",
+    )
+    capture_content: bool = Field(
+        default=False,
+        description="Keep prompts and outputs in access logs, traces and Opik (off: never recorded).",
+    )
+    usage_flush_rows: int = Field(
+        default=500, ge=1, description="Usage ledger: write a batch once this many requests are pending."
+    )
+    usage_flush_seconds: float = Field(
+        default=2.0, gt=0, description="Usage ledger: write pending requests at least this often (seconds)."
+    )
+    events_webhook: SecretStr | None = Field(
+        default=None,
+        description="URL that incidents (instance crashed, load failed, connection unhealthy, budget "
+        "exhausted, rate-limit storm) are POSTed to as JSON, with retries.",
+    )
 
     @property
     def store_dir(self) -> Path:

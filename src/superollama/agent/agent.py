@@ -110,6 +110,7 @@ class LocalAgent:
         self._reaper: asyncio.Task[None] | None = None
         self._closing = False
         self._listeners: list[Callable[[], None]] = []
+        self._event_listeners: list[Callable[[EventRecord], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -130,6 +131,10 @@ class LocalAgent:
             task.cancel()
         await asyncio.gather(*self._loading.values(), return_exceptions=True)
         await asyncio.gather(*(self._stop(inst, reason="shutdown") for inst in list(self._live.values())))
+
+    def on_event(self, listener: Callable[[EventRecord], None]) -> None:
+        """Call ``listener`` with every lifecycle event the agent records (metrics, incidents)."""
+        self._event_listeners.append(listener)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` whenever the set of ready instances changes."""
@@ -366,10 +371,14 @@ class LocalAgent:
             listener()
 
     async def _event(self, action: str, target: str, result: str, detail: dict[str, object]) -> None:
+        event = EventRecord(action=action, target=target, result=result, actor="agent", detail=detail)
+        for listener in self._event_listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed on %s %s", action, target)
         try:
-            await self._registry.events.add(
-                EventRecord(action=action, target=target, result=result, actor="agent", detail=detail)
-            )
+            await self._registry.events.add(event)
         except Exception:
             log.exception("could not record event %s %s", action, target)
 

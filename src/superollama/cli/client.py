@@ -50,9 +50,14 @@ def _message(response: httpx.Response) -> str:
 
 
 class AdminClient:
-    def __init__(self, base_url: str, timeout: float = 600.0) -> None:
+    """``api_key`` (``SUPEROLLAMA_API_KEY`` or ``--api-key``) goes out as ``Authorization: Bearer``."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 600.0) -> None:
         self.base_url = base_url
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers={"User-Agent": USER_AGENT})
+        headers = {"User-Agent": USER_AGENT}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self._http.close()

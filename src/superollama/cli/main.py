@@ -31,7 +31,10 @@ class Context:
     @property
     def client(self) -> AdminClient:
         if self._client is None:
-            self._client = AdminClient(find_server_url(self.settings))
+            key = self.settings.api_key
+            self._client = AdminClient(
+                find_server_url(self.settings), key.get_secret_value() if key is not None else None
+            )
         return self._client
 
 
@@ -56,25 +59,28 @@ def api(fn: F) -> F:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", type=click.Path(path_type=Path), help="Home directory (SUPEROLLAMA_HOME).")
 @click.option("--url", help="Server URL for client commands (SUPEROLLAMA_URL).")
+@click.option("--api-key", "api_key", help="API key client commands send (SUPEROLLAMA_API_KEY).")
 @click.version_option(__version__, prog_name="superollama")
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None, url: str | None) -> None:
+def cli(ctx: click.Context, home: Path | None, url: str | None, api_key: str | None) -> None:
     """Super Ollama: provision, manage and serve models behind the OpenAI API."""
-    ctx.obj = Context({"home": home, "url": url})
+    ctx.obj = Context({"home": home, "url": url, "api_key": api_key})
 
 
 @cli.command()
 @click.option("--host", help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to bind (default 11435; 0 picks a free one).")
 @click.option("--keep-alive", type=float, help="Seconds an idle model stays loaded (default 300).")
+@click.option("--insecure", is_flag=True, default=None, help="Allow a non-loopback address without API keys.")
 @pass_ctx
-def serve(ctx: Context, host: str | None, port: int | None, keep_alive: float | None) -> None:
+def serve(
+    ctx: Context, host: str | None, port: int | None, keep_alive: float | None, insecure: bool | None
+) -> None:
     """Run the server: gateway, admin API and the local node agent."""
     from superollama.app import serve as run_server
 
-    updates = {
-        k: v for k, v in {"host": host, "port": port, "keep_alive": keep_alive}.items() if v is not None
-    }
+    given = {"host": host, "port": port, "keep_alive": keep_alive, "insecure": insecure}
+    updates = {k: v for k, v in given.items() if v is not None}
     run_server(ctx.settings.model_copy(update=updates))
 
 
@@ -92,6 +98,8 @@ def main() -> None:
     # Each module registers its commands on the group when imported.
     import superollama.cli.connections
     import superollama.cli.jobs
-    import superollama.cli.models  # noqa: F401
+    import superollama.cli.keys
+    import superollama.cli.models
+    import superollama.cli.usage  # noqa: F401
 
     cli(prog_name="superollama")

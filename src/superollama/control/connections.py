@@ -62,7 +62,12 @@ class ConnectionManager:
         self._interval = refresh_interval
         self._states: dict[str, ConnectionState] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._event_listeners: list[Callable[[EventRecord], None]] = []
         self._loop_task: asyncio.Task[None] | None = None
+
+    def on_event(self, listener: Callable[[EventRecord], None]) -> None:
+        """Call ``listener`` with every event recorded here (e.g. connection unhealthy: an incident)."""
+        self._event_listeners.append(listener)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -194,9 +199,10 @@ class ConnectionManager:
     async def _event(
         self, action: str, target: str, actor: str, result: str, detail: dict[str, object]
     ) -> None:
+        event = EventRecord(action=action, target=target, actor=actor, result=result, detail=detail)
+        for listener in self._event_listeners:
+            listener(event)
         try:
-            await self._registry.events.add(
-                EventRecord(action=action, target=target, actor=actor, result=result, detail=detail)
-            )
+            await self._registry.events.add(event)
         except SuperOllamaError:
             log.exception("could not record event %s %s", action, target)

@@ -21,6 +21,7 @@ __all__ = [
     "InstanceState",
     "JobRecord",
     "JobState",
+    "KeyRecord",
     "Layer",
     "Manifest",
     "NodeRecord",
@@ -222,6 +223,33 @@ class JobRecord:
     error: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key as the registry keeps it: never the key itself, only its SHA-256 (``hash``, hex) and a
+    visible ``prefix`` (``so-ab12cd34``) for humans.
+
+    ``role`` is ``"admin"`` or ``"user"``; ``models`` are fnmatch patterns the key may call (empty: all);
+    ``rpm``/``tpm`` limit requests and tokens per minute over all its models (None: unlimited), and
+    ``model_limits`` maps a model pattern to its own ``{"rpm": n, "tpm": n}`` (a per-model limit);
+    ``budget_usd`` caps the spend per ``budget_period`` (``day``, ``week``, ``month`` or ``total``)."""
+
+    id: str
+    name: str
+    prefix: str
+    hash: str
+    role: str = "user"
+    models: tuple[str, ...] = ()
+    rpm: int | None = None
+    tpm: int | None = None
+    model_limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    budget_usd: float | None = None
+    budget_period: str = "month"
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None
 
 
 @dataclass(frozen=True)

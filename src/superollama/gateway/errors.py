@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from superollama.errors import InvalidRequest, NotFound, PayloadTooLarge, SuperOllamaError
+from superollama.gateway.exchange import exchange_of
 from superollama.wire.openai import error_body
 
 __all__ = ["error_middleware", "error_response"]
@@ -25,7 +26,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def error_response(exc: SuperOllamaError, *, ollama: bool = False) -> web.Response:
     body = {"error": exc.message} if ollama else error_body(exc)
-    headers = {}
+    headers = dict(exc.headers)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     return web.Response(
@@ -49,13 +50,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except SuperOllamaError as exc:
-        return error_response(exc, ollama=ollama)
+        return _render(request, exc, ollama)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(_from_http(exc), ollama=ollama)
+        return _render(request, _from_http(exc), ollama)
     except (ConnectionResetError, ConnectionError):
         raise  # the client went away: nothing to render
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(SuperOllamaError("internal server error"), ollama=ollama)
+        return _render(request, SuperOllamaError("internal server error"), ollama)
+
+
+def _render(request: web.Request, exc: SuperOllamaError, ollama: bool) -> web.Response:
+    ex = exchange_of(request)
+    if ex is not None:
+        ex.error_type, ex.error = exc.code or exc.type, exc.message
+    return error_response(exc, ollama=ollama)

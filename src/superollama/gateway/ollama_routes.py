@@ -17,7 +17,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,9 +27,10 @@ from aiohttp import web
 
 from superollama import __version__
 from superollama.agent import LocalAgent
-from superollama.control import Controller, Route, RouteTarget, RoutingHolder
+from superollama.control import Controller, Route, RouteTarget
 from superollama.core import Progress
 from superollama.errors import InvalidRequest, NotFound, SuperOllamaError
+from superollama.gateway.exchange import exchange_of
 from superollama.gateway.openai_routes import ModelTargets, read_json
 from superollama.gateway.upstream import Upstream
 from superollama.wire import ollama as wire
@@ -47,13 +48,13 @@ Context = Callable[[str], Awaitable[list[int] | None]]
 class OllamaRoutes:
     def __init__(
         self,
-        holder: RoutingHolder,
+        targets: ModelTargets,
         controller: Controller,
         agent: LocalAgent,
         session: aiohttp.ClientSession,
         timeout: float,
     ) -> None:
-        self._targets = ModelTargets(holder, controller, agent)
+        self._targets = targets
         self._controller = controller
         self._agent = agent
         self._up = Upstream(session, timeout)
@@ -83,7 +84,7 @@ class OllamaRoutes:
         if not payload["messages"]:
             reason = await self._load_or_unload(route, keep)
             return _json(wire.done_object(model, _now(), reason, chat=True))
-        async with self._serve(route, keep) as (target, load_ns):
+        async with self._serve(request, body, route, keep, "chat") as (target, load_ns):
             payload["model"] = target.endpoint.served_name
             path = "/v1/chat/completions"
             if payload["stream"]:
@@ -91,6 +92,7 @@ class OllamaRoutes:
                 return await self._stream(request, target, path, payload, translator, t0=t0, load_ns=load_ns)
             sent = time.perf_counter_ns()
             resp = await self._up.post(target, path, payload)
+            _meter(request, resp)
             return _json(wire.chat_response(resp, model, _now(), _timing(t0, load_ns, sent)))
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
@@ -103,7 +105,7 @@ class OllamaRoutes:
         if not body.get("prompt"):
             reason = await self._load_or_unload(route, keep)
             return _json(wire.done_object(model, _now(), reason, chat=False))
-        async with self._serve(route, keep) as (target, load_ns):
+        async with self._serve(request, body, route, keep, "text_completion") as (target, load_ns):
             served = target.endpoint.served_name
             prompt = await self._prompt(target, body, raw, context)
             if prompt is None:
@@ -118,6 +120,7 @@ class OllamaRoutes:
                 )
             sent = time.perf_counter_ns()
             resp = await self._up.post(target, path, payload)
+            _meter(request, resp)
             tokens = await want(wire.response_text(resp)) if want else None
             return _json(wire.generate_response(resp, model, _now(), _timing(t0, load_ns, sent), tokens))
 
@@ -134,9 +137,10 @@ class OllamaRoutes:
         if not inputs:
             await self._load_or_unload(route, keep)
             return _json(wire.embed_response({}, model, wire.Timing(time.perf_counter_ns() - t0)))
-        async with self._serve(route, keep) as (target, load_ns):
+        async with self._serve(request, body, route, keep, "embeddings") as (target, load_ns):
             payload["model"] = target.endpoint.served_name
             resp = await self._embed(target, payload, truncate)
+            _meter(request, resp)
         timing = wire.Timing(time.perf_counter_ns() - t0, load_ns)
         return _json(wire.embed_response(resp, model, timing, payload.get("dimensions")))
 
@@ -149,14 +153,16 @@ class OllamaRoutes:
         if not inputs:
             await self._load_or_unload(route, keep)
             return _json({"embedding": []})
-        async with self._serve(route, keep) as (target, _):
+        async with self._serve(request, body, route, keep, "embeddings") as (target, _):
             payload = wire.embed_request(inputs, target.endpoint.served_name)
             resp = await self._embed(target, payload, truncate=True)
+            _meter(request, resp)
         return _json({"embedding": wire.embeddings(resp)[0]})
 
     # -- models ----------------------------------------------------------------------------------
     async def tags(self, request: web.Request) -> web.Response:
-        versions = await self._controller.list_versions(enabled=True)
+        visible = {r.name for r in self._targets.visible(request)}
+        versions = [v for v in await self._controller.list_versions(enabled=True) if v.name in visible]
         return _json({"models": [wire.tag_entry(v) for v in sorted(versions, key=lambda v: v.name)]})
 
     async def ps(self, request: web.Request) -> web.Response:
@@ -228,10 +234,14 @@ class OllamaRoutes:
         return self._targets.route(name, "model '{name}' not found", "model '{name}' is disabled")
 
     @contextlib.asynccontextmanager
-    async def _serve(self, route: Route, keep: float | None) -> AsyncIterator[tuple[RouteTarget, int]]:
-        """A ready instance for the request (its load time in ns); ``keep_alive`` applies after it."""
+    async def _serve(
+        self, request: web.Request, body: dict[str, Any], route: Route, keep: float | None, operation: str
+    ) -> AsyncIterator[tuple[RouteTarget, int]]:
+        """Admit the request, then a ready instance for it (its load time in ns); ``keep_alive`` applies
+        after it."""
+        await self._targets.admit(request, route, body, operation)
         t = time.perf_counter_ns()
-        async with self._targets.hold(route) as target:
+        async with self._targets.hold(route, request) as target:
             try:
                 yield target, time.perf_counter_ns() - t
             finally:
@@ -259,14 +269,19 @@ class OllamaRoutes:
     ) -> web.StreamResponse:
         sent = time.perf_counter_ns()
         first: int | None = None
+        ex = exchange_of(request)
         async with self._up.stream(target, path, payload) as events:
             response = web.StreamResponse(headers=_NDJSON)
             await response.prepare(request)
             try:
                 async for chunk in events:
                     for obj in translator.feed(chunk, _now()):
-                        first = first or time.perf_counter_ns()
+                        if first is None:
+                            first = time.perf_counter_ns()
+                            if ex is not None:
+                                ex.mark_first_byte()
                         await response.write(_line(obj))
+                _meter(request, {"usage": translator.usage})
                 tokens = await context(translator.text) if context else None
                 timing = _timing(t0, load_ns, sent, first)
                 await response.write(_line(translator.final(_now(), timing, tokens)))
@@ -352,3 +367,13 @@ def _line(obj: Any) -> bytes:
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _meter(request: web.Request, response: Mapping[str, Any]) -> None:
+    """Record the backend's token usage on the request's exchange (for limits, usage and metrics)."""
+    ex = exchange_of(request)
+    usage = response.get("usage")
+    if ex is not None and isinstance(usage, Mapping):
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
+        if isinstance(prompt, int) and isinstance(completion, int):
+            ex.usage((prompt, completion))

@@ -6,6 +6,7 @@ read body (bounded) → check → look up the snapshot → pick (or start) an in
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -15,7 +16,9 @@ from aiohttp import web
 from superollama.agent import LocalAgent
 from superollama.control import Controller, Route, RouteTarget, RoutingHolder
 from superollama.errors import InvalidRequest, ModelNotFound
+from superollama.gateway.exchange import exchange_of
 from superollama.gateway.relay import Relay
+from superollama.security import Security, estimate_tokens
 from superollama.wire import openai as wire
 
 __all__ = ["ModelTargets", "OpenAIRoutes", "read_json"]
@@ -30,10 +33,13 @@ class ModelTargets:
     is ready (scale from zero); ``hold`` picks and counts the request in flight until it is done.
     """
 
-    def __init__(self, holder: RoutingHolder, controller: Controller, agent: LocalAgent) -> None:
+    def __init__(
+        self, holder: RoutingHolder, controller: Controller, agent: LocalAgent, security: Security
+    ) -> None:
         self.holder = holder
         self.controller = controller
         self.agent = agent
+        self.security = security
 
     def route(
         self,
@@ -48,6 +54,13 @@ class ModelTargets:
             raise ModelNotFound(disabled.format(name=name), param="model")
         return route
 
+    def visible(self, request: web.Request) -> list[Route]:
+        """The enabled routes the caller's key may use, by name."""
+        ex = exchange_of(request)
+        routes = {r.name: r for r in self.holder.table.enabled()}
+        names = self.security.visible_models(ex.principal if ex else None, routes)
+        return [routes[n] for n in sorted(names)]
+
     async def pick(self, route: Route) -> RouteTarget:
         if route.targets:
             if len(route.targets) == 1:
@@ -55,9 +68,34 @@ class ModelTargets:
             return min(route.targets, key=lambda t: self.agent.in_flight(t.instance_id))
         return await self.controller.ensure_ready(route)
 
+    async def admit(
+        self, request: web.Request, route: Route, body: Mapping[str, Any], operation: str
+    ) -> None:
+        """Model permission, budget and rate limit for this request (403 / 429), recorded on its exchange."""
+        ex = exchange_of(request)
+        if ex is None:
+            return
+        ex.model, ex.version, ex.connection = (
+            str(body.get("model") or route.name),
+            route.version,
+            route.connection,
+        )
+        ex.operation, ex.stream = operation, body.get("stream") is True
+        if ex.capture:
+            ex.input = body.get("messages", body.get("prompt", body.get("input")))
+        ex.admission = await self.security.admit(ex.principal, route.name, estimate_tokens(dict(body)))
+        ex.headers.update(ex.admission.headers)
+
     @contextlib.asynccontextmanager
-    async def hold(self, route: Route) -> AsyncIterator[RouteTarget]:
+    async def hold(self, route: Route, request: web.Request | None = None) -> AsyncIterator[RouteTarget]:
+        """A ready target for the route (started if need be), counted in flight until the block ends."""
+        ex = exchange_of(request) if request is not None else None
+        t0 = time.perf_counter()
         target = await self.pick(route)
+        if ex is not None:
+            if not route.targets:
+                ex.load_wait = time.perf_counter() - t0
+            ex.instance = None if route.connection else target.instance_id
         self.agent.acquire(target.instance_id)
         try:
             yield target
@@ -66,33 +104,41 @@ class ModelTargets:
 
 
 class OpenAIRoutes:
-    def __init__(
-        self, holder: RoutingHolder, controller: Controller, agent: LocalAgent, relay: Relay
-    ) -> None:
+    def __init__(self, holder: RoutingHolder, targets: ModelTargets, relay: Relay) -> None:
         self._holder = holder
-        self._targets = ModelTargets(holder, controller, agent)
+        self._targets = targets
         self._relay = relay
 
     def register(self, app: web.Application) -> None:
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/v1/models/{model:.+}", self.get_model)
-        app.router.add_post("/v1/chat/completions", self._endpoint("/v1/chat/completions", wire.check_chat))
-        app.router.add_post("/v1/completions", self._endpoint("/v1/completions", wire.check_completion))
-        app.router.add_post("/v1/embeddings", self._endpoint("/v1/embeddings", wire.check_embeddings))
+        app.router.add_post(
+            "/v1/chat/completions", self._endpoint("/v1/chat/completions", wire.check_chat, "chat")
+        )
+        app.router.add_post(
+            "/v1/completions", self._endpoint("/v1/completions", wire.check_completion, "text_completion")
+        )
+        app.router.add_post(
+            "/v1/embeddings", self._endpoint("/v1/embeddings", wire.check_embeddings, "embeddings")
+        )
 
     async def list_models(self, request: web.Request) -> web.Response:
-        routes = sorted(self._holder.table.enabled(), key=lambda r: r.name)
+        routes = self._targets.visible(request)
         return _json(wire.model_list((r.name, r.created, r.connection or "superollama") for r in routes))
 
     async def get_model(self, request: web.Request) -> web.Response:
         route = self._targets.route(request.match_info["model"])
+        if route not in self._targets.visible(request):
+            raise ModelNotFound(f"The model '{route.name}' does not exist", param="model")
         return _json(wire.model_object(route.name, route.created, route.connection or "superollama"))
 
-    def _endpoint(self, path: str, check: Check) -> Callable[[web.Request], Any]:
+    def _endpoint(self, path: str, check: Check, operation: str) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.StreamResponse:
             body = await read_json(request)
             check(body)
-            async with self._targets.hold(self._targets.route(body["model"])) as target:
+            route = self._targets.route(body["model"])
+            await self._targets.admit(request, route, body, operation)
+            async with self._targets.hold(route, request) as target:
                 body["model"] = target.endpoint.served_name
                 return await self._relay.forward(request, target, path, body, body.get("stream") is True)
 

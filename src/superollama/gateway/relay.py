@@ -17,7 +17,9 @@ from aiohttp import web
 
 from superollama.control import RouteTarget
 from superollama.errors import UpstreamError
-from superollama.wire.openai import error_body
+from superollama.gateway.exchange import Exchange, exchange_of
+from superollama.gateway.upstream import post_with_resend
+from superollama.wire.openai import error_body, find_usage
 
 __all__ = ["Relay"]
 
@@ -35,17 +37,28 @@ class Relay:
     async def forward(
         self, request: web.Request, target: RouteTarget, path: str, body: dict[str, Any], stream: bool
     ) -> web.StreamResponse:
-        url = target.endpoint.base_url + path
-        payload = orjson.dumps(body)
+        ex = exchange_of(request)
+        strip_usage = False
+        if stream and ex is not None and ex.connection is None:
+            # Our own backends always report usage at the end of a stream (metering needs it); a client
+            # that did not ask for it does not see that last chunk.
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage")):
+                body["stream_options"] = {**(options or {}), "include_usage": True}
+                strip_usage = True
         try:
-            headers = {"Content-Type": "application/json", **dict(target.endpoint.headers)}
-            upstream_cm = self._session.post(url, data=payload, headers=headers, timeout=self._timeout)
-            async with upstream_cm as upstream:
+            upstream = await post_with_resend(self._session, target, path, orjson.dumps(body), self._timeout)
+            async with upstream:
                 if upstream.status >= 400:
                     return await _upstream_error(upstream)
                 if stream and upstream.content_type == "text/event-stream":
-                    return await _relay_stream(request, upstream, target)
+                    return await _relay_stream(request, upstream, target, ex, strip_usage)
                 data = await upstream.read()
+                if ex is not None:
+                    ex.mark_first_byte()
+                    ex.usage(find_usage(data))
+                    if ex.capture:
+                        ex.output = _answer_text(data)
                 return web.Response(body=data, status=upstream.status, content_type="application/json")
         except _UPSTREAM_DOWN as exc:
             raise UpstreamError(
@@ -54,19 +67,62 @@ class Relay:
 
 
 async def _relay_stream(
-    request: web.Request, upstream: aiohttp.ClientResponse, target: RouteTarget
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    target: RouteTarget,
+    ex: Exchange | None,
+    strip_usage: bool,
 ) -> web.StreamResponse:
+    """Relay whole SSE events as they complete; read usage from the event that carries it."""
     response = web.StreamResponse(status=upstream.status, headers=_SSE_HEADERS)
     await response.prepare(request)
+    pending = b""
     try:
         async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
+            pending += chunk
+            cut = pending.rfind(b"\n\n")
+            if cut == -1:
+                continue
+            ready, pending = pending[: cut + 2], pending[cut + 2 :]
+            if b'"usage"' in ready and ex is not None:
+                ready = _take_usage(ready, ex, strip_usage)
+            if ready:
+                if ex is not None:
+                    ex.mark_first_byte()
+                await response.write(ready)
+        if pending:
+            await response.write(pending)
     except _UPSTREAM_DOWN as exc:
         err = UpstreamError(f"backend of {target.endpoint.served_name!r} failed mid-stream: {_describe(exc)}")
         log.warning("%s", err.message)
+        if ex is not None:
+            ex.error_type, ex.error = err.code, err.message
         await response.write(b"event: error\ndata: " + orjson.dumps(error_body(err)) + b"\n\n")
     await response.write_eof()
     return response
+
+
+def _answer_text(data: bytes) -> Any:
+    """The generated text of a JSON answer, for content capture (off unless the operator enables it)."""
+    try:
+        body = orjson.loads(data)
+        choice = body["choices"][0]
+        return choice.get("message", {}).get("content") if "message" in choice else choice.get("text")
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def _take_usage(events: bytes, ex: Exchange, strip: bool) -> bytes:
+    """Record the usage these SSE events carry; drop the usage-only event when the client did not ask."""
+    kept = []
+    for event in events.split(b"\n\n"):
+        if b'"usage"' in event:
+            ex.usage(find_usage(event))
+            if strip and b'"choices":[]' in event:
+                continue
+        if event:
+            kept.append(event + b"\n\n")
+    return b"".join(kept)
 
 
 async def _upstream_error(upstream: aiohttp.ClientResponse) -> web.Response:

@@ -22,7 +22,7 @@ from superollama.control import RouteTarget
 from superollama.errors import InvalidRequest, NotFound, SuperOllamaError, UpstreamError
 from superollama.wire.ollama import error_message
 
-__all__ = ["Upstream"]
+__all__ = ["Upstream", "post_with_resend"]
 
 _DOWN = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
 
@@ -66,14 +66,25 @@ class Upstream:
             raise UpstreamError(f"backend of {name!r} failed: {_describe(exc)}", retry_after=1) from exc
 
     async def _send(self, target: RouteTarget, path: str, data: bytes) -> aiohttp.ClientResponse:
-        """Send once more when the pooled connection turns out dead before any answer (llama.cpp's HTTP
-        server drops idle keep-alive connections while it streams): the backend never saw the request."""
-        headers = {"Content-Type": "application/json", **dict(target.endpoint.headers)}
-        url = target.endpoint.base_url + path
-        try:
-            return await self._session.post(url, data=data, headers=headers, timeout=self._timeout)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            return await self._session.post(url, data=data, headers=headers, timeout=self._timeout)
+        return await post_with_resend(self._session, target, path, data, self._timeout)
+
+
+async def post_with_resend(
+    session: aiohttp.ClientSession,
+    target: RouteTarget,
+    path: str,
+    data: bytes,
+    timeout: aiohttp.ClientTimeout,
+) -> aiohttp.ClientResponse:
+    """POST to a backend, once more when the pooled connection turns out dead before any answer
+    (llama.cpp's HTTP server drops idle keep-alive connections while it streams): the backend never saw
+    the request. A backend that is really gone fails the second try too."""
+    headers = {"Content-Type": "application/json", **dict(target.endpoint.headers)}
+    url = target.endpoint.base_url + path
+    try:
+        return await session.post(url, data=data, headers=headers, timeout=timeout)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        return await session.post(url, data=data, headers=headers, timeout=timeout)
 
 
 async def _sse(upstream: aiohttp.ClientResponse, name: str) -> AsyncIterator[dict[str, Any]]:

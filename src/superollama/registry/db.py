@@ -18,6 +18,8 @@ from superollama.registry._base import READ_ONLY, Clock, Database, utcnow
 from superollama.registry._connections import ConnectionRepository
 from superollama.registry._errors import mapped
 from superollama.registry._jobs import JobRepository
+from superollama.registry._keys import KeyRepository
+from superollama.registry._usage import UsageRepository
 from superollama.registry.migrations import MIGRATIONS, Migration, migrate
 from superollama.registry.repos import EventRepository, InstanceRepository, NodeRepository, VersionRepository
 
@@ -29,7 +31,7 @@ _SCHEMA_LOCK_CLASS: Final = 0x534F5343  # "SOSC": first key of the advisory lock
 
 
 class Registry:
-    """The registry: one engine, six repositories. Close it when done (or use ``async with``)."""
+    """The registry: one engine, eight repositories. Close it when done (or use ``async with``)."""
 
     def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
         db = Database(engine, clock=clock)
@@ -40,6 +42,8 @@ class Registry:
         self.events = EventRepository(db)
         self.connections = ConnectionRepository(db)
         self.jobs = JobRepository(db)
+        self.keys = KeyRepository(db)
+        self.usage = UsageRepository(db)
 
     @property
     def dialect(self) -> str:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -165,10 +166,67 @@ def _m0003_jobs(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _m0004_api_keys(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    Table(
+        "api_keys",
+        md,
+        Column("id", String, primary_key=True),
+        Column("name", String, nullable=False),
+        Column("prefix", String, nullable=False, index=True),
+        Column("hash", String, nullable=False),
+        Column("role", String, nullable=False),
+        Column("models", Json(), nullable=False),
+        Column("rpm", Integer, nullable=True),
+        Column("tpm", Integer, nullable=True),
+        Column("model_limits", Json(), nullable=False),
+        Column("budget_usd", Float, nullable=True),
+        Column("budget_period", String, nullable=False),
+        Column("expires_at", UTCDateTime, nullable=True),
+        Column("revoked_at", UTCDateTime, nullable=True),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("last_used_at", UTCDateTime, nullable=True),
+        Index("ix_api_keys_hash", "hash", unique=True),
+    )
+    md.create_all(conn)
+
+
+def _m0005_usage(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    Table(
+        "usage",
+        md,
+        Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        Column("created_at", UTCDateTime, nullable=False, index=True),
+        Column("request_id", String, nullable=False),
+        Column("key_id", String, nullable=True, index=True),
+        Column("key_prefix", String, nullable=True),
+        Column("protocol", String, nullable=False),
+        Column("operation", String, nullable=False),
+        Column("model", String, nullable=False, index=True),
+        Column("version", String, nullable=True),
+        Column("instance", String, nullable=True),
+        Column("connection", String, nullable=True),
+        Column("node", String, nullable=True),
+        Column("status", Integer, nullable=False),
+        Column("stream", Boolean, nullable=False),
+        Column("prompt_tokens", Integer, nullable=True),
+        Column("completion_tokens", Integer, nullable=True),
+        Column("ttft", Float, nullable=True),
+        Column("load_wait", Float, nullable=True),
+        Column("latency", Float, nullable=False),
+        Column("cost", Float, nullable=True),
+        Column("error_type", String, nullable=True),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create models, versions, nodes, instances, events", _m0001_initial),
     Migration(2, "create connections", _m0002_connections),
     Migration(3, "create jobs", _m0003_jobs),
+    Migration(4, "create api_keys", _m0004_api_keys),
+    Migration(5, "create usage", _m0005_usage),
 )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -32,11 +33,13 @@ __all__ = [
     "NAMING_CONVENTION",
     "Json",
     "UTCDateTime",
+    "api_keys",
     "events",
     "instances",
     "metadata",
     "models",
     "nodes",
+    "usage",
     "versions",
 ]
 
@@ -176,4 +179,51 @@ jobs = Table(
     Column("error", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False, index=True),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("name", String, nullable=False),
+    Column("prefix", String, nullable=False, index=True),  # visible part, e.g. so-ab12cd34
+    Column("hash", String, nullable=False),  # sha256 hex of the whole key
+    Column("role", String, nullable=False),  # admin | user
+    Column("models", Json(), nullable=False),  # fnmatch patterns; [] = every model
+    Column("rpm", Integer, nullable=True),
+    Column("tpm", Integer, nullable=True),
+    Column("model_limits", Json(), nullable=False),  # {pattern: {"rpm": n, "tpm": n}}
+    Column("budget_usd", Float, nullable=True),
+    Column("budget_period", String, nullable=False),  # day | week | month | total
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Index("ix_api_keys_hash", "hash", unique=True),
+)
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", _event_id(), primary_key=True, autoincrement=True),
+    Column("created_at", UTCDateTime, nullable=False, index=True),  # when the request started
+    Column("request_id", String, nullable=False),
+    Column("key_id", String, nullable=True, index=True),
+    Column("key_prefix", String, nullable=True),
+    Column("protocol", String, nullable=False),  # openai | ollama | anthropic
+    Column("operation", String, nullable=False),  # chat | completion | embeddings | generate …
+    Column("model", String, nullable=False, index=True),  # what the client asked for
+    Column("version", String, nullable=True),
+    Column("instance", String, nullable=True),
+    Column("connection", String, nullable=True),
+    Column("node", String, nullable=True),
+    Column("status", Integer, nullable=False),
+    Column("stream", Boolean, nullable=False),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("ttft", Float, nullable=True),  # seconds
+    Column("load_wait", Float, nullable=True),  # seconds
+    Column("latency", Float, nullable=False),  # seconds, end to end
+    Column("cost", Float, nullable=True),  # USD
+    Column("error_type", String, nullable=True),
 )

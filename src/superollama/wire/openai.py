@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import orjson
+
 from superollama.errors import InvalidRequest, SuperOllamaError
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "check_completion",
     "check_embeddings",
     "error_body",
+    "find_usage",
     "model_list",
     "model_object",
 ]
@@ -148,3 +151,45 @@ def model_object(name: str, created: int, owned_by: str = "superollama") -> dict
 def model_list(models: Iterable[tuple[str, int, str]]) -> dict[str, Any]:
     """``(id, created, owned_by)`` triples as OpenAI's model list."""
     return {"object": "list", "data": [model_object(*m) for m in models]}
+
+
+_USAGE = b'"usage":'
+
+
+def find_usage(data: bytes) -> tuple[int, int] | None:
+    """``(prompt_tokens, completion_tokens)`` of the last ``"usage": {...}`` object in a response body or
+    SSE text, without decoding the rest (an embeddings answer can be megabytes of numbers)."""
+    at = data.rfind(_USAGE)
+    while at != -1:
+        start = data.find(b"{", at + len(_USAGE), at + len(_USAGE) + 8)
+        end = _object_end(data, start) if start != -1 else -1
+        if end != -1:
+            try:
+                usage = orjson.loads(data[start:end])
+            except orjson.JSONDecodeError:
+                usage = None
+            if isinstance(usage, dict):
+                prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
+                if isinstance(prompt, int) and isinstance(completion, int):
+                    return prompt, completion
+        at = data.rfind(_USAGE, 0, at)
+    return None
+
+
+def _object_end(data: bytes, start: int) -> int:
+    """Index just past the JSON object opening at ``start`` (strings respected), or -1 if cut short."""
+    depth, i, n = 0, start, len(data)
+    while i < n:
+        c = data[i]
+        if c == 0x22:  # a string: skip to its closing quote
+            i += 1
+            while i < n and data[i] != 0x22:
+                i += 2 if data[i] == 0x5C else 1
+        elif c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1

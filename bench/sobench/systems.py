@@ -1,0 +1,287 @@
+"""The systems under test, each started the same way: pinned, logged, timed to its first 200.
+
+``SUPEROLLAMA_VARIANTS`` is the one place that lists how Super Ollama is run: add an ON/OFF pair there
+(extra environment, ``serve`` flags, request headers such as an API key) once governance lands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import procs
+from .upstream import MODEL
+
+__all__ = [
+    "SUPEROLLAMA_VARIANTS",
+    "WORKLOADS",
+    "Context",
+    "Running",
+    "Target",
+    "Variant",
+    "start_direct",
+    "start_floor",
+    "start_litellm",
+    "start_superollama",
+]
+
+BENCH_DIR = Path(__file__).resolve().parent.parent
+REPO = BENCH_DIR.parent
+LITELLM_VENV = BENCH_DIR / ".venv-litellm"
+LITELLM_KEY = "sk-bench-0123456789abcdef"  # LiteLLM refuses to start without a master key
+WORKLOADS = ("json", "sse", "emb")
+START_TIMEOUT = 180.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running Super Ollama: a row group in the table."""
+
+    name: str
+    label: str
+    env: dict[str, str] = field(default_factory=dict)
+    serve_flags: tuple[str, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# Governance (API keys, rate limits, metrics, usage) does not exist yet: Super Ollama runs as is.
+# When it lands, replace this with an ON/OFF pair, e.g.
+#   Variant("superollama-on", "Super Ollama, all ON", env={"SUPEROLLAMA_...": "true"},
+#           headers={"Authorization": "Bearer sk-..."}),
+#   Variant("superollama-off", "Super Ollama, all OFF", env={"SUPEROLLAMA_...": "false"}),
+SUPEROLLAMA_VARIANTS: tuple[Variant, ...] = (Variant("superollama", "Super Ollama (as is)"),)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What wrk sends for one workload: URL, JSON body, extra headers."""
+
+    url: str
+    body: dict[str, object]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    tmp: Path
+    nginx_port: int
+    gateway_cpu: int | None
+    load_cpu: int | None
+
+    @property
+    def upstream(self) -> str:
+        return f"http://{procs.HOST}:{self.nginx_port}"
+
+
+@dataclass
+class Running:
+    """A started system (or why it could not be)."""
+
+    name: str
+    label: str
+    service: procs.Service | None = None
+    targets: dict[str, Target] = field(default_factory=dict)
+    start_s: float | None = None
+    rss_idle_mb: float | None = None
+    rss_after_mb: float | None = None
+    unavailable: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        if self.service is not None:
+            if self.rss_after_mb is None:
+                self.rss_after_mb = self.service.rss_mb()
+            self.service.stop()
+
+
+def chat_body(model: str, stream: bool) -> dict[str, object]:
+    body: dict[str, object] = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are a benchmark."},
+            {"role": "user", "content": "Say hello in one short sentence."},
+        ],
+        "max_tokens": 32,
+    }
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    return body
+
+
+def emb_body(model: str) -> dict[str, object]:
+    return {"model": model, "input": "The quick brown fox jumps over the lazy dog."}
+
+
+def _targets(
+    base: str, json_model: str, sse_model: str, *, sse_prefix: str = "", headers: dict[str, str] | None = None
+) -> dict[str, Target]:
+    h = headers or {}
+    return {
+        "json": Target(f"{base}/v1/chat/completions", chat_body(json_model, False), h),
+        "sse": Target(f"{base}{sse_prefix}/v1/chat/completions", chat_body(sse_model, True), h),
+        "emb": Target(f"{base}/v1/embeddings", emb_body(json_model), h),
+    }
+
+
+def _started(running: Running, service: procs.Service, models_url: str, headers: dict[str, str]) -> Running:
+    """Time to the first 200 on /v1/models, then idle RSS (after a short settle)."""
+    running.service = service
+    try:
+        running.start_s = procs.wait_ok(models_url, service.started, START_TIMEOUT, service.proc, headers)
+    except (RuntimeError, TimeoutError) as exc:
+        running.unavailable = f"did not start: {exc}; log: {service.log_tail(2)[-300:]}"
+        return running
+    time.sleep(1.0)
+    running.rss_idle_mb = service.rss_mb()
+    return running
+
+
+def start_direct(ctx: Context, nginx: procs.Service, nginx_start_s: float) -> Running:
+    """wrk straight to nginx: the upstream's own cost, the baseline for 'added latency'."""
+    running = Running("direct", "direct (nginx)", start_s=nginx_start_s, rss_idle_mb=nginx.rss_mb())
+    running.targets = _targets(ctx.upstream, MODEL, MODEL, sse_prefix="/stream")
+    running.notes.append("nginx on the load CPU; its process is stopped with the upstream")
+    return running
+
+
+def start_floor(ctx: Context) -> Running:
+    port = procs.free_port()
+    cmd = [*procs.pin(ctx.gateway_cpu), sys.executable, str(BENCH_DIR / "floor.py"), str(port), ctx.upstream]
+    service = procs.Service("floor", cmd, log_dir=ctx.tmp)
+    base = f"http://{procs.HOST}:{port}"
+    running = Running("floor", "aiohttp floor")
+    running.targets = _targets(base, MODEL, MODEL, sse_prefix="/stream")
+    return _started(running, service, f"{base}/v1/models", {})
+
+
+def ensure_litellm(log: Callable[[str], None]) -> tuple[Path | None, str | None]:
+    """bench/.venv-litellm with ``litellm[proxy]``: (its litellm binary, None) or (None, why not)."""
+    binary = LITELLM_VENV / "bin" / "litellm"
+    if binary.exists():
+        return binary, None
+    log(f"installing litellm[proxy] into {LITELLM_VENV} (a few minutes) …")
+    pip_log = BENCH_DIR / "results" / "litellm-install.log"
+    pip_log.parent.mkdir(exist_ok=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True, capture_output=True)
+        with pip_log.open("wb") as out:
+            pip = [str(LITELLM_VENV / "bin" / "pip"), "install", "--disable-pip-version-check"]
+            done = subprocess.run(
+                [*pip, "litellm[proxy]"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=1800,
+                check=False,
+            )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"install failed: {exc}"
+    if done.returncode != 0 or not binary.exists():
+        tail = pip_log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
+        return None, f"pip install 'litellm[proxy]' failed: {tail[0][:200]} (see {pip_log})"
+    return binary, None
+
+
+def litellm_config(upstream: str) -> str:
+    """model ``bench`` → openai/bench at nginx; ``bench-sse`` the same at nginx's streaming path."""
+    models = []
+    for name, base in (("bench", f"{upstream}/v1"), ("bench-sse", f"{upstream}/stream/v1")):
+        params = {"model": f"openai/{MODEL}", "api_base": base, "api_key": "bench"}
+        models.append({"model_name": name, "litellm_params": params})
+    config = {
+        "model_list": models,
+        "litellm_settings": {"telemetry": False, "set_verbose": False, "drop_params": True},
+        "general_settings": {"master_key": LITELLM_KEY},
+    }
+    return json.dumps(config, indent=2)  # YAML is a superset of JSON
+
+
+def start_litellm(ctx: Context, log: Callable[[str], None]) -> Running:
+    running = Running("litellm", "LiteLLM proxy (1 worker, no DB)")
+    binary, why = ensure_litellm(log)
+    if binary is None:
+        running.unavailable = why
+        return running
+    config = ctx.tmp / "litellm.yaml"
+    config.write_text(litellm_config(ctx.upstream))
+    port = procs.free_port()
+    env: dict[str, str | None] = {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no download of the cost map at start
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "DATABASE_URL": None,  # no DB (an empty value is an error to LiteLLM)
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [*procs.pin(ctx.gateway_cpu), str(binary), "--config", str(config)]
+    cmd += ["--host", procs.HOST, "--port", str(port), "--num_workers", "1"]
+    service = procs.Service("litellm", cmd, log_dir=ctx.tmp, env=env, cwd=ctx.tmp)
+    base = f"http://{procs.HOST}:{port}"
+    headers = {"Authorization": f"Bearer {LITELLM_KEY}"}
+    running.targets = _targets(base, "bench", "bench-sse", headers=headers)
+    running.notes.append("master key set (LiteLLM refuses to start without one): its auth check is ON")
+    return _started(running, service, f"{base}/v1/models", headers)
+
+
+def superollama_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run(
+        [sys.executable, "-m", "superollama.cli", "--url", url, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _connect(base: str, upstream: str) -> str | None:
+    """Connections ``fake`` (JSON path) and ``fakesse`` (nginx's /stream path): None, or why not."""
+    wanted = {"fake": upstream, "fakesse": f"{upstream}/stream"}
+    has_cli = superollama_cli(base, "connect", "--help").returncode == 0
+    for name, url in wanted.items():
+        if has_cli:
+            done = superollama_cli(base, "connect", "openai", url, "--name", name)
+            if done.returncode != 0:
+                return f"needs connections: `connect` failed: {(done.stderr or done.stdout).strip()[-300:]}"
+            continue
+        body = {"kind": "openai", "url": url, "name": name}
+        status, raw, _ = procs.http_json("POST", f"{base}/admin/v1/connections", body)
+        if status in (404, 405):
+            return "needs connections (no `superollama connect` and no POST /admin/v1/connections yet)"
+        if status >= 300:
+            return f"needs connections: POST /admin/v1/connections → {status} {raw[:300]!r}"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        _, raw, _ = procs.http_json("GET", f"{base}/v1/models")
+        ids = {m.get("id") for m in json.loads(raw).get("data", [])}
+        if {f"fake/{MODEL}", f"fakesse/{MODEL}"} <= ids:
+            return None
+        time.sleep(0.2)
+    return f"needs connections: fake/{MODEL} and fakesse/{MODEL} never listed in /v1/models ({sorted(ids)})"
+
+
+def start_superollama(ctx: Context, variant: Variant) -> Running:
+    running = Running(variant.name, variant.label)
+    home = ctx.tmp / f"home-{variant.name}"
+    port = procs.free_port()
+    env = {
+        "SUPEROLLAMA_HOME": str(home),
+        "SUPEROLLAMA_BUNDLED_MODEL": "false",
+        "SUPEROLLAMA_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(REPO / "src"),
+        **variant.env,
+    }
+    cmd = [*procs.pin(ctx.gateway_cpu), sys.executable, "-m", "superollama.cli", "serve"]
+    cmd += ["--host", procs.HOST, "--port", str(port), *variant.serve_flags]
+    service = procs.Service(variant.name, cmd, log_dir=ctx.tmp, env=env, cwd=REPO)
+    base = f"http://{procs.HOST}:{port}"
+    running.targets = _targets(base, f"fake/{MODEL}", f"fakesse/{MODEL}", headers=dict(variant.headers))
+    _started(running, service, f"{base}/v1/models", dict(variant.headers))
+    if running.unavailable is None:
+        running.unavailable = _connect(base, ctx.upstream)
+    return running

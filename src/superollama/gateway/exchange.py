@@ -1,0 +1,97 @@
+"""What the data plane learns about one request while it runs, turned into one ``RequestRecord`` at the
+end. Handlers fill it in as they go (route, target, load wait, tokens, first byte); nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from superollama.core import RequestRecord
+from superollama.security import Admission, Principal
+
+__all__ = ["EXCHANGE", "Exchange", "Observer", "exchange_of"]
+
+
+class Observer(Protocol):
+    """Telemetry as the data plane sees it: cheap, synchronous, never blocking."""
+
+    capture_content: bool
+
+    def record(self, record: RequestRecord) -> None: ...
+
+    def inflight(self, delta: int) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class Exchange:
+    request_id: str
+    protocol: str  # "openai", "ollama", "admin"
+    started_at: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.perf_counter)
+    principal: Principal | None = None
+    operation: str = ""
+    model: str | None = None
+    version: str | None = None
+    instance: str | None = None
+    connection: str | None = None
+    stream: bool = False
+    admission: Admission | None = None
+    load_wait: float | None = None
+    first_byte: float | None = None  # perf_counter of the first byte of the answer
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error_type: str | None = None
+    error: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # added to the response when it starts
+    capture: bool = False  # keep prompts and outputs (only when the operator turned capture on)
+    input: Any = None
+    output: Any = None
+
+    def mark_first_byte(self) -> None:
+        if self.first_byte is None:
+            self.first_byte = time.perf_counter()
+
+    def usage(self, tokens: tuple[int, int] | None) -> None:
+        if tokens is not None:
+            self.prompt_tokens, self.completion_tokens = tokens
+
+    def finish(self, status: int, *, node: str, client: str | None, user_agent: str | None) -> RequestRecord:
+        now = time.perf_counter()
+        p = self.principal
+        return RequestRecord(
+            request_id=self.request_id,
+            protocol=self.protocol,
+            operation=self.operation,
+            model=self.model or "",
+            status=status,
+            started_at=self.started_at,
+            duration=now - self.started,
+            stream=self.stream,
+            key_id=p.key_id if p else None,
+            key_prefix=p.prefix if p else None,
+            version=self.version,
+            instance=self.instance,
+            connection=self.connection,
+            node=None if self.connection else node,
+            ttft=(self.first_byte - self.started) if self.first_byte is not None else None,
+            load_wait=self.load_wait,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            error_type=self.error_type,
+            error=self.error,
+            client=client,
+            user_agent=user_agent,
+            input=self.input,
+            output=self.output,
+        )
+
+
+EXCHANGE = web.RequestKey("superollama_exchange", Exchange)
+
+
+def exchange_of(request: web.Request) -> Exchange | None:
+    return request.get(EXCHANGE)

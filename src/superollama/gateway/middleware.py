@@ -1,0 +1,129 @@
+"""The data plane's one per-request middleware: request id, authentication, in-flight accounting, and —
+when the request ends — one ``RequestRecord`` for telemetry and the rate limiter's settlement.
+
+It sits outside the error middleware, so it sees the status the client got. Nothing here awaits I/O on
+the way in (the key check is an in-memory lookup); settlement runs as a task after the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from superollama.core import RequestRecord
+from superollama.errors import SuperOllamaError
+from superollama.gateway.errors import error_response
+from superollama.gateway.exchange import EXCHANGE, Exchange, Observer, exchange_of
+from superollama.security import Security
+
+__all__ = ["NullObserver", "RequestMiddleware", "add_exchange_headers"]
+
+log = logging.getLogger("superollama.gateway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_PREFIXES = (("/v1/", "openai"), ("/api/", "ollama"), ("/admin/", "admin"))
+
+
+class NullObserver:
+    capture_content = False
+
+    def record(self, record: RequestRecord) -> None:
+        pass
+
+    def inflight(self, delta: int) -> None:
+        pass
+
+
+class RequestMiddleware:
+    def __init__(self, security: Security, observer: Observer, node: str) -> None:
+        self._security = security
+        self._observer = observer
+        self._node = node
+        self._settling: set[asyncio.Task[None]] = set()
+
+    def middleware(self) -> Middleware:
+        """The aiohttp middleware (a plain function: aiohttp does not take bound methods)."""
+
+        @web.middleware
+        async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await self.handle(request, handler)
+
+        return request_middleware
+
+    async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        protocol = next((name for prefix, name in _PREFIXES if request.path.startswith(prefix)), None)
+        if protocol is None:
+            return await handler(request)
+        ex = Exchange(request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex, protocol=protocol)
+        ex.capture = self._observer.capture_content
+        request[EXCHANGE] = ex
+        try:
+            if protocol == "admin":
+                security = self._security
+                ex.principal = security.authenticate(request.headers, required=security.admin_required)
+                security.require_admin(ex.principal)
+            else:
+                ex.principal = self._security.authenticate(request.headers)
+        except SuperOllamaError as exc:
+            ex.error_type, ex.error = exc.code or exc.type, exc.message
+            rejected = error_response(exc, ollama=protocol == "ollama")
+            self._finish(request, ex, rejected.status)
+            return rejected
+        self._observer.inflight(1)
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status, ex.error_type = 499, "client_closed"
+            raise
+        finally:
+            self._observer.inflight(-1)
+            self._finish(request, ex, status)
+
+    def _finish(self, request: web.Request, ex: Exchange, status: int) -> None:
+        if ex.protocol == "admin":
+            return  # the admin API is audited through events, not metered
+        record = ex.finish(
+            status,
+            node=self._node,
+            client=request.remote,
+            user_agent=request.headers.get("User-Agent"),
+        )
+        try:
+            self._observer.record(record)
+        except Exception:
+            log.exception("telemetry failed to record %s", ex.request_id)
+        if ex.admission is not None:
+            task = asyncio.get_running_loop().create_task(self._security.settle(ex.admission, record))
+            self._settling.add(task)
+            task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("rate-limit settlement failed: %s", task.exception())
+
+    async def close(self) -> None:
+        """Wait for pending settlements (clean shutdown)."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
+
+async def add_exchange_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the request id and rate-limit headers, streamed answers included."""
+    ex = exchange_of(request)
+    if ex is not None:
+        response.headers["X-Request-Id"] = ex.request_id
+        for name, value in ex.headers.items():
+            response.headers.setdefault(name, value)

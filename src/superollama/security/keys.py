@@ -1,0 +1,207 @@
+"""API keys: make them, hash them, and find the caller behind one without touching the database.
+
+A key is ``so-`` + 8 visible characters (the *prefix*, shown in lists and logs) + 40 random URL-safe
+characters (240 bits from ``secrets``). The registry keeps only its SHA-256: keys are random, so a plain
+hash is as strong as a slow KDF here and costs a microsecond per request.
+
+``KeyCache`` is what the request path reads: every key of the registry indexed by hash, rebuilt by
+``reload()`` when keys change (the admin API calls it after each change). A lookup is one hash and one dict
+access; the stored hash is compared again with ``hmac.compare_digest``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import secrets
+import string
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from superollama.core.types import KeyRecord
+from superollama.errors import Unauthorized
+
+__all__ = [
+    "KEY_SCHEME",
+    "ROLES",
+    "KeyCache",
+    "KeySource",
+    "ModelLimit",
+    "NewKey",
+    "Principal",
+    "generate_key",
+    "hash_key",
+    "looks_like_key",
+]
+
+KEY_SCHEME = "so-"
+PREFIX_CHARS = 8
+SECRET_BYTES = 30  # 40 URL-safe base64 characters
+ROLES = ("admin", "user")
+_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
+_KEY_LENGTH = len(KEY_SCHEME) + PREFIX_CHARS + 40
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly generated key: ``key`` is shown once, then only ``prefix`` and ``hash`` are kept."""
+
+    key: str
+    prefix: str
+    hash: str
+
+    def __repr__(self) -> str:  # never print the secret by accident
+        return f"NewKey(prefix={self.prefix!r})"
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 of the whole key, hex."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def generate_key() -> NewKey:
+    prefix = KEY_SCHEME + "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(PREFIX_CHARS))
+    key = prefix + secrets.token_urlsafe(SECRET_BYTES)
+    return NewKey(key=key, prefix=prefix, hash=hash_key(key))
+
+
+def looks_like_key(value: str) -> bool:
+    """Whether ``value`` has our key's shape (``so-`` and the right length)."""
+    return value.startswith(KEY_SCHEME) and len(value) == _KEY_LENGTH
+
+
+@dataclass(frozen=True)
+class ModelLimit:
+    """A per-model limit: requests and tokens per minute on the models matching ``pattern``."""
+
+    pattern: str
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a key's identity and what it may do. Built from a ``KeyRecord``; holds no secret."""
+
+    key_id: str
+    name: str
+    prefix: str
+    role: str = "user"
+    models: tuple[str, ...] = ()
+    rpm: int | None = None
+    tpm: int | None = None
+    model_limits: tuple[ModelLimit, ...] = ()
+    budget_usd: float | None = None
+    budget_period: str = "month"
+    expires_at: float | None = None  # time.time() seconds
+    revoked_at: float | None = None
+
+    @classmethod
+    def from_record(cls, record: KeyRecord) -> Principal:
+        return cls(
+            key_id=record.id,
+            name=record.name,
+            prefix=record.prefix,
+            role=record.role,
+            models=tuple(record.models),
+            rpm=record.rpm,
+            tpm=record.tpm,
+            model_limits=tuple(
+                ModelLimit(pattern, limits.get("rpm"), limits.get("tpm"))
+                for pattern, limits in record.model_limits.items()
+            ),
+            budget_usd=record.budget_usd,
+            budget_period=record.budget_period,
+            expires_at=record.expires_at.timestamp() if record.expires_at else None,
+            revoked_at=record.revoked_at.timestamp() if record.revoked_at else None,
+        )
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def allows(self, model: str) -> bool:
+        """Whether this key may call ``model``: it matches one of its patterns (no patterns: every model)."""
+        return not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
+
+    def model_limit(self, model: str) -> ModelLimit | None:
+        """The first per-model limit whose pattern matches ``model``."""
+        for limit in self.model_limits:
+            if fnmatch.fnmatchcase(model, limit.pattern):
+                return limit
+        return None
+
+
+class KeySource(Protocol):
+    """Where ``KeyCache`` loads keys from (``registry.keys`` is one)."""
+
+    async def list(self) -> Sequence[KeyRecord]: ...
+
+
+class KeyCache:
+    """Every key, indexed by hash, in memory. ``lookup`` is what the request path calls.
+
+    ``drain_used()`` hands over the keys used since the last call (id → time) so that the caller writes
+    ``last_used_at`` in batches, off the request path (``registry.keys.touch``).
+    """
+
+    def __init__(self, source: KeySource | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self._source = source
+        self._clock = clock
+        self._by_hash: Mapping[str, tuple[str, Principal]] = {}
+        self._used: dict[str, float] = {}
+
+    async def reload(self) -> int:
+        """Load every key from the source again; returns how many there are."""
+        if self._source is None:
+            return len(self._by_hash)
+        self.load(await self._source.list())
+        return len(self._by_hash)
+
+    def load(self, records: Iterable[KeyRecord]) -> None:
+        """Replace the index with these records (one swap: lookups never see half of it)."""
+        self._by_hash = {r.hash: (r.hash, Principal.from_record(r)) for r in records}
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    @property
+    def has_keys(self) -> bool:
+        """Whether any key exists, revoked ones included (``auth=auto`` then requires a key)."""
+        return bool(self._by_hash)
+
+    @property
+    def has_admin_keys(self) -> bool:
+        """Whether an admin key that is not revoked exists (``auth=auto`` then guards the admin API)."""
+        now = self._clock()
+        return any(
+            p.is_admin
+            and (p.revoked_at is None or p.revoked_at > now)
+            and (p.expires_at is None or p.expires_at > now)
+            for _, p in self._by_hash.values()
+        )
+
+    def lookup(self, key: str) -> Principal:
+        """The principal behind ``key``; ``Unauthorized`` for an unknown, revoked or expired key."""
+        digest = hash_key(key)
+        entry = self._by_hash.get(digest)
+        if entry is None or not hmac.compare_digest(entry[0], digest):
+            raise Unauthorized("invalid API key")
+        principal = entry[1]
+        now = self._clock()
+        if principal.revoked_at is not None and principal.revoked_at <= now:
+            raise Unauthorized(f"API key {principal.prefix} has been revoked")
+        if principal.expires_at is not None and principal.expires_at <= now:
+            when = datetime.fromtimestamp(principal.expires_at, UTC).isoformat(timespec="seconds")
+            raise Unauthorized(f"API key {principal.prefix} expired at {when}")
+        self._used[principal.key_id] = now
+        return principal
+
+    def drain_used(self) -> dict[str, datetime]:
+        """Keys used since the last call, with the time of their last use; forgets them."""
+        used, self._used = self._used, {}
+        return {key_id: datetime.fromtimestamp(t, UTC) for key_id, t in used.items()}

@@ -1,0 +1,262 @@
+"""Rate limits: requests and tokens per minute, per key and per key and model; reserve, then settle.
+
+Algorithm: GCRA (the generic cell rate algorithm, a token bucket kept as one number). Each bucket stores its
+*theoretical arrival time* (TAT); a request costing ``n`` units moves it ``n x 60 s / limit`` forward and is
+admitted while ``TAT - now ≤ 60 s``. Why GCRA and not a sliding window:
+
+- one float per bucket, O(1) work and memory whatever the limit (a sliding log keeps one entry per request
+  of the last minute; a windowed counter is approximate at the window edges);
+- a cost of ``n`` tokens is native, and so is settlement: a refund moves the TAT back, a surcharge forward
+  (a request that used more than it reserved leaves the bucket in debt, so the sustained rate holds);
+- OpenAI's headers fall out of it: remaining = what fits before ``now + 60 s``, reset = ``TAT - now``;
+- run atomically (a Lua script in Redis) it is exact across any number of processes.
+
+A bucket starts full: a key with 600 rpm may send 600 requests at once, then 10 per second; over a long run
+the accepted count is ``limit + elapsed x limit / 60``. A reservation larger than a bucket's whole capacity
+is clamped to it (it waits for a full bucket instead of never passing), then settled at its real size.
+
+Budgets are checked here too, in the same step (memory) or round trip (Redis), before the rate limits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal, Protocol
+
+from superollama.errors import QuotaExceeded, RateLimited
+from superollama.security.budgets import period_label
+from superollama.security.keys import Principal
+
+__all__ = [
+    "EPOCH",
+    "WINDOW",
+    "Admission",
+    "Bucket",
+    "MemoryRateLimiter",
+    "RateLimiter",
+    "buckets_for",
+    "format_duration",
+    "quota_error",
+    "rate_headers",
+    "rate_limited",
+]
+
+WINDOW = 60.0  # seconds: every limit is per minute
+EPOCH = 1_700_000_000.0  # times are kept relative to this, so doubles keep sub-microsecond precision
+# Slack at the exact edge of a full bucket, for float rounding: 1 % of one unit's interval, at most 1 ms.
+_TOLERANCE = 0.01
+_MAX_SLACK = 0.001
+
+Kind = Literal["requests", "tokens"]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One GCRA bucket an admission charged: ``cost`` units of ``limit`` per minute."""
+
+    key: str
+    kind: Kind
+    limit: int
+    cost: int
+    scope: str = "key"  # "key" or the model pattern of a per-model limit
+
+    @property
+    def interval(self) -> float:
+        return WINDOW / self.limit
+
+    @property
+    def slack(self) -> float:
+        return min(self.interval * _TOLERANCE, _MAX_SLACK)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What ``admit`` let through: hand it back to ``settle`` when the request ends.
+
+    ``headers`` are the ``x-ratelimit-*`` headers for the response; ``degraded`` means the limiter's store
+    was unreachable and the request was admitted unchecked (fail open)."""
+
+    model: str
+    principal: Principal | None = None
+    reserved_tokens: int = 0
+    buckets: tuple[Bucket, ...] = ()
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    degraded: bool = False
+
+
+def buckets_for(principal: Principal, model: str, estimated_tokens: int) -> tuple[Bucket, ...]:
+    """The buckets one request of ``principal`` on ``model`` charges, with their costs."""
+    tokens = max(0, int(estimated_tokens))
+    out: list[Bucket] = []
+    base = f"{{{principal.key_id}}}"  # a Redis hash tag: every bucket of a key in one cluster slot
+    if principal.rpm:
+        out.append(Bucket(f"{base}:rpm", "requests", principal.rpm, 1))
+    if principal.tpm:
+        out.append(Bucket(f"{base}:tpm", "tokens", principal.tpm, min(tokens, principal.tpm)))
+    scoped = principal.model_limit(model)
+    if scoped is not None:
+        if scoped.rpm:
+            out.append(Bucket(f"{base}:m:{scoped.pattern}:rpm", "requests", scoped.rpm, 1, scoped.pattern))
+        if scoped.tpm:
+            cost = min(tokens, scoped.tpm)
+            out.append(Bucket(f"{base}:m:{scoped.pattern}:tpm", "tokens", scoped.tpm, cost, scoped.pattern))
+    return tuple(out)
+
+
+def spend_key(principal: Principal, now: float) -> tuple[str, int]:
+    """Store key of the principal's spend in its current budget period, and its lifetime in seconds."""
+    label, ttl = period_label(principal.budget_period, now + EPOCH)
+    return f"{{{principal.key_id}}}:spend:{label}", ttl
+
+
+def format_duration(seconds: float) -> str:
+    """Like OpenAI's reset headers (Go durations): ``20ms``, ``1.5s``, ``6m0s``."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{max(1, math.ceil(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{math.ceil(seconds * 1000) / 1000:g}s"
+    minutes, rest = divmod(math.ceil(seconds), 60)
+    return f"{minutes}m{rest}s"
+
+
+def rate_headers(buckets: Sequence[Bucket], tats: Sequence[float], now: float) -> dict[str, str]:
+    """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` from the buckets' TATs; per kind, the
+    most constraining bucket (the least remaining) speaks."""
+    best: dict[str, tuple[int, Bucket, float]] = {}
+    for bucket, tat in zip(buckets, tats, strict=True):
+        ahead = max(0.0, tat - now)
+        fits = math.floor((WINDOW + bucket.slack - ahead) / bucket.interval)
+        remaining = max(0, min(bucket.limit, fits))
+        if bucket.kind not in best or remaining < best[bucket.kind][0]:
+            best[bucket.kind] = (remaining, bucket, ahead)
+    headers: dict[str, str] = {}
+    for kind, (remaining, bucket, ahead) in sorted(best.items()):
+        headers[f"x-ratelimit-limit-{kind}"] = str(bucket.limit)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+        headers[f"x-ratelimit-reset-{kind}"] = format_duration(ahead)
+    return headers
+
+
+def rate_limited(
+    principal: Principal, buckets: Sequence[Bucket], tats: Sequence[float], now: float
+) -> RateLimited:
+    """The 429 for a refused admission: which limit, when to retry, and the headers."""
+    worst: tuple[float, Bucket] | None = None
+    for bucket, tat in zip(buckets, tats, strict=True):
+        wait = max(tat, now) + bucket.cost * bucket.interval - WINDOW - now
+        if wait > bucket.slack and (worst is None or wait > worst[0]):
+            worst = (wait, bucket)
+    wait, bucket = worst if worst is not None else (0.0, buckets[0])
+    per = "RPM" if bucket.kind == "requests" else "TPM"
+    scope = "" if bucket.scope == "key" else f" on models {bucket.scope!r}"
+    message = (
+        f"Rate limit reached for API key {principal.prefix}{scope}: {bucket.limit} {per}. "
+        f"Please try again in {format_duration(wait)}."
+    )
+    return RateLimited(message, retry_after=wait, headers=rate_headers(buckets, tats, now))
+
+
+def quota_error(principal: Principal, spent: float) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"API key {principal.prefix} has used its {principal.budget_period} budget "
+        f"(${spent:.4f} of ${principal.budget_usd:.2f}). Raise the budget or wait for the next period."
+    )
+
+
+class RateLimiter(Protocol):
+    """Admission control for one request. ``admit`` checks the budget, then every bucket, and reserves the
+    estimate (``RateLimited``/``QuotaExceeded`` when refused); ``settle`` charges the difference between
+    the actual and the reserved tokens and adds the request's cost to the key's spend."""
+
+    async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission: ...
+    async def settle(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None: ...
+    async def add_spend(self, principal: Principal, amount: float) -> float: ...
+    async def spent(self, principal: Principal) -> float: ...
+    async def close(self) -> None: ...
+
+
+class MemoryRateLimiter:
+    """The single-process limiter: GCRA buckets and spend counters in dicts. ``clock`` returns
+    ``time.time()`` seconds (injectable for tests)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time, sweep_every: int = 10_000) -> None:
+        self._clock = clock
+        self._tats: dict[str, float] = {}
+        self._spend: dict[str, tuple[str, float]] = {}  # key id → (spend key of its period, USD)
+        self._sweep_every = sweep_every
+        self._since_sweep = 0
+
+    def _now(self) -> float:
+        return self._clock() - EPOCH
+
+    async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
+        now = self._now()
+        if principal.budget_usd is not None:
+            spent = self._spent(principal, now)
+            if spent >= principal.budget_usd:
+                raise quota_error(principal, spent)
+        buckets = buckets_for(principal, model, estimated_tokens)
+        if not buckets:
+            return Admission(model, principal, max(0, estimated_tokens))
+        tats = [self._tats.get(b.key, now) for b in buckets]
+        new = [max(tat, now) + b.cost * b.interval for b, tat in zip(buckets, tats, strict=True)]
+        if any(n - now > WINDOW + b.slack for b, n in zip(buckets, new, strict=True)):
+            raise rate_limited(principal, buckets, tats, now)
+        for bucket, tat in zip(buckets, new, strict=True):
+            self._tats[bucket.key] = tat
+        self._maybe_sweep(now)
+        return Admission(model, principal, max(0, estimated_tokens), buckets, rate_headers(buckets, new, now))
+
+    async def settle(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None:
+        if admission.degraded:
+            return
+        now = self._now()
+        for bucket in admission.buckets:
+            delta = max(0, actual_tokens) - bucket.cost if bucket.kind == "tokens" else 0
+            tat = self._tats.get(bucket.key)
+            if delta == 0 or (tat is None and delta < 0):
+                continue  # nothing to refund from a bucket that is full again
+            if tat is None:
+                base = now  # a surcharge on a bucket that was full again
+            else:
+                base = max(tat, now) if delta > 0 else tat
+            new = base + delta * bucket.interval
+            if new <= now:
+                self._tats.pop(bucket.key, None)
+            else:
+                self._tats[bucket.key] = new
+        if cost > 0 and admission.principal is not None:
+            await self.add_spend(admission.principal, cost)
+
+    async def add_spend(self, principal: Principal, amount: float) -> float:
+        key, _ = spend_key(principal, self._now())
+        current = self._spend.get(principal.key_id)
+        total = (current[1] if current is not None and current[0] == key else 0.0) + amount
+        self._spend[principal.key_id] = (key, total)
+        return total
+
+    async def spent(self, principal: Principal) -> float:
+        return self._spent(principal, self._now())
+
+    def _spent(self, principal: Principal, now: float) -> float:
+        current = self._spend.get(principal.key_id)
+        key, _ = spend_key(principal, now)
+        return current[1] if current is not None and current[0] == key else 0.0
+
+    def _maybe_sweep(self, now: float) -> None:
+        """Forget full buckets (TAT in the past) now and then, so idle keys cost no memory."""
+        self._since_sweep += 1
+        if self._since_sweep < self._sweep_every:
+            return
+        self._since_sweep = 0
+        self._tats = {k: v for k, v in self._tats.items() if v > now}
+
+    async def close(self) -> None:
+        self._tats.clear()
+        self._spend.clear()

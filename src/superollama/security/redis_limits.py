@@ -1,0 +1,312 @@
+"""The rate limiter shared by every gateway process: GCRA buckets and spend counters in Redis.
+
+One round trip per admission: one ``EVALSHA`` of a Lua script that checks the key's budget, then every
+bucket, and charges them all or none (Redis runs a script atomically, so the count is exact across any number
+of processes). The script is sent once per server (``SCRIPT LOAD`` on the first ``NOSCRIPT``). Settlement is
+one more ``EVALSHA`` (token difference + spend), after the response. Time comes from Redis's own clock
+(``TIME``), so replicas with skewed clocks agree; tests may inject a clock instead.
+
+When Redis cannot be reached: ``fail_open`` admits the request unchecked (``Admission.degraded``), otherwise
+``Unavailable`` (503). Either way the outage is logged once (then at most once a minute while it lasts),
+Redis is not tried again for ``retry_interval`` seconds, and the client reconnects on its own afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from superollama.errors import Unavailable
+from superollama.security.keys import Principal
+from superollama.security.limits import (
+    EPOCH,
+    WINDOW,
+    Admission,
+    buckets_for,
+    quota_error,
+    rate_headers,
+    rate_limited,
+    spend_key,
+)
+
+__all__ = ["RedisRateLimiter"]
+
+log = logging.getLogger("superollama.security")
+
+_FAILURES = (RedisError, OSError, TimeoutError)
+_COMMON = f"""
+local window = {WINDOW!r}
+local tol, max_slack = 0.01, 0.001
+local function fmt(x) return string.format('%.17g', x) end
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = (tonumber(t[1]) - {int(EPOCH)}) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[1])
+end
+"""
+
+# KEYS[1] spend key, KEYS[2..] bucket keys; ARGV[1] now or '', ARGV[2] budget or '', then limit, cost per
+# bucket. Returns {0 admitted | 1 rate limited, now, TAT per bucket…} or {2 over budget, now, spent}.
+ADMIT_LUA = (
+    _COMMON
+    + """
+if ARGV[2] ~= '' then
+  local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if spent >= tonumber(ARGV[2]) then return {2, fmt(now), fmt(spent)} end
+end
+local n = #KEYS - 1
+local tats, news, refused = {}, {}, false
+for i = 1, n do
+  local interval = window / tonumber(ARGV[1 + 2 * i])
+  local raw = redis.call('GET', KEYS[i + 1])
+  local tat = now
+  if raw then tat = tonumber(raw) end
+  tats[i] = tat
+  news[i] = math.max(tat, now) + tonumber(ARGV[2 + 2 * i]) * interval
+  if news[i] - now > window + math.min(interval * tol, max_slack) then refused = true end
+end
+local out = {0, fmt(now)}
+if refused then
+  out[1] = 1
+  for i = 1, n do out[i + 2] = fmt(tats[i]) end
+else
+  for i = 1, n do
+    redis.call('SET', KEYS[i + 1], fmt(news[i]), 'PX', math.ceil((news[i] - now) * 1000) + 1000)
+    out[i + 2] = fmt(news[i])
+  end
+end
+return out
+"""
+)
+
+# KEYS[1] spend key, KEYS[2..] token bucket keys; ARGV[1] now or '', ARGV[2] cost in USD, ARGV[3] the spend
+# counter's lifetime (0: forever), then limit, token difference per bucket. Returns the new spend or ''.
+SETTLE_LUA = (
+    _COMMON
+    + """
+for i = 1, #KEYS - 1 do
+  local interval = window / tonumber(ARGV[2 + 2 * i])
+  local delta = tonumber(ARGV[3 + 2 * i])
+  local raw = redis.call('GET', KEYS[i + 1])
+  if raw or delta > 0 then
+    local tat = now
+    if raw then tat = tonumber(raw) end
+    if delta > 0 then tat = math.max(tat, now) end
+    local new = tat + delta * interval
+    if new <= now then
+      redis.call('DEL', KEYS[i + 1])
+    else
+      redis.call('SET', KEYS[i + 1], fmt(new), 'PX', math.ceil((new - now) * 1000) + 1000)
+    end
+  end
+end
+if tonumber(ARGV[2]) > 0 then
+  local spent = redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
+  if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+  return spent
+end
+return ''
+"""
+)
+
+
+class _Script:
+    """A Lua script called by SHA; loaded into the server the first time it answers ``NOSCRIPT``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, client: Redis, keys: Sequence[str], args: Sequence[str]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class _Outage:
+    """Rate-limited logging of a Redis outage: once when it starts, at most once a minute while it lasts,
+    once when it ends. Holds the retry deadline too (no call to Redis before it)."""
+
+    def __init__(self, monotonic: Callable[[], float], retry_interval: float, fail_open: bool) -> None:
+        self._monotonic = monotonic
+        self._retry_interval = retry_interval
+        self._what = "admitting requests unchecked (fail open)" if fail_open else "refusing requests (503)"
+        self.since: float | None = None
+        self._retry_at = 0.0
+        self._logged_at = 0.0
+        self._affected = 0
+
+    def skip(self) -> bool:
+        """True while Redis should not be tried; the first caller past the deadline gets to probe it."""
+        if self.since is None:
+            return False
+        now = self._monotonic()
+        if now < self._retry_at:
+            self._affected += 1
+            return True
+        self._retry_at = now + self._retry_interval
+        return False
+
+    def failed(self, exc: BaseException) -> None:
+        now = self._monotonic()
+        self._retry_at = now + self._retry_interval
+        self._affected += 1
+        reason = f"{type(exc).__name__}: {exc}"
+        if self.since is None:
+            self.since, self._logged_at = now, now
+            log.warning("rate limiter: Redis unreachable (%s); %s until it is back", reason, self._what)
+        elif now - self._logged_at >= 60:
+            self._logged_at = now
+            log.warning(
+                "rate limiter: Redis still unreachable after %.0fs (%s); %d requests affected",
+                now - self.since,
+                reason,
+                self._affected,
+            )
+
+    def recovered(self) -> None:
+        if self.since is None:
+            return
+        log.warning(
+            "rate limiter: Redis reachable again after %.1fs; %d requests were affected",
+            self._monotonic() - self.since,
+            self._affected,
+        )
+        self.since, self._affected = None, 0
+
+
+class RedisRateLimiter:
+    """``RateLimiter`` on Redis (``redis_url``), exact across processes. ``clock``: None uses Redis's clock
+    (production); a function of ``time.time()`` seconds pins it (tests)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Redis | None = None,
+        fail_open: bool = True,
+        timeout: float = 0.5,
+        retry_interval: float = 1.0,
+        namespace: str = "so:",
+        clock: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if client is None:
+            if url is None:
+                raise ValueError("RedisRateLimiter needs a url or a client")
+            client = Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=True,
+            )
+        self._redis = client
+        self._fail_open = fail_open
+        self._ns = namespace
+        self._clock = clock
+        self._outage = _Outage(monotonic, retry_interval, fail_open)
+        self._admit = _Script(ADMIT_LUA)
+        self._settle = _Script(SETTLE_LUA)
+
+    @property
+    def degraded(self) -> bool:
+        """Whether Redis is known to be unreachable right now."""
+        return self._outage.since is not None
+
+    def _wall(self) -> float:
+        return self._clock() if self._clock is not None else time.time()
+
+    def _now_arg(self) -> str:
+        return "" if self._clock is None else repr(self._clock() - EPOCH)
+
+    def _spend_key(self, principal: Principal) -> tuple[str, int]:
+        key, ttl = spend_key(principal, self._wall() - EPOCH)
+        return self._ns + key, ttl
+
+    async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
+        reserved = max(0, int(estimated_tokens))
+        buckets = buckets_for(principal, model, reserved)
+        if not buckets and principal.budget_usd is None:
+            return Admission(model, principal, reserved)
+        if self._outage.skip():
+            return self._unchecked(model, principal, reserved)
+        keys = [self._spend_key(principal)[0], *(self._ns + b.key for b in buckets)]
+        budget = "" if principal.budget_usd is None else repr(principal.budget_usd)
+        args = [self._now_arg(), budget, *(str(v) for b in buckets for v in (b.limit, b.cost))]
+        try:
+            out = await self._admit(self._redis, keys, args)
+        except _FAILURES as exc:
+            self._outage.failed(exc)
+            return self._unchecked(model, principal, reserved)
+        self._outage.recovered()
+        code, now = int(out[0]), float(out[1])
+        if code == 2:
+            raise quota_error(principal, float(out[2]))
+        tats = [float(x) for x in out[2:]]
+        if code == 1:
+            raise rate_limited(principal, buckets, tats, now)
+        return Admission(model, principal, reserved, buckets, rate_headers(buckets, tats, now))
+
+    def _unchecked(self, model: str, principal: Principal, reserved: int) -> Admission:
+        if not self._fail_open:
+            raise Unavailable(
+                "rate limiter unavailable (its Redis cannot be reached); try again shortly",
+                retry_after=1.0,
+            )
+        return Admission(model, principal, reserved, degraded=True)
+
+    async def settle(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None:
+        """Charge the token difference and add the cost; never raises (a lost settlement is logged)."""
+        principal = admission.principal
+        if admission.degraded or principal is None:
+            return
+        actual = max(0, int(actual_tokens))
+        deltas = [(b, actual - b.cost) for b in admission.buckets if b.kind == "tokens" and actual != b.cost]
+        if not deltas and cost <= 0:
+            return
+        if self._outage.skip():
+            return
+        try:
+            await self._call_settle(principal, deltas, cost)
+        except _FAILURES as exc:
+            self._outage.failed(exc)
+            return
+        self._outage.recovered()
+
+    async def _call_settle(self, principal: Principal, deltas: Sequence[tuple[Any, int]], cost: float) -> Any:
+        spend, ttl = self._spend_key(principal)
+        keys = [spend, *(self._ns + b.key for b, _ in deltas)]
+        args = [self._now_arg(), repr(max(0.0, cost)), str(ttl)]
+        args += [str(v) for b, d in deltas for v in (b.limit, d)]
+        return await self._settle(self._redis, keys, args)
+
+    async def add_spend(self, principal: Principal, amount: float) -> float:
+        """Add ``amount`` USD to the key's spend this period; ``Unavailable`` when Redis is unreachable."""
+        try:
+            out = await self._call_settle(principal, (), amount)
+        except _FAILURES as exc:
+            raise Unavailable("spend counter unavailable (its Redis cannot be reached)") from exc
+        return float(out) if out else await self.spent(principal)
+
+    async def spent(self, principal: Principal) -> float:
+        try:
+            value = await cast(Awaitable[Any], self._redis.get(self._spend_key(principal)[0]))
+        except _FAILURES as exc:
+            raise Unavailable("spend counter unavailable (its Redis cannot be reached)") from exc
+        return float(value) if value else 0.0
+
+    async def close(self) -> None:
+        await self._redis.aclose()

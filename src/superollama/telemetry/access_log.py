@@ -1,0 +1,207 @@
+"""Logs: one JSON access line per request, and the process-wide logging setup.
+
+The access line is built in the telemetry thread (``SinkThread``), never on the event loop, and goes out
+through the logger ``superollama.access``. ``configure_logging`` routes every logger through a bounded
+queue to one writer thread, as JSON lines when ``log_json`` or as plain text otherwise; an access line is
+JSON either way (in plain mode, its message is the JSON object).
+
+Key material never appears: the line carries the key's visible prefix and id. Prompts and outputs appear
+only when content capture is on and the record carries them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import logging
+import logging.handlers
+import queue
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import orjson
+
+from superollama.core import RequestRecord
+from superollama.settings import Settings
+
+__all__ = [
+    "ACCESS_LOGGER",
+    "AccessLog",
+    "JsonFormatter",
+    "LoggingHandle",
+    "access_fields",
+    "configure_logging",
+]
+
+ACCESS_LOGGER = "superollama.access"
+_FIELDS = "superollama_fields"  # LogRecord attribute carrying an access line's fields
+_PLAIN = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def access_fields(
+    record: RequestRecord, *, capture: bool = False, trace_id: str | None = None
+) -> dict[str, Any]:
+    """The access line of one request (``None`` values left out)."""
+    fields: dict[str, Any] = {
+        "request_id": record.request_id,
+        "trace_id": trace_id,
+        "protocol": record.protocol,
+        "operation": record.operation,
+        "model": record.model,
+        "version": record.version,
+        "instance": record.instance,
+        "connection": record.connection,
+        "node": record.node,
+        "key_id": record.key_id,
+        "key_prefix": record.key_prefix,
+        "status": record.status,
+        "stream": record.stream,
+        "latency_ms": _ms(record.duration),
+        "ttft_ms": _ms(record.ttft),
+        "load_wait_ms": _ms(record.load_wait),
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "cost": record.cost,
+        "error_type": record.error_type,
+        "error": record.error,
+        "client": record.client,
+        "user_agent": record.user_agent,
+    }
+    if capture:
+        fields["input"] = record.input
+        fields["output"] = record.output
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+class AccessLog:
+    """A sink: writes the access line of each record to ``superollama.access`` (at INFO)."""
+
+    def __init__(
+        self,
+        *,
+        capture: bool = False,
+        logger: logging.Logger | None = None,
+        trace_id: Callable[[str], str] | None = None,
+    ) -> None:
+        self._capture = capture
+        self._logger = logger or logging.getLogger(ACCESS_LOGGER)
+        self._trace_id = trace_id  # request id → the trace id its spans carry (log ↔ trace correlation)
+
+    def __call__(self, record: RequestRecord) -> None:
+        logger = self._logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        trace_id = self._trace_id(record.request_id) if self._trace_id is not None else None
+        fields = access_fields(record, capture=self._capture, trace_id=trace_id)
+        line = logger.makeRecord(
+            logger.name,
+            logging.INFO,
+            __file__,
+            0,
+            orjson.dumps(fields, default=str).decode(),
+            (),
+            None,
+            extra={_FIELDS: fields},
+        )
+        # The line's time is when the request ended, not when this thread got to it.
+        ended = record.started_at + record.duration
+        line.created = ended
+        line.msecs = (ended - int(ended)) * 1000
+        logger.handle(line)
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"time", "level", "logger", "message"[, "exc"]}``; an access line's fields replace ``message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        fields = getattr(record, _FIELDS, None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        else:
+            out["message"] = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            out["exc"] = record.exc_text
+        return orjson.dumps(out, default=str).decode()
+
+
+class _QueueHandler(logging.handlers.QueueHandler):
+    """Hands records to the writer thread; merges args and renders tracebacks first (the objects may
+    change later), leaves the formatting itself to the thread; drops (and counts) when the queue is full."""
+
+    def __init__(self, q: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__(q)
+        self.dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        record.msg = record.getMessage()
+        record.args = None
+        if record.exc_info:
+            record.exc_text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+class LoggingHandle:
+    """What ``configure_logging`` installed; ``close()`` writes what is queued and removes it."""
+
+    def __init__(self, handler: _QueueHandler, listener: logging.handlers.QueueListener) -> None:
+        self.handler = handler
+        self.listener = listener
+        self._closed = False
+
+    @property
+    def dropped(self) -> int:
+        return self.handler.dropped
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        logging.getLogger().removeHandler(self.handler)
+        self.listener.stop()
+
+
+def configure_logging(
+    settings: Settings, *, stream: TextIO | None = None, queue_size: int = 100_000
+) -> LoggingHandle:
+    """Route every logger through a bounded queue to one writer thread (stderr by default), JSON lines
+    when ``settings.log_json``; the level from ``settings.log_level``. Calling it again replaces the
+    previous setup. The writer is flushed at exit."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        handle = getattr(old, "superollama_handle", None)
+        if isinstance(handle, LoggingHandle):
+            handle.close()
+    target = logging.StreamHandler(stream or sys.stderr)
+    target.setFormatter(JsonFormatter() if settings.log_json else logging.Formatter(_PLAIN))
+    q: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=queue_size)
+    handler = _QueueHandler(q)
+    listener = logging.handlers.QueueListener(q, target)
+    handle = LoggingHandle(handler, listener)
+    handler.superollama_handle = handle  # type: ignore[attr-defined]
+    root.setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
+    root.addHandler(handler)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    listener.start()
+    atexit.register(handle.close)
+    return handle

@@ -1,0 +1,240 @@
+"""The usage ledger on real databases (a SQLite file and the PostgreSQL server CI starts): batched inserts
+through ``Telemetry``, aggregation by key/model/day, CSV and JSON export through the admin API.
+
+Each Postgres test runs in a fresh random schema, dropped afterwards; an unreachable server fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from click.testing import CliRunner
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from superollama.admin.usage import UsageRoutes, parse_time
+from superollama.core import RequestRecord
+from superollama.errors import InvalidRequest
+from superollama.gateway import error_middleware
+from superollama.registry import Registry, open_registry
+from superollama.settings import Settings
+from superollama.telemetry import Telemetry
+from superollama.telemetry.usage import REQUEST_COLUMNS, SUMMARY_COLUMNS
+
+DAY1 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp()
+DAY2 = DAY1 + 86_400
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def registry(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> AsyncIterator[Registry]:
+    if request.param == "sqlite":
+        reg = await open_registry(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+        try:
+            yield reg
+        finally:
+            await reg.close()
+        return
+    schema = f"test_usage_{uuid.uuid4().hex[:12]}"
+    reg = await open_registry(f"{pg_url}?schema={schema}")
+    try:
+        yield reg
+    finally:
+        await reg.close()
+        engine = create_async_engine(pg_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        finally:
+            await engine.dispose()
+
+
+def rec(i: int, **changes: Any) -> RequestRecord:
+    base = RequestRecord(
+        request_id=f"r{i}",
+        protocol="openai",
+        operation="chat",
+        model="smollm2:135m",
+        status=200,
+        started_at=DAY1 + i,
+        duration=(i % 100 + 1) / 100,  # 10 ms … 1 s
+        stream=i % 2 == 0,
+        key_id="k1",
+        key_prefix="so-aaaa1111",
+        version="smollm2:135m",
+        instance="i-1",
+        node="local",
+        ttft=0.05,
+        prompt_tokens=10,
+        completion_tokens=20,
+        cost=0.001,
+        input="never stored",
+        output="never stored either",
+    )
+    return replace(base, **changes)
+
+
+def workload() -> list[RequestRecord]:
+    rows = [rec(i) for i in range(200)]
+    rows += [
+        rec(1000 + i, key_id="k2", key_prefix="so-bbbb2222", model="qwen:0.5b", version="qwen:0.5b")
+        for i in range(50)
+    ]
+    rows += [
+        rec(2000, key_id=None, key_prefix=None, status=502, error_type="upstream_error", cost=None, ttft=None)
+    ]
+    rows += [
+        rec(3000 + i, started_at=DAY2 + i, prompt_tokens=None, completion_tokens=None) for i in range(10)
+    ]
+    return rows
+
+
+async def fill(registry: Registry, rows: list[RequestRecord]) -> Telemetry:
+    telemetry = Telemetry(Settings(usage_flush_rows=64, usage_flush_seconds=0.05), usage_store=registry.usage)
+    await telemetry.start()
+    for r in rows:
+        telemetry.record(r)
+    await telemetry.close()
+    return telemetry
+
+
+async def test_round_trip_and_aggregates(registry: Registry) -> None:
+    rows = workload()
+    telemetry = await fill(registry, rows)
+    assert telemetry.usage is not None and telemetry.usage.written == len(rows)
+
+    since = datetime.fromtimestamp(DAY1 - 1, UTC)
+    stored = await registry.usage.query(since=since)
+    assert [r.request_id for r in stored] == [r.request_id for r in rows]
+    first = stored[0]
+    assert first == replace(rows[0], input=None, output=None)  # every column back, content never stored
+    assert stored[-11].error_type == "upstream_error" and stored[-11].cost is None
+    assert len(await registry.usage.query(since=since, until=datetime.fromtimestamp(DAY2, UTC))) == 251
+
+    ledger = telemetry.usage
+    by_key = {s.group: s for s in await ledger.summary("key", since)}
+    assert set(by_key) == {"so-aaaa1111", "so-bbbb2222", "(no key)"}
+    a = by_key["so-aaaa1111"]
+    assert (a.requests, a.errors, a.prompt_tokens, a.completion_tokens) == (210, 0, 2000, 4000)
+    assert a.cost == pytest.approx(0.21)
+    assert by_key["(no key)"].errors == 1
+
+    by_model = {s.group: s for s in await ledger.summary("model", since)}
+    assert by_model["qwen:0.5b"].requests == 50 and by_model["smollm2:135m"].requests == 211
+    smol = by_model["smollm2:135m"]
+    assert smol.latency_p50_ms == pytest.approx(500.0, abs=20)
+    assert smol.latency_p95_ms == pytest.approx(950.0, abs=20)
+    assert smol.ttft_p50_ms == pytest.approx(50.0)
+
+    by_day = await ledger.summary("day", since)
+    assert [(s.group, s.requests) for s in by_day] == [("2026-03-01", 251), ("2026-03-02", 10)]
+
+
+@pytest.fixture
+async def admin(registry: Registry) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    telemetry = await fill(registry, workload())
+    app = web.Application(middlewares=[error_middleware])
+    UsageRoutes(telemetry.usage).register(app)
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+async def test_admin_json_and_csv(admin: TestClient[web.Request, web.Application]) -> None:
+    since = "2026-03-01T00:00:00+00:00"
+    response = await admin.get("/admin/v1/usage", params={"by": "model", "since": since})
+    assert response.status == 200
+    body = await response.json()
+    assert body["by"] == "model"
+    assert [(r["group"], r["requests"]) for r in body["rows"]] == [("qwen:0.5b", 50), ("smollm2:135m", 211)]
+    assert set(body["rows"][0]) == set(SUMMARY_COLUMNS)
+
+    response = await admin.get("/admin/v1/usage", params={"by": "day", "since": since, "format": "csv"})
+    assert response.status == 200 and response.content_type == "text/csv"
+    parsed = list(csv.DictReader(io.StringIO(await response.text())))
+    assert [(r["group"], r["requests"]) for r in parsed] == [("2026-03-01", "251"), ("2026-03-02", "10")]
+
+    response = await admin.get(
+        "/admin/v1/usage",
+        params={"by": "request", "since": since, "until": "2026-03-01T12:00:05Z", "format": "csv"},
+    )
+    parsed = list(csv.DictReader(io.StringIO(await response.text())))
+    assert list(parsed[0]) == list(REQUEST_COLUMNS)
+    assert [r["request_id"] for r in parsed] == ["r0", "r1", "r2", "r3", "r4"]
+    assert "never stored" not in await response.text()
+
+
+async def test_admin_refuses_bad_parameters(admin: TestClient[web.Request, web.Application]) -> None:
+    for params, param in (
+        ({"by": "week"}, "by"),
+        ({"format": "xml"}, "format"),
+        ({"since": "soon"}, "since"),
+    ):
+        response = await admin.get("/admin/v1/usage", params=params)
+        assert response.status == 400, params
+        assert (await response.json())["error"]["param"] == param
+
+
+async def test_admin_without_a_ledger() -> None:
+    app = web.Application(middlewares=[error_middleware])
+    UsageRoutes(None).register(app)
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get("/admin/v1/usage")).status == 404
+
+
+def test_parse_time() -> None:
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    assert parse_time("24h", "since", now) == now - timedelta(hours=24)
+    assert parse_time("2w", "since", now) == now - timedelta(days=14)
+    assert parse_time("2026-02-01T00:00:00", "since", now) == datetime(2026, 2, 1, tzinfo=UTC)
+    with pytest.raises(InvalidRequest):
+        parse_time("soon", "since", now)
+
+
+async def test_cli_usage_through_the_admin_api(registry: Registry, tmp_path: Path) -> None:
+    import superollama.cli.usage  # registers the command
+    from superollama.cli.main import cli
+
+    telemetry = await fill(registry, workload())
+    app = web.Application(middlewares=[error_middleware])
+    UsageRoutes(telemetry.usage).register(app)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    assert superollama.cli.usage.usage.name == "usage"
+
+    def invoke(*args: str) -> str:
+        base = ["--url", url, "--home", str(tmp_path), "usage", "--since", "2026-03-01T00:00:00Z"]
+        result = CliRunner(env={"COLUMNS": "160"}).invoke(cli, [*base, *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    try:
+        as_csv = await asyncio.to_thread(invoke, "--by", "key", "--csv")
+        as_json = await asyncio.to_thread(invoke, "--by", "day", "--json")
+        table = await asyncio.to_thread(invoke, "--by", "model")
+    finally:
+        await runner.cleanup()
+    rows = list(csv.DictReader(io.StringIO(as_csv)))
+    assert [(r["group"], r["requests"]) for r in rows] == [
+        ("(no key)", "1"),
+        ("so-aaaa1111", "210"),
+        ("so-bbbb2222", "50"),
+    ]
+    assert [(r["group"], r["requests"]) for r in orjson.loads(as_json)] == [
+        ("2026-03-01", 251),
+        ("2026-03-02", 10),
+    ]
+    assert "MODEL" in table and "smollm2:135m" in table and "211" in table

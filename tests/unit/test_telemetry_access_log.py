@@ -1,0 +1,163 @@
+"""Access log: one JSON line per request with the right fields, no key material, content only on capture;
+the process-wide logging setup (JSON or plain, through the writer thread)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from superollama.core import RequestRecord
+from superollama.settings import Settings
+from superollama.telemetry import ACCESS_LOGGER, AccessLog, Telemetry, configure_logging
+from superollama.telemetry.access_log import JsonFormatter
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+SECRET = "so-ab12cd34" + "Zx9" * 14  # a whole key: it must never reach a log line
+
+
+def rec(**changes: object) -> RequestRecord:
+    base = RequestRecord(
+        request_id="req-1",
+        protocol="openai",
+        operation="chat",
+        model="smollm2:135m",
+        status=200,
+        started_at=T0,
+        duration=1.25,
+        key_id="k_1",
+        key_prefix="so-ab12cd34",
+        version="smollm2:135m",
+        instance="i-1",
+        node="local",
+        ttft=0.125,
+        prompt_tokens=12,
+        completion_tokens=34,
+        input=[{"role": "user", "content": "the secret prompt"}],
+        output="the secret answer",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def access() -> Iterator[tuple[logging.Logger, Lines]]:
+    logger = logging.getLogger(ACCESS_LOGGER)
+    saved = logger.propagate, logger.level
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = Lines()
+    logger.addHandler(handler)
+    yield logger, handler
+    logger.removeHandler(handler)
+    logger.propagate, logger.level = saved
+
+
+def test_access_line_fields(access: tuple[logging.Logger, Lines]) -> None:
+    logger, out = access
+    AccessLog(logger=logger)(rec())
+    (line,) = out.lines
+    assert "\n" not in line
+    data = orjson.loads(line)
+    assert data == {
+        "time": "2026-01-01T00:00:01.250+00:00",  # when the request ended
+        "level": "INFO",
+        "logger": ACCESS_LOGGER,
+        "request_id": "req-1",
+        "protocol": "openai",
+        "operation": "chat",
+        "model": "smollm2:135m",
+        "version": "smollm2:135m",
+        "instance": "i-1",
+        "node": "local",
+        "key_id": "k_1",
+        "key_prefix": "so-ab12cd34",
+        "status": 200,
+        "stream": False,
+        "latency_ms": 1250.0,
+        "ttft_ms": 125.0,
+        "prompt_tokens": 12,
+        "completion_tokens": 34,
+    }
+    assert "secret" not in line and SECRET not in line
+
+
+def test_content_only_with_capture(access: tuple[logging.Logger, Lines]) -> None:
+    logger, out = access
+    AccessLog(logger=logger, capture=True)(rec())
+    AccessLog(logger=logger, capture=True)(rec(input=None, output=None))
+    with_content, without = (orjson.loads(line) for line in out.lines)
+    assert with_content["input"] == [{"role": "user", "content": "the secret prompt"}]
+    assert with_content["output"] == "the secret answer"
+    assert "input" not in without and "output" not in without
+
+
+def test_errors_and_connection_fields(access: tuple[logging.Logger, Lines]) -> None:
+    logger, out = access
+    AccessLog(logger=logger)(
+        rec(status=502, error_type="upstream_error", error="backend died", instance=None, connection="remote")
+    )
+    data = orjson.loads(out.lines[0])
+    assert (data["status"], data["error_type"], data["error"]) == (502, "upstream_error", "backend died")
+    assert data["connection"] == "remote" and "instance" not in data
+
+
+async def test_telemetry_writes_access_lines_off_the_loop_and_strips_content(
+    access: tuple[logging.Logger, Lines],
+) -> None:
+    _, out = access
+    telemetry = Telemetry(Settings(capture_content=False))
+    await telemetry.start()
+    for i in range(20):
+        telemetry.record(rec(request_id=f"r{i}"))
+    await telemetry.close()
+    assert [orjson.loads(line)["request_id"] for line in out.lines] == [f"r{i}" for i in range(20)]
+    assert all("secret" not in line for line in out.lines)  # capture is off: the record is stripped
+
+
+def test_configure_logging_json_and_plain() -> None:
+    root = logging.getLogger()
+    level = root.level
+    stream = io.StringIO()
+    handle = configure_logging(Settings(log_json=True, log_level="DEBUG"), stream=stream)
+    try:
+        logging.getLogger("superollama.test").info("hello %s", "world")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logging.getLogger("superollama.test").exception("failed")
+        AccessLog()(rec())
+    finally:
+        handle.close()
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines[0]["message"] == "hello world" and lines[0]["level"] == "INFO"
+    assert lines[1]["message"] == "failed" and "RuntimeError: boom" in lines[1]["exc"]
+    assert lines[2]["logger"] == ACCESS_LOGGER and lines[2]["request_id"] == "req-1"
+    assert datetime.fromisoformat(lines[0]["time"]).tzinfo == UTC
+
+    stream = io.StringIO()
+    handle = configure_logging(Settings(log_json=False), stream=stream)
+    try:
+        logging.getLogger("superollama.test").warning("plain %d", 1)
+        AccessLog()(rec())
+    finally:
+        handle.close()
+        root.setLevel(level)
+    first, second = stream.getvalue().splitlines()
+    assert first.endswith("WARNING superollama.test: plain 1")
+    assert orjson.loads(second.split(f"{ACCESS_LOGGER}: ", 1)[1])["request_id"] == "req-1"
+    assert not [h for h in root.handlers if hasattr(h, "superollama_handle")]

@@ -1,0 +1,187 @@
+"""Usage ledger: batches by rows and by time, flush on close loses nothing, full queue drops are counted,
+failed writes are retried; aggregation and export."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from superollama.core import RequestRecord
+from superollama.settings import Settings
+from superollama.telemetry import Telemetry, UsageLedger, summarize
+from superollama.telemetry.usage import SUMMARY_COLUMNS, percentile, rows_csv, rows_json
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def rec(i: int = 0, **changes: object) -> RequestRecord:
+    base = RequestRecord(
+        request_id=f"r{i}",
+        protocol="openai",
+        operation="chat",
+        model="smollm2:135m",
+        status=200,
+        started_at=T0 + i,
+        duration=1.0,
+        key_id="k1",
+        key_prefix="so-aaaa",
+        version="smollm2:135m",
+        prompt_tokens=10,
+        completion_tokens=20,
+        cost=0.001,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+class MemoryStore:
+    """A UsageStore in memory that records each batch; ``fail`` makes the next writes raise."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.rows: list[RequestRecord] = []
+        self.batches: list[int] = []
+        self.fail = 0
+        self.delay = delay
+
+    async def insert_many(self, records: Sequence[RequestRecord]) -> int:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail:
+            self.fail -= 1
+            raise OSError("database is away")
+        self.rows.extend(records)
+        self.batches.append(len(records))
+        return len(records)
+
+    async def query(self, *, since: datetime, until: datetime | None = None) -> list[RequestRecord]:
+        lo, hi = since.timestamp(), until.timestamp() if until else float("inf")
+        return [r for r in self.rows if lo <= r.started_at < hi]
+
+
+async def test_flush_on_close_loses_nothing_with_10k_records() -> None:
+    store = MemoryStore(delay=0.001)
+    ledger = UsageLedger(store, flush_rows=500, flush_seconds=60)
+    await ledger.start()
+    for i in range(10_000):
+        assert ledger.add(rec(i))
+        if i % 1000 == 0:
+            await asyncio.sleep(0)  # let the writer run now and then, as the event loop would
+    await ledger.close()
+    assert [r.request_id for r in store.rows] == [f"r{i}" for i in range(10_000)]
+    assert max(store.batches) == 500
+    assert ledger.written == 10_000 and ledger.dropped == 0 and ledger.pending == 0
+    assert not ledger.add(rec(10_001))  # closed: refused and counted
+    assert ledger.dropped == 1
+
+
+async def test_writes_when_a_batch_is_full_and_when_time_passes() -> None:
+    store = MemoryStore()
+    ledger = UsageLedger(store, flush_rows=3, flush_seconds=0.6)
+    await ledger.start()
+    try:
+        for i in range(3):
+            ledger.add(rec(i))
+        for _ in range(5):
+            await asyncio.sleep(0)  # a full batch wakes the writer at once: a few loop turns
+        assert store.batches == [3]
+        ledger.add(rec(3))
+        await asyncio.sleep(0.05)
+        assert store.batches == [3]  # one row waits for the timer
+        await asyncio.sleep(1.0)
+        assert store.batches == [3, 1]
+    finally:
+        await ledger.close()
+
+
+async def test_full_queue_drops_are_counted_in_metrics() -> None:
+    store = MemoryStore()
+    telemetry = Telemetry(Settings(usage_flush_rows=10_000, usage_flush_seconds=60), usage_store=store)
+    assert telemetry.usage is not None
+    telemetry.usage._max_pending = 5  # a tiny bound for the test
+    for i in range(8):
+        telemetry.record(rec(i))
+    assert telemetry.usage.dropped == 3
+    assert telemetry.metrics is not None
+    families = {f.name: f for f in text_string_to_metric_families(telemetry.metrics.render().decode())}
+    (sample,) = families["superollama_telemetry_dropped"].samples
+    assert (sample.labels, sample.value) == ({"sink": "usage"}, 3)
+    await telemetry.close()
+    assert [r.request_id for r in store.rows] == [f"r{i}" for i in range(5)]
+
+
+async def test_failed_write_is_retried_and_nothing_is_lost() -> None:
+    store = MemoryStore()
+    store.fail = 2
+    ledger = UsageLedger(store, flush_rows=2, flush_seconds=0.05)
+    await ledger.start()
+    for i in range(5):
+        ledger.add(rec(i))
+    await asyncio.sleep(0.4)
+    await ledger.close()
+    assert [r.request_id for r in store.rows] == [f"r{i}" for i in range(5)]
+
+
+async def test_unauthenticated_unrouted_requests_stay_out_of_the_ledger() -> None:
+    store = MemoryStore()
+    telemetry = Telemetry(Settings(), usage_store=store)
+    await telemetry.start()
+    telemetry.record(rec(1, key_id=None, version=None, status=401, error_type="invalid_api_key"))
+    telemetry.record(rec(2, key_id=None))  # no key (auth off) but served: usage
+    telemetry.record(rec(3, version=None, status=404, error_type="model_not_found"))  # a key: counted
+    await telemetry.close()
+    assert [r.request_id for r in store.rows] == ["r2", "r3"]
+
+
+def test_percentile() -> None:
+    assert percentile([], 0.5) is None
+    assert percentile([3.0], 0.95) == 3.0
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == pytest.approx(50.5)
+    assert percentile(values, 0.95) == pytest.approx(95.05)
+
+
+def test_summarize_by_key_model_day() -> None:
+    rows = [rec(i, duration=i / 100) for i in range(1, 101)]  # 10 ms … 1 s
+    rows += [rec(200, key_id=None, key_prefix=None, model="qwen:0.5b", status=500, cost=None, ttft=0.5)]
+    rows += [rec(86_400, model="qwen:0.5b", prompt_tokens=None, completion_tokens=None)]  # the next day
+    by_key = {s.group: s for s in summarize(rows, "key")}
+    assert set(by_key) == {"so-aaaa", "(no key)"}
+    k = by_key["so-aaaa"]
+    assert (k.requests, k.errors, k.prompt_tokens, k.completion_tokens) == (101, 0, 1000, 2000)
+    assert k.cost == pytest.approx(0.101)
+    assert k.latency_p50_ms == pytest.approx(510.0)
+    assert by_key["(no key)"].errors == 1 and by_key["(no key)"].ttft_p50_ms == 500.0
+    assert [s.group for s in summarize(rows, "model")] == ["qwen:0.5b", "smollm2:135m"]
+    by_day = summarize(rows, "day")
+    assert [(s.group, s.requests) for s in by_day] == [("2026-01-01", 101), ("2026-01-02", 1)]
+    with pytest.raises(ValueError):
+        summarize(rows, "week")
+
+
+async def test_summary_flushes_pending_rows_first() -> None:
+    store = MemoryStore()
+    ledger = UsageLedger(store, flush_rows=1000, flush_seconds=60)
+    await ledger.start()
+    for i in range(3):
+        ledger.add(rec(i))
+    (summary,) = await ledger.summary("model", datetime.fromtimestamp(T0, UTC))
+    assert summary.requests == 3
+    await ledger.close()
+
+
+def test_csv_and_json_export() -> None:
+    rows = [s.as_dict() for s in summarize([rec(1), rec(2, model="qwen:0.5b")], "model")]
+    text = rows_csv(rows, SUMMARY_COLUMNS)
+    parsed = list(csv.DictReader(io.StringIO(text)))
+    assert [r["group"] for r in parsed] == ["qwen:0.5b", "smollm2:135m"]
+    assert list(parsed[0]) == list(SUMMARY_COLUMNS)
+    assert parsed[0]["requests"] == "1" and parsed[0]["prompt_tokens"] == "10"
+    assert orjson.loads(rows_json(rows)) == rows
+    assert rows_csv([], SUMMARY_COLUMNS).strip() == ",".join(SUMMARY_COLUMNS)
