@@ -28,7 +28,7 @@ from superollama.admin.keys import KeyRoutes
 from superollama.admin.usage import UsageRoutes
 from superollama.agent import AgentConfig, LocalAgent
 from superollama.control import ConnectionManager, Controller, JobManager, RoutingHolder, SecretBox
-from superollama.core import EventRecord
+from superollama.core import EventRecord, Runtime
 from superollama.errors import SuperOllamaError, UnsafeBind
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
 from superollama.gateway.middleware import RequestMiddleware, add_exchange_headers
@@ -36,7 +36,7 @@ from superollama.gateway.ollama_routes import OllamaRoutes
 from superollama.gateway.openai_routes import ModelTargets
 from superollama.providers import builtin_providers
 from superollama.registry import Registry, open_registry
-from superollama.runtimes import LlamaCppRuntime
+from superollama.runtimes import LlamaCppRuntime, TransformersRuntime, VllmRuntime, vllm_available
 from superollama.security import (
     Budgets,
     KeyCache,
@@ -94,9 +94,22 @@ async def create_app(settings: Settings) -> web.Application:
         ready_timeout=settings.ready_timeout,
         stop_timeout=settings.stop_timeout,
     )
+    logs = settings.home / "logs"
+    vllm_python = settings.vllm_python or sys.executable
+    runtimes: dict[str, Runtime] = {
+        runtime.name: runtime,
+        "transformers": TransformersRuntime(logs, dtype=settings.transformers_dtype),
+        "vllm": VllmRuntime(
+            logs,
+            python=vllm_python,
+            max_model_len=settings.vllm_max_model_len,
+            cpu_kvcache_gib=settings.vllm_cpu_kvcache_gib,
+        ),
+    }
+    safetensors = "vllm" if _has_gpu() and await vllm_available(vllm_python) else "transformers"
     agent = LocalAgent(
         registry,
-        {runtime.name: runtime},
+        runtimes,
         AgentConfig(
             node=settings.node_name,
             keep_alive=settings.keep_alive,
@@ -115,7 +128,14 @@ async def create_app(settings: Settings) -> web.Application:
         refresh_interval=settings.connection_refresh,
     )
     holder = RoutingHolder()
-    controller = Controller(registry, store, holder, agent, connections)
+    controller = Controller(
+        registry,
+        store,
+        holder,
+        agent,
+        connections,
+        runtimes_by_format={"gguf": "llamacpp", "safetensors": safetensors},
+    )
     jobs = JobManager(registry)
     await jobs.start()
     await agent.start()
@@ -184,6 +204,11 @@ async def _security(settings: Settings, registry: Registry) -> tuple[Security, R
     budgets = Budgets(PriceTable.parse(settings.price_table), limiter)
     auth = resolve_auth(settings.auth, settings.host, insecure=settings.insecure)
     return Security(keys, limiter, budgets, auth_required=auth), limiter
+
+
+def _has_gpu() -> bool:
+    """An NVIDIA GPU this node can use (its device files exist)."""
+    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def _observe_event(telemetry: Telemetry, node: str, event: EventRecord) -> None:

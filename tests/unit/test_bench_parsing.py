@@ -183,3 +183,45 @@ def test_a_py_spy_profile_is_summed_by_leaf_package_and_our_functions() -> None:
     assert prof.packages == [("aiohttp", 6), ("superollama", 2), ("event loop (uvloop, C)", 2)]
     assert prof.own[0] == ("StreamWriter._writelines (aiohttp/http_writer.py:116)", 6)
     assert dict(prof.ours)["handle (superollama/gateway/openai_routes.py)"] == 8
+
+
+def test_on_and_off_variants_pair_by_name_and_compare_point_by_point() -> None:
+    on = report.summarize("superollama-on", "json", 1, [run(400, 3.0, 9.0)], cpu_s=[4.0])  # 1.0 ms/req
+    off = report.summarize("superollama-off", "json", 1, [run(500, 2.5, 8.0)], cpu_s=[4.0])  # 0.8 ms/req
+    lone = point("superollama-on", "sse", 16, 700)
+
+    assert report.on_off_pairs(["direct", "superollama-on", "superollama-off", "x-on"]) == [
+        ("superollama-on", "superollama-off")
+    ]
+    rows = report.pair_rows([on, off, lone], "superollama-on", "superollama-off")
+
+    assert len(rows) == 1  # sse c=16 has no OFF point
+    r = rows[0]
+    assert (r.workload, r.concurrency) == ("json", 1)
+    assert r.rps_ratio == pytest.approx(0.8)
+    assert r.cpu_ratio == pytest.approx(1.25) and r.cpu_ms_added == pytest.approx(0.2)
+    assert (r.p50_added, r.p99_added) == (pytest.approx(0.5), pytest.approx(1.0))
+
+
+def test_the_markdown_has_an_on_off_table_when_both_variants_ran() -> None:
+    points = [
+        report.summarize("superollama-on", "json", 16, [run(400, 3.0, 9.0)], cpu_s=[4.0]),
+        report.summarize("superollama-off", "json", 16, [run(500, 2.5, 8.0)], cpu_s=[4.0]),
+    ]
+    data = {
+        "date": "2026-01-01 00:00 UTC",
+        "machine": {"nproc": 2, "cpu_model": "AMD EPYC", "python": "3.11.7"},
+        "mode": "quick",
+        "pinning": "-",
+        "systems": [
+            {"name": "superollama-on", "label": "ON", "notes": ["key sent"]},
+            {"name": "superollama-off", "label": "OFF"},
+        ],
+        "points": [p.as_dict() for p in points],
+    }
+
+    md = report.render_markdown(data)
+
+    assert "| ON vs OFF | load | c | req/s ratio |" in md
+    assert "| | json | 16 | 0.80x | 1.25x | +0.200 | +0.50 | +1.00 |" in md
+    assert "| ON | - | - | - | key sent |" in md

@@ -1,4 +1,6 @@
-"""Admin API for connections: register, list, refresh, enable/disable, remove external backends."""
+"""Admin API for connections: register, list, refresh, enable/disable, remove external backends; and the
+models on a connected server, managed through its API (Ollama): pull (NDJSON progress, as Ollama's
+``/api/pull`` streams it), copy, delete."""
 
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ class ConnectionRoutes:
         r.add_post(f"{PREFIX}/connections/{{name}}/enable", self.enable)
         r.add_post(f"{PREFIX}/connections/{{name}}/disable", self.disable)
         r.add_delete(f"{PREFIX}/connections/{{name}}", self.remove)
+        r.add_post(f"{PREFIX}/connections/{{name}}/pull", self.pull)
+        r.add_post(f"{PREFIX}/connections/{{name}}/copy", self.copy)
+        r.add_delete(f"{PREFIX}/connections/{{name}}/models/{{model:.+}}", self.delete_model)
 
     async def list(self, request: web.Request) -> web.Response:
         return _json({"connections": [s.as_dict() for s in self._connections.states()]})
@@ -68,9 +73,49 @@ class ConnectionRoutes:
         await self._connections.remove(name, actor=actor_of(request))
         return _json({"deleted": name})
 
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        """Pull ``model`` onto the connected server. ``stream`` (default true): its progress as NDJSON,
+        ending with ``{"status": "success", "model", "connection"}`` or ``{"status": "error", "error"}``
+        (the pull goes on if the client leaves); ``stream: false``: wait, answer the connection."""
+        name = request.match_info["name"]
+        body = await read_json(request)
+        model, actor = _text(body, "model"), actor_of(request)
+        if body.get("stream", True) is False:
+            state = await self._connections.pull_model(name, model, actor=actor)
+            return _json({"status": "success", "connection": state.as_dict()})
+        events = self._connections.pull_model_stream(name, model, actor=actor)  # refusals raise here
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        async for event in events:
+            await response.write(orjson.dumps(event) + b"\n")
+        await response.write_eof()
+        return response
+
+    async def copy(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        state = await self._connections.copy_model(
+            request.match_info["name"],
+            _text(body, "source"),
+            _text(body, "destination"),
+            actor=actor_of(request),
+        )
+        return _json(state.as_dict())
+
+    async def delete_model(self, request: web.Request) -> web.Response:
+        name, model = request.match_info["name"], request.match_info["model"]
+        state = await self._connections.delete_model(name, model, actor=actor_of(request))
+        return _json(state.as_dict())
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f"'{key}' must be a non-empty string", param=key)
+    return value
+
 
 def _state(connections: ConnectionManager, name: str) -> dict[str, Any]:
-    return next(s.as_dict() for s in connections.states() if s.record.name == name)
+    return connections.get(name).as_dict()
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

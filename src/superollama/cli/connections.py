@@ -1,12 +1,16 @@
-"""``superollama connect | connections | disconnect``: external backends we do not run."""
+"""``superollama connect | connections | disconnect``: external backends we do not run; and
+``superollama connections pull | copy | delete``: the models on a connected (Ollama) server, via its API."""
 
 from __future__ import annotations
+
+from urllib.parse import quote
 
 import click
 import orjson
 
+from superollama.cli.client import ApiError
 from superollama.cli.main import Context, api, cli, console, pass_ctx
-from superollama.cli.render import print_table
+from superollama.cli.render import print_table, show_progress
 
 __all__ = ["connect", "connections", "disconnect"]
 
@@ -28,13 +32,16 @@ def connect(ctx: Context, kind: str, url: str, name: str | None, api_key: str | 
         console.print(f"  {state['name']}/{model}")
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--refresh", "refresh", help="Check this connection now (health and models).")
 @pass_ctx
 @api
 def connections(ctx: Context, as_json: bool, refresh: str | None) -> None:
-    """List connections with their health and discovered models."""
+    """List connections with their health and discovered models (or manage a server's models: see the
+    commands below)."""
+    if click.get_current_context().invoked_subcommand is not None:
+        return
     if refresh:
         ctx.client.request("POST", f"/admin/v1/connections/{refresh}/refresh")
     items = ctx.client.request("GET", "/admin/v1/connections")["connections"]
@@ -63,3 +70,46 @@ def disconnect(ctx: Context, name: str) -> None:
     """Remove a connection; its models stop being routable."""
     ctx.client.request("DELETE", f"/admin/v1/connections/{name}")
     console.print(f"disconnected '{name}'")
+
+
+@connections.command("pull")
+@click.argument("name")
+@click.argument("model")
+@pass_ctx
+@api
+def pull_model(ctx: Context, name: str, model: str) -> None:
+    """Pull MODEL onto connection NAME's server (an Ollama server pulls it from its library)."""
+    events = ctx.client.stream_lines("POST", f"/admin/v1/connections/{name}/pull", json={"model": model})
+    final = show_progress(console, events)
+    if final.get("status") != "success":
+        error = final.get("error")
+        raise ApiError(0, str(error.get("message", error) if isinstance(error, dict) else final))
+    console.print(f"pulled {final['model']}")
+
+
+@connections.command("copy")
+@click.argument("name")
+@click.argument("source")
+@click.argument("destination")
+@pass_ctx
+@api
+def copy_model(ctx: Context, name: str, source: str, destination: str) -> None:
+    """Copy SOURCE to DESTINATION on connection NAME's server."""
+    body = {"source": source, "destination": destination}
+    ctx.client.request("POST", f"/admin/v1/connections/{name}/copy", json=body)
+    console.print(f"copied {name}/{_local(name, source)} to {name}/{_local(name, destination)}")
+
+
+@connections.command("delete")
+@click.argument("name")
+@click.argument("model")
+@pass_ctx
+@api
+def delete_model(ctx: Context, name: str, model: str) -> None:
+    """Delete MODEL from connection NAME's server."""
+    ctx.client.request("DELETE", f"/admin/v1/connections/{name}/models/{quote(model, safe='/:')}")
+    console.print(f"deleted {name}/{_local(name, model)}")
+
+
+def _local(name: str, model: str) -> str:
+    return model.removeprefix(f"{name}/")

@@ -1,6 +1,11 @@
 """Connections: external backends we do not run. Their models are discovered, refreshed, and routable
 as ``CONNECTION/MODEL``; an unreachable connection keeps its last known models listed but unavailable
-(a clear 503), and they come back by themselves when it answers again."""
+(a clear 503), and they come back by themselves when it answers again.
+
+When a user asks, the models *on* such a server are managed through its own API (``pull``, ``copy``,
+``delete`` on an Ollama server), and the connection's model list is refreshed right after; a kind whose
+provider cannot do that (OpenAI-compatible, TGI) gets a clear 400.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,34 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from superollama.control.routing import Route, RouteTarget
 from superollama.control.secrets import SecretBox
 from superollama.core import ConnectionRecord, Endpoint, EventRecord, Provider
-from superollama.errors import InvalidRequest, SuperOllamaError
+from superollama.errors import InvalidRequest, NotFound, SuperOllamaError
 from superollama.registry import Registry
 
-__all__ = ["ConnectionManager", "ConnectionState"]
+__all__ = ["ConnectionManager", "ConnectionState", "ManagesModels"]
 
 log = logging.getLogger("superollama.connections")
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+@runtime_checkable
+class ManagesModels(Protocol):
+    """A provider that can change the models on its server through that server's API (Ollama)."""
+
+    def pull(self, ep: Endpoint, model: str) -> AsyncIterator[dict[str, Any]]:
+        """Pull ``model`` onto the server; yields its progress objects; raises on failure."""
+        ...
+
+    async def copy(self, ep: Endpoint, source: str, destination: str) -> None: ...
+
+    async def delete(self, ep: Endpoint, model: str) -> None: ...
 
 
 @dataclass
@@ -64,6 +83,7 @@ class ConnectionManager:
         self._listeners: list[Callable[[], None]] = []
         self._event_listeners: list[Callable[[EventRecord], None]] = []
         self._loop_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # pulls whose client went away finish anyway
 
     def on_event(self, listener: Callable[[EventRecord], None]) -> None:
         """Call ``listener`` with every event recorded here (e.g. connection unhealthy: an incident)."""
@@ -79,10 +99,12 @@ class ConnectionManager:
         self._loop_task = asyncio.create_task(self._refresh_forever(), name="connections-refresh")
 
     async def close(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        tasks = [*self._background, *([self._loop_task] if self._loop_task is not None else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+                await task
 
     # -- operations ------------------------------------------------------------------------------
     async def add(
@@ -125,13 +147,102 @@ class ConnectionManager:
         return state
 
     async def refresh(self, name: str | None = None) -> None:
-        states = (
-            [self._states[name]] if name is not None and name in self._states else list(self._states.values())
-        )
-        if name is not None and not states:
-            await self._registry.connections.get(name)  # raises NotFound
+        """Check one connection (``NotFound`` if there is none of that name) or all of them now."""
+        states = [self._state(name)] if name is not None else list(self._states.values())
         await asyncio.gather(*(self._check(s) for s in states))
         self._changed()
+
+    def get(self, name: str) -> ConnectionState:
+        return self._state(name)
+
+    # -- models on the connected server ----------------------------------------------------------
+    def manageable(self, name: str, action: str) -> None:
+        """Raise unless connection ``name`` exists and its kind can ``action`` (pull, copy, delete) models
+        through its server's API: ``NotFound``, or a 400 that says which kinds can."""
+        state = self._state(name)
+        if not isinstance(self._providers.get(state.record.kind), ManagesModels):
+            can = sorted(k for k, p in self._providers.items() if isinstance(p, ManagesModels))
+            raise InvalidRequest(
+                f"connection {name!r} is a {state.record.kind} server: it cannot {action} models through "
+                f"its API (only {', '.join(can) or 'no'} connections can)",
+                param="name",
+            )
+
+    async def pull_model(
+        self,
+        name: str,
+        model: str,
+        *,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        actor: str = "api",
+    ) -> ConnectionState:
+        """Pull ``model`` onto connection ``name``'s server (its progress objects go to ``on_progress``);
+        the connection's models are refreshed afterwards."""
+        self.manageable(name, "pull")
+        model = _local_name(name, model, "model")
+
+        async def work(provider: ManagesModels, ep: Endpoint) -> None:
+            async for event in provider.pull(ep, model):
+                if on_progress is not None:
+                    on_progress(event)
+
+        return await self._manage(name, "pull", {"model": model}, actor, work)
+
+    def pull_model_stream(
+        self, name: str, model: str, *, actor: str = "api"
+    ) -> AsyncIterator[dict[str, Any]]:
+        """``pull_model`` as NDJSON-ready events: the server's progress, then ``{"status": "success",
+        "model", "connection"}`` or ``{"status": "error", "error": {...}}``. Refusals (unknown connection,
+        a kind that cannot pull) raise here, before any event. The pull runs as a task of this manager, so
+        it finishes even when the consumer stops reading."""
+        self.manageable(name, "pull")
+        local = _local_name(name, model, "model")
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def run() -> None:
+            try:
+                state = await self.pull_model(name, local, on_progress=queue.put_nowait, actor=actor)
+                queue.put_nowait(
+                    {"status": "success", "model": f"{name}/{local}", "connection": state.as_dict()}
+                )
+            except SuperOllamaError as exc:
+                error = {"message": exc.message, "type": exc.type, "code": exc.code}
+                queue.put_nowait({"status": "error", "error": error})
+            except Exception as exc:
+                log.exception("pulling %s on connection %s failed", local, name)
+                error = {"message": f"internal error: {type(exc).__name__}", "type": "internal_error"}
+                queue.put_nowait({"status": "error", "error": error})
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.create_task(run(), name=f"connection-pull-{name}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return _drain(queue)
+
+    async def copy_model(
+        self, name: str, source: str, destination: str, *, actor: str = "api"
+    ) -> ConnectionState:
+        """Copy ``source`` to ``destination`` on connection ``name``'s server; refresh its models."""
+        self.manageable(name, "copy")
+        source = _local_name(name, source, "source")
+        destination = _local_name(name, destination, "destination")
+
+        async def work(provider: ManagesModels, ep: Endpoint) -> None:
+            await provider.copy(ep, source, destination)
+
+        detail = {"source": source, "destination": destination}
+        return await self._manage(name, "copy", detail, actor, work)
+
+    async def delete_model(self, name: str, model: str, *, actor: str = "api") -> ConnectionState:
+        """Delete ``model`` from connection ``name``'s server; refresh its models."""
+        self.manageable(name, "delete")
+        model = _local_name(name, model, "model")
+
+        async def work(provider: ManagesModels, ep: Endpoint) -> None:
+            await provider.delete(ep, model)
+
+        return await self._manage(name, "delete", {"model": model}, actor, work)
 
     def states(self) -> list[ConnectionState]:
         return [self._states[k] for k in sorted(self._states)]
@@ -155,6 +266,38 @@ class ConnectionManager:
         return routes
 
     # -- internals -------------------------------------------------------------------------------
+    def _state(self, name: str) -> ConnectionState:
+        state = self._states.get(name)
+        if state is None:
+            raise NotFound(f"connection {name!r} not found", param="name")
+        return state
+
+    async def _manage(
+        self,
+        name: str,
+        action: str,
+        detail: Mapping[str, object],
+        actor: str,
+        work: Callable[[ManagesModels, Endpoint], Awaitable[None]],
+    ) -> ConnectionState:
+        """Run ``work`` against the connection's server; record the event; refresh its models (after a
+        failure too: a pull may have left a model, and the server may have gone away)."""
+        state = self._state(name)
+        provider = self._providers[state.record.kind]
+        assert isinstance(provider, ManagesModels)
+        try:
+            await work(provider, self._endpoint(state.record, ""))
+        except SuperOllamaError as exc:
+            await self._event(f"connection.{action}", name, actor, "failed", {**detail, "error": exc.message})
+            await self._check(state)
+            self._changed()
+            raise _on_connection(exc, name) from exc
+        await self._check(state)
+        self._changed()
+        await self._event(f"connection.{action}", name, actor, "ok", dict(detail))
+        log.info("connection %s: %s %s", name, action, detail)
+        return state
+
     def _endpoint(self, record: ConnectionRecord, model: str) -> Endpoint:
         provider = self._providers[record.kind]
         headers: tuple[tuple[str, str], ...] = ()
@@ -206,3 +349,26 @@ class ConnectionManager:
             await self._registry.events.add(event)
         except SuperOllamaError:
             log.exception("could not record event %s %s", action, target)
+
+
+def _local_name(connection: str, model: object, param: str) -> str:
+    """The server's own name for a model given as ``MODEL`` or as its route ``CONNECTION/MODEL``."""
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest(f"'{param}' must be a non-empty model name", param=param)
+    model = model.strip()
+    prefix = f"{connection}/"
+    if model.startswith(prefix) and len(model) > len(prefix):
+        model = model[len(prefix) :]
+    return model
+
+
+def _on_connection(exc: SuperOllamaError, name: str) -> SuperOllamaError:
+    """The same error, its message saying which connection answered it."""
+    new = type(exc)(f"connection {name!r}: {exc.message}", param=exc.param, retry_after=exc.retry_after)
+    new.status = exc.status
+    return new
+
+
+async def _drain(queue: asyncio.Queue[dict[str, Any] | None]) -> AsyncIterator[dict[str, Any]]:
+    while (item := await queue.get()) is not None:
+        yield item

@@ -33,8 +33,9 @@ __all__ = ["Controller", "VersionDetails", "parse_name"]
 
 log = logging.getLogger("superollama.control")
 
-# Which runtime serves which artifact format when a version names none.
-DEFAULT_RUNTIMES: Mapping[str, str] = {"gguf": "llamacpp"}
+# Which runtime serves which artifact format when a version names none (the app refines it per node:
+# safetensors go to vLLM where it is installed and a GPU is present).
+DEFAULT_RUNTIMES: Mapping[str, str] = {"gguf": "llamacpp", "safetensors": "transformers"}
 
 
 def parse_name(name: str) -> ModelRef:
@@ -61,8 +62,11 @@ class Controller:
         holder: RoutingHolder,
         agent: LocalAgent | None = None,
         connections: ConnectionManager | None = None,
+        *,
+        runtimes_by_format: Mapping[str, str] = DEFAULT_RUNTIMES,
     ) -> None:
         self._connections = connections
+        self._runtimes_by_format = dict(runtimes_by_format)
         self._registry = registry
         self._store = store
         self._holder = holder
@@ -278,7 +282,7 @@ class Controller:
             path=self._store.model_path(ModelRef.parse(version.name)),
             metadata=version.metadata,
         )
-        runtime = version.runtime or DEFAULT_RUNTIMES.get(version.format)
+        runtime = version.runtime or self._runtimes_by_format.get(version.format)
         if runtime is None:
             raise ModelLoadFailed(f"no runtime serves the {version.format!r} format yet")
         inst = await self._agent.ensure(artifact, runtime)

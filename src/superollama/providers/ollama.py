@@ -1,15 +1,19 @@
 """An existing Ollama server. Its models come from ``GET /api/tags``; OpenAI-protocol requests go to its
-OpenAI-compatible ``/v1`` routes (Ollama serves chat, completions and embeddings there)."""
+OpenAI-compatible ``/v1`` routes (Ollama serves chat, completions and embeddings there).
+
+It also manages the models on that server when a user asks: ``pull`` (``POST /api/pull``, its NDJSON
+progress passed on as it comes), ``copy`` (``POST /api/copy``) and ``delete`` (``DELETE /api/delete``)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
 
 import aiohttp
 
 from superollama.core import Endpoint
 from superollama.errors import UpstreamError
-from superollama.providers.http import get_json, strip_suffix
+from superollama.providers.http import LONG_TIMEOUT, get_json, request_json, stream_ndjson, strip_suffix
 
 __all__ = ["OllamaProvider"]
 
@@ -28,4 +32,28 @@ class OllamaProvider:
         models = body.get("models") if isinstance(body, dict) else None
         if not isinstance(models, list):
             raise UpstreamError(f"{ep.base_url}/api/tags: not an Ollama model list")
-        return [str(m.get("name") or m.get("model")) for m in models if isinstance(m, dict)]
+        names = (m.get("name") or m.get("model") for m in models if isinstance(m, dict))
+        return [n for n in names if isinstance(n, str) and n]
+
+    async def pull(self, ep: Endpoint, model: str) -> AsyncIterator[dict[str, Any]]:
+        """Pull ``model`` from the Ollama library onto that server; yields Ollama's progress objects
+        (``status``, and ``digest``/``total``/``completed`` while a layer downloads). A failure, before or
+        during the stream, raises (``NotFound`` for a model the library does not have)."""
+        body = {"model": model, "name": model, "stream": True}  # "name": Ollama before 0.4 reads it
+        async for event in stream_ndjson(self._session, ep, "/api/pull", body):
+            yield event
+
+    async def copy(self, ep: Endpoint, source: str, destination: str) -> None:
+        body = {"source": source, "destination": destination}
+        await request_json(self._session, ep, "POST", "/api/copy", body, timeout=LONG_TIMEOUT, plain=True)
+
+    async def delete(self, ep: Endpoint, model: str) -> None:
+        await request_json(
+            self._session,
+            ep,
+            "DELETE",
+            "/api/delete",
+            {"model": model, "name": model},
+            timeout=LONG_TIMEOUT,
+            plain=True,
+        )

@@ -1,7 +1,8 @@
 """Runtimes: how to start, stop and health-check a backend process on a node (implement ``core.Runtime``).
 
 Exports load lazily, so ``import superollama.runtimes`` stays cheap (no aiohttp, psutil or xllamacpp);
-``xllamacpp`` is imported only by the worker child process (``llamacpp_worker``).
+``xllamacpp`` is imported only by the worker child process (``llamacpp_worker``), torch, transformers and
+sentence-transformers only by ``transformers_worker``, and vLLM only in its own server process.
 """
 
 from __future__ import annotations
@@ -20,17 +21,25 @@ if TYPE_CHECKING:
         log_tail,
         spawn_worker,
     )
+    from superollama.runtimes.transformers import TRANSFORMERS_WORKER, TransformersRuntime
+    from superollama.runtimes.vllm import VLLM_SUPERVISOR, VllmHandle, VllmRuntime, vllm_available
 
 __all__ = [
+    "TRANSFORMERS_WORKER",
+    "VLLM_SUPERVISOR",
     "WORKER_MODULE",
     "LlamaCppRuntime",
     "ProcessHandle",
     "SpawnFn",
+    "TransformersRuntime",
+    "VllmHandle",
+    "VllmRuntime",
     "WorkerLaunch",
     "is_our_process",
     "kill_leftover",
     "log_tail",
     "spawn_worker",
+    "vllm_available",
 ]
 
 _WHERE = {
@@ -43,6 +52,12 @@ _WHERE = {
     "kill_leftover": "process",
     "log_tail": "process",
     "spawn_worker": "process",
+    "TRANSFORMERS_WORKER": "transformers",
+    "TransformersRuntime": "transformers",
+    "VLLM_SUPERVISOR": "vllm",
+    "VllmHandle": "vllm",
+    "VllmRuntime": "vllm",
+    "vllm_available": "vllm",
 }
 
 

@@ -1,0 +1,291 @@
+"""The model side of the transformers worker: load a Hugging Face folder, generate, embed.
+
+Only the worker process imports this module (it imports torch, transformers and sentence-transformers).
+Everything here is synchronous and runs on the worker's one generation thread; the event loop never
+calls into it directly.
+
+Generation is a manual decode loop over the KV cache (one sequence): each step checks a cancel flag,
+samples with a per-request seeded ``torch.Generator``, and hands the text that is safe to send (see
+``StopText``) to a callback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from superollama.runtimes._openai_shapes import RequestError, Sampling, StopText
+
+__all__ = ["ChatEngine", "EmbedEngine", "Engine", "LoadError", "Outcome", "detect_task", "load_engine"]
+
+INSTALL_HINT = "pip install 'superollama[transformers]'"
+_CHAT_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+_DEFAULT_CONTEXT = 2048
+
+
+class LoadError(Exception):
+    """The model cannot be served; the message is the reason the agent shows."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a generation ended: ``finish_reason`` is "stop", "length" or "cancelled"."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def detect_task(folder: Path) -> str:
+    """ "embedding" for a sentence-transformers folder or an encoder, "chat" for a causal LM."""
+    if (folder / "modules.json").is_file() or (folder / "config_sentence_transformers.json").is_file():
+        return "embedding"
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return "chat"
+    architectures = config.get("architectures") or []
+    if any(str(a).endswith(_CHAT_SUFFIXES) for a in architectures):
+        return "chat"
+    return "embedding"
+
+
+def _precheck(folder: Path) -> None:
+    if not folder.exists():
+        raise LoadError(f"model folder not found: {folder}")
+    if not folder.is_dir():
+        raise LoadError(f"model path is not a folder: {folder}")
+    if not (folder / "config.json").is_file():
+        raise LoadError(f"no config.json in {folder}: not a Hugging Face model folder")
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise LoadError(
+            f"the transformers runtime needs torch and transformers ({exc}): {INSTALL_HINT}"
+        ) from exc
+    return torch
+
+
+def resolve_device(torch: Any, name: str) -> Any:
+    if name == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise LoadError(f"unknown device {name!r}: use 'cpu' or 'cuda:N'")
+    if not torch.cuda.is_available():
+        raise LoadError(
+            f"device {name} asked for, but CUDA is not available to torch {torch.__version__} "
+            "(a CPU-only build, or no GPU/driver on this node)"
+        )
+    index = int(match.group(1) or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise LoadError(f"device {name} asked for, but this node has {count} CUDA device(s)")
+    return torch.device("cuda", index)
+
+
+def resolve_dtype(torch: Any, name: str, device: Any) -> Any:
+    """``auto``: bfloat16 on a GPU that has it (else float16), float32 on CPU."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise LoadError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16")
+    return dtypes[name]
+
+
+class ChatEngine:
+    """A causal LM and its tokenizer: chat (through the chat template) and plain completions."""
+
+    task = "chat"
+
+    def __init__(self, model: Any, tokenizer: Any, torch: Any, device: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.torch = torch
+        self.device = device
+        config = model.config
+        self.context = int(getattr(config, "max_position_embeddings", 0) or _DEFAULT_CONTEXT)
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        self.eos = {int(t) for t in [*eos_ids, tokenizer.eos_token_id] if t is not None}
+        params = inspect.signature(model.forward).parameters
+        self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        # transformers >= 5.2x names the KV cache ``cache``; earlier versions ``past_key_values``.
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    @classmethod
+    def load(cls, folder: Path, device: Any, dtype: Any, torch: Any) -> ChatEngine:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+        return cls(model.to(device).eval(), tokenizer, torch, device)
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise RequestError("this model has no chat template: use /v1/completions", param="messages")
+        try:
+            text = self.tokenizer.apply_chat_template(
+                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # the template's own error (e.g. roles it does not accept)
+            raise RequestError(f"the chat template rejected the messages: {exc}", param="messages") from exc
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def text_prompt(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def check_room(self, prompt: Sequence[int], sampling: Sampling) -> int:
+        """The number of new tokens allowed, or a 400 when the prompt leaves no room."""
+        room = self.context - len(prompt)
+        if room <= 0:
+            raise RequestError(
+                f"the prompt has {len(prompt)} tokens; this model's context is {self.context}",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        return room if sampling.max_tokens is None else min(room, sampling.max_tokens)
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        sampling: Sampling,
+        cancel: threading.Event,
+        emit: Callable[[str], None],
+    ) -> Outcome:
+        """Decode up to ``check_room`` tokens; call ``emit`` with each safe text delta."""
+        torch = self.torch
+        limit = self.check_room(prompt, sampling)
+        generator = torch.Generator(device=self.device)
+        if sampling.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(sampling.seed)
+        stops = StopText(sampling.stop)
+        tokens: list[int] = []
+        text, finish, matched = "", "length", False
+        with torch.inference_mode():
+            ids = torch.tensor([list(prompt)], device=self.device)
+            out = self.model(input_ids=ids, use_cache=True, **self._keep_last)
+            while True:
+                if cancel.is_set():
+                    finish = "cancelled"
+                    break
+                token = self._pick(out.logits[0, -1, :], sampling, generator)
+                if token in self.eos:
+                    finish = "stop"
+                    break
+                tokens.append(token)
+                text = self.tokenizer.decode(
+                    tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
+                delta, stopped = stops.update(text)
+                if delta:
+                    emit(delta)
+                if stopped:
+                    finish, matched = "stop", True
+                    break
+                if len(tokens) >= limit:
+                    break
+                step = torch.tensor([[token]], device=self.device)
+                cache = out.get("cache", None) or out.get("past_key_values", None)
+                out = self.model(input_ids=step, use_cache=True, **{self._cache_arg: cache})
+        if not matched and finish != "cancelled":
+            tail = stops.finish(text)  # what was held back for a stop string that never came
+            if tail:
+                emit(tail)
+        return Outcome(stops.sent, finish, len(prompt), len(tokens))
+
+    def _pick(self, logits: Any, sampling: Sampling, generator: Any) -> int:
+        torch = self.torch
+        if sampling.temperature <= 0.0 or sampling.top_p <= 0.0:
+            return int(torch.argmax(logits).item())
+        probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+        if sampling.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+            sorted_probs[before >= sampling.top_p] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+class EmbedEngine:
+    """A sentence-transformers model: pooling and normalisation as its folder's modules.json says."""
+
+    task = "embedding"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        # sentence-transformers 6 renamed these (the old names warn); keep both for older versions.
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self._preprocess = getattr(model, "preprocess", None) or model.tokenize
+        self.dimensions = int(dimension() or 0)
+
+    @classmethod
+    def load(cls, folder: Path, device: Any, dtype: Any) -> EmbedEngine:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise LoadError(f"embedding models need sentence-transformers ({exc}): {INSTALL_HINT}") from exc
+        model = SentenceTransformer(
+            str(folder), device=str(device), local_files_only=True, model_kwargs={"dtype": dtype}
+        )
+        return cls(model.eval())
+
+    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        """The vectors of ``texts`` (float32) and the number of tokens read (after truncation)."""
+        features = self._preprocess(list(texts))
+        tokens = int(features["attention_mask"].sum().item())
+        vectors = self.model.encode(
+            list(texts), batch_size=32, convert_to_numpy=True, show_progress_bar=False
+        )
+        return vectors.astype("float32").tolist(), tokens
+
+
+Engine = ChatEngine | EmbedEngine
+
+
+def _no_text(_: str) -> None:
+    return None
+
+
+def load_engine(folder: Path, *, device: str, dtype: str, task: str, threads: int = 0) -> Engine:
+    """Load ``folder`` for ``task`` (chat, embedding or auto) or raise ``LoadError`` with the reason."""
+    _precheck(folder)
+    torch = _import_torch()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch_device = resolve_device(torch, device)
+    torch_dtype = resolve_dtype(torch, dtype, torch_device)
+    kind = detect_task(folder) if task == "auto" else task
+    try:
+        engine: Engine
+        if kind == "embedding":
+            engine = EmbedEngine.load(folder, torch_device, torch_dtype)
+            engine.embed(["warm up"])
+        else:
+            engine = ChatEngine.load(folder, torch_device, torch_dtype, torch)
+            # The first forward passes are several times slower (kernel selection, allocator): pay them
+            # before the instance reports ready, not in the first request's TTFT.
+            engine.generate(engine.text_prompt("Hello"), Sampling(max_tokens=2), threading.Event(), _no_text)
+        return engine
+    except LoadError:
+        raise
+    except Exception as exc:
+        raise LoadError(
+            f"transformers could not load {folder} ({kind}): {type(exc).__name__}: {exc}"
+        ) from exc

@@ -1,0 +1,203 @@
+"""Child process of one vLLM instance: starts vLLM's OpenAI server, waits for it, stops it with its children.
+
+    python -m superollama.runtimes.vllm_supervisor --instance-id ID [--host H] [--ready-timeout S] \
+        [--stop-timeout S] [--parent-pid PID] -- VLLM_PYTHON -m vllm.entrypoints.openai.api_server ARGS…
+
+vLLM is a program of its own (often in another virtual environment), so it cannot print our handshake.
+This small supervisor, started by ``spawn_worker`` like any worker, does that for it:
+
+- picks a free port (binds port 0, then hands the number to vLLM with ``--host``/``--port``);
+- starts vLLM in its own process group, with stdout and stderr on the instance's log, and with
+  ``PR_SET_PDEATHSIG`` SIGKILL; vLLM's engine runs in further processes that the death signal does not
+  reach, so a forked watchdog SIGKILLs vLLM's whole group if the supervisor dies without stopping it
+  (a SIGKILL from a cancelled start, the OOM killer);
+- polls vLLM's ``GET /health`` until 200, then prints the ready line (or the failed line with the reason:
+  vLLM exited, or the ready timeout passed);
+- on SIGTERM (also what it receives when the agent dies: its own death signal), sends SIGTERM to vLLM's
+  whole process group, SIGKILL after ``--stop-timeout`` seconds, and exits 0; if vLLM exits by itself,
+  it kills what is left of the group and exits non-zero, which the agent sees as a crash.
+
+Standard library only: no torch or vLLM import here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from types import FrameType
+from typing import IO
+
+from superollama.runtimes._child import die_with_parent, set_pdeathsig, take_control_pipe
+from superollama.runtimes._ready import format_failed, format_ready
+
+__all__ = ["main"]
+
+_POLL = 0.25
+
+
+class _Stop:
+    """Set by SIGTERM/SIGINT (a plain flag: the supervisor is single-threaded)."""
+
+    requested = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        raise SystemExit("usage: vllm_supervisor [options] -- COMMAND…")
+    cut = argv.index("--")
+    parser = argparse.ArgumentParser(prog="python -m superollama.runtimes.vllm_supervisor")
+    parser.add_argument("--instance-id", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.add_argument("--stop-timeout", type=float, default=10.0)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    command = argv[cut + 1 :]
+    if not command:
+        raise SystemExit("vllm_supervisor: no command after --")
+    return parser.parse_args(argv[:cut]), command
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as resp:
+            return int(resp.status) == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def stop_group(child: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM vLLM's process group, SIGKILL it after ``grace`` s, reap the server."""
+    _signal_group(child.pid, signal.SIGTERM)
+    try:
+        child.wait(grace)
+    except subprocess.TimeoutExpired:
+        print(f"vLLM pid {child.pid} did not exit {grace:g} s after SIGTERM: SIGKILL", file=sys.stderr)
+    _signal_group(child.pid, signal.SIGKILL)  # whatever is left: engine-core processes and the server
+    child.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def start_watchdog(pgid: int) -> int:
+    """Fork a process that SIGKILLs process group ``pgid`` once this process is gone; its pid.
+
+    It polls its parent pid (no signal races): when the supervisor dies, however, the watchdog is
+    re-parented and kills the group. A supervisor that stops vLLM itself kills the watchdog first."""
+    supervisor = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    try:  # the watchdog: runs no Python cleanup of the supervisor's, only this loop
+        os.closerange(3, 65536)  # not the handshake pipe: the agent must see EOF when the supervisor dies
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        while os.getppid() == supervisor:
+            time.sleep(_POLL)
+        _signal_group(pgid, signal.SIGKILL)
+    finally:
+        os._exit(0)
+
+
+def end_watchdog(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _wait_ready(child: subprocess.Popen[bytes], url: str, timeout: float, stop: _Stop) -> str | None:
+    """None once vLLM is healthy, else why not."""
+    deadline = time.monotonic() + timeout
+    while not stop.requested:
+        code = child.poll()
+        if code is not None:
+            return f"vLLM exited with code {code} before it was ready"
+        if healthy(url):
+            return None
+        if time.monotonic() > deadline:
+            return f"vLLM did not become ready in {timeout:g} s"
+        time.sleep(_POLL)
+    return "stopped while vLLM was loading"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, command = parse_args(argv)
+    stop = _Stop()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    # SIGTERM (not SIGKILL) when the agent dies: we still stop vLLM's whole group on our way out.
+    if not die_with_parent(args.parent_pid, signal.SIGTERM):
+        print("parent is gone before start: exiting", file=sys.stderr)
+        return 3
+    control = take_control_pipe()
+    port = free_port(args.host)
+    argv = [*command, "--host", args.host, "--port", str(port)]
+    print(f"instance {args.instance_id}: starting {' '.join(argv)}", file=sys.stderr, flush=True)
+    try:
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr.fileno(),
+            stderr=sys.stderr.fileno(),
+            start_new_session=True,
+            preexec_fn=set_pdeathsig,  # noqa: PLW1509 (single-threaded here); vLLM dies if we are SIGKILLed
+        )
+    except OSError as exc:
+        control.write(format_failed(f"cannot start {command[0]}: {exc}"))
+        control.close()
+        return 1
+    watchdog = start_watchdog(child.pid)
+    try:
+        return _supervise(child, args, f"http://{args.host}:{port}", control, stop)
+    finally:
+        end_watchdog(watchdog)
+
+
+def _supervise(
+    child: subprocess.Popen[bytes], args: argparse.Namespace, address: str, control: IO[str], stop: _Stop
+) -> int:
+    """Wait for vLLM to be healthy, say so, then until a stop request or vLLM's own exit."""
+    reason = _wait_ready(child, f"{address}/health", args.ready_timeout, stop)
+    if reason is not None:
+        stop_group(child, 0.0 if child.poll() is not None else min(args.stop_timeout, 5.0))
+        control.write(format_failed(reason))
+        control.close()
+        return 1
+    print(f"instance {args.instance_id}: vLLM ready at {address}", file=sys.stderr, flush=True)
+    control.write(format_ready(address, os.getpid()))
+    control.close()
+    while not stop.requested and child.poll() is None:
+        time.sleep(_POLL)
+    if stop.requested:
+        print(f"instance {args.instance_id}: stopping vLLM", file=sys.stderr, flush=True)
+        stop_group(child, args.stop_timeout)
+        return 0
+    code = child.returncode
+    print(f"instance {args.instance_id}: vLLM exited by itself with code {code}", file=sys.stderr, flush=True)
+    stop_group(child, 0.0)
+    return code if code else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The vLLM supervisor with a stand-in server (fast, no vLLM): a small HTTP server that, like vLLM, runs
+part of itself in a further process. Checks the handshake, the graceful stop of the whole group, the
+watchdog when the supervisor is SIGKILLed, and a server that dies before it is ready."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from superollama.errors import ModelLoadFailed
+from superollama.runtimes import VLLM_SUPERVISOR, ProcessHandle, WorkerLaunch, is_our_process, spawn_worker
+
+# Like vLLM: an API server with an "engine" child process; /health answers once it is up.
+STAND_IN = """
+import http.server, subprocess, sys, time
+engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+port = int(sys.argv[sys.argv.index("--port") + 1])
+time.sleep(float(sys.argv[1]))
+
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+"""
+
+
+def launch(tmp_path: Path, *server: str, ready_timeout: float = 30.0) -> WorkerLaunch:
+    instance_id = f"test-{uuid.uuid4().hex[:12]}"
+    argv = (
+        sys.executable,
+        "-m",
+        VLLM_SUPERVISOR,
+        "--instance-id",
+        instance_id,
+        "--ready-timeout",
+        f"{ready_timeout:g}",
+        "--stop-timeout",
+        "3",
+        "--parent-pid",
+        str(os.getpid()),
+        "--",
+        *server,
+    )
+    return WorkerLaunch(argv, instance_id, tmp_path / f"{instance_id}.log", "m", "openai", ready_timeout + 10)
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def all_gone(procs: list[psutil.Process], within: float = 10.0) -> bool:
+    for _ in range(int(within / 0.05)):
+        if not any(running(p) for p in procs):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def started(tmp_path: Path) -> tuple[ProcessHandle, list[psutil.Process]]:
+    handle = await spawn_worker(launch(tmp_path, sys.executable, "-c", STAND_IN, "0.3"))
+    procs = tree(handle.pid)
+    # supervisor, watchdog, server, engine
+    assert len(procs) == 4, [p.cmdline() for p in procs]
+    return handle, procs
+
+
+async def test_ready_then_sigterm_stops_the_whole_group(tmp_path: Path) -> None:
+    handle, procs = await started(tmp_path)
+    assert handle.endpoint.base_url.startswith("http://127.0.0.1:")
+    assert is_our_process(handle.pid, handle.instance_id, module=VLLM_SUPERVISOR)
+    await handle.stop(10)
+    assert await handle.wait() == 0
+    assert await all_gone(procs)
+
+
+async def test_a_killed_supervisor_takes_the_server_and_its_engine_along(tmp_path: Path) -> None:
+    handle, procs = await started(tmp_path)
+    os.kill(handle.pid, signal.SIGKILL)
+    assert await handle.wait() == -signal.SIGKILL
+    assert await all_gone(procs), [p.cmdline() for p in procs if running(p)]
+
+
+async def test_a_cancelled_start_leaves_nothing(tmp_path: Path) -> None:
+    task = asyncio.create_task(spawn_worker(launch(tmp_path, sys.executable, "-c", STAND_IN, "30")))
+    await asyncio.sleep(1.5)  # the server and its engine are up, /health is not
+    procs = [p for p in psutil.process_iter(["cmdline"]) if STAND_IN in (p.info["cmdline"] or [])]
+    procs += [c for p in procs for c in p.children(recursive=True)]
+    assert procs
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await all_gone(procs)
+
+
+async def test_a_server_that_dies_early_or_never_answers_fails_with_the_reason(tmp_path: Path) -> None:
+    crash = "import sys; print('CUDA out of memory (stand-in)', file=sys.stderr); sys.exit(2)"
+    with pytest.raises(ModelLoadFailed) as info:
+        await spawn_worker(launch(tmp_path, sys.executable, "-c", crash))
+    assert "vLLM exited with code 2 before it was ready" in info.value.message
+    assert "CUDA out of memory (stand-in)" in info.value.message  # the log tail
+    with pytest.raises(ModelLoadFailed, match=r"vLLM did not become ready in 1 s"):
+        await spawn_worker(launch(tmp_path, sys.executable, "-c", STAND_IN, "30", ready_timeout=1))
+    with pytest.raises(ModelLoadFailed, match="cannot start"):
+        await spawn_worker(launch(tmp_path, str(tmp_path / "no-such-python")))
