@@ -13,6 +13,7 @@ from superollama.admin.routes import PREFIX, actor_of
 from superollama.control import ConnectionManager
 from superollama.errors import InvalidRequest
 from superollama.gateway import read_json
+from superollama.gateway.responses import json_response as _json
 
 __all__ = ["ConnectionRoutes"]
 
@@ -116,7 +117,3 @@ def _text(body: dict[str, Any], key: str) -> str:
 
 def _state(connections: ConnectionManager, name: str) -> dict[str, Any]:
     return connections.get(name).as_dict()
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")

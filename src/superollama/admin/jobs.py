@@ -15,6 +15,7 @@ from superollama.control import Controller, JobManager
 from superollama.core import JobRecord
 from superollama.errors import InvalidRequest
 from superollama.gateway import read_json
+from superollama.gateway.responses import json_response as _json
 
 __all__ = ["JobRoutes", "job_json"]
 
@@ -132,7 +133,3 @@ def _text(body: dict[str, Any], key: str, *, required: bool = False) -> Any:
 
 def _status(job: JobRecord) -> int:
     return 499 if str(job.state) == "cancelled" else 400
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")

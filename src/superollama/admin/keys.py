@@ -6,13 +6,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from superollama.admin.routes import PREFIX, actor_of
 from superollama.core.types import KeyRecord
 from superollama.errors import InvalidRequest, SuperOllamaError
 from superollama.gateway import read_json
+from superollama.gateway.responses import json_response as _json
 from superollama.security import IssuedKey, KeyManager, KeySpec, Principal, SpendStore, key_state
 from superollama.security.manage import parse_duration
 
@@ -143,7 +143,3 @@ def spec_from_json(body: Mapping[str, Any]) -> KeySpec:
         budget_period=body.get("budget_period") or "month",
         expires_at=_expires_at(body),
     )
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")

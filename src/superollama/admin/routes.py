@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import orjson
 from aiohttp import web
 
 from superollama.admin.serialize import details_json, event_json, instance_json, version_json
 from superollama.control import Controller
 from superollama.errors import InvalidRequest
 from superollama.gateway import read_json
+from superollama.gateway.responses import json_response as _json
 
 __all__ = ["PREFIX", "AdminRoutes", "actor_of"]
 
@@ -125,7 +124,3 @@ def _since(value: str | None) -> datetime | None:
 def actor_of(request: web.Request) -> str:
     agent = request.headers.get("User-Agent", "")
     return "cli" if agent.startswith("superollama-cli") else "api"
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")

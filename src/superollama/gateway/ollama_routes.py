@@ -32,6 +32,7 @@ from superollama.core import Progress
 from superollama.errors import InvalidRequest, NotFound, SuperOllamaError
 from superollama.gateway.exchange import exchange_of
 from superollama.gateway.openai_routes import ModelTargets, read_json
+from superollama.gateway.responses import json_response as _json
 from superollama.gateway.upstream import Upstream
 from superollama.wire import ollama as wire
 
@@ -363,10 +364,6 @@ def _now() -> str:
 
 def _line(obj: Any) -> bytes:
     return orjson.dumps(obj) + b"\n"
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
 def _meter(request: web.Request, response: Mapping[str, Any]) -> None:

@@ -18,6 +18,7 @@ from superollama.control import Controller, Route, RouteTarget, RoutingHolder
 from superollama.errors import InvalidRequest, ModelNotFound
 from superollama.gateway.exchange import exchange_of
 from superollama.gateway.relay import Relay
+from superollama.gateway.responses import json_response as _json
 from superollama.security import Security, estimate_tokens
 from superollama.wire import openai as wire
 
@@ -157,7 +158,3 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     return body
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")

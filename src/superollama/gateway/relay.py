@@ -18,7 +18,7 @@ from aiohttp import web
 from superollama.control import RouteTarget
 from superollama.errors import UpstreamError
 from superollama.gateway.exchange import Exchange, exchange_of
-from superollama.gateway.upstream import post_with_resend
+from superollama.gateway.upstream import describe_failure, post_with_resend
 from superollama.wire.openai import error_body, find_usage
 
 __all__ = ["Relay"]
@@ -62,7 +62,7 @@ class Relay:
                 return web.Response(body=data, status=upstream.status, content_type="application/json")
         except _UPSTREAM_DOWN as exc:
             raise UpstreamError(
-                f"backend of {target.endpoint.served_name!r} failed: {_describe(exc)}", retry_after=1
+                f"backend of {target.endpoint.served_name!r} failed: {describe_failure(exc)}", retry_after=1
             ) from exc
 
 
@@ -93,7 +93,9 @@ async def _relay_stream(
         if pending:
             await response.write(pending)
     except _UPSTREAM_DOWN as exc:
-        err = UpstreamError(f"backend of {target.endpoint.served_name!r} failed mid-stream: {_describe(exc)}")
+        err = UpstreamError(
+            f"backend of {target.endpoint.served_name!r} failed mid-stream: {describe_failure(exc)}"
+        )
         log.warning("%s", err.message)
         if ex is not None:
             ex.error_type, ex.error = err.code, err.message
@@ -143,9 +145,3 @@ async def _upstream_error(upstream: aiohttp.ClientResponse) -> web.Response:
     status = upstream.status if upstream.status < 500 else 502
     body = {"error": {"message": message, "type": err_type, "param": None, "code": None}}
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    return str(exc) or type(exc).__name__

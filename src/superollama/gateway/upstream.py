@@ -22,7 +22,7 @@ from superollama.control import RouteTarget
 from superollama.errors import InvalidRequest, NotFound, SuperOllamaError, UpstreamError
 from superollama.wire.ollama import error_message
 
-__all__ = ["Upstream", "post_with_resend"]
+__all__ = ["Upstream", "describe_failure", "post_with_resend"]
 
 _DOWN = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
 
@@ -63,7 +63,9 @@ class Upstream:
                     raise _error(upstream.status, await upstream.read(), upstream.reason or "backend error")
                 yield upstream
         except _DOWN as exc:
-            raise UpstreamError(f"backend of {name!r} failed: {_describe(exc)}", retry_after=1) from exc
+            raise UpstreamError(
+                f"backend of {name!r} failed: {describe_failure(exc)}", retry_after=1
+            ) from exc
 
     async def _send(self, target: RouteTarget, path: str, data: bytes) -> aiohttp.ClientResponse:
         return await post_with_resend(self._session, target, path, data, self._timeout)
@@ -100,7 +102,7 @@ async def _sse(upstream: aiohttp.ClientResponse, name: str) -> AsyncIterator[dic
                 if obj:
                     yield obj
     except _DOWN as exc:
-        raise UpstreamError(f"backend of {name!r} failed mid-stream: {_describe(exc)}") from exc
+        raise UpstreamError(f"backend of {name!r} failed mid-stream: {describe_failure(exc)}") from exc
     raise UpstreamError(f"backend of {name!r} closed the stream before it was done")
 
 
@@ -138,7 +140,8 @@ def _error(status: int, raw: bytes, reason: str) -> SuperOllamaError:
     return err
 
 
-def _describe(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
+    """A short reason for a failed backend call, for error messages."""
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__
