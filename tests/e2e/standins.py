@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -109,7 +109,7 @@ class ThreadedServer:
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
 
-    def start(self) -> ThreadedServer:
+    def start(self) -> Self:
         self._thread.start()
         self._call(self._start())
         return self
