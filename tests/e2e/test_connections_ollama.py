@@ -146,6 +146,8 @@ def test_the_ollama_client_against_our_api_for_connection_models(
     gateway: ServerProcess, box: OllamaStandIn
 ) -> None:
     client = ollama.Client(host=gateway.url, timeout=30)
+    listed = {m.model for m in client.list().models}  # our /api/tags lists connection models too
+    assert {"box/llama3.2:1b", "box/nomic-embed-text:latest"} <= listed
     messages = [{"role": "user", "content": "how are you"}]
     out = client.chat(model="box/llama3.2:1b", messages=messages)
     assert out.message.role == "assistant" and out.message.content == reply_for("how are you")

@@ -183,6 +183,11 @@ def test_a_py_spy_profile_is_summed_by_leaf_package_and_our_functions() -> None:
     assert prof.packages == [("aiohttp", 6), ("superollama", 2), ("event loop (uvloop, C)", 2)]
     assert prof.own[0] == ("StreamWriter._writelines (aiohttp/http_writer.py:116)", 6)
     assert dict(prof.ours)["handle (superollama/gateway/openai_routes.py)"] == 8
+    assert prof.nearest == [
+        ("forward (superollama/gateway/relay.py)", 6),
+        ("read_json (superollama/gateway/openai_routes.py)", 2),
+        (profile.NO_FRAME_OF_OURS, 2),
+    ]
 
 
 def test_on_and_off_variants_pair_by_name_and_compare_point_by_point() -> None:

@@ -162,9 +162,12 @@ class OllamaRoutes:
 
     # -- models ----------------------------------------------------------------------------------
     async def tags(self, request: web.Request) -> web.Response:
-        visible = {r.name for r in self._targets.visible(request)}
+        routes = self._targets.visible(request)
+        visible = {r.name for r in routes}
         versions = [v for v in await self._controller.list_versions(enabled=True) if v.name in visible]
-        return _json({"models": [wire.tag_entry(v) for v in sorted(versions, key=lambda v: v.name)]})
+        models = [wire.tag_entry(v) for v in versions]
+        models += [wire.connection_tag_entry(r.name, r.created) for r in routes if r.connection is not None]
+        return _json({"models": sorted(models, key=lambda m: str(m["name"]))})
 
     async def ps(self, request: web.Request) -> web.Response:
         versions = {v.name: v for v in await self._controller.list_versions()}

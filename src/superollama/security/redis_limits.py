@@ -210,7 +210,7 @@ class RedisRateLimiter:
                 url,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
+                retry=Retry(NoBackoff(), 1),  # once: a pooled connection may be stale after a Redis restart
                 decode_responses=True,
             )
         self._redis = client

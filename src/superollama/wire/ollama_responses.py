@@ -288,6 +288,20 @@ def tag_entry(v: VersionRecord) -> dict[str, Any]:
     }
 
 
+def connection_tag_entry(name: str, created: int) -> dict[str, Any]:
+    """A model of an external connection in ``/api/tags`` (its files are not ours: no size or digest)."""
+    modified = datetime.fromtimestamp(created, UTC) if created else datetime.now(UTC)
+    details = {"format": "", "family": "", "families": None, "parameter_size": "", "quantization_level": ""}
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": rfc3339(modified),
+        "size": 0,
+        "digest": "",
+        "details": details,
+    }
+
+
 def ps_entry(v: VersionRecord, expires: datetime) -> dict[str, Any]:
     """One running model of ``/api/ps`` (CPU instances: ``size_vram`` is 0)."""
     out = {k: val for k, val in tag_entry(v).items() if k != "modified_at"}
