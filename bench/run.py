@@ -51,12 +51,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--systems",
         default="direct,floor,litellm,superollama",
-        help="of direct, floor, litellm, superollama (every variant in sobench/systems.py)",
+        help="of direct, floor, litellm, superollama (every variant in sobench/systems.py) or one variant "
+        f"({', '.join(v.name for v in systems.SUPEROLLAMA_VARIANTS)})",
     )
     ap.add_argument("--profile", type=float, default=0, metavar="S", help="then py-spy Super Ollama (S s)")
     ap.add_argument("--soak", type=int, nargs="?", const=1_000_000, metavar="N", help="soak N requests")
     ap.add_argument("--soak-every", type=int, default=100_000, metavar="N", help="RSS sample interval")
-    ap.add_argument("--soak-system", default="superollama", help="system to soak (default superollama)")
+    ap.add_argument(
+        "--soak-system", default="superollama-on", help="system or variant to soak (default superollama-on)"
+    )
     ap.add_argument("--no-readme", action="store_true", help="don't update bench/README.md")
     ap.add_argument("--render", type=Path, metavar="JSON", help="only re-render a saved result (and README)")
     args = ap.parse_args(argv)
@@ -155,6 +158,7 @@ class Bench:
 
     def start(self, names: list[str]) -> None:
         ctx, nginx_start = self.start_upstream()
+        variants = {v.name: v for v in systems.SUPEROLLAMA_VARIANTS}
         for name in names:
             if name == "direct":
                 started = [systems.start_direct(ctx, self.nginx, nginx_start)]  # type: ignore[arg-type]
@@ -164,6 +168,8 @@ class Bench:
                 started = [systems.start_litellm(ctx, log)]
             elif name == "superollama":
                 started = [systems.start_superollama(ctx, v) for v in systems.SUPEROLLAMA_VARIANTS]
+            elif name in variants:
+                started = [systems.start_superollama(ctx, variants[name])]
             else:
                 raise SystemExit(f"unknown system {name!r}")
             for running in started:
@@ -172,6 +178,9 @@ class Bench:
                 log(f"{running.label}: {state}")
                 if not running.unavailable:
                     self.check(running)
+                    for note in systems.governance_notes(running):
+                        running.notes.append(note)
+                        log(f"{running.label}: {note}")
 
     def check(self, running: systems.Running) -> None:
         """One request per workload before measuring: a 200 with the body we expect, or the workload goes."""
@@ -236,6 +245,7 @@ class Bench:
                         )
         for running in live:
             running.rss_after_mb = running.service.rss_mb() if running.service else self.nginx_rss()
+            running.notes += systems.ledger_and_log_notes(running)
         return [report.summarize(s, w, c, rs, cpu[(s, w, c)]) for (s, w, c), rs in runs.items()]
 
     def cpu_s(self, running: systems.Running) -> float:
@@ -252,7 +262,7 @@ class Bench:
             if not running.name.startswith("superollama") or running.unavailable or not running.service:
                 continue
             for workload in ("json", "sse"):
-                if workload not in running.targets:
+                if workload not in running.targets or workload not in self.args.workloads:
                     continue
                 RESULTS.mkdir(exist_ok=True)
                 out = RESULTS / f"profile-{running.name}-{workload}.txt"
@@ -271,12 +281,17 @@ class Bench:
                 total = max(prof.samples, 1)
                 lines.append(f"### {running.label}, {workload} c=16 ({result.rps:,.0f} req/s under py-spy)")
                 lines.append(
-                    f"{prof.samples} samples; collapsed stacks in {out.relative_to(BENCH_DIR.parent)}"
+                    f"{prof.samples} samples of the GIL holder; collapsed stacks in "
+                    f"{out.relative_to(BENCH_DIR.parent)}"
                 )
                 for title, rows in (
                     ("own time by package:", prof.packages),
                     ("own time by frame:", prof.own),
                     ("Super Ollama's frames, inclusive:", prof.ours),
+                    (
+                        "by the deepest Super Ollama frame (its own time and the library calls it makes):",
+                        prof.nearest,
+                    ),
                 ):
                     lines.append(title)
                     lines += [f"  {n / total:6.1%}  {frame}" for frame, n in rows]
@@ -355,7 +370,9 @@ def run_soak(bench: Bench, args: argparse.Namespace) -> int:
     rss = running.service.rss_mb if running.service else bench.nginx_rss
 
     bench.load(running, "json", 16, max(args.warmup, 2))
-    samples = [{"requests": 0, "rss_mb": rss(), "rps": None, "p99_ms": None, "errors": 0}]
+    samples: list[dict[str, Any]] = [
+        {"requests": 0, "rss_mb": rss(), "rps": None, "p99_ms": None, "errors": 0}
+    ]
     log(f"soak {running.label}: {args.soak:,} requests at c=16, RSS every {args.soak_every:,}")
     done = 0
     while done < args.soak:
@@ -388,7 +405,7 @@ def run_soak(bench: Bench, args: argparse.Namespace) -> int:
         lines.append(f"| {s['requests']:,} | {s['rss_mb']:.1f} | {rps} | {p99} | {s['errors']} |")
     markdown = "\n".join(lines) + "\n"
     print(markdown, flush=True)
-    data = {"date": f"{now:%Y-%m-%d %H:%M UTC}", "machine": machine, "system": running.label}
+    data: dict[str, Any] = {"date": f"{now:%Y-%m-%d %H:%M UTC}", "machine": machine, "system": running.label}
     data |= {"samples": samples, "growth": growth}
     path = write_results(now.strftime("%Y%m%d-%H%M%S"), "-soak", data, markdown)
     log(f"wrote {path} and .json")

@@ -12,8 +12,11 @@ from .wrk import WrkResult
 __all__ = [
     "README_END",
     "README_START",
+    "PairRow",
     "Point",
     "added_latency",
+    "on_off_pairs",
+    "pair_rows",
     "ratio",
     "ratio_rows",
     "render_markdown",
@@ -138,12 +141,62 @@ def ratio_rows(
     ]
 
 
+@dataclass(frozen=True)
+class PairRow:
+    """One (workload, concurrency) of a variant pair, e.g. all ON against all OFF: what ON costs more."""
+
+    workload: str
+    concurrency: int
+    rps_ratio: float | None  # ON req/s over OFF req/s
+    cpu_ratio: float | None  # ON CPU ms/request over OFF's (>1: ON costs more)
+    cpu_ms_added: float | None  # ON CPU ms/request minus OFF's
+    p50_added: float  # ON p50 minus OFF p50, ms
+    p99_added: float
+
+
+def on_off_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """(X-on, X-off) for every X with both among ``names``, in their order."""
+    return [
+        (n, n.removesuffix("-on") + "-off") for n in names if n.endswith("-on") and n[:-3] + "-off" in names
+    ]
+
+
+def pair_rows(points: Sequence[Point], on: str, off: str) -> list[PairRow]:
+    """ON against OFF at every point both have, in ON's order."""
+    index = _index(points)
+    rows = []
+    for p in points:
+        if p.system != on or (q := index.get((off, p.workload, p.concurrency))) is None:
+            continue
+        cpu_ratio = cpu_added = None
+        if p.cpu_ms is not None and q.cpu_ms is not None:
+            cpu_added = p.cpu_ms - q.cpu_ms
+            cpu_ratio = p.cpu_ms / q.cpu_ms if q.cpu_ms > 0 else None
+        rps_ratio = p.rps / q.rps if q.rps > 0 else None
+        rows.append(
+            PairRow(
+                p.workload,
+                p.concurrency,
+                rps_ratio,
+                cpu_ratio,
+                cpu_added,
+                p.p50_ms - q.p50_ms,
+                p.p99_ms - q.p99_ms,
+            )
+        )
+    return rows
+
+
 def _num(value: float | None, fmt: str = "{:,.0f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
 def _signed(value: float | None) -> str:
     return "-" if value is None else f"{value:+.2f}"
+
+
+def _signed_3(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -198,6 +251,22 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             for num, den, values in ratio_rows(points, numerators, ["litellm", "floor"], by=by):
                 cells = " | ".join(_num(v, "{:.2f}x") for v in values)
                 lines.append(f"| {labels.get(num, num)} / {labels.get(den, den)}, {unit} | {cells} |")
+    for on, off in on_off_pairs([s["name"] for s in systems if not s.get("unavailable")]):
+        rows = pair_rows(points, on, off)
+        if not rows:
+            continue
+        title = f"{labels.get(on, on)} vs {labels.get(off, off)}"
+        lines += [
+            "",
+            f"| {title} | load | c | req/s ratio | CPU ms/req ratio | + CPU ms/req | + p50 ms | + p99 ms |",
+            "|---|---|--:|--:|--:|--:|--:|--:|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| | {r.workload} | {r.concurrency} | {_num(r.rps_ratio, '{:.2f}x')} | "
+                f"{_num(r.cpu_ratio, '{:.2f}x')} | {_signed_3(r.cpu_ms_added)} | {_signed(r.p50_added)} | "
+                f"{_signed(r.p99_added)} |"
+            )
     if report.get("noise"):
         lines += ["", f"Noise: {report['noise']}"]
     return "\n".join(lines) + "\n"

@@ -1,13 +1,14 @@
 """The systems under test, each started the same way: pinned, logged, timed to its first 200.
 
-``SUPEROLLAMA_VARIANTS`` is the one place that lists how Super Ollama is run: add an ON/OFF pair there
-(extra environment, ``serve`` flags, request headers such as an API key) once governance lands.
+``SUPEROLLAMA_VARIANTS`` is the one place that lists how Super Ollama is run (extra environment, ``serve``
+flags, request headers, an API key created on the started server): governance all ON and all OFF.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from . import procs
 from .upstream import MODEL
 
 __all__ = [
+    "REDIS_URL",
     "SUPEROLLAMA_VARIANTS",
     "WORKLOADS",
     "Context",
@@ -41,21 +43,52 @@ START_TIMEOUT = 180.0
 
 @dataclass(frozen=True)
 class Variant:
-    """One way of running Super Ollama: a row group in the table."""
+    """One way of running Super Ollama: a row group in the table.
+
+    ``env`` adds to (a None value removes from) the server's environment. ``key_args``, when set, are the
+    arguments of ``superollama keys create`` run against the started server (after its connections are
+    made); the key it prints is then sent as ``Authorization: Bearer`` on every request, with ``headers``.
+    """
 
     name: str
     label: str
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str | None] = field(default_factory=dict)
     serve_flags: tuple[str, ...] = ()
     headers: dict[str, str] = field(default_factory=dict)
+    key_args: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
-# Governance (API keys, rate limits, metrics, usage) does not exist yet: Super Ollama runs as is.
-# When it lands, replace this with an ON/OFF pair, e.g.
-#   Variant("superollama-on", "Super Ollama, all ON", env={"SUPEROLLAMA_...": "true"},
-#           headers={"Authorization": "Bearer sk-..."}),
-#   Variant("superollama-off", "Super Ollama, all OFF", env={"SUPEROLLAMA_...": "false"}),
-SUPEROLLAMA_VARIANTS: tuple[Variant, ...] = (Variant("superollama", "Super Ollama (as is)"),)
+REDIS_URL = os.environ.get("SOBENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# Every governance feature in the request path on, as production would run it: an API key (limits far
+# above what the bench can reach, so nothing is refused but every request is checked and charged), rate
+# limits in Redis (one EVALSHA to admit, one to settle), Prometheus metrics, the JSON access log (INFO),
+# and the usage ledger (always on: one row per request, written in batches).
+SUPEROLLAMA_ON = Variant(
+    "superollama-on",
+    "Super Ollama, all ON",
+    env={
+        "SUPEROLLAMA_REDIS_URL": REDIS_URL,
+        "SUPEROLLAMA_METRICS": "true",
+        "SUPEROLLAMA_LOG_LEVEL": "INFO",
+        "SUPEROLLAMA_LOG_JSON": "true",
+    },
+    key_args=("--name", "bench", "--rpm", "10000000", "--tpm", "1000000000"),
+    notes=(
+        "key (rpm 10M, tpm 1G) sent as Bearer; limits in Redis; metrics; JSON access log at INFO; "
+        "usage ledger",
+    ),
+)
+# Everything that can be turned off, off: no key (auth auto: none required), the in-memory limiter with
+# nothing to check, no metrics, WARNING (so no access lines). The usage ledger has no switch: it stays on.
+SUPEROLLAMA_OFF = Variant(
+    "superollama-off",
+    "Super Ollama, all OFF",
+    env={"SUPEROLLAMA_METRICS": "false", "SUPEROLLAMA_LOG_LEVEL": "WARNING", "SUPEROLLAMA_REDIS_URL": None},
+    notes=("no key; memory limiter; no metrics; WARNING; usage ledger (no switch)",),
+)
+SUPEROLLAMA_VARIANTS: tuple[Variant, ...] = (SUPEROLLAMA_ON, SUPEROLLAMA_OFF)
 
 
 @dataclass(frozen=True)
@@ -92,6 +125,9 @@ class Running:
     rss_after_mb: float | None = None
     unavailable: str | None = None
     notes: list[str] = field(default_factory=list)
+    home: Path | None = None  # Super Ollama's SUPEROLLAMA_HOME
+    key_id: str | None = None  # the API key the requests carry, when one was created
+    redis_url: str | None = None  # where its rate limits live, when in Redis
 
     def stop(self) -> None:
         if self.service is not None:
@@ -227,8 +263,13 @@ def start_litellm(ctx: Context, log: Callable[[str], None]) -> Running:
     return _started(running, service, f"{base}/v1/models", headers)
 
 
-def superollama_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def superollama_cli(url: str, *args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``superollama --url URL ARGS`` from this checkout; ``home`` so that no fallback to the registry
+    (when the server can't be reached) ever touches the user's own home."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env.pop("SUPEROLLAMA_API_KEY", None)
+    if home is not None:
+        env["SUPEROLLAMA_HOME"] = str(home)
     return subprocess.run(
         [sys.executable, "-m", "superollama.cli", "--url", url, *args],
         env=env,
@@ -239,13 +280,27 @@ def superollama_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _connect(base: str, upstream: str) -> str | None:
+def create_key(base: str, home: Path, key_args: tuple[str, ...]) -> tuple[str, str] | str:
+    """``superollama keys create ARGS --json`` against the server: (key, key id), or why not."""
+    done = superollama_cli(base, "keys", "create", *key_args, "--json", home=home)
+    if done.returncode != 0:
+        return f"`keys create` exited {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}"
+    if "no server at" in done.stderr:
+        return f"`keys create` did not reach the server: {done.stderr.strip()[-300:]}"
+    try:
+        issued = json.loads(done.stdout)
+        return str(issued["key"]), str(issued["id"])
+    except (ValueError, KeyError, TypeError):
+        return f"`keys create --json` printed no key: {done.stdout.strip()[-300:]!r}"
+
+
+def _connect(base: str, upstream: str, home: Path) -> str | None:
     """Connections ``fake`` (JSON path) and ``fakesse`` (nginx's /stream path): None, or why not."""
     wanted = {"fake": upstream, "fakesse": f"{upstream}/stream"}
-    has_cli = superollama_cli(base, "connect", "--help").returncode == 0
+    has_cli = superollama_cli(base, "connect", "--help", home=home).returncode == 0
     for name, url in wanted.items():
         if has_cli:
-            done = superollama_cli(base, "connect", "openai", url, "--name", name)
+            done = superollama_cli(base, "connect", "openai", url, "--name", name, home=home)
             if done.returncode != 0:
                 return f"needs connections: `connect` failed: {(done.stderr or done.stdout).strip()[-300:]}"
             continue
@@ -266,22 +321,100 @@ def _connect(base: str, upstream: str) -> str | None:
 
 
 def start_superollama(ctx: Context, variant: Variant) -> Running:
-    running = Running(variant.name, variant.label)
+    """Serve from this checkout, connect ``fake``/``fakesse`` to nginx, then create the variant's key."""
+    running = Running(variant.name, variant.label, notes=list(variant.notes))
     home = ctx.tmp / f"home-{variant.name}"
+    running.home = home
     port = procs.free_port()
-    env = {
+    env: dict[str, str | None] = {
         "SUPEROLLAMA_HOME": str(home),
         "SUPEROLLAMA_BUNDLED_MODEL": "false",
         "SUPEROLLAMA_LOG_LEVEL": "WARNING",
+        "SUPEROLLAMA_AUTH": "auto",
+        # nothing the harness's own environment sets may change what is measured
+        "SUPEROLLAMA_DATABASE_URL": None,
+        "SUPEROLLAMA_API_KEY": None,
+        "SUPEROLLAMA_OTLP_ENDPOINT": None,
+        "SUPEROLLAMA_OPIK_ENABLED": "false",
+        "SUPEROLLAMA_EVENTS_WEBHOOK": None,
+        "SUPEROLLAMA_CAPTURE_CONTENT": "false",
         "PYTHONPATH": str(REPO / "src"),
         **variant.env,
     }
+    running.redis_url = env.get("SUPEROLLAMA_REDIS_URL")
     cmd = [*procs.pin(ctx.gateway_cpu), sys.executable, "-m", "superollama.cli", "serve"]
     cmd += ["--host", procs.HOST, "--port", str(port), *variant.serve_flags]
     service = procs.Service(variant.name, cmd, log_dir=ctx.tmp, env=env, cwd=REPO)
     base = f"http://{procs.HOST}:{port}"
-    running.targets = _targets(base, f"fake/{MODEL}", f"fakesse/{MODEL}", headers=dict(variant.headers))
     _started(running, service, f"{base}/v1/models", dict(variant.headers))
     if running.unavailable is None:
-        running.unavailable = _connect(base, ctx.upstream)
+        running.unavailable = _connect(base, ctx.upstream, home)
+    headers = dict(variant.headers)
+    if running.unavailable is None and variant.key_args:
+        issued = create_key(base, home, variant.key_args)
+        if isinstance(issued, str):
+            running.unavailable = f"needs an API key: {issued}"
+        else:
+            key, running.key_id = issued
+            headers["Authorization"] = f"Bearer {key}"
+    running.targets = _targets(base, f"fake/{MODEL}", f"fakesse/{MODEL}", headers=headers)
     return running
+
+
+def governance_notes(running: Running) -> list[str]:
+    """What shows that the variant's features really ran (after its sanity requests): Redis buckets of
+    its key, /metrics, access lines in its log. Notes for the table, one per feature."""
+    if running.service is None or not running.name.startswith("superollama"):
+        return []
+    notes = []
+    if running.redis_url is not None and running.key_id is not None:
+        notes.append(_redis_note(running.redis_url, running.key_id))
+    base = next(iter(running.targets.values())).url.split("/v1/", 1)[0] if running.targets else None
+    if base is not None:
+        try:
+            status, raw, _ = procs.http_json("GET", f"{base}/metrics")
+            series = sum(
+                1 for line in raw.decode(errors="replace").splitlines() if line.startswith("superollama_")
+            )
+            notes.append(f"GET /metrics {status}" + (f" ({series} series)" if status == 200 else ""))
+        except OSError as exc:
+            notes.append(f"GET /metrics failed: {exc}")
+    return notes
+
+
+def _redis_note(url: str, key_id: str) -> str:
+    try:
+        import redis
+    except ImportError:
+        return "redis (Python) not installed: Redis buckets not checked"
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2)
+        found = sorted(k.decode() for k in client.scan_iter(match=f"*{{{key_id}}}*", count=1000))
+        client.close()
+    except (redis.RedisError, OSError) as exc:
+        return f"Redis at {url} unreachable ({exc}): the limiter runs fail-open, unchecked"
+    if not found:
+        return f"no Redis bucket for {key_id} after the sanity requests: the limiter did not use Redis"
+    return f"Redis buckets {', '.join(found)}"
+
+
+def ledger_and_log_notes(running: Running) -> list[str]:
+    """Rows in the usage ledger and access lines in the server's log so far (the ledger writes in
+    batches, every 2 s or 500 rows, so the last ones may still be pending)."""
+    if running.home is None or running.service is None:
+        return []
+    notes = []
+    db = running.home / "registry.db"
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            rows = conn.execute("SELECT count(*) FROM usage").fetchone()[0]
+        notes.append(f"usage ledger: {rows:,} rows")
+    except sqlite3.Error as exc:
+        notes.append(f"usage ledger not read: {exc}")
+    try:
+        with running.service.log_path.open("rb") as log:
+            lines = sum(1 for line in log if b'"superollama.access"' in line)
+        notes.append(f"access log: {lines:,} lines")
+    except OSError as exc:
+        notes.append(f"access log not read: {exc}")
+    return notes
