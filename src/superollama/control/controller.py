@@ -6,6 +6,7 @@ so every path shares the same rules and writes the same events.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -72,6 +73,7 @@ class Controller:
         self._holder = holder
         self._agent = agent
         self._versions: dict[str, VersionRecord] = {}
+        self._background: set[asyncio.Task[bool]] = set()
         self._generation = 0
 
     @property
@@ -195,8 +197,10 @@ class Controller:
         await self._store.remove(ModelRef.parse(version.name))  # the blobs stay: dst references them
         await self._event("model.rename", str(dst), actor, "ok", {"from": version.name})
         await self.refresh()
-        if self._agent is not None:
-            await self._agent.unload(version.name, reason=f"renamed to {dst}")
+        if self._agent is not None:  # drains in the background: the rename itself is done
+            task = asyncio.create_task(self._agent.unload(version.name, reason=f"renamed to {dst}"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return record
 
     async def move(
