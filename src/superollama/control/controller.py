@@ -39,6 +39,9 @@ log = logging.getLogger("superollama.control")
 DEFAULT_RUNTIMES: Mapping[str, str] = {"gguf": "llamacpp", "safetensors": "transformers"}
 
 
+_NO_DEADLINE = 24 * 3600.0
+
+
 def parse_name(name: str) -> ModelRef:
     try:
         return ModelRef.parse(name)
@@ -198,7 +201,9 @@ class Controller:
         await self._event("model.rename", str(dst), actor, "ok", {"from": version.name})
         await self.refresh()
         if self._agent is not None:  # drains in the background: the rename itself is done
-            task = asyncio.create_task(self._agent.unload(version.name, reason=f"renamed to {dst}"))
+            # no deadline: a rename never cuts a request short (idle instances stop at once)
+            unload = self._agent.unload(version.name, reason=f"renamed to {dst}", drain=_NO_DEADLINE)
+            task = asyncio.create_task(unload)
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return record
