@@ -12,6 +12,8 @@ instance (the same prompt, `ignore_eos` so every run decodes exactly --max-token
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -19,7 +21,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +34,8 @@ MODEL = "smollm2:135m"
 PROMPT = "Write a short story about a lighthouse keeper."
 
 
-def start_server(home: Path) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "SUPEROLLAMA_HOME": str(home), "SUPEROLLAMA_PORT": "0"}
+def start_server(home: Path, **extra: str) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "SUPEROLLAMA_HOME": str(home), "SUPEROLLAMA_PORT": "0", **extra}
     proc = subprocess.Popen(
         [sys.executable, "-m", "superollama.cli", "serve"],
         env=env,
@@ -89,16 +93,32 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument(
+        "--hf-folder",
+        type=Path,
+        help="a Hugging Face model folder (safetensors) to serve with the transformers runtime instead: "
+        "pulled with hf:// from a local stand-in of the hub",
+    )
+    parser.add_argument("--runtime", help="with --hf-folder: serve it with this runtime (e.g. vllm)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        extra: dict[str, str] = {}
+        model = MODEL
+        if args.hf_folder:
+            extra["HF_ENDPOINT"] = stack.enter_context(_hub(args.hf_folder))
+            extra["SUPEROLLAMA_BUNDLED_MODEL"] = "false"
+            model = "bench:hf"
+        proc, url = start_server(Path(tmp), **extra)
         server = psutil.Process(proc.pid)
         try:
+            if args.hf_folder:
+                body = {"source": "hf://local/model", "name": model, "stream": False, "runtime": args.runtime}
+                httpx.post(url + "/admin/v1/pull", json=body, timeout=600).raise_for_status()
             rss_idle = server.memory_info().rss
             t0 = time.perf_counter()
             httpx.post(
                 url + "/v1/chat/completions",
-                json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+                json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
                 timeout=300,
             ).raise_for_status()
             first_request = time.perf_counter() - t0
@@ -106,17 +126,20 @@ def main() -> None:
             load_seconds = loads[0]["detail"]["seconds"]
             (instance,) = httpx.get(url + "/admin/v1/instances").json()["instances"]
             direct = instance["endpoint"]
-            stream_once(url, MODEL, 8)  # warm both paths
+            served = instance["version"]
+            stream_once(url, model, 8)  # warm both paths
             rows: dict[str, Any] = {
-                "gateway": measure(url, MODEL, args.runs, args.max_tokens),
-                "direct": measure(direct, MODEL, args.runs, args.max_tokens),
+                "gateway": measure(url, model, args.runs, args.max_tokens),
+                "direct": measure(direct, served, args.runs, args.max_tokens),
             }
             rss_after = server.memory_info().rss
         finally:
             proc.terminate()
             proc.wait(30)
     g, d = rows["gateway"], rows["direct"]
-    print(f"SmolLM2-135M Q4_1 on llama.cpp (xllamacpp), {os.cpu_count()} cores, {args.runs} runs, median")
+    runtime = args.runtime or "transformers"
+    backend = f"{args.hf_folder.name} on {runtime}" if args.hf_folder else "SmolLM2-135M Q4_1 on llama.cpp"
+    print(f"{backend}, {os.cpu_count()} cores, {args.runs} runs, median")
     print(
         f"cold load (agent, spawn → healthy): {load_seconds * 1000:.0f} ms; first request incl. load: "
         f"{first_request * 1000:.0f} ms"
@@ -127,6 +150,26 @@ def main() -> None:
     added = g["ttft_ms"] - d["ttft_ms"]
     print(f"gateway vs direct: TTFT {added:+.1f} ms; tok/s ratio {g['tok_s'] / d['tok_s']:.3f}")
     print(f"gateway RSS: idle {rss_idle / 2**20:.0f} MiB, after {rss_after / 2**20:.0f} MiB")
+
+
+@contextlib.contextmanager
+def _hub(folder: Path) -> Iterator[str]:
+    """A local stand-in of the Hugging Face hub serving ``folder`` as the repo ``local/model``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.integration.hub_standins import Hub, start
+
+    hub = Hub()
+    hub.add_hf_repo("local/model", {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()})
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = asyncio.run_coroutine_threadsafe(start(hub), loop).result(10)
+    try:
+        yield hub.url
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 if __name__ == "__main__":
