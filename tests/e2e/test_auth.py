@@ -89,6 +89,17 @@ def test_keys_guard_the_data_plane_and_the_admin_api(open_server: ServerProcess)
         == 200
     )
 
+    # the Ollama API's catalog changes (pull, copy, delete) need an admin key too
+    bearer = {"Authorization": f"Bearer {user}"}
+    for method, path, body in (
+        ("DELETE", "/api/delete", {"model": MODEL}),
+        ("POST", "/api/copy", {"source": MODEL, "destination": "stolen:1"}),
+        ("POST", "/api/pull", {"model": "file:///etc/hostname", "stream": False}),
+    ):
+        refused = httpx.request(method, srv.url + path, json=body, headers=bearer)
+        assert refused.status_code == 403 and isinstance(refused.json()["error"], str), path
+    assert MODEL in srv.cli("--api-key", admin, "ls").stdout
+
     # revocation takes effect at once
     key_id = json.loads(srv.cli("--api-key", admin, "keys", "ls", "--json").stdout)
     app_id = next(k["id"] for k in key_id if k["name"] == "app")

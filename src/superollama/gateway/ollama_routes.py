@@ -187,6 +187,7 @@ class OllamaRoutes:
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         """Pull by source (a ``file://`` URI or a local path; other schemes as the store knows them)."""
+        self._require_admin(request)
         body = await read_json(request)
         source = wire.model_name(body)
         if not wire.is_stream(body):
@@ -217,6 +218,7 @@ class OllamaRoutes:
             queue.put_nowait(None)
 
     async def copy(self, request: web.Request) -> web.Response:
+        self._require_admin(request)
         body = await read_json(request)
         source, destination = body.get("source"), body.get("destination")
         for key, value in (("source", source), ("destination", destination)):
@@ -226,6 +228,7 @@ class OllamaRoutes:
         return web.Response(status=200)
 
     async def delete(self, request: web.Request) -> web.Response:
+        self._require_admin(request)
         name = wire.model_name(await read_json(request))
         await self._controller.remove(name, force=True, actor="api")
         return web.Response(status=200)
@@ -234,6 +237,11 @@ class OllamaRoutes:
         return _json({"version": __version__})
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _require_admin(self, request: web.Request) -> None:
+        """Pull, copy and delete change the catalog: with keys in use they need an admin key."""
+        ex = exchange_of(request)
+        self._targets.security.require_admin(ex.principal if ex is not None else None)
+
     def _route(self, name: str) -> Route:
         return self._targets.route(name, "model '{name}' not found", "model '{name}' is disabled")
 
