@@ -181,7 +181,7 @@ def shared_redis() -> Iterator[redis.Redis]:
     try:
         client.ping()
     except redis.RedisError:
-        pytest.skip("no Redis on 127.0.0.1:6379 (scripts/test starts one)")
+        pytest.fail("no Redis on 127.0.0.1:6379 (scripts/test starts one)")
     client.flushdb()
     try:
         yield client

@@ -104,7 +104,7 @@ class RequestMiddleware:
             self._observer.record(record)
         except Exception:
             log.exception("telemetry failed to record %s", ex.request_id)
-        if ex.admission is not None:
+        if ex.admission is not None and ex.admission.principal is not None:  # nothing to settle without a key
             task = asyncio.get_running_loop().create_task(self._security.settle(ex.admission, record))
             self._settling.add(task)
             task.add_done_callback(self._settled)

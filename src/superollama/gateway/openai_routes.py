@@ -84,7 +84,7 @@ class ModelTargets:
         ex.operation, ex.stream = operation, body.get("stream") is True
         if ex.capture:
             ex.input = body.get("messages", body.get("prompt", body.get("input")))
-        ex.admission = await self.security.admit(ex.principal, route.name, estimate_tokens(dict(body)))
+        ex.admission = await self.security.admit(ex.principal, route.name, estimate_tokens(body))
         ex.headers.update(ex.admission.headers)
 
     @contextlib.asynccontextmanager
