@@ -1,56 +1,142 @@
 """The seed's official example, end to end: `superollama pull hf://…` of a Hugging Face model folder
 (from a local stand-in of the hub with the real files — the real hub is unreachable here), served by the
 transformers runtime, called with the official OpenAI SDK. Chat: SmolLM2 as safetensors (derived from the
-real GGUF); embeddings: the real all-MiniLM-L6-v2 sentence-transformers folder."""
+real GGUF); embeddings: the real all-MiniLM-L6-v2 sentence-transformers folder. The same server then
+answers structured output (``response_format`` json_schema) and a forced tool call through the gateway,
+parsed by the SDK's own helpers."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
+import openai
+import pytest
 from openai import OpenAI
+from pydantic import BaseModel, Field
 from tests.e2e.conftest import ServerProcess
 from tests.e2e.test_lifecycle_ops import HubThread
 from tests.integration.conftest import hf_extra, smollm2_hf  # noqa: F401  (fixtures)
+from tests.unit.test_json_guide import conforms
 
 
 def _files(folder: Path) -> dict[str, Path]:
     return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_pull_from_hf_and_serve_with_transformers(tmp_path: Path, smollm2_hf: Path, minilm_dir: Path) -> None:  # noqa: F811
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory,
+    smollm2_hf: Path,  # noqa: F811
+    minilm_dir: Path,
+) -> Iterator[ServerProcess]:
     with HubThread() as hub:
         hub.add_hf_repo("HuggingFaceTB/SmolLM2-135M-Instruct", _files(smollm2_hf))
         hub.add_hf_repo("sentence-transformers/all-MiniLM-L6-v2", _files(minilm_dir))
-        home = tmp_path / "home"
-        home.mkdir()
-        server = ServerProcess(home, HF_ENDPOINT=hub.url, SUPEROLLAMA_BUNDLED_MODEL="false").start()
+        home = tmp_path_factory.mktemp("home")
+        srv = ServerProcess(home, HF_ENDPOINT=hub.url, SUPEROLLAMA_BUNDLED_MODEL="false").start()
         try:
-            pulled = server.cli("pull", "hf://HuggingFaceTB/SmolLM2-135M-Instruct", "--name", "smollm2:hf")
-            assert pulled.returncode == 0, pulled.stderr
-            pulled = server.cli("pull", "hf://sentence-transformers/all-MiniLM-L6-v2", "--name", "minilm")
-            assert pulled.returncode == 0, pulled.stderr
-            shown = json.loads(server.cli("show", "smollm2:hf", "--json").stdout)
-            assert shown["format"] == "safetensors" and shown["architecture"] == "llama"
-
-            client = OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=300)
-            out = client.chat.completions.create(
-                model="smollm2:hf", messages=[{"role": "user", "content": "Say hello"}], max_tokens=8, seed=1
-            )
-            assert out.choices[0].message.content and out.usage and out.usage.completion_tokens > 0
-            chunks = list(
-                client.chat.completions.create(
-                    model="smollm2:hf",
-                    messages=[{"role": "user", "content": "Hi"}],
-                    max_tokens=5,
-                    stream=True,
-                )
-            )
-            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
-            emb = client.embeddings.create(model="minilm:latest", input=["a cat", "a dog"])
-            assert len(emb.data) == 2 and len(emb.data[0].embedding) == 384
-
-            runtimes = {i["version"]: i["runtime"] for i in server.instances()}
-            assert runtimes == {"smollm2:hf": "transformers", "minilm:latest": "transformers"}
+            yield srv
         finally:
-            server.stop()
+            srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> OpenAI:
+    pulled = server.cli("pull", "hf://HuggingFaceTB/SmolLM2-135M-Instruct", "--name", "smollm2:hf")
+    assert pulled.returncode == 0, pulled.stderr
+    return OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=300)
+
+
+def test_pull_from_hf_and_serve_with_transformers(server: ServerProcess, client: OpenAI) -> None:
+    pulled = server.cli("pull", "hf://sentence-transformers/all-MiniLM-L6-v2", "--name", "minilm")
+    assert pulled.returncode == 0, pulled.stderr
+    shown = json.loads(server.cli("show", "smollm2:hf", "--json").stdout)
+    assert shown["format"] == "safetensors" and shown["architecture"] == "llama"
+
+    out = client.chat.completions.create(
+        model="smollm2:hf", messages=[{"role": "user", "content": "Say hello"}], max_tokens=8, seed=1
+    )
+    assert out.choices[0].message.content and out.usage and out.usage.completion_tokens > 0
+    chunks = list(
+        client.chat.completions.create(
+            model="smollm2:hf",
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=5,
+            stream=True,
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    emb = client.embeddings.create(model="minilm:latest", input=["a cat", "a dog"])
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) == 384
+
+    runtimes = {i["version"]: i["runtime"] for i in server.instances()}
+    assert runtimes == {"smollm2:hf": "transformers", "minilm:latest": "transformers"}
+
+
+class Cat(BaseModel):
+    name: str = Field(max_length=12)
+    age: int
+    colors: list[Literal["black", "white", "orange"]] = Field(max_length=2)
+
+
+class GetWeather(BaseModel):
+    """Get the current weather in a city."""
+
+    city: str = Field(max_length=20)
+    unit: Literal["celsius", "fahrenheit"]
+
+
+def test_structured_output_and_a_forced_tool_call_through_the_gateway(client: OpenAI) -> None:
+    ask_cat = [{"role": "user", "content": "Describe a cat as JSON with a name, an age and colors."}]
+    done = client.chat.completions.parse(
+        model="smollm2:hf", messages=ask_cat, response_format=Cat, max_tokens=80, temperature=0
+    )
+    choice = done.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    assert isinstance(choice.message.parsed, Cat), choice.message.content
+    assert conforms(
+        json.loads(choice.message.content or ""), openai.pydantic_function_tool(Cat)["function"]["parameters"]
+    )
+
+    tool = openai.pydantic_function_tool(GetWeather)
+    called = client.chat.completions.parse(
+        model="smollm2:hf",
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[tool],
+        tool_choice={"type": "function", "function": {"name": "GetWeather"}},
+        max_tokens=60,
+        temperature=0,
+    )
+    choice = called.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    assert call.id.startswith("call_") and call.function.name == "GetWeather"
+    assert isinstance(call.function.parsed_arguments, GetWeather), call.function.arguments
+    assert conforms(json.loads(call.function.arguments), tool["function"]["parameters"])
+
+    streamed = client.chat.completions.create(
+        model="smollm2:hf",
+        messages=[{"role": "user", "content": "What is the weather in Oslo?"}],
+        tools=[tool],
+        tool_choice="required",
+        max_tokens=60,
+        temperature=0,
+        stream=True,
+    )
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in streamed:
+        if not chunk.choices:
+            continue
+        for delta in chunk.choices[0].delta.tool_calls or []:
+            entry = calls.setdefault(delta.index, {"name": "", "arguments": ""})
+            if delta.function is not None:
+                entry["name"] += delta.function.name or ""
+                entry["arguments"] += delta.function.arguments or ""
+        if chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+    assert finish == "tool_calls" and list(calls) == [0] and calls[0]["name"] == "GetWeather"
+    assert GetWeather.model_validate_json(calls[0]["arguments"])

@@ -23,6 +23,7 @@ import aiohttp
 import psutil
 import pytest
 import pytest_asyncio
+from tests.unit.test_json_guide import conforms
 
 from superollama.core import Artifact, InstanceHandle, InstanceRecord, InstanceSpec, InstanceState
 from superollama.errors import ModelLoadFailed
@@ -34,6 +35,48 @@ CHAT = "smollm2:135m-hf"
 EMBED = "all-minilm:l6-v2"
 STOP_TIMEOUT = 10.0
 PROMPT = [{"role": "user", "content": "Write one sentence about the sea."}]
+CAT = [{"role": "user", "content": "Give me a JSON object describing a cat with a name and an age."}]
+CAT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 12},
+        "age": {"type": "integer"},
+        "colors": {"type": "array", "items": {"enum": ["black", "white", "orange"]}, "maxItems": 2},
+        "indoor": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+    },
+    "required": ["name", "age", "colors", "indoor"],
+    "additionalProperties": False,
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 20},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+CLOCK = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The time now in a time zone",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "maxLength": 20}},
+            "required": ["zone"],
+            "additionalProperties": False,
+        },
+    },
+}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 def new_id() -> str:
@@ -258,16 +301,292 @@ async def test_completions_plain_and_streamed(
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
+async def test_json_object_mode_answers_one_json_object(
+    chat_handle: InstanceHandle, http: aiohttp.ClientSession
+) -> None:
+    free = await chat(http, chat_handle, messages=CAT, max_tokens=6, temperature=0)
+    assert not free["choices"][0]["message"]["content"].startswith("{")  # left alone, it writes ```json
+    body = await chat(
+        http, chat_handle, messages=CAT, max_tokens=60, temperature=0, response_format={"type": "json_object"}
+    )
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert isinstance(json.loads(choice["message"]["content"]), dict), choice
+    assert body["usage"]["completion_tokens"] < 60
+
+
+async def test_json_schema_output_conforms_plain_streamed_and_sampled(
+    chat_handle: InstanceHandle, http: aiohttp.ClientSession
+) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "cat", "schema": CAT_SCHEMA, "strict": True}}
+    plain = await chat(http, chat_handle, messages=CAT, max_tokens=80, temperature=0, response_format=fmt)
+    text = plain["choices"][0]["message"]["content"]
+    assert plain["choices"][0]["finish_reason"] == "stop", text
+    assert conforms(json.loads(text), CAT_SCHEMA), text
+    request = {"messages": CAT, "max_tokens": 80, "temperature": 0, "response_format": fmt, "stream": True}
+    events = await stream_events(http, chat_handle, "/v1/chat/completions", request)
+    chunks = [e for e in events if e != "[DONE]"]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == text
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    for seed in (1, 2):
+        sampled = await chat(
+            http, chat_handle, messages=CAT, max_tokens=120, temperature=1.0, seed=seed, response_format=fmt
+        )
+        text = sampled["choices"][0]["message"]["content"]
+        assert sampled["choices"][0]["finish_reason"] == "stop", text
+        assert conforms(json.loads(text), CAT_SCHEMA), text
+
+
+async def test_a_value_cut_by_max_tokens_ends_with_length(
+    chat_handle: InstanceHandle, http: aiohttp.ClientSession
+) -> None:
+    body = await chat(
+        http, chat_handle, messages=CAT, max_tokens=4, temperature=0, response_format={"type": "json_object"}
+    )
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["choices"][0]["message"]["content"].startswith("{")
+
+
+def _arguments_of(call: dict[str, Any], tool: dict[str, Any]) -> dict[str, Any]:
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"]["name"] == tool["function"]["name"]
+    arguments = json.loads(call["function"]["arguments"])
+    assert conforms(arguments, tool["function"]["parameters"]), arguments
+    return dict(arguments)
+
+
+async def test_required_and_named_tool_choices_return_valid_calls(
+    chat_handle: InstanceHandle, http: aiohttp.ClientSession
+) -> None:
+    body = await chat(
+        http,
+        chat_handle,
+        messages=ASK_WEATHER,
+        max_tokens=60,
+        temperature=0,
+        tools=[WEATHER],
+        tool_choice="required",
+    )
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", choice
+    assert choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert "Paris" in _arguments_of(call, WEATHER)["city"]
+    named = {"type": "function", "function": {"name": "get_time"}}
+    body = await chat(
+        http,
+        chat_handle,
+        messages=ASK_WEATHER,
+        max_tokens=60,
+        temperature=0,
+        tools=[WEATHER, CLOCK],
+        tool_choice=named,
+    )
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+    (call,) = body["choices"][0]["message"]["tool_calls"]
+    _arguments_of(call, CLOCK)
+    request = {
+        "messages": ASK_WEATHER,
+        "max_tokens": 60,
+        "temperature": 0,
+        "tools": [WEATHER, CLOCK],
+        "tool_choice": "required",
+        "stream": True,
+    }
+    events = await stream_events(http, chat_handle, "/v1/chat/completions", request)
+    chunks = [e for e in events if e != "[DONE]"]
+    deltas = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []]
+    head = deltas[0]
+    assert head["index"] == 0 and head["id"].startswith("call_") and head["function"]["arguments"] == ""
+    tool = {"get_weather": WEATHER, "get_time": CLOCK}[head["function"]["name"]]
+    streamed = {
+        **head,
+        "function": {**head["function"], "arguments": "".join(d["function"]["arguments"] for d in deltas)},
+    }
+    _arguments_of(streamed, tool)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert not "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+
+
+async def test_auto_tools_reach_the_prompt_and_answer_in_one_shape(
+    chat_handle: InstanceHandle, http: aiohttp.ClientSession
+) -> None:
+    bare = await chat(http, chat_handle, messages=ASK_WEATHER, max_tokens=1, temperature=0)
+    none = await chat(
+        http,
+        chat_handle,
+        messages=ASK_WEATHER,
+        max_tokens=1,
+        temperature=0,
+        tools=[WEATHER],
+        tool_choice="none",
+    )
+    assert none["usage"]["prompt_tokens"] == bare["usage"]["prompt_tokens"]
+    body = await chat(http, chat_handle, messages=ASK_WEATHER, max_tokens=40, temperature=0, tools=[WEATHER])
+    # SmolLM2's template ignores tools: the preamble that lists them makes the prompt longer.
+    assert body["usage"]["prompt_tokens"] > bare["usage"]["prompt_tokens"] + 50
+    choice = body["choices"][0]
+    if choice["finish_reason"] == "tool_calls":
+        for call in choice["message"]["tool_calls"]:
+            _arguments_of(call, WEATHER)
+    else:
+        assert "tool_calls" not in choice["message"] and choice["message"]["content"]
+    history = [
+        *ASK_WEATHER,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 21, "sky": "sunny"}'},
+    ]
+    after = await chat(http, chat_handle, messages=history, max_tokens=2, temperature=0, tools=[WEATHER])
+    assert after["usage"]["prompt_tokens"] > body["usage"]["prompt_tokens"] + 20  # the call and its result
+
+
+def _check_chat_logprobs(content: list[dict[str, Any]], top: int, text: str, *, greedy: bool) -> None:
+    assert "".join(e["token"] for e in content) == text
+    for entry in content:
+        assert entry["logprob"] <= 0.0
+        assert bytes(entry["bytes"]).decode() == entry["token"]
+        alternatives = [t["logprob"] for t in entry["top_logprobs"]]
+        assert len(alternatives) == top
+        assert alternatives == sorted(alternatives, reverse=True)
+        assert all(a <= 0.0 for a in alternatives)
+        if greedy:
+            best = entry["top_logprobs"][0]
+            assert (best["token"], best["logprob"]) == (
+                entry["token"],
+                pytest.approx(entry["logprob"], abs=1e-6),
+            )
+
+
+async def test_chat_logprobs_shape_and_streamed_equal_plain(
+    chat_handle: InstanceHandle, http: aiohttp.ClientSession
+) -> None:
+    fields = {"max_tokens": 8, "temperature": 0, "logprobs": True, "top_logprobs": 3}
+    plain = await chat(http, chat_handle, **fields)
+    choice = plain["choices"][0]
+    content = choice["logprobs"]["content"]
+    assert choice["logprobs"]["refusal"] is None
+    assert len(content) == plain["usage"]["completion_tokens"] == 8
+    _check_chat_logprobs(content, 3, choice["message"]["content"], greedy=True)
+    events = await stream_events(
+        http, chat_handle, "/v1/chat/completions", {"messages": PROMPT, **fields, "stream": True}
+    )
+    chunks = [e for e in events if e != "[DONE]"]
+    streamed = [entry for c in chunks for entry in (c["choices"][0]["logprobs"] or {}).get("content") or []]
+    assert [e["token"] for e in streamed] == [e["token"] for e in content]
+    assert [e["logprob"] for e in streamed] == pytest.approx([e["logprob"] for e in content], abs=1e-5)
+    for chunk in chunks:  # each chunk carries the logprobs of the text it adds
+        lp = chunk["choices"][0]["logprobs"]
+        added = chunk["choices"][0]["delta"].get("content") or ""
+        assert "".join(e["token"] for e in (lp or {}).get("content") or []) == added
+    guided = await chat(
+        http,
+        chat_handle,
+        messages=CAT,
+        max_tokens=10,
+        temperature=0,
+        logprobs=True,
+        response_format={"type": "json_object"},
+    )
+    entries = guided["choices"][0]["logprobs"]["content"]
+    assert entries[0]["token"] == "{" and all(
+        e["logprob"] <= 0.0 and e["top_logprobs"] == [] for e in entries
+    )
+
+
+async def test_completions_keep_a_json_schema_too(
+    chat_handle: InstanceHandle, http: aiohttp.ClientSession
+) -> None:
+    schema = {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 3}
+    request = {"prompt": "Three prime numbers as a JSON list:", "max_tokens": 30, "temperature": 0}
+    for extra in (
+        {"json_schema": schema},
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}},
+    ):
+        status, body = await post(http, chat_handle, "/v1/completions", {**request, **extra})
+        assert status == 200, body
+        text = body["choices"][0]["text"]
+        assert body["choices"][0]["finish_reason"] == "stop" and conforms(json.loads(text), schema), text
+
+
+async def test_completion_logprobs_legacy_shape(
+    chat_handle: InstanceHandle, http: aiohttp.ClientSession
+) -> None:
+    request = {"prompt": "The capital of France is", "max_tokens": 5, "temperature": 0, "logprobs": 2}
+    status, body = await post(http, chat_handle, "/v1/completions", request)
+    assert status == 200, body
+    choice = body["choices"][0]
+    lp = choice["logprobs"]
+    assert "".join(lp["tokens"]) == choice["text"]
+    assert (
+        len(lp["tokens"])
+        == len(lp["token_logprobs"])
+        == len(lp["top_logprobs"])
+        == len(lp["text_offset"])
+        == 5
+    )
+    offsets = [0]
+    for token in lp["tokens"][:-1]:
+        offsets.append(offsets[-1] + len(token))
+    assert lp["text_offset"] == offsets
+    for token, logprob, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], strict=True):
+        assert logprob <= 0.0 and len(top) <= 2 and max(top, key=top.get) == token
+    events = await stream_events(http, chat_handle, "/v1/completions", {**request, "stream": True})
+    chunks = [e for e in events if e != "[DONE]" and e["choices"][0]["logprobs"]]
+    assert [t for c in chunks for t in c["choices"][0]["logprobs"]["tokens"]] == lp["tokens"]
+    assert [o for c in chunks for o in c["choices"][0]["logprobs"]["text_offset"]] == lp["text_offset"]
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
         ({"messages": PROMPT, "n": 2}, "n"),
-        ({"messages": PROMPT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        (
+            {"messages": PROMPT, "tools": [{"type": "function", "function": {"name": "a b"}}]},
+            "tools[0].function.name",
+        ),
+        (
+            {
+                "messages": PROMPT,
+                "tools": [WEATHER],
+                "tool_choice": {"type": "function", "function": {"name": "x"}},
+            },
+            "tool_choice",
+        ),
+        ({"messages": PROMPT, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        (
+            {
+                "messages": PROMPT,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "s", "schema": {"type": "string", "format": "email"}},
+                },
+            },
+            "response_format",
+        ),
         ({"messages": []}, "messages"),
         ({"messages": PROMPT, "temperature": 5}, "temperature"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
     ],
-    ids=["n", "tools", "no-messages", "temperature", "image"],
+    ids=[
+        "n",
+        "tool-name",
+        "tool-choice",
+        "top-logprobs",
+        "unsupported-schema",
+        "no-messages",
+        "temperature",
+        "image",
+    ],
 )
 async def test_requests_it_cannot_honour_are_400s(
     chat_handle: InstanceHandle, http: aiohttp.ClientSession, body: dict[str, Any], param: str
@@ -276,6 +595,10 @@ async def test_requests_it_cannot_honour_are_400s(
     assert status == 400
     assert err["error"]["type"] == "invalid_request_error"
     assert err["error"]["param"] == param
+    if param == "response_format":
+        assert "'format'" in err["error"]["message"]
+    status, err = await post(http, chat_handle, "/v1/completions", {"prompt": "x", "logprobs": 6})
+    assert (status, err["error"]["param"]) == (400, "logprobs")
 
 
 async def test_bad_json_and_wrong_task_are_400s(

@@ -22,6 +22,7 @@ from superollama.runtimes import (
     VllmRuntime,
     vllm_available,
 )
+from superollama.runtimes._logprobs import TokenLogprob
 from superollama.runtimes._openai_shapes import (
     Reply,
     RequestError,
@@ -84,8 +85,12 @@ def test_chat_parsing_reads_sampling_and_stream_options() -> None:
         ({"messages": MSG, "max_tokens": 0}, "max_tokens"),
         ({"messages": MSG, "seed": "x"}, "seed"),
         ({"messages": MSG, "stream_options": {"include_usage": True}}, "stream_options"),
-        ({"messages": MSG, "logprobs": True}, "logprobs"),
-        ({"messages": MSG, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": MSG, "logprobs": 1}, "logprobs"),
+        ({"messages": MSG, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"messages": MSG, "logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+        ({"messages": MSG, "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": MSG, "response_format": {"type": "yaml"}}, "response_format"),
+        ({"messages": MSG, "functions": [{"name": "f"}]}, "functions"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0]"),
         ({"messages": "hi"}, "messages"),
     ],
@@ -98,7 +103,9 @@ def test_chat_parsing_refuses_with_the_param(body: dict[str, Any], param: str) -
 
 def test_completion_and_embedding_parsing() -> None:
     assert parse_completion({"prompt": ["one"]}).prompt == "one"
-    for bad in ({"prompt": ["a", "b"]}, {"prompt": "x", "echo": True}, {"prompt": "x", "logprobs": 2}):
+    assert parse_completion({"prompt": "x", "logprobs": 5}).sampling.logprobs == 5
+    assert parse_completion({"prompt": "x"}).sampling.logprobs is None
+    for bad in ({"prompt": ["a", "b"]}, {"prompt": "x", "echo": True}, {"prompt": "x", "logprobs": 6}):
         with pytest.raises(RequestError):
             parse_completion(bad)
     assert parse_embeddings({"input": "x"}).inputs == ("x",)
@@ -168,6 +175,41 @@ def test_reply_shapes_follow_openai() -> None:
         "usage": use,
     }
     assert reply.completion_chunk("x", None, False)["choices"][0]["text"] == "x"
+
+
+def test_logprob_shapes_follow_openai() -> None:
+    assert parse_chat({"messages": MSG, "logprobs": True}).sampling.logprobs == 0
+    assert parse_chat({"messages": MSG, "logprobs": True, "top_logprobs": 20}).sampling.logprobs == 20
+    assert parse_chat({"messages": MSG, "logprobs": False}).sampling.logprobs is None
+    split = "€".encode()
+    entries = [
+        TokenLogprob(b"Hi", -0.25, ((b"Hi", -0.25), (b"Yo", -1.5)), 0),
+        TokenLogprob(split[:2], -2.0, ((split[:2], -2.0),), 2),
+    ]
+    reply = Reply("chatcmpl-1", 10, "m")
+    use = {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+    chat = reply.chat("Hi", "length", use, logprobs=entries)["choices"][0]["logprobs"]
+    assert chat["refusal"] is None
+    assert chat["content"][0] == {
+        "token": "Hi",
+        "logprob": -0.25,
+        "bytes": [72, 105],
+        "top_logprobs": [
+            {"token": "Hi", "logprob": -0.25, "bytes": [72, 105]},
+            {"token": "Yo", "logprob": -1.5, "bytes": [89, 111]},
+        ],
+    }
+    assert chat["content"][1]["token"] == "bytes:\\xe2\\x82" and chat["content"][1]["bytes"] == [0xE2, 0x82]
+    assert reply.chat("Hi", "stop", use)["choices"][0]["logprobs"] is None
+    legacy = reply.completion("Hi", "length", use, entries)["choices"][0]["logprobs"]
+    assert legacy == {
+        "tokens": ["Hi", "bytes:\\xe2\\x82"],
+        "token_logprobs": [-0.25, -2.0],
+        "top_logprobs": [{"Hi": -0.25, "Yo": -1.5}, {"bytes:\\xe2\\x82": -2.0}],
+        "text_offset": [0, 2],
+    }
+    chunk = reply.chat_chunk({"content": "Hi"}, None, False, entries[:1])
+    assert chunk["choices"][0]["logprobs"]["content"][0]["token"] == "Hi"
 
 
 def test_embeddings_base64_is_little_endian_float32() -> None:

@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from superollama.runtimes._hf_engine import Outcome
+from superollama.runtimes._logprobs import Piece
 from superollama.runtimes._openai_shapes import Sampling
 from superollama.runtimes.transformers_worker import Worker
 
@@ -32,7 +33,7 @@ class FakeChat:
         self.most_at_once = 0
         self.cancelled = 0
 
-    def chat_prompt(self, messages: Sequence[Any]) -> list[int]:
+    def chat_prompt(self, messages: Sequence[Any], tools: Any = None) -> list[int]:
         return [1, 2, 3]
 
     def text_prompt(self, prompt: str) -> list[int]:
@@ -42,7 +43,11 @@ class FakeChat:
         return sampling.max_tokens or 1000
 
     def generate(
-        self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event, emit: Callable[[str], None]
+        self,
+        prompt: Sequence[int],
+        sampling: Sampling,
+        cancel: threading.Event,
+        emit: Callable[[Piece], None],
     ) -> Outcome:
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
@@ -54,7 +59,7 @@ class FakeChat:
                     finish = "cancelled"
                     break
                 time.sleep(self.step)
-                emit(f"w{i} ")
+                emit(Piece(f"w{i} "))
                 text += f"w{i} "
             return Outcome(text, finish, len(prompt), len(text.split()))
         finally:

@@ -5,8 +5,9 @@ Everything here is synchronous and runs on the worker's one generation thread; t
 calls into it directly.
 
 Generation is a manual decode loop over the KV cache (one sequence): each step checks a cancel flag,
-samples with a per-request seeded ``torch.Generator``, and hands the text that is safe to send (see
-``StopText``) to a callback.
+samples with a per-request seeded ``torch.Generator`` (``_hf_sampling``: inside the JSON guide's
+language when the request has one), and hands the text that is safe to send (see ``StopText``), with
+its tokens' logprobs when asked, to a callback. A guided value stops as soon as it is complete.
 """
 
 from __future__ import annotations
@@ -17,10 +18,16 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from superollama.runtimes import _tools
+from superollama.runtimes._hf_sampling import pick, token_logprob
+from superollama.runtimes._logprobs import Piece, TokenLogprob
 from superollama.runtimes._openai_shapes import RequestError, Sampling, StopText
+from superollama.runtimes._token_filter import TokenGuide, Vocabulary
+from superollama.runtimes._tools import ToolParams
 
 __all__ = ["ChatEngine", "EmbedEngine", "Engine", "LoadError", "Outcome", "detect_task", "load_engine"]
 
@@ -35,12 +42,14 @@ class LoadError(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a generation ended: ``finish_reason`` is "stop", "length" or "cancelled"."""
+    """How a generation ended: ``finish_reason`` is "stop", "length" or "cancelled"; ``logprobs``: those
+    of the tokens whose text was sent (when asked)."""
 
     text: str
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 def detect_task(folder: Path) -> str:
@@ -135,13 +144,62 @@ class ChatEngine:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
         return cls(model.to(device).eval(), tokenizer, torch, device)
 
-    def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+    @cached_property
+    def vocab(self) -> Vocabulary:
+        """Every token's bytes, read once (for the JSON guide and logprobs)."""
+        return Vocabulary.from_tokenizer(self.tokenizer, self.eos)
+
+    def _render(self, messages: Sequence[Mapping[str, Any]], **extra: Any) -> str:
+        return str(
+            self.tokenizer.apply_chat_template(
+                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True, **extra
+            )
+        )
+
+    @cached_property
+    def _renders_tools(self) -> bool:
+        """Whether the chat template shows ``tools`` (it changes the prompt)."""
+        probe = [{"role": "user", "content": "hi"}]
+        tool = _tools.Tool("superollama_probe_fn", "probe", {"type": "object", "properties": {}})
+        try:
+            return self._render(probe, tools=[tool.as_openai()]) != self._render(probe)
+        except Exception:
+            return False
+
+    @cached_property
+    def _renders_tool_calls(self) -> bool:
+        """Whether the chat template shows an assistant's ``tool_calls``."""
+        call = {
+            "id": "call_0",
+            "type": "function",
+            "function": {"name": "superollama_probe_fn", "arguments": {}},
+        }
+        probe: list[dict[str, Any]] = [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_0", "content": "ok"},
+        ]
+        try:
+            return "superollama_probe_fn" in self._render(probe)
+        except Exception:
+            return False
+
+    def chat_prompt(
+        self, messages: Sequence[Mapping[str, Any]], tools: ToolParams | None = None
+    ) -> list[int]:
+        """The prompt's tokens: the messages through the chat template, with the tools when offered
+        (the template's own way, or a system preamble when the template ignores them)."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise RequestError("this model has no chat template: use /v1/completions", param="messages")
+        extra: dict[str, Any] = {}
+        if tools is not None and tools.active:
+            if self._renders_tools:
+                extra["tools"] = [t.as_openai() for t in tools.tools]
+            else:
+                messages = _tools.with_preamble(messages, tools.tools)
+        history = _tools.render_history(messages, structured=self._renders_tool_calls)
         try:
-            text = self.tokenizer.apply_chat_template(
-                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
-            )
+            text = self._render(history, **extra)
         except Exception as exc:  # the template's own error (e.g. roles it does not accept)
             raise RequestError(f"the chat template rejected the messages: {exc}", param="messages") from exc
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -165,9 +223,10 @@ class ChatEngine:
         prompt: Sequence[int],
         sampling: Sampling,
         cancel: threading.Event,
-        emit: Callable[[str], None],
+        emit: Callable[[Piece], None],
     ) -> Outcome:
-        """Decode up to ``check_room`` tokens; call ``emit`` with each safe text delta."""
+        """Decode up to ``check_room`` tokens; call ``emit`` with each safe text delta (and the logprobs
+        of the tokens behind it when ``sampling.logprobs`` asks)."""
         torch = self.torch
         limit = self.check_room(prompt, sampling)
         generator = torch.Generator(device=self.device)
@@ -175,8 +234,18 @@ class ChatEngine:
             generator.seed()
         else:
             generator.manual_seed(sampling.seed)
+        guide = None if sampling.json is None else TokenGuide(self.vocab, sampling.json)
         stops = StopText(sampling.stop)
         tokens: list[int] = []
+        pending: list[TokenLogprob] = []
+        sent: list[TokenLogprob] = []
+
+        def send(text: str) -> None:
+            if text or pending:
+                emit(Piece(text, tuple(pending)))
+                sent.extend(pending)
+                pending.clear()
+
         text, finish, matched = "", "length", False
         with torch.inference_mode():
             ids = torch.tensor([list(prompt)], device=self.device)
@@ -185,42 +254,41 @@ class ChatEngine:
                 if cancel.is_set():
                     finish = "cancelled"
                     break
-                token = self._pick(out.logits[0, -1, :], sampling, generator)
+                logits = out.logits[0, -1, :]
+                token = pick(torch, logits, sampling, generator, guide)
                 if token in self.eos:
                     finish = "stop"
                     break
+                if sampling.logprobs is not None:
+                    offset = len(text.rstrip("\ufffd"))
+                    pending.append(
+                        token_logprob(torch, logits, token, sampling.logprobs, self.vocab, offset=offset)
+                    )
+                if guide is not None:
+                    guide.advance(token)
                 tokens.append(token)
                 text = self.tokenizer.decode(
                     tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
                 )
                 delta, stopped = stops.update(text)
                 if delta:
-                    emit(delta)
+                    send(delta)
                 if stopped:
                     finish, matched = "stop", True
+                    break
+                if guide is not None and guide.done:
+                    finish = "stop"
                     break
                 if len(tokens) >= limit:
                     break
                 step = torch.tensor([[token]], device=self.device)
                 cache = out.get("cache", None) or out.get("past_key_values", None)
                 out = self.model(input_ids=step, use_cache=True, **{self._cache_arg: cache})
-        if not matched and finish != "cancelled":
-            tail = stops.finish(text)  # what was held back for a stop string that never came
-            if tail:
-                emit(tail)
-        return Outcome(stops.sent, finish, len(prompt), len(tokens))
-
-    def _pick(self, logits: Any, sampling: Sampling, generator: Any) -> int:
-        torch = self.torch
-        if sampling.temperature <= 0.0 or sampling.top_p <= 0.0:
-            return int(torch.argmax(logits).item())
-        probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
-        if sampling.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-            sorted_probs[before >= sampling.top_p] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        return int(torch.multinomial(probs, 1, generator=generator).item())
+        if matched:
+            pending.clear()  # the tokens of the stop string: their text is not sent
+        elif finish != "cancelled":
+            send(stops.finish(text))  # what was held back for a stop string that never came
+        return Outcome(stops.sent, finish, len(prompt), len(tokens), tuple(sent))
 
 
 class EmbedEngine:
@@ -259,7 +327,7 @@ class EmbedEngine:
 Engine = ChatEngine | EmbedEngine
 
 
-def _no_text(_: str) -> None:
+def _no_text(_: Piece) -> None:
     return None
 
 
@@ -280,8 +348,10 @@ def load_engine(folder: Path, *, device: str, dtype: str, task: str, threads: in
         else:
             engine = ChatEngine.load(folder, torch_device, torch_dtype, torch)
             # The first forward passes are several times slower (kernel selection, allocator): pay them
-            # before the instance reports ready, not in the first request's TTFT.
+            # before the instance reports ready, not in the first request's TTFT. The same for the token
+            # table that the JSON guide and logprobs read (built once per tokenizer, ~0.2 s).
             engine.generate(engine.text_prompt("Hello"), Sampling(max_tokens=2), threading.Event(), _no_text)
+            _ = engine.vocab
         return engine
     except LoadError:
         raise

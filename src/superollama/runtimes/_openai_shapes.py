@@ -2,8 +2,9 @@
 
 Parsing turns a JSON body into small frozen values or raises :class:`RequestError` (rendered as OpenAI's
 ``{"error": {...}}`` with status 400). Builders return the exact dicts OpenAI sends, chunk by chunk.
-:class:`StopText` decides how much generated text is safe to stream while a ``stop`` string may still
-be forming.
+:class:`StopText` (``_stop_text``) decides how much generated text is safe to stream while a ``stop``
+string may still be forming. ``response_format`` compiles to a JSON guide node (``_json_schema``);
+``tools`` parse in ``_tools``, logprobs in ``_logprobs``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,19 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from superollama.runtimes import _tools
+from superollama.runtimes._json_schema import ANY_OBJECT, Node, SchemaError, compile_schema
+from superollama.runtimes._logprobs import (
+    TokenLogprob,
+    chat_logprobs,
+    completion_logprobs,
+    parse_chat_logprobs,
+    parse_completion_logprobs,
+)
+from superollama.runtimes._request_error import RequestError, error_body
+from superollama.runtimes._stop_text import StopText
+from superollama.runtimes._tools import ToolCall, ToolParams
 
 __all__ = [
     "ChatParams",
@@ -27,56 +41,38 @@ __all__ = [
     "parse_chat",
     "parse_completion",
     "parse_embeddings",
+    "parse_response_format",
     "usage",
 ]
 
 _MAX_STOPS = 4
 _ROLES = {"system", "user", "assistant", "tool", "developer"}
 # Refused with a 400 rather than silently ignored: the worker cannot honour them.
-_UNSUPPORTED_CHAT = ("tools", "functions", "logprobs", "top_logprobs", "audio", "prediction")
-
-
-class RequestError(Exception):
-    """A request the worker refuses: ``status`` 400 (or 503 when busy), OpenAI's error fields."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        param: str | None = None,
-        status: int = 400,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.status = status
-        self.type = type
-        self.code = code
-
-
-def error_body(exc: RequestError) -> dict[str, Any]:
-    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+_UNSUPPORTED_CHAT = ("functions", "function_call", "audio", "prediction")
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """How to pick tokens: ``temperature`` 0 is greedy; ``max_tokens`` None: up to the context's end."""
+    """How to pick tokens: ``temperature`` 0 is greedy; ``max_tokens`` None: up to the context's end;
+    ``logprobs``: report each token's logprob and this many alternatives (None: off); ``json``: keep
+    the output inside this JSON guide node (None: free text)."""
 
     max_tokens: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    json: Node | None = None
 
 
 @dataclass(frozen=True)
 class ChatParams:
-    messages: tuple[Mapping[str, str], ...]
+    messages: tuple[Mapping[str, Any], ...]
     sampling: Sampling
     stream: bool = False
     include_usage: bool = False
+    tools: ToolParams | None = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +132,7 @@ def _stream(body: Mapping[str, Any]) -> tuple[bool, bool]:
     return stream, include
 
 
-def _sampling(body: Mapping[str, Any], *, chat: bool) -> Sampling:
+def _sampling(body: Mapping[str, Any], *, chat: bool, guide: Node | None = None) -> Sampling:
     n = body.get("n", 1)
     if n != 1:
         raise RequestError("this model serves 'n' = 1 only", param="n")
@@ -161,6 +157,8 @@ def _sampling(body: Mapping[str, Any], *, chat: bool) -> Sampling:
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
         seed=seed,
         stop=stops,
+        logprobs=parse_chat_logprobs(body) if chat else parse_completion_logprobs(body),
+        json=guide,
     )
 
 
@@ -190,25 +188,60 @@ def _content(message: Mapping[str, Any], i: int) -> str:
     raise RequestError("'content' must be a string or a list of parts", param=f"messages[{i}].content")
 
 
+def parse_response_format(value: Any) -> Node | None:
+    """``text`` (or absent): None; ``json_object``: any JSON object; ``json_schema``: its schema's node."""
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, Mapping) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ANY_OBJECT
+    if kind != "json_schema":
+        raise RequestError(
+            "'response_format' must be {'type': 'text' | 'json_object' | 'json_schema', …}",
+            param="response_format",
+        )
+    spec = value.get("json_schema")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        raise RequestError(
+            "'response_format.json_schema' must be an object with a 'name' and a 'schema'",
+            param="response_format",
+        )
+    return _schema(spec.get("schema", True), "response_format")
+
+
+def _schema(schema: Any, param: str) -> Node:
+    try:
+        return compile_schema(schema)
+    except SchemaError as exc:
+        raise RequestError(
+            f"the JSON schema cannot be guaranteed: {exc}", param=param, code="unsupported_schema"
+        ) from exc
+
+
+def _message(message: Any, i: int) -> dict[str, Any]:
+    if not isinstance(message, Mapping) or message.get("role") not in _ROLES:
+        raise RequestError(f"messages[{i}] needs a 'role' in {sorted(_ROLES)}", param=f"messages[{i}]")
+    role = "system" if message["role"] == "developer" else str(message["role"])
+    return {"role": role, "content": _content(message, i), **_tools.message_tool_fields(message, i)}
+
+
 def parse_chat(raw: Any) -> ChatParams:
     body = _object(raw)
     for key in _UNSUPPORTED_CHAT:
         if body.get(key) not in (None, False, [], {}):
             raise RequestError(f"'{key}' is not supported by the transformers runtime", param=key)
-    response_format = body.get("response_format")
-    if isinstance(response_format, Mapping) and response_format.get("type") not in (None, "text"):
-        raise RequestError("only response_format 'text' is supported here", param="response_format")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty list", param="messages")
-    out = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, Mapping) or message.get("role") not in _ROLES:
-            raise RequestError(f"messages[{i}] needs a 'role' in {sorted(_ROLES)}", param=f"messages[{i}]")
-        role = "system" if message["role"] == "developer" else str(message["role"])
-        out.append({"role": role, "content": _content(message, i)})
+    out = tuple(_message(m, i) for i, m in enumerate(messages))
+    tools = _tools.parse_tools(body)
+    guide = parse_response_format(body.get("response_format"))
+    if tools is not None and tools.guided:
+        guide = _tools.call_node(tools)
     stream, include_usage = _stream(body)
-    return ChatParams(tuple(out), _sampling(body, chat=True), stream, include_usage)
+    return ChatParams(out, _sampling(body, chat=True, guide=guide), stream, include_usage, tools)
 
 
 def parse_completion(raw: Any) -> CompletionParams:
@@ -221,14 +254,16 @@ def parse_completion(raw: Any) -> CompletionParams:
     refused = {
         "echo": body.get("echo") not in (None, False),
         "suffix": body.get("suffix") not in (None, ""),
-        "logprobs": body.get("logprobs") is not None,
         "best_of": body.get("best_of") not in (None, 1),
     }
     for key, bad in refused.items():
         if bad:
             raise RequestError(f"'{key}' is not supported by the transformers runtime", param=key)
+    guide = parse_response_format(body.get("response_format"))  # vLLM's extension of completions
+    if guide is None and body.get("json_schema") is not None:  # llama.cpp's (the gateway sends both)
+        guide = _schema(body["json_schema"], "json_schema")
     stream, include_usage = _stream(body)
-    return CompletionParams(prompt, _sampling(body, chat=False), stream, include_usage)
+    return CompletionParams(prompt, _sampling(body, chat=False, guide=guide), stream, include_usage)
 
 
 def parse_embeddings(raw: Any) -> EmbedParams:
@@ -248,51 +283,20 @@ def parse_embeddings(raw: Any) -> EmbedParams:
     return EmbedParams(inputs, fmt == "base64", _int(body, "dimensions", 1))
 
 
-class StopText:
-    """Tracks the text generated so far against ``stop`` strings and yields only what is safe to send.
-
-    ``update(text)`` takes the whole text generated so far and returns ``(delta, stopped)``: the new text
-    that can go out now (holding back a tail that may still become a stop string, or an incomplete
-    UTF-8 character), and whether a stop string was found (the text is cut before it).
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = tuple(s for s in stops if s)
-        self.sent = ""
-
-    def update(self, text: str) -> tuple[str, bool]:
-        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            return self._advance(text[:cut]), True
-        hold = 0
-        for stop in self.stops:
-            for k in range(min(len(stop) - 1, len(text)), hold, -1):
-                if text.endswith(stop[:k]):
-                    hold = k
-                    break
-        end = len(text) - hold
-        while end > 0 and text[end - 1] == "\ufffd":  # a multi-byte character still arriving
-            end -= 1
-        return self._advance(text[:end]), False
-
-    def finish(self, text: str) -> str:
-        """The rest of ``text`` at the end of generation (no stop string was met)."""
-        return self._advance(text)
-
-    def _advance(self, upto: str) -> str:
-        if len(upto) <= len(self.sent) or not upto.startswith(self.sent):
-            return ""
-        delta = upto[len(self.sent) :]
-        self.sent = upto
-        return delta
-
-
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+
+
+def _chat_lp(entries: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+    return None if entries is None else chat_logprobs(entries)
+
+
+def _legacy_lp(entries: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+    return None if entries is None else completion_logprobs(entries)
 
 
 @dataclass(frozen=True)
@@ -316,24 +320,52 @@ class Reply:
             "system_fingerprint": None,
         }
 
-    def chat(self, text: str, finish: str, use: Mapping[str, int]) -> dict[str, Any]:
-        message = {"role": "assistant", "content": text, "refusal": None}
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+    def chat(
+        self,
+        text: str | None,
+        finish: str,
+        use: Mapping[str, int],
+        *,
+        logprobs: Sequence[TokenLogprob] | None = None,
+        tool_calls: Sequence[ToolCall] = (),
+    ) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if tool_calls:
+            message["tool_calls"] = [c.as_openai() for c in tool_calls]
+        choice = {"index": 0, "message": message, "logprobs": _chat_lp(logprobs), "finish_reason": finish}
         return {**self._head("chat.completion"), "choices": [choice], "usage": dict(use)}
 
-    def chat_chunk(self, delta: Mapping[str, Any], finish: str | None, with_usage: bool) -> dict[str, Any]:
-        choice = {"index": 0, "delta": dict(delta), "logprobs": None, "finish_reason": finish}
+    def chat_chunk(
+        self,
+        delta: Mapping[str, Any],
+        finish: str | None,
+        with_usage: bool,
+        logprobs: Sequence[TokenLogprob] | None = None,
+    ) -> dict[str, Any]:
+        choice = {"index": 0, "delta": dict(delta), "logprobs": _chat_lp(logprobs), "finish_reason": finish}
         out = {**self._head("chat.completion.chunk"), "choices": [choice]}
         if with_usage:
             out["usage"] = None
         return out
 
-    def completion(self, text: str, finish: str, use: Mapping[str, int]) -> dict[str, Any]:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    def completion(
+        self,
+        text: str,
+        finish: str,
+        use: Mapping[str, int],
+        logprobs: Sequence[TokenLogprob] | None = None,
+    ) -> dict[str, Any]:
+        choice = {"index": 0, "text": text, "logprobs": _legacy_lp(logprobs), "finish_reason": finish}
         return {**self._head("text_completion"), "choices": [choice], "usage": dict(use)}
 
-    def completion_chunk(self, text: str, finish: str | None, with_usage: bool) -> dict[str, Any]:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    def completion_chunk(
+        self,
+        text: str,
+        finish: str | None,
+        with_usage: bool,
+        logprobs: Sequence[TokenLogprob] | None = None,
+    ) -> dict[str, Any]:
+        choice = {"index": 0, "text": text, "logprobs": _legacy_lp(logprobs), "finish_reason": finish}
         out = {**self._head("text_completion"), "choices": [choice]}
         if with_usage:
             out["usage"] = None

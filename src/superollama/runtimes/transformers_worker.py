@@ -5,7 +5,8 @@
         [--threads N] [--max-queue N] [--parent-pid PID]
 
 Routes (aiohttp on 127.0.0.1, a free port): ``/v1/chat/completions`` and ``/v1/completions`` (chat and
-text models, SSE streaming), ``/v1/embeddings`` (sentence-transformers models), ``/v1/models``,
+text models, SSE streaming, logprobs; chats also take ``tools`` and ``response_format`` JSON modes, kept
+by constrained decoding), ``/v1/embeddings`` (sentence-transformers models), ``/v1/models``,
 ``/health``. One request runs on the model at a time (the others wait their turn, up to ``--max-queue``,
 then 503); a client that goes away stops its generation at the next token.
 
@@ -35,7 +36,9 @@ import orjson
 from aiohttp import web
 
 from superollama.runtimes import _openai_shapes as shapes
+from superollama.runtimes import _replies as replies
 from superollama.runtimes._child import die_with_parent, take_control_pipe
+from superollama.runtimes._logprobs import Piece
 from superollama.runtimes._openai_shapes import RequestError
 from superollama.runtimes._ready import format_failed, format_ready
 
@@ -73,7 +76,7 @@ def _sse(data: Any) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-def _ignore(_: str) -> None:
+def _ignore(_: Piece) -> None:
     return None
 
 
@@ -196,21 +199,17 @@ class Worker:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         engine = self._engine("chat")
         params = shapes.parse_chat(await self._body(request))
-        prompt = engine.chat_prompt(params.messages)
+        prompt = engine.chat_prompt(params.messages, params.tools)
         engine.check_room(prompt, params.sampling)
         reply = shapes.Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self.alias)
         if not params.stream:
             out = _finished(await self._run(lambda c: engine.generate(prompt, params.sampling, c, _ignore)))
             use = shapes.usage(out.prompt_tokens, out.completion_tokens)
-            return _json(reply.chat(out.text, out.finish_reason, use))
-        inc = params.include_usage
+            return _json(replies.chat_response(reply, params, out, use))
         return await self._stream(
             request,
             lambda c, emit: engine.generate(prompt, params.sampling, c, emit),
-            first=reply.chat_chunk({"role": "assistant", "content": ""}, None, inc),
-            piece=lambda text: reply.chat_chunk({"content": text}, None, inc),
-            last=lambda finish: reply.chat_chunk({}, finish, inc),
-            usage_of=(lambda u: reply.usage_chunk("chat.completion.chunk", u)) if inc else None,
+            replies.ChatStream(reply, params),
         )
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -222,52 +221,46 @@ class Worker:
         if not params.stream:
             out = _finished(await self._run(lambda c: engine.generate(prompt, params.sampling, c, _ignore)))
             use = shapes.usage(out.prompt_tokens, out.completion_tokens)
-            return _json(reply.completion(out.text, out.finish_reason, use))
-        inc = params.include_usage
+            return _json(replies.completion_response(reply, params, out, use))
         return await self._stream(
             request,
             lambda c, emit: engine.generate(prompt, params.sampling, c, emit),
-            first=None,
-            piece=lambda text: reply.completion_chunk(text, None, inc),
-            last=lambda finish: reply.completion_chunk("", finish, inc),
-            usage_of=(lambda u: reply.usage_chunk("text_completion", u)) if inc else None,
+            replies.CompletionStream(reply, params),
         )
 
     async def _stream(
         self,
         request: web.Request,
-        job: Callable[[threading.Event, Callable[[str], None]], Any],
-        *,
-        first: dict[str, Any] | None,
-        piece: Callable[[str], dict[str, Any]],
-        last: Callable[[str], dict[str, Any]],
-        usage_of: Callable[[dict[str, int]], dict[str, Any]] | None,
+        job: Callable[[threading.Event, Callable[[Piece], None]], Any],
+        shaper: replies.StreamShaper,
     ) -> web.StreamResponse:
         self._admit()
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        queue: asyncio.Queue[Piece | None] = asyncio.Queue()
 
-        def emit(delta: str) -> None:
-            _call_soon(loop, queue.put_nowait, delta)
+        def emit(piece: Piece) -> None:
+            _call_soon(loop, queue.put_nowait, piece)
 
         task = asyncio.ensure_future(self._run(lambda cancel: job(cancel, emit)))
         task.add_done_callback(lambda _: queue.put_nowait(None))
         response = web.StreamResponse(headers=_SSE_HEADERS)
         try:
             await response.prepare(request)
-            if first is not None:
-                await response.write(_sse(first))
-            while (delta := await queue.get()) is not None:
-                await response.write(_sse(piece(delta)))
+            for chunk in shaper.first():
+                await response.write(_sse(chunk))
+            while (piece := await queue.get()) is not None:
+                for chunk in shaper.piece(piece):
+                    await response.write(_sse(chunk))
             try:
                 out = _finished(task.result())
             except Exception as exc:  # failed or stopped mid-stream: say so in the stream, then end it
                 err = exc if isinstance(exc, RequestError) else _internal(exc)
                 await response.write(_sse(shapes.error_body(err)))
                 return response
-            await response.write(_sse(last(out.finish_reason)))
-            if usage_of is not None:
-                await response.write(_sse(usage_of(shapes.usage(out.prompt_tokens, out.completion_tokens))))
+            for chunk in shaper.end(
+                out.finish_reason, shapes.usage(out.prompt_tokens, out.completion_tokens)
+            ):
+                await response.write(_sse(chunk))
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
             return response
