@@ -3,6 +3,7 @@
     supervisor (python -m superollama.runtimes.vllm_supervisor --instance-id ID -- …)
       └── VLLM_PYTHON -m vllm.entrypoints.openai.api_server --model DIR --served-model-name NAME \
               --max-model-len N --dtype D --enforce-eager [--runner pooling] \
+              [--enable-auto-tool-choice --tool-call-parser PARSER] \
               [--gpu-memory-utilization F] --host 127.0.0.1 --port P
 
 vLLM usually lives in a virtual environment of its own (``vllm_python``) so that its torch pin cannot
@@ -11,6 +12,19 @@ health check, log file, PDEATHSIG and adoption are those of every other worker.
 
 Memory: on CPU, ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache) goes in vLLM's environment; on ``cuda:N``,
 ``CUDA_VISIBLE_DEVICES=N`` and ``--gpu-memory-utilization``.
+
+Structured output (``response_format`` json_schema / json_object) needs no flag: vLLM's default backend
+("auto") picks xgrammar, which runs on the CPU build too.
+
+Tools: vLLM (0.32) attaches no tool parser at all without ``--enable-auto-tool-choice``, and then refuses
+*every* ``tool_choice`` but "none" (a named function and "required" included) with a 400. So a chat
+instance gets both flags with a parser (``tool_call_parser``, default "hermes": the ``<tool_call>{…}
+</tool_call>`` convention of ChatML models; per instance ``spec.options["tool_call_parser"]``, "" for
+none). With ``VLLM_ENFORCE_STRICT_TOOL_CALLING=0``, a named function or "required" is decoded against the
+JSON schema of the tools' parameters (vLLM's guided decoding, whatever the parser), so the arguments
+always validate; with vLLM's default (1) the hermes parser uses structural tags that constrain the
+arguments only of tools marked ``strict``. "auto" needs the model's chat template to show the tools:
+where it ignores them (SmolLM2's), the model answers in text.
 """
 
 from __future__ import annotations
@@ -110,9 +124,10 @@ class VllmHandle:
 class VllmRuntime:
     """Runs Hugging Face model folders with vLLM's OpenAI server (implements ``core.Runtime``).
 
-    ``spec.options`` may override ``max_model_len``, ``dtype`` and ``runner`` ("generate" or "pooling";
-    default: pooling for a sentence-transformers folder). ``python`` is the interpreter that has vLLM
-    (the ``vllm_python`` setting); the supervisor runs on ``supervisor_python`` (this interpreter).
+    ``spec.options`` may override ``max_model_len``, ``dtype``, ``tool_call_parser`` (a vLLM parser name,
+    "" for none) and ``runner`` ("generate" or "pooling"; default: pooling for a sentence-transformers
+    folder). ``python`` is the interpreter that has vLLM (the ``vllm_python`` setting); the supervisor
+    runs on ``supervisor_python`` (this interpreter).
     """
 
     name: ClassVar[str] = "vllm"
@@ -126,6 +141,7 @@ class VllmRuntime:
         max_model_len: int = 2048,
         dtype: str = "bfloat16",
         enforce_eager: bool = True,
+        tool_call_parser: str | None = "hermes",
         cpu_kvcache_gib: float = 1.0,
         gpu_memory_utilization: float = 0.9,
         ready_timeout: float = 300.0,
@@ -139,6 +155,7 @@ class VllmRuntime:
         self.max_model_len = max_model_len
         self.dtype = dtype
         self.enforce_eager = enforce_eager
+        self.tool_call_parser = tool_call_parser
         self.cpu_kvcache_gib = cpu_kvcache_gib
         self.gpu_memory_utilization = gpu_memory_utilization
         self.ready_timeout = ready_timeout
@@ -172,9 +189,17 @@ class VllmRuntime:
             argv.append("--enforce-eager")
         if runner != "generate":
             argv += ["--runner", runner]
+        else:
+            argv += self._tool_flags(spec)
         if _cuda_index(spec.device) is not None:
             argv += ["--gpu-memory-utilization", f"{self.gpu_memory_utilization:g}"]
         return tuple(argv)
+
+    def _tool_flags(self, spec: InstanceSpec) -> list[str]:
+        """Without these vLLM refuses every ``tool_choice`` but "none", a named function included (see
+        the module's doc); pooling instances take none."""
+        parser = spec.options.get("tool_call_parser", self.tool_call_parser)
+        return ["--enable-auto-tool-choice", "--tool-call-parser", str(parser)] if parser else []
 
     def _max_model_len(self, spec: InstanceSpec) -> int:
         """The configured context, capped by the model's own (vLLM refuses a longer one)."""
@@ -201,7 +226,15 @@ class VllmRuntime:
         )
 
     def environment(self, spec: InstanceSpec) -> dict[str, str]:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            # a named function or "required" is decoded against the tools' JSON schemas, strict or not
+            # (vLLM's default constrains only the arguments of ``strict`` tools): see the module's doc
+            "VLLM_ENFORCE_STRICT_TOOL_CALLING": "0",
+        }
         index = _cuda_index(spec.device)
         if index is None:
             env["VLLM_CPU_KVCACHE_SPACE"] = f"{self.cpu_kvcache_gib:g}"
