@@ -307,3 +307,180 @@ def test_refreshing_an_unknown_connection_is_404(gateway: ServerProcess) -> None
     finally:
         gateway.cli("disconnect", "other")
         server.stop()
+
+
+def test_our_ollama_api_shows_pulls_copies_and_deletes_connection_models(
+    gateway: ServerProcess, box: OllamaStandIn
+) -> None:
+    """The official ``ollama`` client against *our* ``/api/show|pull|copy|delete`` for ``box/…`` names:
+    each is answered by the connected server, and routing follows a change at once."""
+    client = ollama.Client(host=gateway.url, timeout=30)
+    openai_client = _openai(gateway)
+
+    shown = client.show("box/llama3.2:1b")
+    assert box.bodies("POST", "/api/show")[-1]["model"] == "llama3.2:1b"  # the server's own name
+    assert shown.details is not None and shown.details.family == "llama"
+    assert shown.details.parameter_size == "1.2B" and shown.details.quantization_level == "Q8_0"
+    assert shown.modelinfo is not None and shown.modelinfo["llama.context_length"] == 131072
+    assert shown.capabilities == ["completion", "tools"] and shown.template == OllamaStandIn.TEMPLATE
+    assert shown.modelfile is not None and "# FROM box/llama3.2:1b\n" in shown.modelfile  # our name …
+    assert "FROM /root/.ollama/models/blobs/sha256-" in shown.modelfile  # … not the file's path
+    assert shown.parameters is not None and "temperature" in shown.parameters
+    assert shown.modified_at is not None
+    embedder = client.show("box/nomic-embed-text")  # untagged, as the server resolves it
+    assert embedder.capabilities == ["embedding"]
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.show("box/ghost:1b")
+    assert missing.value.status_code == 404 and "ghost:1b" in missing.value.error
+    assert "connection 'box'" in missing.value.error
+
+    # pull: the server's progress as it streams, "success" once routing has the model
+    progress = list(client.pull("box/qwen2.5:0.5b", stream=True))
+    assert progress[0].status == "pulling manifest" and progress[-1].status == "success"
+    assert [p.status for p in progress].count("success") == 1
+    assert any(p.digest and p.total and p.completed == p.total for p in progress)
+    assert box.bodies("POST", "/api/pull")[-1]["model"] == "qwen2.5:0.5b"
+    assert "box/qwen2.5:0.5b" in {m.model for m in client.list().models}
+    out = client.chat(model="box/qwen2.5:0.5b", messages=[{"role": "user", "content": "pulled"}])
+    assert out.message.content == reply_for("pulled")
+    assert client.pull("box/smollm2:135m").status == "success"  # stream: false
+    assert "box/smollm2:135m" in {m.id for m in openai_client.models.list()}
+    with pytest.raises(ollama.ResponseError, match="file does not exist"):
+        list(client.pull("box/no-such-model", stream=True))
+    with pytest.raises(ollama.ResponseError) as unpulled:
+        client.pull("box/no-such-model")
+    assert unpulled.value.status_code == 404 and "file does not exist" in unpulled.value.error
+
+    # copy within the connection: the server copies under its own names
+    assert client.copy("box/qwen2.5:0.5b", "box/qwen-mine").status == "success"
+    assert box.bodies("POST", "/api/copy")[-1] == {"source": "qwen2.5:0.5b", "destination": "qwen-mine"}
+    assert "box/qwen-mine:latest" in {m.model for m in client.list().models}
+    copied = client.chat(model="box/qwen-mine", messages=[{"role": "user", "content": "copied"}])
+    assert copied.message.content == reply_for("copied")
+    with pytest.raises(ollama.ResponseError) as ghost:
+        client.copy("box/ghost:1b", "box/other")
+    assert ghost.value.status_code == 404 and "ghost:1b" in ghost.value.error
+
+    # delete: gone from the server and from routing at once
+    assert client.delete("box/qwen2.5:0.5b").status == "success"
+    assert box.bodies("DELETE", "/api/delete")[-1]["model"] == "qwen2.5:0.5b"
+    assert "qwen2.5:0.5b" not in box.models
+    assert "box/qwen2.5:0.5b" not in {m.model for m in client.list().models}
+    with pytest.raises(ollama.ResponseError) as gone:
+        client.chat(model="box/qwen2.5:0.5b", messages=[{"role": "user", "content": "x"}])
+    assert gone.value.status_code == 404
+    with pytest.raises(openai.NotFoundError):
+        openai_client.chat.completions.create(
+            model="box/qwen2.5:0.5b", messages=[{"role": "user", "content": "x"}]
+        )
+    with pytest.raises(ollama.ResponseError) as twice:
+        client.delete("box/qwen2.5:0.5b")
+    assert twice.value.status_code == 404
+
+    events = gateway.admin("GET", "/admin/v1/events", params={"target": "box"}).json()["events"]
+    done = {(e["action"], e["result"], e["actor"]) for e in events}
+    assert {("connection.pull", "ok", "api"), ("connection.copy", "ok", "api")} <= done
+    assert ("connection.delete", "ok", "api") in done
+
+
+def test_a_copy_stays_on_its_connection(gateway: ServerProcess, box: OllamaStandIn) -> None:
+    other = StandIn().start()
+    try:
+        url = f"http://127.0.0.1:{other.port}"
+        assert gateway.cli("connect", "openai", url, "--name", "elsewhere").returncode == 0
+        for source, destination, says in (
+            ("box/llama3.2:1b", "mine:1b", "must be named 'box/NEW-NAME'"),
+            ("box/llama3.2:1b", "elsewhere/mine", "cannot copy 'box/llama3.2:1b' to connection 'elsewhere'"),
+            ("smollm2:135m", "box/mine", "cannot copy local model 'smollm2:135m' onto connection 'box'"),
+        ):
+            answer = httpx.post(
+                gateway.url + "/api/copy", json={"source": source, "destination": destination}, timeout=30
+            )
+            assert answer.status_code == 400, answer.text
+            assert answer.json() == {"error": answer.json()["error"]} and says in answer.json()["error"]
+        assert box.bodies("POST", "/api/copy") == []  # nothing reached the server
+        assert set(box.models) == {"llama3.2:1b", "nomic-embed-text:latest"}
+    finally:
+        gateway.cli("disconnect", "elsewhere")
+        other.stop()
+
+
+def test_show_of_an_unreachable_connection_is_503(gateway: ServerProcess, box: OllamaStandIn) -> None:
+    client = ollama.Client(host=gateway.url, timeout=30)
+    box.go_down()
+    try:
+        with pytest.raises(ollama.ResponseError) as down:
+            client.show("box/llama3.2:1b")
+        assert down.value.status_code == 503
+        assert "connection 'box' is unavailable" in down.value.error and "/api/show" in down.value.error
+        with pytest.raises(ollama.ResponseError) as no_copy:
+            client.copy("box/llama3.2:1b", "box/x")
+        assert no_copy.value.status_code == 503 and "connection 'box' is unavailable" in no_copy.value.error
+    finally:
+        box.come_back()
+
+
+def test_connection_model_management_needs_an_admin_key(tmp_path: Any) -> None:
+    """With keys in use, pull, copy and delete of a connection's models need an admin key (as for local
+    models); show does not."""
+    home = tmp_path / "gw"
+    home.mkdir()
+    server = OllamaStandIn().start()
+    srv = ServerProcess(home, SUPEROLLAMA_BUNDLED_MODEL="false").start()
+    try:
+        assert srv.cli("connect", "ollama", server.url, "--name", "box").returncode == 0
+        admin = srv.cli("keys", "create", "--name", "ops", "--role", "admin").stdout.strip()
+        user = srv.cli("--api-key", admin, "keys", "create", "--name", "app").stdout.strip()
+        as_user = ollama.Client(host=srv.url, timeout=30, headers={"Authorization": f"Bearer {user}"})
+        as_admin = ollama.Client(host=srv.url, timeout=30, headers={"Authorization": f"Bearer {admin}"})
+        assert as_user.show("box/llama3.2:1b").details is not None
+        for refused in (
+            lambda: as_user.copy("box/llama3.2:1b", "box/stolen"),
+            lambda: as_user.delete("box/llama3.2:1b"),
+            lambda: as_user.pull("box/qwen2.5:0.5b"),
+        ):
+            with pytest.raises(ollama.ResponseError) as info:
+                refused()
+            assert info.value.status_code == 403
+        assert server.bodies("POST", "/api/copy") == [] and server.bodies("POST", "/api/pull") == []
+        assert set(server.models) == {"llama3.2:1b", "nomic-embed-text:latest"}
+        assert as_admin.copy("box/llama3.2:1b", "box/kept").status == "success"
+        assert as_admin.delete("box/kept").status == "success"
+        assert as_admin.pull("box/qwen2.5:0.5b").status == "success"
+    finally:
+        srv.stop()
+        server.stop()
+
+
+def test_our_ollama_api_on_an_openai_connection(gateway: ServerProcess) -> None:
+    """An OpenAI-compatible server is described from its ``/v1/models`` entry; it cannot pull, copy or
+    delete models, and says so in Ollama's shape."""
+    server = StandIn().start()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        assert gateway.cli("connect", "openai", url, "--name", "plainai").returncode == 0
+        client = ollama.Client(host=gateway.url, timeout=30)
+        shown = client.show("plainai/echo-1")
+        assert shown.capabilities == ["completion"] and shown.template == ""
+        assert shown.details is not None and shown.details.format == "" and shown.details.family == ""
+        assert shown.modelinfo is not None and shown.modelinfo["general.name"] == "echo-1"
+        assert shown.modelfile is not None and "FROM plainai/echo-1\n" in shown.modelfile
+        assert shown.modified_at is not None
+        with pytest.raises(ollama.ResponseError) as missing:
+            client.show("plainai/echo-2")
+        assert missing.value.status_code == 404 and "echo-2" in missing.value.error
+        for action, call in (
+            ("copy", lambda: client.copy("plainai/echo-1", "plainai/echo-copy")),
+            ("delete", lambda: client.delete("plainai/echo-1")),
+            ("pull", lambda: client.pull("plainai/echo-2")),
+            ("pull", lambda: list(client.pull("plainai/echo-2", stream=True))),
+        ):
+            with pytest.raises(ollama.ResponseError) as info:
+                call()
+            assert info.value.status_code == 400, action
+            assert f"is a openai server: it cannot {action} models" in info.value.error
+            assert "only ollama connections can" in info.value.error
+        assert "plainai/echo-1" in {m.model for m in client.list().models}
+    finally:
+        gateway.cli("disconnect", "plainai")
+        server.stop()

@@ -18,6 +18,7 @@ import pytest
 from openai import OpenAI
 from tests.e2e.conftest import ServerProcess, wait_until
 from tests.e2e.standins import TgiStandIn, reply_for
+from tests.e2e.test_connections import ledger_row
 
 MODEL = f"hf/{TgiStandIn.MODEL_ID}"
 
@@ -101,3 +102,36 @@ def test_tgi_connection_chat_health_and_recovery(gateway: ServerProcess, tgi: Tg
 
     result = gateway.cli("connections", "pull", "hf", "some/model")
     assert result.returncode == 1 and "is a tgi server: it cannot pull models" in result.stderr
+
+
+def test_tgi_streams_are_metered_and_described(gateway: ServerProcess, tgi: TgiStandIn) -> None:
+    """TGI's Messages API takes ``stream_options``: a stream whose client did not ask for usage is
+    metered with TGI's own counts, and the client sees no usage chunk. ``/api/show`` describes the model
+    from ``/info``; pull, copy and delete are a clear 400."""
+    assert gateway.cli("connect", "tgi", tgi.url, "--name", "hf").returncode == 0
+    client = OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0, timeout=30)
+    messages: Any = [{"role": "user", "content": "count me"}]
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply_for("count me")
+    assert all(c.choices and c.usage is None for c in chunks)
+    assert tgi.bodies("POST", "/v1/chat/completions")[-1]["stream_options"] == {"include_usage": True}
+    row = ledger_row(gateway, lambda r: r["stream"] and r["connection"] == "hf")
+    assert (row["prompt_tokens"], row["completion_tokens"], row["usage_estimated"]) == (2, 4, False)
+
+    ollama_client = ollama.Client(host=gateway.url, timeout=30)
+    shown = ollama_client.show(MODEL)
+    assert shown.capabilities == ["completion"] and shown.parameters is not None
+    assert shown.parameters.split() == ["num_ctx", "8192"]
+    assert shown.modelinfo is not None and shown.modelinfo["tgi.max_total_tokens"] == 8192
+    assert shown.modelinfo["general.name"] == TgiStandIn.MODEL_ID
+    assert shown.modelfile is not None and f"FROM {MODEL}\n" in shown.modelfile
+    with pytest.raises(ollama.ResponseError) as missing:
+        ollama_client.show("hf/other/model")
+    assert missing.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as no_copy:
+        ollama_client.copy(MODEL, "hf/mine")
+    assert no_copy.value.status_code == 400
+    assert "is a tgi server: it cannot copy models" in no_copy.value.error
+    with pytest.raises(ollama.ResponseError) as no_delete:
+        ollama_client.delete(MODEL)
+    assert no_delete.value.status_code == 400 and "cannot delete models" in no_delete.value.error

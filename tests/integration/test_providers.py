@@ -12,7 +12,7 @@ from tests.e2e.standins import OllamaStandIn, TgiStandIn
 
 from superollama.core import Endpoint
 from superollama.errors import InvalidRequest, NotFound, UpstreamError
-from superollama.providers import OllamaProvider, TgiProvider
+from superollama.providers import OllamaProvider, OpenAICompatProvider, TgiProvider
 from superollama.providers.http import mapped_error
 
 
@@ -86,3 +86,40 @@ def test_backend_errors_keep_their_meaning() -> None:
     broken = mapped_error(500, "boom")
     assert isinstance(broken, UpstreamError) and broken.status == 502
     assert isinstance(mapped_error(500, "pull model manifest: file does not exist", in_stream=True), NotFound)
+
+
+async def test_each_provider_describes_its_servers_models(
+    ollama_server: OllamaStandIn, session: aiohttp.ClientSession
+) -> None:
+    """``show``: an Ollama server's own ``/api/show``; an OpenAI-compatible server's ``/v1/models`` entry
+    (here Ollama's ``/v1``) and TGI's ``/info`` in the same shape; ``NotFound`` for a model it lacks."""
+    ollama = OllamaProvider(session)
+    ep = _ep(ollama.relay_base(ollama_server.url))
+    shown = await ollama.show(ep, "llama3.2:1b")
+    assert shown["details"]["family"] == "llama" and shown["capabilities"] == ["completion", "tools"]
+    assert "# FROM llama3.2:1b\n" in shown["modelfile"] and "model_info" in shown
+    with pytest.raises(NotFound, match="model 'ghost' not found"):
+        await ollama.show(ep, "ghost")
+
+    compat = OpenAICompatProvider(session)
+    listed = await compat.show(_ep(compat.relay_base(ollama_server.url + "/v1")), "llama3.2:1b")
+    assert listed["capabilities"] == ["completion"] and listed["details"]["format"] == ""
+    assert listed["model_info"]["openai.owned_by"] == "library" and listed["modified_at"].endswith("Z")
+    with pytest.raises(NotFound):
+        await compat.show(_ep(compat.relay_base(ollama_server.url + "/v1")), "ghost")
+
+    server = TgiStandIn().start()
+    try:
+        tgi = TgiProvider(session)
+        tgi_ep = _ep(tgi.relay_base(server.url))
+        described = await tgi.show(tgi_ep, TgiStandIn.MODEL_ID)
+        assert described["parameters"].split() == ["num_ctx", "8192"]
+        assert described["model_info"]["tgi.model_pipeline_tag"] == "text-generation"
+        with pytest.raises(NotFound):
+            await tgi.show(tgi_ep, "other/model")
+        server.go_down()
+        with pytest.raises(UpstreamError) as down:
+            await tgi.show(tgi_ep, TgiStandIn.MODEL_ID)
+        assert down.value.status == 503
+    finally:
+        server.stop()

@@ -1,6 +1,6 @@
-"""Admin API for connections: register, list, refresh, enable/disable, remove external backends; and the
-models on a connected server, managed through its API (Ollama): pull (NDJSON progress, as Ollama's
-``/api/pull`` streams it), copy, delete."""
+"""Admin API for connections: register (with options, e.g. ``{"stream_usage": false}``), list, show,
+refresh, enable/disable, remove external backends; and the models on a connected server, managed through
+its API (Ollama): pull (NDJSON progress, as Ollama's ``/api/pull`` streams it), copy, delete."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class ConnectionRoutes:
         r = app.router
         r.add_get(f"{PREFIX}/connections", self.list)
         r.add_post(f"{PREFIX}/connections", self.add)
+        r.add_get(f"{PREFIX}/connections/{{name}}", self.get)
         r.add_post(f"{PREFIX}/connections/{{name}}/refresh", self.refresh)
         r.add_post(f"{PREFIX}/connections/{{name}}/enable", self.enable)
         r.add_post(f"{PREFIX}/connections/{{name}}/disable", self.disable)
@@ -44,15 +45,21 @@ class ConnectionRoutes:
             raise InvalidRequest(
                 "'kind' and 'url' are required strings", param="kind" if kind is None else "url"
             )
-        name, api_key = body.get("name"), body.get("api_key")
+        name, api_key, options = body.get("name"), body.get("api_key"), body.get("options")
+        if options is not None and not isinstance(options, dict):
+            raise InvalidRequest("'options' must be an object", param="options")
         state = await self._connections.add(
             kind,
             url,
             name=name if isinstance(name, str) else None,
             api_key=api_key if isinstance(api_key, str) else None,
+            options=options,
             actor=actor_of(request),
         )
         return _json(state.as_dict(), status=201)
+
+    async def get(self, request: web.Request) -> web.Response:
+        return _json(_state(self._connections, request.match_info["name"]))
 
     async def refresh(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -1,8 +1,9 @@
-"""``superollama connect | connections | disconnect``: external backends we do not run; and
+"""``superollama connect | connections [ls | show] | disconnect``: external backends we do not run; and
 ``superollama connections pull | copy | delete``: the models on a connected (Ollama) server, via its API."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import click
@@ -20,11 +21,20 @@ __all__ = ["connect", "connections", "disconnect"]
 @click.argument("url")
 @click.option("--name", help="Name its models are routed under (NAME/MODEL); default: the kind.")
 @click.option("--api-key", help="Upstream key: a literal (stored encrypted) or env:VAR (read when used).")
+@click.option(
+    "--no-stream-usage",
+    is_flag=True,
+    help="Do not ask its server for stream usage (a server that rejects stream_options): estimate it.",
+)
 @pass_ctx
 @api
-def connect(ctx: Context, kind: str, url: str, name: str | None, api_key: str | None) -> None:
+def connect(
+    ctx: Context, kind: str, url: str, *, name: str | None, api_key: str | None, no_stream_usage: bool
+) -> None:
     """Register an external server; its models become routable as NAME/MODEL."""
-    body = {"kind": kind, "url": url, "name": name, "api_key": api_key}
+    body: dict[str, Any] = {"kind": kind, "url": url, "name": name, "api_key": api_key}
+    if no_stream_usage:
+        body["options"] = {"stream_usage": False}
     state = ctx.client.request("POST", "/admin/v1/connections", json=body)
     status = "healthy" if state["healthy"] else f"unavailable ({state['error']})"
     console.print(f"connected '{state['name']}' ({kind} at {state['url']}): {status}")
@@ -42,6 +52,45 @@ def connections(ctx: Context, as_json: bool, refresh: str | None) -> None:
     commands below)."""
     if click.get_current_context().invoked_subcommand is not None:
         return
+    _list(ctx, as_json, refresh)
+
+
+@connections.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--refresh", "refresh", help="Check this connection now (health and models).")
+@pass_ctx
+@api
+def list_connections(ctx: Context, as_json: bool, refresh: str | None) -> None:
+    """List connections with their health and discovered models."""
+    _list(ctx, as_json, refresh)
+
+
+@connections.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+@api
+def show_connection(ctx: Context, name: str, as_json: bool) -> None:
+    """Show one connection: its server, options, health and models."""
+    c = ctx.client.request("GET", f"/admin/v1/connections/{name}")
+    if as_json:
+        click.echo(orjson.dumps(c, option=orjson.OPT_INDENT_2).decode())
+        return
+    fields = [
+        ("name", c["name"]),
+        ("kind", c["kind"]),
+        ("url", c["url"]),
+        ("state", _state(c)),
+        ("error", c["error"] or "-"),
+        ("api key", c["api_key"] or "-"),
+        ("stream usage", _usage(c)),
+        ("models", ", ".join(f"{c['name']}/{m}" for m in c["models"]) or "-"),
+        ("created", c["created_at"] or "-"),
+    ]
+    print_table(console, ("", ""), fields)
+
+
+def _list(ctx: Context, as_json: bool, refresh: str | None) -> None:
     if refresh:
         ctx.client.request("POST", f"/admin/v1/connections/{refresh}/refresh")
     items = ctx.client.request("GET", "/admin/v1/connections")["connections"]
@@ -49,17 +98,19 @@ def connections(ctx: Context, as_json: bool, refresh: str | None) -> None:
         click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
         return
     rows = [
-        (
-            c["name"],
-            c["kind"],
-            c["url"],
-            ("healthy" if c["healthy"] else "down") if c["enabled"] else "disabled",
-            len(c["models"]),
-            c["error"] or "",
-        )
+        (c["name"], c["kind"], c["url"], _state(c), len(c["models"]), _usage(c), c["error"] or "")
         for c in items
     ]
-    print_table(console, ("NAME", "KIND", "URL", "STATE", "MODELS", "ERROR"), rows)
+    print_table(console, ("NAME", "KIND", "URL", "STATE", "MODELS", "STREAM USAGE", "ERROR"), rows)
+
+
+def _state(c: dict[str, Any]) -> str:
+    return ("healthy" if c["healthy"] else "down") if c["enabled"] else "disabled"
+
+
+def _usage(c: dict[str, Any]) -> str:
+    """How its streams are metered: asked of the server, or estimated (``--no-stream-usage``)."""
+    return "asked" if c.get("stream_usage", True) else "estimated"
 
 
 @cli.command()

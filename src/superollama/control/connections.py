@@ -2,9 +2,15 @@
 as ``CONNECTION/MODEL``; an unreachable connection keeps its last known models listed but unavailable
 (a clear 503), and they come back by themselves when it answers again.
 
-When a user asks, the models *on* such a server are managed through its own API (``pull``, ``copy``,
-``delete`` on an Ollama server), and the connection's model list is refreshed right after; a kind whose
-provider cannot do that (OpenAI-compatible, TGI) gets a clear 400.
+A model of a connection is described (``show_model``) by its server: an Ollama server's own ``/api/show``,
+or what an OpenAI-compatible or TGI server lists about it. When a user asks, the models *on* such a server
+are managed through its own API (``pull``, ``copy``, ``delete`` on an Ollama server), and the connection's
+model list is refreshed right after; a kind whose provider cannot do that (OpenAI-compatible, TGI) gets a
+clear 400.
+
+Options (``ConnectionRecord.options``): ``stream_usage`` (default true) — every stream asks the server
+for its usage (``stream_options.include_usage``) so it can be metered; false for a server that rejects
+that field (its streams are then metered by estimate).
 """
 
 from __future__ import annotations
@@ -20,14 +26,25 @@ from typing import Any, Protocol, runtime_checkable
 from superollama.control.routing import Route, RouteTarget
 from superollama.control.secrets import SecretBox
 from superollama.core import ConnectionRecord, Endpoint, EventRecord, Provider
-from superollama.errors import InvalidRequest, NotFound, SuperOllamaError
+from superollama.errors import InvalidRequest, NotFound, SuperOllamaError, UpstreamError
 from superollama.registry import Registry
 
-__all__ = ["ConnectionManager", "ConnectionState", "ManagesModels"]
+__all__ = ["OPTIONS", "ConnectionManager", "ConnectionState", "DescribesModels", "ManagesModels"]
 
 log = logging.getLogger("superollama.connections")
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+OPTIONS: Mapping[str, type] = {"stream_usage": bool}  # a connection's options and their types
+
+
+@runtime_checkable
+class DescribesModels(Protocol):
+    """A provider that can describe one of its server's models."""
+
+    async def show(self, ep: Endpoint, model: str) -> dict[str, Any]:
+        """``model`` (the server's own name) in Ollama's ``/api/show`` shape; ``NotFound`` if the server
+        has no such model."""
+        ...
 
 
 @runtime_checkable
@@ -59,6 +76,8 @@ class ConnectionState:
             "url": r.url,
             "enabled": r.enabled,
             "api_key": "env" if (r.secret or "").startswith("env:") else ("stored" if r.secret else None),
+            "options": dict(r.options),
+            "stream_usage": _stream_usage(r),
             "healthy": self.healthy,
             "error": self.error,
             "models": list(self.models),
@@ -108,7 +127,14 @@ class ConnectionManager:
 
     # -- operations ------------------------------------------------------------------------------
     async def add(
-        self, kind: str, url: str, *, name: str | None = None, api_key: str | None = None, actor: str = "api"
+        self,
+        kind: str,
+        url: str,
+        *,
+        name: str | None = None,
+        api_key: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        actor: str = "api",
     ) -> ConnectionState:
         provider = self._providers.get(kind)
         if provider is None:
@@ -123,12 +149,19 @@ class ConnectionManager:
                 param="name",
             )
         record = ConnectionRecord(
-            name=name, kind=kind, url=url.rstrip("/"), secret=self._secrets.seal(api_key)
+            name=name,
+            kind=kind,
+            url=url.rstrip("/"),
+            secret=self._secrets.seal(api_key),
+            options=_checked_options(options or {}),
         )
         record = await self._registry.connections.add(record)
         state = self._states[name] = ConnectionState(record)
         await self._check(state)
-        await self._event("connection.add", name, actor, "ok", {"kind": kind, "url": record.url})
+        detail: dict[str, object] = {"kind": kind, "url": record.url}
+        if record.options:
+            detail["options"] = dict(record.options)
+        await self._event("connection.add", name, actor, "ok", detail)
         self._changed()
         return state
 
@@ -155,7 +188,27 @@ class ConnectionManager:
     def get(self, name: str) -> ConnectionState:
         return self._state(name)
 
+    def owner(self, model: str) -> tuple[str, str] | None:
+        """``(connection, the server's name)`` for a model named ``CONNECTION/MODEL`` after a connection we
+        have, else None (a local model's name)."""
+        name, sep, rest = model.strip().partition("/")
+        if sep and rest.strip() and name in self._states:
+            return name, rest.strip()
+        return None
+
     # -- models on the connected server ----------------------------------------------------------
+    async def show_model(self, name: str, model: str) -> dict[str, Any]:
+        """Model ``model`` of connection ``name`` described by its server, in Ollama's ``/api/show``
+        shape. ``NotFound`` when the server has no such model; 503 when it cannot be reached."""
+        state = self._state(name)
+        provider = self._providers.get(state.record.kind)
+        if not isinstance(provider, DescribesModels):
+            raise InvalidRequest(f"connection {name!r} ({state.record.kind}) cannot describe its models")
+        try:
+            return await provider.show(self._endpoint(state.record, ""), _local_name(name, model, "model"))
+        except SuperOllamaError as exc:
+            raise _on_connection(exc, name) from exc
+
     def manageable(self, name: str, action: str) -> None:
         """Raise unless connection ``name`` exists and its kind can ``action`` (pull, copy, delete) models
         through its server's API: ``NotFound``, or a 400 that says which kinds can."""
@@ -304,7 +357,9 @@ class ConnectionManager:
         key = self._secrets.open(record.secret)
         if key:
             headers = (("Authorization", f"Bearer {key}"),)
-        return Endpoint(provider.relay_base(record.url), "openai", model, headers)
+        return Endpoint(
+            provider.relay_base(record.url), "openai", model, headers, stream_usage=_stream_usage(record)
+        )
 
     async def _check(self, state: ConnectionState) -> None:
         record = state.record
@@ -318,6 +373,8 @@ class ConnectionManager:
         except SuperOllamaError as exc:
             state.healthy, state.error = False, f"connection {record.name!r} is unavailable: {exc.message}"
         state.checked_at = time.time()
+        if state.healthy != was_healthy:
+            self._changed()  # routing follows before anything else can observe the new state
         if state.healthy and not was_healthy and not first:
             log.info("connection %s is healthy again (%d models)", record.name, len(state.models))
             await self._event(
@@ -363,10 +420,31 @@ def _local_name(connection: str, model: object, param: str) -> str:
 
 
 def _on_connection(exc: SuperOllamaError, name: str) -> SuperOllamaError:
-    """The same error, its message saying which connection answered it."""
-    new = type(exc)(f"connection {name!r}: {exc.message}", param=exc.param, retry_after=exc.retry_after)
+    """The same error, its message saying which connection answered it (or could not be reached)."""
+    if isinstance(exc, UpstreamError) and exc.status == 503:  # not reached, not an answer
+        message = f"connection {name!r} is unavailable: {exc.message}"
+    else:
+        message = f"connection {name!r}: {exc.message}"
+    new = type(exc)(message, param=exc.param, retry_after=exc.retry_after)
     new.status = exc.status
     return new
+
+
+def _stream_usage(record: ConnectionRecord) -> bool:
+    return record.options.get("stream_usage") is not False
+
+
+def _checked_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(options, Mapping):
+        raise InvalidRequest("'options' must be an object", param="options")
+    for key, value in options.items():
+        kind = OPTIONS.get(key)
+        if kind is None:
+            known = ", ".join(sorted(OPTIONS))
+            raise InvalidRequest(f"unknown connection option {key!r} (known: {known})", param="options")
+        if not isinstance(value, kind):
+            raise InvalidRequest(f"connection option {key!r} must be a {kind.__name__}", param="options")
+    return dict(options)
 
 
 async def _drain(queue: asyncio.Queue[dict[str, Any] | None]) -> AsyncIterator[dict[str, Any]]:

@@ -109,12 +109,15 @@ class InstanceState(enum.StrEnum):
 @dataclass(frozen=True)
 class Endpoint:
     """How the data plane reaches a backend: base URL (no trailing slash), protocol, upstream model name,
-    and headers every request to it carries (an upstream API key)."""
+    and headers every request to it carries (an upstream API key). ``stream_usage``: the backend takes
+    ``stream_options.include_usage``, so every stream asks it for usage (metering); False for a server
+    that rejects the field (a connection's ``--no-stream-usage``)."""
 
     base_url: str
     provider: str
     served_name: str
     headers: tuple[tuple[str, str], ...] = ()
+    stream_usage: bool = True
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,7 @@ class RequestRecord:
     load_wait: float | None = None  # seconds spent waiting for the model to load
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    usage_estimated: bool = False  # the backend reported no usage: tokens are our estimate
     cost: float | None = None
     error_type: str | None = None  # e.g. "upstream_error", "rate_limited", "model_not_found"
     error: str | None = None

@@ -44,6 +44,7 @@ class Exchange:
     first_byte: float | None = None  # perf_counter of the first byte of the answer
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    usage_estimated: bool = False  # tokens are our estimate: the backend reported none
     error_type: str | None = None
     error: str | None = None
     headers: dict[str, str] = field(default_factory=dict)  # added to the response when it starts
@@ -58,6 +59,11 @@ class Exchange:
     def usage(self, tokens: tuple[int, int] | None) -> None:
         if tokens is not None:
             self.prompt_tokens, self.completion_tokens = tokens
+
+    def estimated_usage(self, tokens: tuple[int, int]) -> None:
+        """Tokens we estimated because the backend reported none (the record says so)."""
+        self.prompt_tokens, self.completion_tokens = tokens
+        self.usage_estimated = True
 
     def finish(self, status: int, *, node: str, client: str | None, user_agent: str | None) -> RequestRecord:
         now = time.perf_counter()
@@ -81,6 +87,7 @@ class Exchange:
             load_wait=self.load_wait,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
+            usage_estimated=self.usage_estimated,
             error_type=self.error_type,
             error=self.error,
             client=client,

@@ -1,8 +1,9 @@
 """An existing Ollama server. Its models come from ``GET /api/tags``; OpenAI-protocol requests go to its
 OpenAI-compatible ``/v1`` routes (Ollama serves chat, completions and embeddings there).
 
-It also manages the models on that server when a user asks: ``pull`` (``POST /api/pull``, its NDJSON
-progress passed on as it comes), ``copy`` (``POST /api/copy``) and ``delete`` (``DELETE /api/delete``)."""
+A model's description is the server's own ``POST /api/show`` answer. It also manages the models on that
+server when a user asks: ``pull`` (``POST /api/pull``, its NDJSON progress passed on as it comes), ``copy``
+(``POST /api/copy``) and ``delete`` (``DELETE /api/delete``)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,14 @@ class OllamaProvider:
             raise UpstreamError(f"{ep.base_url}/api/tags: not an Ollama model list")
         names = (m.get("name") or m.get("model") for m in models if isinstance(m, dict))
         return [n for n in names if isinstance(n, str) and n]
+
+    async def show(self, ep: Endpoint, model: str) -> dict[str, Any]:
+        """The server's ``/api/show`` answer for ``model``, as it is (``NotFound`` in its own words)."""
+        body = {"model": model, "name": model}  # "name": Ollama before 0.4 reads it
+        answer = await request_json(self._session, ep, "POST", "/api/show", body, plain=True)
+        if not isinstance(answer, dict):
+            raise UpstreamError(f"{ep.base_url}/api/show: not an Ollama model description")
+        return answer
 
     async def pull(self, ep: Endpoint, model: str) -> AsyncIterator[dict[str, Any]]:
         """Pull ``model`` from the Ollama library onto that server; yields Ollama's progress objects

@@ -221,12 +221,18 @@ def _m0005_usage(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _m0006_usage_estimated(conn: Connection) -> None:
+    """Ledger rows whose tokens we estimated (the backend reported no usage); NULL reads as false."""
+    conn.execute(text("ALTER TABLE usage ADD COLUMN usage_estimated BOOLEAN"))
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create models, versions, nodes, instances, events", _m0001_initial),
     Migration(2, "create connections", _m0002_connections),
     Migration(3, "create jobs", _m0003_jobs),
     Migration(4, "create api_keys", _m0004_api_keys),
     Migration(5, "create usage", _m0005_usage),
+    Migration(6, "add usage.usage_estimated", _m0006_usage_estimated),
 )
 
 

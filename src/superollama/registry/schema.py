@@ -221,6 +221,7 @@ usage = Table(
     Column("stream", Boolean, nullable=False),
     Column("prompt_tokens", Integer, nullable=True),
     Column("completion_tokens", Integer, nullable=True),
+    Column("usage_estimated", Boolean, nullable=True),  # tokens estimated: the backend reported none
     Column("ttft", Float, nullable=True),  # seconds
     Column("load_wait", Float, nullable=True),  # seconds
     Column("latency", Float, nullable=False),  # seconds, end to end

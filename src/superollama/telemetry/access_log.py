@@ -67,6 +67,7 @@ def access_fields(
         "load_wait_ms": _ms(record.load_wait),
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
+        "usage_estimated": record.usage_estimated or None,
         "cost": record.cost,
         "error_type": record.error_type,
         "error": record.error,
@@ -92,6 +93,11 @@ class AccessLog:
         self._capture = capture
         self._logger = logger or logging.getLogger(ACCESS_LOGGER)
         self._trace_id = trace_id  # request id → the trace id its spans carry (log ↔ trace correlation)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether access lines are written at all (the logger's level lets INFO through)."""
+        return self._logger.isEnabledFor(logging.INFO)
 
     def __call__(self, record: RequestRecord) -> None:
         logger = self._logger

@@ -144,6 +144,7 @@ def record_row(record: RequestRecord) -> dict[str, Any]:
         "stream": record.stream,
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
+        "usage_estimated": record.usage_estimated,
         "ttft_ms": _ms(record.ttft),
         "latency_ms": _ms(record.duration),
         "cost": record.cost,
