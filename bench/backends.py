@@ -35,7 +35,9 @@ PROMPT = "Write a short story about a lighthouse keeper."
 
 
 def start_server(home: Path, **extra: str) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "SUPEROLLAMA_HOME": str(home), "SUPEROLLAMA_PORT": "0", **extra}
+    # one worker: the gateway-vs-direct comparison is about one request's path, not about spreading load
+    env = {**os.environ, "SUPEROLLAMA_HOME": str(home), "SUPEROLLAMA_PORT": "0", "SUPEROLLAMA_WORKERS": "1"}
+    env.update(extra)
     proc = subprocess.Popen(
         [sys.executable, "-m", "superollama.cli", "serve"],
         env=env,

@@ -14,11 +14,13 @@ See bench/README.md for what is measured and how it is pinned.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -131,6 +133,7 @@ class Bench:
         self.gw_cpu, self.load_cpu, self.pinning = choose_cpus()
         self.running: list[systems.Running] = []
         self.nginx: procs.Service | None = None
+        self.redis: procs.Service | None = None
         self.script = wrk.write_script(self.tmp)
 
     def close(self) -> None:
@@ -144,6 +147,8 @@ class Bench:
                 log(f"stopping {running.name}: {exc}")
         if self.nginx is not None:
             self.nginx.stop()
+        if self.redis is not None:
+            self.redis.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def start_upstream(self) -> tuple[systems.Context, float]:
@@ -156,8 +161,28 @@ class Bench:
         start_s = procs.wait_ok(url, self.nginx.started, 30, self.nginx.proc)
         return systems.Context(self.tmp, port, self.gw_cpu, self.load_cpu), start_s
 
+    def start_redis(self) -> None:
+        """A private redis-server on the load CPU for the all-ON variant's rate limits (unless
+        ``SOBENCH_REDIS_URL`` names one): a shared, unpinned Redis would run on the gateway's CPU now and
+        then, and its time would show up as the gateway's."""
+        if os.environ.get("SOBENCH_REDIS_URL") or not shutil.which("redis-server"):
+            return
+        port = procs.free_port()
+        cmd = [*procs.pin(self.load_cpu), "redis-server", "--port", str(port), "--bind", procs.HOST]
+        self.redis = procs.Service("redis", [*cmd, "--save", "", "--appendonly", "no"], log_dir=self.tmp)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((procs.HOST, port), timeout=0.5):
+                break
+            time.sleep(0.05)
+        url = f"redis://{procs.HOST}:{port}/0"
+        systems.SUPEROLLAMA_ON.env["SUPEROLLAMA_REDIS_URL"] = url
+        log(f"redis: private redis-server on {url}, pinned with the load generator")
+
     def start(self, names: list[str]) -> None:
         ctx, nginx_start = self.start_upstream()
+        if any(name.startswith("superollama") for name in names):
+            self.start_redis()
         variants = {v.name: v for v in systems.SUPEROLLAMA_VARIANTS}
         for name in names:
             if name == "direct":

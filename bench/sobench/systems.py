@@ -73,6 +73,7 @@ SUPEROLLAMA_ON = Variant(
         "SUPEROLLAMA_METRICS": "true",
         "SUPEROLLAMA_LOG_LEVEL": "INFO",
         "SUPEROLLAMA_LOG_JSON": "true",
+        "SUPEROLLAMA_WORKERS": "1",  # the gateway gets one core here: one worker
     },
     key_args=("--name", "bench", "--rpm", "10000000", "--tpm", "1000000000"),
     notes=(
@@ -85,7 +86,12 @@ SUPEROLLAMA_ON = Variant(
 SUPEROLLAMA_OFF = Variant(
     "superollama-off",
     "Super Ollama, all OFF",
-    env={"SUPEROLLAMA_METRICS": "false", "SUPEROLLAMA_LOG_LEVEL": "WARNING", "SUPEROLLAMA_REDIS_URL": None},
+    env={
+        "SUPEROLLAMA_METRICS": "false",
+        "SUPEROLLAMA_LOG_LEVEL": "WARNING",
+        "SUPEROLLAMA_REDIS_URL": None,
+        "SUPEROLLAMA_WORKERS": "1",
+    },
     notes=("no key; memory limiter; no metrics; WARNING; usage ledger (no switch)",),
 )
 SUPEROLLAMA_VARIANTS: tuple[Variant, ...] = (SUPEROLLAMA_ON, SUPEROLLAMA_OFF)

@@ -1,16 +1,22 @@
-"""The CLI's client of the admin API. It finds the server, speaks HTTP, and maps errors to messages."""
+"""The CLI's client of the admin API. It finds the server, speaks HTTP, and maps errors to messages.
+
+``httpx`` is imported when a client is made, not with this module: ``superollama serve`` (which imports
+the CLI but never talks to itself) keeps its 4 MB out of the server's memory.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 import psutil
 
 from superollama import __version__
 from superollama.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["AdminClient", "ApiError", "find_server_url"]
 
@@ -39,6 +45,8 @@ def find_server_url(settings: Settings) -> str:
 
 
 def _message(response: httpx.Response) -> str:
+    import httpx
+
     try:
         body = orjson.loads(response.read())
     except (orjson.JSONDecodeError, httpx.ResponseNotRead):
@@ -57,6 +65,9 @@ class AdminClient:
         headers = {"User-Agent": USER_AGENT}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
+        import httpx
+
+        self._httpx = httpx
         self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
@@ -65,13 +76,13 @@ class AdminClient:
     def reachable(self) -> bool:
         try:
             return self._http.get("/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
+        except self._httpx.HTTPError:
             return False
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx.ConnectError as exc:
+        except self._httpx.ConnectError as exc:
             raise ApiError(
                 0, f"could not connect to {self.base_url}: is `superollama serve` running?"
             ) from exc
@@ -89,7 +100,7 @@ class AdminClient:
                 for line in response.iter_lines():
                     if line.strip():
                         yield orjson.loads(line)
-        except httpx.ConnectError as exc:
+        except self._httpx.ConnectError as exc:
             raise ApiError(
                 0, f"could not connect to {self.base_url}: is `superollama serve` running?"
             ) from exc

@@ -2,17 +2,19 @@
 
 A key is kept either as a reference to an environment variable (``env:NAME``, read when used) or
 encrypted with this node's secret (``enc:<Fernet token>``; the secret is ``HOME/secret.key``, mode 0600,
-created on first use).
+created on first use). ``cryptography`` (6 MB resident) is imported only when a key is sealed or opened.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from cryptography.fernet import Fernet, InvalidToken
+from typing import TYPE_CHECKING
 
 from superollama.errors import InvalidRequest, SuperOllamaError
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 __all__ = ["SecretBox"]
 
@@ -39,6 +41,8 @@ class SecretBox:
         if stored.startswith("env:"):
             return os.environ.get(stored[4:]) or None
         if stored.startswith("enc:"):
+            from cryptography.fernet import InvalidToken
+
             try:
                 return self._box().decrypt(stored[4:].encode()).decode()
             except InvalidToken as exc:
@@ -47,6 +51,8 @@ class SecretBox:
 
     def _box(self) -> Fernet:
         if self._fernet is None:
+            from cryptography.fernet import Fernet
+
             if not self._key_file.exists():
                 self._key_file.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self._key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
+import os
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -60,7 +60,8 @@ class RequestMiddleware:
         protocol = next((name for prefix, name in _PREFIXES if request.path.startswith(prefix)), None)
         if protocol is None:
             return await handler(request)
-        ex = Exchange(request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex, protocol=protocol)
+        request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()  # 128 random bits, as uuid4
+        ex = Exchange(request_id=request_id, protocol=protocol)
         ex.capture = self._observer.capture_content
         request[EXCHANGE] = ex
         try:

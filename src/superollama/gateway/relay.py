@@ -1,24 +1,26 @@
 """Relay a request to a backend that speaks the client's protocol: rewrite ``model``, stream bytes through.
 
-The upstream call runs on one pooled aiohttp session. A client that disconnects cancels the handler
-(``handler_cancellation``), which closes the upstream connection, which makes the backend stop generating.
+The upstream call runs on the data plane's own keep-alive HTTP/1.1 client (``h1``). A client that
+disconnects cancels the handler (``handler_cancellation``), which closes the upstream connection, which
+makes the backend stop generating.
 A backend that dies mid-stream gives the client one SSE ``error`` event, then the stream closes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import re
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from superollama.control import RouteTarget
 from superollama.errors import UpstreamError
 from superollama.gateway.exchange import Exchange, exchange_of
-from superollama.gateway.upstream import describe_failure, post_with_resend
+from superollama.gateway.h1 import H1Client, H1Response
+from superollama.gateway.upstream import UPSTREAM_DOWN, describe_failure, post_to_backend
+from superollama.gateway.usage_estimate import estimate_answer, estimate_stream
 from superollama.wire.openai import error_body, find_usage
 
 __all__ = ["Relay"]
@@ -26,41 +28,47 @@ __all__ = ["Relay"]
 log = logging.getLogger("superollama.gateway.relay")
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_UPSTREAM_DOWN = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
 
 class Relay:
-    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=10)
+    def __init__(self, client: H1Client, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
 
     async def forward(
         self, request: web.Request, target: RouteTarget, path: str, body: dict[str, Any], stream: bool
     ) -> web.StreamResponse:
         ex = exchange_of(request)
         strip_usage = False
-        if stream and ex is not None and ex.connection is None:
-            # Our own backends always report usage at the end of a stream (metering needs it); a client
-            # that did not ask for it does not see that last chunk.
+        if stream and ex is not None and target.endpoint.stream_usage:
+            # Every stream asks its backend for usage at its end (metering needs it), connections too unless
+            # they opted out; a client that did not ask for it does not see that last chunk.
             options = body.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage")):
                 body["stream_options"] = {**(options or {}), "include_usage": True}
                 strip_usage = True
         try:
-            upstream = await post_with_resend(self._session, target, path, orjson.dumps(body), self._timeout)
+            upstream = await post_to_backend(self._client, target, path, orjson.dumps(body), self._timeout)
             async with upstream:
                 if upstream.status >= 400:
                     return await _upstream_error(upstream)
                 if stream and upstream.content_type == "text/event-stream":
-                    return await _relay_stream(request, upstream, target, ex, strip_usage)
+                    kept: list[bytes] | None = [] if ex is not None and ex.connection is not None else None
+                    response = await _relay_stream(request, upstream, target, ex, strip_usage, kept=kept)
+                    if kept is not None and ex is not None and ex.prompt_tokens is None:
+                        ex.estimated_usage(estimate_stream(body, kept))  # a connection that sent none
+                    return response
                 data = await upstream.read()
                 if ex is not None:
                     ex.mark_first_byte()
                     ex.usage(find_usage(data))
+                    if ex.prompt_tokens is None and ex.connection is not None:
+                        ex.estimated_usage(estimate_answer(body, data))
                     if ex.capture:
                         ex.output = _answer_text(data)
                 return web.Response(body=data, status=upstream.status, content_type="application/json")
-        except _UPSTREAM_DOWN as exc:
+        except UPSTREAM_DOWN as exc:
             raise UpstreamError(
                 f"backend of {target.endpoint.served_name!r} failed: {describe_failure(exc)}", retry_after=1
             ) from exc
@@ -68,17 +76,20 @@ class Relay:
 
 async def _relay_stream(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: H1Response,
     target: RouteTarget,
     ex: Exchange | None,
     strip_usage: bool,
+    *,
+    kept: list[bytes] | None = None,
 ) -> web.StreamResponse:
-    """Relay whole SSE events as they complete; read usage from the event that carries it."""
+    """Relay whole SSE events as they complete; read usage from the event that carries it. ``kept``
+    collects what is relayed until usage arrives (to estimate it if none does)."""
     response = web.StreamResponse(status=upstream.status, headers=_SSE_HEADERS)
     await response.prepare(request)
     pending = b""
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.iter_any():
             pending += chunk
             cut = pending.rfind(b"\n\n")
             if cut == -1:
@@ -89,10 +100,12 @@ async def _relay_stream(
             if ready:
                 if ex is not None:
                     ex.mark_first_byte()
+                    if kept is not None and ex.prompt_tokens is None:
+                        kept.append(ready)
                 await response.write(ready)
         if pending:
             await response.write(pending)
-    except _UPSTREAM_DOWN as exc:
+    except UPSTREAM_DOWN as exc:
         err = UpstreamError(
             f"backend of {target.endpoint.served_name!r} failed mid-stream: {describe_failure(exc)}"
         )
@@ -115,19 +128,23 @@ def _answer_text(data: bytes) -> Any:
 
 
 def _take_usage(events: bytes, ex: Exchange, strip: bool) -> bytes:
-    """Record the usage these SSE events carry; drop the usage-only event when the client did not ask."""
+    """Record the usage these SSE events carry; drop the usage-only event when the client did not ask.
+    Most events say ``"usage":null``: only a block with a usage *object* is looked into."""
+    if _USAGE_OBJECT.search(events) is None:
+        return events
+    ex.usage(find_usage(events))
+    if not strip:
+        return events
     kept = []
     for event in events.split(b"\n\n"):
-        if b'"usage"' in event:
-            ex.usage(find_usage(event))
-            if strip and b'"choices":[]' in event:
-                continue
+        if b'"usage"' in event and (b'"choices":[]' in event or b'"choices": []' in event):
+            continue
         if event:
             kept.append(event + b"\n\n")
     return b"".join(kept)
 
 
-async def _upstream_error(upstream: aiohttp.ClientResponse) -> web.Response:
+async def _upstream_error(upstream: H1Response) -> web.Response:
     """Pass the backend's 4xx/5xx through in OpenAI's envelope (llama.cpp sends ``code`` as an int)."""
     raw = await upstream.read()
     message = raw.decode("utf-8", "replace")[:2000] or upstream.reason or "backend error"

@@ -10,27 +10,26 @@ which leaves the block, which closes the upstream connection, which makes the ba
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
-import aiohttp
 import orjson
 
 from superollama.control import RouteTarget
 from superollama.errors import InvalidRequest, NotFound, SuperOllamaError, UpstreamError
+from superollama.gateway.h1 import H1Client, H1Response, UpstreamConnectionError
 from superollama.wire.ollama import error_message
 
-__all__ = ["Upstream", "describe_failure", "post_with_resend"]
+__all__ = ["UPSTREAM_DOWN", "Upstream", "describe_failure", "post_to_backend"]
 
-_DOWN = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+UPSTREAM_DOWN = (UpstreamConnectionError, TimeoutError)
 
 
 class Upstream:
-    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=10)
+    def __init__(self, client: H1Client, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
 
     async def post(self, target: RouteTarget, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` and return the JSON object the backend answers."""
@@ -55,44 +54,38 @@ class Upstream:
     @contextlib.asynccontextmanager
     async def _request(
         self, target: RouteTarget, path: str, body: dict[str, Any]
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> AsyncIterator[H1Response]:
         name = target.endpoint.served_name
         try:
-            async with await self._send(target, path, orjson.dumps(body)) as upstream:
+            async with await post_to_backend(
+                self._client, target, path, orjson.dumps(body), self._timeout
+            ) as upstream:
                 if upstream.status >= 400:
                     raise _error(upstream.status, await upstream.read(), upstream.reason or "backend error")
                 yield upstream
-        except _DOWN as exc:
+        except UPSTREAM_DOWN as exc:
             raise UpstreamError(
                 f"backend of {name!r} failed: {describe_failure(exc)}", retry_after=1
             ) from exc
 
-    async def _send(self, target: RouteTarget, path: str, data: bytes) -> aiohttp.ClientResponse:
-        return await post_with_resend(self._session, target, path, data, self._timeout)
+
+_JSON = (("Content-Type", "application/json"),)
 
 
-async def post_with_resend(
-    session: aiohttp.ClientSession,
-    target: RouteTarget,
-    path: str,
-    data: bytes,
-    timeout: aiohttp.ClientTimeout,
-) -> aiohttp.ClientResponse:
-    """POST to a backend, once more when the pooled connection turns out dead before any answer
-    (llama.cpp's HTTP server drops idle keep-alive connections while it streams): the backend never saw
-    the request. A backend that is really gone fails the second try too."""
-    headers = {"Content-Type": "application/json", **dict(target.endpoint.headers)}
-    url = target.endpoint.base_url + path
-    try:
-        return await session.post(url, data=data, headers=headers, timeout=timeout)
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-        return await session.post(url, data=data, headers=headers, timeout=timeout)
+def post_to_backend(
+    client: H1Client, target: RouteTarget, path: str, data: bytes, timeout: float
+) -> Awaitable[H1Response]:
+    """POST JSON to a backend (the client sends it once more when a pooled connection turns out dead
+    before any answer: llama.cpp's server drops idle keep-alive connections while it streams)."""
+    extra = target.endpoint.headers
+    headers = _JSON + extra if extra else _JSON
+    return client.post(target.endpoint.base_url, path, data, headers, timeout=timeout)
 
 
-async def _sse(upstream: aiohttp.ClientResponse, name: str) -> AsyncIterator[dict[str, Any]]:
+async def _sse(upstream: H1Response, name: str) -> AsyncIterator[dict[str, Any]]:
     buffer = b""
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.iter_any():
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
@@ -101,7 +94,7 @@ async def _sse(upstream: aiohttp.ClientResponse, name: str) -> AsyncIterator[dic
                     return  # [DONE]
                 if obj:
                     yield obj
-    except _DOWN as exc:
+    except UPSTREAM_DOWN as exc:
         raise UpstreamError(f"backend of {name!r} failed mid-stream: {describe_failure(exc)}") from exc
     raise UpstreamError(f"backend of {name!r} closed the stream before it was done")
 
@@ -142,6 +135,6 @@ def _error(status: int, raw: bytes, reason: str) -> SuperOllamaError:
 
 def describe_failure(exc: BaseException) -> str:
     """A short reason for a failed backend call, for error messages."""
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,12 +33,19 @@ def _values(r: RequestRecord) -> dict[str, Any]:
         "stream": r.stream,
         "prompt_tokens": r.prompt_tokens,
         "completion_tokens": r.completion_tokens,
+        "usage_estimated": r.usage_estimated,
         "ttft": r.ttft,
         "load_wait": r.load_wait,
         "latency": r.duration,
         "cost": r.cost,
         "error_type": r.error_type,
     }
+
+
+_COLUMNS = [c.name for c in usage.columns if c.name != "id"]
+# the insert's SQL, a function from a row's values to its parameters in order, and (index, bind
+# processor) for the parameters whose type converts them
+_CompiledInsert = tuple[str, Callable[[Mapping[str, Any]], tuple[Any, ...]], tuple[tuple[int, Any], ...]]
 
 
 def _record(row: Row[Any]) -> RequestRecord:
@@ -61,6 +69,7 @@ def _record(row: Row[Any]) -> RequestRecord:
         load_wait=m["load_wait"],
         prompt_tokens=m["prompt_tokens"],
         completion_tokens=m["completion_tokens"],
+        usage_estimated=bool(m["usage_estimated"]),
         cost=m["cost"],
         error_type=m["error_type"],
     )
@@ -71,14 +80,38 @@ class UsageRepository:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._insert: _CompiledInsert | None = None
 
     async def insert_many(self, records: Sequence[RequestRecord]) -> int:
-        """Write a batch in one transaction; returns how many rows."""
+        """Write a batch in one transaction; returns how many rows.
+
+        The ledger writes a row per request, so this is the registry's one hot statement: it is compiled
+        once for the engine's dialect, each row goes through the columns' bind processors (the same
+        conversions ``execute`` applies) into a positional tuple, and the batch goes to the driver's
+        ``executemany`` as is: a third of the CPU per row of a plain ``execute(insert, dicts)``."""
         if not records:
             return 0
+        sql, pick, processors = self._compiled_insert()
+        rows = []
+        for record in records:
+            row = list(pick(_values(record)))
+            for i, process in processors:
+                row[i] = process(row[i])
+            rows.append(tuple(row))
         async with self._db.write("recording usage") as conn:
-            await conn.execute(usage.insert(), [_values(r) for r in records])
+            await conn.exec_driver_sql(sql, rows)
         return len(records)
+
+    def _compiled_insert(self) -> _CompiledInsert:
+        if self._insert is None:
+            compiled = usage.insert().compile(dialect=self._db.engine.dialect, column_keys=_COLUMNS)
+            order = tuple(compiled.positiontup or ())
+            if sorted(order) != sorted(_COLUMNS):  # a dialect with named parameters: not expected here
+                raise RuntimeError(f"usage insert compiled to unexpected parameters {order}")
+            bind = compiled._bind_processors
+            processors = tuple((i, bind[name]) for i, name in enumerate(order) if bind.get(name))
+            self._insert = (compiled.string, operator.itemgetter(*order), processors)
+        return self._insert
 
     async def query(self, *, since: datetime, until: datetime | None = None) -> list[RequestRecord]:
         """Rows that started in ``[since, until)``, oldest first."""

@@ -14,6 +14,7 @@ An exact name wins over patterns; among patterns, the most specific (longest) on
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 import json
 from collections.abc import Mapping
@@ -34,7 +35,15 @@ _DAY = 86_400
 def period_label(period: str, now: float) -> tuple[str, int]:
     """The current budget period of a key as a label (``2026-01-02``, ``2026-W01``, ``2026-01``,
     ``total``; UTC calendar) and how long its counter must live, in seconds (0: forever)."""
-    at = datetime.fromtimestamp(now, UTC)
+    if period not in PERIODS:
+        raise InvalidRequest(f"budget period must be one of {', '.join(PERIODS)}", param="budget_period")
+    return _label_of_day(period, int(now // _DAY))
+
+
+@functools.lru_cache(maxsize=64)
+def _label_of_day(period: str, day: int) -> tuple[str, int]:
+    """``period_label`` for a UTC day number (labels change only at midnight: computed once a day)."""
+    at = datetime.fromtimestamp(day * _DAY, UTC)
     if period == "day":
         return at.strftime("%Y-%m-%d"), 2 * _DAY
     if period == "week":
@@ -42,9 +51,7 @@ def period_label(period: str, now: float) -> tuple[str, int]:
         return f"{year}-W{week:02d}", 8 * _DAY
     if period == "month":
         return at.strftime("%Y-%m"), 32 * _DAY
-    if period == "total":
-        return "total", 0
-    raise InvalidRequest(f"budget period must be one of {', '.join(PERIODS)}", param="budget_period")
+    return "total", 0
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 One round trip per admission: one ``EVALSHA`` of a Lua script that checks the key's budget, then every
 bucket, and charges them all or none (Redis runs a script atomically, so the count is exact across any number
 of processes). The script is sent once per server (``SCRIPT LOAD`` on the first ``NOSCRIPT``). Settlement is
-one more ``EVALSHA`` (token difference + spend), after the response. Time comes from Redis's own clock
-(``TIME``), so replicas with skewed clocks agree; tests may inject a clock instead.
+one more ``EVALSHA`` (token differences + spend) per key every ``settle_delay`` seconds, however many
+requests it settles. Time comes from Redis's own clock (``TIME``), so replicas with skewed clocks agree;
+tests may inject a clock instead. The commands go through ``resp.RespClient``, pipelined on one connection.
 
 When Redis cannot be reached: ``fail_open`` admits the request unchecked (``Admission.degraded``), otherwise
 ``Unavailable`` (503). Either way the outage is logged once (then at most once a minute while it lasts),
@@ -13,16 +14,12 @@ Redis is not tried again for ``retry_interval`` seconds, and the client reconnec
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
-
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from superollama.errors import Unavailable
 from superollama.security.keys import Principal
@@ -30,18 +27,20 @@ from superollama.security.limits import (
     EPOCH,
     WINDOW,
     Admission,
+    Bucket,
     buckets_for,
     quota_error,
     rate_headers,
     rate_limited,
     spend_key,
 )
+from superollama.security.resp import NoScript, RespClient, RespError
 
 __all__ = ["RedisRateLimiter"]
 
 log = logging.getLogger("superollama.security")
 
-_FAILURES = (RedisError, OSError, TimeoutError)
+_FAILURES = (RespError, OSError, TimeoutError)
 _COMMON = f"""
 local window = {WINDOW!r}
 local tol, max_slack = 0.01, 0.001
@@ -127,12 +126,12 @@ class _Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def __call__(self, client: Redis, keys: Sequence[str], args: Sequence[str]) -> Any:
+    async def __call__(self, client: RespClient, keys: Sequence[str], args: Sequence[str]) -> Any:
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.call("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScript:
+            await client.call("SCRIPT", "LOAD", self.source)
+            return await client.call("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 class _Outage:
@@ -187,39 +186,51 @@ class _Outage:
         self.since, self._affected = None, 0
 
 
+class _Owed:
+    """What one key owes since the last settlement: token differences per bucket, and USD."""
+
+    __slots__ = ("cost", "principal", "tokens")
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+        self.tokens: dict[tuple[str, int], int] = {}  # (bucket key, limit) → tokens
+        self.cost = 0.0
+
+    def add(self, deltas: Iterable[tuple[Bucket, int]], cost: float) -> _Owed:
+        for bucket, delta in deltas:
+            slot = (bucket.key, bucket.limit)
+            self.tokens[slot] = self.tokens.get(slot, 0) + delta
+        self.cost += cost
+        return self
+
+
 class RedisRateLimiter:
     """``RateLimiter`` on Redis (``redis_url``), exact across processes. ``clock``: None uses Redis's clock
     (production); a function of ``time.time()`` seconds pins it (tests)."""
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str,
         *,
-        client: Redis | None = None,
         fail_open: bool = True,
         timeout: float = 0.5,
         retry_interval: float = 1.0,
         namespace: str = "so:",
         clock: Callable[[], float] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        settle_delay: float = 0.05,
     ) -> None:
-        if client is None:
-            if url is None:
-                raise ValueError("RedisRateLimiter needs a url or a client")
-            client = Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 1),  # once: a pooled connection may be stale after a Redis restart
-                decode_responses=True,
-            )
-        self._redis = client
+        self._redis = RespClient(url, timeout=timeout)
         self._fail_open = fail_open
         self._ns = namespace
         self._clock = clock
         self._outage = _Outage(monotonic, retry_interval, fail_open)
         self._admit = _Script(ADMIT_LUA)
         self._settle = _Script(SETTLE_LUA)
+        self._settle_delay = settle_delay
+        self._owed: dict[str, _Owed] = {}
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
 
     @property
     def degraded(self) -> bool:
@@ -232,7 +243,11 @@ class RedisRateLimiter:
     def _now_arg(self) -> str:
         return "" if self._clock is None else repr(self._clock() - EPOCH)
 
-    def _spend_key(self, principal: Principal) -> tuple[str, int]:
+    def _spend_key(self, principal: Principal, *, needed: bool = True) -> tuple[str, int]:
+        """The key's spend counter this period; when the script will not touch it (no budget to check,
+        no cost to add), a placeholder in the same hash slot, without working out the period."""
+        if not needed:
+            return f"{self._ns}{{{principal.key_id}}}:spend", 0
         key, ttl = spend_key(principal, self._wall() - EPOCH)
         return self._ns + key, ttl
 
@@ -243,7 +258,8 @@ class RedisRateLimiter:
             return Admission(model, principal, reserved)
         if self._outage.skip():
             return self._unchecked(model, principal, reserved)
-        keys = [self._spend_key(principal)[0], *(self._ns + b.key for b in buckets)]
+        spend = self._spend_key(principal, needed=principal.budget_usd is not None)[0]
+        keys = [spend, *(self._ns + b.key for b in buckets)]
         budget = "" if principal.budget_usd is None else repr(principal.budget_usd)
         args = [self._now_arg(), budget, *(str(v) for b in buckets for v in (b.limit, b.cost))]
         try:
@@ -269,7 +285,11 @@ class RedisRateLimiter:
         return Admission(model, principal, reserved, degraded=True)
 
     async def settle(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None:
-        """Charge the token difference and add the cost; never raises (a lost settlement is logged)."""
+        """Charge the token difference and add the cost; never raises (a lost settlement is logged).
+
+        With ``settle_delay`` > 0 (the default) nothing is sent now: what each key owes is summed here and
+        sent once per key every ``settle_delay`` seconds, so a busy key costs one round trip per interval
+        instead of one per request. Totals stay exact; buckets and spend lag by at most the delay."""
         principal = admission.principal
         if admission.degraded or principal is None:
             return
@@ -277,20 +297,52 @@ class RedisRateLimiter:
         deltas = [(b, actual - b.cost) for b in admission.buckets if b.kind == "tokens" and actual != b.cost]
         if not deltas and cost <= 0:
             return
+        if self._settle_delay <= 0:
+            await self._send_owed(_Owed(principal).add(deltas, cost))
+            return
+        owed = self._owed.get(principal.key_id)
+        if owed is None:
+            owed = self._owed[principal.key_id] = _Owed(principal)
+        owed.add(deltas, cost)
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(self._settle_delay, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_timer = None
+        owed, self._owed = self._owed, {}
+        if owed:
+            task = asyncio.get_running_loop().create_task(self._send_all(owed.values()))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def flush(self) -> None:
+        """Send what is owed now and wait for every settlement in flight (tests, shutdown)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_soon()
+        if self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
+
+    async def _send_all(self, owed: Iterable[_Owed]) -> None:
+        await asyncio.gather(*(self._send_owed(o) for o in owed))  # pipelined on the one connection
+
+    async def _send_owed(self, owed: _Owed) -> None:
         if self._outage.skip():
             return
         try:
-            await self._call_settle(principal, deltas, cost)
+            await self._call_settle(owed.principal, list(owed.tokens.items()), owed.cost)
         except _FAILURES as exc:
             self._outage.failed(exc)
             return
         self._outage.recovered()
 
-    async def _call_settle(self, principal: Principal, deltas: Sequence[tuple[Any, int]], cost: float) -> Any:
-        spend, ttl = self._spend_key(principal)
-        keys = [spend, *(self._ns + b.key for b, _ in deltas)]
+    async def _call_settle(
+        self, principal: Principal, deltas: Sequence[tuple[tuple[str, int], int]], cost: float
+    ) -> Any:
+        spend, ttl = self._spend_key(principal, needed=cost > 0)
+        keys = [spend, *(self._ns + key for (key, _), _ in deltas)]
         args = [self._now_arg(), repr(max(0.0, cost)), str(ttl)]
-        args += [str(v) for b, d in deltas for v in (b.limit, d)]
+        args += [str(v) for (_, limit), d in deltas for v in (limit, d)]
         return await self._settle(self._redis, keys, args)
 
     async def add_spend(self, principal: Principal, amount: float) -> float:
@@ -303,10 +355,11 @@ class RedisRateLimiter:
 
     async def spent(self, principal: Principal) -> float:
         try:
-            value = await cast(Awaitable[Any], self._redis.get(self._spend_key(principal)[0]))
+            value = await self._redis.call("GET", self._spend_key(principal)[0])
         except _FAILURES as exc:
             raise Unavailable("spend counter unavailable (its Redis cannot be reached)") from exc
         return float(value) if value else 0.0
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self.flush()
+        await self._redis.close()

@@ -116,7 +116,8 @@ class Telemetry:
             self.metrics.observe(record)
         if not self.capture_content and (record.input is not None or record.output is not None):
             record = dataclasses.replace(record, input=None, output=None)
-        self.sinks.put(record)
+        if self.access_log.enabled or len(self.sinks.sinks) > 1:  # no thread hop when nothing would use it
+            self.sinks.put(record)
         if self.usage is not None and (
             record.key_id is not None or record.version is not None or record.connection is not None
         ):
@@ -207,6 +208,7 @@ class Telemetry:
 
     async def flush(self) -> None:
         """Push everything queued so far through every sink and exporter (tests, admin)."""
+        self.sinks.hand_over()
         await asyncio.to_thread(self._flush_threads)
         if self.usage is not None:
             await self.usage.flush()
@@ -224,6 +226,7 @@ class Telemetry:
         if self._closed:
             return
         self._closed = True
+        self.sinks.hand_over()
         results = await asyncio.gather(
             self.usage.close() if self.usage is not None else asyncio.sleep(0),
             asyncio.to_thread(self._close_threads),

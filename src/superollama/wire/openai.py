@@ -162,18 +162,40 @@ def find_usage(data: bytes) -> tuple[int, int] | None:
     at = data.rfind(_USAGE)
     while at != -1:
         start = data.find(b"{", at + len(_USAGE), at + len(_USAGE) + 8)
-        end = _object_end(data, start) if start != -1 else -1
-        if end != -1:
-            try:
-                usage = orjson.loads(data[start:end])
-            except orjson.JSONDecodeError:
-                usage = None
-            if isinstance(usage, dict):
-                prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
-                if isinstance(prompt, int) and isinstance(completion, int):
-                    return prompt, completion
+        usage = _object_at(data, start) if start != -1 else None
+        if isinstance(usage, dict):
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
+            if isinstance(prompt, int) and isinstance(completion, int):
+                return prompt, completion
         at = data.rfind(_USAGE, 0, at)
     return None
+
+
+def _object_at(data: bytes, start: int) -> Any:
+    """The JSON value of the object opening at ``start``, or None. Usage objects hold only keys and
+    numbers, so the braces are matched first by jumping from brace to brace at C speed; if that slice
+    does not parse (a brace inside a string), the careful scan decides."""
+    depth, i = 0, start
+    while True:
+        opening, closing = data.find(b"{", i), data.find(b"}", i)
+        if closing == -1:
+            return None
+        if opening != -1 and opening < closing:
+            depth, i = depth + 1, opening + 1
+            continue
+        depth, i = depth - 1, closing + 1
+        if depth == 0:
+            break
+    try:
+        return orjson.loads(data[start:i])
+    except orjson.JSONDecodeError:
+        end = _object_end(data, start)
+    if end == -1:
+        return None
+    try:
+        return orjson.loads(data[start:end])
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _object_end(data: bytes, start: int) -> int:

@@ -1,0 +1,495 @@
+"""The data plane's HTTP/1.1 client for backends: keep-alive connections, one request at a time each.
+
+Every relayed request is one POST to a backend and one answer back, JSON or an SSE stream. A general
+client (aiohttp's) costs about as much CPU per request as the rest of the gateway's hot path together:
+URL objects, cookie jars, tracing signals, a header multidict per answer, a stream reader per body.
+This one does the minimum, on ``asyncio.Protocol``:
+
+* the request is one ``write`` (request line, ``Host``, ``Content-Length``, the caller's headers, body);
+* the answer's status line and headers are parsed once, the body is framed by ``Content-Length``,
+  ``Transfer-Encoding: chunked`` or the end of the connection, and handed over as it arrives
+  (``read`` for the whole body, ``iter_any`` for a stream); a slow reader pauses the socket;
+* a connection goes back to its pool only when its answer was read to the end and the server keeps it
+  alive; anything else (an error, a client that went away mid-stream) closes it, which is what makes a
+  backend stop generating;
+* a pooled connection the server closed while it sat idle fails before any byte of the answer: the
+  request is sent once more on a new connection (the backend never saw it);
+* ``timeout`` bounds the whole exchange (connect, send, the last byte), ``connect_timeout`` the connect.
+
+Errors are ``UpstreamConnectionError`` (a ``ConnectionError``) or ``TimeoutError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import cast
+from urllib.parse import urlsplit
+
+__all__ = ["H1Client", "H1Response", "UpstreamConnectionError"]
+
+_CRLF = b"\r\n"
+_HEAD_END = b"\r\n\r\n"
+_MAX_HEAD = 64 * 1024
+_HIGH_WATER = 512 * 1024  # buffered answer bytes before the socket is paused
+_IDLE_LIMIT = 30.0  # seconds a pooled connection is trusted without use
+
+# parser states
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
+
+
+class UpstreamConnectionError(ConnectionError):
+    """The backend could not be reached, or went away before its answer was complete."""
+
+
+class _Origin:
+    """Where a base URL points: scheme, host, port and path prefix, parsed once per base URL."""
+
+    __slots__ = ("host", "host_header", "port", "prefix", "tls")
+
+    def __init__(self, base_url: str) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.tls else 80)
+        default = self.port == (443 if self.tls else 80)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = host if default else f"{host}:{self.port}"
+        self.prefix = parts.path.rstrip("/")
+
+
+class H1Response:
+    """A backend's answer: ``status``, ``reason``, ``headers`` (lower-case names), then its body."""
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_eof",
+        "_error",
+        "_size",
+        "_waiter",
+        "headers",
+        "reason",
+        "status",
+    )
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self.status = 0
+        self.reason = ""
+        self.headers: dict[str, str] = {}
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._eof = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        while not self._eof:
+            await self._wait()
+        if self._error is not None:
+            raise self._error
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        return data
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        """The body in the pieces it arrives in."""
+        while True:
+            if self._chunks:
+                data = b"".join(self._chunks)
+                self._chunks.clear()
+                self._size = 0
+                self._conn.resume()
+                yield data
+                continue
+            if self._eof:
+                if self._error is not None:
+                    raise self._error
+                return
+            await self._wait()
+
+    async def _wait(self) -> None:
+        if self._error is not None and not self._chunks:
+            raise self._error
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    # -- fed by the connection ----------------------------------------------------------------------
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > _HIGH_WATER:
+            self._conn.pause()
+        self._wake()
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        if self._eof:
+            return
+        self._eof = True
+        self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @property
+    def complete(self) -> bool:
+        return self._eof and self._error is None
+
+    async def __aenter__(self) -> H1Response:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._conn.release(self)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: parses the answer to the request in flight into its ``H1Response``."""
+
+    def __init__(self, pool: H1Client, key: tuple[str, int, bool]) -> None:
+        self._pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._state = _DONE
+        self._remaining = 0
+        self._response: H1Response | None = None
+        self._head: asyncio.Future[H1Response] | None = None
+        self._keep_alive = True
+        self._paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.got_bytes = False
+        self.used = 0
+        self.idle_since = 0.0
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self._state == _DONE:  # nothing asked: a server talking out of turn is not reused
+            self._keep_alive = False
+            self.abort()
+            return
+        self.got_bytes = True
+        self._buf += data
+        try:
+            self._parse()
+        except ValueError as exc:
+            self._fail(UpstreamConnectionError(f"invalid HTTP answer from the backend: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        self._keep_alive = False
+        if self._state == _UNTIL_CLOSE:
+            self._complete()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._keep_alive = False
+        if self._state == _UNTIL_CLOSE:
+            self._complete()
+        elif self._state != _DONE:
+            reason = f": {exc}" if exc else ""
+            self._fail(UpstreamConnectionError(f"the backend closed the connection{reason}"))
+
+    def pause(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    # -- one exchange -------------------------------------------------------------------------------
+    def send(self, data: bytes, timeout: float) -> asyncio.Future[H1Response]:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self._state, self._response, self.got_bytes = _HEAD, None, False
+        self._head = loop.create_future()
+        self._timer = loop.call_later(timeout, self._timed_out, timeout)
+        self.used += 1
+        self.transport.write(data)
+        return self._head
+
+    def _timed_out(self, timeout: float) -> None:
+        self._timer = None
+        self._fail(TimeoutError(f"the backend did not finish answering within {timeout:g}s"))
+
+    def release(self, response: H1Response) -> None:
+        """The caller is done with ``response``: pool the connection if the answer ended cleanly."""
+        if self._response is not response:
+            return
+        self._response = None
+        if response.complete and self._state == _DONE and self._keep_alive and self.transport is not None:
+            self.resume()
+            self.idle_since = time.monotonic()
+            self._pool._put(self)
+        else:
+            self._state = _DONE
+            self.abort()
+
+    def abort(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None
+
+    def _fail(self, exc: BaseException) -> None:
+        state, self._state = self._state, _DONE
+        self._keep_alive = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(exc)
+        elif self._response is not None and state != _DONE:
+            self._response._finish(exc)
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None
+
+    def _complete(self) -> None:
+        self._state = _DONE
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._buf:  # bytes past the end of the answer: the connection is out of step
+            self._keep_alive = False
+            self._buf.clear()
+        if self._response is not None:
+            self._response._finish()
+
+    def _parse(self) -> None:
+        buf = self._buf
+        while True:
+            state = self._state
+            if state == _HEAD:
+                end = buf.find(_HEAD_END)
+                if end == -1:
+                    if len(buf) > _MAX_HEAD:
+                        raise ValueError("header section too large")
+                    return
+                head = bytes(buf[:end])
+                del buf[: end + 4]
+                if not self._start(head):
+                    continue  # an interim 1xx answer: the real one follows
+            elif state == _LENGTH:
+                if not buf:
+                    return
+                take = min(self._remaining, len(buf))
+                self._deliver(bytes(buf[:take]))
+                del buf[:take]
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._complete()
+                    return
+            elif state == _CHUNK_SIZE:
+                end = buf.find(_CRLF)
+                if end == -1:
+                    if len(buf) > 1024:
+                        raise ValueError("chunk size line too long")
+                    return
+                size = int(bytes(buf[:end]).split(b";", 1)[0].strip(), 16)
+                del buf[: end + 2]
+                self._state, self._remaining = (_CHUNK_DATA, size) if size else (_TRAILER, 0)
+            elif state == _CHUNK_DATA:
+                if not buf:
+                    return
+                take = min(self._remaining, len(buf))
+                self._deliver(bytes(buf[:take]))
+                del buf[:take]
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = _CHUNK_END
+            elif state == _CHUNK_END:
+                if len(buf) < 2:
+                    return
+                if buf[:2] != _CRLF:
+                    raise ValueError("chunk not followed by CRLF")
+                del buf[:2]
+                self._state = _CHUNK_SIZE
+            elif state == _TRAILER:
+                end = buf.find(_CRLF)
+                if end == -1:
+                    return
+                del buf[: end + 2]
+                if end == 0:
+                    self._complete()
+                    return
+            elif state == _UNTIL_CLOSE:
+                if buf:
+                    self._deliver(bytes(buf))
+                    buf.clear()
+                return
+            else:
+                return
+
+    def _start(self, head: bytes) -> bool:
+        """Status line and headers; False for an interim (1xx) answer."""
+        lines = head.decode("latin-1").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        code, _, reason = rest.partition(" ")
+        if not version.startswith("HTTP/1.") or not code.isdigit():
+            raise ValueError(f"bad status line {lines[0][:80]!r}")
+        status = int(code)
+        if 100 <= status < 200 and status != 101:
+            return False
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise ValueError(f"bad header line {line[:80]!r}")
+            name = name.strip().lower()
+            value = value.strip()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        response = self._response = H1Response(self)
+        response.status, response.reason, response.headers = status, reason, headers
+        connection = headers.get("connection", "").lower()
+        if version == "HTTP/1.0":
+            self._keep_alive = "keep-alive" in connection
+        elif "close" in connection:
+            self._keep_alive = False
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._state = _CHUNK_SIZE
+        elif "content-length" in headers:
+            self._remaining = int(headers["content-length"])
+            self._state = _LENGTH
+        elif status in (204, 304):
+            self._remaining = 0
+            self._state = _LENGTH
+        else:
+            self._state = _UNTIL_CLOSE
+            self._keep_alive = False
+        head_future, self._head = self._head, None
+        if head_future is not None and not head_future.done():
+            head_future.set_result(response)
+        if self._state == _LENGTH and self._remaining == 0:
+            self._complete()
+        return True
+
+    def _deliver(self, data: bytes) -> None:
+        if self._response is not None:
+            self._response._feed(data)
+
+
+async def _exchange(conn: _Connection, data: bytes, timeout: float) -> H1Response:
+    try:
+        return await conn.send(data, timeout)
+    except asyncio.CancelledError:
+        conn.abort()  # the caller went away before the answer began: nobody will read or release it
+        raise
+
+
+class H1Client:
+    """A pool of keep-alive connections per backend origin (no limit: the backends bound concurrency)."""
+
+    def __init__(self, *, connect_timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._connect_timeout = connect_timeout
+        self._ssl = ssl_context
+        self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
+        self._origins: dict[str, _Origin] = {}
+        self._closed = False
+
+    def _origin(self, base_url: str) -> _Origin:
+        origin = self._origins.get(base_url)
+        if origin is None:
+            if len(self._origins) > 4096:
+                self._origins.clear()
+            origin = self._origins[base_url] = _Origin(base_url)
+        return origin
+
+    async def post(
+        self, base_url: str, path: str, body: bytes, headers: Iterable[tuple[str, str]], *, timeout: float
+    ) -> H1Response:
+        """POST ``body`` to ``base_url + path``; the answer once its headers arrived (use it in
+        ``async with`` so the connection goes back to the pool or is closed)."""
+        origin = self._origin(base_url)
+        lines = [
+            f"POST {origin.prefix}{path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+        ]
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+        lines.append("\r\n")
+        data = "".join(lines).encode("latin-1") + body
+        deadline = time.monotonic() + timeout
+        conn = self._take(origin)
+        if conn is not None:
+            try:
+                return await _exchange(conn, data, timeout)
+            except UpstreamConnectionError:
+                if conn.got_bytes:
+                    raise
+                # the server closed the idle connection as we sent: it never saw the request
+        conn = await self._connect(origin, max(0.001, deadline - time.monotonic()))
+        return await _exchange(conn, data, max(0.001, deadline - time.monotonic()))
+
+    def _take(self, origin: _Origin) -> _Connection | None:
+        idle = self._idle.get((origin.host, origin.port, origin.tls))
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            alive = conn.transport is not None and not conn.transport.is_closing()
+            if alive and now - conn.idle_since < _IDLE_LIMIT:
+                return conn
+            conn.abort()
+        return None
+
+    def _put(self, conn: _Connection) -> None:
+        if self._closed:
+            conn.abort()
+            return
+        self._idle.setdefault(conn.key, []).append(conn)
+
+    async def _connect(self, origin: _Origin, timeout: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        key = (origin.host, origin.port, origin.tls)
+        context: ssl.SSLContext | None = None
+        if origin.tls:
+            context = self._ssl or ssl.create_default_context()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(self, key),
+                    origin.host,
+                    origin.port,
+                    ssl=context,
+                    server_hostname=origin.host if context else None,
+                ),
+                min(timeout, self._connect_timeout),
+            )
+        except TimeoutError:
+            raise TimeoutError(f"could not connect to {origin.host}:{origin.port} in time") from None
+        except OSError as exc:
+            raise UpstreamConnectionError(
+                f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}"
+            ) from exc
+        return conn
+
+    async def close(self) -> None:
+        self._closed = True
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.abort()
+        self._idle.clear()

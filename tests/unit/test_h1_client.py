@@ -1,0 +1,265 @@
+"""The data plane's HTTP/1.1 client against a scripted loopback server that writes exact bytes:
+framing (length, chunked, until close, 1xx), keep-alive reuse, the resend on a stale pooled
+connection, failures mid-body, timeouts, and closing the connection when the caller leaves early.
+(The e2e suites run it against real backends: llama.cpp's server, the transformers worker, vLLM.)"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from superollama.gateway.h1 import H1Client, UpstreamConnectionError
+
+JSON = (("Content-Type", "application/json"),)
+
+# (reader, writer, request bytes) -> None; called once per request the server reads
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[None]]
+
+
+@dataclass
+class Server:
+    port: int = 0
+    connections: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)  # a client connection ended
+    script: Script | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head + await reader.readexactly(length)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    state = Server()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        try:
+            while True:
+                try:
+                    request = await _read_request(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                state.requests.append(request)
+                assert state.script is not None
+                await state.script(reader, writer, request)
+                if writer.is_closing():
+                    break
+        finally:
+            writer.close()
+            state.closed.set()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    state.port = srv.sockets[0].getsockname()[1]
+    async with srv:
+        yield state
+        srv.close()
+
+
+def answer(body: bytes, *, status: str = "200 OK", extra: str = "") -> Script:
+    async def script(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _req: bytes) -> None:
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+
+    return script
+
+
+async def test_a_json_answer_and_the_connection_is_reused(server: Server) -> None:
+    server.script = answer(b'{"ok":true}')
+    client = H1Client()
+    try:
+        for _ in range(3):
+            async with await client.post(server.url, "/chat/completions", b"{}", JSON, timeout=5) as up:
+                assert (up.status, up.content_type) == (200, "application/json")
+                assert await up.read() == b'{"ok":true}'
+        assert server.connections == 1
+        first = server.requests[0]
+        assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+        assert f"Host: 127.0.0.1:{server.port}\r\n".encode() in first
+        assert b"Content-Length: 2\r\n" in first and first.endswith(b"\r\n\r\n{}")
+    finally:
+        await client.close()
+
+
+async def test_a_chunked_stream_in_tiny_pieces_with_extensions_and_trailers(server: Server) -> None:
+    events = [b'data: {"n":%d}\n\n' % i for i in range(50)] + [b"data: [DONE]\n\n"]
+
+    async def script(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _req: bytes) -> None:
+        wire = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        for i, event in enumerate(events):
+            wire += b"%x;ext=%d\r\n%s\r\n" % (len(event), i, event)
+        wire += b"0\r\nX-Trailer: yes\r\n\r\n"
+        for i in range(0, len(wire), 7):  # 7 bytes at a time: every boundary falls mid-token somewhere
+            writer.write(wire[i : i + 7])
+            await writer.drain()
+
+    server.script = script
+    client = H1Client()
+    try:
+        for _ in range(2):
+            async with await client.post(server.url, "/x", b"{}", JSON, timeout=5) as up:
+                assert up.content_type == "text/event-stream"
+                got = b"".join([piece async for piece in up.iter_any()])
+            assert got == b"".join(events)
+        assert server.connections == 1  # the chunked answer ended cleanly: the connection was reused
+    finally:
+        await client.close()
+
+
+async def test_a_body_framed_by_close_and_an_interim_answer(server: Server) -> None:
+    async def script(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _req: bytes) -> None:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall ")
+        await writer.drain()
+        writer.write(b"of it")
+        await writer.drain()
+        writer.close()
+
+    server.script = script
+    client = H1Client()
+    try:
+        for _ in range(2):
+            async with await client.post(server.url, "/x", b"{}", JSON, timeout=5) as up:
+                assert up.status == 200
+                assert await up.read() == b"all of it"
+        assert server.connections == 2  # a close-framed answer cannot be reused
+    finally:
+        await client.close()
+
+
+async def test_a_pooled_connection_that_dies_unanswered_is_resent_on_a_new_one(server: Server) -> None:
+    """The server takes the second request on the kept-alive connection and drops the connection
+    without a byte of answer (what llama.cpp's server does to idle connections): the client sends the
+    request again on a new connection and the caller never sees the failure."""
+    answered = answer(b'{"ok":1}')
+
+    async def script(r: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes) -> None:
+        if server.connections == 1 and len(server.requests) == 2:
+            writer.transport.abort()
+            return
+        await answered(r, writer, req)
+
+    server.script = script
+    client = H1Client()
+    try:
+        for body in (b"1", b"2"):
+            async with await client.post(server.url, "/x", body, JSON, timeout=5) as up:
+                assert await up.read() == b'{"ok":1}'
+        assert server.connections == 2
+        assert [r[-1:] for r in server.requests] == [b"1", b"2", b"2"]
+    finally:
+        await client.close()
+
+
+async def test_a_backend_that_dies_mid_body_is_an_error(server: Server) -> None:
+    async def script(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _req: bytes) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+        writer.close()
+
+    server.script = script
+    client = H1Client()
+    try:
+        async with await client.post(server.url, "/x", b"{}", JSON, timeout=5) as up:
+            with pytest.raises(UpstreamConnectionError):
+                await up.read()
+        async with await client.post(server.url, "/x", b"{}", JSON, timeout=5) as up:
+            pieces = []
+            with pytest.raises(UpstreamConnectionError):
+                async for piece in up.iter_any():
+                    pieces.append(piece)
+            assert b"".join(pieces) == b"partial"
+    finally:
+        await client.close()
+
+
+async def test_timeouts_before_and_during_the_answer(server: Server) -> None:
+    async def silent(_r: asyncio.StreamReader, _w: asyncio.StreamWriter, _req: bytes) -> None:
+        await asyncio.sleep(3600)
+
+    server.script = silent
+    client = H1Client()
+    try:
+        with pytest.raises(TimeoutError):
+            await client.post(server.url, "/x", b"{}", JSON, timeout=0.2)
+
+        async def slow_body(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _req: bytes) -> None:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+            await writer.drain()
+            await asyncio.sleep(3600)
+
+        server.script = slow_body
+        async with await client.post(server.url, "/x", b"{}", JSON, timeout=0.3) as up:
+            with pytest.raises(TimeoutError):
+                await up.read()
+    finally:
+        await client.close()
+
+
+async def test_leaving_a_stream_early_closes_the_backend_connection(server: Server) -> None:
+    async def endless(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _req: bytes) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        try:
+            while True:
+                writer.write(b"7\r\ndata: x\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.01)
+        except ConnectionError:
+            writer.close()
+
+    server.script = endless
+    client = H1Client()
+    try:
+        async with await client.post(server.url, "/x", b"{}", JSON, timeout=5) as up:
+            async for _piece in up.iter_any():
+                break
+        await asyncio.wait_for(server.closed.wait(), 5)  # the backend saw the connection go
+    finally:
+        await client.close()
+
+
+async def test_a_large_body_read_by_a_slow_reader_arrives_whole(server: Server) -> None:
+    body = bytes(range(256)) * 20_000  # 5 MB: past the high-water mark, so reading is paused and resumed
+    server.script = answer(body)
+    client = H1Client()
+    try:
+        async with await client.post(server.url, "/x", b"{}", JSON, timeout=10) as up:
+            got = bytearray()
+            async for piece in up.iter_any():
+                got += piece
+                await asyncio.sleep(0)
+        assert bytes(got) == body
+    finally:
+        await client.close()
+
+
+async def test_nothing_listening_and_bad_urls() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    client = H1Client()
+    with pytest.raises(UpstreamConnectionError, match="cannot connect"):
+        await client.post(f"http://127.0.0.1:{port}", "/x", b"{}", JSON, timeout=5)
+    with pytest.raises(ValueError, match="http"):
+        await client.post("ftp://127.0.0.1/", "/x", b"{}", JSON, timeout=5)
+    await client.close()
