@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -31,6 +31,7 @@ from superollama.control import ConnectionManager, Controller, JobManager, Routi
 from superollama.core import EventRecord, Runtime
 from superollama.errors import SuperOllamaError, UnsafeBind
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
+from superollama.gateway.h1 import H1Client
 from superollama.gateway.middleware import RequestMiddleware, add_exchange_headers
 from superollama.gateway.ollama_routes import OllamaRoutes
 from superollama.gateway.openai_routes import ModelTargets
@@ -52,6 +53,9 @@ from superollama.settings import Settings
 from superollama.store import ModelStore
 from superollama.telemetry import Telemetry
 from superollama.telemetry import configure_logging as configure_telemetry_logging
+
+if TYPE_CHECKING:
+    from superollama.workers import WorkerContext
 
 __all__ = ["BUNDLED_NAME", "bundled_model_path", "create_app", "open_catalog", "serve"]
 
@@ -82,7 +86,8 @@ async def open_catalog(settings: Settings) -> tuple[Registry, ModelStore, Contro
     return registry, store, controller
 
 
-async def create_app(settings: Settings) -> web.Application:
+async def create_app(settings: Settings, worker: WorkerContext | None = None) -> web.Application:
+    """The whole app; ``worker``: it is worker 0 (the primary) of ``serve --workers N``."""
     settings.home.mkdir(parents=True, exist_ok=True)
     registry = await open_registry(settings.registry_url)
     store = ModelStore(settings.store_dir, ollama_registry=settings.ollama_registry)
@@ -144,7 +149,7 @@ async def create_app(settings: Settings) -> web.Application:
     if settings.bundled_model:
         await _register_bundled(settings, controller)
 
-    security, limiter = await _security(settings, registry)
+    security, limiter = await _security(settings, registry, worker)
     telemetry = Telemetry(settings, usage_store=registry.usage)
     await telemetry.start()
     agent.on_event(partial(_observe_event, telemetry, settings.node_name))
@@ -155,14 +160,22 @@ async def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes, middlewares=[requests.middleware(), error_middleware]
     )
     app.on_response_prepare.append(add_exchange_headers)
-    OpenAIRoutes(holder, targets, Relay(session, settings.upstream_timeout)).register(app)
-    OllamaRoutes(targets, controller, agent, session, settings.upstream_timeout).register(app)
+    backends = H1Client()  # the data plane's own client for relaying to backends (gateway/h1.py)
+    OpenAIRoutes(holder, targets, Relay(backends, settings.upstream_timeout)).register(app)
+    OllamaRoutes(
+        targets, controller, agent, backends, settings.upstream_timeout, connections=connections
+    ).register(app)
     AdminRoutes(controller, settings.node_name).register(app)
     ConnectionRoutes(connections).register(app)
     JobRoutes(controller, jobs).register(app)
     KeyRoutes(KeyManager(registry.keys, registry.events, security.keys), spend=limiter).register(app)
     UsageRoutes(telemetry.usage).register(app)
-    app.router.add_get("/metrics", telemetry.metrics_handler)
+    if worker is None:
+        app.router.add_get("/metrics", telemetry.metrics_handler)
+    else:  # the hub serves the replicas, and /metrics with every worker's series
+        from superollama.workers.primary import PrimaryHub
+
+        PrimaryHub(worker, holder, targets, agent, telemetry).install(app)
     app.router.add_get("/", _root)
     app.router.add_get("/health", _health)
     upkeep = asyncio.create_task(_key_upkeep(security.keys, registry), name="key-upkeep")
@@ -178,6 +191,7 @@ async def create_app(settings: Settings) -> web.Application:
         await agent.close()
         await limiter.close()
         await telemetry.close()  # flushes the usage ledger, traces and logs
+        await backends.close()
         await session.close()
         await registry.close()
 
@@ -185,9 +199,12 @@ async def create_app(settings: Settings) -> web.Application:
     return app
 
 
-async def _security(settings: Settings, registry: Registry) -> tuple[Security, RateLimiter]:
-    """Keys (cached in memory), the rate limiter (Redis when configured, else this process's memory),
-    budgets; refuses a non-loopback bind without authentication unless ``insecure``."""
+async def _security(
+    settings: Settings, registry: Registry, worker: WorkerContext | None = None
+) -> tuple[Security, RateLimiter]:
+    """Keys (cached in memory), the rate limiter (Redis when configured, else this process's memory, or
+    the workers' shared memory), budgets; refuses a non-loopback bind without authentication unless
+    ``insecure``."""
     keys = KeyCache(registry.keys)
     await keys.reload()
     auth_configured = settings.auth == "on" or (settings.auth == "auto" and keys.has_keys)
@@ -199,6 +216,8 @@ async def _security(settings: Settings, registry: Registry) -> tuple[Security, R
         from superollama.security.redis_limits import RedisRateLimiter
 
         limiter = RedisRateLimiter(settings.redis_url, fail_open=settings.ratelimit_fail_open)
+    elif worker is not None:
+        limiter = worker.shared_limiter()
     else:
         limiter = MemoryRateLimiter()
     budgets = Budgets(PriceTable.parse(settings.price_table), limiter)
@@ -267,14 +286,22 @@ async def _health(_request: web.Request) -> web.Response:
     )
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, worker: WorkerContext | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = await create_app(settings)
+    app = await create_app(settings, worker)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
+    if worker is not None:  # the master prints the URL and owns server.json
+        try:
+            await worker.start_sites(runner)
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await runner.cleanup()
+        return
     server_file = settings.home / SERVER_FILE
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
@@ -291,7 +318,15 @@ async def _serve(settings: Settings) -> None:
         await runner.cleanup()
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, worker: WorkerContext | None = None) -> None:
+    """Run the server until SIGTERM/SIGINT. Several workers (``settings.workers``, default one per CPU):
+    a supervisor that forks them, this function running again as worker 0 (``worker`` set)."""
+    if worker is None:
+        from superollama.workers import resolve_workers, supervise
+
+        count = resolve_workers(settings)
+        if count > 1:
+            raise SystemExit(supervise(settings, count, primary=serve))
     logging_handle = configure_telemetry_logging(settings)
     try:
         import uvloop
@@ -300,7 +335,7 @@ def serve(settings: Settings) -> None:
     else:
         runner = uvloop.run
     try:
-        runner(_serve(settings))
+        runner(_serve(settings, worker))
     except UnsafeBind as exc:
         print(f"superollama: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     port: int = Field(
         default=DEFAULT_PORT, ge=0, le=65535, description="Port the server binds (0: any free)."
     )
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=512,
+        description="Worker processes serving the port (SO_REUSEPORT), one primary and replicas; "
+        "0: as many as the CPUs this process may use; 1: one process, no supervisor.",
+    )
     url: str | None = Field(
         default=None,
         description="Server URL the CLI talks to (default: http://HOST:PORT).",

@@ -28,6 +28,7 @@ class ServerProcess:
             "SUPEROLLAMA_HOST": "127.0.0.1",
             "SUPEROLLAMA_LLAMACPP_PARALLEL": "4",
             "SUPEROLLAMA_LLAMACPP_CTX": "4096",
+            "SUPEROLLAMA_WORKERS": "1",  # one process unless a test asks for more (test_workers.py)
             **env,
         }
         self.env.pop("SUPEROLLAMA_URL", None)

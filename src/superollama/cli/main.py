@@ -72,14 +72,17 @@ def cli(ctx: click.Context, home: Path | None, url: str | None, api_key: str | N
 @click.option("--port", type=int, help="Port to bind (default 11435; 0 picks a free one).")
 @click.option("--keep-alive", type=float, help="Seconds an idle model stays loaded (default 300).")
 @click.option("--insecure", is_flag=True, default=None, help="Allow a non-loopback address without API keys.")
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 512),
+    help="Worker processes sharing the port (default: one per CPU; 1: a single process).",
+)
 @pass_ctx
-def serve(
-    ctx: Context, host: str | None, port: int | None, keep_alive: float | None, insecure: bool | None
-) -> None:
-    """Run the server: gateway, admin API and the local node agent."""
+def serve(ctx: Context, /, **given: Any) -> None:
+    """Run the server: gateway, admin API and the local node agent (with --workers above 1: that many
+    processes on the port, one primary and replicas)."""
     from superollama.app import serve as run_server
 
-    given = {"host": host, "port": port, "keep_alive": keep_alive, "insecure": insecure}
     updates = {k: v for k, v in given.items() if v is not None}
     run_server(ctx.settings.model_copy(update=updates))
 

@@ -6,7 +6,7 @@ The control plane builds a new immutable ``RoutingTable`` on every change and sw
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -62,10 +62,12 @@ class RoutingTable:
 
 
 class RoutingHolder:
-    """Holds the current snapshot; ``publish`` is the only writer (one reference swap)."""
+    """Holds the current snapshot; ``publish`` is the only writer (one reference swap), then tells the
+    subscribers (the primary worker pushes each snapshot to its replicas)."""
 
     def __init__(self) -> None:
         self._table = RoutingTable()
+        self._listeners: list[Callable[[RoutingTable], None]] = []
 
     @property
     def table(self) -> RoutingTable:
@@ -73,3 +75,9 @@ class RoutingHolder:
 
     def publish(self, table: RoutingTable) -> None:
         self._table = table
+        for listener in self._listeners:
+            listener(table)
+
+    def subscribe(self, listener: Callable[[RoutingTable], None]) -> None:
+        """Call ``listener`` with every snapshot published from now on (synchronously, in ``publish``)."""
+        self._listeners.append(listener)

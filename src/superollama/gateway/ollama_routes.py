@@ -7,7 +7,9 @@ long the instance stays after the request (an empty prompt or messages only load
 ``/api/generate`` renders its prompt itself when it can (llama.cpp's ``/apply-template``, or the request's
 own ``template``) and completes it with ``/v1/completions``, so ``context`` works both ways (llama.cpp's
 ``/detokenize`` and ``/tokenize``); with images, or a backend without those routes, it is a chat.
-Model management (tags, ps, show, pull, copy, delete) goes through the controller like the admin API.
+Model management (tags, ps, show, pull, copy, delete) goes through the controller like the admin API;
+for a connection's model (``CONNECTION/MODEL``) show, pull, copy and delete are answered by its server
+(``ollama_connections``).
 """
 
 from __future__ import annotations
@@ -21,19 +23,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from superollama import __version__
-from superollama.agent import LocalAgent
-from superollama.control import Controller, Route, RouteTarget
+from superollama.control import ConnectionManager, Controller, Route, RouteTarget
 from superollama.core import Progress
 from superollama.errors import InvalidRequest, NotFound, SuperOllamaError
 from superollama.gateway.exchange import exchange_of
+from superollama.gateway.h1 import H1Client
+from superollama.gateway.ollama_connections import ConnectionModels
 from superollama.gateway.openai_routes import ModelTargets, read_json
 from superollama.gateway.responses import json_response as _json
+from superollama.gateway.seams import InstanceAccounting
 from superollama.gateway.upstream import Upstream
+from superollama.gateway.usage_estimate import estimate_text
 from superollama.wire import ollama as wire
 
 __all__ = ["OllamaRoutes"]
@@ -50,30 +54,42 @@ class OllamaRoutes:
     def __init__(
         self,
         targets: ModelTargets,
-        controller: Controller,
-        agent: LocalAgent,
-        session: aiohttp.ClientSession,
+        controller: Controller | None,
+        agent: InstanceAccounting,
+        backends: H1Client,
         timeout: float,
+        *,
+        connections: ConnectionManager | None = None,
     ) -> None:
         self._targets = targets
-        self._controller = controller
+        self._catalog = controller  # None in a replica worker: model management is the primary's
         self._agent = agent
-        self._up = Upstream(session, timeout)
+        self._up = Upstream(backends, timeout)
+        self._remote = ConnectionModels(connections, targets.holder)
         self._background: set[asyncio.Task[None]] = set()  # pulls whose client went away finish anyway
 
-    def register(self, app: web.Application) -> None:
+    def register(self, app: web.Application, *, management: bool = True) -> None:
+        """The routes; ``management=False``: inference and version only (a replica worker)."""
         r = app.router
         r.add_post("/api/chat", self.chat)
         r.add_post("/api/generate", self.generate)
         r.add_post("/api/embed", self.embed)
         r.add_post("/api/embeddings", self.embeddings)
+        r.add_get("/api/version", self.version)
+        if not management:
+            return
         r.add_get("/api/tags", self.tags)
         r.add_get("/api/ps", self.ps)
         r.add_post("/api/show", self.show)
         r.add_post("/api/pull", self.pull)
         r.add_post("/api/copy", self.copy)
         r.add_delete("/api/delete", self.delete)
-        r.add_get("/api/version", self.version)
+
+    @property
+    def _controller(self) -> Controller:
+        if self._catalog is None:
+            raise RuntimeError("model management is served by the primary worker")
+        return self._catalog
 
     # -- inference -------------------------------------------------------------------------------
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -180,6 +196,8 @@ class OllamaRoutes:
 
     async def show(self, request: web.Request) -> web.Response:
         name = wire.model_name(await read_json(request))
+        if (connection := self._remote.owner(name)) is not None:
+            return await self._remote.show(connection, name)
         details = await self._controller.show(name)
         route = self._targets.holder.table.lookup(details.version.name)
         capabilities = route.capabilities if route is not None else ("completion",)
@@ -190,6 +208,8 @@ class OllamaRoutes:
         self._require_admin(request)
         body = await read_json(request)
         source = wire.model_name(body)
+        if (connection := self._remote.owner(source)) is not None:
+            return await self._remote.pull(request, connection, source, wire.is_stream(body))
         if not wire.is_stream(body):
             await self._controller.pull(source, actor="api")
             return _json({"status": "success"})
@@ -224,12 +244,16 @@ class OllamaRoutes:
         for key, value in (("source", source), ("destination", destination)):
             if not isinstance(value, str) or not value.strip():
                 raise InvalidRequest(f"{key} is required")
+        if self._remote.owner(str(source)) or self._remote.owner(str(destination)):
+            return await self._remote.copy(str(source), str(destination))
         await self._controller.copy(str(source), str(destination), actor="api")
         return web.Response(status=200)
 
     async def delete(self, request: web.Request) -> web.Response:
         self._require_admin(request)
         name = wire.model_name(await read_json(request))
+        if (connection := self._remote.owner(name)) is not None:
+            return await self._remote.delete(connection, name)
         await self._controller.remove(name, force=True, actor="api")
         return web.Response(status=200)
 
@@ -282,6 +306,8 @@ class OllamaRoutes:
         sent = time.perf_counter_ns()
         first: int | None = None
         ex = exchange_of(request)
+        if not target.endpoint.stream_usage:  # a connection whose server rejects stream_options
+            payload.pop("stream_options", None)
         async with self._up.stream(target, path, payload) as events:
             response = web.StreamResponse(headers=_NDJSON)
             await response.prepare(request)
@@ -294,6 +320,8 @@ class OllamaRoutes:
                                 ex.mark_first_byte()
                         await response.write(_line(obj))
                 _meter(request, {"usage": translator.usage})
+                if ex is not None and ex.prompt_tokens is None and ex.connection is not None:
+                    ex.estimated_usage(estimate_text(payload, translator.text))  # it reported none
                 tokens = await context(translator.text) if context else None
                 timing = _timing(t0, load_ns, sent, first)
                 await response.write(_line(translator.final(_now(), timing, tokens)))

@@ -13,12 +13,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from superollama.agent import LocalAgent
-from superollama.control import Controller, Route, RouteTarget, RoutingHolder
+from superollama.control import Route, RouteTarget, RoutingHolder
 from superollama.errors import InvalidRequest, ModelNotFound
 from superollama.gateway.exchange import exchange_of
 from superollama.gateway.relay import Relay
 from superollama.gateway.responses import json_response as _json
+from superollama.gateway.seams import InstanceAccounting, InstanceStarter
 from superollama.security import Security, estimate_tokens
 from superollama.wire import openai as wire
 
@@ -35,7 +35,11 @@ class ModelTargets:
     """
 
     def __init__(
-        self, holder: RoutingHolder, controller: Controller, agent: LocalAgent, security: Security
+        self,
+        holder: RoutingHolder,
+        controller: InstanceStarter,
+        agent: InstanceAccounting,
+        security: Security,
     ) -> None:
         self.holder = holder
         self.controller = controller

@@ -1,0 +1,26 @@
+"""``superollama serve --workers N``: N processes on one port, one primary and N-1 replicas.
+
+    master (supervisor)      binds N SO_REUSEPORT sockets, forks, restarts, orders the shutdown
+    ├── worker 0: primary    the whole app (agent, controller, jobs, admin API) + the hub for replicas
+    └── worker 1..N-1        the data plane (``replica``); everything else proxied to the primary
+
+State shared between the workers, and how:
+
+- routing snapshot: the primary pushes each new ``RoutingTable`` to every replica over a WebSocket on
+  its control socket; an admin call that changes state returns once every replica acknowledged it;
+- API keys: the same push tells replicas to reload their key cache after a key is created, revoked or
+  rotated (and each reloads every 10 s anyway, for changes made offline);
+- rate limits and budgets: Redis when configured (as for separate servers), else a shared-memory table
+  made by the master (``security.shared_limits``), exact across the workers;
+- in-flight counts: replicas report theirs to the primary, which adds them to its agent's;
+- usage ledger: every worker writes its own batches to the shared registry;
+- metrics: ``/metrics`` (the primary) sums every worker's series.
+
+One worker (``--workers 1``, or one CPU) is the plain single process, with none of this.
+"""
+
+from superollama.workers.context import WORKER_HEADER, WorkerContext
+from superollama.workers.posix import resolve_workers
+from superollama.workers.supervisor import SERVER_FILE, supervise
+
+__all__ = ["SERVER_FILE", "WORKER_HEADER", "WorkerContext", "resolve_workers", "supervise"]

@@ -1,0 +1,65 @@
+"""What one worker process gets from its master: its index, its listening socket, the run directory, the
+shared rate-limit table, and a pipe to say "ready" on."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from superollama.security.shared_limits import SharedLimitTable, SharedMemoryRateLimiter
+from superollama.workers.paths import RunPaths
+
+__all__ = ["FORWARDED_CLIENT", "WORKER_HEADER", "WorkerContext"]
+
+WORKER_HEADER = "X-Superollama-Worker"  # on every answer: the index of the worker that took the connection
+FORWARDED_CLIENT = "X-Superollama-Client"  # replica → primary: the client's address (trusted on the socket)
+
+
+@dataclass
+class WorkerContext:
+    index: int  # 0: the primary
+    count: int
+    sock: socket.socket  # bound with SO_REUSEPORT and listening, made by the master
+    paths: RunPaths
+    limits: SharedLimitTable | None  # None when the rate limits live in Redis
+    ready_fd: int
+    master_pid: int
+
+    @property
+    def primary(self) -> bool:
+        return self.index == 0
+
+    def shared_limiter(self) -> SharedMemoryRateLimiter:
+        if self.limits is None:
+            raise RuntimeError("no shared rate-limit table: the limits live in Redis")
+        return SharedMemoryRateLimiter(self.limits)
+
+    def add_worker_header(self, app: web.Application) -> None:
+        value = str(self.index)
+
+        async def worker_header(_request: web.Request, response: web.StreamResponse) -> None:
+            response.headers[WORKER_HEADER] = value
+
+        app.on_response_prepare.append(worker_header)
+
+    async def start_sites(self, runner: web.AppRunner) -> None:
+        """Serve the shared port (and, on the primary, ``primary.sock`` for the replicas' proxies), then
+        tell the master this worker is ready."""
+        await web.SockSite(runner, self.sock).start()
+        if self.primary:
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.primary.unlink()
+            await web.UnixSite(runner, str(self.paths.primary)).start()
+            os.chmod(self.paths.primary, 0o600)
+        self.notify_ready()
+
+    def notify_ready(self) -> None:
+        if self.ready_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.ready_fd, b"r")
+                os.close(self.ready_fd)
+            self.ready_fd = -1

@@ -1,0 +1,163 @@
+"""A replica worker of ``serve --workers N``: the data plane only, everything else proxied to the primary.
+
+Served here, with this process's own key cache, rate limiter (the shared-memory table, or Redis), budgets,
+telemetry and usage ledger: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
+``/v1/models[/…]`` and the Ollama inference routes (``/api/chat``, ``/api/generate``, ``/api/embed``,
+``/api/embeddings``) and ``/api/version``. Routing reads the snapshot the primary pushes; a model with no
+ready instance is started by the primary (``ensure``). Every other path — the admin API, model management,
+``/api/tags`` and ``/api/ps``, ``/metrics``, the UI, unknown paths — goes to the primary unchanged.
+
+A replica starts serving only once it holds the primary's first snapshot, so its first answers are the
+primary's. Its rows go to the shared registry (SQLite in WAL mode with a busy timeout, or Postgres).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from superollama.control import RoutingHolder
+from superollama.errors import SuperOllamaError
+from superollama.gateway import OpenAIRoutes, Relay, error_middleware
+from superollama.gateway.h1 import H1Client
+from superollama.gateway.middleware import RequestMiddleware, add_exchange_headers
+from superollama.gateway.ollama_routes import OllamaRoutes
+from superollama.gateway.openai_routes import ModelTargets
+from superollama.registry import Registry, open_registry
+from superollama.security import Budgets, KeyCache, PriceTable, RateLimiter, Security, resolve_auth
+from superollama.settings import Settings
+from superollama.telemetry import Telemetry
+from superollama.telemetry import configure_logging as configure_telemetry_logging
+from superollama.workers.context import WorkerContext
+from superollama.workers.link import PrimaryLink
+from superollama.workers.proxy import PrimaryProxy
+
+__all__ = ["create_replica_app", "serve_replica"]
+
+log = logging.getLogger("superollama.workers")
+
+
+class _Services:
+    """What the primary asks of this replica: reload keys, render metrics, write the usage ledger."""
+
+    def __init__(self, keys: KeyCache, telemetry: Telemetry) -> None:
+        self._keys = keys
+        self._telemetry = telemetry
+
+    async def reload_keys(self) -> int:
+        return await self._keys.reload()
+
+    def render_metrics(self) -> bytes:
+        metrics = self._telemetry.metrics
+        return metrics.render() if metrics is not None else b""
+
+    async def flush_usage(self) -> int:
+        ledger = self._telemetry.usage
+        return await ledger.flush() if ledger is not None else 0
+
+
+async def create_replica_app(settings: Settings, ctx: WorkerContext, link: PrimaryLink) -> web.Application:
+    registry = await open_registry(settings.registry_url)
+    keys = KeyCache(registry.keys)
+    await keys.reload()
+    limiter: RateLimiter
+    if settings.redis_url:
+        from superollama.security.redis_limits import RedisRateLimiter
+
+        limiter = RedisRateLimiter(settings.redis_url, fail_open=settings.ratelimit_fail_open)
+    else:
+        limiter = ctx.shared_limiter()
+    budgets = Budgets(PriceTable.parse(settings.price_table), limiter)
+    auth = resolve_auth(settings.auth, settings.host, insecure=settings.insecure)
+    security = Security(keys, limiter, budgets, auth_required=auth)
+    telemetry = Telemetry(settings, usage_store=registry.usage)
+    await telemetry.start()
+    link.services = _Services(keys, telemetry)
+
+    targets = ModelTargets(link.holder, link, link, security)
+    requests = RequestMiddleware(security, telemetry, settings.node_name)
+    proxy = PrimaryProxy(ctx.paths.primary)
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[proxy.middleware(), requests.middleware(), error_middleware],
+    )
+    app.on_response_prepare.append(add_exchange_headers)
+    ctx.add_worker_header(app)
+    backends = H1Client()
+    OpenAIRoutes(link.holder, targets, Relay(backends, settings.upstream_timeout)).register(app)
+    OllamaRoutes(targets, None, link, backends, settings.upstream_timeout).register(app, management=False)
+    proxy.register(app)
+    upkeep = asyncio.create_task(_key_upkeep(keys, registry), name="key-upkeep")
+
+    async def close(_app: web.Application) -> None:
+        upkeep.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await upkeep
+        await registry.keys.touch(keys.drain_used())
+        await requests.close()
+        await link.close()
+        await limiter.close()
+        await telemetry.close()  # writes the usage ledger
+        await backends.close()
+        await proxy.close()
+        await registry.close()
+
+    app.on_cleanup.append(close)
+    return app
+
+
+async def _key_upkeep(keys: KeyCache, registry: Registry, interval: float = 10.0) -> None:
+    """Every few seconds: record the keys' last use, and pick up changes made outside the admin API."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await registry.keys.touch(keys.drain_used())
+            await keys.reload()
+        except SuperOllamaError as exc:
+            log.warning("key upkeep failed: %s", exc.message)
+
+
+async def _serve(settings: Settings, ctx: WorkerContext) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    link = PrimaryLink(ctx, RoutingHolder(), load_timeout=settings.load_timeout)
+    await link.start()
+    ready = asyncio.create_task(link.wait_ready())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait((ready, stopping), return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if stop.is_set():
+        await link.close()
+        return
+    app = await create_replica_app(settings, ctx, link)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    try:
+        await ctx.start_sites(runner)
+        await stopping
+        log.info("worker %d shutting down", ctx.index)
+    finally:
+        await runner.cleanup()
+
+
+def serve_replica(settings: Settings, ctx: WorkerContext) -> None:
+    """A replica worker's main (in the forked process)."""
+    logging_handle = configure_telemetry_logging(settings)
+    try:
+        import uvloop
+    except ImportError:
+        runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(_serve(settings, ctx))
+    finally:
+        logging_handle.close()

@@ -1,0 +1,144 @@
+"""The primary's accounting of replica requests (``PrimaryHub``), on a real agent with a runtime double:
+replicas' in-flight counts keep an instance from unloading, a snapshot that removes an instance fences it
+until each replica acknowledged it, a replica that goes away gives its counts back, and ``keep_alive: 0``
+from a replica unloads after its last request."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from tests.unit.test_agent import ART, Clock, GateRuntime, make_agent
+
+from superollama.agent import LocalAgent
+from superollama.control import Route, RouteTarget, RoutingHolder, RoutingTable
+from superollama.registry import Registry, open_registry
+from superollama.workers.primary import PrimaryHub, _Replica
+
+
+class FakeSocket:
+    """The hub's side of a replica's watch WebSocket: what it sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.sent.append(orjson.loads(data))
+
+    async def close(self) -> None:
+        pass
+
+    def states(self) -> list[dict[str, Any]]:
+        return [m for m in self.sent if m["op"] == "state"]
+
+
+@pytest.fixture
+async def registry(tmp_path: Path) -> Registry:
+    reg = await open_registry(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    yield reg  # type: ignore[misc]
+    await reg.close()
+
+
+async def setup(registry: Registry, clock: Clock | None = None) -> tuple[LocalAgent, GateRuntime, PrimaryHub]:
+    runtime = GateRuntime()
+    agent = make_agent(registry, runtime, clock, keep_alive=300, drain_timeout=30)
+    holder = RoutingHolder()
+    generations = itertools.count(1)
+
+    def republish() -> None:  # what the controller does on every agent change
+        targets = tuple(RouteTarget(i.id, i.handle.endpoint) for i in agent.instances() if i.state == "ready")
+        holder.publish(RoutingTable.build([Route("m:1", "m:1", True, 0, targets)], next(generations)))
+
+    agent.subscribe(republish)
+    await agent.start()
+    republish()
+    hub = PrimaryHub(None, holder, None, agent, None)  # type: ignore[arg-type]
+    return agent, runtime, hub
+
+
+def connect(hub: PrimaryHub, index: int = 1) -> tuple[_Replica, FakeSocket]:
+    ws = FakeSocket()
+    replica = _Replica(index, 1000 + index, ws)  # type: ignore[arg-type]
+    hub._replicas.add(replica)
+    return replica, ws
+
+
+async def test_an_unload_waits_for_the_replicas_requests(registry: Registry) -> None:
+    agent, runtime, hub = await setup(registry)
+    inst = await agent.ensure(ART, "gate")
+    replica, ws = connect(hub)
+    hub._received(replica, {"op": "activity", "in_flight": {inst.id: 1}, "used": [inst.id]})
+    assert agent.in_flight(inst.id) == 1
+
+    unload = asyncio.create_task(agent.unload("m:1", reason="test"))
+    await asyncio.sleep(0.05)
+    assert not unload.done()
+    assert agent.in_flight(inst.id) == 2  # the replica's request, and the fence until it has the snapshot
+    state = ws.states()[-1]
+    assert state["table"]["routes"][0]["targets"] == []  # the replica is told to stop picking it
+
+    hub._received(replica, {"op": "ack", "seq": state["seq"], "in_flight": {inst.id: 1}})
+    await asyncio.sleep(0.05)
+    assert not unload.done() and agent.in_flight(inst.id) == 1  # fence gone, its request still running
+    hub._received(replica, {"op": "activity", "in_flight": {}})
+    assert await asyncio.wait_for(unload, 5) is True
+    assert runtime.handles[0].stops == 1
+    await agent.close()
+
+
+async def test_a_removed_instance_is_fenced_even_before_a_replica_reported_it(registry: Registry) -> None:
+    """A replica may have picked the instance a moment ago and not reported it yet: the unload waits for
+    the replica's acknowledgment, which carries its counts."""
+    agent, _, hub = await setup(registry)
+    inst = await agent.ensure(ART, "gate")
+    replica, ws = connect(hub)
+    unload = asyncio.create_task(agent.unload("m:1", reason="test"))
+    await asyncio.sleep(0.05)
+    assert not unload.done() and agent.in_flight(inst.id) == 1
+    hub._received(replica, {"op": "ack", "seq": ws.states()[-1]["seq"], "in_flight": {inst.id: 1}})
+    await asyncio.sleep(0.05)
+    assert not unload.done()
+    hub._received(replica, {"op": "activity", "in_flight": {}})
+    assert await asyncio.wait_for(unload, 5) is True
+    await agent.close()
+
+
+async def test_a_replica_that_goes_away_gives_everything_back(registry: Registry) -> None:
+    agent, _, hub = await setup(registry)
+    inst = await agent.ensure(ART, "gate")
+    replica, _ = connect(hub)
+    hub._received(replica, {"op": "activity", "in_flight": {inst.id: 3}})
+    other, _ = connect(hub, 2)
+    hub._received(other, {"op": "activity", "in_flight": {inst.id: 1}})
+    assert agent.in_flight(inst.id) == 4
+    hub._replicas.discard(replica)
+    hub._gone(replica)
+    assert agent.in_flight(inst.id) == 1
+    await agent.close()
+
+
+async def test_use_and_keep_alive_from_a_replica(registry: Registry) -> None:
+    clock = Clock()
+    agent, runtime, hub = await setup(registry, clock)
+    inst = await agent.ensure(ART, "gate")
+    replica, ws = connect(hub)
+    clock.now += 100
+    hub._received(replica, {"op": "activity", "in_flight": {}, "used": [inst.id]})  # came and went
+    assert inst.last_used == clock.now and agent.in_flight(inst.id) == 0
+    hub._received(replica, {"op": "activity", "in_flight": {inst.id: 1}, "keep_alive": {"m:1": 0}})
+    await asyncio.sleep(0.05)
+    assert runtime.handles[0].stops == 0  # in use
+    hub._received(replica, {"op": "activity", "in_flight": {}})
+    await asyncio.sleep(0.05)  # keep_alive 0: the unload starts, and waits for the replica's ack
+    assert runtime.handles[0].stops == 0
+    hub._received(replica, {"op": "ack", "seq": ws.states()[-1]["seq"], "in_flight": {}})
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if runtime.handles[0].stops:
+            break
+    assert runtime.handles[0].stops == 1  # unloaded after the replica's last request
+    await agent.close()
