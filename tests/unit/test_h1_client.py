@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -263,3 +265,75 @@ async def test_nothing_listening_and_bad_urls() -> None:
     with pytest.raises(ValueError, match="http"):
         await client.post("ftp://127.0.0.1/", "/x", b"{}", JSON, timeout=5)
     await client.close()
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by itself, and its key (PEM files)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_https_backends_are_verified(tmp_path: Path) -> None:
+    """A remote OpenAI-compatible connection is https: the answer comes over TLS, the certificate is
+    checked (a client that does not trust it refuses), and the kept-alive TLS connection is reused."""
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                await _read_request(reader)
+                await answer(b'{"tls":true}')(reader, writer, b"")
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    url = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}/v1"
+    trusting = H1Client(ssl_context=ssl.create_default_context(cafile=str(cert)))
+    doubting = H1Client()  # the system's CAs: the self-signed certificate is refused
+    try:
+        async with srv:
+            for _ in range(2):
+                async with await trusting.post(url, "/x", b"{}", JSON, timeout=5) as up:
+                    assert await up.read() == b'{"tls":true}'
+            assert connections == 1
+            with pytest.raises(UpstreamConnectionError, match=r"CERTIFICATE_VERIFY_FAILED|certificate"):
+                await doubting.post(url, "/x", b"{}", JSON, timeout=5)
+    finally:
+        await trusting.close()
+        await doubting.close()

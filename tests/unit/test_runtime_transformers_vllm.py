@@ -322,3 +322,18 @@ async def test_vllm_missing_is_a_clear_model_load_failure(tmp_path: Path) -> Non
     assert not await vllm_available(str(tmp_path / "no-such-python"))
     with pytest.raises(ModelLoadFailed, match=r"vLLM is not installed .*superollama\[vllm\]"):
         await VllmRuntime(tmp_path, python=no_vllm).start(folder_spec(tmp_path))
+
+
+def test_vllm_chat_instances_get_a_tool_parser_and_pooling_ones_none(tmp_path: Path) -> None:
+    runtime = VllmRuntime(tmp_path)
+    chat = runtime.server_command(folder_spec(tmp_path))
+    assert "--enable-auto-tool-choice" in chat
+    assert dict(itertools.pairwise(chat))["--tool-call-parser"] == "hermes"
+    # named and required calls are decoded against the parameters' schema, not only strict tools
+    assert runtime.environment(folder_spec(tmp_path))["VLLM_ENFORCE_STRICT_TOOL_CALLING"] == "0"
+    other = runtime.server_command(folder_spec(tmp_path, tool_call_parser="llama3_json"))
+    assert dict(itertools.pairwise(other))["--tool-call-parser"] == "llama3_json"
+    off = runtime.server_command(folder_spec(tmp_path, tool_call_parser=""))
+    assert "--enable-auto-tool-choice" not in off and "--tool-call-parser" not in off
+    pooling = runtime.server_command(folder_spec(tmp_path, runner="pooling"))
+    assert "--enable-auto-tool-choice" not in pooling and "--tool-call-parser" not in pooling

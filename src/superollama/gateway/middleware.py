@@ -2,7 +2,8 @@
 when the request ends — one ``RequestRecord`` for telemetry and the rate limiter's settlement.
 
 It sits outside the error middleware, so it sees the status the client got. Nothing here awaits I/O on
-the way in (the key check is an in-memory lookup); settlement runs as a task after the response.
+the way in (the key check is an in-memory lookup); settlements run after the response, one task per
+turn of the loop.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from superollama.core import RequestRecord
 from superollama.errors import SuperOllamaError
 from superollama.gateway.errors import error_response
 from superollama.gateway.exchange import EXCHANGE, Exchange, Observer, exchange_of
-from superollama.security import Security
+from superollama.security import Admission, Security
 
 __all__ = ["NullObserver", "RequestMiddleware", "add_exchange_headers"]
 
@@ -46,6 +47,7 @@ class RequestMiddleware:
         self._observer = observer
         self._node = node
         self._settling: set[asyncio.Task[None]] = set()
+        self._owed: list[tuple[Admission, RequestRecord]] = []  # ended requests waiting to be settled
 
     def middleware(self) -> Middleware:
         """The aiohttp middleware (a plain function: aiohttp does not take bound methods)."""
@@ -106,17 +108,28 @@ class RequestMiddleware:
         except Exception:
             log.exception("telemetry failed to record %s", ex.request_id)
         if ex.admission is not None and ex.admission.principal is not None:  # nothing to settle without a key
-            task = asyncio.get_running_loop().create_task(self._security.settle(ex.admission, record))
-            self._settling.add(task)
-            task.add_done_callback(self._settled)
+            if not self._owed:
+                asyncio.get_running_loop().call_soon(self._settle_owed)
+            self._owed.append((ex.admission, record))
 
-    def _settled(self, task: asyncio.Task[None]) -> None:
-        self._settling.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("rate-limit settlement failed: %s", task.exception())
+    def _settle_owed(self) -> None:
+        """One task settles every request that ended in this turn of the loop (not a task each)."""
+        owed, self._owed = self._owed, []
+        if owed:
+            task = asyncio.get_running_loop().create_task(self._settle(owed))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, owed: list[tuple[Admission, RequestRecord]]) -> None:
+        for admission, record in owed:
+            try:
+                await self._security.settle(admission, record)
+            except Exception as exc:
+                log.warning("rate-limit settlement failed: %s", exc)
 
     async def close(self) -> None:
         """Wait for pending settlements (clean shutdown)."""
+        self._settle_owed()
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
 

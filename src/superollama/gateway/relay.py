@@ -28,6 +28,7 @@ __all__ = ["Relay"]
 log = logging.getLogger("superollama.gateway.relay")
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_DONE = b"data: [DONE]\n\n"
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
 
@@ -103,6 +104,12 @@ async def _relay_stream(
                     if kept is not None and ex.prompt_tokens is None:
                         kept.append(ready)
                 await response.write(ready)
+                if ready.endswith(_DONE):
+                    # The stream's last event: end the client's answer now rather than when the backend
+                    # ends its body (a client that stops at [DONE] and hangs up must not turn a complete
+                    # answer into a 499). A backend body not yet ended costs its pooled connection.
+                    pending = b""
+                    break
         if pending:
             await response.write(pending)
     except UPSTREAM_DOWN as exc:

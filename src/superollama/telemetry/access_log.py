@@ -93,6 +93,10 @@ class AccessLog:
         self._capture = capture
         self._logger = logger or logging.getLogger(ACCESS_LOGGER)
         self._trace_id = trace_id  # request id → the trace id its spans carry (log ↔ trace correlation)
+        # what every access line's LogRecord shares (thread, process, source): worked out once
+        proto = logging.LogRecord(self._logger.name, logging.INFO, __file__, 0, "", None, None)
+        self._log_start = proto.created - proto.relativeCreated / 1000
+        self._static = {k: v for k, v in vars(proto).items() if k not in ("msg", "created", "msecs")}
 
     @property
     def enabled(self) -> bool:
@@ -105,21 +109,21 @@ class AccessLog:
             return
         trace_id = self._trace_id(record.request_id) if self._trace_id is not None else None
         fields = access_fields(record, capture=self._capture, trace_id=trace_id)
-        line = logger.makeRecord(
-            logger.name,
-            logging.INFO,
-            __file__,
-            0,
-            orjson.dumps(fields, default=str).decode(),
-            (),
-            None,
-            extra={_FIELDS: fields},
-        )
         # The line's time is when the request ended, not when this thread got to it.
-        ended = record.started_at + record.duration
-        line.created = ended
-        line.msecs = (ended - int(ended)) * 1000
-        logger.handle(line)
+        logger.handle(self._line(fields, record.started_at + record.duration))
+
+    def _line(self, fields: dict[str, Any], created: float) -> logging.LogRecord:
+        """A ``LogRecord`` for an access line, made without ``LogRecord.__init__`` (which looks up the
+        thread, the process and the caller's file for every record: most of an access line's cost).
+        The message is the fields as JSON; the fields ride along for ``JsonFormatter``."""
+        line = logging.LogRecord.__new__(logging.LogRecord)
+        vars(line).update(self._static)
+        line.msg = orjson.dumps(fields, default=str).decode()
+        line.created = created
+        line.msecs = (created - int(created)) * 1000
+        line.relativeCreated = (created - self._log_start) * 1000
+        setattr(line, _FIELDS, fields)
+        return line
 
 
 class JsonFormatter(logging.Formatter):
@@ -152,6 +156,8 @@ class _QueueHandler(logging.handlers.QueueHandler):
         self.dropped = 0
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if hasattr(record, _FIELDS):  # an access line: made for this queue, nothing left to render
+            return record
         record = copy.copy(record)
         record.msg = record.getMessage()
         record.args = None
@@ -165,6 +171,26 @@ class _QueueHandler(logging.handlers.QueueHandler):
             self.queue.put_nowait(record)
         except queue.Full:
             self.dropped += 1
+
+
+class _LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that leaves flushing to ``_Writer``: one flush per burst, not per line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+
+
+class _Writer(logging.handlers.QueueListener):
+    """The writer thread: formats and writes each queued record, and flushes once the queue is empty."""
+
+    def handle(self, record: logging.LogRecord) -> None:
+        super().handle(record)
+        if isinstance(self.queue, queue.Queue) and self.queue.empty():
+            for target in self.handlers:
+                target.flush()
 
 
 class LoggingHandle:
@@ -198,11 +224,11 @@ def configure_logging(
         handle = getattr(old, "superollama_handle", None)
         if isinstance(handle, LoggingHandle):
             handle.close()
-    target = logging.StreamHandler(stream or sys.stderr)
+    target = _LazyFlushHandler(stream or sys.stderr)
     target.setFormatter(JsonFormatter() if settings.log_json else logging.Formatter(_PLAIN))
     q: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=queue_size)
     handler = _QueueHandler(q)
-    listener = logging.handlers.QueueListener(q, target)
+    listener = _Writer(q, target)
     handle = LoggingHandle(handler, listener)
     handler.superollama_handle = handle  # type: ignore[attr-defined]
     root.setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))

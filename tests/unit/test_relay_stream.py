@@ -1,0 +1,95 @@
+"""The relay's SSE path between two real loopback aiohttp servers: a backend that sends its events and
+``[DONE]`` but does not end its body, and a gateway app that relays with ``Relay``. The client's answer
+must end at ``[DONE]`` (a client that stops there and hangs up is not a 499), and usage the client did
+not ask for is read, then kept out of what it sees."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from superollama.control import RouteTarget
+from superollama.core import Endpoint
+from superollama.gateway.exchange import EXCHANGE, Exchange
+from superollama.gateway.h1 import H1Client
+from superollama.gateway.relay import Relay
+
+EVENTS = [
+    b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}],"usage":null}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":"lo"}}],"usage":null}\n\n',
+    b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[tuple[str, list[dict[str, object]], list[Exchange], asyncio.Event]]:
+    release = asyncio.Event()  # the backend ends its body only when the test says so
+    bodies: list[dict[str, object]] = []
+    exchanges: list[Exchange] = []
+
+    async def backend(request: web.Request) -> web.StreamResponse:
+        bodies.append(await request.json())
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in EVENTS:
+            await response.write(event)
+        await release.wait()
+        await response.write_eof()
+        return response
+
+    back = web.Application()
+    back.router.add_post("/v1/chat/completions", backend)
+    back_runner, back_url = await _serve(back)
+    client = H1Client()
+    relay = Relay(client, timeout=30)
+    target = RouteTarget("inst-1", Endpoint(back_url + "/v1", "openai", "m"))
+
+    async def gateway(request: web.Request) -> web.StreamResponse:
+        ex = Exchange(request_id="r", protocol="openai")
+        request[EXCHANGE] = ex
+        exchanges.append(ex)
+        body = await request.json()
+        return await relay.forward(request, target, "/chat/completions", body, stream=True)
+
+    front = web.Application()
+    front.router.add_post("/v1/chat/completions", gateway)
+    front_runner, front_url = await _serve(front)
+    try:
+        yield front_url, bodies, exchanges, release
+    finally:
+        release.set()
+        await front_runner.cleanup()
+        await back_runner.cleanup()
+        await client.close()
+
+
+async def test_the_answer_ends_at_done_and_usage_is_metered_but_not_shown(
+    setup: tuple[str, list[dict[str, object]], list[Exchange], asyncio.Event],
+) -> None:
+    url, bodies, exchanges, release = setup
+    async with aiohttp.ClientSession() as session:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        async with session.post(url + "/v1/chat/completions", json=body) as response:
+            # read to the end of the body: this only returns if the relay ended it at [DONE],
+            # since the backend's body stays open until `release`
+            data = await asyncio.wait_for(response.read(), 10)
+    assert not release.is_set()
+    assert data == EVENTS[0] + EVENTS[1] + EVENTS[3]  # the usage-only event is not the client's
+    assert orjson.loads(orjson.dumps(bodies[0]))["stream_options"] == {"include_usage": True}
+    ex = exchanges[0]
+    assert (ex.prompt_tokens, ex.completion_tokens) == (3, 2)
+    assert ex.first_byte is not None
