@@ -178,7 +178,7 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
         PrimaryHub(worker, holder, targets, agent, telemetry).install(app)
     app.router.add_get("/", _root)
     app.router.add_get("/health", _health)
-    upkeep = asyncio.create_task(_key_upkeep(security.keys, registry), name="key-upkeep")
+    upkeep = asyncio.create_task(security.keys.upkeep(registry.keys), name="key-upkeep")
 
     async def close(_app: web.Application) -> None:
         upkeep.cancel()
@@ -247,17 +247,6 @@ def _observe_event(telemetry: Telemetry, node: str, event: EventRecord) -> None:
             node=node,
             load_seconds=float(seconds) if isinstance(seconds, int | float) else None,
         )
-
-
-async def _key_upkeep(keys: KeyCache, registry: Registry, interval: float = 10.0) -> None:
-    """Every few seconds: pick up keys created or revoked by other replicas, and record last use."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await registry.keys.touch(keys.drain_used())
-            await keys.reload()
-        except SuperOllamaError as exc:
-            log.warning("key upkeep failed: %s", exc.message)
 
 
 async def _register_bundled(settings: Settings, controller: Controller) -> None:

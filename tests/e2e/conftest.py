@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from tests.e2e.standins import StandIn
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
 
@@ -138,3 +139,13 @@ def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def stand_in() -> Iterator[StandIn]:
+    """An OpenAI-compatible stand-in upstream (tests/e2e/standins.py), stopped at the end."""
+    server = StandIn().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -644,3 +644,63 @@ class TgiStandIn(ThreadedServer):
         await response.write(b"data:[DONE]\n\n")
         await response.write_eof()
         return response
+
+
+class StandIn:
+    """A minimal OpenAI-compatible server on loopback (/v1/models, /v1/chat/completions) in a thread."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.auth: list[str | None] = []
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.auth.append(request.headers.get("Authorization"))
+        if self.down:
+            return web.Response(status=503, text="maintenance")
+        return web.json_response({"object": "list", "data": [{"id": "echo-1", "object": "model"}]})
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        self.auth.append(request.headers.get("Authorization"))
+        body = await request.json()
+        text = body["messages"][-1]["content"]
+        return web.json_response(
+            {
+                "id": "c1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text[::-1]},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    def start(self) -> StandIn:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,82 +13,12 @@ from typing import Any
 import ollama
 import openai
 import pytest
-from aiohttp import web
 from openai import OpenAI
 from tests.e2e.conftest import ServerProcess, wait_until
-from tests.e2e.standins import OllamaStandIn, reply_for
+from tests.e2e.standins import OllamaStandIn, StandIn, reply_for
 
 from superollama.core import Artifact, InstanceSpec
 from superollama.runtimes import LlamaCppRuntime
-
-
-class StandIn:
-    """A minimal OpenAI-compatible server on loopback (/v1/models, /v1/chat/completions) in a thread."""
-
-    def __init__(self) -> None:
-        self.down = False
-        self.auth: list[str | None] = []
-        self.loop = asyncio.new_event_loop()
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    async def _models(self, request: web.Request) -> web.Response:
-        self.auth.append(request.headers.get("Authorization"))
-        if self.down:
-            return web.Response(status=503, text="maintenance")
-        return web.json_response({"object": "list", "data": [{"id": "echo-1", "object": "model"}]})
-
-    async def _chat(self, request: web.Request) -> web.Response:
-        self.auth.append(request.headers.get("Authorization"))
-        body = await request.json()
-        text = body["messages"][-1]["content"]
-        return web.json_response(
-            {
-                "id": "c1",
-                "object": "chat.completion",
-                "created": 1,
-                "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text[::-1]},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            }
-        )
-
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    def start(self) -> StandIn:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-
-@pytest.fixture
-def stand_in() -> Iterator[StandIn]:
-    server = StandIn().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

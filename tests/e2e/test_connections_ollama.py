@@ -24,8 +24,7 @@ import openai
 import pytest
 from openai import OpenAI
 from tests.e2e.conftest import ServerProcess, wait_until
-from tests.e2e.standins import OllamaStandIn, reply_for, vector_for
-from tests.e2e.test_connections import StandIn
+from tests.e2e.standins import OllamaStandIn, StandIn, reply_for, vector_for
 
 DIMS = OllamaStandIn.EMBED_DIMS
 

@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 import redis
 from tests.e2e.conftest import ServerProcess, wait_until
-from tests.e2e.test_connections import StandIn
+from tests.e2e.standins import StandIn
 
 SHARED_REDIS = "redis://127.0.0.1:6379/13"  # a database of the shared Redis for this test only, flushed
 MODEL = "echo/echo-1"
@@ -164,15 +164,6 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
-
-
-@pytest.fixture
-def stand_in() -> Iterator[StandIn]:
-    server = StandIn().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.conftest import ServerProcess, wait_until
-from tests.e2e.test_connections import StandIn
+from tests.e2e.standins import StandIn
 
 MODEL = "smollm2:135m"
 ECHO = "echo/echo-1"
@@ -90,15 +90,6 @@ def connect_stand_in(server: ServerProcess, stand_in: StandIn) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server = start(tmp_path_factory.mktemp("workers"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def stand_in() -> Iterator[StandIn]:
-    server = StandIn().start()
     try:
         yield server
     finally:

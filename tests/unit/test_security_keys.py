@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from superollama.core.types import KeyRecord
-from superollama.errors import Unauthorized
+from superollama.errors import RegistryError, Unauthorized
 from superollama.security import KeyCache, Principal, generate_key, hash_key
 from superollama.security.admission import bearer_key
 from superollama.security.keys import ModelLimit, looks_like_key
@@ -114,6 +116,44 @@ async def test_reload_swaps_the_index_from_its_source() -> None:
     assert cache.lookup(second.key).key_id == "key_2"
     with pytest.raises(Unauthorized):
         cache.lookup(first.key)
+
+
+async def test_upkeep_records_last_use_and_reloads_until_cancelled() -> None:
+    """The loop every gateway process runs: the keys used since the last round go to the sink in one
+    batch, then the index is reloaded (a key created elsewhere becomes usable); a round whose write fails
+    is logged, keeps what it could not write for the next round, and the loop goes on."""
+    first, second = generate_key(), generate_key()
+    records = [record(first.key)]
+    touched: list[dict[str, datetime]] = []
+    rounds = asyncio.Event()
+
+    class Registry:
+        fail_once = True
+
+        async def list(self) -> Sequence[KeyRecord]:
+            return list(records)
+
+        async def touch(self, last_used: Mapping[str, datetime]) -> None:
+            if self.fail_once:
+                self.fail_once = False
+                raise RegistryError("database is locked")
+            touched.append(dict(last_used))
+            rounds.set()
+
+    registry = Registry()
+    cache = KeyCache(registry, clock=Clock())
+    await cache.reload()
+    cache.lookup(first.key)
+    records.append(record(second.key, id="key_2"))
+    task = asyncio.create_task(cache.upkeep(registry, interval=0.01))
+    try:
+        await asyncio.wait_for(rounds.wait(), 10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert touched[0] == {"key_1": T0}  # the use the failed round could not record, recorded next round
+    assert cache.lookup(second.key).key_id == "key_2"
 
 
 def test_model_patterns() -> None:

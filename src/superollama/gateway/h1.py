@@ -298,11 +298,7 @@ class _Connection(asyncio.Protocol):
             elif state == _LENGTH:
                 if not buf:
                     return
-                take = min(self._remaining, len(buf))
-                self._deliver(bytes(buf[:take]))
-                del buf[:take]
-                self._remaining -= take
-                if self._remaining == 0:
+                if self._take_body() == 0:
                     self._complete()
                     return
             elif state == _CHUNK_SIZE:
@@ -317,11 +313,7 @@ class _Connection(asyncio.Protocol):
             elif state == _CHUNK_DATA:
                 if not buf:
                     return
-                take = min(self._remaining, len(buf))
-                self._deliver(bytes(buf[:take]))
-                del buf[:take]
-                self._remaining -= take
-                if self._remaining == 0:
+                if self._take_body() == 0:
                     self._state = _CHUNK_END
             elif state == _CHUNK_END:
                 if len(buf) < 2:
@@ -388,6 +380,15 @@ class _Connection(asyncio.Protocol):
         if self._state == _LENGTH and self._remaining == 0:
             self._complete()
         return True
+
+    def _take_body(self) -> int:
+        """Hand over what the buffer holds of the ``_remaining`` body bytes; how many are still due."""
+        buf = self._buf
+        take = min(self._remaining, len(buf))
+        self._deliver(bytes(buf[:take]))
+        del buf[:take]
+        self._remaining -= take
+        return self._remaining
 
     def _deliver(self, data: bytes) -> None:
         if self._response is not None:

@@ -11,9 +11,11 @@ access; the stored hash is compared again with ``hmac.compare_digest``.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import hmac
+import logging
 import secrets
 import string
 import time
@@ -23,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from superollama.core.types import KeyRecord
-from superollama.errors import Unauthorized
+from superollama.errors import SuperOllamaError, Unauthorized
 
 __all__ = [
     "KEY_SCHEME",
@@ -37,6 +39,8 @@ __all__ = [
     "hash_key",
     "looks_like_key",
 ]
+
+log = logging.getLogger("superollama.security")
 
 KEY_SCHEME = "so-"
 PREFIX_CHARS = 8
@@ -142,6 +146,12 @@ class KeySource(Protocol):
     async def list(self) -> Sequence[KeyRecord]: ...
 
 
+class KeyUsageSink(Protocol):
+    """Where the last use of keys is recorded (``registry.keys`` is one)."""
+
+    async def touch(self, last_used: Mapping[str, datetime]) -> None: ...
+
+
 class KeyCache:
     """Every key, indexed by hash, in memory. ``lookup`` is what the request path calls.
 
@@ -200,6 +210,23 @@ class KeyCache:
             raise Unauthorized(f"API key {principal.prefix} expired at {when}")
         self._used[principal.key_id] = now
         return principal
+
+    async def upkeep(self, sink: KeyUsageSink, interval: float = 10.0) -> None:
+        """Run until cancelled: every ``interval`` seconds record the keys' last use in ``sink`` and
+        reload, picking up keys created or revoked by other gateway processes."""
+        while True:
+            await asyncio.sleep(interval)
+            used = self.drain_used()
+            try:
+                await sink.touch(used)
+            except SuperOllamaError as exc:
+                for key_id, at in used.items():  # not lost: the next round records them
+                    self._used[key_id] = max(self._used.get(key_id, 0.0), at.timestamp())
+                log.warning("recording the keys' last use failed: %s", exc.message)
+            try:
+                await self.reload()
+            except SuperOllamaError as exc:
+                log.warning("reloading the keys failed: %s", exc.message)
 
     def drain_used(self) -> dict[str, datetime]:
         """Keys used since the last call, with the time of their last use; forgets them."""

@@ -23,13 +23,12 @@ from typing import Any
 from aiohttp import web
 
 from superollama.control import RoutingHolder
-from superollama.errors import SuperOllamaError
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
 from superollama.gateway.h1 import H1Client
 from superollama.gateway.middleware import RequestMiddleware, add_exchange_headers
 from superollama.gateway.ollama_routes import OllamaRoutes
 from superollama.gateway.openai_routes import ModelTargets
-from superollama.registry import Registry, open_registry
+from superollama.registry import open_registry
 from superollama.security import Budgets, KeyCache, PriceTable, RateLimiter, Security, resolve_auth
 from superollama.settings import Settings
 from superollama.telemetry import Telemetry
@@ -93,7 +92,7 @@ async def create_replica_app(settings: Settings, ctx: WorkerContext, link: Prima
     OpenAIRoutes(link.holder, targets, Relay(backends, settings.upstream_timeout)).register(app)
     OllamaRoutes(targets, None, link, backends, settings.upstream_timeout).register(app, management=False)
     proxy.register(app)
-    upkeep = asyncio.create_task(_key_upkeep(keys, registry), name="key-upkeep")
+    upkeep = asyncio.create_task(keys.upkeep(registry.keys), name="key-upkeep")
 
     async def close(_app: web.Application) -> None:
         upkeep.cancel()
@@ -110,17 +109,6 @@ async def create_replica_app(settings: Settings, ctx: WorkerContext, link: Prima
 
     app.on_cleanup.append(close)
     return app
-
-
-async def _key_upkeep(keys: KeyCache, registry: Registry, interval: float = 10.0) -> None:
-    """Every few seconds: record the keys' last use, and pick up changes made outside the admin API."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await registry.keys.touch(keys.drain_used())
-            await keys.reload()
-        except SuperOllamaError as exc:
-            log.warning("key upkeep failed: %s", exc.message)
 
 
 async def _serve(settings: Settings, ctx: WorkerContext) -> None:
