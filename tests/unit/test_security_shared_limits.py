@@ -120,10 +120,13 @@ async def test_a_full_table_admits_unchecked() -> None:
     assert not again.degraded and again.buckets
 
 
-def _child_admits(table: SharedLimitTable, principal: Principal, attempts: int, write_fd: int) -> None:
+def _child_admits(
+    table: SharedLimitTable, principal: Principal, attempts: int, write_fd: int, go_fd: int
+) -> None:
     code = 1
     try:
         limiter = SharedMemoryRateLimiter(table, clock=lambda: T0)
+        os.read(go_fd, 1)  # every child starts together: the admissions really race
 
         async def run() -> int:
             accepted = 0
@@ -142,18 +145,23 @@ def _child_admits(table: SharedLimitTable, principal: Principal, attempts: int, 
 
 
 def test_exact_across_processes() -> None:
-    """Three processes race 3 x 700 admissions at one instant on a 1000 rpm key: exactly 1000 pass."""
+    """Three processes race 3 x 700 admissions at one instant on a 1000 rpm key: exactly 1000 pass.
+    (How the 1000 split between them is up to the scheduler: one may well take them all.)"""
     table = SharedLimitTable()
     principal = Principal("key_p", "p", "so-pppppppp", rpm=1000)
+    go_read, go_write = os.pipe()
     children = []
     for _ in range(3):
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
-            _child_admits(table, principal, 700, write_fd)
+            _child_admits(table, principal, 700, write_fd, go_read)
         os.close(write_fd)
         children.append((pid, read_fd))
+    os.write(go_write, b"go!")
+    os.close(go_write)
+    os.close(go_read)
     accepted = []
     for pid, read_fd in children:
         data = os.read(read_fd, 4)
@@ -162,7 +170,6 @@ def test_exact_across_processes() -> None:
         assert os.waitstatus_to_exitcode(status) == 0
         accepted.append(struct.unpack("<I", data)[0])
     assert sum(accepted) == 1000, accepted
-    assert all(a > 0 for a in accepted), accepted
 
 
 def test_a_worker_killed_holding_the_lock_does_not_block_the_others() -> None:
