@@ -7,6 +7,7 @@ test (it does not skip): CI is expected to start it.
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -546,6 +547,32 @@ async def test_concurrent_opens_both_succeed(db_url: str) -> None:
         assert (await opened[-1].versions.get("smollm2:135m")).name == "smollm2:135m"
     finally:
         await asyncio.gather(*(r.close() for r in opened))
+
+
+async def test_processes_opening_a_new_sqlite_registry_together_all_succeed(tmp_path: Path) -> None:
+    """What ``serve --workers N`` does on first start: several processes create and migrate one new
+    SQLite file at the same moment. Each must open it (none refused with "database is locked")."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    code = (
+        "import asyncio, sys\n"
+        "from superollama.registry import open_registry\n"
+        "async def main():\n"
+        "    reg = await open_registry(sys.argv[1])\n"
+        "    await reg.close()\n"
+        "asyncio.run(main())\n"
+    )
+    procs = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", code, url, stderr=asyncio.subprocess.PIPE)
+        for _ in range(6)
+    ]
+    results = await asyncio.gather(*(p.communicate() for p in procs))
+    failures = [err.decode()[-500:] for p, (_, err) in zip(procs, results, strict=True) if p.returncode]
+    assert not failures, failures
+    reg = await open_registry(url)
+    try:
+        assert await current_version(reg.engine) == len(MIGRATIONS)
+    finally:
+        await reg.close()
 
 
 async def test_database_failures_become_registry_errors(registry: Registry) -> None:

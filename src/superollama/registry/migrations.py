@@ -12,6 +12,7 @@ they were at that point (it does not import ``schema.py``), so replaying history
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +43,8 @@ from superollama.registry._errors import mapped
 from superollama.registry.schema import NAMING_CONVENTION, Json, UTCDateTime
 
 __all__ = ["MIGRATIONS", "Migration", "current_version", "migrate"]
+
+_LOCKED_RETRIES: Final = 20  # SQLite "database is locked" at once: tries again, 0.05 s .. 1 s apart
 
 # First key of the Postgres advisory lock (the second is a hash of the current schema): "SOMG".
 _LOCK_CLASS: Final = 0x534F4D47
@@ -275,12 +278,25 @@ def _migrate_sync(conn: Connection, migrations: Sequence[Migration]) -> list[int
 
 
 async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
-    """Apply the pending migrations in order, in one transaction; return the numbers applied."""
+    """Apply the pending migrations in order, in one transaction; return the numbers applied.
+
+    On SQLite, processes opening a new database together (``serve --workers N``) can be refused with
+    "database is locked" without SQLite waiting its busy timeout: while one connection turns the file
+    to WAL mode, another's lock request fails at once. The transaction is then tried again, a bounded
+    number of times, after a short pause (it changes nothing until it commits)."""
     _check(migrations)
     steps = tuple(migrations)
-    with mapped("migration"):
-        async with engine.begin() as conn:
-            return await conn.run_sync(_migrate_sync, steps)
+    for attempt in range(_LOCKED_RETRIES + 1):
+        try:
+            with mapped("migration"):
+                async with engine.begin() as conn:
+                    return await conn.run_sync(_migrate_sync, steps)
+        except RegistryError as exc:
+            locked = engine.dialect.name == "sqlite" and "database is locked" in str(exc.__cause__)
+            if not locked or attempt == _LOCKED_RETRIES:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _current_sync(conn: Connection) -> int:
