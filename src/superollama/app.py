@@ -13,10 +13,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
@@ -32,6 +31,7 @@ from superollama.core import EventRecord, Runtime
 from superollama.errors import SuperOllamaError, UnsafeBind
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
 from superollama.gateway.h1 import H1Client
+from superollama.gateway.loop import run as run_loop
 from superollama.gateway.middleware import RequestMiddleware, add_exchange_headers
 from superollama.gateway.ollama_routes import OllamaRoutes
 from superollama.gateway.openai_routes import ModelTargets
@@ -318,13 +318,7 @@ def serve(settings: Settings, worker: WorkerContext | None = None) -> None:
             raise SystemExit(supervise(settings, count, primary=serve))
     logging_handle = configure_telemetry_logging(settings)
     try:
-        import uvloop
-    except ImportError:
-        runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        runner(_serve(settings, worker))
+        run_loop(_serve(settings, worker))
     except UnsafeBind as exc:
         print(f"superollama: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -286,17 +286,18 @@ async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATI
     number of times, after a short pause (it changes nothing until it commits)."""
     _check(migrations)
     steps = tuple(migrations)
-    for attempt in range(_LOCKED_RETRIES + 1):
+    attempt = 0
+    while True:
         try:
             with mapped("migration"):
                 async with engine.begin() as conn:
                     return await conn.run_sync(_migrate_sync, steps)
         except RegistryError as exc:
             locked = engine.dialect.name == "sqlite" and "database is locked" in str(exc.__cause__)
-            if not locked or attempt == _LOCKED_RETRIES:
+            attempt += 1
+            if not locked or attempt > _LOCKED_RETRIES:
                 raise
-            await asyncio.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
+            await asyncio.sleep(0.05 * attempt)
 
 
 def _current_sync(conn: Connection) -> int:

@@ -9,6 +9,7 @@ as UTF-8 (no control characters, valid escapes, no encoded surrogates) and count
 
 from __future__ import annotations
 
+import abc
 import json
 
 from superollama.runtimes._json_schema import StringNode
@@ -23,13 +24,14 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 _ESCAPES = frozenset(b'"\\/bfnrt')
 
 
-class Frame:
-    """A state of the automaton (immutable)."""
+class Frame(abc.ABC):
+    """A state of the automaton (immutable); every kind of state says how it takes the next byte."""
 
     __slots__ = ()
 
+    @abc.abstractmethod
     def feed(self, byte: int) -> Frame | None:
-        raise NotImplementedError
+        """The state after ``byte``, or None when the byte cannot come here."""
 
     @property
     def complete(self) -> bool:

@@ -43,6 +43,7 @@ __all__ = [
     "quota_error",
     "rate_headers",
     "rate_limited",
+    "settled_tat",
 ]
 
 WINDOW = 60.0  # seconds: every limit is per minute
@@ -111,6 +112,18 @@ def spend_key(principal: Principal, now: float) -> tuple[str, int]:
     """Store key of the principal's spend in its current budget period, and its lifetime in seconds."""
     label, ttl = period_label(principal.budget_period, now + EPOCH)
     return f"{{{principal.key_id}}}:spend:{label}", ttl
+
+
+def settled_tat(tat: float | None, now: float, delta: int, interval: float) -> float | None:
+    """A bucket's TAT once ``delta`` more tokens are charged (a refund when negative); None when there
+    is nothing to change (no difference, or a refund to a bucket that is full again: ``tat`` None)."""
+    if delta == 0 or (tat is None and delta < 0):
+        return None
+    if tat is None:
+        base = now  # a surcharge on a bucket that was full again
+    else:
+        base = max(tat, now) if delta > 0 else tat
+    return base + delta * interval
 
 
 def format_duration(seconds: float) -> str:
@@ -219,14 +232,9 @@ class MemoryRateLimiter:
         now = self._now()
         for bucket in admission.buckets:
             delta = max(0, actual_tokens) - bucket.cost if bucket.kind == "tokens" else 0
-            tat = self._tats.get(bucket.key)
-            if delta == 0 or (tat is None and delta < 0):
-                continue  # nothing to refund from a bucket that is full again
-            if tat is None:
-                base = now  # a surcharge on a bucket that was full again
-            else:
-                base = max(tat, now) if delta > 0 else tat
-            new = base + delta * bucket.interval
+            new = settled_tat(self._tats.get(bucket.key), now, delta, bucket.interval)
+            if new is None:
+                continue
             if new <= now:
                 self._tats.pop(bucket.key, None)
             else:

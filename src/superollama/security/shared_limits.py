@@ -46,6 +46,7 @@ from superollama.security.limits import (
     quota_error,
     rate_headers,
     rate_limited,
+    settled_tat,
     spend_key,
 )
 
@@ -268,14 +269,9 @@ class SharedMemoryRateLimiter:
                     if delta == 0:
                         continue
                     h = key_hash(bucket.key)
-                    tat = table.get(h, now)
-                    if tat is None and delta < 0:
-                        continue  # nothing to refund from a bucket that is full again
-                    if tat is None:
-                        base = now  # a surcharge on a bucket that was full again
-                    else:
-                        base = max(tat, now) if delta > 0 else tat
-                    new = base + delta * bucket.interval
+                    new = settled_tat(table.get(h, now), now, delta, bucket.interval)
+                    if new is None:
+                        continue
                     table.put(h, new, new, now)  # a TAT in the past is a full bucket: it expires at once
                 if cost > 0 and admission.principal is not None:
                     self._add_spend(admission.principal, cost, now)

@@ -55,6 +55,12 @@ class SinkThread:
     def sinks(self) -> tuple[Sink, ...]:
         return self._sinks
 
+    @property
+    def wanted(self) -> bool:
+        """Whether any sink would do something with a record (a sink with an ``enabled`` attribute, such
+        as the access log below its level, can say no): when none would, ``put`` is not worth a call."""
+        return any(getattr(sink, "enabled", True) for sink in self._sinks)
+
     def add(self, sink: Sink) -> None:
         """Add a sink (before ``start``, or from the loop: the tuple is swapped, never mutated)."""
         self._sinks = (*self._sinks, sink)

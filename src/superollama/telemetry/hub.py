@@ -116,7 +116,7 @@ class Telemetry:
             self.metrics.observe(record)
         if not self.capture_content and (record.input is not None or record.output is not None):
             record = dataclasses.replace(record, input=None, output=None)
-        if self.access_log.enabled or len(self.sinks.sinks) > 1:  # no thread hop when nothing would use it
+        if self.sinks.wanted:  # no thread hop when nothing would use it
             self.sinks.put(record)
         if self.usage is not None and (
             record.key_id is not None or record.version is not None or record.connection is not None

@@ -17,14 +17,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 from aiohttp import web
 
 from superollama.control import RoutingHolder
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
 from superollama.gateway.h1 import H1Client
+from superollama.gateway.loop import run as run_loop
 from superollama.gateway.middleware import RequestMiddleware, add_exchange_headers
 from superollama.gateway.ollama_routes import OllamaRoutes
 from superollama.gateway.openai_routes import ModelTargets
@@ -140,12 +139,6 @@ def serve_replica(settings: Settings, ctx: WorkerContext) -> None:
     """A replica worker's main (in the forked process)."""
     logging_handle = configure_telemetry_logging(settings)
     try:
-        import uvloop
-    except ImportError:
-        runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        runner(_serve(settings, ctx))
+        run_loop(_serve(settings, ctx))
     finally:
         logging_handle.close()
