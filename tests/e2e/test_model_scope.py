@@ -38,6 +38,7 @@ PAIRS = (
     (SECRET, "absent-model:1"),
     ("SECRET-Model:1", "ABSENT-Model:1"),  # any spelling resolves the same way
     ("echo/echo-1", "echo/ghost-1"),  # a connection's model
+    ("retired:1", "absent-model:1"),  # a disabled one: not "is disabled", missing
 )
 UNKNOWN, OTHER = "_unknown", "_other"
 ROOT = Path(__file__).parents[2]
@@ -114,6 +115,8 @@ def scoped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         assert httpx.get(server.url + "/metrics", timeout=30).status_code == 200
         admin = _cli(server, None, "keys", "create", "--name", "ops", "--role", "admin")
         _cli(server, admin, "cp", MODEL, SECRET)
+        _cli(server, admin, "cp", MODEL, "retired:1")
+        _cli(server, admin, "disable", "retired:1")
         _cli(server, admin, "connect", "openai", f"http://127.0.0.1:{stand_in.port}/v1", "--name", "echo")
         user = _cli(server, admin, "keys", "create", "--name", "app", "--models", MODEL)
         prom = _cli(server, admin, "keys", "create", "--name", "prom", "--role", "metrics")
