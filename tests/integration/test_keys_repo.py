@@ -179,6 +179,18 @@ async def test_key_manager_records_events_and_reloads_the_cache(registry: Regist
         assert issued.record.hash not in text_of and rotated.record.hash not in text_of
 
 
+async def test_a_metrics_key_is_stored_and_read_back_with_its_role(registry: Registry, clock: Clock) -> None:
+    """The ``metrics`` role needs no schema change: ``keys.role`` is a plain string column."""
+    cache = KeyCache(registry.keys, clock=lambda: clock().timestamp())
+    manager = KeyManager(registry.keys, registry.events, cache, clock=clock)
+    issued = await manager.create(KeySpec(name="prom", role="metrics"))
+    assert [k.role for k in await registry.keys.list()] == ["metrics"]
+    fresh = KeyCache(registry.keys)
+    await fresh.reload()
+    principal = fresh.lookup(issued.key)
+    assert principal.role == "metrics" and principal.reads_metrics and not principal.uses_models
+
+
 @pytest.mark.parametrize(
     "spec",
     [

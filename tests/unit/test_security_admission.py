@@ -41,6 +41,7 @@ class Keys:
         self.admin = generate_key()
         self.user = generate_key()
         self.revoked = generate_key()
+        self.metrics = generate_key()
 
     def records(self) -> list[KeyRecord]:
         return [
@@ -60,6 +61,9 @@ class Keys:
                 prefix=self.revoked.prefix,
                 hash=self.revoked.hash,
                 revoked_at=NOW - timedelta(days=1),
+            ),
+            KeyRecord(
+                id="prm", name="prom", prefix=self.metrics.prefix, hash=self.metrics.hash, role="metrics"
             ),
         ]
 
@@ -180,6 +184,24 @@ def test_require_admin() -> None:
     assert isinstance(info.value, Forbidden) and info.value.code == "admin_required"
 
 
+def test_roles_decide_who_reads_metrics_and_who_calls_models() -> None:
+    keys = Keys()
+    sec = security(keys, True)
+    admin, user, prom = (sec.authenticate(bearer(k.key)) for k in (keys.admin, keys.user, keys.metrics))
+    for reader in (admin, prom):
+        sec.require_metrics_reader(reader)
+    with pytest.raises(Forbidden, match="admin or metrics role"):
+        sec.require_metrics_reader(user)
+    sec.require_metrics_reader(None)  # no key where none is needed (authenticate decides that: 401)
+    for caller in (admin, user, None):
+        sec.require_models(caller)
+    with pytest.raises(Forbidden, match="may only read /metrics") as refused:
+        sec.require_models(prom)
+    assert refused.value.status == 403
+    with pytest.raises(AdminRequired):
+        sec.require_admin(prom)
+
+
 def test_visible_models() -> None:
     keys = Keys()
     sec = security(keys, True)
@@ -189,6 +211,9 @@ def test_visible_models() -> None:
         "smollm2:360m",
     ]
     assert sec.visible_models(None, models) == models
+    user = sec.authenticate(bearer(keys.user.key))
+    assert sec.may_see(user, "smollm2:135m") and not sec.may_see(user, "llama3:8b")
+    assert sec.may_see(None, "llama3:8b")
 
 
 @pytest.mark.parametrize(

@@ -148,6 +148,21 @@ def test_rate_limits_and_refusals_before_routing_do_not_create_model_labels() ->
     assert models == {UNKNOWN_MODEL, "a:1", "b:1", OTHER_MODEL}
 
 
+def test_the_model_label_is_the_canonical_name_never_the_clients_spelling() -> None:
+    m = Metrics()
+    for spelling in ("sMollm2:135m", "  smollm2:135m", "SMOLLM2:135M", "smollm2:135m"):
+        m.observe(rec(model=spelling))  # routed: version is the canonical name
+    for i in range(20):  # refused before routing (unknown, out of scope, malformed): no version
+        m.observe(rec(model=f"secret-model:{i}", status=404, version=None, instance=None))
+    p = samples(m.render())
+    assert value(p, "superollama_requests_total", model="smollm2:135m", status="200", protocol="openai") == 4
+    assert value(p, "superollama_requests_total", model=UNKNOWN_MODEL, status="404", protocol="openai") == 20
+    assert {dict(labels)["model"] for name, labels in p if "model" in dict(labels)} == {
+        "smollm2:135m",
+        UNKNOWN_MODEL,
+    }
+
+
 def test_gauges_instances_and_drops() -> None:
     m = Metrics()
     for _ in range(3):

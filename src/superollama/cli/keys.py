@@ -26,6 +26,7 @@ __all__ = ["keys"]
 
 T = TypeVar("T")
 PERIODS = ("day", "week", "month", "total")
+ROLES = ("user", "admin", "metrics")  # security.keys.ROLES, kept here so that the CLI starts light
 _OFFLINE_HELP = "Work on the home's registry directly, not through a server."
 
 
@@ -84,7 +85,13 @@ def _call(
 
 @keys.command("create")
 @click.option("--name", required=True, help="Who or what the key is for.")
-@click.option("--role", type=click.Choice(["user", "admin"]), default="user", show_default=True)
+@click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    default="user",
+    show_default=True,
+    help="user: the client APIs; admin: everything; metrics: only GET /metrics (for Prometheus).",
+)
 @click.option("--models", help="Models it may call: names or patterns, comma-separated (default: all).")
 @click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute (all its models together).")
 @click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute (all its models together).")

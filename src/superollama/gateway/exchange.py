@@ -13,7 +13,7 @@ from aiohttp import web
 from superollama.core import RequestRecord
 from superollama.security import Admission, Principal
 
-__all__ = ["EXCHANGE", "Exchange", "Observer", "exchange_of"]
+__all__ = ["EXCHANGE", "Exchange", "Observer", "exchange_of", "principal_of"]
 
 
 class Observer(Protocol):
@@ -102,3 +102,9 @@ EXCHANGE = web.RequestKey("superollama_exchange", Exchange)
 
 def exchange_of(request: web.Request) -> Exchange | None:
     return request.get(EXCHANGE)
+
+
+def principal_of(request: web.Request) -> Principal | None:
+    """The key behind the request (None: no key, or a path the request middleware does not guard)."""
+    ex = request.get(EXCHANGE)
+    return ex.principal if ex is not None else None

@@ -1,6 +1,11 @@
 """The data plane's one per-request middleware: request id, authentication, in-flight accounting, and —
 when the request ends — one ``RequestRecord`` for telemetry and the rate limiter's settlement.
 
+Who may call what is decided here, by the key's role: ``/admin/*`` needs an admin key; ``/metrics``
+needs a key with the admin or metrics role wherever the data plane needs a key; ``/v1/*`` and
+``/api/*`` take any key but a metrics key. ``/metrics`` is recognised by the route that matched, not by
+the path's spelling.
+
 It sits outside the error middleware, so it sees the status the client got. Nothing here awaits I/O on
 the way in (the key check is an in-memory lookup); settlements run after the response, one task per
 turn of the loop.
@@ -29,6 +34,7 @@ log = logging.getLogger("superollama.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _PREFIXES = (("/v1/", "openai"), ("/api/", "ollama"), ("/admin/", "admin"))
+METRICS_PATH = "/metrics"
 
 
 class NullObserver:
@@ -61,6 +67,8 @@ class RequestMiddleware:
     async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         protocol = next((name for prefix, name in _PREFIXES if request.path.startswith(prefix)), None)
         if protocol is None:
+            if _is_metrics(request):
+                return await self._metrics(request, handler)
             return await handler(request)
         request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()  # 128 random bits, as uuid4
         ex = Exchange(request_id=request_id, protocol=protocol)
@@ -73,6 +81,7 @@ class RequestMiddleware:
                 security.require_admin(ex.principal)
             else:
                 ex.principal = self._security.authenticate(request.headers)
+                self._security.require_models(ex.principal)
         except SuperOllamaError as exc:
             ex.error_type, ex.error = exc.code or exc.type, exc.message
             rejected = error_response(exc, ollama=protocol == "ollama")
@@ -93,6 +102,16 @@ class RequestMiddleware:
         finally:
             self._observer.inflight(-1)
             self._finish(request, ex, status)
+
+    async def _metrics(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """``GET /metrics``: 401 without a key where one is needed, 403 for a key of neither the admin
+        nor the metrics role. Scrapes are not metered."""
+        try:
+            principal = self._security.authenticate(request.headers)
+            self._security.require_metrics_reader(principal)
+        except SuperOllamaError as exc:
+            return error_response(exc)
+        return await handler(request)
 
     def _finish(self, request: web.Request, ex: Exchange, status: int) -> None:
         if ex.protocol == "admin":
@@ -132,6 +151,13 @@ class RequestMiddleware:
         self._settle_owed()
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+
+
+def _is_metrics(request: web.Request) -> bool:
+    resource = request.match_info.route.resource
+    return request.path == METRICS_PATH or (
+        resource is not None and getattr(resource, "canonical", None) == METRICS_PATH
+    )
 
 
 async def add_exchange_headers(request: web.Request, response: web.StreamResponse) -> None:

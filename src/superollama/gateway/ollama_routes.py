@@ -10,6 +10,10 @@ own ``template``) and completes it with ``/v1/completions``, so ``context`` work
 Model management (tags, ps, show, pull, copy, delete) goes through the controller like the admin API;
 for a connection's model (``CONNECTION/MODEL``) show, pull, copy and delete are answered by its server
 (``ollama_connections``).
+
+A key limited to some models sees only those: any other name gets the missing-model answer on every route
+(``/api/show`` included, before the catalog or a connection is asked), and ``/api/tags`` and ``/api/ps``
+list only its models.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from aiohttp import web
 from superollama import __version__
 from superollama.control import ConnectionManager, Controller, Route, RouteTarget
 from superollama.core import Progress
-from superollama.errors import InvalidRequest, NotFound, SuperOllamaError
-from superollama.gateway.exchange import exchange_of
+from superollama.errors import InvalidRequest, ModelNotFound, NotFound, SuperOllamaError
+from superollama.gateway.exchange import exchange_of, principal_of
 from superollama.gateway.h1 import H1Client
 from superollama.gateway.ollama_connections import ConnectionModels
 from superollama.gateway.openai_routes import ModelTargets, read_json
@@ -48,6 +52,7 @@ _NDJSON = {"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache", 
 _BATCH = re.compile(r"too large|exceeds", re.I)
 _BATCH_SIZE = re.compile(r"batch size: (\d+)")
 Context = Callable[[str], Awaitable[list[int] | None]]
+MISSING = "model '{name}' not found"  # Ollama's words; a model outside the key's scope gets them too
 
 
 class OllamaRoutes:
@@ -97,7 +102,7 @@ class OllamaRoutes:
         body = await read_json(request)
         model, keep = wire.model_name(body), wire.parse_keep_alive(body.get("keep_alive"))
         payload = wire.chat_request(body, "")  # checked before anything loads
-        route = self._route(model)
+        route = self._route(request, model)
         if not payload["messages"]:
             reason = await self._load_or_unload(route, keep)
             return _json(wire.done_object(model, _now(), reason, chat=True))
@@ -118,7 +123,7 @@ class OllamaRoutes:
         model, keep = wire.model_name(body), wire.parse_keep_alive(body.get("keep_alive"))
         raw, context = wire.generate_flags(body)
         wire.generate_chat_request(body, "")  # checks prompt, system, images, options, format, stream
-        route = self._route(model)
+        route = self._route(request, model)
         if not body.get("prompt"):
             reason = await self._load_or_unload(route, keep)
             return _json(wire.done_object(model, _now(), reason, chat=False))
@@ -150,7 +155,7 @@ class OllamaRoutes:
         truncate = body.get("truncate", True)
         if not isinstance(truncate, bool):
             raise InvalidRequest(f"truncate must be a boolean, not {truncate!r}")
-        route = self._route(model)
+        route = self._route(request, model)
         if not inputs:
             await self._load_or_unload(route, keep)
             return _json(wire.embed_response({}, model, wire.Timing(time.perf_counter_ns() - t0)))
@@ -166,7 +171,7 @@ class OllamaRoutes:
         body = await read_json(request)
         model, keep = wire.model_name(body), wire.parse_keep_alive(body.get("keep_alive"))
         inputs = wire.embed_inputs(body, "prompt")
-        route = self._route(model)
+        route = self._route(request, model)
         if not inputs:
             await self._load_or_unload(route, keep)
             return _json({"embedding": []})
@@ -186,16 +191,24 @@ class OllamaRoutes:
         return _json({"models": sorted(models, key=lambda m: str(m["name"]))})
 
     async def ps(self, request: web.Request) -> web.Response:
+        """The loaded models the caller may see."""
+        principal = principal_of(request)
         versions = {v.name: v for v in await self._controller.list_versions()}
         now, models = datetime.now(UTC), []
         for inst in self._controller.instances():
             left = self._agent.expires_in(inst.version)
-            if inst.version in versions and left is not None:
+            visible = self._targets.security.may_see(principal, inst.version)
+            if inst.version in versions and left is not None and visible:
                 models.append(wire.ps_entry(versions[inst.version], wire.expires_at(now, left)))
         return _json({"models": models})
 
     async def show(self, request: web.Request) -> web.Response:
         name = wire.model_name(await read_json(request))
+        principal = principal_of(request)
+        if principal is not None and principal.scoped and self._targets.find(principal, name) is None:
+            # a key limited to some models: any other name is answered as missing, without asking
+            # the catalog or a connection's server (whose answers would tell the two apart)
+            raise ModelNotFound(MISSING.format(name=name), param="model")
         if (connection := self._remote.owner(name)) is not None:
             return await self._remote.show(connection, name)
         details = await self._controller.show(name)
@@ -266,8 +279,8 @@ class OllamaRoutes:
         ex = exchange_of(request)
         self._targets.security.require_admin(ex.principal if ex is not None else None)
 
-    def _route(self, name: str) -> Route:
-        return self._targets.route(name, "model '{name}' not found", "model '{name}' is disabled")
+    def _route(self, request: web.Request, name: str) -> Route:
+        return self._targets.route(principal_of(request), name, MISSING, "model '{name}' is disabled")
 
     @contextlib.asynccontextmanager
     async def _serve(

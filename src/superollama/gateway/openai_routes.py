@@ -15,16 +15,17 @@ from aiohttp import web
 
 from superollama.control import Route, RouteTarget, RoutingHolder
 from superollama.errors import InvalidRequest, ModelNotFound
-from superollama.gateway.exchange import exchange_of
+from superollama.gateway.exchange import exchange_of, principal_of
 from superollama.gateway.relay import Relay
 from superollama.gateway.responses import json_response as _json
 from superollama.gateway.seams import InstanceAccounting, InstanceStarter
-from superollama.security import Security, estimate_tokens
+from superollama.security import Principal, Security, estimate_tokens
 from superollama.wire import openai as wire
 
-__all__ = ["ModelTargets", "OpenAIRoutes", "read_json"]
+__all__ = ["OPENAI_MISSING", "ModelTargets", "OpenAIRoutes", "read_json"]
 
 Check = Callable[[Mapping[str, Any]], None]
+OPENAI_MISSING = "The model '{name}' does not exist"
 
 
 class ModelTargets:
@@ -32,6 +33,11 @@ class ModelTargets:
 
     ``route`` raises ``ModelNotFound`` with the edge's own wording; ``pick`` starts an instance when none
     is ready (scale from zero); ``hold`` picks and counts the request in flight until it is done.
+
+    Scope: a model outside the caller's key patterns is, to that caller, a model that does not exist —
+    ``route`` answers exactly the missing-model error (same status, code and message, naming what was
+    asked), before anything else is looked at (enabled, loaded, rate limits), and the listings leave it
+    out. That is the only way a key cannot learn which models exist beyond its own.
     """
 
     def __init__(
@@ -48,22 +54,31 @@ class ModelTargets:
 
     def route(
         self,
+        principal: Principal | None,
         name: str,
-        missing: str = "The model '{name}' does not exist",
+        missing: str = OPENAI_MISSING,
         disabled: str = "The model '{name}' is disabled",
     ) -> Route:
-        route = self.holder.table.lookup(name)
+        """The enabled route ``name`` resolves to for ``principal`` (None: no key, or a caller that was
+        checked already, as the primary's ``ensure`` for a replica)."""
+        route = self.find(principal, name)
         if route is None:
             raise ModelNotFound(missing.format(name=name), param="model")
         if not route.enabled:
             raise ModelNotFound(disabled.format(name=name), param="model")
         return route
 
+    def find(self, principal: Principal | None, name: str) -> Route | None:
+        """The route ``name`` resolves to (enabled or not) if the caller may see it, else None."""
+        route = self.holder.table.lookup(name)
+        if route is None or not self.security.may_see(principal, route.name):
+            return None
+        return route
+
     def visible(self, request: web.Request) -> list[Route]:
         """The enabled routes the caller's key may use, by name."""
-        ex = exchange_of(request)
         routes = {r.name: r for r in self.holder.table.enabled()}
-        names = self.security.visible_models(ex.principal if ex else None, routes)
+        names = self.security.visible_models(principal_of(request), routes)
         return [routes[n] for n in sorted(names)]
 
     async def pick(self, route: Route) -> RouteTarget:
@@ -132,16 +147,14 @@ class OpenAIRoutes:
         return _json(wire.model_list((r.name, r.created, r.connection or "superollama") for r in routes))
 
     async def get_model(self, request: web.Request) -> web.Response:
-        route = self._targets.route(request.match_info["model"])
-        if route not in self._targets.visible(request):
-            raise ModelNotFound(f"The model '{route.name}' does not exist", param="model")
+        route = self._targets.route(principal_of(request), request.match_info["model"])
         return _json(wire.model_object(route.name, route.created, route.connection or "superollama"))
 
     def _endpoint(self, path: str, check: Check, operation: str) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.StreamResponse:
             body = await read_json(request)
             check(body)
-            route = self._targets.route(body["model"])
+            route = self._targets.route(principal_of(request), body["model"])
             await self._targets.admit(request, route, body, operation)
             async with self._targets.hold(route, request) as target:
                 body["model"] = target.endpoint.served_name

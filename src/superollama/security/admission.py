@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from superollama.core.types import RequestRecord
-from superollama.errors import AdminRequired, ModelNotAllowed, Unauthorized
+from superollama.errors import AdminRequired, Forbidden, ModelNotAllowed, Unauthorized
 from superollama.security.budgets import Budgets
 from superollama.security.keys import KeyCache, Principal, looks_like_key
 from superollama.security.limits import Admission, RateLimiter
@@ -85,8 +85,9 @@ class Security:
         return self.keys.lookup(key)
 
     async def admit(self, principal: Principal | None, model: str, estimated_tokens: int) -> Admission:
-        """403 for a model outside the key's patterns, then 429 ``insufficient_quota`` for a spent budget,
-        then 429 ``rate_limit_exceeded``; else the admission (reserving ``estimated_tokens``)."""
+        """403 for a model outside the key's patterns (a backstop: the gateway answers such a model as
+        missing before it gets here), then 429 ``insufficient_quota`` for a spent budget, then 429
+        ``rate_limit_exceeded``; else the admission (reserving ``estimated_tokens``)."""
         if principal is None:
             return Admission(model, None, max(0, estimated_tokens))
         if not principal.allows(model):
@@ -118,11 +119,27 @@ class Security:
         if not principal.is_admin:
             raise AdminRequired(f"API key {principal.prefix} is not an admin key")
 
+    def require_models(self, principal: Principal | None) -> None:
+        """403 for a key that may not call the client APIs (``/v1/*``, ``/api/*``): a metrics key."""
+        if principal is not None and not principal.uses_models:
+            raise Forbidden(f"API key {principal.prefix} has the metrics role: it may only read /metrics")
+
+    def require_metrics_reader(self, principal: Principal | None) -> None:
+        """``/metrics`` needs a key with the admin or metrics role wherever the data plane needs a key
+        (``authenticate`` already answered 401 without one); 403 for any other key."""
+        if principal is not None and not principal.reads_metrics:
+            raise Forbidden(
+                f"API key {principal.prefix} may not read /metrics: it needs the admin or metrics role"
+            )
+
+    def may_see(self, principal: Principal | None, model: str) -> bool:
+        """Whether the caller may see (and so call) ``model``, by its canonical name. A model it may not
+        see must look exactly like one that does not exist, on every route."""
+        return principal is None or principal.allows(model)
+
     def visible_models(self, principal: Principal | None, models: Iterable[str]) -> list[str]:
-        """The models a principal may see (``/v1/models``, ``/api/tags``)."""
-        if principal is None:
-            return list(models)
-        return [m for m in models if principal.allows(m)]
+        """The models a principal may see (``/v1/models``, ``/api/tags``, ``/api/ps``)."""
+        return [m for m in models if self.may_see(principal, m)]
 
 
 def _chars(value: Any) -> int:

@@ -45,7 +45,9 @@ log = logging.getLogger("superollama.security")
 KEY_SCHEME = "so-"
 PREFIX_CHARS = 8
 SECRET_BYTES = 30  # 40 URL-safe base64 characters
-ROLES = ("admin", "user")
+ROLES = ("admin", "user", "metrics")
+"""``admin``: everything; ``user``: the data plane (``/v1/*``, ``/api/*``), within its model patterns;
+``metrics``: ``GET /metrics`` only (what a Prometheus scraper is given), nothing else."""
 _PREFIX_ALPHABET = string.ascii_lowercase + string.digits
 _KEY_LENGTH = len(KEY_SCHEME) + PREFIX_CHARS + 40
 
@@ -127,6 +129,21 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def reads_metrics(self) -> bool:
+        """Whether this key may read ``/metrics`` (the admin and metrics roles)."""
+        return self.role in ("admin", "metrics")
+
+    @property
+    def uses_models(self) -> bool:
+        """Whether this key may call the client APIs at all (a metrics key may not)."""
+        return self.role != "metrics"
+
+    @property
+    def scoped(self) -> bool:
+        """Whether this key is limited to some models (it has patterns)."""
+        return bool(self.models)
 
     def allows(self, model: str) -> bool:
         """Whether this key may call ``model``: it matches one of its patterns (no patterns: every model)."""

@@ -4,6 +4,12 @@
 histograms are cached together), a few increments and bucket searches, no formatting. Everything is
 rendered only when ``/metrics`` is scraped. Update from the event loop's thread only.
 
+The ``model`` label is the canonical name of the model a request was routed to (``sMollm2:135m`` and
+``smollm2:135m`` count as ``smollm2:135m``), so only the catalog's models ever become label values. A
+request that reached no model — a name no model has, a model outside the key's scope (which the client
+sees as missing), a malformed name, a refusal before routing — counts as ``_unknown``; past ``max_models``
+distinct models, as ``_other``. No client can create series.
+
 Names (all ``superollama_``-prefixed; the Grafana dashboard in ``deploy/grafana`` uses them):
 
     requests_total{model,status,protocol}            counter
@@ -50,7 +56,7 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3
 TOKENS_PER_SECOND_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000)
 LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 
-UNKNOWN_MODEL = "_unknown"  # a request never routed to a model (unknown name, refused before routing)
+UNKNOWN_MODEL = "_unknown"  # a request routed to no model (unknown, out of scope, malformed, refused early)
 OTHER_MODEL = "_other"  # past ``max_models`` distinct names
 _TERMINAL = frozenset({"stopped", "failed"})
 _RATE_LIMIT_TYPES = {"rate_limited": "rate_limit_exceeded", "rate_limit_exceeded": "rate_limit_exceeded"}
@@ -132,7 +138,7 @@ class Metrics:
     # -- the request path -------------------------------------------------------------------------
     def observe(self, r: RequestRecord) -> None:
         """Count one finished request."""
-        model = r.model if r.model in self._models else self._model_label(r)
+        model = r.version if r.version in self._models else self._model_label(r.version)
         cells = self._cells.get((model, r.status, r.protocol))
         if cells is None:
             cells = self._cells[(model, r.status, r.protocol)] = _Cells(
@@ -165,15 +171,15 @@ class Metrics:
         elif r.status >= 500 and (r.instance is not None or r.connection is not None):
             self.upstream_errors.labels(model, kind).value += 1
 
-    def _model_label(self, r: RequestRecord) -> str:
-        """A model seen for the first time: a label of its own once it was routed somewhere (a name a
-        client made up never becomes one), until ``max_models`` names are known."""
-        if r.version is None and r.connection is None and r.instance is None:
+    def _model_label(self, version: str | None) -> str:
+        """A model seen for the first time: a label of its own once a request was routed to it, named
+        canonically (the version's name, never the client's spelling), until ``max_models`` are known."""
+        if version is None:
             return UNKNOWN_MODEL
         if len(self._models) >= self._max_models:
             return OTHER_MODEL
-        self._models.add(r.model)
-        return r.model
+        self._models.add(version)
+        return version
 
     def inflight(self, delta: int) -> None:
         self._in_flight.value += delta

@@ -345,7 +345,8 @@ class PrimaryHub:
     async def _ensure(self, request: web.Request) -> web.Response:
         body = await request.json(loads=orjson.loads)
         try:
-            target = await self._targets.pick(self._targets.route(str(body["model"])))
+            # the replica resolved the name for its caller (scope included): no principal here
+            target = await self._targets.pick(self._targets.route(None, str(body["model"])))
         except SuperOllamaError as exc:
             return web.Response(body=error_json(exc), status=exc.status, content_type="application/json")
         replica = self._replica(request.headers.get(WORKER_HEADER))
