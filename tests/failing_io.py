@@ -52,11 +52,13 @@ class SilentServer:
     """A TCP server on 127.0.0.1 (free port) that accepts connections and never sends a byte.
 
     ``after`` is what it sends once it has read a request's head (``b""``: nothing at all), e.g. the
-    status line and headers of an answer whose body then never comes.
+    status line and headers of an answer whose body then never comes; with ``hang_up`` it then closes the
+    connection (an answer cut short).
     """
 
-    def __init__(self, after: bytes = b"") -> None:
+    def __init__(self, after: bytes = b"", *, hang_up: bool = False) -> None:
         self.after = after
+        self.hang_up = hang_up
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self.accepted = 0
@@ -95,6 +97,8 @@ class SilentServer:
                     return
                 data += piece
             conn.sendall(self.after)
+            if self.hang_up:
+                conn.shutdown(socket.SHUT_RDWR)
         except OSError:
             return
 
