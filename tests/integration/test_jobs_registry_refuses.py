@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import Mapping
+import uuid
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 from tests.failing_io import Tmpfs
 
 from superollama.control import JobManager
 from superollama.control.jobs import Emit
-from superollama.core import JobState, Progress
+from superollama.core import JobRecord, JobState, Progress
 from superollama.errors import Conflict, IntegrityError
 from superollama.registry import Registry, open_registry
 
@@ -76,3 +79,41 @@ async def test_a_job_ends_for_its_watchers_when_the_registry_refuses_the_write(
     assert (await registry.jobs.get(job.id)).error == "sha256 mismatch"
     await jobs.close()
     await registry.close()
+
+
+@pytest.fixture
+async def pg_registry(pg_url: str) -> AsyncIterator[Registry]:
+    """A registry in a fresh Postgres schema, dropped afterwards."""
+    schema = f"test_jobs_{uuid.uuid4().hex[:12]}"
+    registry = await open_registry(f"{pg_url}?schema={schema}")
+    try:
+        yield registry
+    finally:
+        await registry.close()
+        engine = create_async_engine(pg_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        finally:
+            await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_cancel_answers_in_every_state_on_postgres(pg_registry: Registry) -> None:
+    jobs = JobManager(pg_registry)
+    never: asyncio.Event = asyncio.Event()
+
+    async def work(emit: Emit) -> Mapping[str, Any]:
+        await never.wait()
+        return {}
+
+    queued = await jobs.submit("pull", "m:1", work)
+    assert (await jobs.cancel(queued.id)).state is JobState.CANCELLED  # before its task ever ran
+
+    await pg_registry.jobs.add(JobRecord(id=f"job-{uuid.uuid4().hex[:8]}", kind="pull", target="m:2"))
+    (orphan,) = [j for j in await pg_registry.jobs.list() if j.state is JobState.RUNNING]
+    assert (await jobs.cancel(orphan.id)).state is JobState.CANCELLED
+    with pytest.raises(Conflict, match=r"already ended \(cancelled"):
+        await jobs.cancel(orphan.id)
+    assert {j.state for j in await pg_registry.jobs.list()} == {JobState.CANCELLED}
+    await jobs.close()
