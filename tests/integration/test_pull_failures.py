@@ -184,3 +184,31 @@ def test_every_network_source_gets_the_store_timeouts(home: Path) -> None:
         source = store.sources[scheme]
         assert isinstance(source, HttpSource | HfSource | OllamaSource)
         assert source.timeout is SHORT and source.retry is QUICK_GIVE_UP
+
+
+# -- partial files: an upgrade's leftovers, stale ones ------------------------------------------------
+async def test_a_partial_download_left_in_tmp_by_an_earlier_version_is_resumed(
+    home: Path, hub: Hub, smollm2_gguf: Path
+) -> None:
+    digest = sha256_of(smollm2_gguf)
+    hub.add_file(NAME, smollm2_gguf)
+    legacy = home / "tmp" / f"download-{digest.replace(':', '-')}.partial"
+    legacy.parent.mkdir()
+    with smollm2_gguf.open("rb") as f:
+        await asyncio.to_thread(legacy.write_bytes, f.read(30_000_000))
+
+    await asyncio.wait_for(ModelStore(home).pull(f"{hub.url}/files/{NAME}#sha256={digest[7:]}", "m"), GUARD)
+    assert hub.gets(f"/files/{NAME}")[-1].headers["Range"] == "bytes=30000000-"
+    assert not legacy.exists() and partials(home / "blobs") == []
+
+
+async def test_gc_purges_stale_partial_files_beside_the_blobs(home: Path, smollm2_gguf: Path) -> None:
+    store = ModelStore(home)
+    await store.pull(smollm2_gguf.as_uri(), "m")
+    stale, fresh = home / "blobs" / "download-url-abc.partial", home / "blobs" / "download-url-def.partial"
+    for path in (stale, fresh):
+        await asyncio.to_thread(path.write_bytes, b"x")
+    os.utime(stale, (1, 1))  # written in 1970: nobody resumes it any more
+    await store.gc()
+    assert partials(home / "blobs") == [fresh.name]
+    await store.verify("m")  # the blob itself stays
