@@ -129,14 +129,18 @@ def test_a_full_disk_fails_the_pull_and_the_server_keeps_serving(
 
 
 # -- silent upstreams -------------------------------------------------------------------------------------
-@pytest.fixture
-def quick_server(tmp_path: Path, silent_upstream: SilentServer) -> Iterator[ServerProcess]:
+@pytest.fixture(params=["1", "2"], ids=["one-worker", "two-workers"])
+def quick_server(
+    request: pytest.FixtureRequest, tmp_path: Path, silent_upstream: SilentServer
+) -> Iterator[ServerProcess]:
     """A server whose pulls give up fast (read timeout 0.5 s, 2 s without progress); the Ollama registry
-    it pulls bare names and ollama:// from never answers."""
+    it pulls bare names and ollama:// from never answers. One worker, or two (a replica passes the admin
+    API, progress streams included, to the primary)."""
     home = tmp_path / "home"
     home.mkdir()
     server = ServerProcess(
         home,
+        SUPEROLLAMA_WORKERS=request.param,
         SUPEROLLAMA_BUNDLED_MODEL="false",
         SUPEROLLAMA_PULL_CONNECT_TIMEOUT="2",
         SUPEROLLAMA_PULL_READ_TIMEOUT="0.5",
@@ -165,6 +169,8 @@ def test_pulls_from_silent_upstreams_fail_with_their_reason(
     jobs = jobs_of(quick_server)
     assert [j["state"] for j in jobs] == ["failed"] * 3
     assert all(silence in j["error"] for j in jobs), jobs
+    cancel = one_line_error(quick_server.cli("jobs", "cancel", jobs[0]["id"]))
+    assert f"job {jobs[0]['id']} already ended (failed: " in cancel, cancel
     assert quick_server.admin("GET", "/health").status_code == 200
 
 
