@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.failing_io import SilentServer, Tmpfs
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PG_URL = os.environ.get("SUPEROLLAMA_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -56,3 +58,34 @@ def minilm_dir() -> Path:
     path = minilm_path()
     assert (path / "config.json").is_file() and (path / "model.safetensors").is_file(), path
     return path
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Tmpfs]:
+    """Mount small tmpfs filesystems (``tmpfs.mount(path, size_mb)``); all unmounted at the end."""
+    mounts = Tmpfs()
+    try:
+        yield mounts
+    finally:
+        mounts.unmount_all()
+
+
+@pytest.fixture
+def silent_upstream() -> Iterator[SilentServer]:
+    """A server that accepts connections and never answers."""
+    server = SilentServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def stalling_upstream() -> Iterator[SilentServer]:
+    """A server that answers a request's head with a 200 and a Content-Length, then sends nothing."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n"
+    server = SilentServer(after=head).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -28,7 +28,7 @@ from superollama.admin.usage import UsageRoutes
 from superollama.agent import AgentConfig, LocalAgent
 from superollama.control import ConnectionManager, Controller, JobManager, RoutingHolder, SecretBox
 from superollama.core import EventRecord, Runtime
-from superollama.errors import SuperOllamaError, UnsafeBind
+from superollama.errors import StoreError, SuperOllamaError, UnsafeBind
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
 from superollama.gateway.h1 import H1Client
 from superollama.gateway.loop import run as run_loop
@@ -50,14 +50,22 @@ from superollama.security import (
     resolve_auth,
 )
 from superollama.settings import Settings
-from superollama.store import ModelStore
+from superollama.store import ModelStore, RetryPolicy
 from superollama.telemetry import Telemetry
 from superollama.telemetry import configure_logging as configure_telemetry_logging
 
 if TYPE_CHECKING:
     from superollama.workers import WorkerContext
 
-__all__ = ["BUNDLED_NAME", "bundled_model_path", "create_app", "open_catalog", "serve"]
+__all__ = [
+    "BUNDLED_NAME",
+    "bundled_model_path",
+    "create_app",
+    "model_store",
+    "open_catalog",
+    "prepare_home",
+    "serve",
+]
 
 log = logging.getLogger("superollama")
 
@@ -76,11 +84,40 @@ def bundled_model_path() -> Path | None:
     return path if path.is_file() else None
 
 
+def prepare_home(settings: Settings) -> None:
+    """Create the home if needed; ``StoreError`` (one clear line) when it is a file or cannot be written."""
+    home = settings.home
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StoreError(
+            f"the home {home} is a file, not a directory (set --home or SUPEROLLAMA_HOME)"
+        ) from None
+    except OSError as exc:
+        raise StoreError(f"cannot create the home {home}: {exc.strerror or exc}") from exc
+    if not home.is_dir():
+        raise StoreError(f"the home {home} is not a directory (set --home or SUPEROLLAMA_HOME)")
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise StoreError(f"the home {home} is not writable by this user")
+
+
+def model_store(settings: Settings) -> ModelStore:
+    """The store of the home, its network sources bound by the pull timeouts of ``settings``."""
+    return ModelStore(
+        settings.store_dir,
+        ollama_registry=settings.ollama_registry,
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.pull_connect_timeout, sock_read=settings.pull_read_timeout
+        ),
+        retry=RetryPolicy(stall=settings.pull_stall_timeout),
+    )
+
+
 async def open_catalog(settings: Settings) -> tuple[Registry, ModelStore, Controller]:
     """Registry + store + a controller without an agent: what the CLI's offline ``pull`` uses."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    prepare_home(settings)
     registry = await open_registry(settings.registry_url)
-    store = ModelStore(settings.store_dir, ollama_registry=settings.ollama_registry)
+    store = model_store(settings)
     controller = Controller(registry, store, RoutingHolder())
     await controller.start()
     return registry, store, controller
@@ -88,9 +125,9 @@ async def open_catalog(settings: Settings) -> tuple[Registry, ModelStore, Contro
 
 async def create_app(settings: Settings, worker: WorkerContext | None = None) -> web.Application:
     """The whole app; ``worker``: it is worker 0 (the primary) of ``serve --workers N``."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    prepare_home(settings)
     registry = await open_registry(settings.registry_url)
-    store = ModelStore(settings.store_dir, ollama_registry=settings.ollama_registry)
+    store = model_store(settings)
     runtime = LlamaCppRuntime(
         log_dir=settings.home / "logs",
         ctx=settings.llamacpp_ctx,
@@ -250,19 +287,20 @@ def _observe_event(telemetry: Telemetry, node: str, event: EventRecord) -> None:
 
 
 async def _register_bundled(settings: Settings, controller: Controller) -> None:
-    """First start: register the bundled SmolLM2 once (a later ``rm`` is respected)."""
+    """First start: register the bundled SmolLM2 once (a later ``rm`` is respected). A server that cannot
+    (no room in the home, a read-only home) starts without it, says why, and tries again next start."""
     mark = settings.home / _BUNDLED_MARK
     path = bundled_model_path()
     if mark.exists() or path is None:
         return
-    if await controller.registry.versions.find(BUNDLED_NAME) is None:
-        try:
+    try:
+        if await controller.registry.versions.find(BUNDLED_NAME) is None:
             await controller.pull(path.as_uri(), BUNDLED_NAME, actor="system")
-        except SuperOllamaError as exc:
-            log.warning("could not register the bundled model: %s", exc.message)
-            return
-        log.info("registered the bundled model as %s", BUNDLED_NAME)
-    mark.write_text(BUNDLED_NAME + "\n")
+            log.info("registered the bundled model as %s", BUNDLED_NAME)
+        mark.write_text(BUNDLED_NAME + "\n")
+    except (SuperOllamaError, OSError) as exc:
+        why = exc.message if isinstance(exc, SuperOllamaError) else f"{exc.strerror or exc} ({exc.filename})"
+        log.warning("starting without the bundled model %s: %s", BUNDLED_NAME, why)
 
 
 async def _root(_request: web.Request) -> web.Response:
@@ -313,6 +351,7 @@ def serve(settings: Settings, worker: WorkerContext | None = None) -> None:
     if worker is None:
         from superollama.workers import resolve_workers, supervise
 
+        prepare_home(settings)  # before any log file or worker: a bad home is one clear error
         count = resolve_workers(settings)
         if count > 1:
             raise SystemExit(supervise(settings, count, primary=serve))

@@ -22,7 +22,8 @@ edges render them in the client's protocol (OpenAI ``{"error": {...}}``, Ollama 
     │   ├── ModelExists                   409
     │   └── ModelInUse                    409
     ├── StoreError                        500
-    │   └── IntegrityError                422  (digest or size mismatch: the bytes are not what they claim)
+    │   ├── IntegrityError                422  (digest or size mismatch: the bytes are not what they claim)
+    │   └── InsufficientStorage           507  (not enough free space for a download, or the disk filled up)
     ├── RegistryError                     500
     └── Unavailable                       503  (Retry-After where it helps)
         ├── ModelLoadFailed               503
@@ -39,6 +40,7 @@ __all__ = [
     "AdminRequired",
     "Conflict",
     "Forbidden",
+    "InsufficientStorage",
     "IntegrityError",
     "InvalidModelName",
     "InvalidRequest",
@@ -186,6 +188,14 @@ class StoreError(SuperOllamaError):
 class IntegrityError(StoreError):
     status = 422
     code = "integrity_error"
+
+
+class InsufficientStorage(StoreError):
+    """A download that does not fit: refused before it starts ("needs X, Y free on PATH"), or stopped when
+    the filesystem filled up (its partial file is removed, so the disk is usable again)."""
+
+    status = 507
+    code = "insufficient_storage"
 
 
 class RegistryError(SuperOllamaError):

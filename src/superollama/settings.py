@@ -107,6 +107,20 @@ class Settings(BaseSettings):
         default="https://registry.ollama.ai",
         description="Base URL of the Ollama registry that ollama:// pulls and bare names (llama3:8b) use.",
     )
+    pull_connect_timeout: float = Field(
+        default=15.0, gt=0, description="Seconds a pull waits to connect to a source (https, hf, ollama)."
+    )
+    pull_read_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a pull waits for the next bytes from a connected source (headers or body) "
+        "before that attempt counts as failed and is retried.",
+    )
+    pull_stall_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds without any progress (retries included) after which a pull fails.",
+    )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = Field(default=False, description="Write logs as JSON lines (production).")
     auth: Literal["auto", "on", "off"] = Field(

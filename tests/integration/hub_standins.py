@@ -9,8 +9,10 @@ app on port 0, with the real services' URL layout:
 
 Every file is served with ``ETag``, ``Content-Length``, ``Range``/``If-Range`` (206, 416), and can be made to
 misbehave: ``fail_times`` answers 503 first, ``cut_after`` closes the connection after N bytes (once),
-``corrupt_at`` flips one byte, ``etag_after_cut`` changes the ETag when the cut happens. ``requests`` and
-``sent`` record what was asked and how many body bytes went out per URL path.
+``corrupt_at`` flips one byte, ``etag_after_cut`` changes the ETag when the cut happens, ``stall_at`` stops
+sending (the connection stays open, silent) once the body reaches that byte, ``hide_length`` sends no
+``Content-Length`` (chunked, so a client cannot know the size in advance). ``requests`` and ``sent``
+record what was asked and how many body bytes went out per URL path.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class Served:
     etag_after_cut: str | None = None
     fail_times: int = 0  # answer 503 to this many requests first
     delay: float = 0.0  # seconds to wait before each 1 MiB chunk (a slow link)
+    stall_at: int | None = None  # go silent (connection open) when the body reaches this byte
+    hide_length: bool = False  # no Content-Length: chunked, size unknown to the client
 
     @property
     def size(self) -> int:
@@ -245,7 +249,10 @@ class Hub:
         resp = web.StreamResponse(status=status, headers={"ETag": served.etag, "Accept-Ranges": "bytes"})
         if status == 206:
             resp.headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
-        resp.content_length = size - start
+        if served.hide_length:
+            resp.enable_chunked_encoding()
+        else:
+            resp.content_length = size - start
         await resp.prepare(request)
         if request.method == "HEAD":
             return resp
@@ -253,7 +260,13 @@ class Hub:
         while pos < size:
             if served.delay:
                 await asyncio.sleep(served.delay)
-            chunk = bytearray(served.read(pos, min(1 << 20, size - pos)))
+            end = min(pos + (1 << 20), size)
+            if served.stall_at is not None and pos >= served.stall_at:
+                await request.wait_for_disconnection()  # silent until the client gives up and hangs up
+                return resp
+            if served.stall_at is not None and pos < served.stall_at:
+                end = min(end, served.stall_at)
+            chunk = bytearray(served.read(pos, end - pos))
             if served.corrupt_at is not None and pos <= served.corrupt_at < pos + len(chunk):
                 chunk[served.corrupt_at - pos] ^= 0xFF
             cut = served.cut_after

@@ -47,7 +47,11 @@ def gguf_repo(hub: Hub, smollm2_gguf: Path, **kw: object) -> None:
 
 
 def blobs(home: Path) -> list[str]:
-    return sorted(os.listdir(home / "blobs")) if (home / "blobs").exists() else []
+    return (
+        sorted(n for n in os.listdir(home / "blobs") if n.startswith("sha256-"))
+        if (home / "blobs").exists()
+        else []
+    )
 
 
 async def test_gguf_by_quant(store: ModelStore, hub: Hub, home: Path, smollm2_gguf: Path) -> None:

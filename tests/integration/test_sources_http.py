@@ -51,11 +51,17 @@ def store(home: Path) -> ModelStore:
 
 
 def blobs(home: Path) -> list[str]:
-    return sorted(os.listdir(home / "blobs")) if (home / "blobs").exists() else []
+    return (
+        sorted(n for n in os.listdir(home / "blobs") if n.startswith("sha256-"))
+        if (home / "blobs").exists()
+        else []
+    )
 
 
 def partials(home: Path) -> list[str]:
-    return sorted(os.listdir(home / "tmp")) if (home / "tmp").exists() else []
+    """Partial downloads: ``*.partial`` files beside the blobs."""
+    folder = home / "blobs"
+    return sorted(n for n in os.listdir(folder) if n.endswith(".partial")) if folder.exists() else []
 
 
 async def test_pull_with_digest_fragment(
@@ -109,7 +115,7 @@ async def test_failed_pull_keeps_partial_and_next_pull_resumes(
         await ModelStore(home, retry=RetryPolicy(attempts=0)).pull(url, "m")
     assert ModelStore(home).list() == [] and blobs(home) == []
     (partial,) = partials(home)
-    kept = (home / "tmp" / partial).stat().st_size
+    kept = (home / "blobs" / partial).stat().st_size
     assert 40_000_000 - SLACK <= kept <= 40_000_000
 
     await ModelStore(home, retry=FAST).pull(url, "m")  # a new process, the same partial file
@@ -202,7 +208,7 @@ async def test_cancelled_pull_keeps_partial_for_the_next(
         await task
     assert store.list() == [] and blobs(home) == []
     (partial,) = partials(home)
-    kept = (home / "tmp" / partial).stat().st_size
+    kept = (home / "blobs" / partial).stat().st_size
     assert kept > 20_000_000
 
     await store.pull(f"{hub.url}/files/{NAME}", "m")

@@ -51,7 +51,18 @@ def store(home: Path, hub: Hub) -> ModelStore:
 
 
 def blobs(home: Path) -> list[str]:
-    return sorted(os.listdir(home / "blobs")) if (home / "blobs").exists() else []
+    return (
+        sorted(n for n in os.listdir(home / "blobs") if n.startswith("sha256-"))
+        if (home / "blobs").exists()
+        else []
+    )
+
+
+def partials(home: Path) -> list[str]:
+    """Partial downloads and scratch files: ``*.partial`` beside the blobs, anything in tmp/."""
+    tmp = os.listdir(home / "tmp") if (home / "tmp").exists() else []
+    blobs = home / "blobs"
+    return tmp + [n for n in os.listdir(blobs) if n.endswith(".partial")] if blobs.exists() else tmp
 
 
 def check_smollm2(manifest_doc: dict[str, Any], pulled: Any) -> None:
@@ -119,7 +130,7 @@ async def test_corrupt_blob_is_rejected(store: ModelStore, hub: Hub, home: Path,
     with pytest.raises(IntegrityError, match=digest[7:]):
         await store.pull("ollama://smollm2", "bad")
     assert store.list() == [] and blobs(home) == []
-    assert os.listdir(home / "tmp") == []
+    assert partials(home) == []
 
 
 # -- a local Ollama models directory ----------------------------------------------------------------------
@@ -160,7 +171,7 @@ async def test_import_local_ollama_models_links_blobs(
     assert ours.stat().st_ino == theirs.stat().st_ino  # linked, not copied
     assert theirs.stat().st_nlink == 2
     assert sorted(os.listdir(home / "blobs")) == sorted(os.listdir(models / "blobs"))
-    assert os.listdir(home / "tmp") == []
+    assert partials(home) == []
     await store.verify("smollm2:135m")
 
     pulled = await store.pull(f"ollama-dir://{models}#smollm2:135m", "again")
@@ -185,7 +196,7 @@ async def test_import_verifies_and_falls_back_to_copy(
         f.write(b"\x00\x01\x02")
     with pytest.raises(IntegrityError):
         await store.import_ollama_models(models)
-    assert store.list() == [] and blobs(home) == [] and os.listdir(home / "tmp") == []
+    assert store.list() == [] and blobs(home) == [] and partials(home) == []
     shutil.copyfile(smollm2_gguf, theirs)
 
     def no_links(src: Any, dst: Any) -> None:

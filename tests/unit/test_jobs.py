@@ -103,3 +103,62 @@ async def test_shutdown_cancels_running_jobs(registry: Registry) -> None:
     assert (await registry.jobs.get(job.id)).state is JobState.CANCELLED
     with pytest.raises(Conflict):
         await jobs.submit("pull", "m:2", gated(asyncio.Event()))
+
+
+async def test_cancel_answers_in_every_state(registry: Registry) -> None:
+    """Running here: stopped. Listed as running but run by nobody (its server went away): marked
+    cancelled. Ended: a Conflict that says how it ended."""
+    jobs = JobManager(registry)
+    running = await jobs.submit("pull", "m:1", gated(asyncio.Event()))
+    assert (await jobs.cancel(running.id)).state is JobState.CANCELLED
+
+    await registry.jobs.add(JobRecord(id="job-orphan", kind="pull", target="m:2"))
+    orphan = await jobs.cancel("job-orphan")
+    assert orphan.state is JobState.CANCELLED and "no longer running" in (orphan.error or "")
+    assert (await registry.jobs.get("job-orphan")).state is JobState.CANCELLED
+
+    gate = asyncio.Event()
+    gate.set()
+    failed = await jobs.submit("pull", "m:3", gated(gate, IntegrityError("sha256 mismatch")))
+    await jobs.wait(failed.id)
+    with pytest.raises(Conflict, match=r"already ended \(failed: sha256 mismatch\)"):
+        await jobs.cancel(failed.id)
+    await jobs.close()
+
+
+async def test_a_failed_job_keeps_how_its_error_is_answered(registry: Registry) -> None:
+    jobs = JobManager(registry)
+    gate = asyncio.Event()
+    gate.set()
+    job = await jobs.submit("pull", "m:1", gated(gate, IntegrityError("sha256 mismatch")))
+    done = await jobs.wait(job.id)
+    assert done.result == {"error": {"status": 422, "type": "store_error", "code": "integrity_error"}}
+    final = [e async for e in jobs.watch(job.id)]
+    assert final == [
+        {
+            "status": "failed",
+            "job": job.id,
+            "error": {"message": "sha256 mismatch", "code": "integrity_error"},
+        }
+    ]
+    await jobs.close()
+
+
+async def test_a_quiet_job_repeats_its_latest_event_to_watchers(registry: Registry) -> None:
+    """With a keepalive, a client reading the stream with a read timeout keeps hearing from a job that
+    is busy without progress (resolving a source, hashing)."""
+    jobs = JobManager(registry)
+    gate = asyncio.Event()
+    job = await jobs.submit("pull", "m:1", gated(gate))
+    seen: list[dict[str, Any]] = []
+
+    async def watch() -> None:
+        async for event in jobs.watch(job.id, keepalive=0.02):
+            seen.append(event)
+            if len(seen) == 5:
+                gate.set()
+
+    await asyncio.wait_for(watch(), 10)
+    assert seen[1:4] == [seen[1]] * 3  # the same progress line, again and again, while nothing moved
+    assert seen[-1]["status"] == "success"
+    await jobs.close()

@@ -46,11 +46,18 @@ def store(home: Path) -> ModelStore:
 
 
 def blob_files(home: Path) -> list[str]:
-    return sorted(os.listdir(home / "blobs")) if (home / "blobs").exists() else []
+    return (
+        sorted(n for n in os.listdir(home / "blobs") if n.startswith("sha256-"))
+        if (home / "blobs").exists()
+        else []
+    )
 
 
 def tmp_files(home: Path) -> list[str]:
-    return sorted(os.listdir(home / "tmp")) if (home / "tmp").exists() else []
+    """Scratch files in tmp/ and partial files beside the blobs."""
+    tmp = sorted(os.listdir(home / "tmp")) if (home / "tmp").exists() else []
+    blobs = home / "blobs"
+    return tmp + sorted(n for n in os.listdir(blobs) if n.endswith(".partial")) if blobs.exists() else tmp
 
 
 # -- pull --------------------------------------------------------------------------------------------------

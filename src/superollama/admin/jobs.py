@@ -1,5 +1,10 @@
 """Admin API for long operations: ``/pull`` (a job whose progress streams as NDJSON, in the shape of
-Ollama's ``/api/pull``) and ``/jobs`` (list, show, watch, cancel)."""
+Ollama's ``/api/pull``) and ``/jobs`` (list, show, watch, cancel).
+
+A progress stream repeats its latest line every ``KEEPALIVE`` seconds while the job is quiet (resolving a
+source, hashing), so clients can read it with a read timeout; it ends with the job's final line as soon as
+the job ends. A job that failed answers, without ``stream``, with the status and code of its error
+(507 ``insufficient_storage`` for a download that does not fit, for instance)."""
 
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ from superollama.errors import InvalidRequest
 from superollama.gateway import read_json
 from superollama.gateway.responses import json_response as _json
 
-__all__ = ["JobRoutes", "job_json"]
+__all__ = ["KEEPALIVE", "JobRoutes", "job_json"]
+
+KEEPALIVE = 10.0  # seconds between repeated progress lines of a quiet job
 
 
 def job_json(job: JobRecord) -> dict[str, Any]:
@@ -88,10 +95,16 @@ class JobRoutes:
         if body.get("stream", True) is False:
             done = await self._jobs.wait(job.id)
             if done.error:
-                error = {"message": done.error, "type": "job_failed", "param": None, "code": str(done.state)}
+                kept = _kept_error(done)
+                error = {
+                    "message": done.error,
+                    "type": kept.get("type") or "job_failed",
+                    "param": None,
+                    "code": kept.get("code") or str(done.state),
+                }
                 return _json({"error": error, "job": done.id}, status=_status(done))
             return _json({"status": "success", "job": done.id, **done.result})
-        return await _stream(request, self._jobs.watch(job.id), job.id)
+        return await _stream(request, self._jobs.watch(job.id, keepalive=KEEPALIVE), job.id)
 
     async def list(self, request: web.Request) -> web.Response:
         try:
@@ -105,7 +118,7 @@ class JobRoutes:
 
     async def watch(self, request: web.Request) -> web.StreamResponse:
         job = await self._jobs.get(request.match_info["id"])
-        return await _stream(request, self._jobs.watch(job.id), job.id)
+        return await _stream(request, self._jobs.watch(job.id, keepalive=KEEPALIVE), job.id)
 
     async def cancel(self, request: web.Request) -> web.Response:
         return _json(job_json(await self._jobs.cancel(request.match_info["id"])))
@@ -131,5 +144,13 @@ def _text(body: dict[str, Any], key: str, *, required: bool = False) -> Any:
     return value
 
 
+def _kept_error(job: JobRecord) -> dict[str, Any]:
+    kept = job.result.get("error")
+    return kept if isinstance(kept, dict) else {}
+
+
 def _status(job: JobRecord) -> int:
-    return 499 if str(job.state) == "cancelled" else 400
+    if str(job.state) == "cancelled":
+        return 499
+    status = _kept_error(job).get("status")
+    return status if isinstance(status, int) and status >= 400 else 400

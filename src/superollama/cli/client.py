@@ -1,5 +1,10 @@
 """The CLI's client of the admin API. It finds the server, speaks HTTP, and maps errors to messages.
 
+Every failure to talk to the server (refused, timed out, dropped mid-answer, an unreadable answer) is an
+``ApiError`` with one line of text, never an httpx exception. Requests wait up to ``REQUEST_TIMEOUT``
+(some admin calls load or drain models); progress streams, where the server repeats its latest line every
+few seconds, give up after ``STREAM_READ_TIMEOUT`` seconds of silence.
+
 ``httpx`` is imported when a client is made, not with this module: ``superollama serve`` (which imports
 the CLI but never talks to itself) keeps its 4 MB out of the server's memory.
 """
@@ -7,6 +12,7 @@ the CLI but never talks to itself) keeps its 4 MB out of the server's memory.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -21,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["AdminClient", "ApiError", "find_server_url"]
 
 USER_AGENT = f"superollama-cli/{__version__}"
+CONNECT_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 600.0
+STREAM_READ_TIMEOUT = 120.0
 
 
 class ApiError(Exception):
@@ -60,7 +69,9 @@ def _message(response: httpx.Response) -> str:
 class AdminClient:
     """``api_key`` (``SUPEROLLAMA_API_KEY`` or ``--api-key``) goes out as ``Authorization: Bearer``."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 600.0) -> None:
+    def __init__(
+        self, base_url: str, api_key: str | None = None, *, timeout: float = REQUEST_TIMEOUT
+    ) -> None:
         self.base_url = base_url
         headers = {"User-Agent": USER_AGENT}
         if api_key:
@@ -68,7 +79,31 @@ class AdminClient:
         import httpx
 
         self._httpx = httpx
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
+        self._http = httpx.Client(
+            base_url=base_url, timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT), headers=headers
+        )
+        self._stream_timeout = httpx.Timeout(
+            timeout, connect=CONNECT_TIMEOUT, read=min(timeout, STREAM_READ_TIMEOUT)
+        )
+
+    @contextmanager
+    def _talking(self) -> Iterator[None]:
+        """httpx's transport errors and unreadable answers as one-line ``ApiError`` messages."""
+        httpx = self._httpx
+        try:
+            yield
+        except httpx.ConnectError as exc:
+            raise ApiError(
+                0, f"could not connect to {self.base_url}: is `superollama serve` running?"
+            ) from exc
+        except httpx.TimeoutException as exc:
+            what = "connecting to" if isinstance(exc, httpx.ConnectTimeout) else "waiting for"
+            raise ApiError(0, f"timed out {what} the server at {self.base_url}") from exc
+        except httpx.TransportError as exc:
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            raise ApiError(0, f"lost the connection to the server at {self.base_url} ({why})") from exc
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(0, f"the server at {self.base_url} sent an answer that is not JSON") from exc
 
     def close(self) -> None:
         self._http.close()
@@ -80,33 +115,29 @@ class AdminClient:
             return False
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
+        with self._talking():
             response = self._http.request(method, path, **kwargs)
-        except self._httpx.ConnectError as exc:
-            raise ApiError(
-                0, f"could not connect to {self.base_url}: is `superollama serve` running?"
-            ) from exc
-        if response.status_code >= 400:
-            raise ApiError(response.status_code, _message(response))
-        return orjson.loads(response.content) if response.content else None
+            if response.status_code >= 400:
+                raise ApiError(response.status_code, _message(response))
+            return orjson.loads(response.content) if response.content else None
 
     def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
         """NDJSON lines of a streamed admin response (pull progress)."""
-        try:
-            with self._http.stream(method, path, **kwargs) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise ApiError(response.status_code, _message(response))
-                for line in response.iter_lines():
-                    if line.strip():
-                        yield orjson.loads(line)
-        except self._httpx.ConnectError as exc:
-            raise ApiError(
-                0, f"could not connect to {self.base_url}: is `superollama serve` running?"
-            ) from exc
+        stream = self._http.stream(method, path, timeout=self._stream_timeout, **kwargs)
+        with self._talking(), stream as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response.status_code, _message(response))
+            for line in response.iter_lines():
+                if line.strip():
+                    yield orjson.loads(line)
 
     def stream_chat(self, body: dict[str, Any]) -> Iterator[str]:
         """Content deltas of a streamed ``/v1/chat/completions`` (the REPL's one use of the data plane)."""
+        with self._talking():
+            yield from self._chat_deltas(body)
+
+    def _chat_deltas(self, body: dict[str, Any]) -> Iterator[str]:
         with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
             if response.status_code >= 400:
                 response.read()

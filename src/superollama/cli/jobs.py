@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 import orjson
 
 from superollama.cli.client import ApiError
-from superollama.cli.main import Context, api, cli, console, err_console, pass_ctx
+from superollama.cli.main import Context, api, cli, console, fail, pass_ctx
 from superollama.cli.render import age, print_table, show_progress
 
 __all__ = ["jobs"]
@@ -25,8 +23,7 @@ def jobs(click_ctx: click.Context, as_json: bool) -> None:
     try:
         items = ctx.client.request("GET", "/admin/v1/jobs")["jobs"]
     except ApiError as exc:
-        err_console.print(f"[red]Error:[/red] {exc.message}", highlight=False)
-        sys.exit(1)
+        fail(exc)
     if as_json:
         click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
         return
@@ -50,7 +47,7 @@ def jobs(click_ctx: click.Context, as_json: bool) -> None:
 @pass_ctx
 @api
 def cancel_job(ctx: Context, job_id: str) -> None:
-    """Cancel a running job."""
+    """Cancel a running job (a job that already ended says how it ended, with exit status 1)."""
     job = ctx.client.request("POST", f"/admin/v1/jobs/{job_id}/cancel")
     console.print(f"{job['id']}: {job['state']}")
 
@@ -60,6 +57,16 @@ def cancel_job(ctx: Context, job_id: str) -> None:
 @pass_ctx
 @api
 def watch_job(ctx: Context, job_id: str) -> None:
-    """Follow a job's progress until it ends."""
+    """Follow a job's progress until it ends (exit status 1 when it did not succeed)."""
     final = show_progress(console, ctx.client.stream_lines("GET", f"/admin/v1/jobs/{job_id}/watch"))
+    if final.get("status") != "success":
+        raise ApiError(0, f"job {job_id} {final.get('status')}: {failure_reason(final)}")
     console.print(f"{job_id}: {final.get('status')}")
+
+
+def failure_reason(final: dict[str, object]) -> str:
+    """What a job's final progress line says went wrong."""
+    error = final.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message") or final.get("status"))
+    return str(error or final.get("status") or "the stream ended without a final line")

@@ -1,12 +1,17 @@
 """``superollama``: the command line. Every command but ``serve`` is a client of the admin API;
-``pull`` also works offline (no server running) through the same controller code the server uses."""
+``pull`` also works offline (no server running) through the same controller code the server uses.
+
+Errors: whatever a command fails with (an answer of the server, a connection refused or dropped, a timeout,
+a home that is a file, a permission error) ends as one line on stderr, ``superollama: MESSAGE``, and exit
+status 1; ``error_line`` is the one place that words them. A traceback is never what a user sees.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -16,7 +21,7 @@ from superollama.cli.client import AdminClient, ApiError, find_server_url
 from superollama.cli.render import print_table
 from superollama.settings import Settings
 
-__all__ = ["Context", "api", "cli", "console", "main", "pass_ctx"]
+__all__ = ["Context", "api", "cli", "console", "error_line", "fail", "main", "pass_ctx"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
@@ -41,15 +46,41 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+def error_line(exc: BaseException) -> str:
+    """The one line a failed command prints for ``exc``."""
+    from pydantic import ValidationError
+
+    from superollama.errors import SuperOllamaError
+
+    if isinstance(exc, ApiError | SuperOllamaError):
+        text = exc.message
+    elif isinstance(exc, ValidationError):  # a setting (SUPEROLLAMA_*) that does not parse
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        text = "invalid settings: " + "; ".join(problems)
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        text = f"{exc.strerror}{where}"
+    else:
+        text = f"internal error: {type(exc).__name__}: {exc}".rstrip(": ")
+    return "superollama: " + " ".join(str(text).split())
+
+
+def fail(exc: BaseException) -> NoReturn:
+    """Print ``exc`` as one line on stderr and exit with status 1."""
+    sys.stderr.write(error_line(exc) + "\n")
+    sys.stderr.flush()
+    sys.exit(1)
+
+
 def api(fn: F) -> F:
-    """Turn an ``ApiError`` into one clear line on stderr and exit status 1."""
+    """Turn an ``ApiError`` into one clear line on stderr and exit status 1 (``main`` does the same for
+    every other error; this keeps a command's failure inside the command when it is invoked directly)."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except ApiError as exc:
-            err_console.print(f"[red]Error:[/red] {exc.message}", highlight=False)
-            sys.exit(1)
+            fail(exc)
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
@@ -105,4 +136,7 @@ def main() -> None:
     import superollama.cli.models
     import superollama.cli.usage  # noqa: F401
 
-    cli(prog_name="superollama")
+    try:
+        cli(prog_name="superollama")
+    except Exception as exc:  # click handles its own usage errors and ^C; everything else is one line
+        fail(exc)

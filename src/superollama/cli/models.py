@@ -12,6 +12,7 @@ import click
 import orjson
 
 from superollama.cli.client import ApiError
+from superollama.cli.jobs import failure_reason
 from superollama.cli.main import Context, api, cli, console, err_console, pass_ctx
 from superollama.cli.render import age, human_size, print_table, show_progress
 from superollama.core import ModelRef, NameError_
@@ -68,7 +69,7 @@ def pull(ctx: Context, source: str, name: str | None, runtime: str | None) -> No
                 err_console.print(f"cancelled {job[0]} (pull again to resume)")
             sys.exit(130)
         if final.get("status") != "success":
-            raise ApiError(0, str((final.get("error") or {}).get("message", final)))
+            raise ApiError(0, f"pull failed: {failure_reason(final)}")
         console.print(f"pulled {final['model']['name']}")
         return
     console.print(f"[dim]no server at {ctx.client.base_url}: pulling into {ctx.settings.home}[/dim]")
@@ -86,7 +87,7 @@ async def _pull_offline(settings: Settings, uri: str, name: str | None, runtime:
             uri, name, actor="cli", runtime=runtime, on_progress=lambda p: events.append(p.as_dict())
         )
     except SuperOllamaError as exc:
-        raise ApiError(exc.status, exc.message) from exc
+        raise ApiError(exc.status, f"pull failed: {exc.message}") from exc
     finally:
         await registry.close()
     return record.name

@@ -1,11 +1,20 @@
 """Long operations as jobs: an id, progress anyone can watch, cancellation, and no half state after a
 restart (a job the server did not finish is marked failed when it starts again; a pull's partial files
-stay in the store's tmp/ so pulling again resumes)."""
+stay beside the store's blobs so pulling again resumes).
+
+Every job reaches a final state: whatever its work raises ends it (``failed`` with the reason, and the
+error's status and code in ``result["error"]`` so the edges answer like the error would), and when the
+registry cannot record that end (a full disk, a lost database) the job still ends for its watchers and in
+this process, and the record is written again later. ``cancel`` answers in every state: a job running here
+stops; one the registry lists as running that no longer runs anywhere in this process (its server stopped)
+is marked cancelled; a job that already ended is a ``Conflict`` that says how it ended.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -24,6 +33,7 @@ Emit = Callable[[Progress], None]
 Work = Callable[[Emit], Awaitable[Mapping[str, Any]]]
 
 _SAVE_EVERY = 1.0  # seconds between progress writes to the registry
+_RESAVE_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)  # retries of a final state the registry refused
 
 
 class _Running:
@@ -33,12 +43,15 @@ class _Running:
         self.watchers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.task: asyncio.Task[None] | None = None
         self.saved_at = 0.0
+        self.ending = False  # _finish has begun: no second end
 
 
 class JobManager:
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
         self._running: dict[str, _Running] = {}
+        self._unsaved: dict[str, JobRecord] = {}  # ended here, not recorded yet (the registry refused)
+        self._resaving: set[asyncio.Task[None]] = set()
         self._closing = False
 
     async def start(self) -> None:
@@ -54,9 +67,15 @@ class JobManager:
         for running in list(self._running.values()):
             if running.task is not None:
                 running.task.cancel()
-        await asyncio.gather(
-            *(r.task for r in self._running.values() if r.task is not None), return_exceptions=True
-        )
+        running_now = list(self._running.values())
+        await asyncio.gather(*(r.task for r in running_now if r.task is not None), return_exceptions=True)
+        for running in running_now:
+            await self._settle(running)
+        for task in list(self._resaving):
+            task.cancel()
+        await asyncio.gather(*self._resaving, return_exceptions=True)
+        for record in list(self._unsaved.values()):  # one last try
+            await self._save_final(record)
 
     async def submit(
         self,
@@ -76,49 +95,73 @@ class JobManager:
         )
         running = self._running[record.id] = _Running(record)
         running.task = asyncio.create_task(self._run(running, work), name=f"{kind} {target}")
+        running.task.add_done_callback(lambda _task: self._settle_soon(running))
         return record
 
     async def get(self, job_id: str) -> JobRecord:
         running = self._running.get(job_id)
         if running is not None:
             return running.record
+        if job_id in self._unsaved:
+            return self._unsaved[job_id]
         return await self._registry.jobs.get(job_id)
 
     async def list(self, *, limit: int = 50) -> list[JobRecord]:
-        return [
-            self._running[j.id].record if j.id in self._running else j
-            for j in await self._registry.jobs.list(limit=limit)
-        ]
+        return [self._current(j) for j in await self._registry.jobs.list(limit=limit)]
+
+    def _current(self, job: JobRecord) -> JobRecord:
+        if job.id in self._running:
+            return self._running[job.id].record
+        return self._unsaved.get(job.id, job)
 
     async def cancel(self, job_id: str) -> JobRecord:
+        """Stop a job and answer its final record; see the module docstring for each state."""
         running = self._running.get(job_id)
-        if running is None:
-            record = await self._registry.jobs.get(job_id)
-            raise Conflict(f"job {job_id} already ended ({record.state})")
-        if running.task is not None:
+        if running is not None and running.task is not None and not running.task.done():
             running.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await running.task
-        return await self._registry.jobs.get(job_id)
+            await self._settle(running)
+            return await self.get(job_id)
+        record = await self.get(job_id)
+        if record.state is JobState.RUNNING:  # listed as running, but nothing here runs it
+            record = await self._registry.jobs.update(
+                job_id, state=JobState.CANCELLED, error="cancelled (it was no longer running on this server)"
+            )
+            await self._event(record, "cancelled", {"orphan": True})
+            return record
+        how = f"{record.state}: {record.error}" if record.error else str(record.state)
+        raise Conflict(f"job {job_id} already ended ({how}); nothing to cancel")
 
     async def wait(self, job_id: str) -> JobRecord:
         running = self._running.get(job_id)
         if running is not None and running.task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.shield(running.task)
-        return await self._registry.jobs.get(job_id)
+        return await self.get(job_id)
 
-    async def watch(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
-        """The job's progress events from now on (starting with the latest), then its final event."""
+    async def watch(self, job_id: str, *, keepalive: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The job's progress events from now on (starting with the latest), then its final event.
+
+        With ``keepalive``, the latest event is repeated after that many seconds without a new one, so a
+        client reading the stream with a read timeout can tell a quiet job from a dead connection.
+        """
         running = self._running.get(job_id)
         if running is None:
-            yield _final(await self._registry.jobs.get(job_id))
+            yield _final(await self.get(job_id))
             return
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1000)
         running.watchers.add(queue)
         try:
             yield running.last
-            while (event := await queue.get()) is not None:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), keepalive)
+                except TimeoutError:
+                    yield running.last
+                    continue
+                if event is None:
+                    break
                 yield event
         finally:
             running.watchers.discard(queue)
@@ -132,12 +175,33 @@ class JobManager:
             await self._finish(running, JobState.CANCELLED, error="cancelled")
             raise
         except SuperOllamaError as exc:
-            await self._finish(running, JobState.FAILED, error=exc.message)
+            log.warning("job %s (%s %s) failed: %s", job.id, job.kind, job.target, exc.message)
+            await self._finish(running, JobState.FAILED, error=exc.message, result=_error_result(exc))
         except Exception as exc:
             log.exception("job %s (%s %s) failed", job.id, job.kind, job.target)
-            await self._finish(running, JobState.FAILED, error=f"internal error: {type(exc).__name__}")
+            error = f"internal error: {type(exc).__name__}: {exc}".rstrip(": ")
+            await self._finish(running, JobState.FAILED, error=error, result=_error_result(None))
         else:
             await self._finish(running, JobState.SUCCEEDED, result=result)
+
+    def _settle_soon(self, running: _Running) -> None:
+        """A job's task is done: make sure its end is recorded (see ``_settle``)."""
+        if not running.ending and not self._closing:
+            task = asyncio.get_running_loop().create_task(self._settle(running))
+            self._resaving.add(task)
+            task.add_done_callback(self._resaving.discard)
+
+    async def _settle(self, running: _Running) -> None:
+        """Record the end of a job whose task ended without doing so: one cancelled before it first ran
+        (a job cancelled while still queued), or one that failed where nothing expected it."""
+        if running.ending or running.task is None or not running.task.done():
+            return
+        if running.task.cancelled():
+            await self._finish(running, JobState.CANCELLED, error="cancelled")
+        else:
+            exc = running.task.exception()
+            error = f"internal error: {type(exc).__name__}: {exc}" if exc else "internal error: no result"
+            await self._finish(running, JobState.FAILED, error=error, result=_error_result(None))
 
     def _progress(self, running: _Running, event: dict[str, Any]) -> None:
         running.last = event
@@ -164,10 +228,29 @@ class JobManager:
         result: Mapping[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
+        if running.ending:
+            return
+        running.ending = True
         job_id = running.record.id
-        record = await asyncio.shield(
-            self._registry.jobs.update(job_id, state=state, result=result, error=error, progress=running.last)
-        )
+        interrupted: asyncio.CancelledError | None = None
+        try:
+            record = await asyncio.shield(
+                self._registry.jobs.update(
+                    job_id, state=state, result=result, error=error, progress=running.last
+                )
+            )
+        except (Exception, asyncio.CancelledError) as exc:  # the job ends anyway; recorded again later
+            if isinstance(exc, asyncio.CancelledError):
+                interrupted = exc
+            else:
+                log.error("job %s ended (%s) but the registry could not record it: %s", job_id, state, exc)
+            record = dataclasses.replace(
+                running.record, state=state, result=dict(result or {}), error=error, progress=running.last
+            )
+            self._unsaved[job_id] = record
+            task = asyncio.get_running_loop().create_task(self._resave(record))
+            self._resaving.add(task)
+            task.add_done_callback(self._resaving.discard)
         running.record = record
         self._running.pop(job_id, None)
         final = _final(record)
@@ -178,7 +261,31 @@ class JobManager:
             queue.put_nowait(final)
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
+        if interrupted is not None:
+            raise interrupted
         await asyncio.shield(self._event(record, "ok" if state is JobState.SUCCEEDED else str(state), {}))
+
+    async def _resave(self, record: JobRecord) -> None:
+        for delay in _RESAVE_DELAYS:
+            await asyncio.sleep(delay)
+            if await self._save_final(record):
+                return
+
+    async def _save_final(self, record: JobRecord) -> bool:
+        """Write a final state the registry refused before; True once it is recorded."""
+        try:
+            await self._registry.jobs.update(
+                record.id,
+                state=record.state,
+                result=record.result,
+                error=record.error,
+                progress=record.progress,
+            )
+        except Exception as exc:
+            log.warning("job %s: still cannot record its end (%s): %s", record.id, record.state, exc)
+            return False
+        self._unsaved.pop(record.id, None)
+        return True
 
     async def _event(self, job: JobRecord, result: str, detail: dict[str, Any]) -> None:
         with contextlib.suppress(SuperOllamaError):
@@ -193,11 +300,18 @@ class JobManager:
             )
 
 
+def _error_result(exc: SuperOllamaError | None) -> dict[str, Any]:
+    """What a failed job keeps of its error besides the message: how the edges should answer it."""
+    if exc is None:
+        return {"error": {"status": 500, "type": "internal_error", "code": None}}
+    return {"error": {"status": exc.status, "type": exc.type, "code": exc.code}}
+
+
 def _final(record: JobRecord) -> dict[str, Any]:
     if record.state is JobState.SUCCEEDED:
         return {"status": "success", "job": record.id, **record.result}
-    return {
-        "status": str(record.state),
-        "job": record.id,
-        "error": {"message": record.error or str(record.state)},
-    }
+    kept = record.result.get("error")
+    error: dict[str, Any] = {"message": record.error or str(record.state)}
+    if isinstance(kept, dict) and kept.get("code"):
+        error["code"] = kept["code"]
+    return {"status": str(record.state), "job": record.id, "error": error}

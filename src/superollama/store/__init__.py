@@ -5,8 +5,10 @@
     <root>/blobs/sha256-<hex>                         content-addressed files (Ollama's layout)
     <root>/manifests/[host/][namespace/]model/tag     one JSON manifest per version
     <root>/models/sha256-<hex>/                       folder versions as directories of hard links
-    <root>/tmp/                                       partial writes (and resumable downloads), moved
-                                                      into place atomically
+    <root>/blobs/*.partial                            blobs being written (and resumable downloads),
+                                                      renamed into place atomically, on the blobs'
+                                                      filesystem (blobs/ may be a mount point)
+    <root>/tmp/                                       scratch: manifests and folders being written
 """
 
 from superollama.store.blobs import Blob, BlobStore, hash_file, normalize_digest, short_digest

@@ -1,11 +1,14 @@
-"""Content-addressed blobs: ``<root>/blobs/sha256-<hex>``, written through ``<root>/tmp/`` (same filesystem).
+"""Content-addressed blobs: ``<root>/blobs/sha256-<hex>``, written through ``blobs/*.partial`` files.
 
-A blob lands in ``blobs/`` only after its bytes were hashed while being copied and matched what the caller
-expected; the move is one atomic ``os.replace``. File I/O and hashing run in worker threads, in chunks, so
-the event loop stays free. Digests are written ``sha256:<hex>`` (``sha256-<hex>`` is accepted too).
+A blob lands under its name only after its bytes were hashed while being copied and matched what the caller
+expected; the move is one atomic ``os.replace``. Partial files (``*.partial``, as Ollama keeps its
+``-partial`` files) lie beside the blobs, so they are on the blobs' filesystem whatever the layout
+(``blobs/`` may be a mount point of its own) and that move never crosses devices. File I/O and hashing run
+in worker threads, in chunks, so the event loop stays free. Digests are written ``sha256:<hex>``
+(``sha256-<hex>`` is accepted too).
 
-A local, immutable file (an Ollama blob) can be *adopted* instead: hard-linked into ``tmp/``, hashed there,
-then moved into place, so no second copy of its bytes is written.
+A local, immutable file (an Ollama blob) can be *adopted* instead: hard-linked beside the blobs as a
+partial file, hashed there, then moved into place, so no second copy of its bytes is written.
 
 Pins protect blobs that an operation in this process is about to reference (a pull between its ingest and
 its manifest write) from garbage collection: ``delete`` skips a pinned blob unless forced.
@@ -18,6 +21,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -33,6 +37,7 @@ from superollama.errors import IntegrityError, InvalidRequest
 __all__ = ["CHUNK_SIZE", "Blob", "BlobStore", "hash_file", "normalize_digest", "read_chunks", "short_digest"]
 
 CHUNK_SIZE = 4 * 1024 * 1024
+PARTIAL_SUFFIX = ".partial"
 _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 _BLOB_NAME = re.compile(r"^sha256-[0-9a-f]{64}$")
 log = logging.getLogger(__name__)
@@ -116,7 +121,8 @@ class BlobStore:
     def __init__(self, root: str | os.PathLike[str], *, chunk_size: int = CHUNK_SIZE) -> None:
         self.root = Path(root)
         self.dir = self.root / "blobs"
-        self.tmp_dir = self.root / "tmp"
+        self.tmp_dir = self.root / "tmp"  # scratch space of the root (manifests, folder builds)
+        self.partial_dir = self.dir  # partial blobs (*.partial) lie beside the blobs, on their filesystem
         self.chunk_size = chunk_size
         self._lock = threading.Lock()
         self._pins: Counter[str] = Counter()
@@ -143,8 +149,15 @@ class BlobStore:
             if _BLOB_NAME.match(entry.name) and entry.is_file():
                 yield entry.name.replace("-", ":", 1)
 
+    def free_space(self) -> tuple[int, Path]:
+        """Free bytes on the filesystem that holds (or will hold) ``blobs/``, and the folder measured."""
+        where = self.dir
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        return shutil.disk_usage(where).free, where
+
     def disk_usage(self) -> int:
-        """Bytes held by the blobs (partial downloads in ``tmp/`` not included)."""
+        """Bytes held by the blobs (partial downloads not included)."""
         total = 0
         for digest in self.iter_digests():
             total += self.size(digest) or 0
@@ -183,13 +196,16 @@ class BlobStore:
         return True
 
     def purge_tmp(self, older_than_s: float = 24 * 3600) -> int:
-        """Remove partial files left in ``tmp/`` by crashed writers; return how many went."""
+        """Remove files left in ``tmp/`` and ``*.partial`` files beside the blobs by crashed writers (or
+        interrupted downloads nobody resumed); return how many went."""
         cutoff = time.time() - older_than_s
         removed = 0
-        try:
-            entries = list(os.scandir(self.tmp_dir))
-        except FileNotFoundError:
-            return 0
+        entries: list[os.DirEntry[str]] = []
+        for folder, partial_only in ((self.tmp_dir, False), (self.partial_dir, True)):
+            try:
+                entries += [e for e in os.scandir(folder) if not partial_only or _is_partial(e.name)]
+            except FileNotFoundError:
+                continue
         for entry in entries:
             try:
                 if entry.is_file() and entry.stat().st_mtime < cutoff:
@@ -256,7 +272,7 @@ class BlobStore:
         f: BinaryIO | None = None
         if write:
             stem = (expected or "sha256:unknown").replace(":", "-")
-            tmp = self.tmp_dir / f"{stem}-{uuid.uuid4().hex}.partial"
+            tmp = self.partial_dir / f"{stem}-{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
             f = await asyncio.to_thread(_open_new, tmp)
         h = hashlib.sha256()
         n = 0
@@ -283,7 +299,7 @@ class BlobStore:
                 self.pin(digest)
         finally:
             if f is not None:
-                await asyncio.to_thread(f.close)
+                await asyncio.to_thread(_close_quietly, f)  # a full disk fails the flush: drop it anyway
             if tmp is not None:
                 await asyncio.to_thread(tmp.unlink, True)
         return Blob(digest=digest, size=n, path=self.path(digest))
@@ -298,7 +314,8 @@ class BlobStore:
         self.place(tmp, digest, pin=pin)
 
     def place(self, tmp: Path, digest: str, *, pin: bool = False) -> Blob:
-        """Move a complete, verified file (in ``tmp/``, flushed) to its blob path, atomically (blocking).
+        """Move a complete, verified file (a flushed partial file beside the blobs) to its blob path,
+        atomically (blocking).
 
         The caller has checked that ``tmp`` hashes to ``digest``. Same bytes stored already: drop ``tmp``.
         """
@@ -330,7 +347,7 @@ class BlobStore:
         On another filesystem (or where links are refused) this falls back to a copy, with a log note.
         """
         expected = normalize_digest(expected_digest) if expected_digest else None
-        tmp = self.tmp_dir / f"link-{uuid.uuid4().hex}.partial"
+        tmp = self.partial_dir / f"link-{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
         try:
             await asyncio.to_thread(_link, Path(path), tmp)
         except OSError as exc:
@@ -357,6 +374,18 @@ def _link(src: Path, dest: Path) -> None:
 def _open_new(path: Path) -> BinaryIO:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.open("xb")
+
+
+def _is_partial(name: str) -> bool:
+    return name.endswith(PARTIAL_SUFFIX) and not _BLOB_NAME.match(name)
+
+
+def _close_quietly(f: BinaryIO) -> None:
+    """Close a file being abandoned: a flush that fails (no space left) must not keep it on disk."""
+    try:
+        f.close()
+    except OSError as exc:
+        log.debug("closing an abandoned partial file: %s", exc)
 
 
 def _consume(h: hashlib._Hash, f: BinaryIO | None, chunk: bytes) -> None:

@@ -42,7 +42,7 @@ from superollama.store.sources import (
     split_scheme,
 )
 from superollama.store.sources.ollama import layer_metadata
-from superollama.store.transfer import Transfers
+from superollama.store.transfer import Transfers, os_error
 
 __all__ = ["ModelStore", "ProgressCallback"]
 
@@ -103,8 +103,18 @@ class ModelStore:
         """Fetch ``source_ref`` into the store as version ``name``; emit Ollama ``/api/pull`` progress.
 
         Every file becomes a verified blob before the manifest is written; on any failure no manifest is
-        written and the blobs this pull added, unreferenced, are removed.
+        written and the blobs this pull added, unreferenced, are removed. A plan that cannot fit on the
+        blobs' filesystem is refused before any byte is fetched (``InsufficientStorage``), and an OS error
+        on the way (a disk that fills up) is one of our errors, never a bare ``OSError``.
         """
+        try:
+            return await self._pull(source_ref, name, on_progress)
+        except OSError as exc:
+            raise os_error(exc, f"pulling {source_ref}", self.blobs) from exc
+
+    async def _pull(
+        self, source_ref: str, name: ModelRef | str, on_progress: ProgressCallback | None
+    ) -> Manifest:
         ref = as_ref(name)
         emit = on_progress or _ignore
         emit(Progress("pulling manifest"))
@@ -113,6 +123,7 @@ class ModelStore:
         if not plan.files:
             raise InvalidRequest(f"{source_ref}: nothing to pull")
         _check_folder(plan)
+        await self.transfers.check_space(source, plan.files)
         pinned: list[str] = []
         added: list[str] = []
         try:

@@ -7,34 +7,70 @@
   is under way waits for it and shares its progress instead of downloading the bytes again;
 - for a ``LinkableSource``, hard-links the local file (``BlobStore.adopt``);
 - for a ``RangedSource`` whose file has a digest or a validator (ETag), downloads into a partial file
-  ``tmp/download-<key>.partial`` that survives an interruption: a lost connection is retried with backoff
-  from the byte where it stopped, and a later pull (after a crash or a cancel) resumes it too;
+  ``blobs/download-<key>.partial`` (beside the blobs, on their filesystem) that survives an interruption:
+  a lost connection is retried with backoff from the byte where it stopped (until ``RetryPolicy.stall``
+  seconds pass without a new byte), and a later pull (after a crash or a cancel) resumes it too;
 - otherwise streams ``Source.open`` through ``BlobStore.ingest``.
 
 Every path hashes the bytes it keeps and checks them against the plan's digest and size before the blob is
 moved into ``blobs/``; a mismatch is ``IntegrityError`` and the partial file is dropped.
+
+Disk space: ``check_space`` refuses a plan whose known sizes (less what is stored or partly downloaded
+already) do not fit on the blobs' filesystem with a small margin; a write that fails for lack of space
+(``ENOSPC``) drops its partial file, so the disk is usable again, and is ``InsufficientStorage``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
+import logging
 import os
+import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from superollama.errors import IntegrityError, StoreError, Unavailable
+from superollama.errors import InsufficientStorage, IntegrityError, StoreError, Unavailable
 from superollama.store.blobs import Blob, BlobStore, normalize_digest
+from superollama.store.sources._http import stalled
 from superollama.store.sources.base import LinkableSource, RangedSource, RetryPolicy, Source, SourceFile
 
-__all__ = ["Transfers", "partial_key"]
+__all__ = ["SPACE_MARGIN", "Transfers", "human_bytes", "os_error", "partial_key"]
 
 ProgressFn = Callable[[int], None]
 Sleep = Callable[[float], Awaitable[None]]
+SPACE_MARGIN = 16 * 2**20  # bytes kept free beyond a download: manifests, the registry's journal, logs
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+log = logging.getLogger(__name__)
+
+
+def human_bytes(n: int) -> str:
+    """``98.6 MB``: sizes in messages, in the decimal units the CLI shows."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def os_error(exc: OSError, what: str, blobs: BlobStore) -> StoreError:
+    """An OS error of a store operation in our tree: a full disk is ``InsufficientStorage``, anything else
+    a ``StoreError`` that names the file, never a bare ``OSError``. (By the time this is raised, the partial
+    file of the failed write is gone.)"""
+    if exc.errno in _NO_SPACE:
+        return InsufficientStorage(
+            f"{what}: no space left on the filesystem of {blobs.dir}: the download stopped and its "
+            "partial file was removed"
+        )
+    where = f" ({exc.filename})" if exc.filename else ""
+    return StoreError(f"{what}: {exc.strerror or exc}{where}")
 
 
 def partial_key(file: SourceFile) -> str | None:
@@ -112,6 +148,44 @@ class Transfers:
                 if task.done() and not task.cancelled() and task.exception() is None:
                     self.blobs.unpin(task.result().digest)  # the flight's own pin
 
+    async def check_space(self, source: Source, files: Iterable[SourceFile]) -> None:
+        """``InsufficientStorage`` ("needs X, Y free on PATH") when the files of a plan whose sizes are
+        known cannot fit; files stored already, partly downloaded or linked count what they still need."""
+        need = await asyncio.to_thread(self._bytes_needed, source, list(files))
+        if need <= 0:
+            return
+        free, where = await asyncio.to_thread(self.blobs.free_space)
+        if need + SPACE_MARGIN > free:
+            raise InsufficientStorage(
+                f"not enough disk space: the download needs {human_bytes(need)} "
+                f"(+{human_bytes(SPACE_MARGIN)} margin), {human_bytes(free)} free on {where}"
+            )
+
+    def _bytes_needed(self, source: Source, files: list[SourceFile]) -> int:
+        need = 0
+        for file in files:
+            if file.size is None or (file.digest and self.blobs.has(file.digest)):
+                continue
+            if isinstance(source, LinkableSource) and self._links(source.linkable(file)):
+                continue
+            key = partial_key(file)
+            have = 0
+            if key is not None:
+                with contextlib.suppress(OSError):
+                    have = (self.blobs.partial_dir / f"download-{key}.partial").stat().st_size
+            need += max(0, file.size - have)
+        return need
+
+    def _links(self, local: Path | None) -> bool:
+        """Whether a local file can be hard-linked into the blobs (same filesystem): it costs no space."""
+        if local is None:
+            return False
+        try:
+            where = self.blobs.free_space()[1]
+            return local.stat().st_dev == where.stat().st_dev
+        except OSError:
+            return False
+
     def _stored(self, digest: str, size: int | None) -> Blob | None:
         """The stored blob, pinned, when it is already there with the expected size."""
         self.blobs.pin(digest)
@@ -122,6 +196,12 @@ class Transfers:
         return None
 
     async def _run(self, source: Source, file: SourceFile, key: str | None, emit: ProgressFn) -> Blob:
+        try:
+            return await self._store(source, file, key, emit)
+        except OSError as exc:  # a full disk, a read-only one …: our error, and nothing left behind
+            raise os_error(exc, file.filename, self.blobs) from exc
+
+    async def _store(self, source: Source, file: SourceFile, key: str | None, emit: ProgressFn) -> Blob:
         emit(0)
         if isinstance(source, LinkableSource):
             local = source.linkable(file)
@@ -138,18 +218,25 @@ class Transfers:
 
     # -- resumable download ---------------------------------------------------------------------------
     async def _download(self, source: RangedSource, file: SourceFile, key: str, emit: ProgressFn) -> Blob:
-        path = self.blobs.tmp_dir / f"download-{key}.partial"
+        path = self.blobs.partial_dir / f"download-{key}.partial"
+        await asyncio.to_thread(_adopt_legacy, self.blobs.tmp_dir / path.name, path)
         part = await asyncio.to_thread(_Partial.open, path, file.size)
         try:
             attempt = 0
+            progressed_at, progressed = time.monotonic(), part.size
             while file.size is None or part.size < file.size:
                 try:
                     await self._receive(source, file, part, emit)
                     break
-                except Unavailable:
+                except Unavailable as exc:
+                    if part.size > progressed:  # new bytes arrived: the deadline starts again
+                        progressed_at, progressed, attempt = time.monotonic(), part.size, 0
                     attempt += 1
                     if attempt > self.retry.attempts:
                         raise
+                    idle = time.monotonic() - progressed_at
+                    if idle + self.retry.delay(attempt) >= self.retry.stall:
+                        raise stalled(exc, idle) from exc
                     await self._sleep(self.retry.delay(attempt))
             digest = f"sha256:{part.hash.hexdigest()}"
             if file.size is not None and part.size != file.size:
@@ -160,6 +247,10 @@ class Transfers:
             return await asyncio.to_thread(self.blobs.place, part.path, digest, pin=True)
         except IntegrityError:
             await asyncio.to_thread(part.discard)
+            raise
+        except OSError as exc:
+            if exc.errno in _NO_SPACE:  # kept, it would hold the disk full: start over next time
+                await asyncio.to_thread(part.discard)
             raise
         finally:
             await asyncio.to_thread(part.close)
@@ -196,6 +287,18 @@ class Transfers:
                 if buf:  # what arrived before a failure is kept for the resume
                     await asyncio.to_thread(part.write, buf)
                 emit(part.size)
+
+
+def _adopt_legacy(old: Path, new: Path) -> None:
+    """A partial download kept in ``tmp/`` by an earlier version: move it beside the blobs to resume it
+    (left alone when it lies on another filesystem: ``gc`` purges it once stale)."""
+    if new.exists() or not old.is_file():
+        return
+    new.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(old, new)
+    except OSError as exc:
+        log.info("not resuming %s: %s", old, exc)
 
 
 def _try_lock(f: BinaryIO) -> bool:
@@ -265,8 +368,14 @@ class _Partial:
             self.f.close()
 
     def close(self) -> None:
-        self.f.close()
+        """Close (after ``discard`` too); a flush that fails for lack of space loses only unsaved bytes."""
+        try:
+            self.f.close()
+        except OSError as exc:
+            if exc.errno not in _NO_SPACE:
+                raise
+            log.debug("closing %s: %s", self.path, exc)
 
     def discard(self) -> None:
-        self.f.close()
+        self.close()
         self.path.unlink(missing_ok=True)

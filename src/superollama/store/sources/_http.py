@@ -4,12 +4,17 @@ GETs with retries, HEAD probes and ranged GETs for resumable downloads.
 aiohttp's exceptions are mapped here, once: a lost connection, a timeout or a 408/429/5xx is
 ``Unavailable`` (worth a retry); 404/410 and 401/403 are ``SourceNotFound`` (with a hint for the latter);
 anything else is ``StoreError``.
+
+Every request runs under a ``ClientTimeout`` with a connect and a read timeout (``sock_read`` bounds the
+wait for the answer's headers and for each piece of its body), so a silent source fails an attempt instead
+of holding it; ``retrying`` stops retrying once ``RetryPolicy.stall`` seconds passed without an answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,13 +34,15 @@ __all__ = [
     "head",
     "open_range",
     "retrying",
+    "stalled",
     "strong_validator",
+    "timeout_of",
 ]
 
 T = TypeVar("T")
 
 USER_AGENT = "superollama/0.1"
-DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
+DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=60)
 _READ_BUFSIZE = 1 << 20
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
@@ -81,24 +88,47 @@ def check(resp: aiohttp.ClientResponse, what: str, *, hint: str = "") -> None:
     raise StoreError(f"{what}: HTTP {status} from {resp.url}")
 
 
+def timeout_of(timeout: aiohttp.ClientTimeout | None, *, total: float | None = None) -> aiohttp.ClientTimeout:
+    """``timeout`` (or the default) with its connect and read limits, and ``total`` when given."""
+    base = timeout or DEFAULT_TIMEOUT
+    return aiohttp.ClientTimeout(
+        total=total if total is not None else base.total,
+        sock_connect=base.sock_connect,
+        sock_read=base.sock_read,
+    )
+
+
 def _mapped(exc: BaseException, what: str) -> Exception:
     if isinstance(exc, aiohttp.InvalidURL):
         return InvalidRequest(f"{what}: invalid URL {exc}")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return Unavailable(f"{what}: timed out connecting to the source")
+    if isinstance(exc, aiohttp.SocketTimeoutError | asyncio.TimeoutError):
+        return Unavailable(f"{what}: the source sent nothing within the read timeout")
     if isinstance(exc, _TRANSIENT):
         return Unavailable(f"{what}: {type(exc).__name__}: {exc}".rstrip(": "))
     return StoreError(f"{what}: {type(exc).__name__}: {exc}")
 
 
+def stalled(exc: Unavailable, seconds: float) -> Unavailable:
+    """The last failure of a source that made no progress for ``seconds``: the pull gives up."""
+    return Unavailable(f"{exc.message} (no progress for {seconds:.0f} s: giving up)")
+
+
 async def retrying(fn: Callable[[], Awaitable[T]], retry: RetryPolicy) -> T:
-    """Run ``fn``, again after a backoff while it raises ``Unavailable``, at most ``retry.attempts`` times."""
+    """Run ``fn``, again after a backoff while it raises ``Unavailable``, at most ``retry.attempts`` times
+    and not after ``retry.stall`` seconds."""
     attempt = 0
+    started = time.monotonic()
     while True:
         try:
             return await fn()
-        except Unavailable:
+        except Unavailable as exc:
             attempt += 1
             if attempt > retry.attempts:
                 raise
+            if time.monotonic() - started + retry.delay(attempt) >= retry.stall:
+                raise stalled(exc, time.monotonic() - started) from exc
             await asyncio.sleep(retry.delay(attempt))
 
 

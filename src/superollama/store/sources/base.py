@@ -78,11 +78,14 @@ class Body:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded retries of transient failures: ``attempts`` tries after the first, exponential backoff."""
+    """Bounded retries of transient failures: ``attempts`` tries after the first, exponential backoff,
+    and no retry once ``stall`` seconds have passed without progress (no new byte received): a source that
+    accepts connections but never answers fails the pull within about ``stall`` + one read timeout."""
 
     attempts: int = 5
     backoff: float = 0.5
     max_backoff: float = 10.0
+    stall: float = 120.0
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""

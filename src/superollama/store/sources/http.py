@@ -26,7 +26,7 @@ from superollama.store.sources.base import Body, RetryPolicy, SourceFile, Source
 __all__ = ["HttpSource", "PlainHttpSource"]
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_SIDECAR_TIMEOUT = aiohttp.ClientTimeout(total=15)  # an optional extra: never hold a pull up for long
+_SIDECAR_TOTAL = 15.0  # seconds: an optional extra never holds a pull up for long
 
 
 def fragment_digest(fragment: str) -> str | None:
@@ -74,7 +74,8 @@ class HttpSource:
         digest = fragment_digest(fragment)
         head = await _http.head(url, headers=self.headers, timeout=self.timeout, retry=self.retry)
         if digest is None and self.sidecar:
-            digest = sidecar_digest(await _http.get_text(f"{url}.sha256", timeout=_SIDECAR_TIMEOUT))
+            sidecar = _http.timeout_of(self.timeout, total=_SIDECAR_TOTAL)
+            digest = sidecar_digest(await _http.get_text(f"{url}.sha256", timeout=sidecar))
         filename = _basename(head.filename) or _basename(unquote(urlsplit(head.url).path))
         filename = filename or _basename(unquote(parts.path))
         if not filename.lower().endswith(".gguf"):
