@@ -14,7 +14,9 @@ edges render them in the client's protocol (OpenAI ``{"error": {...}}``, Ollama 
     ├── UnsafeBind                        500  (startup refusal: a non-loopback bind without auth)
     ├── InvalidRequest                    400  invalid_request_error
     │   ├── InvalidModelName              400
-    │   └── PayloadTooLarge               413
+    │   ├── PayloadTooLarge               413
+    │   ├── RequestTimeout                408  (the client stopped sending its request)
+    │   └── HeadersTooLarge               431  (a request line or header line over the limit)
     ├── NotFound                          404
     │   ├── ModelNotFound                 404  model_not_found
     │   └── SourceNotFound                404
@@ -27,6 +29,7 @@ edges render them in the client's protocol (OpenAI ``{"error": {...}}``, Ollama 
     └── Unavailable                       503  (Retry-After where it helps)
         ├── ModelLoadFailed               503
         ├── LoadTimeout                   503
+        ├── ServerBusy                    503  (this worker is at its connection cap; Retry-After)
         └── UpstreamError                 502/503 (the backend failed or died mid-request)
 """
 
@@ -39,6 +42,7 @@ __all__ = [
     "AdminRequired",
     "Conflict",
     "Forbidden",
+    "HeadersTooLarge",
     "IntegrityError",
     "InvalidModelName",
     "InvalidRequest",
@@ -53,6 +57,8 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "RegistryError",
+    "RequestTimeout",
+    "ServerBusy",
     "SourceNotFound",
     "StoreError",
     "SuperOllamaError",
@@ -151,6 +157,16 @@ class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
 
 
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+    code = "request_header_fields_too_large"
+
+
 class NotFound(SuperOllamaError):
     status = 404
     type = "invalid_request_error"
@@ -204,6 +220,10 @@ class ModelLoadFailed(Unavailable):
 
 class LoadTimeout(Unavailable):
     code = "load_timeout"
+
+
+class ServerBusy(Unavailable):
+    code = "server_busy"
 
 
 class UpstreamError(Unavailable):
