@@ -204,6 +204,27 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(timed: S
         sock.close()
 
 
+def test_a_slow_but_steady_body_and_a_busy_connection_are_not_cut(single: ServerProcess) -> None:
+    """The body timeout is the silence between two reads, not the whole body; the header timeout runs per
+    request: a connection that keeps working for longer than both is never closed."""
+    sock = _connect(single)
+    body = json.dumps({"model": "echo/echo-1", "messages": MESSAGES}).encode()
+    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    sock.sendall(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode())
+    pieces = [body[i : i + 4] for i in range(0, len(body), 4)]
+    started = time.monotonic()
+    for piece in pieces:  # about 3 s in all, twice the body timeout, never silent for 0.5 s
+        sock.sendall(piece)
+        time.sleep(3.0 / len(pieces))  # pacing the upload: time itself is under test
+    assert time.monotonic() - started > float(SHORT)
+    assert _read_answer(sock).status == 200
+    started = time.monotonic()
+    while time.monotonic() - started < 2 * float(SHORT):  # keep-alive requests for twice the timeouts
+        assert _get(sock).status == 200
+        time.sleep(0.3)  # pacing: shorter than the idle timeout
+    sock.close()
+
+
 # -- malformed and oversized requests ---------------------------------------------------------------------
 @pytest.mark.parametrize(
     "raw",

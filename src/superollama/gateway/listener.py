@@ -5,7 +5,8 @@ header line (``max_line_size``/``max_field_size``), but has no header read timeo
 and no connection cap. This module adds them at the narrowest seams aiohttp 3.14 offers:
 
 * ``EdgeHandler``, a ``RequestHandler`` subclass (the per-connection protocol), keeps one timer handle
-  (``loop.call_at``, no task) for the phase the connection is in:
+  (``loop.call_at``, no task; moved lazily, so a busy keep-alive connection arms none per request) for
+  the phase the connection is in:
 
   - *head*: from the connection's start, or from a request's first byte, until its line and headers are
     parsed — ``http_header_timeout``; past it a 408 is written and the connection closed. aiohttp's own
@@ -177,7 +178,17 @@ def _short(text: str, limit: int = 160) -> str:
 class EdgeHandler(RequestHandler):
     """aiohttp's per-connection protocol plus header and body read timeouts (see the module docstring)."""
 
-    __slots__ = ("_body", "_body_seen", "_body_timeout", "_gate", "_header_timeout", "_in_head", "_timer")
+    __slots__ = (
+        "_body",
+        "_body_seen",
+        "_body_timeout",
+        "_gate",
+        "_head_due",
+        "_header_timeout",
+        "_in_head",
+        "_timer",
+        "_timer_at",
+    )
 
     def __init__(
         self, manager: Server, gate: ConnectionGate | None, limits: ConnectionLimits, **kwargs: Any
@@ -186,8 +197,10 @@ class EdgeHandler(RequestHandler):
         self._gate = gate
         self._header_timeout = limits.header_timeout
         self._body_timeout = limits.body_timeout
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # one per connection, moved lazily (see _arm)
+        self._timer_at = 0.0
         self._in_head = False  # a request's line and headers are on their way: the header timeout runs
+        self._head_due = 0.0
         self._body: StreamReader | None = None  # a request body being received: the body timeout runs
         self._body_seen = 0.0  # loop time of the last bytes of that body
 
@@ -197,7 +210,9 @@ class EdgeHandler(RequestHandler):
         self._await_head()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._stop_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._body = None
         gate, self._gate = self._gate, None
         if gate is not None:
@@ -213,40 +228,46 @@ class EdgeHandler(RequestHandler):
             self._in_head = False
             payload = self._messages[-1][1] if self._messages else None
             if payload is not None and not payload.is_eof():
-                self._body, self._body_seen = payload, self._loop.time()
-                if self._timer is None:
-                    self._timer = self._loop.call_at(self._body_seen + self._body_timeout, self._expire)
-            else:
-                self._stop_timer()
+                self._body = payload
+                self._body_seen = now = self._loop.time()
+                self._arm(now + self._body_timeout)
             return
         body = self._body
         if body is not None:
-            if not body.is_eof():
+            if body.is_eof():
+                self._body = None
+            else:
                 self._body_seen = self._loop.time()
-                return
-            self._body = None
-            self._stop_timer()
         elif data and not self._in_head:
             self._await_head()  # the first bytes of the next request
 
     # -- timers ---------------------------------------------------------------------------------------
     def _await_head(self) -> None:
-        self._stop_timer()
         self._in_head = True
-        self._timer = self._loop.call_later(self._header_timeout, self._expire)
+        self._head_due = self._loop.time() + self._header_timeout
+        self._arm(self._head_due)
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _arm(self, due: float) -> None:
+        """Make the timer fire by ``due``. A pending timer that fires earlier is kept (``_expire`` moves
+        it on), so a busy keep-alive connection costs no timer operation per request."""
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= due:
+                return
+            timer.cancel()
+        self._timer_at = due
+        self._timer = self._loop.call_at(due, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
         if self.transport is None:
             return
+        now = self._loop.time()
         if self._in_head:
             if self._request_in_progress:  # a pipelined head behind a request being answered: wait
-                self._timer = self._loop.call_later(self._header_timeout, self._expire)
+                self._head_due = now + self._header_timeout
+            if now < self._head_due:
+                self._arm(self._head_due)
                 return
             log.debug("closing a connection from %s: no complete request head in time", self.peername)
             timeout = RequestTimeout(
@@ -256,14 +277,16 @@ class EdgeHandler(RequestHandler):
             self.force_close()
             return
         body = self._body
-        if body is None or body.is_eof():
+        if body is None:
+            return  # idle between requests: aiohttp's keep-alive timer decides
+        if body.is_eof():
+            self._body = None
             return
-        now = self._loop.time()
         due = self._body_seen + self._body_timeout
         if self._reading_paused or self._buffer_paused:  # we stopped reading, not the client
             due = now + self._body_timeout
         if now < due:
-            self._timer = self._loop.call_at(due, self._expire)
+            self._arm(due)
             return
         self._body = None
         if not self._request_in_progress:  # answered already, the rest of the body being drained: stop
@@ -276,7 +299,7 @@ class EdgeHandler(RequestHandler):
         )
 
     def _process_keepalive(self) -> None:
-        if self._in_head and self._timer is not None:  # a head is on its way: the header timeout decides
+        if self._in_head:  # a head is on its way: the header timeout decides, not the idle one
             self._keepalive_handle = None
             return
         super()._process_keepalive()
