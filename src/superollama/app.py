@@ -31,6 +31,13 @@ from superollama.core import EventRecord, Runtime
 from superollama.errors import StoreError, SuperOllamaError, UnsafeBind
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
 from superollama.gateway.h1 import H1Client
+from superollama.gateway.listener import (
+    ConnectionGate,
+    ConnectionLimits,
+    GatedTCPSite,
+    make_runner,
+    refuse_oversized,
+)
 from superollama.gateway.loop import run as run_loop
 from superollama.gateway.middleware import RequestMiddleware, add_exchange_headers
 from superollama.gateway.ollama_routes import OllamaRoutes
@@ -194,7 +201,8 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
     targets = ModelTargets(holder, controller, agent, security)
     requests = RequestMiddleware(security, telemetry, settings.node_name)
     app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[requests.middleware(), error_middleware]
+        client_max_size=settings.max_body_bytes,
+        middlewares=[refuse_oversized, requests.middleware(), error_middleware],
     )
     app.on_response_prepare.append(add_exchange_headers)
     backends = H1Client()  # the data plane's own client for relaying to backends (gateway/h1.py)
@@ -319,11 +327,12 @@ async def _serve(settings: Settings, worker: WorkerContext | None = None) -> Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app = await create_app(settings, worker)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    limits = ConnectionLimits.from_settings(settings)
+    runner = make_runner(app, limits)
     await runner.setup()
     if worker is not None:  # the master prints the URL and owns server.json
         try:
-            await worker.start_sites(runner)
+            await worker.start_sites(runner, limits)
             await stop.wait()
             log.info("shutting down")
         finally:
@@ -331,7 +340,7 @@ async def _serve(settings: Settings, worker: WorkerContext | None = None) -> Non
         return
     server_file = settings.home / SERVER_FILE
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        site = GatedTCPSite(runner, ConnectionGate(runner, limits), settings.host, settings.port)
         await site.start()
         port = runner.addresses[0][1]
         url = f"http://{settings.host if ':' not in settings.host else f'[{settings.host}]'}:{port}"

@@ -14,7 +14,9 @@ edges render them in the client's protocol (OpenAI ``{"error": {...}}``, Ollama 
     ├── UnsafeBind                        500  (startup refusal: a non-loopback bind without auth)
     ├── InvalidRequest                    400  invalid_request_error
     │   ├── InvalidModelName              400
-    │   └── PayloadTooLarge               413
+    │   ├── PayloadTooLarge               413
+    │   ├── RequestTimeout                408  (the client stopped sending its request)
+    │   └── HeadersTooLarge               431  (a request line or header line over the limit)
     ├── NotFound                          404
     │   ├── ModelNotFound                 404  model_not_found
     │   └── SourceNotFound                404
@@ -28,6 +30,7 @@ edges render them in the client's protocol (OpenAI ``{"error": {...}}``, Ollama 
     └── Unavailable                       503  (Retry-After where it helps)
         ├── ModelLoadFailed               503
         ├── LoadTimeout                   503
+        ├── ServerBusy                    503  (this worker is at its connection cap; Retry-After)
         └── UpstreamError                 502/503 (the backend failed or died mid-request)
 """
 
@@ -40,6 +43,7 @@ __all__ = [
     "AdminRequired",
     "Conflict",
     "Forbidden",
+    "HeadersTooLarge",
     "InsufficientStorage",
     "IntegrityError",
     "InvalidModelName",
@@ -55,6 +59,8 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "RegistryError",
+    "RequestTimeout",
+    "ServerBusy",
     "SourceNotFound",
     "StoreError",
     "SuperOllamaError",
@@ -153,6 +159,16 @@ class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
 
 
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+    code = "request_header_fields_too_large"
+
+
 class NotFound(SuperOllamaError):
     status = 404
     type = "invalid_request_error"
@@ -214,6 +230,10 @@ class ModelLoadFailed(Unavailable):
 
 class LoadTimeout(Unavailable):
     code = "load_timeout"
+
+
+class ServerBusy(Unavailable):
+    code = "server_busy"
 
 
 class UpstreamError(Unavailable):

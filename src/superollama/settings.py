@@ -69,6 +69,35 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above it)."
     )
+    # -- the HTTP edge: bounds on every client connection, per worker ---------------------------------------
+    http_header_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="Seconds a client may take to send a request's line and headers, from the connection "
+        "or from the request's first byte (the connection is closed with a 408 after it).",
+    )
+    http_body_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a request body may stall between two reads (a 408 and the connection closed).",
+    )
+    http_idle_timeout: float = Field(
+        default=75.0,
+        gt=0,
+        description="Seconds an idle keep-alive connection stays open between requests. 75: longer than the "
+        "60 s upstream idle timeouts of nginx and cloud load balancers, so a proxy in front closes first.",
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="Client connections one worker holds at once (lowered to half the open-file limit when "
+        "that is smaller); past it, a new connection gets a 503 with Retry-After and is closed.",
+    )
+    max_header_bytes: int = Field(
+        default=8190,
+        ge=256,
+        description="Longest request line or header line accepted, bytes (a 431 above it).",
+    )
     upstream_timeout: float = Field(
         default=600.0, gt=0, description="Seconds a request may take end to end at the backend."
     )

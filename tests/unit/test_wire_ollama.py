@@ -569,3 +569,48 @@ def test_show_response_golden() -> None:
 )
 def test_error_message(raw: bytes, message: str) -> None:
     assert wire.error_message(raw, "fallback") == message
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"num_predict": 4294967297}, "options.num_predict"),
+        ({"num_predict": 10**12}, "options.num_predict"),
+        ({"num_predict": -3}, "options.num_predict"),
+        ({"num_predict": True}, "options.num_predict"),
+        ({"num_predict": 1.5}, "options.num_predict"),
+        ({"num_ctx": 2**31}, "options.num_ctx"),
+        ({"num_ctx": 0}, "options.num_ctx"),
+        ({"top_k": 2**31}, "options.top_k"),
+        ({"seed": 2**63}, "options.seed"),
+        ({"repeat_last_n": -2}, "options.repeat_last_n"),
+        ({"top_p": 1.5}, "options.top_p"),
+        ({"mirostat": 3}, "options.mirostat"),
+        ({"use_mmap": 1}, "options.use_mmap"),
+    ],
+)
+def test_options_out_of_range_name_the_option(options: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        wire.options_to_openai(options)
+    assert info.value.param == param
+    assert param in info.value.message
+
+
+def test_options_at_their_limits_pass() -> None:
+    out = wire.options_to_openai({"num_predict": 2**31 - 1, "seed": -(2**63), "top_k": -1, "num_ctx": 1})
+    assert out == {"max_tokens": 2**31 - 1, "seed": -(2**63), "top_k": -1}
+    assert wire.options_to_openai({"num_predict": -2}) == {}
+
+
+@pytest.mark.parametrize("value", [1e300, "1e400", "nan", 2**70])
+def test_a_keep_alive_beyond_go_durations_is_400(value: Any) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        wire.parse_keep_alive(value)
+    assert info.value.param == "keep_alive"
+
+
+def test_dimensions_and_context_are_range_checked() -> None:
+    with pytest.raises(InvalidRequest, match="dimensions"):
+        wire.embed_request(["x"], "m", 2**31)
+    with pytest.raises(InvalidRequest, match="context"):
+        wire.generate_flags({"context": [1, 2**31]})

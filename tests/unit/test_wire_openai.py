@@ -88,3 +88,55 @@ def test_error_body_shape() -> None:
     assert wire.error_body(err) == {
         "error": {"message": "bad", "type": "invalid_request_error", "param": "model", "code": None}
     }
+
+
+@pytest.mark.parametrize(
+    ("check", "extra", "field", "value", "code"),
+    [
+        (wire.check_chat, {"messages": MSG}, "max_tokens", 4294967297, "integer_above_max_value"),
+        (wire.check_chat, {"messages": MSG}, "max_tokens", 10**12, "integer_above_max_value"),
+        (wire.check_chat, {"messages": MSG}, "max_tokens", -1, "integer_below_min_value"),
+        (wire.check_chat, {"messages": MSG}, "max_tokens", True, "invalid_type"),
+        (wire.check_chat, {"messages": MSG}, "max_tokens", 1.5, "invalid_type"),
+        (wire.check_chat, {"messages": MSG}, "max_completion_tokens", 2**31, "integer_above_max_value"),
+        (wire.check_chat, {"messages": MSG}, "seed", 2**63, "integer_above_max_value"),
+        (wire.check_chat, {"messages": MSG}, "seed", False, "invalid_type"),
+        (wire.check_chat, {"messages": MSG}, "temperature", 2.5, "decimal_above_max_value"),
+        (wire.check_chat, {"messages": MSG}, "top_p", -0.5, "decimal_below_min_value"),
+        (wire.check_chat, {"messages": MSG}, "presence_penalty", 3, "integer_above_max_value"),
+        (wire.check_chat, {"messages": MSG}, "top_logprobs", 21, "integer_above_max_value"),
+        (wire.check_chat, {"messages": MSG}, "logprobs", 1, "invalid_type"),
+        (wire.check_chat, {"messages": MSG}, "top_k", 2**31, "integer_above_max_value"),
+        (wire.check_chat, {"messages": MSG}, "n_predict", 4294967297, "integer_above_max_value"),
+        (wire.check_completion, {"prompt": "x"}, "max_tokens", 4294967297, "integer_above_max_value"),
+        (wire.check_completion, {"prompt": "x"}, "logprobs", 21, "integer_above_max_value"),
+        (wire.check_embeddings, {"input": "x"}, "dimensions", 0, "integer_below_min_value"),
+        (wire.check_embeddings, {"input": "x"}, "dimensions", 2**31, "integer_above_max_value"),
+    ],
+)
+def test_numbers_out_of_range_name_the_field_and_say_why(
+    check: Any, extra: dict[str, Any], field: str, value: Any, code: str
+) -> None:
+    """llama.cpp reads these into an int32: a larger value would wrap round (4294967297 → 1)."""
+    with pytest.raises(InvalidRequest) as info:
+        check({"model": "m", **extra, field: value})
+    assert (info.value.param, info.value.code, info.value.status) == (field, code, 400)
+    assert repr(value) in info.value.message or code == "invalid_type"
+
+
+def test_numbers_at_their_limits_pass() -> None:
+    wire.check_chat(
+        {
+            "model": "m",
+            "messages": MSG,
+            "max_tokens": 2**31 - 1,
+            "seed": -(2**63),
+            "temperature": 2,
+            "top_p": 0,
+            "frequency_penalty": -2,
+            "top_logprobs": 20,
+            "logprobs": True,
+            "top_k": -1,
+            "n_predict": -1,
+        }
+    )

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from superollama.errors import InvalidRequest
+from superollama.wire._numbers import INT32_MAX, INT64_MAX, INT64_MIN, Bound, kind_of, problem
 from superollama.wire.ollama_responses import (
     StreamTranslator,
     Timing,
@@ -96,15 +97,52 @@ _OPTIONS = {
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
 }
-_INT_OPTIONS = {"top_k", "seed", "num_predict", "repeat_last_n"}
+# Every option Ollama documents, with the range a backend accepts (see ``_numbers``); the load-time ones
+# (num_ctx, num_gpu …) are ignored but still checked, so a typo'd value is a 400 here as it is in Ollama.
+_OPTION_BOUNDS = {
+    "num_predict": Bound(True, -2, INT32_MAX),  # -1: no limit, -2: fill the context
+    "top_k": Bound(True, -1, INT32_MAX),
+    "seed": Bound(True, INT64_MIN, INT64_MAX),
+    "repeat_last_n": Bound(True, -1, INT32_MAX),  # -1: the context size
+    "num_ctx": Bound(True, 1, INT32_MAX),
+    "num_keep": Bound(True, -1, INT32_MAX),
+    "num_batch": Bound(True, 1, INT32_MAX),
+    "num_gpu": Bound(True, -1, INT32_MAX),
+    "main_gpu": Bound(True, 0, INT32_MAX),
+    "num_thread": Bound(True, 0, INT32_MAX),
+    "mirostat": Bound(True, 0, 2),
+    "temperature": Bound(False),
+    "top_p": Bound(False, 0, 1),
+    "min_p": Bound(False, 0, 1),
+    "typical_p": Bound(False, 0, 1),
+    "repeat_penalty": Bound(False),
+    "presence_penalty": Bound(False),
+    "frequency_penalty": Bound(False),
+    "mirostat_tau": Bound(False),
+    "mirostat_eta": Bound(False),
+    "tfs_z": Bound(False),
+}
+_BOOL_OPTIONS = frozenset(
+    {"numa", "low_vram", "f16_kv", "vocab_only", "use_mmap", "use_mlock", "penalize_newline", "logits_all"}
+)
+_MAX_KEEP_ALIVE = (2**63 - 1) / 1e9  # seconds in Go's time.Duration, which Ollama clients send
 _DURATION = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"))
 _DATA_URL = re.compile(r"^data:([^;,]*)(?:;[^,]*)?;base64,(.*)$", re.S)
 
 
-def _bad(message: str) -> InvalidRequest:
-    return InvalidRequest(message)
+def _bad(message: str, param: str | None = None) -> InvalidRequest:
+    return InvalidRequest(message, param=param)
+
+
+def _check(value: Any, bound: Bound, param: str) -> None:
+    """A 400 naming ``param`` (``options.num_predict``) when ``value`` is outside ``bound``."""
+    wrong = problem(value, bound)
+    if wrong is not None:
+        if wrong.code == "invalid_type":
+            raise _bad(f"invalid {param}: expected {wrong.expected}, got {wrong.got}", param)
+        raise _bad(f"invalid {param}: {wrong.got} is out of range ({bound.describe()})", param)
 
 
 def _is_int(v: Any) -> bool:
@@ -154,8 +192,12 @@ def parse_keep_alive(value: Any) -> float | None:
                 raise _bad(f"invalid keep_alive {value!r}: use a duration like '5m' or seconds") from None
             seconds = sign * sum(float(n) * _UNITS[u] for n, u in parts)
     else:
-        raise _bad(f"invalid keep_alive {value!r}: use a duration like '5m' or seconds")
-    return FOREVER if seconds < 0 else seconds
+        raise _bad(f"invalid keep_alive {value!r}: use a duration like '5m' or seconds", "keep_alive")
+    if seconds < 0:
+        return FOREVER
+    if not seconds <= _MAX_KEEP_ALIVE:  # also NaN and inf ("1e400")
+        raise _bad(f"invalid keep_alive {value!r}: longer than {_MAX_KEEP_ALIVE:.0f} seconds", "keep_alive")
+    return seconds
 
 
 def options_to_openai(options: Any) -> dict[str, Any]:
@@ -165,18 +207,22 @@ def options_to_openai(options: Any) -> dict[str, Any]:
         raise _bad("options must be an object")
     out: dict[str, Any] = {}
     for key, value in options.items():
+        if value is None:
+            continue
+        bound = _OPTION_BOUNDS.get(key)
+        if bound is not None:
+            _check(value, bound, f"options.{key}")
+        elif key in _BOOL_OPTIONS and not isinstance(value, bool):
+            raise _bad(f"invalid options.{key}: expected a boolean, got {kind_of(value)}", f"options.{key}")
         target = _OPTIONS.get(key)
-        if target is None or value is None:
+        if target is None:
             continue
         if key == "stop":
             stops = [value] if isinstance(value, str) else value
             if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops):
-                raise _bad("option stop must be a string or an array of strings")
+                raise _bad("option stop must be a string or an array of strings", "options.stop")
             out[target] = stops
             continue
-        elif not (_is_int(value) if key in _INT_OPTIONS else _is_number(value)):
-            kind = "an integer" if key in _INT_OPTIONS else "a number"
-            raise _bad(f"option {key} must be {kind}, not {value!r}")
         if key == "num_predict" and value <= 0:
             continue  # -1 (no limit) and -2 (fill the context): the backend's own limit
         out[target] = value
@@ -306,8 +352,10 @@ def generate_flags(body: Mapping[str, Any]) -> tuple[bool, list[int] | None]:
     if not isinstance(raw, bool):
         raise _bad(f"raw must be a boolean, not {raw!r}")
     context = body.get("context") or None
-    if context is not None and not (isinstance(context, list) and all(_is_int(t) for t in context)):
-        raise _bad("context must be an array of token ids")
+    if context is not None and not (
+        isinstance(context, list) and all(_is_int(t) and 0 <= t <= INT32_MAX for t in context)
+    ):
+        raise _bad(f"context must be an array of token ids (integers from 0 to {INT32_MAX})", "context")
     if raw and body.get("images"):
         raise _bad("images cannot be sent with raw: they need the model's chat template")
     return raw, context
@@ -380,7 +428,6 @@ def embed_inputs(body: Mapping[str, Any], key: str = "input") -> list[str]:
 def embed_request(inputs: list[str], served_name: str, dimensions: Any = None) -> dict[str, Any]:
     out: dict[str, Any] = {"model": served_name, "input": inputs, "encoding_format": "float"}
     if dimensions is not None:
-        if not _is_int(dimensions) or dimensions < 1:
-            raise _bad(f"dimensions must be a positive integer, not {dimensions!r}")
+        _check(dimensions, Bound(True, 1, INT32_MAX), "dimensions")
         out["dimensions"] = dimensions
     return out

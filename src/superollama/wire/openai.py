@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from superollama.errors import InvalidRequest, SuperOllamaError
+from superollama.wire._numbers import INT32_MAX, INT64_MAX, INT64_MIN, Bound, kind_of, problem
 
 __all__ = [
     "check_chat",
@@ -31,6 +32,57 @@ def _bad(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
+# Numeric fields and the ranges the backends accept (see ``_numbers``): OpenAI's documented ranges for its
+# own fields; for the llama.cpp/vLLM extensions that are relayed as they are, the int32 they are read into.
+_COMMON_NUMBERS: tuple[tuple[str, Bound], ...] = (
+    ("max_tokens", Bound(True, 1, INT32_MAX)),
+    ("max_completion_tokens", Bound(True, 1, INT32_MAX)),
+    ("n", Bound(True, 1, 128)),
+    ("seed", Bound(True, INT64_MIN, INT64_MAX)),
+    ("temperature", Bound(False, 0, 2)),
+    ("top_p", Bound(False, 0, 1)),
+    ("presence_penalty", Bound(False, -2, 2)),
+    ("frequency_penalty", Bound(False, -2, 2)),
+    ("top_logprobs", Bound(True, 0, 20)),
+    ("top_k", Bound(True, -1, INT32_MAX)),  # extensions: -1 or 0 turn top-k off
+    ("n_predict", Bound(True, -1, INT32_MAX)),  # llama.cpp: -1 is no limit
+    ("n_probs", Bound(True, 0, INT32_MAX)),
+    ("repeat_last_n", Bound(True, -1, INT32_MAX)),
+    ("min_p", Bound(False, 0, 1)),
+    ("typical_p", Bound(False, 0, 1)),
+    ("repeat_penalty", Bound(False, 0, None)),
+)
+_COMPLETION_NUMBERS: tuple[tuple[str, Bound], ...] = (
+    ("logprobs", Bound(True, 0, 20)),
+    ("best_of", Bound(True, 1, 20)),
+)
+_EMBEDDING_NUMBERS: tuple[tuple[str, Bound], ...] = (("dimensions", Bound(True, 1, INT32_MAX)),)
+
+
+def _check_numbers(body: Mapping[str, Any], fields: tuple[tuple[str, Bound], ...]) -> None:
+    """Every present (non-null) field of ``fields`` within its range, else a 400 with ``param`` set and
+    OpenAI's own wording and codes (``invalid_type``, ``integer_above_max_value`` …)."""
+    for key, bound in fields:
+        value = body.get(key)
+        if value is None:
+            continue
+        wrong = problem(value, bound)
+        if wrong is None:
+            continue
+        if wrong.code == "invalid_type":
+            message = f"Invalid type for '{key}': expected {wrong.expected}, but got {wrong.got} instead."
+        else:
+            kind = wrong.code.split("_", 1)[0]
+            side = "below minimum" if "below" in wrong.code else "above maximum"
+            message = (
+                f"Invalid '{key}': {kind} {side} value. Expected {wrong.expected}, but got {wrong.got} "
+                "instead."
+            )
+        err = _bad(message, key)
+        err.code = wrong.code
+        raise err
+
+
 def _common(body: Mapping[str, Any]) -> None:
     model = body.get("model")
     if model is None:
@@ -40,20 +92,7 @@ def _common(body: Mapping[str, Any]) -> None:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _bad(f"{stream!r} is not of type 'boolean' - 'stream'", "stream")
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = body.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise _bad(f"{value!r} is not a valid value for '{key}': an integer >= 1 is required", key)
-    n = body.get("n")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 128):
-        raise _bad(f"{n!r} is not a valid value for 'n': an integer from 1 to 128 is required", "n")
-    for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
-        value = body.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise _bad(f"{value!r} is not of type 'number' - '{key}'", key)
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise _bad(f"{seed!r} is not of type 'integer' - 'seed'", "seed")
+    _check_numbers(body, _COMMON_NUMBERS)
     stop = body.get("stop")
     if stop is not None and not (
         isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
@@ -77,6 +116,14 @@ def check_chat(body: Mapping[str, Any]) -> None:
         role = message.get("role")
         if role not in ("system", "developer", "user", "assistant", "tool", "function"):
             raise _bad(f"invalid role {role!r} in 'messages.{i}'", f"messages.[{i}].role")
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        err = _bad(
+            f"Invalid type for 'logprobs': expected a boolean, but got {kind_of(logprobs)} instead.",
+            "logprobs",
+        )
+        err.code = "invalid_type"
+        raise err
     tools = body.get("tools")
     if tools is not None:
         _check_tools(tools)
@@ -107,6 +154,7 @@ def check_completion(body: Mapping[str, Any]) -> None:
         raise _bad("you must provide a prompt parameter", "prompt")
     if not isinstance(prompt, str | list):
         raise _bad("'prompt' must be a string, an array of strings or of tokens", "prompt")
+    _check_numbers(body, _COMPLETION_NUMBERS)
 
 
 def check_embeddings(body: Mapping[str, Any]) -> None:
@@ -122,6 +170,7 @@ def check_embeddings(body: Mapping[str, Any]) -> None:
     encoding = body.get("encoding_format")
     if encoding is not None and encoding not in _ENCODINGS:
         raise _bad(f"{encoding!r} is not one of ['float', 'base64'] - 'encoding_format'", "encoding_format")
+    _check_numbers(body, _EMBEDDING_NUMBERS)
 
 
 def _valid_embedding_input(data: Any) -> bool:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from superollama.gateway.listener import ConnectionGate, ConnectionLimits, GatedSockSite
 from superollama.security.shared_limits import SharedLimitTable, SharedMemoryRateLimiter
 from superollama.workers.paths import RunPaths
 
@@ -46,10 +47,11 @@ class WorkerContext:
 
         app.on_response_prepare.append(worker_header)
 
-    async def start_sites(self, runner: web.AppRunner) -> None:
-        """Serve the shared port (and, on the primary, ``primary.sock`` for the replicas' proxies), then
-        tell the master this worker is ready."""
-        await web.SockSite(runner, self.sock).start()
+    async def start_sites(self, runner: web.AppRunner, limits: ConnectionLimits) -> None:
+        """Serve the shared port with this worker's connection bounds (and, on the primary,
+        ``primary.sock`` for the replicas' proxies, ungated: those are our own connections), then tell
+        the master this worker is ready."""
+        await GatedSockSite(runner, ConnectionGate(runner, limits), self.sock).start()
         if self.primary:
             with contextlib.suppress(FileNotFoundError):
                 self.paths.primary.unlink()

@@ -23,6 +23,7 @@ from aiohttp import web
 from superollama.control import RoutingHolder
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
 from superollama.gateway.h1 import H1Client
+from superollama.gateway.listener import ConnectionLimits, make_runner, refuse_oversized
 from superollama.gateway.loop import run as run_loop
 from superollama.gateway.middleware import RequestMiddleware, add_exchange_headers
 from superollama.gateway.ollama_routes import OllamaRoutes
@@ -83,7 +84,7 @@ async def create_replica_app(settings: Settings, ctx: WorkerContext, link: Prima
     proxy = PrimaryProxy(ctx.paths.primary)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[proxy.middleware(), requests.middleware(), error_middleware],
+        middlewares=[refuse_oversized, proxy.middleware(), requests.middleware(), error_middleware],
     )
     app.on_response_prepare.append(add_exchange_headers)
     ctx.add_worker_header(app)
@@ -125,10 +126,11 @@ async def _serve(settings: Settings, ctx: WorkerContext) -> None:
         await link.close()
         return
     app = await create_replica_app(settings, ctx, link)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    limits = ConnectionLimits.from_settings(settings)
+    runner = make_runner(app, limits)
     await runner.setup()
     try:
-        await ctx.start_sites(runner)
+        await ctx.start_sites(runner, limits)
         await stopping
         log.info("worker %d shutting down", ctx.index)
     finally:
