@@ -252,7 +252,7 @@ class Hub:
         pos = start
         while pos < size:
             if served.delay:
-                await asyncio.sleep(served.delay)
+                await asyncio.sleep(served.delay)  # a stand-in: a slow link (``Served.delay``)
             chunk = bytearray(served.read(pos, min(1 << 20, size - pos)))
             if served.corrupt_at is not None and pos <= served.corrupt_at < pos + len(chunk):
                 chunk[served.corrupt_at - pos] ^= 0xFF

@@ -47,6 +47,7 @@ import psutil
 import pytest
 import pytest_asyncio
 from tests.unit.test_json_guide import conforms
+from tests.waiting import wait_until
 
 from superollama.core import Artifact, InstanceHandle, InstanceSpec
 from superollama.runtimes import VLLM_SUPERVISOR, VllmRuntime, is_our_process
@@ -128,11 +129,8 @@ def tree(pid: int) -> list[psutil.Process]:
 
 
 async def all_gone(procs: list[psutil.Process], within: float) -> bool:
-    for _ in range(int(within / 0.1)):
-        if not any(_running(p) for p in procs):
-            return True
-        await asyncio.sleep(0.1)
-    return not any(_running(p) for p in procs)
+    await wait_until(lambda: not any(_running(p) for p in procs), timeout=within, interval=0.1)
+    return True
 
 
 def _running(proc: psutil.Process) -> bool:

@@ -73,7 +73,7 @@ async def test_flush_on_close_loses_nothing_with_10k_records() -> None:
     for i in range(10_000):
         assert ledger.add(rec(i))
         if i % 1000 == 0:
-            await asyncio.sleep(0)  # let the writer run now and then, as the event loop would
+            await asyncio.sleep(0)  # not a wait: the writer runs now and then, as it would under load
     await ledger.close()
     assert [r.request_id for r in store.rows] == [f"r{i}" for i in range(10_000)]
     assert max(store.batches) == 500
