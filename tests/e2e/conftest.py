@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 from tests.e2e.standins import StandIn
+from tests.waiting import wait_until_sync
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
 
@@ -109,13 +110,14 @@ def worker_pids() -> set[int]:
     return pids
 
 
-def wait_until(predicate: object, timeout: float = 20, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(interval)
-    return False
+def wait_until(predicate: Callable[[], object], timeout: float = 20, interval: float = 0.1) -> bool:
+    """This tier's boolean form of ``tests.waiting.wait_until_sync``: True once ``predicate()`` holds,
+    False after ``timeout`` seconds (the caller asserts, with its own message)."""
+    try:
+        wait_until_sync(predicate, timeout=timeout, interval=interval)
+    except AssertionError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")

@@ -269,7 +269,7 @@ class OllamaStandIn(ThreadedServer):
         await response.prepare(request)
         for line in lines:
             await response.write(json.dumps(line).encode() + b"\n")
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # not a wait: one chunk per loop turn, like a server streaming tokens
         await response.write_eof()
         return response
 
@@ -503,7 +503,7 @@ class OllamaStandIn(ThreadedServer):
             done = reason if i == len(pieces) - 1 else None
             event = {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": done}]}
             await response.write(b"data: " + _compact(event) + b"\n\n")
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # not a wait: one chunk per loop turn, like a server streaming tokens
         if (body.get("stream_options") or {}).get("include_usage"):
             event = {**chunk, "choices": [], "usage": usage}
             await response.write(b"data: " + _compact(event) + b"\n\n")
@@ -637,7 +637,7 @@ class TgiStandIn(ThreadedServer):
             }
             event = {**head, "object": "chat.completion.chunk", "choices": [choice], "usage": None}
             await response.write(b"data:" + _compact(event) + b"\n\n")
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # not a wait: one chunk per loop turn, like a server streaming tokens
         if (body.get("stream_options") or {}).get("include_usage"):
             event = {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
             await response.write(b"data:" + _compact(event) + b"\n\n")

@@ -25,6 +25,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis
+from tests import waiting
 from tests.e2e.conftest import ServerProcess, wait_until
 from tests.e2e.standins import StandIn
 
@@ -268,13 +269,12 @@ def test_redis_outage_fails_open_logged_and_recovers(tmp_path: Path, stand_in: S
     try:
         servers, (key,) = _two_gateways(tmp_path, private.url, stand_in, 60)
 
-        async def load(seconds: float, tally: Tally) -> None:
-            """Requests to both gateways, 4 in flight each, for ``seconds``."""
-            deadline = time.monotonic() + seconds
+        async def load(done: asyncio.Event, tally: Tally) -> None:
+            """Requests to both gateways, 4 in flight each, until ``done``."""
 
             async def one(url: str) -> None:
                 async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
-                    while time.monotonic() < deadline:
+                    while not done.is_set():
                         started = time.monotonic()
                         async with session.post(url + "/v1/chat/completions", json=BODY) as response:
                             await response.read()
@@ -284,12 +284,20 @@ def test_redis_outage_fails_open_logged_and_recovers(tmp_path: Path, stand_in: S
             await asyncio.gather(*(one(srv.url) for srv in servers for _ in range(4)))
 
         async def outage() -> tuple[Tally, float]:
-            tally = Tally()
-            task = asyncio.create_task(load(3.0, tally))
-            await asyncio.sleep(1.0)  # past the 60-request bucket: 429s by now
-            private.stop()  # Redis goes away mid-way
-            stopped = time.monotonic()
-            await task
+            tally, done = Tally(), asyncio.Event()
+            task = asyncio.create_task(load(done, tally))
+            try:
+                await waiting.wait_until(lambda: tally.statuses[429], timeout=30, what="429s: a spent bucket")
+                private.stop()  # Redis goes away mid-way
+                stopped = time.monotonic()
+
+                def unchecked() -> bool:
+                    return sum(1 for t, s in tally.samples if t > stopped + 0.05 and s == 200) > 100
+
+                await waiting.wait_until(unchecked, timeout=30, what="100 requests admitted in the outage")
+            finally:
+                done.set()
+                await task
             return tally, stopped
 
         tally, stopped = asyncio.run(outage())

@@ -259,7 +259,7 @@ class Hub:
         pos = start
         while pos < size:
             if served.delay:
-                await asyncio.sleep(served.delay)
+                await asyncio.sleep(served.delay)  # a stand-in: a slow link (``Served.delay``)
             end = min(pos + (1 << 20), size)
             if served.stall_at is not None and pos >= served.stall_at:
                 await request.wait_for_disconnection()  # silent until the client gives up and hangs up

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import psutil
 import pytest
+from tests.waiting import wait_until
 
 from superollama.core import Artifact, InstanceHandle, InstanceRecord, InstanceSpec, InstanceState
 from superollama.errors import ModelLoadFailed
@@ -58,14 +59,6 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-async def wait_gone(pid: int, within: float) -> bool:
-    for _ in range(int(within / 0.05)):
-        if gone(pid):
-            return True
-        await asyncio.sleep(0.05)
-    return gone(pid)
 
 
 def port_closed(base_url: str) -> bool:
@@ -207,10 +200,12 @@ async def test_ready_timeout_kills_the_worker(tmp_path: Path, smollm2_gguf: Path
 async def test_cancelled_start_leaves_no_process(runtime: LlamaCppRuntime, smollm2_gguf: Path) -> None:
     spec = spec_for(smollm2_gguf)
     task = asyncio.create_task(runtime.start(spec))
-    await asyncio.sleep(0.3)  # the worker is spawned and loading
+    spawned = await wait_until(lambda: workers_for(spec.instance_id), what="the worker process")
+    assert not task.done()  # still loading: the cancel lands in the middle of the start
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert all(gone(p.pid) for p in spawned), "the cancelled start left its worker running"
     assert not workers_for(spec.instance_id)
 
 
@@ -243,7 +238,7 @@ async def main() -> None:
     artifact = Artifact(name="smollm2", format="gguf", path=Path(sys.argv[1]))
     handle = await runtime.start(InstanceSpec(sys.argv[3], "smollm2:135m", artifact, "llamacpp"))
     print(handle.pid, flush=True)
-    await asyncio.sleep(600)
+    await asyncio.sleep(600)  # not a wait: this parent idles until the test SIGKILLs it
 
 asyncio.run(main())
 """
@@ -268,7 +263,8 @@ async def test_worker_dies_when_its_parent_is_sigkilled(tmp_path: Path, smollm2_
         assert is_our_process(worker_pid, instance_id)
         parent.kill()
         await parent.wait()
-        assert await wait_gone(worker_pid, within=5), "the worker outlived its parent"
+        pid = worker_pid
+        await wait_until(lambda: gone(pid), timeout=5, what="the worker to die with its parent")
     finally:
         if parent.returncode is None:
             parent.kill()
@@ -304,7 +300,7 @@ async def test_adopt_never_kills_a_process_that_is_not_ours(runtime: LlamaCppRun
         argv: tuple[str, ...] = ("sleep", "60")
     else:
         # ``python -c CODE …``: the rest lands in sys.argv, so the cmdline looks like a worker's.
-        code = "import time; time.sleep(60)"
+        code = "import time; time.sleep(60)"  # a bystander that idles until killed
         other_id = "other-instance" if kind == "same-module-other-id" else instance_id
         module = WORKER_MODULE if kind == "same-module-other-id" else "some.other.module"
         argv = (sys.executable, "-c", code, "-m", module, "--instance-id", other_id)
@@ -320,12 +316,15 @@ async def test_adopt_never_kills_a_process_that_is_not_ours(runtime: LlamaCppRun
         )
         assert not is_our_process(bystander.pid, instance_id)
         assert await runtime.adopt(record) is None
-        await asyncio.sleep(0.2)
         assert bystander.returncode is None
-        assert psutil.Process(bystander.pid).status() != psutil.STATUS_ZOMBIE
-    finally:
+        # Proof that adopt signalled nothing: a fatal signal sent earlier (SIGTERM) would already have
+        # decided the exit status; ours, sent now, is the one the process dies of.
         bystander.kill()
-        await bystander.wait()
+        assert await bystander.wait() == -signal.SIGKILL
+    finally:
+        if bystander.returncode is None:
+            bystander.kill()
+            await bystander.wait()
 
 
 async def test_adopt_without_pid_or_with_a_dead_pid_returns_none(runtime: LlamaCppRuntime) -> None:

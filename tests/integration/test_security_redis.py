@@ -7,7 +7,6 @@ stopping Redis use a private ``redis-server`` on a free port, started here.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import shutil
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from tests.waiting import wait_until_sync
 
 from superollama.errors import QuotaExceeded, RateLimited, SuperOllamaError, Unavailable
 from superollama.security import Principal
@@ -173,14 +173,16 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+
+        def listening() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
+                    return True
             except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+                return False
+
+        wait_until_sync(listening, what=f"redis-server on port {self.port}")
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -337,15 +339,27 @@ async def _admit_many(limiter: RedisRateLimiter, p: Principal, n: int) -> list[A
     return out
 
 
+class Monotonic:
+    """The limiter's injected monotonic clock (its retry deadline during an outage), moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_redis_down_fail_open_admits_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
-    limiter = RedisRateLimiter(f"redis://127.0.0.1:{_free_port()}/0", fail_open=True, retry_interval=0.05)
+    clock = Monotonic()
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    limiter = RedisRateLimiter(url, fail_open=True, retry_interval=0.05, monotonic=clock)
     p = Principal("key_down", "n", "so-downdown", rpm=1, tpm=10, budget_usd=0.0)
     caplog.set_level(logging.WARNING, logger="superollama.security")
     try:
         results = []
         for _ in range(20):
             results += await _admit_many(limiter, p, 5)
-            await asyncio.sleep(0.01)  # past retry_interval now and then: Redis is tried again
+            clock.now += 0.06  # past retry_interval: Redis is tried again (and fails again)
         for result in results:
             assert not isinstance(result, Exception) and result.degraded
             await limiter.settle(result, 100, cost=1.0)  # nothing to settle, nothing raised
@@ -373,7 +387,10 @@ async def test_recovers_when_redis_comes_back(
     private_redis: PrivateRedis, fail_open: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="superollama.security")
-    limiter = RedisRateLimiter(private_redis.url, fail_open=fail_open, retry_interval=0.1, timeout=0.5)
+    clock = Monotonic()
+    limiter = RedisRateLimiter(
+        private_redis.url, fail_open=fail_open, retry_interval=0.1, timeout=0.5, monotonic=clock
+    )
     p = Principal(f"key_rec_{fail_open}", "n", "so-recover0", rpm=1000)
     try:
         assert not (await limiter.admit(p, "m", 0)).degraded
@@ -385,7 +402,7 @@ async def test_recovers_when_redis_comes_back(
             assert all(isinstance(r, Unavailable) for r in during)
         assert limiter.degraded
         private_redis.start()  # same port, empty: the limiter reconnects by itself
-        await asyncio.sleep(0.15)
+        clock.now += 0.15  # past retry_interval: the next admission tries Redis again
         after = await limiter.admit(p, "m", 0)
         assert not after.degraded and not limiter.degraded
         assert after.headers["x-ratelimit-remaining-requests"] == "999"

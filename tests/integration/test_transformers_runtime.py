@@ -24,6 +24,7 @@ import psutil
 import pytest
 import pytest_asyncio
 from tests.unit.test_json_guide import conforms
+from tests.waiting import wait_until
 
 from superollama.core import Artifact, InstanceHandle, InstanceRecord, InstanceSpec, InstanceState
 from superollama.errors import ModelLoadFailed
@@ -631,12 +632,29 @@ async def test_a_client_that_disconnects_stops_its_generation(
             await resp.content.readline()
     await follow_up_is_prompt()
 
-    async with aiohttp.ClientSession() as own:
+    sent = asyncio.Event()
+
+    async def body_sent(*_: Any) -> None:
+        sent.set()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(body_sent)
+
+    async def queued() -> bool:
+        async with http.get(f"{chat_handle.endpoint.base_url}/health") as resp:
+            return bool((await resp.json())["queued"])
+
+    async with aiohttp.ClientSession(trace_configs=[trace]) as own:
         pending = asyncio.create_task(own.post(url, json=endless))
-        await asyncio.sleep(1.5)  # it holds the model now
+        await asyncio.wait_for(sent.wait(), 10)
+        probe = asyncio.create_task(chat(http, chat_handle, max_tokens=2, temperature=0))
+        await wait_until(queued, what="a request queued behind the endless one")
+        assert not probe.done()  # it waits: the endless request holds the model now
         pending.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await pending
+        body = await asyncio.wait_for(probe, 20)  # the dropped request gave the model up
+        assert body["usage"]["completion_tokens"] == 2
     await follow_up_is_prompt()
 
 
@@ -748,7 +766,7 @@ async def test_adopt_stops_a_leftover_worker_and_spares_any_other_process(tmp_pa
     runtime = make_runtime(tmp_path / "logs")
     instance_id = new_id()
     # Command lines that look like a worker's: ``python -c CODE -m MODULE --instance-id ID``.
-    sleep = "import time; time.sleep(60)"
+    sleep = "import time; time.sleep(60)"  # they idle until killed
     ours = await asyncio.create_subprocess_exec(
         sys.executable, "-c", sleep, "-m", TRANSFORMERS_WORKER, "--instance-id", instance_id
     )
@@ -767,14 +785,25 @@ async def test_adopt_stops_a_leftover_worker_and_spares_any_other_process(tmp_pa
             pid=pid,
         )
 
+    def exec_done(proc: asyncio.subprocess.Process, program: str) -> bool:
+        """The child has exec'd: its command line is the one a test gave it, readable by adopt."""
+        try:
+            return program in " ".join(psutil.Process(proc.pid).cmdline())
+        except psutil.Error:
+            return False
+
     try:
-        await asyncio.sleep(0.3)  # the interpreters are up and their command lines readable
+        for proc, program in ((ours, instance_id), (other_id, "someone-else"), (bystander, "sleep 60")):
+            await wait_until(lambda: exec_done(proc, program), what=f"{program} started")  # noqa: B023
         assert await runtime.adopt(record(ours.pid)) is None
         assert await asyncio.wait_for(ours.wait(), 5) == -signal.SIGTERM
         for proc in (other_id, bystander):
             assert await runtime.adopt(record(proc.pid)) is None
-        await asyncio.sleep(0.2)
-        assert other_id.returncode is None and bystander.returncode is None
+            assert proc.returncode is None
+            # Proof that adopt signalled nothing: a fatal signal sent earlier (SIGTERM) would already
+            # have decided the exit status; ours, sent now, is the one the process dies of.
+            proc.kill()
+            assert await proc.wait() == -signal.SIGKILL
     finally:
         for proc in (ours, other_id, bystander):
             if proc.returncode is None:
@@ -793,7 +822,7 @@ async def main() -> None:
     artifact = Artifact(name="m", format="safetensors", path=Path(sys.argv[1]))
     handle = await runtime.start(InstanceSpec(sys.argv[3], "m", artifact, "transformers"))
     print(handle.pid, flush=True)
-    await asyncio.sleep(600)
+    await asyncio.sleep(600)  # not a wait: this parent idles until the test SIGKILLs it
 
 asyncio.run(main())
 """
@@ -816,11 +845,9 @@ async def test_the_worker_dies_with_its_parent(tmp_path: Path, minilm_dir: Path)
         assert is_our_process(worker_pid, instance_id, module=TRANSFORMERS_WORKER)
         parent.send_signal(signal.SIGKILL)
         await parent.wait()
-        for _ in range(100):
-            if not workers_for(instance_id):
-                break
-            await asyncio.sleep(0.05)
-        assert not workers_for(instance_id), "the worker outlived its parent"
+        await wait_until(
+            lambda: not workers_for(instance_id), timeout=5, what="the worker to die with its parent"
+        )
     finally:
         if parent.returncode is None:
             parent.kill()

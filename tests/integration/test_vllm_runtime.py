@@ -30,6 +30,7 @@ content parts as they come (it re-serialises the body, touching only ``stream_op
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import math
@@ -47,6 +48,7 @@ import psutil
 import pytest
 import pytest_asyncio
 from tests.unit.test_json_guide import conforms
+from tests.waiting import wait_until
 
 from superollama.core import Artifact, InstanceHandle, InstanceSpec
 from superollama.runtimes import VLLM_SUPERVISOR, VllmRuntime, is_our_process
@@ -128,10 +130,9 @@ def tree(pid: int) -> list[psutil.Process]:
 
 
 async def all_gone(procs: list[psutil.Process], within: float) -> bool:
-    for _ in range(int(within / 0.1)):
-        if not any(_running(p) for p in procs):
-            return True
-        await asyncio.sleep(0.1)
+    """True once none of ``procs`` runs; False after ``within`` s (the caller names the leftovers)."""
+    with contextlib.suppress(AssertionError):
+        await wait_until(lambda: not any(_running(p) for p in procs), timeout=within, interval=0.1)
     return not any(_running(p) for p in procs)
 
 

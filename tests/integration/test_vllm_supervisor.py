@@ -5,6 +5,7 @@ watchdog when the supervisor is SIGKILLed, and a server that dies before it is r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from tests.waiting import wait_until
 
 from superollama.errors import ModelLoadFailed
 from superollama.runtimes import VLLM_SUPERVISOR, ProcessHandle, WorkerLaunch, is_our_process, spawn_worker
 
-# Like vLLM: an API server with an "engine" child process; /health answers once it is up.
+# Like vLLM: an API server with an "engine" child process (idle until killed); /health answers once it
+# is up, after argv[1] seconds (the sleep stands in for a slow model load).
 STAND_IN = """
 import http.server, subprocess, sys, time
 engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
@@ -69,11 +72,10 @@ def running(proc: psutil.Process) -> bool:
 
 
 async def all_gone(procs: list[psutil.Process], within: float = 10.0) -> bool:
-    for _ in range(int(within / 0.05)):
-        if not any(running(p) for p in procs):
-            return True
-        await asyncio.sleep(0.05)
-    return False
+    """True once none of ``procs`` runs; False after ``within`` s (the caller names the leftovers)."""
+    with contextlib.suppress(AssertionError):
+        await wait_until(lambda: not any(running(p) for p in procs), timeout=within)
+    return not any(running(p) for p in procs)
 
 
 async def started(tmp_path: Path) -> tuple[ProcessHandle, list[psutil.Process]]:
@@ -102,10 +104,14 @@ async def test_a_killed_supervisor_takes_the_server_and_its_engine_along(tmp_pat
 
 async def test_a_cancelled_start_leaves_nothing(tmp_path: Path) -> None:
     task = asyncio.create_task(spawn_worker(launch(tmp_path, sys.executable, "-c", STAND_IN, "30")))
-    await asyncio.sleep(1.5)  # the server and its engine are up, /health is not
-    procs = [p for p in psutil.process_iter(["cmdline"]) if STAND_IN in (p.info["cmdline"] or [])]
-    procs += [c for p in procs for c in p.children(recursive=True)]
-    assert procs
+
+    def server_and_engine() -> list[psutil.Process]:
+        servers = [p for p in psutil.process_iter(["cmdline"]) if STAND_IN in (p.info["cmdline"] or [])]
+        engines = [c for p in servers for c in p.children(recursive=True)]
+        return [*servers, *engines] if servers and engines else []
+
+    procs = await wait_until(server_and_engine, what="the server and its engine (/health is not up)")
+    assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from tests.waiting import wait_until
 
 from superollama.agent import AgentConfig, LocalAgent
 from superollama.core import Artifact, Endpoint, InstanceHandle, InstanceRecord, InstanceSpec, InstanceState
@@ -73,11 +74,22 @@ class GateRuntime:
 
 
 class Clock:
+    """The agent's injected clock; ``reads`` counts the agent's looks at it (each pass of the idle reaper
+    reads it once), so a test can wait for a pass that saw a new time."""
+
     def __init__(self) -> None:
         self.now = 1000.0
+        self.reads = 0
 
     def __call__(self) -> float:
+        self.reads += 1
         return self.now
+
+    async def passes(self, n: int = 2) -> None:
+        """Return once the clock was read ``n`` more times: with nothing else reading it, ``n`` passes of
+        the reaper have looked at the current time and made their decision."""
+        target = self.reads + n
+        await wait_until(lambda: self.reads >= target, what=f"{n} reaper passes")
 
 
 ART = Artifact(name="m:1", format="gguf", path=Path("/dev/null"))
@@ -103,7 +115,7 @@ async def test_concurrent_requests_share_one_load(registry: Registry) -> None:
     agent = make_agent(registry, runtime)
     await agent.start()
     waiters = [asyncio.create_task(agent.ensure(ART, "gate")) for _ in range(5)]
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: runtime.starts == 1, what="the load to reach the runtime")
     assert agent.loading("m:1")
     runtime.gate.set()
     instances = await asyncio.gather(*waiters)
@@ -134,7 +146,7 @@ async def test_too_many_waiters_is_busy(registry: Registry) -> None:
     agent = make_agent(registry, runtime, max_pending_loads=2)
     await agent.start()
     waiters = [asyncio.create_task(agent.ensure(ART, "gate")) for _ in range(2)]
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: agent._waiting == 2, what="both callers waiting on the load")
     with pytest.raises(Unavailable, match="busy"):
         await agent.ensure(ART, "gate")
     runtime.gate.set()
@@ -173,17 +185,15 @@ async def test_crash_is_detected_and_the_next_ensure_reloads(registry: Registry)
     await agent.start()
     first = await agent.ensure(ART, "gate")
     runtime.handles[0].crash()
-    for _ in range(100):
-        if agent.instance_for("m:1") is None:
-            break
-        await asyncio.sleep(0.01)
-    assert agent.instance_for("m:1") is None and len(changes) >= 2
-    for _ in range(100):
-        if (await registry.instances.get(first.id)).state is InstanceState.FAILED:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: agent.instance_for("m:1") is None, what="the crash to be noticed")
+    assert len(changes) >= 2
+
+    async def failed() -> bool:
+        return (await registry.instances.get(first.id)).state is InstanceState.FAILED
+
+    await wait_until(failed, what="the instance recorded as failed")
     record = await registry.instances.get(first.id)
-    assert record.state is InstanceState.FAILED and "-9" in (record.error or "")
+    assert "-9" in (record.error or "")
     second = await agent.ensure(ART, "gate")
     assert second.id != first.id
     await agent.close()
@@ -197,18 +207,15 @@ async def test_idle_instances_unload_after_keep_alive(registry: Registry) -> Non
     inst = await agent.ensure(ART, "gate")
     agent.acquire(inst.id)
     clock.now += 120
-    await asyncio.sleep(0.05)
+    await clock.passes()  # the reaper looked at an instance idle past keep_alive, but in use
     assert agent.instance_for("m:1") is inst  # busy: never unloaded under a request
     agent.release(inst.id)
     clock.now += 59
-    await asyncio.sleep(0.05)
+    await clock.passes()
     assert agent.instance_for("m:1") is inst
     clock.now += 2
-    for _ in range(100):
-        if agent.instance_for("m:1") is None:
-            break
-        await asyncio.sleep(0.01)
-    assert agent.instance_for("m:1") is None and runtime.handles[0].stops == 1
+    await wait_until(lambda: agent.instance_for("m:1") is None, what="the idle unload")
+    assert runtime.handles[0].stops == 1
     await agent.close()
 
 
@@ -219,9 +226,10 @@ async def test_unload_drains_in_flight_requests_first(registry: Registry) -> Non
     inst = await agent.ensure(ART, "gate")
     agent.acquire(inst.id)
     unloading = asyncio.create_task(agent.unload("m:1"))
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: inst.state is InstanceState.DRAINING, what="the unload to start draining")
+    assert not inst.idle.is_set()  # what the draining unload waits on: it cannot have gone further
     assert not unloading.done() and runtime.handles[0].stops == 0
-    assert agent.instance_for("m:1") is inst and inst.state is InstanceState.DRAINING
+    assert agent.instance_for("m:1") is inst
     agent.release(inst.id)
     assert await unloading
     assert runtime.handles[0].stops == 1

@@ -194,7 +194,7 @@ async def test_a_backend_that_dies_mid_body_is_an_error(server: Server) -> None:
 
 async def test_timeouts_before_and_during_the_answer(server: Server) -> None:
     async def silent(_r: asyncio.StreamReader, _w: asyncio.StreamWriter, _req: bytes) -> None:
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # a backend that never answers: the client's timeout is under test
 
     server.script = silent
     client = H1Client()
@@ -205,7 +205,7 @@ async def test_timeouts_before_and_during_the_answer(server: Server) -> None:
         async def slow_body(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _req: bytes) -> None:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
             await writer.drain()
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # a backend that stalls mid-body: the client's timeout is under test
 
         server.script = slow_body
         async with await client.post(server.url, "/x", b"{}", JSON, timeout=0.3) as up:
@@ -224,7 +224,7 @@ async def test_leaving_a_stream_early_closes_the_backend_connection(server: Serv
             while True:
                 writer.write(b"7\r\ndata: x\r\n")
                 await writer.drain()
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # a stand-in backend's pace: an endless, steady stream
         except ConnectionError:
             writer.close()
 
@@ -248,7 +248,7 @@ async def test_a_large_body_read_by_a_slow_reader_arrives_whole(server: Server) 
             got = bytearray()
             async for piece in up.iter_any():
                 got += piece
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # not a wait: a slow reader yields; the transport pauses, resumes
         assert bytes(got) == body
     finally:
         await client.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.waiting import wait_until
 
 from superollama.control import JobManager
 from superollama.control.jobs import Emit
@@ -25,9 +26,13 @@ async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
         await reg.close()
 
 
-def gated(gate: asyncio.Event, fail: Exception | None = None) -> Any:
+def gated(gate: asyncio.Event, fail: Exception | None = None, reached: asyncio.Event | None = None) -> Any:
+    """Work that reports 0 %, sets ``reached`` (it is running and parked), waits for ``gate``, then ends."""
+
     async def work(emit: Emit) -> Mapping[str, Any]:
         emit(Progress("pulling abc", digest="sha256:abc", total=10, completed=0))
+        if reached is not None:
+            reached.set()
         await gate.wait()
         emit(Progress("pulling abc", digest="sha256:abc", total=10, completed=10))
         if fail is not None:
@@ -50,7 +55,7 @@ async def test_watch_sees_progress_then_success(registry: Registry) -> None:
             seen.append(event)
 
     watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: seen, what="the watcher's first event (it is subscribed)")
     gate.set()
     await asyncio.wait_for(watcher, 5)
     assert seen[0]["completed"] == 0 or seen[0]["status"] == "queued"
@@ -76,8 +81,9 @@ async def test_failure_is_recorded_with_its_reason(registry: Registry) -> None:
 
 async def test_cancel_stops_the_work(registry: Registry) -> None:
     jobs = JobManager(registry)
-    job = await jobs.submit("pull", "m:1", gated(asyncio.Event()))
-    await asyncio.sleep(0.02)
+    reached = asyncio.Event()
+    job = await jobs.submit("pull", "m:1", gated(asyncio.Event(), reached=reached))
+    await asyncio.wait_for(reached.wait(), 5)  # the work runs: the cancel has something to stop
     cancelled = await jobs.cancel(job.id)
     assert cancelled.state is JobState.CANCELLED
     with pytest.raises(Conflict):
@@ -97,8 +103,9 @@ async def test_a_job_left_running_by_a_dead_server_is_failed_at_start(registry: 
 
 async def test_shutdown_cancels_running_jobs(registry: Registry) -> None:
     jobs = JobManager(registry)
-    job = await jobs.submit("pull", "m:1", gated(asyncio.Event()))
-    await asyncio.sleep(0.02)
+    reached = asyncio.Event()
+    job = await jobs.submit("pull", "m:1", gated(asyncio.Event(), reached=reached))
+    await asyncio.wait_for(reached.wait(), 5)  # the work runs: shutdown has something to cancel
     await jobs.close()
     assert (await registry.jobs.get(job.id)).state is JobState.CANCELLED
     with pytest.raises(Conflict):

@@ -3,7 +3,6 @@ aiohttp stand-in that fails once and then accepts (loopback only)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from tests.waiting import wait_until
 
 from superollama.core import EventRecord, RequestRecord
 from superollama.settings import Settings
@@ -159,7 +159,7 @@ async def test_telemetry_turns_429s_into_a_storm_incident(receiver: Receiver) ->
                 error_type="rate_limited",
             )
         )
-    await asyncio.sleep(0)
+    await wait_until(lambda: receiver.bodies, what="the storm incident delivered")
     await telemetry.close()
     (body,) = receiver.bodies
     assert (body["action"], body["target"], body["detail"]["model"]) == (STORM_ACTION, "so-aaaa", "m")

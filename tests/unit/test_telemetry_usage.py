@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.waiting import wait_until
 
 from superollama.core import RequestRecord
 from superollama.settings import Settings
@@ -52,7 +53,7 @@ class MemoryStore:
 
     async def insert_many(self, records: Sequence[RequestRecord]) -> int:
         if self.delay:
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(self.delay)  # a stand-in: a database that takes its time
         if self.fail:
             self.fail -= 1
             raise OSError("database is away")
@@ -72,7 +73,7 @@ async def test_flush_on_close_loses_nothing_with_10k_records() -> None:
     for i in range(10_000):
         assert ledger.add(rec(i))
         if i % 1000 == 0:
-            await asyncio.sleep(0)  # let the writer run now and then, as the event loop would
+            await asyncio.sleep(0)  # not a wait: the writer runs now and then, as it would under load
     await ledger.close()
     assert [r.request_id for r in store.rows] == [f"r{i}" for i in range(10_000)]
     assert max(store.batches) == 500
@@ -81,21 +82,32 @@ async def test_flush_on_close_loses_nothing_with_10k_records() -> None:
     assert ledger.dropped == 1
 
 
-async def test_writes_when_a_batch_is_full_and_when_time_passes() -> None:
+async def test_a_full_batch_wakes_the_writer() -> None:
     store = MemoryStore()
-    ledger = UsageLedger(store, flush_rows=3, flush_seconds=0.6)
+    ledger = UsageLedger(store, flush_rows=3, flush_seconds=60)  # the timer cannot fire during the test
     await ledger.start()
     try:
         for i in range(3):
             ledger.add(rec(i))
-        for _ in range(5):
-            await asyncio.sleep(0)  # a full batch wakes the writer at once: a few loop turns
-        assert store.batches == [3]
+        await wait_until(lambda: store.batches == [3], what="the full batch written")
         ledger.add(rec(3))
-        await asyncio.sleep(0.05)
-        assert store.batches == [3]  # one row waits for the timer
-        await asyncio.sleep(1.0)
-        assert store.batches == [3, 1]
+        # The writer wrote the batch and is parked on its 60 s timer again; nothing wakes it for one row.
+        assert ledger.pending == 1 and not ledger._wake.is_set()
+        assert store.batches == [3]
+    finally:
+        await ledger.close()
+    assert store.batches == [3, 1]  # close writes the rest
+
+
+async def test_a_partial_batch_is_written_when_time_passes() -> None:
+    store = MemoryStore()
+    ledger = UsageLedger(store, flush_rows=3, flush_seconds=0.2)
+    await ledger.start()
+    try:
+        ledger.add(rec(0))
+        assert not ledger._wake.is_set()  # one row: only the timer writes it
+        # time itself is under test: the flush_seconds timer fires and writes the partial batch
+        await wait_until(lambda: store.batches == [1], what="the timer's write of one row")
     finally:
         await ledger.close()
 
@@ -123,7 +135,9 @@ async def test_failed_write_is_retried_and_nothing_is_lost() -> None:
     await ledger.start()
     for i in range(5):
         ledger.add(rec(i))
-    await asyncio.sleep(0.4)
+    # The writer fails twice and retries on its own (close() is not what writes them).
+    await wait_until(lambda: len(store.rows) == 5, what="the rows written after two failures")
+    assert store.fail == 0
     await ledger.close()
     assert [r.request_id for r in store.rows] == [f"r{i}" for i in range(5)]
 

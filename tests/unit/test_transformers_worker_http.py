@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from tests.waiting import wait_until
 
 from superollama.runtimes._hf_engine import Outcome
 from superollama.runtimes._logprobs import Piece
@@ -58,7 +59,7 @@ class FakeChat:
                     self.cancelled += 1
                     finish = "cancelled"
                     break
-                time.sleep(self.step)
+                time.sleep(self.step)  # a stand-in: a decoder's pace, one word per step
                 emit(Piece(f"w{i} "))
                 text += f"w{i} "
             return Outcome(text, finish, len(prompt), len(text.split()))
@@ -87,11 +88,16 @@ async def test_requests_take_turns_on_the_model(served: Any) -> None:
 
 
 async def test_a_full_queue_answers_503_busy(served: Any) -> None:
-    client, _, _ = served
+    client, _, engine = served
     slow = [
         asyncio.create_task(client.post("/v1/chat/completions", json={"messages": MSG})) for _ in range(3)
     ]
-    await asyncio.sleep(0.2)  # one runs, two wait: the queue (2) is full
+
+    async def full() -> bool:
+        health = await (await client.get("/health")).json()
+        return engine.running == 1 and health["queued"] == 2
+
+    await wait_until(full, what="one request generating, two queued: the queue (2) is full")
     resp = await client.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 1})
     assert resp.status == 503
     assert (await resp.json())["error"]["code"] == "server_busy"
@@ -107,23 +113,17 @@ async def test_a_dropped_stream_cancels_its_generation(served: Any) -> None:
         await resp.content.readline()
         await resp.content.readline()
         await resp.content.readline()
-    for _ in range(100):
-        if engine.cancelled:
-            break
-        await asyncio.sleep(0.02)
-    assert engine.cancelled == 1 and engine.running == 0
+    await wait_until(lambda: engine.cancelled and not engine.running, what="the generation cancelled")
+    assert engine.cancelled == 1
 
 
 async def test_a_dropped_plain_request_cancels_its_generation(served: Any) -> None:
     client, _, engine = served
     task = asyncio.create_task(client.post("/v1/chat/completions", json={"messages": MSG}))
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: engine.running == 1, what="the generation to start")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    for _ in range(100):
-        if engine.cancelled:
-            break
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: engine.cancelled, what="the generation cancelled")
     assert engine.cancelled == 1
 
 
@@ -141,9 +141,9 @@ async def test_stream_shape_with_usage_and_done(served: Any) -> None:
 
 
 async def test_shutdown_interrupts_with_a_503(served: Any) -> None:
-    client, worker, _ = served
+    client, worker, engine = served
     task = asyncio.create_task(client.post("/v1/chat/completions", json={"messages": MSG}))
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: engine.running == 1, what="the generation to start")
     worker.stop_all()
     resp = await task
     assert resp.status == 503

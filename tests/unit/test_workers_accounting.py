@@ -13,9 +13,11 @@ from typing import Any
 import orjson
 import pytest
 from tests.unit.test_agent import ART, Clock, GateRuntime, make_agent
+from tests.waiting import wait_until
 
 from superollama.agent import LocalAgent
 from superollama.control import Route, RouteTarget, RoutingHolder, RoutingTable
+from superollama.core import InstanceState
 from superollama.registry import Registry, open_registry
 from superollama.workers.primary import PrimaryHub, _Replica
 
@@ -60,6 +62,16 @@ async def setup(registry: Registry, clock: Clock | None = None) -> tuple[LocalAg
     return agent, runtime, hub
 
 
+async def removal_sent(ws: FakeSocket) -> dict[str, Any]:
+    """The snapshot that takes the instance away from the replica, once the hub has sent it (the fence is
+    tied to it from then on)."""
+
+    def sent() -> dict[str, Any] | None:
+        return next((s for s in ws.states() if "table" in s and not s["table"]["routes"][0]["targets"]), None)
+
+    return await wait_until(sent, what="the snapshot without the instance, sent to the replica")
+
+
 def connect(hub: PrimaryHub, index: int = 1) -> tuple[_Replica, FakeSocket]:
     ws = FakeSocket()
     replica = _Replica(index, 1000 + index, ws)  # type: ignore[arg-type]
@@ -75,15 +87,14 @@ async def test_an_unload_waits_for_the_replicas_requests(registry: Registry) -> 
     assert agent.in_flight(inst.id) == 1
 
     unload = asyncio.create_task(agent.unload("m:1", reason="test"))
-    await asyncio.sleep(0.05)
+    state = await removal_sent(ws)  # the replica is told to stop picking it
+    assert inst.state is InstanceState.DRAINING and not inst.idle.is_set()  # the unload waits on idle
     assert not unload.done()
     assert agent.in_flight(inst.id) == 2  # the replica's request, and the fence until it has the snapshot
-    state = ws.states()[-1]
-    assert state["table"]["routes"][0]["targets"] == []  # the replica is told to stop picking it
 
     hub._received(replica, {"op": "ack", "seq": state["seq"], "in_flight": {inst.id: 1}})
-    await asyncio.sleep(0.05)
-    assert not unload.done() and agent.in_flight(inst.id) == 1  # fence gone, its request still running
+    assert agent.in_flight(inst.id) == 1 and not inst.idle.is_set()  # fence gone, its request running
+    assert not unload.done()
     hub._received(replica, {"op": "activity", "in_flight": {}})
     assert await asyncio.wait_for(unload, 5) is True
     assert runtime.handles[0].stops == 1
@@ -97,10 +108,11 @@ async def test_a_removed_instance_is_fenced_even_before_a_replica_reported_it(re
     inst = await agent.ensure(ART, "gate")
     replica, ws = connect(hub)
     unload = asyncio.create_task(agent.unload("m:1", reason="test"))
-    await asyncio.sleep(0.05)
+    state = await removal_sent(ws)
+    assert inst.state is InstanceState.DRAINING and not inst.idle.is_set()  # the unload waits on idle
     assert not unload.done() and agent.in_flight(inst.id) == 1
-    hub._received(replica, {"op": "ack", "seq": ws.states()[-1]["seq"], "in_flight": {inst.id: 1}})
-    await asyncio.sleep(0.05)
+    hub._received(replica, {"op": "ack", "seq": state["seq"], "in_flight": {inst.id: 1}})
+    assert agent.in_flight(inst.id) == 1 and not inst.idle.is_set()  # the request it reported now holds it
     assert not unload.done()
     hub._received(replica, {"op": "activity", "in_flight": {}})
     assert await asyncio.wait_for(unload, 5) is True
@@ -130,15 +142,13 @@ async def test_use_and_keep_alive_from_a_replica(registry: Registry) -> None:
     hub._received(replica, {"op": "activity", "in_flight": {}, "used": [inst.id]})  # came and went
     assert inst.last_used == clock.now and agent.in_flight(inst.id) == 0
     hub._received(replica, {"op": "activity", "in_flight": {inst.id: 1}, "keep_alive": {"m:1": 0}})
-    await asyncio.sleep(0.05)
-    assert runtime.handles[0].stops == 0  # in use
+    await clock.passes()  # the idle reaper looked at it since: keep_alive 0, but in use
+    assert runtime.handles[0].stops == 0 and inst.state is InstanceState.READY
     hub._received(replica, {"op": "activity", "in_flight": {}})
-    await asyncio.sleep(0.05)  # keep_alive 0: the unload starts, and waits for the replica's ack
+    state = await removal_sent(ws)  # keep_alive 0: the unload starts, and waits for the replica's ack
+    assert inst.state is InstanceState.DRAINING and not inst.idle.is_set()
     assert runtime.handles[0].stops == 0
-    hub._received(replica, {"op": "ack", "seq": ws.states()[-1]["seq"], "in_flight": {}})
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        if runtime.handles[0].stops:
-            break
-    assert runtime.handles[0].stops == 1  # unloaded after the replica's last request
+    hub._received(replica, {"op": "ack", "seq": state["seq"], "in_flight": {}})
+    await wait_until(lambda: runtime.handles[0].stops, what="the unload after the replica's last request")
+    assert runtime.handles[0].stops == 1
     await agent.close()
