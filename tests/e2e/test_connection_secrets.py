@@ -6,10 +6,11 @@ failure, never the upstream's address."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
-import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 from tests.e2e.conftest import ServerProcess, wait_until
 from tests.e2e.standins import ThreadedServer
 from tests.e2e.test_workers import pin
@@ -83,23 +86,54 @@ def _no_secret(text: str, *also: str) -> None:
         assert secret not in text, f"{secret!r} leaked in: {text[:2000]}"
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> Iterator[tuple[str, str]]:
+    """``(registry URL, table prefix)``: a SQLite file, or a fresh schema of the test Postgres."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}", ""
+        return
+    schema = f"test_secrets_{uuid.uuid4().hex[:12]}"
+    try:
+        yield f"{pg_url}?schema={schema}", f'"{schema}".'
+    finally:
+        asyncio.run(_sql(pg_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+async def _sql(url: str, statement: str) -> list[Any]:
+    engine = create_async_engine(url.split("?", maxsplit=1)[0])
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(text(statement))
+            return list(result.all()) if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_url_secrets_are_sent_but_never_stored_shown_or_logged(
-    tmp_path: Path, upstream: GuardedUpstream, workers: int
+    tmp_path: Path, upstream: GuardedUpstream, workers: int, database: tuple[str, str]
 ) -> None:
     home = tmp_path / "home"
     home.mkdir()
+    db_url, prefix = database
     server = ServerProcess(
         home,
         SUPEROLLAMA_WORKERS=str(workers),
         SUPEROLLAMA_BUNDLED_MODEL="false",
         SUPEROLLAMA_CONNECTION_REFRESH="0.3",
+        SUPEROLLAMA_DATABASE_URL=db_url,
     ).start(timeout=120)
     try:
         _check(server, upstream, replica=workers > 1)
     finally:
         server.stop()
     _no_secret(server.log.read_text())
+
+    # stored: the public URL, and the secrets encrypted
+    rows = asyncio.run(_sql(db_url, f"select url, url_secret, secret from {prefix}connections"))
+    logged = asyncio.run(_sql(db_url, f"select detail from {prefix}events"))
+    assert rows[0][0] == f"http://127.0.0.1:{upstream.port}/v1" and rows[0][1].startswith("enc:")
+    _no_secret(repr(rows) + repr(logged))
     for path in (home / "logs").rglob("*"):
         if path.is_file():
             _no_secret(path.read_text(errors="replace"))
@@ -161,14 +195,14 @@ def _check(server: ServerProcess, upstream: GuardedUpstream, *, replica: bool) -
         assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"] == "cba"
 
     # shown redacted everywhere an operator looks
-    for text in (
+    for output in (
         cli("connections"),
         cli("connections", "ls"),
         cli("connections", "show", "cred"),
         cli("connections", "--json"),
         cli("events", "--json", "--target", "cred"),
     ):
-        _no_secret(text)
+        _no_secret(output)
     assert state()["url"] == shown_url
     headers = {"Authorization": f"Bearer {admin}"}
     listed = server.admin("GET", "/admin/v1/connections", headers=headers)
@@ -178,10 +212,3 @@ def _check(server: ServerProcess, upstream: GuardedUpstream, *, replica: bool) -
     assert actions["connection.add"]["detail"]["url"] == shown_url
     assert "connection.unhealthy" in actions
     _no_secret(listed.text + events.text)
-
-    # stored: the public URL, and the secrets encrypted
-    with sqlite3.connect(server.home / "registry.db") as db:
-        rows = db.execute("select url, url_secret, secret from connections").fetchall()
-        logged = db.execute("select detail from events").fetchall()
-    assert rows[0][0] == f"http://{address}/v1" and rows[0][1].startswith("enc:")
-    _no_secret(repr(rows) + repr(logged))
