@@ -5,6 +5,7 @@ it from its own process's store."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -134,3 +135,22 @@ async def test_a_url_credential_and_an_api_key_together_are_refused(
         finally:
             await manager.close()
     assert await registry.connections.find("x") is None
+
+
+async def test_a_backend_that_cannot_be_reached_is_named_without_its_address() -> None:
+    from superollama.control import RouteTarget
+    from superollama.core import Endpoint
+    from superollama.gateway.upstream import Upstream
+
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()  # nothing listens there now: connection refused
+    target = RouteTarget("conn:x/m", Endpoint(f"http://127.0.0.1:{port}", "openai", "m"))
+    client = H1Client()
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await Upstream(client, 10).post(target, "/v1/chat/completions", {})
+    finally:
+        await client.close()
+    assert "cannot connect" in info.value.message and str(port) not in info.value.message

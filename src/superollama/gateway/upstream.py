@@ -15,6 +15,7 @@ what failed, never the backend's address.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -161,5 +162,6 @@ def describe_failure(exc: BaseException) -> str:
         return "timed out"
     cause = exc.__cause__
     if isinstance(exc, UpstreamConnectionError) and isinstance(cause, OSError):  # could not connect
-        return f"cannot connect ({cause.strerror})" if cause.strerror else "cannot connect"
+        # the errno's own words: asyncio's strerror ("Connect call failed ('10.0.0.5', 8000)") has the address
+        return f"cannot connect ({os.strerror(cause.errno)})" if cause.errno else "cannot connect"
     return str(exc) or type(exc).__name__

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -261,6 +262,8 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, socket.gaierror):
+            return "cannot connect (the host name does not resolve)"
         errno = exc.os_error.errno
         return f"cannot connect ({os.strerror(errno)})" if errno else "cannot connect"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
