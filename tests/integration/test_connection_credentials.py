@@ -154,3 +154,31 @@ async def test_a_backend_that_cannot_be_reached_is_named_without_its_address() -
     finally:
         await client.close()
     assert "cannot connect" in info.value.message and str(port) not in info.value.message
+
+
+async def test_users_read_the_kind_of_failure_and_admins_the_full_reason(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A proxy in front of the server answers 502 with its own text (an internal address): the admin
+    API's ``error`` keeps that text, what a data-plane client reads (``Route.unavailable``) does not."""
+
+    async def models(request: web.Request) -> web.Response:
+        return web.Response(status=502, text="no route to upstream 10.1.2.3:8000")
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    try:
+        async with aiohttp.ClientSession() as session:
+            manager = await _manager(registry, SecretBox(tmp_path / "secret.key"), session)
+            try:
+                state = await manager.add("openai", url, name="proxied")
+            finally:
+                await manager.close()
+    finally:
+        await runner.cleanup()
+    assert not state.healthy and state.error is not None and "10.1.2.3:8000" in state.error
+    assert state.failure == "connection 'proxied' is unavailable: GET /v1/models answered HTTP 502"
