@@ -26,7 +26,14 @@ from superollama.admin import AdminRoutes, ConnectionRoutes, JobRoutes
 from superollama.admin.keys import KeyRoutes
 from superollama.admin.usage import UsageRoutes
 from superollama.agent import AgentConfig, LocalAgent
-from superollama.control import ConnectionManager, Controller, JobManager, RoutingHolder, SecretBox
+from superollama.control import (
+    ConnectionManager,
+    Controller,
+    CredentialStore,
+    JobManager,
+    RoutingHolder,
+    SecretBox,
+)
 from superollama.core import EventRecord, Runtime
 from superollama.errors import StoreError, SuperOllamaError, UnsafeBind
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
@@ -123,7 +130,7 @@ def model_store(settings: Settings) -> ModelStore:
 async def open_catalog(settings: Settings) -> tuple[Registry, ModelStore, Controller]:
     """Registry + store + a controller without an agent: what the CLI's offline ``pull`` uses."""
     prepare_home(settings)
-    registry = await open_registry(settings.registry_url)
+    registry = await open_registry(settings.registry_url, seal=SecretBox.of_home(settings.home).encrypt)
     store = model_store(settings)
     controller = Controller(registry, store, RoutingHolder())
     await controller.start()
@@ -133,7 +140,8 @@ async def open_catalog(settings: Settings) -> tuple[Registry, ModelStore, Contro
 async def create_app(settings: Settings, worker: WorkerContext | None = None) -> web.Application:
     """The whole app; ``worker``: it is worker 0 (the primary) of ``serve --workers N``."""
     prepare_home(settings)
-    registry = await open_registry(settings.registry_url)
+    secrets = SecretBox.of_home(settings.home)
+    registry = await open_registry(settings.registry_url, seal=secrets.encrypt)
     store = model_store(settings)
     runtime = LlamaCppRuntime(
         log_dir=settings.home / "logs",
@@ -170,11 +178,13 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), auto_decompress=False
     )
+    credentials = CredentialStore()  # upstream credentials, decrypted in this process only
     connections = ConnectionManager(
         registry,
-        builtin_providers(session),
-        SecretBox(settings.home / "secret.key"),
+        builtin_providers(session, credentials),
+        secrets,
         refresh_interval=settings.connection_refresh,
+        credentials=credentials,
     )
     holder = RoutingHolder()
     controller = Controller(
@@ -206,9 +216,15 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
     )
     app.on_response_prepare.append(add_exchange_headers)
     backends = H1Client()  # the data plane's own client for relaying to backends (gateway/h1.py)
-    OpenAIRoutes(holder, targets, Relay(backends, settings.upstream_timeout)).register(app)
+    OpenAIRoutes(holder, targets, Relay(backends, settings.upstream_timeout, credentials)).register(app)
     OllamaRoutes(
-        targets, controller, agent, backends, settings.upstream_timeout, connections=connections
+        targets,
+        controller,
+        agent,
+        backends,
+        settings.upstream_timeout,
+        connections=connections,
+        credentials=credentials,
     ).register(app)
     AdminRoutes(controller, settings.node_name).register(app)
     ConnectionRoutes(connections).register(app)
@@ -220,7 +236,7 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
     else:  # the hub serves the replicas, and /metrics with every worker's series
         from superollama.workers.primary import PrimaryHub
 
-        PrimaryHub(worker, holder, targets, agent, telemetry).install(app)
+        PrimaryHub(worker, holder, targets, agent, telemetry, credentials=credentials).install(app)
     app.router.add_get("/", _root)
     app.router.add_get("/health", _health)
     upkeep = asyncio.create_task(security.keys.upkeep(registry.keys), name="key-upkeep")

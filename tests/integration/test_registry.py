@@ -671,9 +671,10 @@ async def test_connections_round_trip(registry: Registry) -> None:
             url="http://127.0.0.1:9/v1",
             secret="env:LAB_KEY",
             options={"refresh": 30, "aliases": {"big": "llama-3-70b"}},
+            url_secret="enc:sealed-elsewhere",
         )
     )
-    assert added.created_at is not None and added.enabled
+    assert added.created_at is not None and added.enabled and added.url_secret == "enc:sealed-elsewhere"
     assert await registry.connections.get("lab") == added
     with pytest.raises(Conflict):
         await registry.connections.add(ConnectionRecord(name="lab", kind="ollama", url="http://x"))
@@ -687,3 +688,54 @@ async def test_connections_round_trip(registry: Registry) -> None:
         await registry.connections.delete("lab")
     with pytest.raises(NotFound):
         await registry.connections.set_enabled("lab", True)
+
+
+async def _old_connection_row(db_url: str, name: str, url: str) -> None:
+    """A connection as a registry before migration 7 stored it: the URL as given, secrets and all."""
+    old = await open_registry(db_url, migrations=MIGRATIONS[:6])
+    try:
+        async with old.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO connections (name, kind, url, secret, enabled, options, created_at, "
+                    "updated_at) VALUES (:name, 'openai', :url, NULL, :on, '{}', :t, :t)"
+                ),
+                {"name": name, "url": url, "on": True, "t": T0},
+            )
+    finally:
+        await old.close()
+
+
+async def test_migration_7_moves_url_secrets_out_encrypted(db_url: str, tmp_path: Path) -> None:
+    import json
+
+    from superollama.control import SecretBox
+    from superollama.core import UrlSecrets
+
+    await _old_connection_row(db_url, "cred", "http://bob:TOPSECRETPW@127.0.0.1:9/v1?api-key=K3Y&v=2")
+    await _old_connection_row(db_url, "plain", "http://127.0.0.1:9/v1")
+    box = SecretBox(tmp_path / "secret.key")
+    async with await open_registry(db_url, seal=box.encrypt) as reg:
+        assert await current_version(reg.engine) == 7
+        cred, plain = await reg.connections.get("cred"), await reg.connections.get("plain")
+        async with reg.engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT url, url_secret FROM connections"))).all()
+    assert cred.url == "http://127.0.0.1:9/v1?v=2"
+    assert cred.url_secret is not None and cred.url_secret.startswith("enc:")
+    assert "TOPSECRETPW" not in repr(rows) and "K3Y" not in repr(rows)
+    opened = box.open(cred.url_secret)
+    assert opened is not None
+    assert UrlSecrets.from_json(json.loads(opened)) == UrlSecrets("bob:TOPSECRETPW", ("api-key=K3Y",))
+    assert (plain.url, plain.url_secret) == ("http://127.0.0.1:9/v1", None)
+
+
+async def test_migration_7_without_the_secret_key_changes_nothing(db_url: str) -> None:
+    await _old_connection_row(db_url, "cred", "http://bob:TOPSECRETPW@127.0.0.1:9/v1")
+    with pytest.raises(RegistryError, match="connection 'cred' has a secret in its URL"):
+        await open_registry(db_url)
+    async with await open_registry(db_url, migrations=MIGRATIONS[:6]) as reg:
+        assert await current_version(reg.engine) == 6
+        async with reg.engine.connect() as conn:
+            assert await conn.scalar(text("SELECT url FROM connections")) == (
+                "http://bob:TOPSECRETPW@127.0.0.1:9/v1"
+            )

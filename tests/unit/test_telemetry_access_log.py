@@ -161,3 +161,24 @@ def test_configure_logging_json_and_plain() -> None:
     assert first.endswith("WARNING superollama.test: plain 1")
     assert orjson.loads(second.split(f"{ACCESS_LOGGER}: ", 1)[1])["request_id"] == "req-1"
     assert not [h for h in root.handlers if hasattr(h, "superollama_handle")]
+
+
+def test_log_lines_never_carry_the_secrets_of_a_url() -> None:
+    root = logging.getLogger()
+    level = root.level
+    stream = io.StringIO()
+    handle = configure_logging(Settings(log_json=False), stream=stream)
+    try:
+        url = "http://bob:TOPSECRETPW@127.0.0.1:9/v1?api-key=K3Y&v=1"
+        logging.getLogger("superollama.test").warning("GET %s failed", url)
+        try:
+            raise ValueError(f"bad answer from {url}")
+        except ValueError:
+            logging.getLogger("superollama.test").exception("refresh failed")
+    finally:
+        handle.close()
+        root.setLevel(level)
+    out = stream.getvalue()
+    assert "GET http://***@127.0.0.1:9/v1?api-key=***&v=1 failed" in out
+    assert "ValueError: bad answer from http://***@" in out
+    assert "TOPSECRETPW" not in out and "K3Y" not in out

@@ -47,12 +47,14 @@ def _pairs(values: tuple[str, ...], kind: str) -> dict[str, dict[str, int]]:
 
 def _offline(ctx: Context, run: Callable[[KeyManager], Awaitable[T]]) -> T:
     """Run ``run(manager)`` on a ``KeyManager`` over the home's registry."""
+    from superollama.control import SecretBox
     from superollama.errors import SuperOllamaError
     from superollama.registry import open_registry
     from superollama.security import KeyManager
 
     async def go() -> T:
-        registry = await open_registry(ctx.settings.registry_url)
+        seal = SecretBox.of_home(ctx.settings.home).encrypt  # for a migration that moves a secret
+        registry = await open_registry(ctx.settings.registry_url, seal=seal)
         try:
             return await run(KeyManager(registry.keys, registry.events))
         finally:

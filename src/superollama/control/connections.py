@@ -11,22 +11,44 @@ clear 400.
 Options (``ConnectionRecord.options``): ``stream_usage`` (default true) — every stream asks the server
 for its usage (``stream_options.include_usage``) so it can be metered; false for a server that rejects
 that field (its streams are then metered by estimate).
+
+Secrets: the API key and the secrets of the URL (user info, ``?api-key=…``: ``core.credentials``) are
+stored encrypted; the registry's ``url`` is the public URL, and everything shown (admin API, CLI, events,
+logs) has the redacted URL (``http://***@host/v1?api-key=***``). The decrypted credential of each
+connection lives only in this process's ``CredentialStore``; endpoints (and so the routing snapshot) carry
+its name. What a data-plane client may read of a failure (``Route.unavailable``, the errors of ``show``,
+``pull``, ``copy``, ``delete``) names the connection and the kind of failure, never the server's address;
+the admin API's ``error`` has the full reason, redacted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from superollama.control.credentials import CredentialStore
 from superollama.control.routing import Route, RouteTarget
 from superollama.control.secrets import SecretBox
-from superollama.core import ConnectionRecord, Endpoint, EventRecord, Provider
+from superollama.core import (
+    ConnectionRecord,
+    Credential,
+    Endpoint,
+    EventRecord,
+    Provider,
+    UrlSecrets,
+    credential_for,
+    redact_text,
+    redacted_url,
+    split_url,
+)
 from superollama.errors import InvalidRequest, NotFound, SuperOllamaError, UpstreamError
+from superollama.providers.http import failure_kind
 from superollama.registry import Registry
 
 __all__ = ["OPTIONS", "ConnectionManager", "ConnectionState", "DescribesModels", "ManagesModels"]
@@ -62,18 +84,26 @@ class ManagesModels(Protocol):
 
 @dataclass
 class ConnectionState:
+    """A connection as this process knows it. ``error``: the last failure in full (redacted; admin
+    only); ``failure``: the same, as a data-plane client may read it. ``url_shown``: the redacted URL.
+    ``credential``: decrypted, in memory only (None: none, or ``unreadable`` says why)."""
+
     record: ConnectionRecord
     healthy: bool = False
     error: str | None = None
+    failure: str | None = None
     models: list[str] = field(default_factory=list)
     checked_at: float | None = None
+    url_shown: str = ""
+    credential: Credential | None = field(default=None, repr=False)
+    unreadable: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         r = self.record
         return {
             "name": r.name,
             "kind": r.kind,
-            "url": r.url,
+            "url": self.url_shown or r.url,
             "enabled": r.enabled,
             "api_key": "env" if (r.secret or "").startswith("env:") else ("stored" if r.secret else None),
             "options": dict(r.options),
@@ -93,10 +123,14 @@ class ConnectionManager:
         secrets: SecretBox,
         *,
         refresh_interval: float = 30.0,
+        credentials: CredentialStore | None = None,
     ) -> None:
+        """``credentials``: the store the providers (and this process's data plane) resolve endpoints'
+        credentials from; this manager keeps it in step with the connections."""
         self._registry = registry
         self._providers = dict(providers)
         self._secrets = secrets
+        self.credentials = credentials if credentials is not None else CredentialStore()
         self._interval = refresh_interval
         self._states: dict[str, ConnectionState] = {}
         self._listeners: list[Callable[[], None]] = []
@@ -113,7 +147,8 @@ class ConnectionManager:
 
     async def start(self) -> None:
         for record in await self._registry.connections.list():
-            self._states[record.name] = ConnectionState(record)
+            self._states[record.name] = self._new_state(record)
+        self._publish_credentials()
         await self.refresh()
         self._loop_task = asyncio.create_task(self._refresh_forever(), name="connections-refresh")
 
@@ -148,17 +183,25 @@ class ConnectionManager:
                 f"invalid connection name {name!r}: lower-case letters, digits, '-', '_' and '.'",
                 param="name",
             )
+        public, secrets = split_url(url)
+        if secrets.userinfo is not None and api_key:
+            raise InvalidRequest(
+                "give the credential either in the URL (user:password@) or as an API key, not both",
+                param="api_key",
+            )
         record = ConnectionRecord(
             name=name,
             kind=kind,
-            url=url.rstrip("/"),
+            url=public.rstrip("/"),
             secret=self._secrets.seal(api_key),
             options=_checked_options(options or {}),
+            url_secret=self._secrets.encrypt(json.dumps(secrets.to_json())) if secrets else None,
         )
         record = await self._registry.connections.add(record)
-        state = self._states[name] = ConnectionState(record)
+        state = self._states[name] = self._new_state(record)
+        self._publish_credentials()
         await self._check(state)
-        detail: dict[str, object] = {"kind": kind, "url": record.url}
+        detail: dict[str, object] = {"kind": kind, "url": state.url_shown}
         if record.options:
             detail["options"] = dict(record.options)
         await self._event("connection.add", name, actor, "ok", detail)
@@ -168,12 +211,16 @@ class ConnectionManager:
     async def remove(self, name: str, *, actor: str = "api") -> None:
         await self._registry.connections.delete(name)
         self._states.pop(name, None)
+        self._publish_credentials()
         await self._event("connection.remove", name, actor, "ok", {})
         self._changed()
 
     async def set_enabled(self, name: str, enabled: bool, *, actor: str = "api") -> ConnectionState:
         record = await self._registry.connections.set_enabled(name, enabled)
-        state = self._states.setdefault(name, ConnectionState(record))
+        state = self._states.get(name)
+        if state is None:
+            state = self._states[name] = self._new_state(record)
+            self._publish_credentials()
         state.record = record
         await self._event("connection.enable" if enabled else "connection.disable", name, actor, "ok", {})
         self._changed()
@@ -205,7 +252,7 @@ class ConnectionManager:
         if not isinstance(provider, DescribesModels):
             raise InvalidRequest(f"connection {name!r} ({state.record.kind}) cannot describe its models")
         try:
-            return await provider.show(self._endpoint(state.record, ""), _local_name(name, model, "model"))
+            return await provider.show(self._endpoint(state, ""), _local_name(name, model, "model"))
         except SuperOllamaError as exc:
             raise _on_connection(exc, name) from exc
 
@@ -312,9 +359,11 @@ class ConnectionManager:
                 name = f"{record.name}/{model}"
                 targets: tuple[RouteTarget, ...] = ()
                 if state.healthy:
-                    targets = (RouteTarget(f"conn:{name}", self._endpoint(record, model)),)
+                    targets = (RouteTarget(f"conn:{name}", self._endpoint(state, model)),)
                 routes.append(
-                    Route(name, name, True, created, targets, connection=record.name, unavailable=state.error)
+                    Route(
+                        name, name, True, created, targets, connection=record.name, unavailable=state.failure
+                    )
                 )
         return routes
 
@@ -339,9 +388,10 @@ class ConnectionManager:
         provider = self._providers[state.record.kind]
         assert isinstance(provider, ManagesModels)
         try:
-            await work(provider, self._endpoint(state.record, ""))
+            await work(provider, self._endpoint(state, ""))
         except SuperOllamaError as exc:
-            await self._event(f"connection.{action}", name, actor, "failed", {**detail, "error": exc.message})
+            error = redact_text(exc.message)
+            await self._event(f"connection.{action}", name, actor, "failed", {**detail, "error": error})
             await self._check(state)
             self._changed()
             raise _on_connection(exc, name) from exc
@@ -351,27 +401,55 @@ class ConnectionManager:
         log.info("connection %s: %s %s", name, action, detail)
         return state
 
-    def _endpoint(self, record: ConnectionRecord, model: str) -> Endpoint:
+    def _new_state(self, record: ConnectionRecord) -> ConnectionState:
+        """The state of a connection read or added: its credential decrypted, its URL redacted."""
+        state = ConnectionState(record, url_shown=record.url)
+        try:
+            stored = self._secrets.open(record.url_secret)
+            secrets = UrlSecrets.from_json(json.loads(stored)) if stored else UrlSecrets()
+            state.url_shown = redacted_url(record.url, secrets)
+            credential = credential_for(secrets, self._secrets.open(record.secret))
+        except SuperOllamaError as exc:
+            state.unreadable = exc.message
+            log.warning("connection %s: its stored credential cannot be read: %s", record.name, exc.message)
+            return state
+        if credential.headers or credential.query:
+            state.credential = credential
+        return state
+
+    def _publish_credentials(self) -> None:
+        self.credentials.replace(
+            {name: s.credential for name, s in self._states.items() if s.credential is not None}
+        )
+
+    def _endpoint(self, state: ConnectionState, model: str) -> Endpoint:
+        """How to reach the connection: its public URL and the name of its credential, never the secret."""
+        record = state.record
         provider = self._providers[record.kind]
-        headers: tuple[tuple[str, str], ...] = ()
-        key = self._secrets.open(record.secret)
-        if key:
-            headers = (("Authorization", f"Bearer {key}"),)
         return Endpoint(
-            provider.relay_base(record.url), "openai", model, headers, stream_usage=_stream_usage(record)
+            provider.relay_base(record.url),
+            "openai",
+            model,
+            stream_usage=_stream_usage(record),
+            credential=record.name if state.credential is not None else None,
         )
 
     async def _check(self, state: ConnectionState) -> None:
         record = state.record
         provider = self._providers.get(record.kind)
         first, was_healthy = state.checked_at is None, state.healthy
+        unavailable = f"connection {record.name!r} is unavailable"
         try:
             if provider is None:
                 raise InvalidRequest(f"no provider for kind {record.kind!r}")
-            state.models = sorted(await provider.models(self._endpoint(record, "")))
-            state.healthy, state.error = True, None
+            if state.unreadable is not None:
+                raise InvalidRequest("its stored credential cannot be read (see the server's log)")
+            state.models = sorted(await provider.models(self._endpoint(state, "")))
+            state.healthy, state.error, state.failure = True, None, None
         except SuperOllamaError as exc:
-            state.healthy, state.error = False, f"connection {record.name!r} is unavailable: {exc.message}"
+            state.healthy = False
+            state.error = redact_text(f"{unavailable}: {exc.message}")
+            state.failure = f"{unavailable}: {failure_kind(exc)}"
         state.checked_at = time.time()
         if state.healthy != was_healthy:
             self._changed()  # routing follows before anything else can observe the new state
@@ -420,11 +498,12 @@ def _local_name(connection: str, model: object, param: str) -> str:
 
 
 def _on_connection(exc: SuperOllamaError, name: str) -> SuperOllamaError:
-    """The same error, its message saying which connection answered it (or could not be reached)."""
+    """The same error, its message saying which connection answered it (or could not be reached, and
+    how: never where the server is)."""
     if isinstance(exc, UpstreamError) and exc.status == 503:  # not reached, not an answer
-        message = f"connection {name!r} is unavailable: {exc.message}"
+        message = f"connection {name!r} is unavailable: {failure_kind(exc)}"
     else:
-        message = f"connection {name!r}: {exc.message}"
+        message = f"connection {name!r}: {redact_text(exc.message)}"
     new = type(exc)(message, param=exc.param, retry_after=exc.retry_after)
     new.status = exc.status
     return new

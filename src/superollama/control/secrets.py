@@ -2,7 +2,8 @@
 
 A key is kept either as a reference to an environment variable (``env:NAME``, read when used) or
 encrypted with this node's secret (``enc:<Fernet token>``; the secret is ``HOME/secret.key``, mode 0600,
-created on first use). ``cryptography`` (6 MB resident) is imported only when a key is sealed or opened.
+created on first use). The secrets of a connection's URL (user info, ``?api-key=…``) are always encrypted
+(``encrypt``). ``cryptography`` (6 MB resident) is imported only when a key is sealed or opened.
 """
 
 from __future__ import annotations
@@ -18,11 +19,22 @@ if TYPE_CHECKING:
 
 __all__ = ["SecretBox"]
 
+_KEY_FILE = "secret.key"
+
 
 class SecretBox:
     def __init__(self, key_file: Path) -> None:
         self._key_file = key_file
         self._fernet: Fernet | None = None
+
+    @classmethod
+    def of_home(cls, home: Path) -> SecretBox:
+        """The node's box: its key is ``HOME/secret.key``."""
+        return cls(home / _KEY_FILE)
+
+    def encrypt(self, value: str) -> str:
+        """``enc:…`` for ``value``, whatever it looks like (``open`` gives it back)."""
+        return "enc:" + self._box().encrypt(value.encode()).decode()
 
     def seal(self, value: str | None) -> str | None:
         """What to store for a key: ``env:NAME`` stays a reference; a literal key is encrypted."""
@@ -32,7 +44,7 @@ class SecretBox:
             if not value[4:]:
                 raise InvalidRequest("'env:' needs a variable name, e.g. env:OPENAI_API_KEY", param="api_key")
             return value
-        return "enc:" + self._box().encrypt(value.encode()).decode()
+        return self.encrypt(value)
 
     def open(self, stored: str | None) -> str | None:
         """The key to send upstream now (None: none configured, or the variable is unset)."""

@@ -1,5 +1,14 @@
 """Domain types and seams. Imports nothing of ours but ``errors``-free plain Python."""
 
+from superollama.core.credentials import (
+    Credential,
+    CredentialSource,
+    UrlSecrets,
+    credential_for,
+    redact_text,
+    redacted_url,
+    split_url,
+)
 from superollama.core.names import DEFAULT_TAG, ModelRef, NameError_
 from superollama.core.seams import InstanceHandle, Provider, Runtime
 from superollama.core.types import (
@@ -28,6 +37,8 @@ __all__ = [
     "MEDIA_TEMPLATE",
     "Artifact",
     "ConnectionRecord",
+    "Credential",
+    "CredentialSource",
     "Endpoint",
     "EventRecord",
     "InstanceHandle",
@@ -45,5 +56,10 @@ __all__ = [
     "Provider",
     "RequestRecord",
     "Runtime",
+    "UrlSecrets",
     "VersionRecord",
+    "credential_for",
+    "redact_text",
+    "redacted_url",
+    "split_url",
 ]

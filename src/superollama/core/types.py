@@ -108,16 +108,19 @@ class InstanceState(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """How the data plane reaches a backend: base URL (no trailing slash), protocol, upstream model name,
-    and headers every request to it carries (an upstream API key). ``stream_usage``: the backend takes
-    ``stream_options.include_usage``, so every stream asks it for usage (metering); False for a server
-    that rejects the field (a connection's ``--no-stream-usage``)."""
+    """How the data plane reaches a backend: base URL (no trailing slash, never a secret in it), protocol,
+    upstream model name, and headers every request to it carries (never a secret: this travels in the
+    routing snapshot, to replica workers too). ``credential`` names the credential (a connection's name)
+    the sender attaches at send time from its own process (``core.credentials``). ``stream_usage``: the
+    backend takes ``stream_options.include_usage``, so every stream asks it for usage (metering); False
+    for a server that rejects the field (a connection's ``--no-stream-usage``)."""
 
     base_url: str
     provider: str
     served_name: str
     headers: tuple[tuple[str, str], ...] = ()
     stream_usage: bool = True
+    credential: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,8 @@ class ConnectionRecord:
     """An external backend we do not run (Ollama, vLLM, TGI, any OpenAI-compatible server).
 
     ``secret`` is never a plain key: ``env:VAR`` (read from the environment when used) or ``enc:…``
-    (encrypted with the node's secret key)."""
+    (encrypted with the node's secret key). ``url`` is public (no user info, no secret query parameter);
+    what ``core.credentials.split_url`` took out of the URL given is ``url_secret`` (``enc:…``)."""
 
     name: str
     kind: str  # "openai", "ollama", "tgi"
@@ -133,6 +137,7 @@ class ConnectionRecord:
     secret: str | None = None
     enabled: bool = True
     options: Mapping[str, Any] = field(default_factory=dict)
+    url_secret: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
 

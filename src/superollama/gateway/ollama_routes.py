@@ -32,7 +32,7 @@ from aiohttp import web
 
 from superollama import __version__
 from superollama.control import ConnectionManager, Controller, Route, RouteTarget
-from superollama.core import Progress
+from superollama.core import CredentialSource, Progress
 from superollama.errors import InvalidRequest, ModelNotFound, NotFound, SuperOllamaError
 from superollama.gateway.exchange import exchange_of, principal_of
 from superollama.gateway.h1 import H1Client
@@ -65,11 +65,12 @@ class OllamaRoutes:
         timeout: float,
         *,
         connections: ConnectionManager | None = None,
+        credentials: CredentialSource | None = None,
     ) -> None:
         self._targets = targets
         self._catalog = controller  # None in a replica worker: model management is the primary's
         self._agent = agent
-        self._up = Upstream(backends, timeout)
+        self._up = Upstream(backends, timeout, credentials)
         self._remote = ConnectionModels(connections, targets.holder)
         self._background: set[asyncio.Task[None]] = set()  # pulls whose client went away finish anyway
 

@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from superollama.control import RouteTarget
+from superollama.core import CredentialSource
 from superollama.errors import UpstreamError
 from superollama.gateway.exchange import Exchange, exchange_of
 from superollama.gateway.h1 import H1Client, H1Response
@@ -33,9 +34,11 @@ _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
 
 class Relay:
-    def __init__(self, client: H1Client, timeout: float) -> None:
+    def __init__(self, client: H1Client, timeout: float, credentials: CredentialSource | None = None) -> None:
+        """``credentials``: where a target's credential is found at send time (this process's store)."""
         self._client = client
         self._timeout = timeout
+        self._credentials = credentials
 
     async def forward(
         self, request: web.Request, target: RouteTarget, path: str, body: dict[str, Any], stream: bool
@@ -50,7 +53,9 @@ class Relay:
                 body["stream_options"] = {**(options or {}), "include_usage": True}
                 strip_usage = True
         try:
-            upstream = await post_to_backend(self._client, target, path, orjson.dumps(body), self._timeout)
+            upstream = await post_to_backend(
+                self._client, target, path, orjson.dumps(body), self._timeout, credentials=self._credentials
+            )
             async with upstream:
                 if upstream.status >= 400:
                     return await _upstream_error(upstream)

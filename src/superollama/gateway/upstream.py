@@ -6,17 +6,23 @@ a caller can fall back when a backend lacks an optional route), a 5xx is a 502. 
 away, before or during the stream, is an ``UpstreamError``; so is a stream that ends without ``[DONE]``.
 The stream is read inside the caller's ``async with``: a client that disconnects cancels the handler,
 which leaves the block, which closes the upstream connection, which makes the backend stop generating.
+
+A target's credential (``Endpoint.credential``: the routing snapshot names it, never carries it) is
+resolved at send time from this process's ``CredentialSource``. Failure messages reach clients: they say
+what failed, never the backend's address.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import orjson
 
 from superollama.control import RouteTarget
+from superollama.core import CredentialSource
 from superollama.errors import InvalidRequest, NotFound, SuperOllamaError, UpstreamError
 from superollama.gateway.h1 import H1Client, H1Response, UpstreamConnectionError
 from superollama.wire.ollama import error_message
@@ -27,9 +33,10 @@ UPSTREAM_DOWN = (UpstreamConnectionError, TimeoutError)
 
 
 class Upstream:
-    def __init__(self, client: H1Client, timeout: float) -> None:
+    def __init__(self, client: H1Client, timeout: float, credentials: CredentialSource | None = None) -> None:
         self._client = client
         self._timeout = timeout
+        self._credentials = credentials
 
     async def post(self, target: RouteTarget, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` and return the JSON object the backend answers."""
@@ -58,7 +65,7 @@ class Upstream:
         name = target.endpoint.served_name
         try:
             async with await post_to_backend(
-                self._client, target, path, orjson.dumps(body), self._timeout
+                self._client, target, path, orjson.dumps(body), self._timeout, credentials=self._credentials
             ) as upstream:
                 if upstream.status >= 400:
                     raise _error(upstream.status, await upstream.read(), upstream.reason or "backend error")
@@ -73,13 +80,29 @@ _JSON = (("Content-Type", "application/json"),)
 
 
 def post_to_backend(
-    client: H1Client, target: RouteTarget, path: str, data: bytes, timeout: float
+    client: H1Client,
+    target: RouteTarget,
+    path: str,
+    data: bytes,
+    timeout: float,
+    *,
+    credentials: CredentialSource | None = None,
 ) -> Awaitable[H1Response]:
     """POST JSON to a backend (the client sends it once more when a pooled connection turns out dead
-    before any answer: llama.cpp's server drops idle keep-alive connections while it streams)."""
-    extra = target.endpoint.headers
-    headers = _JSON + extra if extra else _JSON
-    return client.post(target.endpoint.base_url, path, data, headers, timeout=timeout)
+    before any answer: llama.cpp's server drops idle keep-alive connections while it streams), with the
+    endpoint's credential attached here and now."""
+    ep = target.endpoint
+    headers = _JSON + ep.headers if ep.headers else _JSON
+    if ep.credential is not None:
+        credential = credentials.credential(ep.credential) if credentials is not None else None
+        if credential is None:
+            raise UpstreamError(
+                f"the credential of connection {ep.credential!r} is not loaded in this worker yet",
+                retry_after=1,
+            )
+        headers += credential.headers
+        path = credential.path(path)
+    return client.post(ep.base_url, path, data, headers, timeout=timeout)
 
 
 async def _sse(upstream: H1Response, name: str) -> AsyncIterator[dict[str, Any]]:
@@ -134,7 +157,11 @@ def _error(status: int, raw: bytes, reason: str) -> SuperOllamaError:
 
 
 def describe_failure(exc: BaseException) -> str:
-    """A short reason for a failed backend call, for error messages."""
+    """A short reason for a failed backend call, for error messages: never the backend's address."""
     if isinstance(exc, TimeoutError):
         return "timed out"
+    cause = exc.__cause__
+    if isinstance(exc, UpstreamConnectionError) and isinstance(cause, OSError):  # could not connect
+        # the errno's own words: asyncio's strerror ("Connect call failed ('10.0.0.5', 8000)") has the address
+        return f"cannot connect ({os.strerror(cause.errno)})" if cause.errno else "cannot connect"
     return str(exc) or type(exc).__name__

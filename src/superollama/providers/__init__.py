@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from superollama.core import Provider
+from superollama.core import CredentialSource, Provider
 from superollama.providers.ollama import OllamaProvider
 from superollama.providers.openai_compat import OpenAICompatProvider
 from superollama.providers.tgi import TgiProvider
@@ -12,10 +12,13 @@ from superollama.providers.tgi import TgiProvider
 __all__ = ["OllamaProvider", "OpenAICompatProvider", "TgiProvider", "builtin_providers"]
 
 
-def builtin_providers(session: aiohttp.ClientSession) -> dict[str, Provider]:
+def builtin_providers(
+    session: aiohttp.ClientSession, credentials: CredentialSource | None = None
+) -> dict[str, Provider]:
+    """The built-in providers; ``credentials``: where they find an endpoint's credential at send time."""
     providers: list[Provider] = [
-        OpenAICompatProvider(session),
-        OllamaProvider(session),
-        TgiProvider(session),
+        OpenAICompatProvider(session, credentials),
+        OllamaProvider(session, credentials),
+        TgiProvider(session, credentials),
     ]
     return {p.kind: p for p in providers}

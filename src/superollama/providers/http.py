@@ -4,24 +4,34 @@ A backend that cannot be reached (refused, reset, timed out) is an ``UpstreamErr
 answers an error keeps its meaning: 404 is ``NotFound``, another 4xx an ``InvalidRequest`` with the same
 status, a 5xx an ``UpstreamError`` with status 502 — each with the backend's own message (Ollama's
 ``{"error": "..."}``, OpenAI's ``{"error": {"message": ...}}``, TGI's ``{"error": ..., "error_type": ...}``).
+
+An endpoint's credential (``Endpoint.credential``) is resolved here, at send time, from the provider's
+``CredentialSource``: its headers are added and its query pieces appended to the path. No message names
+the backend's URL or address (it may carry secrets, and users see these messages): a message names the
+method and path of the call and the kind of failure; ``failure_kind`` gives that kind alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
 
-from superollama.core import Endpoint
+from superollama.core import CredentialSource, Endpoint
 from superollama.errors import InvalidRequest, NotFound, SuperOllamaError, UpstreamError
 
 __all__ = [
     "LONG_TIMEOUT",
+    "BackendAnswered",
+    "BackendSaid",
     "call",
     "check",
+    "failure_kind",
     "get_json",
     "mapped_error",
     "request_json",
@@ -35,17 +45,59 @@ LONG_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600)
 _DOWN = (TimeoutError, aiohttp.ClientError)
 
 
-async def get_json(session: aiohttp.ClientSession, ep: Endpoint, path: str) -> Any:
-    return await request_json(session, ep, "GET", path)
+class BackendAnswered(Exception):
+    """The cause of an error the backend answered: the call (``GET /health``, one of the provider's own
+    paths) and its HTTP status (for ``failure_kind``)."""
+
+    def __init__(self, call: str, status: int) -> None:
+        super().__init__(f"{call} answered HTTP {status}")
+        self.call = call
+        self.status = status
 
 
-async def check(session: aiohttp.ClientSession, ep: Endpoint, path: str) -> None:
+class BackendSaid(Exception):
+    """The cause of an error whose text comes from the backend mid-stream (for ``failure_kind``)."""
+
+    def __init__(self, call: str) -> None:
+        super().__init__(f"{call} failed on the server")
+        self.call = call
+
+
+def failure_kind(exc: SuperOllamaError) -> str:
+    """``exc`` (raised by a provider) in words safe to show anyone: the call and the kind of failure,
+    never an address, a URL or text the backend wrote. The messages this module and the providers make
+    themselves are such words already; a backend's own answer is replaced by its call and status."""
+    cause = exc.__cause__
+    if isinstance(cause, BackendAnswered):
+        return f"{cause.call} answered HTTP {cause.status}"
+    if isinstance(cause, BackendSaid):
+        return str(cause)
+    return exc.message
+
+
+async def get_json(
+    session: aiohttp.ClientSession,
+    ep: Endpoint,
+    path: str,
+    *,
+    credentials: CredentialSource | None = None,
+) -> Any:
+    return await request_json(session, ep, "GET", path, credentials=credentials)
+
+
+async def check(
+    session: aiohttp.ClientSession,
+    ep: Endpoint,
+    path: str,
+    *,
+    credentials: CredentialSource | None = None,
+) -> None:
     """GET ``path`` and require a 2xx answer, whatever its body (a health route)."""
-    async with call(session, ep, "GET", path) as response:
+    async with call(session, ep, "GET", path, credentials=credentials) as response:
         try:
             await response.read()
         except _DOWN as exc:
-            raise UpstreamError(f"GET {ep.base_url + path}: {_reason(exc)}") from exc
+            raise UpstreamError(f"GET {path}: {_reason(exc)}") from exc
 
 
 async def request_json(
@@ -57,20 +109,22 @@ async def request_json(
     *,
     timeout: aiohttp.ClientTimeout = _TIMEOUT,
     plain: bool = False,
+    credentials: CredentialSource | None = None,
 ) -> Any:
     """One call; the JSON it answers (None for an empty body)."""
-    url = ep.base_url + path
-    async with call(session, ep, method, path, body, timeout=timeout, plain=plain) as response:
+    async with call(
+        session, ep, method, path, body, timeout=timeout, plain=plain, credentials=credentials
+    ) as response:
         try:
             raw = await response.read()
         except _DOWN as exc:
-            raise UpstreamError(f"{method} {url}: {_reason(exc)}") from exc
+            raise UpstreamError(f"{method} {path}: {_reason(exc)}") from exc
     if not raw.strip():
         return None
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise UpstreamError(f"{method} {url}: the answer is not JSON") from None
+        raise UpstreamError(f"{method} {path}: the answer is not JSON") from None
 
 
 async def stream_ndjson(
@@ -81,11 +135,13 @@ async def stream_ndjson(
     *,
     timeout: aiohttp.ClientTimeout = LONG_TIMEOUT,
     plain: bool = True,
+    credentials: CredentialSource | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """POST ``body``; yield each object of the NDJSON answer (blank lines skipped). An object that carries
     ``error`` ends the stream with that error (Ollama reports a failure mid-stream that way)."""
-    url = ep.base_url + path
-    async with call(session, ep, "POST", path, body, timeout=timeout, plain=plain) as response:
+    async with call(
+        session, ep, "POST", path, body, timeout=timeout, plain=plain, credentials=credentials
+    ) as response:
         try:
             async for line in response.content:
                 if not line.strip():
@@ -93,14 +149,18 @@ async def stream_ndjson(
                 try:
                     obj = orjson.loads(line)
                 except orjson.JSONDecodeError:
-                    raise UpstreamError(f"POST {url}: invalid NDJSON line {line[:200]!r}") from None
+                    raise UpstreamError(f"POST {path}: invalid NDJSON line {line[:200]!r}") from BackendSaid(
+                        f"POST {path}"
+                    )
                 if not isinstance(obj, dict):
                     continue
                 if obj.get("error"):
-                    raise mapped_error(500, _message(obj, "error"), in_stream=True)
+                    raise mapped_error(500, _message(obj, "error"), in_stream=True) from BackendSaid(
+                        f"POST {path}"
+                    )
                 yield obj
         except _DOWN as exc:
-            raise UpstreamError(f"POST {url} failed mid-stream: {_reason(exc)}") from exc
+            raise UpstreamError(f"POST {path} failed mid-stream: {_reason(exc)}") from exc
 
 
 @contextlib.asynccontextmanager
@@ -113,19 +173,28 @@ async def call(
     *,
     timeout: aiohttp.ClientTimeout = _TIMEOUT,
     plain: bool = False,
+    credentials: CredentialSource | None = None,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """``async with call(...) as response``: a 2xx response, or the backend's error as ours. ``plain``:
     the error's message is the backend's own (a user's request); else it names the call (a health check)."""
-    url = ep.base_url + path
     headers = dict(ep.headers)
+    target = path
+    if ep.credential is not None:
+        credential = credentials.credential(ep.credential) if credentials is not None else None
+        if credential is None:
+            raise UpstreamError(f"{method} {path}: its credential is not loaded in this process")
+        headers.update(credential.headers)
+        target = credential.path(path)
     data = None
     if body is not None:
         data = orjson.dumps(body)
         headers["Content-Type"] = "application/json"
     try:
-        response = await session.request(method, url, data=data, headers=headers, timeout=timeout)
+        response = await session.request(
+            method, ep.base_url + target, data=data, headers=headers, timeout=timeout
+        )
     except _DOWN as exc:
-        raise UpstreamError(f"{method} {url}: {_reason(exc)}") from exc
+        raise UpstreamError(f"{method} {path}: {_reason(exc)}") from exc
     try:
         if response.status >= 400:
             try:
@@ -134,8 +203,10 @@ async def call(
                 raw = b""
             message = _message_of(raw, response.reason or "error")
             if not plain:
-                message = f"{method} {url}: HTTP {response.status} {message}"
-            raise mapped_error(response.status, message)
+                message = f"{method} {path}: HTTP {response.status} {message}"
+            raise mapped_error(response.status, message) from BackendAnswered(
+                f"{method} {path}", response.status
+            )
         yield response
     finally:
         response.release()
@@ -187,4 +258,14 @@ def _message(obj: Any, fallback: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    return "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
+    """The failure in words that name no address (aiohttp's own messages do)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, socket.gaierror):
+            return "cannot connect (the host name does not resolve)"
+        errno = exc.os_error.errno
+        return f"cannot connect ({os.strerror(errno)})" if errno else "cannot connect"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    return f"the connection failed ({type(exc).__name__})"

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 
-from superollama.core import Endpoint
+from superollama.core import CredentialSource, Endpoint
 from superollama.errors import NotFound, UpstreamError
 from superollama.providers._show import scalars, show_shape
 from superollama.providers.http import get_json, strip_suffix
@@ -21,8 +21,9 @@ _EMBEDDING_TYPES = {"embedding", "embeddings", "embed"}
 class OpenAICompatProvider:
     kind: ClassVar[str] = "openai"
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, credentials: CredentialSource | None = None) -> None:
         self._session = session
+        self._credentials = credentials  # resolves an endpoint's credential at send time
 
     def relay_base(self, url: str) -> str:
         return strip_suffix(url, "/v1")
@@ -55,8 +56,8 @@ class OpenAICompatProvider:
         )
 
     async def _entries(self, ep: Endpoint) -> list[dict[str, Any]]:
-        body = await get_json(self._session, ep, "/v1/models")
+        body = await get_json(self._session, ep, "/v1/models", credentials=self._credentials)
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
-            raise UpstreamError(f"{ep.base_url}/v1/models: not an OpenAI model list")
+            raise UpstreamError("GET /v1/models: not an OpenAI model list")
         return [{**m, "id": str(m["id"])} for m in data if isinstance(m, dict) and m.get("id")]

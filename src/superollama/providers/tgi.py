@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 
-from superollama.core import Endpoint
+from superollama.core import CredentialSource, Endpoint
 from superollama.errors import NotFound, UpstreamError
 from superollama.providers._show import scalars, show_shape
 from superollama.providers.http import check, get_json, strip_suffix
@@ -27,15 +27,16 @@ _VISION = {"image-text-to-text", "visual-question-answering", "image-to-text"}
 class TgiProvider:
     kind: ClassVar[str] = "tgi"
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, credentials: CredentialSource | None = None) -> None:
         self._session = session
+        self._credentials = credentials  # resolves an endpoint's credential at send time
 
     def relay_base(self, url: str) -> str:
         return strip_suffix(url, "/v1")
 
     async def models(self, ep: Endpoint) -> list[str]:
         model_id = _model_id(await self._info(ep), ep)
-        await check(self._session, ep, "/health")
+        await check(self._session, ep, "/health", credentials=self._credentials)
         return [model_id]
 
     async def show(self, ep: Endpoint, model: str) -> dict[str, Any]:
@@ -54,14 +55,14 @@ class TgiProvider:
         )
 
     async def _info(self, ep: Endpoint) -> dict[str, Any]:
-        info = await get_json(self._session, ep, "/info")
+        info = await get_json(self._session, ep, "/info", credentials=self._credentials)
         if not isinstance(info, dict):
-            raise UpstreamError(f"{ep.base_url}/info: not TGI's server info")
+            raise UpstreamError("GET /info: not TGI's server info")
         return info
 
 
 def _model_id(info: dict[str, Any], ep: Endpoint) -> str:
     model_id = info.get("model_id")
     if not isinstance(model_id, str) or not model_id:
-        raise UpstreamError(f"{ep.base_url}/info: no model_id")
+        raise UpstreamError("GET /info: no model_id")
     return model_id

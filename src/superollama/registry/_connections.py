@@ -26,6 +26,7 @@ def _record(row: Row[Any]) -> ConnectionRecord:
         options=dict(m["options"] or {}),
         created_at=m["created_at"],
         updated_at=m["updated_at"],
+        url_secret=m["url_secret"],
     )
 
 
@@ -45,6 +46,7 @@ class ConnectionRepository:
             "kind": record.kind,
             "url": record.url,
             "secret": record.secret,
+            "url_secret": record.url_secret,
             "enabled": record.enabled,
             "options": plain(record.options),
             "created_at": record.created_at or now,

@@ -20,7 +20,7 @@ from superollama.registry._errors import mapped
 from superollama.registry._jobs import JobRepository
 from superollama.registry._keys import KeyRepository
 from superollama.registry._usage import UsageRepository
-from superollama.registry.migrations import MIGRATIONS, Migration, migrate
+from superollama.registry.migrations import MIGRATIONS, Migration, Sealer, migrate
 from superollama.registry.repos import EventRepository, InstanceRepository, NodeRepository, VersionRepository
 
 __all__ = ["Registry", "open_registry"]
@@ -69,12 +69,14 @@ async def open_registry(
     migrations: Sequence[Migration] = MIGRATIONS,
     clock: Clock = utcnow,
     pool_size: int = 5,
+    seal: Sealer | None = None,
 ) -> Registry:
     """Connect, bring the schema up to date, and return the registry.
 
     ``url``: ``sqlite[+aiosqlite]:///path`` (parent directory created; WAL, foreign keys, busy timeout) or
     ``postgres[ql][+asyncpg]://…``. On Postgres, ``schema`` (or ``?schema=NAME`` in the URL) puts every
     table in that schema, created if missing. ``migrations`` is injectable for tests of upgrades.
+    ``seal`` encrypts a secret a migration moves out of a plain column (the node's ``SecretBox``).
     """
     parsed, schema = _parse(url, schema)
     if parsed.get_backend_name() == "sqlite":
@@ -84,7 +86,7 @@ async def open_registry(
     try:
         if schema is not None:
             await _create_schema(engine, schema)
-        await migrate(engine, migrations)
+        await migrate(engine, migrations, seal=seal)
     except BaseException:
         await engine.dispose()
         raise

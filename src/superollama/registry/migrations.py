@@ -8,11 +8,17 @@ engines of ``open_registry`` begin write transactions that way).
 
 Never edit a migration that has shipped: add the next number. A migration freezes the tables it touches as
 they were at that point (it does not import ``schema.py``), so replaying history stays exact.
+
+A migration that moves a secret (7: secrets out of ``connections.url``) has a ``seal_step`` too: it runs
+after ``upgrade``, in the same transaction, with the ``seal`` function given to ``migrate`` (the node's
+``SecretBox``, which this layer cannot import). Without one it fails, and nothing is applied, if there is
+a secret to seal (an empty database needs none).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,11 +44,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from superollama.core.credentials import split_url
 from superollama.errors import RegistryError
 from superollama.registry._errors import mapped
 from superollama.registry.schema import NAMING_CONVENTION, Json, UTCDateTime
 
-__all__ = ["MIGRATIONS", "Migration", "current_version", "migrate"]
+__all__ = ["MIGRATIONS", "Migration", "Sealer", "current_version", "migrate"]
 
 _LOCKED_RETRIES: Final = 20  # SQLite "database is locked" at once: tries again, 0.05 s .. 1 s apart
 
@@ -50,13 +57,17 @@ _LOCKED_RETRIES: Final = 20  # SQLite "database is locked" at once: tries again,
 _LOCK_CLASS: Final = 0x534F4D47
 
 
+Sealer = Callable[[str], str]  # a secret → what is stored for it (``enc:…``)
+
+
 @dataclass(frozen=True)
 class Migration:
-    """One numbered step of the schema's history."""
+    """One numbered step of the schema's history (``seal_step``: see the module's docstring)."""
 
     version: int
     name: str
     upgrade: Callable[[Connection], None]
+    seal_step: Callable[[Connection, Sealer | None], None] | None = None
 
 
 _bookkeeping = MetaData()
@@ -229,6 +240,35 @@ def _m0006_usage_estimated(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE usage ADD COLUMN usage_estimated BOOLEAN"))
 
 
+def _m0007_connection_url_secrets(conn: Connection) -> None:
+    """Secrets a connection's URL carried (user info, ``?api-key=…``) get a column of their own."""
+    conn.execute(text("ALTER TABLE connections ADD COLUMN url_secret TEXT"))
+
+
+def _m0007_seal_url_secrets(conn: Connection, seal: Sealer | None) -> None:
+    """Every existing connection whose URL carries a secret keeps only its public URL in ``url``; the
+    secrets move, encrypted, to ``url_secret`` (``UrlSecrets`` as JSON, sealed)."""
+    md = MetaData()
+    table = Table(
+        "connections",
+        md,
+        Column("name", String, primary_key=True),
+        Column("url", String, nullable=False),
+        Column("url_secret", Text, nullable=True),
+    )
+    for name, url in conn.execute(select(table.c.name, table.c.url)).all():
+        public, secrets = split_url(url)
+        if not secrets:
+            continue
+        if seal is None:
+            raise RegistryError(
+                f"connection {name!r} has a secret in its URL: open this registry with the node's secret "
+                "key (`superollama serve`) to encrypt it"
+            )
+        sealed = seal(json.dumps(secrets.to_json()))
+        conn.execute(table.update().where(table.c.name == name).values(url=public, url_secret=sealed))
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create models, versions, nodes, instances, events", _m0001_initial),
     Migration(2, "create connections", _m0002_connections),
@@ -236,6 +276,12 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(4, "create api_keys", _m0004_api_keys),
     Migration(5, "create usage", _m0005_usage),
     Migration(6, "add usage.usage_estimated", _m0006_usage_estimated),
+    Migration(
+        7,
+        "add connections.url_secret; move URL secrets there, encrypted",
+        _m0007_connection_url_secrets,
+        _m0007_seal_url_secrets,
+    ),
 )
 
 
@@ -259,7 +305,7 @@ def _applied(conn: Connection) -> set[int]:
     return set(conn.scalars(select(schema_migrations.c.version)))
 
 
-def _migrate_sync(conn: Connection, migrations: Sequence[Migration]) -> list[int]:
+def _migrate_sync(conn: Connection, migrations: Sequence[Migration], seal: Sealer | None) -> list[int]:
     _lock(conn)
     schema_migrations.create(conn, checkfirst=True)
     applied = _applied(conn)
@@ -268,6 +314,8 @@ def _migrate_sync(conn: Connection, migrations: Sequence[Migration]) -> list[int
         if migration.version in applied:
             continue
         migration.upgrade(conn)
+        if migration.seal_step is not None:
+            migration.seal_step(conn, seal)
         conn.execute(
             schema_migrations.insert().values(
                 version=migration.version, name=migration.name, applied_at=datetime.now(UTC)
@@ -277,8 +325,11 @@ def _migrate_sync(conn: Connection, migrations: Sequence[Migration]) -> list[int
     return done
 
 
-async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
-    """Apply the pending migrations in order, in one transaction; return the numbers applied.
+async def migrate(
+    engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATIONS, *, seal: Sealer | None = None
+) -> list[int]:
+    """Apply the pending migrations in order, in one transaction; return the numbers applied. ``seal``
+    encrypts a secret a migration moves (see the module's docstring).
 
     On SQLite, processes opening a new database together (``serve --workers N``) can be refused with
     "database is locked" without SQLite waiting its busy timeout: while one connection turns the file
@@ -291,7 +342,7 @@ async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATI
         try:
             with mapped("migration"):
                 async with engine.begin() as conn:
-                    return await conn.run_sync(_migrate_sync, steps)
+                    return await conn.run_sync(_migrate_sync, steps, seal)
         except RegistryError as exc:
             locked = engine.dialect.name == "sqlite" and "database is locked" in str(exc.__cause__)
             attempt += 1

@@ -163,6 +163,7 @@ connections = Table(
     Column("options", Json(), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("url_secret", Text, nullable=True),  # migration 7: what split_url took out of the URL, sealed
 )
 
 jobs = Table(

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from superollama.core import RequestRecord
+from superollama.core import RequestRecord, redact_text
 from superollama.settings import Settings
 
 __all__ = [
@@ -149,7 +149,9 @@ class JsonFormatter(logging.Formatter):
 
 class _QueueHandler(logging.handlers.QueueHandler):
     """Hands records to the writer thread; merges args and renders tracebacks first (the objects may
-    change later), leaves the formatting itself to the thread; drops (and counts) when the queue is full."""
+    change later), leaves the formatting itself to the thread; drops (and counts) when the queue is full.
+    The secrets of any URL in a message or traceback (user info, ``?api-key=…``) become ``***`` here: a
+    last line of defence, as messages are written not to carry them in the first place."""
 
     def __init__(self, q: queue.Queue[logging.LogRecord]) -> None:
         super().__init__(q)
@@ -159,11 +161,13 @@ class _QueueHandler(logging.handlers.QueueHandler):
         if hasattr(record, _FIELDS):  # an access line: made for this queue, nothing left to render
             return record
         record = copy.copy(record)
-        record.msg = record.getMessage()
+        record.msg = redact_text(record.getMessage())
         record.args = None
         if record.exc_info:
             record.exc_text = record.exc_text or logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
         return record
 
     def enqueue(self, record: logging.LogRecord) -> None:

@@ -1,6 +1,9 @@
 """A replica's link to the primary (see ``primary`` for the protocol), and what the replica's data plane
 sees of it: the ``InstanceStarter`` and ``InstanceAccounting`` of the gateway's ``ModelTargets``.
 
+Upstream credentials come in ``state`` messages too, next to (never inside) the snapshot, and are kept in
+``credentials``, in memory only (``control.credentials``).
+
 The watch WebSocket is opened at start and re-opened (0.1 s doubling to 0.5 s) whenever it drops (the
 primary restarting): the replica keeps serving from its last snapshot meanwhile. Request accounting
 stays local and synchronous (a dict update per request); an instance whose count leaves or reaches zero
@@ -21,7 +24,7 @@ import aiohttp
 import orjson
 
 from superollama import errors
-from superollama.control import Route, RouteTarget, RoutingHolder, RoutingTable
+from superollama.control import CredentialStore, Route, RouteTarget, RoutingHolder, RoutingTable
 from superollama.errors import LoadTimeout, SuperOllamaError, Unavailable
 from superollama.workers.context import WORKER_HEADER, WorkerContext
 from superollama.workers.snapshot import decode_table, decode_target
@@ -66,6 +69,7 @@ def error_from_json(data: Any, status: int) -> SuperOllamaError:
 class PrimaryLink:
     def __init__(self, ctx: WorkerContext, holder: RoutingHolder, *, load_timeout: float) -> None:
         self.holder = holder
+        self.credentials = CredentialStore()  # upstream credentials from the primary, in memory only
         self.services: ReplicaServices | None = None
         self._ctx = ctx
         self._load_timeout = load_timeout
@@ -191,6 +195,9 @@ class PrimaryLink:
         op, seq = data.get("op"), data.get("seq")
         services = self.services
         if op == "state":
+            credentials = data.get("credentials")
+            if isinstance(credentials, dict):
+                self.credentials.load_json(credentials)  # before a snapshot that may name them
             table = data.get("table")
             if table is not None:
                 self.holder.publish(decode_table(table))

@@ -3,7 +3,8 @@
 The primary runs the whole app (agent, controller, admin API). This hub adds, on ``control.sock``:
 
 - ``GET /internal/watch``: one WebSocket per replica, for its whole life. Primary → replica: ``state``
-  messages (the routing snapshot when it changed, ``keys`` when the key cache must be reloaded), and
+  messages (the routing snapshot when it changed, ``keys`` when the key cache must be reloaded,
+  ``credentials`` when the upstream credentials changed: see ``control.credentials``; never logged), and
   ``metrics`` / ``flush`` requests. Replica → primary: ``activity`` (its in-flight count per instance,
   the instances it used, keep-alive changes) and ``ack``s, which carry the same activity.
 - ``POST /internal/ensure``: scale from zero for a replica (the primary's own path: same bounded wait,
@@ -39,7 +40,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from superollama.agent import LocalAgent
-from superollama.control import RoutingHolder, RoutingTable
+from superollama.control import CredentialStore, RoutingHolder, RoutingTable
 from superollama.errors import SuperOllamaError
 from superollama.gateway.openai_routes import ModelTargets
 from superollama.telemetry import Telemetry
@@ -84,6 +85,7 @@ class _Replica:
     seq: int = 0  # of the last message sent
     acked: int = 0
     sent_generation: int = -1
+    sent_credentials: int = -1  # the version of the credentials last sent
     acks: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
     replies: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     unfenced: list[str] = field(default_factory=list)  # fenced, not yet tied to a sent snapshot
@@ -98,8 +100,11 @@ class PrimaryHub:
         targets: ModelTargets,
         agent: LocalAgent,
         telemetry: Telemetry,
+        *,
+        credentials: CredentialStore | None = None,
     ) -> None:
         self._ctx = ctx
+        self._credentials = credentials if credentials is not None else CredentialStore()
         self._holder = holder
         self._targets = targets
         self._agent = agent
@@ -200,6 +205,10 @@ class PrimaryHub:
             table = self._holder.table
             replica.seq += 1
             message: dict[str, Any] = {"op": "state", "seq": replica.seq}
+            credentials = self._credentials
+            sent_credentials = credentials.version
+            if sent_credentials != replica.sent_credentials:
+                message["credentials"] = credentials.to_json()  # applied before the table
             if table.generation != replica.sent_generation:
                 message["table"] = table_json(table)
             if reload_keys:
@@ -209,6 +218,7 @@ class PrimaryHub:
                 replica.unfenced = []
             await replica.ws.send_bytes(orjson.dumps(message))
             replica.sent_generation = table.generation
+            replica.sent_credentials = sent_credentials
             return replica.seq
 
     async def sync(self, *, reload_keys: bool = False) -> None:

@@ -89,8 +89,11 @@ async def create_replica_app(settings: Settings, ctx: WorkerContext, link: Prima
     app.on_response_prepare.append(add_exchange_headers)
     ctx.add_worker_header(app)
     backends = H1Client()
-    OpenAIRoutes(link.holder, targets, Relay(backends, settings.upstream_timeout)).register(app)
-    OllamaRoutes(targets, None, link, backends, settings.upstream_timeout).register(app, management=False)
+    relay = Relay(backends, settings.upstream_timeout, link.credentials)
+    OpenAIRoutes(link.holder, targets, relay).register(app)
+    OllamaRoutes(
+        targets, None, link, backends, settings.upstream_timeout, credentials=link.credentials
+    ).register(app, management=False)
     proxy.register(app)
     upkeep = asyncio.create_task(keys.upkeep(registry.keys), name="key-upkeep")
 
