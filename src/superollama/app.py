@@ -80,17 +80,34 @@ async def open_catalog(settings: Settings) -> tuple[Registry, ModelStore, Contro
     """Registry + store + a controller without an agent: what the CLI's offline ``pull`` uses."""
     settings.home.mkdir(parents=True, exist_ok=True)
     registry = await open_registry(settings.registry_url)
-    store = ModelStore(settings.store_dir, ollama_registry=settings.ollama_registry)
+    store = _model_store(settings)
     controller = Controller(registry, store, RoutingHolder())
     await controller.start()
     return registry, store, controller
+
+
+def _model_store(settings: Settings) -> ModelStore:
+    return ModelStore(
+        settings.store_dir,
+        ollama_registry=settings.ollama_registry,
+        storage_roots=settings.storage_root_specs,
+    )
+
+
+async def _report_storage_roots(store: ModelStore) -> None:
+    """A declared storage root that cannot be used is a warning, not a refusal to start: it is listed
+    with its problem (``superollama storage``) and refused as a destination until it is fixed."""
+    for root in await asyncio.to_thread(store.roots.all):
+        if root.problem is not None:
+            log.warning("storage root %r (%s) cannot be used: %s", root.name, root.declared, root.problem)
 
 
 async def create_app(settings: Settings, worker: WorkerContext | None = None) -> web.Application:
     """The whole app; ``worker``: it is worker 0 (the primary) of ``serve --workers N``."""
     settings.home.mkdir(parents=True, exist_ok=True)
     registry = await open_registry(settings.registry_url)
-    store = ModelStore(settings.store_dir, ollama_registry=settings.ollama_registry)
+    store = _model_store(settings)
+    await _report_storage_roots(store)
     runtime = LlamaCppRuntime(
         log_dir=settings.home / "logs",
         ctx=settings.llamacpp_ctx,
