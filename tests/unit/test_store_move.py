@@ -34,6 +34,12 @@ def _blob(root: Path, digest: str) -> Path:
     return root / "blobs" / ("sha256-" + digest.split(":", 1)[1])
 
 
+def _left_in(root: Path) -> list[str]:
+    """What a root still holds (the root itself must still be there)."""
+    assert root.is_dir()
+    return sorted(p.name for p in root.iterdir())
+
+
 def test_the_setting_takes_named_and_unnamed_absolute_roots_only() -> None:
     assert parse_storage_roots(" fast=/mnt/nvme , /mnt/hdd,") == [("fast", "/mnt/nvme"), (None, "/mnt/hdd")]
     assert Settings(storage_roots="fast=/mnt/nvme").storage_root_specs == [("fast", "/mnt/nvme")]
@@ -63,7 +69,8 @@ def test_only_declared_roots_are_destinations(home: Path, fast: Path, tmp_path: 
     assert roots.resolve(str(tmp_path / "link-to-fast")).name == "fast"  # resolved before comparing
     assert roots.resolve(str(plain)).name == str(plain)  # an unnamed root: by its path
 
-    for bad in ["/etc", "/", "/root", "fast-disk", "./fast-disk", str(undeclared), f"{fast}/../../../etc", ""]:
+    escapes = f"{fast}/../../../etc"
+    for bad in ["/etc", "/", "/root", "fast-disk", "./fast-disk", str(undeclared), escapes, ""]:
         with pytest.raises(InvalidRequest) as info:
             roots.resolve(bad)
         assert info.value.param == "to"
@@ -139,7 +146,8 @@ async def test_move_to_a_root_and_back_home_leaves_nothing_behind(
 
     result = await store.move("smol:1", "fast", on_progress=events.append)
 
-    assert (result.root.name, result.source, result.copied, result.freed) == ("fast", "home", (digest,), (digest,))
+    assert (result.root.name, result.source) == ("fast", "home")
+    assert result.copied == result.freed == (digest,)
     assert store.show("smol:1").storage_root == fast
     assert store.model_path("smol:1") == _blob(fast, digest) and not _blob(fast, digest).is_symlink()
     assert not _blob(home, digest).exists()
@@ -156,7 +164,7 @@ async def test_move_to_a_root_and_back_home_leaves_nothing_behind(
     assert (back.source, back.root.name, back.freed) == ("fast", "home", (digest,))
     assert store.show("smol:1").storage_root is None
     assert store.model_path("smol:1") == _blob(home, digest)
-    assert fast.is_dir() and list(fast.iterdir()) == []  # its blobs/ went with the last blob
+    assert _left_in(fast) == []  # its blobs/ went with the last blob
 
 
 async def test_moving_a_copy_leaves_the_original_where_it_is(
@@ -180,7 +188,7 @@ async def test_moving_a_copy_leaves_the_original_where_it_is(
     assert store.model_path("smol:2") == original and _blob(fast, digest).is_file()  # smol:1 uses it
 
     assert await store.remove("smol:1") == {digest}
-    assert list(fast.iterdir()) == []  # rm of the last user in a root: blob and blobs/ gone
+    assert _left_in(fast) == []  # rm of the last user in a root: blob and blobs/ gone
     assert await store.remove("smol:2") == {digest}
     assert list((home / "blobs").iterdir()) == []
 
@@ -192,7 +200,7 @@ async def test_rm_of_a_moved_version_leaves_no_blobs_dir(
     await store.move("smol:1", "fast")
     assert (fast / "blobs").is_dir()
     await store.remove("smol:1")
-    assert fast.is_dir() and list(fast.iterdir()) == []
+    assert _left_in(fast) == []
 
 
 async def test_a_corrupt_blob_is_not_moved_and_leaves_no_copy(
@@ -206,7 +214,7 @@ async def test_a_corrupt_blob_is_not_moved_and_leaves_no_copy(
     with pytest.raises(IntegrityError):
         await store.move("smol:1", "fast")
     assert store.show("smol:1").storage_root is None and blob.is_file()  # nothing switched
-    assert list(fast.iterdir()) == []  # no partial copy, no blobs/
+    assert _left_in(fast) == []  # no partial copy, no blobs/
 
 
 async def test_a_move_to_an_undeclared_dir_writes_nothing(
@@ -221,7 +229,9 @@ async def test_a_move_to_an_undeclared_dir_writes_nothing(
     assert list(elsewhere.iterdir()) == [] and store.show("smol:1").storage_root is None
 
 
-async def test_a_folder_version_is_rebuilt_from_its_new_root(store: ModelStore, home: Path, fast: Path) -> None:
+async def test_a_folder_version_is_rebuilt_from_its_new_root(
+    store: ModelStore, home: Path, fast: Path
+) -> None:
     files = {"config.json": b'{"model_type": "bert"}', "weights/model.safetensors": b"not really tensors"}
     layers = []
     for name, data in files.items():
@@ -241,4 +251,4 @@ async def test_a_folder_version_is_rebuilt_from_its_new_root(store: ModelStore, 
         assert (before / layer.filename).samefile(_blob(home, layer.digest))
 
     await store.remove("folder:2")
-    assert not after.exists() and before.is_dir() and list(fast.iterdir()) == []
+    assert not after.exists() and before.is_dir() and _left_in(fast) == []
