@@ -3,9 +3,11 @@ made by ``cp`` keeps its files where they are), moving back home, nothing left b
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +15,10 @@ import pytest
 from pydantic import ValidationError
 
 from superollama.core import Layer, Manifest, Progress
-from superollama.errors import IntegrityError, InvalidRequest
+from superollama.errors import IntegrityError, InvalidRequest, StoreError
 from superollama.settings import Settings, parse_storage_roots
-from superollama.store import MEDIA_FILE, ModelStore, StorageRoots
+from superollama.store import MEDIA_FILE, BlobStore, ModelStore, StorageRoots
+from superollama.store.relocate import copy_blob
 
 
 @pytest.fixture
@@ -252,3 +255,30 @@ async def test_a_folder_version_is_rebuilt_from_its_new_root(
 
     await store.remove("folder:2")
     assert not after.exists() and before.is_dir() and _left_in(fast) == []
+
+
+async def test_a_blob_an_older_move_left_as_a_symlink_moves_and_its_target_goes(
+    store: ModelStore, home: Path, fast: Path, tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    """Before storage roots, a move left ``HOME/blobs/sha256-…`` as a symlink to the copy elsewhere."""
+    digest = (await store.pull(smollm2_gguf.as_uri(), "smol:1")).model_layer.digest
+    old_disk = tmp_path / "old-disk" / "blobs"
+    old_disk.mkdir(parents=True)
+    name = _blob(home, digest)
+    name.rename(old_disk / name.name)
+    name.symlink_to(old_disk / name.name)
+    await store.verify("smol:1")
+
+    result = await store.move("smol:1", "fast")
+    assert result.freed == (digest,) and store.model_path("smol:1") == _blob(fast, digest)
+    assert not name.exists() and not name.is_symlink() and _left_in(old_disk) == []
+
+
+def test_a_stopped_copy_leaves_no_partial_file(home: Path, fast: Path, smollm2_gguf: Path) -> None:
+    source = BlobStore(home)
+    blob = asyncio.run(source.ingest(smollm2_gguf))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(StoreError, match="the move was stopped while copying"):
+        copy_blob(source, BlobStore(fast), blob.digest, blob.size, lambda _p: None, stop=stop)
+    assert _left_in(fast / "blobs") == []

@@ -39,10 +39,6 @@ def copy_manifest_blobs(
     """Copy every blob of ``manifest`` that ``dest`` lacks from ``src`` (blocking); return the digests
     copied. A blob ``dest`` already holds (another version's, in that root) is used as it is. Setting
     ``stop`` ends the copy at the next chunk with ``StoreError`` (a cancelled move)."""
-    try:
-        dest.dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot write into {dest.root}: {exc}") from exc
     copied: list[str] = []
     for layer in manifest.layers:
         if layer.digest in copied:
@@ -75,6 +71,7 @@ def copy_blob(
     h = hashlib.sha256()
     done = 0
     try:
+        dest.dir.mkdir(parents=True, exist_ok=True)
         with source.open("rb") as fin, tmp.open("xb") as out:
             while chunk := fin.read(_CHUNK):
                 if stop is not None and stop.is_set():
