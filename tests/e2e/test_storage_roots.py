@@ -66,7 +66,7 @@ class ChatLoop:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(180)
+        self._thread.join(300)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -121,7 +121,7 @@ def test_move_a_copy_there_and_back_while_both_serve(
     in_fast = fast / "blobs" / original.name
 
     with ChatLoop(server.url, [MODEL, "copy:1"]) as chats:
-        assert wait_until(lambda: chats.ok >= 2, timeout=60)
+        assert wait_until(lambda: chats.ok >= 2, timeout=180)
         moved = server.cli("mv", "copy:1", "--to", "fast")
         assert moved.returncode == 0, moved.stderr
         # the original keeps its file, untouched; the copy has its own in fast
@@ -144,7 +144,7 @@ def test_move_a_copy_there_and_back_while_both_serve(
         again = server.cli("mv", "copy:1", "--to", "fast")
         assert again.returncode == 0, again.stderr
         served = chats.ok
-        assert wait_until(lambda: chats.ok >= served + 2, timeout=60)  # still served after the moves
+        assert wait_until(lambda: chats.ok >= served + 2, timeout=180)  # still served after the moves
     assert chats.failures == [] and chats.ok >= 4
 
     assert server.cli("stop", "copy:1").returncode == 0
