@@ -116,7 +116,8 @@ def prepare_home(settings: Settings) -> None:
 
 
 def model_store(settings: Settings) -> ModelStore:
-    """The store of the home, its network sources bound by the pull timeouts of ``settings``."""
+    """The store of the home and the declared storage roots, its network sources bound by the pull
+    timeouts of ``settings``."""
     return ModelStore(
         settings.store_dir,
         ollama_registry=settings.ollama_registry,
@@ -124,6 +125,7 @@ def model_store(settings: Settings) -> ModelStore:
             total=None, sock_connect=settings.pull_connect_timeout, sock_read=settings.pull_read_timeout
         ),
         retry=RetryPolicy(stall=settings.pull_stall_timeout),
+        storage_roots=settings.storage_root_specs,
     )
 
 
@@ -137,12 +139,21 @@ async def open_catalog(settings: Settings) -> tuple[Registry, ModelStore, Contro
     return registry, store, controller
 
 
+async def _report_storage_roots(store: ModelStore) -> None:
+    """A declared storage root that cannot be used is a warning, not a refusal to start: it is listed
+    with its problem (``superollama storage``) and refused as a destination until it is fixed."""
+    for root in await asyncio.to_thread(store.roots.all):
+        if root.problem is not None:
+            log.warning("storage root %r (%s) cannot be used: %s", root.name, root.declared, root.problem)
+
+
 async def create_app(settings: Settings, worker: WorkerContext | None = None) -> web.Application:
     """The whole app; ``worker``: it is worker 0 (the primary) of ``serve --workers N``."""
     prepare_home(settings)
     secrets = SecretBox.of_home(settings.home)
     registry = await open_registry(settings.registry_url, seal=secrets.encrypt)
     store = model_store(settings)
+    await _report_storage_roots(store)
     runtime = LlamaCppRuntime(
         log_dir=settings.home / "logs",
         ctx=settings.llamacpp_ctx,

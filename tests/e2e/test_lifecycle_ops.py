@@ -170,6 +170,9 @@ def _long_stream(server: ServerProcess, model: str, done: dict[str, object]) -> 
 
 
 def test_copy_move_rename_delete_while_a_stream_runs(fresh_server: ServerProcess, tmp_path: Path) -> None:
+    disk2 = tmp_path / "disk2"
+    disk2.mkdir()
+    fresh_server.env["SUPEROLLAMA_STORAGE_ROOTS"] = f"disk2={disk2}"
     server = fresh_server.start()
     assert _chat(server, MODEL)  # loaded
 
@@ -184,7 +187,7 @@ def test_copy_move_rename_delete_while_a_stream_runs(fresh_server: ServerProcess
         if op == "cp":
             result = server.cli("cp", MODEL, "copy:1")
         elif op == "mv --to":
-            result = server.cli("mv", MODEL, "--to", str(tmp_path / "disk2"))
+            result = server.cli("mv", MODEL, "--to", "disk2")
         elif op == "mv":
             result = server.cli("mv", MODEL, "renamed:1")
         else:
@@ -198,6 +201,9 @@ def test_copy_move_rename_delete_while_a_stream_runs(fresh_server: ServerProcess
 
     names = [m["name"] for m in json.loads(server.cli("ls", "--json").stdout)]
     assert names == ["copy:1"]
+    # the copy never moved: its file stayed in the home; the moved (then renamed, then removed) version's
+    # copy in disk2 went with it, blobs/ included
     blob = next((server.home / "blobs").iterdir())
-    assert blob.is_symlink() and blob.resolve().parent == tmp_path / "disk2" / "blobs"
-    assert _chat(server, "copy:1")  # loads from the moved file
+    assert blob.is_file() and not blob.is_symlink()
+    assert disk2.is_dir() and list(disk2.iterdir()) == []
+    assert _chat(server, "copy:1")

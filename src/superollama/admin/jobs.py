@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from superollama.admin.routes import PREFIX, actor_of
-from superollama.admin.serialize import version_json
+from superollama.admin.serialize import move_json, version_json
 from superollama.control import Controller, JobManager
 from superollama.core import JobRecord
 from superollama.errors import InvalidRequest
@@ -77,14 +77,17 @@ class JobRoutes:
         return await self._answer(request, body, job)
 
     async def move(self, request: web.Request) -> web.StreamResponse:
-        """Move a version's files to another storage root (``to``), as a job like ``pull``."""
+        """Move a version's files to a storage root (``to``: ``home``, a declared root's name or exact
+        path), as a job like ``pull``. A missing version (404) or a ``to`` that is no usable root (400,
+        listing the valid ones) is answered before any job starts."""
         body = await read_json(request)
         name, to = _text(body, "name", required=True), _text(body, "to", required=True)
+        await self._controller.move_destination(name, to)
         actor = actor_of(request)
 
         async def work(emit: Any) -> dict[str, Any]:
-            record = await self._controller.move(name, to, actor=actor, on_progress=emit)
-            return {"model": version_json(record)}
+            record, result = await self._controller.move(name, to, actor=actor, on_progress=emit)
+            return {"model": version_json(record), **move_json(result)}
 
         job = await self._jobs.submit("move", name, work, actor=actor, params={"to": to})
         return await self._answer(request, body, job)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
-from superollama.admin.serialize import details_json, event_json, instance_json, version_json
+from superollama.admin.serialize import details_json, event_json, instance_json, root_json, version_json
 from superollama.control import Controller
 from superollama.errors import InvalidRequest
 from superollama.gateway import read_json
@@ -28,6 +29,7 @@ class AdminRoutes:
         r.add_get(f"{PREFIX}/models", self.list_models)
         r.add_get(f"{PREFIX}/instances", self.instances)
         r.add_get(f"{PREFIX}/events", self.events)
+        r.add_get(f"{PREFIX}/storage", self.storage)
         r.add_post(f"{PREFIX}/copy", self.copy)
         r.add_post(f"{PREFIX}/rename", self.rename)
         r.add_post(f"{PREFIX}/models/{{name:.+}}/enable", self.enable)
@@ -79,6 +81,15 @@ class AdminRoutes:
 
     async def instances(self, request: web.Request) -> web.Response:
         return _json({"instances": [instance_json(i, self._node) for i in self._controller.instances()]})
+
+    async def storage(self, request: web.Request) -> web.Response:
+        """The storage roots a version's files may live in (``mv --to``), each checked now, with its
+        disk's free and total bytes and the versions it holds."""
+        roots = []
+        for root, versions in await self._controller.storage():
+            disk = await asyncio.to_thread(root.disk) if root.usable else None
+            roots.append(root_json(root, versions, disk))
+        return _json({"roots": roots})
 
     async def events(self, request: web.Request) -> web.Response:
         q = request.query

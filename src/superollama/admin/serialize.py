@@ -8,8 +8,9 @@ from typing import Any
 from superollama.agent import LiveInstance
 from superollama.control import VersionDetails
 from superollama.core import EventRecord, VersionRecord
+from superollama.store import MoveResult, StorageRoot
 
-__all__ = ["details_json", "event_json", "instance_json", "version_json"]
+__all__ = ["details_json", "event_json", "instance_json", "move_json", "root_json", "version_json"]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -59,7 +60,34 @@ def details_json(d: VersionDetails, node: str) -> dict[str, Any]:
     out["metadata"] = dict(d.version.metadata)
     out["layers"] = d.layers
     out["instances"] = [instance_json(i, node) for i in d.instances]
+    out["storage_root"] = d.storage_root
     return out
+
+
+def root_json(root: StorageRoot, versions: list[str], disk: tuple[int, int] | None) -> dict[str, Any]:
+    return {
+        "name": root.name,
+        "path": str(root.path),
+        "declared": root.declared,
+        "home": root.is_home,
+        "usable": root.usable,
+        "problem": root.problem,
+        "free_bytes": disk[0] if disk else None,
+        "total_bytes": disk[1] if disk else None,
+        "versions": versions,
+    }
+
+
+def move_json(result: MoveResult) -> dict[str, Any]:
+    return {
+        "root": result.root.name,
+        "path": str(result.root.path),
+        "from": result.source,
+        "unchanged": result.unchanged,
+        "copied": list(result.copied),
+        "freed": list(result.freed),
+        "kept": list(result.kept),
+    }
 
 
 def event_json(e: EventRecord) -> dict[str, Any]:

@@ -30,7 +30,13 @@ err_console = Console(stderr=True)
 
 class Context:
     def __init__(self, overrides: dict[str, Any]) -> None:
-        self.settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        from pydantic import ValidationError
+
+        try:
+            self.settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as exc:  # one line per bad setting, not a traceback
+            lines = [f"SUPEROLLAMA_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
+            raise click.ClickException("; ".join(lines)) from None
         self._client: AdminClient | None = None
 
     @property

@@ -1,4 +1,4 @@
-"""Model commands: pull, ls, ps, show, cp, mv, rm, enable, disable, stop, events, run."""
+"""Model commands: pull, ls, ps, show, cp, mv, storage, rm, enable, disable, stop, events, run."""
 
 from __future__ import annotations
 
@@ -175,6 +175,7 @@ def show(ctx: Context, name: str, as_json: bool) -> None:
         ("size", human_size(info["size"])),
         ("enabled", info["enabled"]),
         ("source", info["source"]),
+        ("storage root", info.get("storage_root", "home")),
         ("created", info["created_at"]),
     ]
     print_table(console, ("", ""), [(k, v if v is not None else "-") for k, v in fields])
@@ -210,23 +211,58 @@ def cp(ctx: Context, source: str, destination: str) -> None:
 @cli.command()
 @click.argument("source")
 @click.argument("destination", required=False)
-@click.option("--to", "to", type=click.Path(path_type=Path), help="Move its files to this storage root.")
+@click.option(
+    "--to",
+    "to",
+    metavar="ROOT",
+    help="Move its files to this storage root: home, a declared root's name or its exact path "
+    "(see `superollama storage`).",
+)
 @pass_ctx
 @api
-def mv(ctx: Context, source: str, destination: str | None, to: Path | None) -> None:
-    """Rename a version (mv OLD NEW), or move its files to another disk (mv NAME --to PATH) while it
-    keeps serving."""
+def mv(ctx: Context, source: str, destination: str | None, to: str | None) -> None:
+    """Rename a version (mv OLD NEW), or move its files to another storage root (mv NAME --to ROOT)
+    while it keeps serving; the versions sharing its files (cp) stay where they are."""
     if (destination is None) == (to is None):
-        raise click.UsageError("give either a new name (mv OLD NEW) or a storage root (mv NAME --to PATH)")
+        raise click.UsageError("give either a new name (mv OLD NEW) or a storage root (mv NAME --to ROOT)")
     if to is not None:
-        body = {"name": source, "to": str(to.expanduser().resolve()), "stream": True}
+        body = {"name": source, "to": to, "stream": True}  # as typed: the server resolves it
         final = show_progress(console, ctx.client.stream_lines("POST", "/admin/v1/move", json=body))
         if final.get("status") != "success":
             raise ApiError(0, str((final.get("error") or {}).get("message", final)))
-        console.print(f"moved '{source}' to {to}")
+        where = f"{final['root']} ({final['path']})" if final["root"] != final["path"] else final["path"]
+        if final.get("unchanged"):
+            console.print(f"'{source}' is in storage root {where} already: nothing to move")
+        else:
+            console.print(f"moved '{source}' from {final['from']} to {where}")
         return
     ctx.client.request("POST", "/admin/v1/rename", json={"source": source, "destination": destination})
     console.print(f"renamed '{source}' to '{destination}'")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+@api
+def storage(ctx: Context, as_json: bool) -> None:
+    """List the storage roots (`mv NAME --to ROOT`): the home and the declared ones
+    (SUPEROLLAMA_STORAGE_ROOTS), with free space, versions held, and why a root cannot be used."""
+    roots = ctx.client.request("GET", "/admin/v1/storage")["roots"]
+    if as_json:
+        click.echo(orjson.dumps(roots, option=orjson.OPT_INDENT_2).decode())
+        return
+    rows = [
+        (
+            r["name"],
+            r["path"],
+            human_size(r["free_bytes"]),
+            human_size(r["total_bytes"]),
+            len(r["versions"]),
+            "ok" if r["usable"] else f"unusable: {r['problem']}",
+        )
+        for r in roots
+    ]
+    print_table(console, ("ROOT", "PATH", "FREE", "SIZE", "VERSIONS", "STATUS"), rows)
 
 
 @cli.command()

@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from superollama.agent import LiveInstance, LocalAgent
@@ -28,7 +27,7 @@ from superollama.errors import (
     Unavailable,
 )
 from superollama.registry import Registry
-from superollama.store import ModelStore
+from superollama.store import ModelStore, MoveResult, StorageRoot
 
 __all__ = ["Controller", "VersionDetails", "parse_name"]
 
@@ -56,6 +55,7 @@ class VersionDetails:
     version: VersionRecord
     layers: list[dict[str, Any]]
     instances: list[LiveInstance]
+    storage_root: str = "home"  # the name of the storage root holding its files
 
 
 class Controller:
@@ -208,6 +208,12 @@ class Controller:
             task.add_done_callback(self._background.discard)
         return record
 
+    async def move_destination(self, name: str, to: str) -> StorageRoot:
+        """The storage root a move of ``name`` to ``to`` would use, checked now: ``ModelNotFound`` or
+        ``InvalidRequest`` (listing the valid roots) before any job starts."""
+        await self._get(name)
+        return await asyncio.to_thread(self._store.roots.resolve, to)
+
     async def move(
         self,
         name: str,
@@ -215,14 +221,36 @@ class Controller:
         *,
         actor: str = "api",
         on_progress: Callable[[Progress], None] | None = None,
-    ) -> VersionRecord:
-        """Move a version's files to another storage root on this node; it keeps serving throughout."""
+    ) -> tuple[VersionRecord, MoveResult]:
+        """Move a version's files to the storage root ``to`` (``home``, a declared root's name or path) on
+        this node; it keeps serving throughout, and the versions sharing its files stay where they are."""
         version = await self._get(name)
         t0 = time.perf_counter()
-        moved = await self._store.move(ModelRef.parse(version.name), Path(to), on_progress=on_progress)
-        detail = {"to": to, "blobs": list(moved), "seconds": round(time.perf_counter() - t0, 3)}
+        try:
+            result = await self._store.move(ModelRef.parse(version.name), to, on_progress=on_progress)
+        except SuperOllamaError as exc:
+            await self._event("model.move", version.name, actor, "failed", {"to": to, "error": exc.message})
+            raise
+        detail = {
+            "from": result.source,
+            "to": result.root.name,
+            "path": str(result.root.path),
+            "unchanged": result.unchanged,
+            "copied": list(result.copied),
+            "freed": list(result.freed),
+            "kept": list(result.kept),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         await self._event("model.move", version.name, actor, "ok", detail)
-        return version
+        return version, result
+
+    async def storage(self) -> list[tuple[StorageRoot, list[str]]]:
+        """Every storage root (checked now) with the versions whose files it holds."""
+        roots = await asyncio.to_thread(self._store.roots.all)
+        where: dict[str, list[str]] = {root.name: [] for root in roots}
+        for manifest in await asyncio.to_thread(self._store.list):
+            where.setdefault(self._store.roots.name_of(manifest.storage_root), []).append(manifest.name)
+        return [(root, where[root.name]) for root in roots]
 
     async def remove(self, name: str, *, force: bool = False, actor: str = "api") -> None:
         version = await self._get(name)
@@ -261,7 +289,8 @@ class Controller:
             for la in manifest.layers
         ]
         inst = self._agent.instance_for(version.name) if self._agent else None
-        return VersionDetails(version, layers, [inst] if inst else [])
+        root = self._store.roots.name_of(manifest.storage_root)
+        return VersionDetails(version, layers, [inst] if inst else [], root)
 
     def instances(self) -> list[LiveInstance]:
         return self._agent.instances() if self._agent else []

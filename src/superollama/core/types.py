@@ -54,6 +54,9 @@ class Manifest:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
     created_at: datetime | None = None
+    # The storage root that holds this version's blobs (its real path); None: the home. Blobs are
+    # content-addressed per root, so two versions sharing files in one root share those blob files.
+    storage_root: Path | None = None
 
     @property
     def model_layer(self) -> Layer:

@@ -9,11 +9,14 @@
                                                       renamed into place atomically, on the blobs'
                                                       filesystem (blobs/ may be a mount point)
     <root>/tmp/                                       scratch: manifests and folders being written
+    ROOT/blobs/sha256-<hex>                           blobs of the versions moved to a declared storage
+                                                      root (roots.py); their manifests stay in the home
 """
 
 from superollama.store.blobs import Blob, BlobStore, hash_file, normalize_digest, short_digest
 from superollama.store.gguf import GgufInfo, as_metadata, human_parameters, is_gguf, read_gguf_metadata
 from superollama.store.manifests import ManifestStore, manifest_from_json, manifest_to_json
+from superollama.store.roots import HOME_ROOT, StorageRoot, StorageRoots
 from superollama.store.sources import (
     DEFAULT_HF_ENDPOINT,
     DEFAULT_OLLAMA_REGISTRY,
@@ -31,11 +34,12 @@ from superollama.store.sources import (
     default_sources,
     list_ollama_models,
 )
-from superollama.store.store import ModelStore, ProgressCallback
+from superollama.store.store import ModelStore, MoveResult, ProgressCallback
 
 __all__ = [
     "DEFAULT_HF_ENDPOINT",
     "DEFAULT_OLLAMA_REGISTRY",
+    "HOME_ROOT",
     "MEDIA_FILE",
     "Blob",
     "BlobStore",
@@ -45,6 +49,7 @@ __all__ = [
     "HttpSource",
     "ManifestStore",
     "ModelStore",
+    "MoveResult",
     "OllamaDirSource",
     "OllamaSource",
     "PlainHttpSource",
@@ -53,6 +58,8 @@ __all__ = [
     "Source",
     "SourceFile",
     "SourcePlan",
+    "StorageRoot",
+    "StorageRoots",
     "as_metadata",
     "default_sources",
     "hash_file",

@@ -43,17 +43,21 @@ def is_folder(manifest: Manifest) -> bool:
 
 
 def folder_key(manifest: Manifest) -> str:
-    """``sha256-<hex>`` of the folder's sorted (path, digest) list: same files, same folder."""
+    """``sha256-<hex>`` of the folder's sorted (path, digest) list and its storage root: same files in
+    the same root, same folder (a version moved to another root gets a folder linking to its new blobs)."""
     lines = sorted(f"{la.filename}\t{la.digest}" for la in manifest.layers if la.media_type == MEDIA_FILE)
+    if manifest.storage_root is not None:
+        lines.append(f"root\t{manifest.storage_root}")
     return "sha256-" + hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def materialize(manifest: Manifest, blobs: BlobStore, root: Path) -> Path:
-    """The folder of a folder version, built from its blobs on first use (blocking)."""
+def materialize(manifest: Manifest, blobs: BlobStore, root: Path, *, tmp_dir: Path | None = None) -> Path:
+    """The folder of a folder version under ``root``, built from its blobs (in ``blobs``, maybe another
+    storage root) on first use, in ``tmp_dir`` (default: the blobs' own), on ``root``'s disk (blocking)."""
     dest = root / MODELS_DIR / folder_key(manifest)
     if dest.is_dir():
         return dest
-    tmp = blobs.tmp_dir / f"models-{uuid.uuid4().hex}"
+    tmp = (tmp_dir or blobs.tmp_dir) / f"models-{uuid.uuid4().hex}"
     try:
         for layer in manifest.layers:
             if layer.media_type != MEDIA_FILE or not layer.filename:

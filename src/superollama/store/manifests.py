@@ -5,7 +5,10 @@
     {"schemaVersion": 2, "name": "smollm2:latest", "format": "gguf",
      "layers": [{"mediaType": "application/vnd.ollama.image.model", "digest": "sha256:…",
                  "size": 98362432, "filename": "SmolLM2-135M-Instruct.Q4_1.gguf"}],
-     "metadata": {…}, "source": "file:///…", "createdAt": "2025-01-01T00:00:00+00:00"}
+     "metadata": {…}, "source": "file:///…", "createdAt": "2025-01-01T00:00:00+00:00",
+     "storageRoot": "/mnt/nvme"}
+
+``storageRoot`` (absent: the home) is the storage root whose ``blobs/`` holds the version's files.
 
 Writes are atomic (a temp file in ``<root>/tmp/`` then ``os.replace``). The file's location, not its
 ``name`` field, says which version it is.
@@ -58,6 +61,8 @@ def manifest_to_json(manifest: Manifest) -> bytes:
         "source": manifest.source,
         "createdAt": created.isoformat(),
     }
+    if manifest.storage_root is not None:
+        doc["storageRoot"] = str(manifest.storage_root)
     try:
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
     except TypeError as exc:
@@ -78,6 +83,7 @@ def manifest_from_json(data: bytes, *, name: str | None = None) -> Manifest:
             for la in doc["layers"]
         )
         created = doc.get("createdAt")
+        root = doc.get("storageRoot")
         return Manifest(
             name=name or str(doc["name"]),
             format=str(doc.get("format", "")),
@@ -85,6 +91,7 @@ def manifest_from_json(data: bytes, *, name: str | None = None) -> Manifest:
             metadata=dict(doc.get("metadata") or {}),
             source=str(doc.get("source", "")),
             created_at=datetime.fromisoformat(created) if created else None,
+            storage_root=Path(root) if isinstance(root, str) and root else None,
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise StoreError(f"corrupt manifest {name or ''}: {exc}") from exc
@@ -173,6 +180,25 @@ class ManifestStore:
             except (OSError, StoreError) as exc:
                 log.warning("skipping manifest %s: %s", path, exc)
         return out
+
+    def references(self) -> tuple[dict[Path | None, set[str]], set[str]]:
+        """Digests referenced per storage root (``None``: the home), and the digests of manifests that
+        fail to parse, which are protected in every root (their root cannot be known)."""
+        by_root: dict[Path | None, set[str]] = {}
+        anywhere: set[str] = set()
+        for ref, path in self._files():
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            try:
+                manifest = manifest_from_json(data, name=str(ref))
+            except StoreError:
+                anywhere.update(f"sha256:{m.decode().lower()}" for m in _DIGEST_IN_TEXT.findall(data))
+                continue
+            digests = by_root.setdefault(manifest.storage_root, set())
+            digests.update(la.digest for la in manifest.layers)
+        return by_root, anywhere
 
     def referenced_digests(self) -> set[str]:
         """Digests some manifest references, found by scanning each file's text, so that a manifest

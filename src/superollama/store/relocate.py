@@ -1,9 +1,11 @@
-"""Move a version's blobs to another storage root on this node with no downtime.
+"""Copy a version's blobs into another storage root, verified, so the version can switch to them.
 
-For each blob: copy it to ``DEST/blobs/sha256-…`` while hashing (the copy must match its digest), fsync,
-then atomically replace the store's own name for it (``blobs/sha256-…``) with a symlink to the copy, then
-delete the old bytes. A backend that has the old file open or mapped keeps reading the old inode until it
-closes it; new loads open the new location. Garbage collection deletes a moved blob's target with it.
+Blobs are content-addressed per root (``ROOT/blobs/sha256-…``). Moving a version is, in ``ModelStore``:
+copy here each blob the destination root lacks (hashing while copying: the copy must match its digest;
+fsync; one atomic rename into place), then rewrite the version's manifest to name the new root (the
+switch), then garbage-collect the old root, where a blob goes only if no other version still uses it
+there. So moving one version never moves another's files, and a backend that has the old file open or
+mapped keeps reading the old inode until it closes it, while new loads open the new location.
 
 A node-to-node move is the same steps with the copy fetched from the other node's agent.
 """
@@ -12,71 +14,94 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from superollama.core import Manifest, Progress
-from superollama.errors import IntegrityError, InvalidRequest, StoreError
-from superollama.store.blobs import BlobStore, normalize_digest
+from superollama.errors import IntegrityError, StoreError
+from superollama.store.blobs import BlobStore, normalize_digest, short_digest
 
-__all__ = ["relocate_blob", "relocate_manifest"]
+__all__ = ["copy_blob", "copy_manifest_blobs", "purge_partials"]
 
 _CHUNK = 4 * 1024 * 1024
+_PARTIAL = ".partial"
 
 
-def relocate_manifest(
-    manifest: Manifest, blobs: BlobStore, dest_root: Path, emit: Callable[[Progress], None]
+def copy_manifest_blobs(
+    manifest: Manifest,
+    src: BlobStore,
+    dest: BlobStore,
+    emit: Callable[[Progress], None],
+    stop: threading.Event | None = None,
 ) -> list[str]:
-    """Move every blob of ``manifest`` under ``dest_root`` (blocking); return the digests moved."""
-    dest_root = dest_root.expanduser().resolve()
-    if dest_root == blobs.root.resolve():
-        raise InvalidRequest("the destination is the store itself", param="to")
-    dest_dir = dest_root / "blobs"
-    try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot use {dest_root} as a storage root: {exc}") from exc
-    moved = []
+    """Copy every blob of ``manifest`` that ``dest`` lacks from ``src`` (blocking); return the digests
+    copied. A blob ``dest`` already holds (another version's, in that root) is used as it is. Setting
+    ``stop`` ends the copy at the next chunk with ``StoreError`` (a cancelled move)."""
+    copied: list[str] = []
     for layer in manifest.layers:
-        if relocate_blob(blobs, layer.digest, dest_dir, layer.size, emit):
-            moved.append(layer.digest)
-    return moved
+        if layer.digest in copied:
+            continue
+        if copy_blob(src, dest, layer.digest, layer.size, emit, stop=stop):
+            copied.append(layer.digest)
+        else:
+            emit(Progress(f"{short_digest(layer.digest)} is there already", digest=layer.digest))
+    return copied
 
 
-def relocate_blob(
-    blobs: BlobStore, digest: str, dest_dir: Path, size: int, emit: Callable[[Progress], None]
+def copy_blob(
+    src: BlobStore,
+    dest: BlobStore,
+    digest: str,
+    size: int,
+    emit: Callable[[Progress], None],
+    *,
+    stop: threading.Event | None = None,
 ) -> bool:
-    """Move one blob into ``dest_dir``; False when it already lives there."""
+    """Copy one blob from ``src`` to ``dest``, verified; False when ``dest`` has it already."""
     digest = normalize_digest(digest)
-    name = blobs.path(digest)
-    if not name.exists():
-        raise IntegrityError(f"blob {digest} is missing")
-    current = name.resolve()
-    target = dest_dir / name.name
-    if current == target.resolve():
+    if dest.has(digest):
         return False
-    tmp = dest_dir / f".{name.name}.{uuid.uuid4().hex}.partial"
+    source = src.path(digest)
+    if not source.is_file():
+        raise IntegrityError(f"blob {digest} is missing ({source})")
+    target = dest.path(digest)
+    tmp = dest.dir / f".{target.name}.{uuid.uuid4().hex}{_PARTIAL}"
     h = hashlib.sha256()
     done = 0
     try:
-        with current.open("rb") as src, tmp.open("wb") as out:
-            while chunk := src.read(_CHUNK):
+        dest.dir.mkdir(parents=True, exist_ok=True)
+        with source.open("rb") as fin, tmp.open("xb") as out:
+            while chunk := fin.read(_CHUNK):
+                if stop is not None and stop.is_set():
+                    raise StoreError(f"the move was stopped while copying blob {short_digest(digest)}")
                 h.update(chunk)
                 out.write(chunk)
                 done += len(chunk)
-                emit(Progress(f"moving {digest[7:19]}", digest=digest, total=size, completed=done))
+                emit(Progress(f"copying {short_digest(digest)}", digest=digest, total=size, completed=done))
             out.flush()
             os.fsync(out.fileno())
         if "sha256:" + h.hexdigest() != digest:
-            raise IntegrityError(f"blob {digest} changed while it was being moved: the copy does not match")
+            raise IntegrityError(f"blob {digest} does not match its digest: the copy was not kept")
         os.replace(tmp, target)
+    except OSError as exc:
+        raise StoreError(f"cannot copy blob {short_digest(digest)} into {dest.root}: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
-    emit(Progress(f"switching {digest[7:19]}", digest=digest))
-    link = name.with_name(f".{name.name}.{uuid.uuid4().hex}.link")
-    os.symlink(target, link)
-    os.replace(link, name)  # the switch: one atomic rename; readers see the old file or the new one
-    if current != name:  # it had been moved before: its previous copy goes now
-        current.unlink(missing_ok=True)
     return True
+
+
+def purge_partials(blobs: BlobStore) -> int:
+    """Remove copies a crashed move left in ``blobs/`` (``.sha256-….partial``); how many went. Run it
+    with the store's lock held: no move is running then."""
+    removed = 0
+    try:
+        entries = list(os.scandir(blobs.dir))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(".sha256-") and entry.name.endswith(_PARTIAL):
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+    return removed

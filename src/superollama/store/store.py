@@ -4,6 +4,12 @@ The one pull algorithm lives here; the offline CLI and the admin API both call `
 (file, https/http, hf, ollama, ollama-dir) resolve a reference into a plan; ``Transfers`` fetches each file
 once per blob (concurrent pulls share a download), resumably, verified, into ``blobs/``.
 
+Storage roots (``roots.py``): a version's blobs live in one root, the home or one an admin declared;
+its manifest (always in the home) names the root. Blobs are content-addressed per root: versions in the
+same root that share a file (``cp``) share one blob there; ``move`` copies into the destination what it
+lacks, switches the manifest, then collects the old root, where a blob goes only once no version uses it
+there. A pull always lands in the home.
+
 Consistency: within one process, a pull pins its blobs from ingest until its manifest is written, and
 manifest writes, removals and garbage collection take one lock, so a GC never removes a blob a finished or
 running pull references. Two processes sharing a root (a CLI pull beside a running server) are not
@@ -13,9 +19,11 @@ coordinated: run ``gc`` from one of them only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,11 +32,12 @@ import aiohttp
 
 from superollama.core import Artifact, Layer, Manifest, ModelRef, Progress
 from superollama.errors import IntegrityError, InvalidRequest, ModelExists, ModelNotFound, StoreError
-from superollama.store.blobs import BlobStore, short_digest
+from superollama.store.blobs import BlobStore, normalize_digest, short_digest
 from superollama.store.folders import folder_key, folder_metadata, is_folder, materialize, prune
 from superollama.store.gguf import as_metadata, read_gguf_metadata
 from superollama.store.manifests import ManifestStore, as_ref
-from superollama.store.relocate import relocate_manifest
+from superollama.store.relocate import copy_manifest_blobs, purge_partials
+from superollama.store.roots import StorageRoot, StorageRoots
 from superollama.store.sources import (
     DEFAULT_OLLAMA_REGISTRY,
     MEDIA_FILE,
@@ -44,9 +53,24 @@ from superollama.store.sources import (
 from superollama.store.sources.ollama import layer_metadata
 from superollama.store.transfer import Transfers, os_error
 
-__all__ = ["ModelStore", "ProgressCallback"]
+__all__ = ["ModelStore", "MoveResult", "ProgressCallback"]
 
 ProgressCallback = Callable[[Progress], None]
+# (storage root, digest): a blob in one root; the root is a manifest's ``storage_root`` (None: the home)
+_Placed = tuple[Path | None, str]
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """What a move did: where the version is now, where it was, and what happened to each blob."""
+
+    name: str
+    root: StorageRoot
+    source: str  # the name of the root it came from
+    copied: tuple[str, ...] = ()  # blobs written into the destination
+    freed: tuple[str, ...] = ()  # blobs deleted from the source root (no other version used them)
+    kept: tuple[str, ...] = ()  # blobs left in the source root for the versions still using them
+    unchanged: bool = False  # it was in that root already
 
 
 def _ignore(_: Progress) -> None:
@@ -66,12 +90,16 @@ class ModelStore:
         hf_token: str | None = None,
         retry: RetryPolicy | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
+        storage_roots: Iterable[tuple[str | None, str]] = (),
     ) -> None:
         """``sources`` replaces the built-in ones (file, https, http, hf, ollama, ollama-dir), which take
         ``ollama_registry`` (the base URL serving registry.ollama.ai), ``hf_endpoint``/``hf_token`` (else
-        the hub's ``HF_ENDPOINT``/``HF_TOKEN``), ``retry`` and ``timeout``."""
+        the hub's ``HF_ENDPOINT``/``HF_TOKEN``), ``retry`` and ``timeout``. ``storage_roots``: the
+        declared roots besides the home, ``(name or None, absolute path)``."""
         self.root = Path(root)
         self.blobs = BlobStore(self.root)
+        self.roots = StorageRoots(self.root, storage_roots)
+        self._root_blobs: dict[Path, BlobStore] = {}
         self.manifests = ManifestStore(self.root)
         retry = retry or RetryPolicy()
         if sources is None:
@@ -146,13 +174,13 @@ class ModelStore:
                     self.blobs.unpin(digest)
                 pinned.clear()
                 if old is not None:
-                    await self._collect({la.digest for la in old.layers})
+                    await self._collect(_placed(old))
         except BaseException:
             for digest in pinned:
                 self.blobs.unpin(digest)
             if added:
                 async with self._lock:
-                    await self._collect(added)
+                    await self._collect({(None, d) for d in added})
             raise
         emit(Progress("success"))
         return manifest
@@ -222,25 +250,52 @@ class ModelStore:
             return await asyncio.to_thread(self.manifests.write, copied)
 
     async def remove(self, name: ModelRef | str) -> set[str]:
-        """Delete a version's manifest, then every blob no manifest references; return the freed digests."""
+        """Delete a version's manifest, then every blob no manifest references, in every root (an empty
+        ``blobs/`` the store made in a declared root goes too); return the freed digests."""
         ref = as_ref(name)
         async with self._lock:
+            old = self._read_or_none(ref)
             self.manifests.delete(ref)
-            return await self._collect(None)
+            return await self._collect(_placed(old) if old is not None else (), everywhere=True)
 
     async def gc(self) -> set[str]:
         """Remove blobs no manifest references (and stale partial files); return the freed digests."""
         async with self._lock:
             await asyncio.to_thread(self.blobs.purge_tmp)
-            return await self._collect(None)
+            for root in await asyncio.to_thread(self.roots.all):
+                if not root.is_home and root.usable:
+                    await asyncio.to_thread(purge_partials, self.blobs_in(root.location))
+            return await self._collect((), everywhere=True)
 
-    async def _collect(self, candidates: Iterable[str] | None) -> set[str]:
-        """Delete unreferenced, unpinned blobs among ``candidates`` (all blobs if None). Hold ``_lock``."""
+    def blobs_in(self, location: Path | None) -> BlobStore:
+        """The blobs of a storage root (None: the home). One ``BlobStore`` per root, so pins hold."""
+        if location is None:
+            return self.blobs
+        blobs = self._root_blobs.get(location)
+        if blobs is None:
+            blobs = self._root_blobs[location] = BlobStore(location)
+        return blobs
+
+    async def _collect(self, candidates: Iterable[_Placed], *, everywhere: bool = False) -> set[str]:
+        """Delete the unreferenced, unpinned blobs among ``candidates`` (with ``everywhere``: among all
+        blobs of the home, of every usable declared root and of every root a manifest names); prune a
+        declared root's ``blobs/`` once empty (never the root itself). Hold ``_lock``."""
+        pool = {(loc, normalize_digest(d)) for loc, d in candidates}
 
         def run() -> set[str]:
-            referenced = self.manifests.referenced_digests()
-            pool = set(self.blobs.iter_digests()) if candidates is None else set(candidates)
-            freed = {d for d in sorted(pool - referenced) if self.blobs.delete(d)}
+            by_root, anywhere = self.manifests.references()
+            if everywhere:
+                usable = {r.location for r in self.roots.all() if r.usable}
+                for loc in usable | set(by_root) | {None}:
+                    pool.update((loc, d) for d in self.blobs_in(loc).iter_digests())
+            freed: set[str] = set()
+            for loc, digest in sorted(pool, key=lambda p: (str(p[0] or ""), p[1])):
+                if digest in anywhere or digest in by_root.get(loc, ()):
+                    continue
+                if self.blobs_in(loc).delete(digest):
+                    freed.add(digest)
+            for loc in {loc for loc, _ in pool if loc is not None}:
+                _remove_if_empty(self.blobs_in(loc).dir)
             prune(self.root, {folder_key(m) for m in self.manifests.list() if is_folder(m)})
             return freed
 
@@ -250,8 +305,9 @@ class ModelStore:
     async def verify(self, name: ModelRef | str) -> None:
         """Re-hash every blob of a version; ``IntegrityError`` names the first missing or corrupt one."""
         manifest = self.manifests.read(name)
+        blobs = self.blobs_in(manifest.storage_root)
         for layer in manifest.layers:
-            await self.blobs.verify(layer.digest, size=layer.size)
+            await blobs.verify(layer.digest, size=layer.size)
 
     def exists(self, name: ModelRef | str) -> bool:
         return self.manifests.exists(name)
@@ -264,42 +320,55 @@ class ModelStore:
         return self.manifests.read(name)
 
     async def move(
-        self, name: ModelRef | str, dest_root: Path, *, on_progress: ProgressCallback | None = None
-    ) -> tuple[str, ...]:
-        """Move a version's blobs to another storage root (no downtime; see ``relocate``). A folder
-        version's materialized folder is rebuilt from the new locations on its next use."""
+        self, name: ModelRef | str, to: str, *, on_progress: ProgressCallback | None = None
+    ) -> MoveResult:
+        """Move a version's blobs to the storage root ``to`` (``home``, a declared root's name or exact
+        path; anything else is ``InvalidRequest``). It keeps serving: the copy is verified before the
+        manifest switches to it, and the old root loses only the blobs no other version uses there."""
         emit = on_progress or _ignore
         loop = asyncio.get_running_loop()
 
         def emit_from_thread(progress: Progress) -> None:  # the copy runs in a worker thread
             loop.call_soon_threadsafe(emit, progress)
 
+        dest = await asyncio.to_thread(self.roots.resolve, to)
         async with self._lock:
             manifest = self.manifests.read(name)
-            for layer in manifest.layers:
-                self.blobs.pin(layer.digest)
+            source = self.roots.name_of(manifest.storage_root)
+            if manifest.storage_root == dest.location:
+                emit(Progress(f"'{manifest.name}' is in storage root {dest.name} already"))
+                emit(Progress("success"))
+                return MoveResult(manifest.name, dest, source, unchanged=True)
+            digests = {normalize_digest(la.digest) for la in manifest.layers}
+            src, target = self.blobs_in(manifest.storage_root), self.blobs_in(dest.location)
+            stop = threading.Event()
+            copying = asyncio.ensure_future(
+                asyncio.to_thread(copy_manifest_blobs, manifest, src, target, emit_from_thread, stop)
+            )
             try:
-                moved = await asyncio.to_thread(
-                    relocate_manifest, manifest, self.blobs, dest_root, emit_from_thread
-                )
-            finally:
-                for layer in manifest.layers:
-                    self.blobs.unpin(layer.digest)
-            if moved and is_folder(manifest):  # rebuilt from the new locations on next use
-                others = {folder_key(m) for m in self.manifests.list() if is_folder(m)} - {
-                    folder_key(manifest)
-                }
-                await asyncio.to_thread(prune, self.root, others)
+                copied = await asyncio.shield(copying)
+            except BaseException:  # failed or cancelled: the copy thread stops, and its copies go again
+                stop.set()
+                with contextlib.suppress(BaseException):
+                    await copying
+                await self._collect({(dest.location, d) for d in digests})
+                raise
+            emit(Progress(f"switching '{manifest.name}' to {dest.name}"))
+            # the switch: one small atomic write, on the loop so that no cancellation can split it
+            self.manifests.write(replace(manifest, storage_root=dest.location))
+            freed = await self._collect({(manifest.storage_root, d) for d in digests})
         emit(Progress("success"))
-        return tuple(moved)
+        kept = tuple(sorted(digests - freed))
+        return MoveResult(manifest.name, dest, source, tuple(copied), tuple(sorted(freed)), kept)
 
     def model_path(self, name: ModelRef | str) -> Path:
         """Where a runtime finds a version: its model blob, or for a folder version (safetensors) its
         folder (``model_dir``); ``IntegrityError`` if a blob is gone."""
         manifest = self.manifests.read(name)
+        blobs = self.blobs_in(manifest.storage_root)
         if is_folder(manifest):
-            return materialize(manifest, self.blobs, self.root)
-        path = self.blobs.path(manifest.model_layer.digest)
+            return materialize(manifest, blobs, self.root, tmp_dir=self.blobs.tmp_dir)
+        path = blobs.path(manifest.model_layer.digest)
         if not path.is_file():
             raise IntegrityError(f"blob {manifest.model_layer.digest} of '{manifest.name}' is missing")
         return path
@@ -310,7 +379,8 @@ class ModelStore:
         manifest = self.manifests.read(name)
         if not is_folder(manifest):
             raise InvalidRequest(f"'{manifest.name}' is a single {manifest.format} file, not a folder")
-        return materialize(manifest, self.blobs, self.root)
+        blobs = self.blobs_in(manifest.storage_root)
+        return materialize(manifest, blobs, self.root, tmp_dir=self.blobs.tmp_dir)
 
     def artifact(self, name: ModelRef | str) -> Artifact:
         """A version as a runtime sees it: name, format, model file path, metadata."""
@@ -321,6 +391,17 @@ class ModelStore:
 
     def disk_usage(self) -> int:
         return self.blobs.disk_usage()
+
+
+def _placed(manifest: Manifest) -> set[_Placed]:
+    """The blobs a manifest references, each in its storage root."""
+    return {(manifest.storage_root, la.digest) for la in manifest.layers}
+
+
+def _remove_if_empty(directory: Path) -> None:
+    """Remove a declared root's ``blobs/`` once nothing is left in it (the root itself stays)."""
+    with contextlib.suppress(OSError):  # not empty, or already gone
+        directory.rmdir()
 
 
 def _check_folder(plan: SourcePlan) -> None:
