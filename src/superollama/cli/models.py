@@ -230,13 +230,20 @@ def mv(ctx: Context, source: str, destination: str | None, to: Path | None) -> N
 
 @cli.command()
 @click.argument("name")
-@click.option("--force", is_flag=True, help="Drain and stop a loaded model first.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Drain and stop a loaded model first (new requests get 404; those in flight finish, "
+    "bounded by SUPEROLLAMA_DRAIN_TIMEOUT).",
+)
 @pass_ctx
 @api
 def rm(ctx: Context, name: str, force: bool) -> None:
     """Remove a version (its unreferenced files are garbage-collected)."""
-    ctx.client.request("DELETE", f"/admin/v1/models/{name}", params={"force": str(force).lower()})
-    console.print(f"deleted '{name}'")
+    result = ctx.client.request("DELETE", f"/admin/v1/models/{name}", params={"force": str(force).lower()})
+    cut = int(result.get("cut") or 0)
+    note = f" ({cut} request{'s' if cut != 1 else ''} in flight {'was' if cut == 1 else 'were'} cut short)"
+    console.print(f"deleted '{name}'" + (note if cut else ""))
 
 
 @cli.command()
