@@ -4,6 +4,7 @@ one JSON answer, or its SSE stream as parsed objects. Same-protocol requests go 
 Backend errors become ours, with the backend's message: a 4xx keeps its status (404 is ``NotFound``, so
 a caller can fall back when a backend lacks an optional route), a 5xx is a 502. A backend that goes
 away, before or during the stream, is an ``UpstreamError``; so is a stream that ends without ``[DONE]``.
+A request its instance never answered is sent once more to the instance's replacement (``Lease``).
 The stream is read inside the caller's ``async with``: a client that disconnects cancels the handler,
 which leaves the block, which closes the upstream connection, which makes the backend stop generating.
 """
@@ -11,14 +12,14 @@ which leaves the block, which closes the upstream connection, which makes the ba
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
-from superollama.control import RouteTarget
 from superollama.errors import InvalidRequest, NotFound, SuperOllamaError, UpstreamError
-from superollama.gateway.h1 import H1Client, H1Response, UpstreamConnectionError
+from superollama.gateway.h1 import ConnectFailed, H1Client, H1Response, NoAnswer, UpstreamConnectionError
+from superollama.gateway.lease import Lease
 from superollama.wire.ollama import error_message
 
 __all__ = ["UPSTREAM_DOWN", "Upstream", "describe_failure", "post_to_backend"]
@@ -31,7 +32,7 @@ class Upstream:
         self._client = client
         self._timeout = timeout
 
-    async def post(self, target: RouteTarget, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def post(self, target: Lease, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` and return the JSON object the backend answers."""
         async with self._request(target, path, body) as upstream:
             raw = await upstream.read()
@@ -45,16 +46,14 @@ class Upstream:
 
     @contextlib.asynccontextmanager
     async def stream(
-        self, target: RouteTarget, path: str, body: dict[str, Any]
+        self, target: Lease, path: str, body: dict[str, Any]
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """POST ``body``; yield an iterator over the answer's SSE ``data:`` objects."""
         async with self._request(target, path, body) as upstream:
             yield _sse(upstream, target.endpoint.served_name)
 
     @contextlib.asynccontextmanager
-    async def _request(
-        self, target: RouteTarget, path: str, body: dict[str, Any]
-    ) -> AsyncIterator[H1Response]:
+    async def _request(self, target: Lease, path: str, body: dict[str, Any]) -> AsyncIterator[H1Response]:
         name = target.endpoint.served_name
         try:
             async with await post_to_backend(
@@ -72,14 +71,21 @@ class Upstream:
 _JSON = (("Content-Type", "application/json"),)
 
 
-def post_to_backend(
-    client: H1Client, target: RouteTarget, path: str, data: bytes, timeout: float
-) -> Awaitable[H1Response]:
-    """POST JSON to a backend (the client sends it once more when a pooled connection turns out dead
-    before any answer: llama.cpp's server drops idle keep-alive connections while it streams)."""
-    extra = target.endpoint.headers
-    headers = _JSON + extra if extra else _JSON
-    return client.post(target.endpoint.base_url, path, data, headers, timeout=timeout)
+async def post_to_backend(
+    client: H1Client, target: Lease, path: str, data: bytes, timeout: float
+) -> H1Response:
+    """POST JSON to a backend. The client sends it once more when a pooled connection turns out dead
+    before any answer (llama.cpp's server drops idle keep-alive connections while it streams); a backend
+    that cannot be reached, or closed the connection before answering, is replaced when that is safe
+    (see ``Lease.replace``) and the request goes to the replacement."""
+    while True:
+        extra = target.endpoint.headers
+        headers = _JSON + extra if extra else _JSON
+        try:
+            return await client.post(target.endpoint.base_url, path, data, headers, timeout=timeout)
+        except (ConnectFailed, NoAnswer) as exc:
+            if not await target.replace(reached=isinstance(exc, NoAnswer)):
+                raise
 
 
 async def _sse(upstream: H1Response, name: str) -> AsyncIterator[dict[str, Any]]:
