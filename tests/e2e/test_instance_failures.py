@@ -102,7 +102,8 @@ class Load:
     """``n`` threads sending chats in a loop until stopped (each stops at its first 404: the model is
     gone); every outcome kept."""
 
-    def __init__(self, url: str, n: int) -> None:
+    def __init__(self, url: str, n: int, max_tokens: int = 32) -> None:
+        self.max_tokens = max_tokens
         self.outcomes: list[Outcome] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -111,7 +112,7 @@ class Load:
     def _run(self, url: str, kind: str) -> None:
         with httpx.Client(base_url=url, timeout=180) as client:
             while not self._stop.is_set():
-                outcome = _send(client, kind, max_tokens=32)
+                outcome = _send(client, kind, max_tokens=self.max_tokens)
                 with self._lock:
                     self.outcomes.append(outcome)
                 if outcome.status == 404:
@@ -166,22 +167,31 @@ def _rm_force_under_load(server: ServerProcess) -> None:
     blobs = {p.name for p in (server.home / "blobs").iterdir()}
     assert blobs
 
-    with Load(server.url, 4) as load:
+    removed: list[httpx.Response] = []
+    with Load(server.url, 4, max_tokens=64) as load:
         assert wait_until(lambda: _in_flight(server) >= 3, timeout=60)
         began = time.monotonic()
         url = f"{server.url}/admin/v1/models/{MODEL}"
-        removed = httpx.delete(url, params={"force": "true"}, timeout=600)  # as long as the drain takes
+        rm = threading.Thread(  # as long as the drain takes
+            target=lambda: removed.append(httpx.delete(url, params={"force": "true"}, timeout=600))
+        )
+        rm.start()
+        assert wait_until(lambda: any(i["state"] == "draining" for i in server.instances()), timeout=60)
+        with httpx.Client(base_url=server.url, timeout=300) as client:
+            during = _all_at_once([client])  # requests while it drains: 404 on both APIs, nothing loads
+        rm.join(600)
         with httpx.Client(base_url=server.url, timeout=60) as client:
-            after = _all_at_once([client])  # requests after the rm: 404 on both APIs
+            after = _all_at_once([client])
 
     before = [o for o in load.outcomes if o.started < began]
     assert len(before) >= 4
     failed = [o for o in before if not o.ok]
     assert not failed, failed[:3]  # every request that started before the rm was answered in full
-    assert removed.status_code == 200, removed.text
-    assert removed.json() == {"deleted": MODEL, "cut": 0}
-    for o in load.outcomes:
+    assert len(during) == 4 and all(_gone(o) for o in during), during
+    for o in load.outcomes:  # later ones were refused as for a missing model (not restarted, not cut)
         assert o.ok or _gone(o), o
+    assert removed[0].status_code == 200, removed[0].text
+    assert removed[0].json() == {"deleted": MODEL, "cut": 0}
     assert len(after) == 4 and all(_gone(o) for o in after), after
     _no_internal_address(load.outcomes)
 
