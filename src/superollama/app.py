@@ -183,6 +183,7 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
             keep_alive=settings.keep_alive,
             load_timeout=settings.load_timeout,
             stop_timeout=settings.stop_timeout,
+            drain_timeout=settings.drain_timeout,
             max_pending_loads=settings.max_pending_loads,
         ),
     )

@@ -100,6 +100,14 @@ class Settings(BaseSettings):
     stop_timeout: float = Field(
         default=10.0, gt=0, description="Seconds a backend process gets to exit after SIGTERM before SIGKILL."
     )
+    drain_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "Seconds an instance being stopped (rm --force, stop, disable, idle unload) waits for its "
+            "requests in flight to finish; those still running then are cut short, and counted."
+        ),
+    )
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above it)."
     )

@@ -7,6 +7,7 @@ The real llama.cpp runtime is exercised end to end in tests/e2e; here a runtime 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,7 +15,15 @@ import pytest
 from tests.waiting import wait_until
 
 from superollama.agent import AgentConfig, LocalAgent
-from superollama.core import Artifact, Endpoint, InstanceHandle, InstanceRecord, InstanceSpec, InstanceState
+from superollama.core import (
+    Artifact,
+    Endpoint,
+    EventRecord,
+    InstanceHandle,
+    InstanceRecord,
+    InstanceSpec,
+    InstanceState,
+)
 from superollama.errors import LoadTimeout, ModelLoadFailed, Unavailable
 from superollama.registry import Registry, open_registry
 
@@ -248,4 +257,78 @@ async def test_leftover_instances_are_replaced_at_start(registry: Registry) -> N
     assert runtime.adopted == ["old"]
     assert (await registry.instances.get("old")).state is InstanceState.STOPPED
     assert [e.detail["instance"] for e in await registry.events.list(action="instance.replaced")] == ["old"]
+    await agent.close()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait (bounded) until ``condition`` holds, letting the loop run meanwhile."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_drain_waits_for_the_callers_waiting_on_the_load(registry: Registry) -> None:
+    """A request that waited for the load counts as in flight from the moment the load ends: the stop
+    that waited for the same load must not take the instance before that request acquires it."""
+    runtime = GateRuntime()
+    runtime.gate.clear()
+    agent = make_agent(registry, runtime)
+    await agent.start()
+    finish = asyncio.Event()
+    stops_seen: list[int] = []
+
+    async def request() -> None:
+        inst = await agent.ensure(ART, "gate")
+        agent.acquire(inst.id)
+        stops_seen.append(runtime.handles[0].stops)
+        await finish.wait()
+        agent.release(inst.id)
+
+    caller = asyncio.create_task(request())
+    await _until(lambda: runtime.starts == 1)
+    stopping = asyncio.create_task(agent.unload("m:1", reason="removed"))
+    await _until(lambda: agent.loading("m:1"))
+    runtime.gate.set()
+    await _until(lambda: bool(stops_seen))
+    assert stops_seen == [0]  # the instance was still running when the request took it
+    assert not stopping.done() and runtime.handles[0].stops == 0
+    finish.set()
+    assert await stopping
+    await caller
+    assert runtime.handles[0].stops == 1
+    await agent.close()
+
+
+async def test_the_drain_bound_cuts_what_is_left_and_counts_it(registry: Registry) -> None:
+    runtime = GateRuntime()
+    agent = make_agent(registry, runtime, drain_timeout=30)
+    events: list[EventRecord] = []
+    agent.on_event(events.append)
+    await agent.start()
+    inst = await agent.ensure(ART, "gate")
+    agent.acquire(inst.id)
+    # the bound is what is under test: 0.05 s instead of the configured 30 s
+    assert await agent.stop_version("m:1", reason="removed", drain=0.05) == 1
+    assert runtime.handles[0].stops == 1
+    stop = next(e for e in events if e.action == "instance.stop")
+    assert stop.detail["cut"] == 1 and stop.detail["reason"] == "removed"
+    assert await agent.stop_version("m:1", reason="removed") is None  # nothing runs any more
+    await agent.close()
+
+
+async def test_ended_tells_a_crash_from_a_stop_and_from_a_running_process(registry: Registry) -> None:
+    runtime = GateRuntime()
+    agent = make_agent(registry, runtime)
+    await agent.start()
+    first = await agent.ensure(ART, "gate")
+    assert await agent.ended(first.id, within=0.05) == "running"
+    runtime.handles[0].crash()
+    assert await agent.ended(first.id) == "crashed"
+    await _until(lambda: agent.instance_for("m:1") is None)
+    assert await agent.ended(first.id) == "crashed"  # remembered once the watcher removed it
+    second = await agent.ensure(ART, "gate")
+    assert await agent.unload("m:1")
+    assert await agent.ended(second.id) == "stopped"
+    assert await agent.ended("inst-never-seen") == "stopped"
     await agent.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from superollama.gateway.h1 import H1Client, UpstreamConnectionError
+from superollama.gateway.h1 import ConnectFailed, H1Client, NoAnswer, UpstreamConnectionError
 
 JSON = (("Content-Type", "application/json"),)
 
@@ -265,6 +265,107 @@ async def test_nothing_listening_and_bad_urls() -> None:
     with pytest.raises(ValueError, match="http"):
         await client.post("ftp://127.0.0.1/", "/x", b"{}", JSON, timeout=5)
     await client.close()
+
+
+# -- how far an exchange got: what decides whether a request may be sent to a replacement ----------------
+async def test_a_closed_port_is_connect_failed_without_the_address() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    client = H1Client()
+    try:
+        with pytest.raises(ConnectFailed) as failed:
+            await client.post(f"http://127.0.0.1:{port}", "/x", b"{}", JSON, timeout=5)
+        assert "refused" in str(failed.value).lower()
+        assert "127.0.0.1" not in str(failed.value) and str(port) not in str(failed.value)
+    finally:
+        await client.close()
+
+
+async def _one_shot_server(handle: Callable[[socket.socket], None]) -> tuple[int, asyncio.Task[None]]:
+    """A raw loopback server that accepts one connection and runs ``handle`` on it (in a thread)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def run() -> None:
+        conn, _ = listener.accept()
+        try:
+            handle(conn)
+        finally:
+            conn.close()
+            listener.close()
+
+    return listener.getsockname()[1], asyncio.create_task(asyncio.to_thread(run))
+
+
+def _read_all_of_request(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data or not data.endswith(b"{}"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _reset(conn: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0): what the kernel does to a killed process's connections."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+async def test_a_server_that_resets_on_accept_is_no_answer() -> None:
+    port, done = await _one_shot_server(_reset)
+    client = H1Client()
+    try:
+        with pytest.raises(NoAnswer) as failed:
+            await client.post(f"http://127.0.0.1:{port}", "/x", b"{}", JSON, timeout=5)
+        assert "before answering" in str(failed.value) and "127.0.0.1" not in str(failed.value)
+    finally:
+        await done
+        await client.close()
+
+
+async def test_a_server_that_reads_the_request_then_closes_is_no_answer() -> None:
+    seen: list[bytes] = []
+
+    def read_then_close(conn: socket.socket) -> None:
+        seen.append(_read_all_of_request(conn))
+
+    port, done = await _one_shot_server(read_then_close)
+    client = H1Client()
+    try:
+        with pytest.raises(NoAnswer):
+            await client.post(f"http://127.0.0.1:{port}", "/x", b"{}", JSON, timeout=5)
+        await done
+        assert seen and seen[0].startswith(b"POST /x HTTP/1.1")  # it had the whole request
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"HTTP/1.1 200 OK\r\nContent-Le", b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"partial'],
+    ids=["half-a-head", "half-a-body"],
+)
+async def test_a_server_that_sends_half_an_answer_is_in_flight_not_no_answer(sent: bytes) -> None:
+    def half(conn: socket.socket) -> None:
+        _read_all_of_request(conn)
+        conn.sendall(sent)
+        _reset(conn)
+
+    port, done = await _one_shot_server(half)
+    client = H1Client()
+    try:
+        with pytest.raises(UpstreamConnectionError) as failed:
+            async with await client.post(f"http://127.0.0.1:{port}", "/x", b"{}", JSON, timeout=5) as up:
+                await up.read()
+        assert not isinstance(failed.value, (NoAnswer, ConnectFailed))
+        assert "mid-answer" in str(failed.value)
+    finally:
+        await done
+        await client.close()
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:

@@ -13,10 +13,11 @@ import orjson
 import pytest
 from aiohttp import web
 
-from superollama.control import RouteTarget
+from superollama.control import Route, RouteTarget
 from superollama.core import Endpoint
 from superollama.gateway.exchange import EXCHANGE, Exchange
 from superollama.gateway.h1 import H1Client
+from superollama.gateway.lease import Lease
 from superollama.gateway.relay import Relay
 
 EVENTS = [
@@ -25,6 +26,34 @@ EVENTS = [
     b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\n',
     b"data: [DONE]\n\n",
 ]
+
+
+class _NoStarter:
+    async def ensure_ready(self, route: Route) -> RouteTarget:
+        raise AssertionError("the backend runs")
+
+    async def replace(self, route: Route, failed: str, *, reached: bool) -> RouteTarget | None:
+        return None
+
+
+class _NoCounts:
+    def in_flight(self, instance_id: str) -> int:
+        return 0
+
+    def acquire(self, instance_id: str) -> None:
+        pass
+
+    def release(self, instance_id: str) -> None:
+        pass
+
+    def set_keep_alive(self, version: str, seconds: float | None) -> None:
+        pass
+
+    def expires_in(self, version: str) -> float | None:
+        return None
+
+    async def unload(self, version: str, *, reason: str = "requested") -> bool:
+        return False
 
 
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
@@ -63,7 +92,8 @@ async def setup() -> AsyncIterator[tuple[str, list[dict[str, object]], list[Exch
         request[EXCHANGE] = ex
         exchanges.append(ex)
         body = await request.json()
-        return await relay.forward(request, target, "/chat/completions", body, stream=True)
+        lease = Lease(Route("m", "m", True, 0, (target,)), target, _NoStarter(), _NoCounts())
+        return await relay.forward(request, lease, "/chat/completions", body, stream=True)
 
     front = web.Application()
     front.router.add_post("/v1/chat/completions", gateway)

@@ -50,10 +50,10 @@ class AdminRoutes:
 
     async def remove(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        await self._controller.remove(
+        cut = await self._controller.remove(
             name, force=_flag(request.query.get("force")) is True, actor=actor_of(request)
         )
-        return _json({"deleted": name})
+        return _json({"deleted": name, "cut": cut})
 
     async def enable(self, request: web.Request) -> web.Response:
         record = await self._controller.set_enabled(request.match_info["name"], True, actor=actor_of(request))

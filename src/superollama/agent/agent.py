@@ -4,7 +4,12 @@ In single-machine mode it lives in the server process; the control plane calls i
 same methods a remote agent will expose over HTTP. It owns:
 - one live instance per version at most (loaded on demand, single-flight: concurrent requests share a load);
 - per-instance load accounting (in-flight requests, last use) for balancing and idle unloading;
-- crash detection (a watcher per process) and clean replacement of processes left by an earlier agent.
+- crash detection (a watcher per process) and clean replacement of processes left by an earlier agent;
+- drains: an instance stops once nothing is in flight there, bounded (``drain_timeout``); "in flight"
+  includes the callers of ``ensure`` that were handed the instance but have not counted their request yet
+  (they resume one loop turn after the load ends, after a drain waiting on that load would look);
+- ``ended``: how an instance the data plane could not reach has ended (crashed, stopped, or running), so
+  that a request it never reached can go to a replacement.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import logging
 import os
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 from superollama.core import (
     Artifact,
@@ -33,11 +40,14 @@ from superollama.core import (
 from superollama.errors import LoadTimeout, ModelLoadFailed, Unavailable
 from superollama.registry import Registry
 
-__all__ = ["AgentConfig", "LiveInstance", "LocalAgent"]
+__all__ = ["AgentConfig", "Ending", "LiveInstance", "LocalAgent"]
 
 log = logging.getLogger("superollama.agent")
 
 _ACTIVE = (InstanceState.PENDING, InstanceState.LOADING, InstanceState.READY, InstanceState.DRAINING)
+_ENDINGS_KEPT = 256  # how many ended instances ``ended`` remembers (requests reach it within seconds)
+
+Ending = Literal["running", "crashed", "stopped"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class LiveInstance:
     load_seconds: float
     last_used: float
     in_flight: int = 0
+    pending: int = 0  # ensure() callers handed this instance that have not acquired it yet
     keep_alive: float | None = None  # per-instance override of the node default
     state: InstanceState = InstanceState.READY
     idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set while nothing is in flight
@@ -75,6 +86,11 @@ class LiveInstance:
     @property
     def pid(self) -> int:
         return self.handle.pid
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing in flight and nobody about to send: a drain may stop it."""
+        return self.in_flight <= 0 and self.pending <= 0
 
     def record(self, node: str) -> InstanceRecord:
         return InstanceRecord(
@@ -106,6 +122,8 @@ class LocalAgent:
         self._live: dict[str, LiveInstance] = {}  # by version
         self._by_id: dict[str, LiveInstance] = {}
         self._loading: dict[str, asyncio.Task[LiveInstance]] = {}
+        self._load_waiters: dict[str, int] = {}  # by version: callers waiting on the load in progress
+        self._ended: OrderedDict[str, Ending] = OrderedDict()  # by instance id, the latest last
         self._waiting = 0
         self._reaper: asyncio.Task[None] | None = None
         self._closing = False
@@ -167,7 +185,7 @@ class LocalAgent:
         if inst is not None:
             inst.in_flight -= 1
             inst.last_used = self._clock()
-            if inst.in_flight == 0:
+            if inst.quiet:
                 inst.idle.set()
             if inst.in_flight == 0 and self._keep_alive(inst) == 0 and inst.state is InstanceState.READY:
                 asyncio.get_running_loop().create_task(self.unload(inst.version, reason="keep_alive=0"))
@@ -204,6 +222,8 @@ class LocalAgent:
             self._loading[artifact.name] = task
             task.add_done_callback(functools.partial(self._load_done, artifact.name))
         self._waiting += 1
+        version = artifact.name
+        self._load_waiters[version] = self._load_waiters.get(version, 0) + 1
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout=self._config.load_timeout)
         except TimeoutError:
@@ -213,6 +233,23 @@ class LocalAgent:
             ) from None
         finally:
             self._waiting -= 1
+            self._load_waiters[version] -= 1
+            if not self._load_waiters[version]:
+                del self._load_waiters[version]
+            if task.done() and not task.cancelled() and task.exception() is None:
+                self._handed_over(task.result())
+
+    def _handed_over(self, inst: LiveInstance) -> None:
+        """An ``ensure`` caller that was counted in ``inst.pending`` has its instance: it acquires it in
+        this same loop turn (or gave up); the drain looks again on the next turn."""
+        inst.pending -= 1
+        if inst.quiet:
+            asyncio.get_running_loop().call_soon(self._settle, inst)
+
+    @staticmethod
+    def _settle(inst: LiveInstance) -> None:
+        if inst.quiet:
+            inst.idle.set()
 
     def _load_done(self, version: str, task: asyncio.Task[LiveInstance]) -> None:
         if self._loading.get(version) is task:
@@ -282,26 +319,44 @@ class LocalAgent:
         )
         log.info("loaded %s as %s (pid %d) in %.2f s", artifact.name, instance_id, handle.pid, load_seconds)
         self._changed()
+        inst.pending = self._load_waiters.get(artifact.name, 0)  # they resume after this task ends
+        if inst.pending:
+            inst.idle.clear()
         return inst
 
     # -- unloading -------------------------------------------------------------------------------
     async def unload(self, version: str, *, reason: str = "requested", drain: float | None = None) -> bool:
         """Drain (no new requests; in-flight ones finish, bounded) then stop the version's instance."""
+        return await self.stop_version(version, reason=reason, drain=drain) is not None
+
+    async def stop_version(self, version: str, *, reason: str, drain: float | None = None) -> int | None:
+        """Drain then stop the version's instance: the number of requests the drain bound cut short
+        (``drain`` s, ``drain_timeout`` by default), or None when no instance ran."""
         task = self._loading.get(version)
         if task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
         inst = self._live.get(version)
         if inst is None or inst.state is not InstanceState.READY:
-            return False
+            return None
         inst.state = InstanceState.DRAINING
         self._changed()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(inst.idle.wait(), self._config.drain_timeout if drain is None else drain)
-        await self._stop(inst, reason=reason)
-        return True
+        bound = self._config.drain_timeout if drain is None else drain
+        deadline = asyncio.get_running_loop().time() + bound
+        while not inst.quiet:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            inst.idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(inst.idle.wait(), left)
+        cut = max(inst.in_flight, 0) + max(inst.pending, 0)
+        if cut:
+            log.warning("%s: %d request(s) still in flight after the %.1f s drain bound", version, cut, bound)
+        await self._stop(inst, reason=reason, cut=cut)
+        return cut
 
-    async def _stop(self, inst: LiveInstance, *, reason: str) -> None:
+    async def _stop(self, inst: LiveInstance, *, reason: str, cut: int = 0) -> None:
         inst.state = InstanceState.DRAINING
         if self._live.get(inst.version) is inst:
             del self._live[inst.version]
@@ -311,22 +366,33 @@ class LocalAgent:
         if inst._watcher is not None:
             inst._watcher.cancel()
         inst.state = InstanceState.STOPPED
+        self._remember(inst.id, "stopped")
         await self._registry.instances.set_state(inst.id, InstanceState.STOPPED)
-        await self._event("instance.stop", inst.version, "ok", {"instance": inst.id, "reason": reason})
+        detail: dict[str, object] = {"instance": inst.id, "reason": reason, "cut": cut}
+        await self._event("instance.stop", inst.version, "ok", detail)
         log.info("stopped %s (%s): %s", inst.version, inst.id, reason)
 
     async def _watch(self, inst: LiveInstance) -> None:
         code = await inst.handle.wait()
-        if inst.state is not InstanceState.READY or self._closing:
+        self._mark_crashed(inst)
+        if inst.state is not InstanceState.FAILED:
             return  # an orderly stop
-        inst.state = InstanceState.FAILED
-        self._live.pop(inst.version, None)
-        self._by_id.pop(inst.id, None)
-        self._changed()
         error = f"process exited with code {code}"
         log.warning("instance %s of %s crashed: %s", inst.id, inst.version, error)
         await self._registry.instances.set_state(inst.id, InstanceState.FAILED, error=error)
         await self._event("instance.crashed", inst.version, "failed", {"instance": inst.id, "error": error})
+
+    def _mark_crashed(self, inst: LiveInstance) -> None:
+        """Its process exited while it served: out of routing at once, so that ``ensure`` starts another
+        (idempotent; the watcher, or ``ended`` if it sees the exit first)."""
+        if inst.state is not InstanceState.READY or self._closing:
+            return
+        inst.state = InstanceState.FAILED
+        if self._live.get(inst.version) is inst:
+            del self._live[inst.version]
+        self._by_id.pop(inst.id, None)
+        self._remember(inst.id, "crashed")
+        self._changed()
 
     async def _reap_idle(self) -> None:
         while True:
@@ -343,6 +409,26 @@ class LocalAgent:
                         await self.unload(inst.version, reason=f"idle for {idle:.0f} s")
                     except Exception:
                         log.exception("idle unload of %s failed", inst.version)
+
+    async def ended(self, instance_id: str, *, within: float = 2.0) -> Ending:
+        """How the instance a request could not reach has ended: ``crashed`` (its process exited on its
+        own), ``stopped`` (we stopped it), or ``running`` if its process still runs after ``within`` s
+        (the exit of a killed process is seen within milliseconds; this waits for that)."""
+        inst = self._by_id.get(instance_id)
+        if inst is None:
+            return self._ended.get(instance_id, "stopped")
+        exited = asyncio.ensure_future(inst.handle.wait())
+        done, _ = await asyncio.wait({exited}, timeout=within)
+        if not done:
+            exited.cancel()
+            return "running"
+        self._mark_crashed(inst)  # if the watcher has not yet
+        return self._ended.get(instance_id, "crashed" if inst.state is InstanceState.FAILED else "stopped")
+
+    def _remember(self, instance_id: str, ending: Ending) -> None:
+        self._ended[instance_id] = ending
+        while len(self._ended) > _ENDINGS_KEPT:
+            self._ended.popitem(last=False)
 
     def _keep_alive(self, inst: LiveInstance) -> float:
         return self._config.keep_alive if inst.keep_alive is None else inst.keep_alive

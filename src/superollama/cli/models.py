@@ -267,13 +267,20 @@ def storage(ctx: Context, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--force", is_flag=True, help="Drain and stop a loaded model first.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Drain and stop a loaded model first (new requests get 404; those in flight finish, "
+    "bounded by SUPEROLLAMA_DRAIN_TIMEOUT).",
+)
 @pass_ctx
 @api
 def rm(ctx: Context, name: str, force: bool) -> None:
     """Remove a version (its unreferenced files are garbage-collected)."""
-    ctx.client.request("DELETE", f"/admin/v1/models/{name}", params={"force": str(force).lower()})
-    console.print(f"deleted '{name}'")
+    result = ctx.client.request("DELETE", f"/admin/v1/models/{name}", params={"force": str(force).lower()})
+    cut = int(result.get("cut") or 0)
+    note = f" ({cut} request{'s' if cut != 1 else ''} in flight {'was' if cut == 1 else 'were'} cut short)"
+    console.print(f"deleted '{name}'" + (note if cut else ""))
 
 
 @cli.command()

@@ -76,6 +76,7 @@ class Controller:
         self._holder = holder
         self._agent = agent
         self._versions: dict[str, VersionRecord] = {}
+        self._retiring: set[str] = set()  # versions being removed: out of routing, not started again
         self._background: set[asyncio.Task[bool]] = set()
         self._generation = 0
 
@@ -98,6 +99,8 @@ class Controller:
     def republish(self) -> None:
         routes = self._connections.routes() if self._connections is not None else []
         for v in self._versions.values():
+            if v.name in self._retiring:
+                continue
             targets: tuple[RouteTarget, ...] = ()
             inst = self._agent.instance_for(v.name) if self._agent else None
             if inst is not None and inst.state == "ready":
@@ -252,20 +255,36 @@ class Controller:
             where.setdefault(self._store.roots.name_of(manifest.storage_root), []).append(manifest.name)
         return [(root, where[root.name]) for root in roots]
 
-    async def remove(self, name: str, *, force: bool = False, actor: str = "api") -> None:
+    async def remove(self, name: str, *, force: bool = False, actor: str = "api") -> int:
+        """Remove a version: its name leaves routing first (new requests get 404), a running instance
+        drains (bounded by ``drain_timeout``) and stops, then the registry row and the files go.
+        Returns how many requests in flight the drain bound cut short."""
         version = await self._get(name)
+        cut = 0
         if self._agent is not None:
             busy = self._agent.instance_for(version.name) is not None or self._agent.loading(version.name)
             if busy and not force:
                 raise ModelInUse(
                     f"{version.name} is loaded; stop it first or pass force to drain and stop it"
                 )
-            if busy:
-                await self._agent.unload(version.name, reason="removed")
-        await self._registry.versions.delete(version.name)
+            self._retiring.add(version.name)
+            try:
+                self.republish()
+                if busy:
+                    cut = await self._agent.stop_version(version.name, reason="removed") or 0
+                await self._registry.versions.delete(version.name)
+            except BaseException:
+                self._retiring.discard(version.name)
+                self.republish()
+                raise
+        else:
+            await self._registry.versions.delete(version.name)
         freed = await self._store.remove(ModelRef.parse(version.name))
-        await self._event("model.remove", version.name, actor, "ok", {"freed_blobs": sorted(freed)})
+        detail = {"freed_blobs": sorted(freed), "cut": cut}
+        await self._event("model.remove", version.name, actor, "ok", detail)
         await self.refresh()
+        self._retiring.discard(version.name)
+        return cut
 
     async def set_enabled(self, name: str, enabled: bool, *, actor: str = "api") -> VersionRecord:
         version = await self._get(name)
@@ -312,7 +331,7 @@ class Controller:
         if self._agent is None:
             raise ModelLoadFailed("this process runs no node agent")
         version = self._versions.get(route.version)
-        if version is None:
+        if version is None or version.name in self._retiring or not version.enabled:
             raise ModelNotFound(f"model {route.name!r} not found", param="model")
         artifact = Artifact(
             name=version.name,
@@ -325,6 +344,19 @@ class Controller:
             raise ModelLoadFailed(f"no runtime serves the {version.format!r} format yet")
         inst = await self._agent.ensure(artifact, runtime)
         return RouteTarget(inst.id, inst.handle.endpoint)
+
+    async def replace(self, route: Route, failed: str, *, reached: bool) -> RouteTarget | None:
+        """A ready target in place of instance ``failed``, which a request could not get an answer from, when
+        sending the request again is safe: the instance stopped or crashed and the request never reached
+        it (``reached=False``: no connection), or its process crashed (a dead process does not go on with
+        a request it read). Waits like a cold start; None when the request must fail instead."""
+        if route.connection is not None or self._agent is None:
+            return None
+        ending = await self._agent.ended(failed)
+        if ending == "running" or (reached and ending != "crashed"):
+            return None
+        log.info("%s: instance %s %s; the request goes to its replacement", route.name, failed, ending)
+        return await self.ensure_ready(route)
 
     # -- helpers ---------------------------------------------------------------------------------
     async def _get(self, name: str) -> VersionRecord:

@@ -16,20 +16,29 @@ This one does the minimum, on ``asyncio.Protocol``:
   request is sent once more on a new connection (the backend never saw it);
 * ``timeout`` bounds the whole exchange (connect, send, the last byte), ``connect_timeout`` the connect.
 
-Errors are ``UpstreamConnectionError`` (a ``ConnectionError``) or ``TimeoutError``.
+Errors are ``UpstreamConnectionError`` (a ``ConnectionError``) or ``TimeoutError``, and say how far the
+exchange got, because that decides whether the request may be sent again elsewhere:
+
+* ``ConnectFailed``: no connection could be made (refused, unreachable): the backend never saw the request;
+* ``NoAnswer``: the connection closed or was reset before any byte of the answer: the backend may have
+  read the request, but answered nothing (a process that died does not go on with it);
+* any other ``UpstreamConnectionError``: the answer had begun; the request was in flight.
+
+Messages name the failure, never the backend's address (they reach clients).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import cast
 from urllib.parse import urlsplit
 
-__all__ = ["H1Client", "H1Response", "UpstreamConnectionError"]
+__all__ = ["ConnectFailed", "H1Client", "H1Response", "NoAnswer", "UpstreamConnectionError"]
 
 _CRLF = b"\r\n"
 _HEAD_END = b"\r\n\r\n"
@@ -43,6 +52,14 @@ _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _D
 
 class UpstreamConnectionError(ConnectionError):
     """The backend could not be reached, or went away before its answer was complete."""
+
+
+class ConnectFailed(UpstreamConnectionError):
+    """No connection to the backend: nothing of the request was sent."""
+
+
+class NoAnswer(UpstreamConnectionError):
+    """The connection ended before any byte of the answer (the request was sent, or partly sent)."""
 
 
 class _Origin:
@@ -206,9 +223,12 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         if self._state == _UNTIL_CLOSE:
             self._complete()
+        elif self._state == _HEAD and not self.got_bytes:
+            reason = f" ({_reason(exc)})" if exc else ""
+            self._fail(NoAnswer(f"the backend closed the connection before answering{reason}"))
         elif self._state != _DONE:
-            reason = f": {exc}" if exc else ""
-            self._fail(UpstreamConnectionError(f"the backend closed the connection{reason}"))
+            reason = f" ({_reason(exc)})" if exc else ""
+            self._fail(UpstreamConnectionError(f"the backend closed the connection mid-answer{reason}"))
 
     def pause(self) -> None:
         if not self._paused and self.transport is not None:
@@ -222,8 +242,11 @@ class _Connection(asyncio.Protocol):
 
     # -- one exchange -------------------------------------------------------------------------------
     def send(self, data: bytes, timeout: float) -> asyncio.Future[H1Response]:
-        assert self.transport is not None
         loop = asyncio.get_running_loop()
+        if self.transport is None:  # reset between the connect and now: nothing was sent
+            gone = loop.create_future()
+            gone.set_exception(NoAnswer("the backend closed the connection before answering"))
+            return gone
         self._state, self._response, self.got_bytes = _HEAD, None, False
         self._head = loop.create_future()
         self._timer = loop.call_later(timeout, self._timed_out, timeout)
@@ -481,11 +504,9 @@ class H1Client:
                 min(timeout, self._connect_timeout),
             )
         except TimeoutError:
-            raise TimeoutError(f"could not connect to {origin.host}:{origin.port} in time") from None
+            raise TimeoutError("could not connect to the backend in time") from None
         except OSError as exc:
-            raise UpstreamConnectionError(
-                f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}"
-            ) from exc
+            raise ConnectFailed(f"cannot connect to the backend ({_reason(exc)})") from exc
         return conn
 
     async def close(self) -> None:
@@ -494,3 +515,12 @@ class H1Client:
             for conn in conns:
                 conn.abort()
         self._idle.clear()
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS error's own words (``Connection refused``), without the address some messages carry."""
+    if isinstance(exc, ssl.SSLError):
+        return str(exc)  # the certificate's problem, worth saying
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)  # asyncio's own strerror names the address
+    return type(exc).__name__

@@ -31,11 +31,12 @@ import orjson
 from aiohttp import web
 
 from superollama import __version__
-from superollama.control import ConnectionManager, Controller, Route, RouteTarget
+from superollama.control import ConnectionManager, Controller, Route
 from superollama.core import CredentialSource, Progress
 from superollama.errors import InvalidRequest, ModelNotFound, NotFound, SuperOllamaError
 from superollama.gateway.exchange import exchange_of, principal_of
 from superollama.gateway.h1 import H1Client
+from superollama.gateway.lease import Lease
 from superollama.gateway.ollama_connections import ConnectionModels
 from superollama.gateway.openai_routes import ModelTargets, read_json
 from superollama.gateway.responses import json_response as _json
@@ -286,7 +287,7 @@ class OllamaRoutes:
     @contextlib.asynccontextmanager
     async def _serve(
         self, request: web.Request, body: dict[str, Any], route: Route, keep: float | None, operation: str
-    ) -> AsyncIterator[tuple[RouteTarget, int]]:
+    ) -> AsyncIterator[tuple[Lease, int]]:
         """Admit the request, then a ready instance for it (its load time in ns); ``keep_alive`` applies
         after it."""
         await self._targets.admit(request, route, body, operation)
@@ -308,7 +309,7 @@ class OllamaRoutes:
     async def _stream(
         self,
         request: web.Request,
-        target: RouteTarget,
+        target: Lease,
         path: str,
         payload: dict[str, Any],
         translator: wire.StreamTranslator,
@@ -346,7 +347,7 @@ class OllamaRoutes:
             return response
 
     async def _prompt(
-        self, target: RouteTarget, body: dict[str, Any], raw: bool, context: list[int] | None
+        self, target: Lease, body: dict[str, Any], raw: bool, context: list[int] | None
     ) -> str | None:
         """The text to complete, or None to send the request as a chat (images; no template route)."""
         prompt = str(body["prompt"])
@@ -375,7 +376,7 @@ class OllamaRoutes:
             )
         return text
 
-    def _tokenize(self, target: RouteTarget, prompt: str) -> Context:
+    def _tokenize(self, target: Lease, prompt: str) -> Context:
         """``context`` for the answer: the tokens of prompt + response, as Ollama returns them."""
 
         async def tokens(response: str) -> list[int] | None:
@@ -387,7 +388,7 @@ class OllamaRoutes:
 
         return tokens
 
-    async def _embed(self, target: RouteTarget, payload: dict[str, Any], truncate: bool) -> dict[str, Any]:
+    async def _embed(self, target: Lease, payload: dict[str, Any], truncate: bool) -> dict[str, Any]:
         """Embed; with ``truncate``, inputs the backend finds too long are cut to the size it names."""
         try:
             return await self._up.post(target, "/v1/embeddings", payload)

@@ -16,6 +16,7 @@ from aiohttp import web
 from superollama.control import Route, RouteTarget, RoutingHolder
 from superollama.errors import InvalidRequest, ModelNotFound
 from superollama.gateway.exchange import exchange_of, principal_of
+from superollama.gateway.lease import Lease
 from superollama.gateway.relay import Relay
 from superollama.gateway.responses import json_response as _json
 from superollama.gateway.seams import InstanceAccounting, InstanceStarter
@@ -32,7 +33,8 @@ class ModelTargets:
     """Shared by every API edge: a client's model name → its route → a ready instance, with accounting.
 
     ``route`` raises ``ModelNotFound`` with the edge's own wording; ``pick`` starts an instance when none
-    is ready (scale from zero); ``hold`` picks and counts the request in flight until it is done.
+    is ready (scale from zero); ``hold`` picks and counts the request in flight until it is done (on a
+    replacement, if its instance died before the request reached it: see ``Lease``).
 
     Scope: a model outside the caller's key patterns is, to that caller, a model that does not exist —
     ``route`` answers exactly the missing-model error (same status, code and message, naming what was
@@ -107,20 +109,23 @@ class ModelTargets:
         ex.headers.update(ex.admission.headers)
 
     @contextlib.asynccontextmanager
-    async def hold(self, route: Route, request: web.Request | None = None) -> AsyncIterator[RouteTarget]:
+    async def hold(self, route: Route, request: web.Request | None = None) -> AsyncIterator[Lease]:
         """A ready target for the route (started if need be), counted in flight until the block ends."""
         ex = exchange_of(request) if request is not None else None
+        route = self.holder.table.routes.get(route.name, route)  # the latest: the request waited on admission
         t0 = time.perf_counter()
         target = await self.pick(route)
         if ex is not None:
             if not route.targets:
                 ex.load_wait = time.perf_counter() - t0
             ex.instance = None if route.connection else target.instance_id
-        self.agent.acquire(target.instance_id)
+        lease = Lease(route, target, self.controller, self.agent)
         try:
-            yield target
+            yield lease
         finally:
-            self.agent.release(target.instance_id)
+            lease.release()
+            if ex is not None and route.connection is None:
+                ex.instance = lease.instance_id
 
 
 class OpenAIRoutes:

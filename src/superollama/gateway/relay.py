@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from superollama.control import RouteTarget
 from superollama.core import CredentialSource
 from superollama.errors import UpstreamError
 from superollama.gateway.exchange import Exchange, exchange_of
 from superollama.gateway.h1 import H1Client, H1Response
+from superollama.gateway.lease import Lease
 from superollama.gateway.upstream import UPSTREAM_DOWN, describe_failure, post_to_backend
 from superollama.gateway.usage_estimate import estimate_answer, estimate_stream
 from superollama.wire.openai import error_body, find_usage
@@ -41,7 +41,7 @@ class Relay:
         self._credentials = credentials
 
     async def forward(
-        self, request: web.Request, target: RouteTarget, path: str, body: dict[str, Any], stream: bool
+        self, request: web.Request, target: Lease, path: str, body: dict[str, Any], stream: bool
     ) -> web.StreamResponse:
         ex = exchange_of(request)
         strip_usage = False
@@ -83,7 +83,7 @@ class Relay:
 async def _relay_stream(
     request: web.Request,
     upstream: H1Response,
-    target: RouteTarget,
+    target: Lease,
     ex: Exchange | None,
     strip_usage: bool,
     *,

@@ -19,6 +19,11 @@ class InstanceStarter(Protocol):
 
     async def ensure_ready(self, route: Route) -> RouteTarget: ...
 
+    async def replace(self, route: Route, failed: str, *, reached: bool) -> RouteTarget | None:
+        """A target in place of instance ``failed`` (which gave no answer) when sending the request again
+        is safe: ``reached`` says whether the request may have reached it. None: the request fails."""
+        ...
+
 
 class InstanceAccounting(Protocol):
     """Per-instance request accounting (hot path: no I/O) and keep-alive control."""

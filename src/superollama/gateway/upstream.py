@@ -4,6 +4,7 @@ one JSON answer, or its SSE stream as parsed objects. Same-protocol requests go 
 Backend errors become ours, with the backend's message: a 4xx keeps its status (404 is ``NotFound``, so
 a caller can fall back when a backend lacks an optional route), a 5xx is a 502. A backend that goes
 away, before or during the stream, is an ``UpstreamError``; so is a stream that ends without ``[DONE]``.
+A request its instance never answered is sent once more to the instance's replacement (``Lease``).
 The stream is read inside the caller's ``async with``: a client that disconnects cancels the handler,
 which leaves the block, which closes the upstream connection, which makes the backend stop generating.
 
@@ -16,15 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
-from superollama.control import RouteTarget
 from superollama.core import CredentialSource
 from superollama.errors import InvalidRequest, NotFound, SuperOllamaError, UpstreamError
-from superollama.gateway.h1 import H1Client, H1Response, UpstreamConnectionError
+from superollama.gateway.h1 import ConnectFailed, H1Client, H1Response, NoAnswer, UpstreamConnectionError
+from superollama.gateway.lease import Lease
 from superollama.wire.ollama import error_message
 
 __all__ = ["UPSTREAM_DOWN", "Upstream", "describe_failure", "post_to_backend"]
@@ -38,7 +39,7 @@ class Upstream:
         self._timeout = timeout
         self._credentials = credentials
 
-    async def post(self, target: RouteTarget, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def post(self, target: Lease, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` and return the JSON object the backend answers."""
         async with self._request(target, path, body) as upstream:
             raw = await upstream.read()
@@ -52,16 +53,14 @@ class Upstream:
 
     @contextlib.asynccontextmanager
     async def stream(
-        self, target: RouteTarget, path: str, body: dict[str, Any]
+        self, target: Lease, path: str, body: dict[str, Any]
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """POST ``body``; yield an iterator over the answer's SSE ``data:`` objects."""
         async with self._request(target, path, body) as upstream:
             yield _sse(upstream, target.endpoint.served_name)
 
     @contextlib.asynccontextmanager
-    async def _request(
-        self, target: RouteTarget, path: str, body: dict[str, Any]
-    ) -> AsyncIterator[H1Response]:
+    async def _request(self, target: Lease, path: str, body: dict[str, Any]) -> AsyncIterator[H1Response]:
         name = target.endpoint.served_name
         try:
             async with await post_to_backend(
@@ -79,30 +78,38 @@ class Upstream:
 _JSON = (("Content-Type", "application/json"),)
 
 
-def post_to_backend(
+async def post_to_backend(
     client: H1Client,
-    target: RouteTarget,
+    target: Lease,
     path: str,
     data: bytes,
     timeout: float,
     *,
     credentials: CredentialSource | None = None,
-) -> Awaitable[H1Response]:
-    """POST JSON to a backend (the client sends it once more when a pooled connection turns out dead
-    before any answer: llama.cpp's server drops idle keep-alive connections while it streams), with the
-    endpoint's credential attached here and now."""
-    ep = target.endpoint
-    headers = _JSON + ep.headers if ep.headers else _JSON
-    if ep.credential is not None:
-        credential = credentials.credential(ep.credential) if credentials is not None else None
-        if credential is None:
-            raise UpstreamError(
-                f"the credential of connection {ep.credential!r} is not loaded in this worker yet",
-                retry_after=1,
-            )
-        headers += credential.headers
-        path = credential.path(path)
-    return client.post(ep.base_url, path, data, headers, timeout=timeout)
+) -> H1Response:
+    """POST JSON to a backend, with the endpoint's credential attached here and now. The client sends it
+    once more when a pooled connection turns out dead before any answer (llama.cpp's server drops idle
+    keep-alive connections while it streams); a backend that cannot be reached, or closed the connection
+    before answering, is replaced when that is safe (see ``Lease.replace``) and the request goes to the
+    replacement."""
+    while True:
+        ep = target.endpoint
+        headers = _JSON + ep.headers if ep.headers else _JSON
+        send_path = path
+        if ep.credential is not None:
+            credential = credentials.credential(ep.credential) if credentials is not None else None
+            if credential is None:
+                raise UpstreamError(
+                    f"the credential of connection {ep.credential!r} is not loaded in this worker yet",
+                    retry_after=1,
+                )
+            headers += credential.headers
+            send_path = credential.path(path)
+        try:
+            return await client.post(ep.base_url, send_path, data, headers, timeout=timeout)
+        except (ConnectFailed, NoAnswer) as exc:
+            if not await target.replace(reached=isinstance(exc, NoAnswer)):
+                raise
 
 
 async def _sse(upstream: H1Response, name: str) -> AsyncIterator[dict[str, Any]]:

@@ -136,7 +136,18 @@ class PrimaryLink:
 
     # -- InstanceStarter -----------------------------------------------------------------------------
     async def ensure_ready(self, route: Route) -> RouteTarget:
-        data = await self._post("/internal/ensure", {"model": route.name}, self._load_timeout + 15)
+        target = await self._ensure({"model": route.name})
+        if target is None:  # the primary answers a plain ensure with a target or an error
+            raise Unavailable(f"no instance of {route.name!r} is ready", retry_after=1)
+        return target
+
+    async def replace(self, route: Route, failed: str, *, reached: bool) -> RouteTarget | None:
+        return await self._ensure({"model": route.name, "failed": failed, "reached": reached})
+
+    async def _ensure(self, body: dict[str, Any]) -> RouteTarget | None:
+        data = await self._post("/internal/ensure", body, self._load_timeout + 15)
+        if data.get("target") is None:
+            return None
         target = decode_target(data["target"])
         hold = data.get("hold")
         if hold is not None:

@@ -8,7 +8,8 @@ The primary runs the whole app (agent, controller, admin API). This hub adds, on
   ``metrics`` / ``flush`` requests. Replica → primary: ``activity`` (its in-flight count per instance,
   the instances it used, keep-alive changes) and ``ack``s, which carry the same activity.
 - ``POST /internal/ensure``: scale from zero for a replica (the primary's own path: same bounded wait,
-  same 503 + ``Retry-After``).
+  same 503 + ``Retry-After``); with ``failed`` (an instance id) and ``reached``, a replacement for an
+  instance that did not answer, or ``{"target": null}`` when the request must not be sent again.
 - ``POST /internal/unload``: ``keep_alive: 0`` of an Ollama request served by a replica.
 
 Propagation bound: an admin call that changes state (any non-GET ``/admin/…``, ``/api/pull|copy|delete``)
@@ -356,7 +357,15 @@ class PrimaryHub:
         body = await request.json(loads=orjson.loads)
         try:
             # the replica resolved the name for its caller (scope included): no principal here
-            target = await self._targets.pick(self._targets.route(None, str(body["model"])))
+            route = self._targets.route(None, str(body["model"]))
+            if body.get("failed") is None:
+                target = await self._targets.pick(route)
+            else:
+                failed, reached = str(body["failed"]), body.get("reached") is not False
+                found = await self._targets.controller.replace(route, failed, reached=reached)
+                if found is None:
+                    return web.Response(body=b'{"target":null}', content_type="application/json")
+                target = found
         except SuperOllamaError as exc:
             return web.Response(body=error_json(exc), status=exc.status, content_type="application/json")
         replica = self._replica(request.headers.get(WORKER_HEADER))
