@@ -319,9 +319,11 @@ async def test_a_server_that_resets_on_accept_is_no_answer() -> None:
     port, done = await _one_shot_server(_reset)
     client = H1Client()
     try:
-        with pytest.raises(NoAnswer) as failed:
+        # the reset lands either while the request is written or while its answer is awaited, by how the
+        # scheduler runs the two ends: both mean "never answered", and both are safe to send elsewhere
+        with pytest.raises((NoAnswer, ConnectFailed)) as failed:
             await client.post(f"http://127.0.0.1:{port}", "/x", b"{}", JSON, timeout=5)
-        assert "before answering" in str(failed.value) and "127.0.0.1" not in str(failed.value)
+        assert "127.0.0.1" not in str(failed.value)
     finally:
         await done
         await client.close()
