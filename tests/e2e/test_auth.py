@@ -65,7 +65,7 @@ def test_keys_guard_the_data_plane_and_the_admin_api(open_server: ServerProcess)
     missing = _post(srv, None)
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
     assert "X-Request-Id" in missing.headers
-    ollama = httpx.post(srv.url + "/api/chat", json={"model": MODEL, "messages": []})
+    ollama = httpx.post(srv.url + "/api/chat", json={"model": MODEL, "messages": []}, timeout=120)
     assert ollama.status_code == 401 and isinstance(ollama.json()["error"], str)  # Ollama's shape
     assert _post(srv, user).status_code == 200
     assert _post(srv, "so-deadbeefAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").status_code == 401
@@ -85,7 +85,9 @@ def test_keys_guard_the_data_plane_and_the_admin_api(open_server: ServerProcess)
     client = OpenAI(base_url=srv.url + "/v1", api_key=user, max_retries=0)
     assert client.chat.completions.create(**CHAT).choices  # type: ignore[call-overload]
     assert (
-        httpx.post(srv.url + "/v1/chat/completions", json=CHAT, headers={"x-api-key": user}).status_code
+        httpx.post(
+            srv.url + "/v1/chat/completions", json=CHAT, headers={"x-api-key": user}, timeout=120
+        ).status_code
         == 200
     )
 
@@ -114,7 +116,7 @@ def test_model_patterns_limit_what_a_key_sees_and_calls(guarded: tuple[ServerPro
     scoped = _key(srv, "--name", "scoped", "--models", "smollm2:*", admin_key=admin)
     client = OpenAI(base_url=srv.url + "/v1", api_key=scoped, max_retries=0)
     assert [m.id for m in client.models.list()] == [MODEL]
-    tags = httpx.get(srv.url + "/api/tags", headers={"Authorization": f"Bearer {scoped}"}).json()
+    tags = httpx.get(srv.url + "/api/tags", headers={"Authorization": f"Bearer {scoped}"}, timeout=120).json()
     assert [m["name"] for m in tags["models"]] == [MODEL]
     with pytest.raises(openai.NotFoundError) as info:  # outside its scope: as if it did not exist
         client.chat.completions.create(model="other:1", messages=[{"role": "user", "content": "Hi"}])
