@@ -138,8 +138,11 @@ async def test_a_url_credential_and_an_api_key_together_are_refused(
 
 
 async def test_a_backend_that_cannot_be_reached_is_named_without_its_address() -> None:
-    from superollama.control import RouteTarget
+    from tests.unit.test_relay_stream import _NoCounts, _NoStarter
+
+    from superollama.control import Route, RouteTarget
     from superollama.core import Endpoint
+    from superollama.gateway.lease import Lease
     from superollama.gateway.upstream import Upstream
 
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
@@ -147,10 +150,12 @@ async def test_a_backend_that_cannot_be_reached_is_named_without_its_address() -
     server.close()
     await server.wait_closed()  # nothing listens there now: connection refused
     target = RouteTarget("conn:x/m", Endpoint(f"http://127.0.0.1:{port}", "openai", "m"))
+    route = Route("x/m", "x/m", True, 0, (target,), connection="x")  # a connection's: never replaced
+    lease = Lease(route, target, _NoStarter(), _NoCounts())
     client = H1Client()
     try:
         with pytest.raises(UpstreamError) as info:
-            await Upstream(client, 10).post(target, "/v1/chat/completions", {})
+            await Upstream(client, 10).post(lease, "/v1/chat/completions", {})
     finally:
         await client.close()
     assert "cannot connect" in info.value.message and str(port) not in info.value.message
