@@ -184,7 +184,7 @@ def _rm_force_under_load(server: ServerProcess) -> None:
             after = _all_at_once([client])
 
     before = [o for o in load.outcomes if o.started < began]
-    assert len(before) >= 4
+    assert len(before) >= 3  # at least the 3 seen in flight (the 4th thread may be between requests)
     failed = [o for o in before if not o.ok]
     assert not failed, failed[:3]  # every request that started before the rm was answered in full
     assert len(during) == 4 and all(_gone(o) for o in during), during
