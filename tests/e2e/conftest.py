@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -151,3 +152,60 @@ def stand_in() -> Iterator[StandIn]:
         yield server
     finally:
         server.stop()
+
+
+# -- the web UI's browser tests (tests/e2e/test_ui*.py): one server and one browser for the session -----
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
+
+
+class UiServer:
+    """A server shared by the browser tests, with an admin key (so the UI needs a sign-in)."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.url = server.url
+        created = server.admin("POST", "/admin/v1/keys", json={"name": "ui-admin", "role": "admin"})
+        assert created.status_code == 201, created.text
+        self.admin_key = str(created.json()["key"])
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.admin_key}", **kwargs.pop("headers", {})}
+        return self.server.admin(method, path, headers=headers, **kwargs)
+
+    def key(self, role: str, name: str) -> str:
+        created = self.api("POST", "/admin/v1/keys", json={"name": name, "role": role})
+        assert created.status_code == 201, created.text
+        return str(created.json()["key"])
+
+
+@pytest.fixture(scope="session")
+def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiServer]:
+    roots = tmp_path_factory.mktemp("ui-roots")  # a second storage root, for moving a version there
+    srv = ServerProcess(tmp_path_factory.mktemp("ui-home"), SUPEROLLAMA_STORAGE_ROOTS=f"fast={roots}").start()
+    try:
+        yield UiServer(srv)
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright (headless).
+
+    Module scope, not session: Playwright's sync API marks its own asyncio loop as running in the main
+    thread for as long as it is started, and every async test that pytest-asyncio runs meanwhile fails
+    with "Runner.run() cannot be called from a running event loop". Ending it with the browser tests'
+    module keeps the async tests that follow (in any order) working; a launch costs about a second.
+    """
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), "the browser tests need chromium: apt-get install -y chromium"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()

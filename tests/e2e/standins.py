@@ -211,6 +211,7 @@ class OllamaStandIn(ThreadedServer):
         r.add_post("/api/chat", self._api_chat)
         r.add_post("/api/generate", self._api_generate)
         r.add_post("/api/embed", self._api_embed)
+        r.add_post("/api/embeddings", self._api_embeddings)
         r.add_post("/api/show", self._api_show)
         r.add_post("/api/pull", self._api_pull)
         r.add_post("/api/copy", self._api_copy)
@@ -364,6 +365,13 @@ class OllamaStandIn(ThreadedServer):
                 "prompt_eval_count": sum(len(t.split()) for t in inputs),
             }
         )
+
+    async def _api_embeddings(self, request: web.Request) -> web.Response:
+        """The legacy endpoint: one ``prompt`` → one ``embedding``, no counts."""
+        body = await request.json()
+        if self._find(body.get("model")) is None:
+            return self._api_error(404, f'model "{body.get("model")}" not found, try pulling it first')
+        return web.json_response({"embedding": vector_for(str(body.get("prompt") or ""), self.EMBED_DIMS)})
 
     async def _api_show(self, request: web.Request) -> web.Response:
         """Ollama's ShowHandler: ``model`` (or the older ``name``) required, 404 for an unknown model."""
@@ -651,6 +659,8 @@ class StandIn:
 
     def __init__(self) -> None:
         self.down = False
+        self.failing = False  # chats answer 500 (a broken backend that still answers its health check)
+        self.chats = 0
         self.auth: list[str | None] = []
         self.loop = asyncio.new_event_loop()
         self.port = 0
@@ -665,6 +675,11 @@ class StandIn:
 
     async def _chat(self, request: web.Request) -> web.Response:
         self.auth.append(request.headers.get("Authorization"))
+        self.chats += 1
+        if self.failing:
+            return web.json_response(
+                {"error": {"message": "internal error", "type": "server_error"}}, status=500
+            )
         body = await request.json()
         text = body["messages"][-1]["content"]
         return web.json_response(
@@ -700,6 +715,9 @@ class StandIn:
         return self
 
     def stop(self) -> None:
+        """Stop serving (a killed server: connections refused); a second call does nothing."""
+        if not self._thread.is_alive():
+            return
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+from tests.databases import postgres_schema_sync, schema_url
 from tests.e2e.conftest import ServerProcess, wait_until
 from tests.e2e.standins import ThreadedServer
 from tests.e2e.test_workers import pin
@@ -92,11 +92,8 @@ def database(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> Ite
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}", ""
         return
-    schema = f"test_secrets_{uuid.uuid4().hex[:12]}"
-    try:
-        yield f"{pg_url}?schema={schema}", f'"{schema}".'
-    finally:
-        asyncio.run(_sql(pg_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    with postgres_schema_sync(pg_url, "test_secrets") as schema:
+        yield schema_url(pg_url, schema), f'"{schema}".'
 
 
 async def _sql(url: str, statement: str) -> list[Any]:

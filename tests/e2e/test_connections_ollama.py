@@ -25,6 +25,7 @@ import pytest
 from openai import OpenAI
 from tests.e2e.conftest import ServerProcess, wait_until
 from tests.e2e.standins import OllamaStandIn, StandIn, reply_for, vector_for
+from tests.e2e.test_connections import ledger_row
 
 DIMS = OllamaStandIn.EMBED_DIMS
 
@@ -144,45 +145,88 @@ def test_models_are_discovered_and_serve_the_openai_sdk(gateway: ServerProcess, 
 def test_the_ollama_client_against_our_api_for_connection_models(
     gateway: ServerProcess, box: OllamaStandIn
 ) -> None:
+    """An Ollama client talking to an Ollama connection is relayed to the server's own /api/* untranslated:
+    what only Ollama's API carries (options, keep_alive, think, images as sent) reaches the server as is."""
     client = ollama.Client(host=gateway.url, timeout=30)
     listed = {m.model for m in client.list().models}  # our /api/tags lists connection models too
     assert {"box/llama3.2:1b", "box/nomic-embed-text:latest"} <= listed
     messages = [{"role": "user", "content": "how are you"}]
-    out = client.chat(model="box/llama3.2:1b", messages=messages)
+    raw = httpx.post(
+        f"{gateway.url}/api/chat",
+        json={
+            "model": "box/llama3.2:1b",
+            "messages": messages,
+            "stream": False,
+            "keep_alive": "7m",
+            "think": False,
+        },
+        timeout=30,
+    )
+    assert raw.status_code == 200, raw.text
+    out = ollama.ChatResponse.model_validate(raw.json())
+    assert out.model == "box/llama3.2:1b"  # our name, not the server's
     assert out.message.role == "assistant" and out.message.content == reply_for("how are you")
     assert out.done and out.done_reason == "stop" and out.eval_count == 5 and out.prompt_eval_count == 3
     assert out.total_duration and out.total_duration > 0
-    sent = box.bodies("POST", "/v1/chat/completions")[-1]  # translated to OpenAI for the backend
-    assert sent["model"] == "llama3.2:1b" and sent["messages"] == messages
+    sent = box.bodies("POST", "/api/chat")[-1]  # the server's own API, the client's body as it was
+    assert sent == {
+        "model": "llama3.2:1b",
+        "messages": messages,
+        "stream": False,
+        "keep_alive": "7m",
+        "think": False,
+    }
+    assert not box.bodies("POST", "/v1/chat/completions")
+    row = ledger_row(gateway, lambda r: r["request_id"] == raw.headers["x-request-id"])
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (3, 5)  # Ollama's own counts, metered
+    assert row["connection"] == "box" and row["usage_estimated"] is False
 
-    parts = list(client.chat(model="box/llama3.2:1b", messages=messages, stream=True))
+    with httpx.stream(
+        "POST", f"{gateway.url}/api/chat", json={"model": "box/llama3.2:1b", "messages": messages}, timeout=30
+    ) as streamed_raw:
+        assert streamed_raw.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in streamed_raw.iter_lines() if line]
+        request_id = streamed_raw.headers["x-request-id"]
+    parts = [ollama.ChatResponse.model_validate(line) for line in lines]
     assert "".join(p.message.content or "" for p in parts) == reply_for("how are you")
     assert parts[-1].done and not any(p.done for p in parts[:-1]) and parts[-1].eval_count == 5
+    assert {p.model for p in parts} == {"box/llama3.2:1b"}
+    row = ledger_row(gateway, lambda r: r["request_id"] == request_id)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (3, 5)
 
     limited = client.chat(model="box/llama3.2:1b", messages=messages, options={"num_predict": 2})
     assert limited.message.content == "You said: " and limited.done_reason == "length"
-    assert box.bodies("POST", "/v1/chat/completions")[-1]["max_tokens"] == 2
+    assert box.bodies("POST", "/api/chat")[-1]["options"] == {"num_predict": 2}
 
     generated = client.generate(model="box/llama3.2:1b", prompt="tell me")
-    assert generated.response == reply_for("tell me") and generated.done
+    assert generated.response == reply_for("tell me") and generated.done and generated.context
+    assert generated.model == "box/llama3.2:1b"
+    assert box.bodies("POST", "/api/generate")[-1]["model"] == "llama3.2:1b"
     streamed = list(client.generate(model="box/llama3.2:1b", prompt="tell me", stream=True))
     assert "".join(p.response or "" for p in streamed) == reply_for("tell me")
 
     emb = client.embed(model="box/nomic-embed-text:latest", input=["one", "two"])
     assert _close(emb.embeddings, [vector_for("one", DIMS), vector_for("two", DIMS)])
+    assert emb.model == "box/nomic-embed-text:latest"
     one = client.embed(model="box/nomic-embed-text", input="one")
     assert _close(one.embeddings, [vector_for("one", DIMS)])
+    legacy = client.embeddings(model="box/nomic-embed-text", prompt="one")
+    assert _close([list(legacy.embedding)], [vector_for("one", DIMS)])
+    assert box.bodies("POST", "/api/embeddings")[-1] == {"model": "nomic-embed-text:latest", "prompt": "one"}
 
     image = base64.b64encode(b"\x89PNG\r\n\x1a\n-not-really-an-image").decode()
     seen = client.chat(
         model="box/llama3.2:1b", messages=[{"role": "user", "content": "what is this", "images": [image]}]
     )
     assert seen.message.content == reply_for("what is this [1 image(s)]")
-    assert box.images[-1] == image  # an Ollama image became an OpenAI image_url part, bytes intact
+    assert box.bodies("POST", "/api/chat")[-1]["messages"][0]["images"] == [image]  # bytes as sent
 
     with pytest.raises(ollama.ResponseError) as info:
         client.chat(model="box/nope", messages=messages)
     assert info.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as info:  # the server's own refusal, in Ollama's shape
+        client.chat(model="box/nomic-embed-text:latest", messages=messages)
+    assert info.value.status_code == 400 and "does not support chat" in info.value.error
 
 
 def test_a_server_that_goes_away_is_503_then_comes_back(gateway: ServerProcess, box: OllamaStandIn) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import openai
 import pytest
@@ -140,3 +140,48 @@ def test_structured_output_and_a_forced_tool_call_through_the_gateway(client: Op
             finish = chunk.choices[0].finish_reason
     assert finish == "tool_calls" and list(calls) == [0] and calls[0]["name"] == "GetWeather"
     assert GetWeather.model_validate_json(calls[0]["arguments"])
+
+
+def test_anthropic_messages_and_responses_on_transformers(server: ServerProcess, client: OpenAI) -> None:
+    """The translated APIs over the transformers runtime: a Messages answer, its forced tool use streamed
+    as ``input_json_delta``s, a token count from the backend's own usage, and a Responses answer."""
+    import anthropic
+
+    claude = anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0, timeout=300)
+    hello: Any = [{"role": "user", "content": "Say hello"}]
+    out = claude.messages.create(model="smollm2:hf", max_tokens=6, system="Be brief.", messages=hello)
+    assert out.content[0].type == "text" and out.content[0].text and out.usage.input_tokens > 0
+    counted = claude.messages.with_raw_response.count_tokens(
+        model="smollm2:hf", system="Be brief.", messages=hello
+    )
+    assert counted.parse().input_tokens == out.usage.input_tokens  # the backend's own prompt count
+    assert counted.headers["x-superollama-token-count"] == "backend-usage"
+
+    tool: Any = {
+        "name": "GetWeather",
+        "input_schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,  # the worker's JSON guide then admits only this shape
+        },
+    }
+    with claude.messages.stream(
+        model="smollm2:hf",
+        max_tokens=60,
+        tools=[tool],
+        tool_choice={"type": "any"},
+        extra_body={"temperature": 0},
+        messages=[{"role": "user", "content": "What is the weather in Oslo?"}],
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    assert any(e.type == "content_block_delta" and e.delta.type == "input_json_delta" for e in events), (
+        final.content,
+    )
+    (use,) = [b for b in final.content if b.type == "tool_use"]
+    assert final.stop_reason == "tool_use" and use.name == "GetWeather" and isinstance(use.input["city"], str)
+
+    answer = client.responses.create(model="smollm2:hf", input="Say hello", max_output_tokens=6)
+    assert answer.output_text and answer.usage is not None and answer.usage.output_tokens > 0
+    assert client.responses.retrieve(answer.id).output_text == answer.output_text

@@ -10,8 +10,7 @@ same body once the name is swapped out.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,8 @@ import openai
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 from tests.conftest import PG_URL
+from tests.databases import postgres_schema_sync, schema_url
 from tests.e2e.conftest import ServerProcess
 from tests.e2e.standins import StandIn
 
@@ -79,18 +77,6 @@ def _pin(url: str, worker: int, headers: dict[str, str]) -> httpx.Client:
     raise AssertionError(f"no connection reached worker {worker} in 400 tries")
 
 
-def _drop_schema(schema: str) -> None:
-    async def drop() -> None:
-        engine = create_async_engine(PG_URL)
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(drop())
-
-
 def _cli(server: ServerProcess, key: str | None, *args: str) -> str:
     done = server.cli(*(["--api-key", key] if key else []), *args)
     assert done.returncode == 0, done.stderr
@@ -103,13 +89,15 @@ def _cli(server: ServerProcess, key: str | None, *args: str) -> str:
 )
 def scoped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scoped]:
     workers = int(request.param)
-    env = {"SUPEROLLAMA_WORKERS": str(workers)}
-    schema = f"test_scope_{uuid.uuid4().hex[:12]}"
-    if workers > 1:
-        env["SUPEROLLAMA_REGISTRY_URL"] = f"{PG_URL}?schema={schema}"
-    stand_in = StandIn().start()
-    server = ServerProcess(tmp_path_factory.mktemp("scope"), **env)
-    try:
+    with contextlib.ExitStack() as stack:
+        env = {"SUPEROLLAMA_WORKERS": str(workers)}
+        if workers > 1:
+            schema = stack.enter_context(postgres_schema_sync(PG_URL, "test_scope"))
+            env["SUPEROLLAMA_REGISTRY_URL"] = schema_url(PG_URL, schema)
+        stand_in = StandIn().start()
+        stack.callback(stand_in.stop)
+        server = ServerProcess(tmp_path_factory.mktemp("scope"), **env)
+        stack.callback(server.stop)
         server.start(timeout=120)
         # no key yet: /metrics is open on loopback, as the data plane is
         assert httpx.get(server.url + "/metrics", timeout=30).status_code == 200
@@ -121,11 +109,6 @@ def scoped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         user = _cli(server, admin, "keys", "create", "--name", "app", "--models", MODEL)
         prom = _cli(server, admin, "keys", "create", "--name", "prom", "--role", "metrics")
         yield Scoped(server, workers, admin, user, prom)
-    finally:
-        server.stop()
-        stand_in.stop()
-        if workers > 1:
-            _drop_schema(schema)
 
 
 def _routes(name: str) -> list[tuple[str, str, dict[str, Any] | None]]:
@@ -135,6 +118,8 @@ def _routes(name: str) -> list[tuple[str, str, dict[str, Any] | None]]:
         ("POST", "/v1/chat/completions", {"model": name, "messages": HI, "stream": True}),
         ("POST", "/v1/completions", {"model": name, "prompt": "Hi", "max_tokens": 2}),
         ("POST", "/v1/embeddings", {"model": name, "input": "Hi"}),
+        ("POST", "/v1/rerank", {"model": name, "query": "Hi", "documents": ["a", "b"]}),
+        ("POST", "/v2/rerank", {"model": name, "query": "Hi", "documents": ["a", "b"]}),
         ("GET", f"/v1/models/{name}", None),
         ("POST", "/api/chat", {"model": name, "messages": HI, "stream": False}),
         ("POST", "/api/chat", {"model": name, "messages": HI}),

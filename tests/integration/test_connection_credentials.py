@@ -20,7 +20,7 @@ from superollama.control import ConnectionManager, CredentialStore, RoutingTable
 from superollama.errors import UpstreamError
 from superollama.gateway.h1 import H1Client
 from superollama.gateway.upstream import post_to_backend
-from superollama.providers import builtin_providers
+from superollama.plugins import load_plugins
 from superollama.registry import Registry, open_registry
 from superollama.workers.snapshot import decode_table, table_json
 
@@ -66,7 +66,7 @@ async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
 
 async def _manager(registry: Registry, box: SecretBox, session: aiohttp.ClientSession) -> ConnectionManager:
     store = CredentialStore()
-    manager = ConnectionManager(registry, builtin_providers(session, store), box, credentials=store)
+    manager = ConnectionManager(registry, load_plugins().providers(session, store), box, credentials=store)
     await manager.start()
     return manager
 
@@ -95,19 +95,26 @@ async def test_the_snapshot_names_the_credential_and_senders_attach_it(
         assert target.endpoint.base_url == f"http://{upstream}"
 
         # a worker sends with its own store: the primary's, or a replica's copy of it
+        from tests.doubles import NoCounts, NoStarter
+
+        from superollama.gateway.lease import Lease
+
+        route = decode_table(orjson.loads(pushed)).routes["cred/echo-1"]
+        lease = Lease(route, target, NoStarter(), NoCounts())
         replica_store = CredentialStore()
         client = H1Client()
         try:
             with pytest.raises(UpstreamError, match="credential of connection 'cred' is not loaded"):
                 await post_to_backend(
-                    client, target, "/v1/chat/completions", b"{}", 10, credentials=replica_store
+                    client, lease, "/v1/chat/completions", b"{}", 10, credentials=replica_store
                 )
             replica_store.load_json(json.loads(json.dumps(manager.credentials.to_json())))
             async with await post_to_backend(
-                client, target, "/v1/chat/completions", b"{}", 10, credentials=replica_store
+                client, lease, "/v1/chat/completions", b"{}", 10, credentials=replica_store
             ) as answer:
                 assert answer.status == 200
         finally:
+            lease.release()
             await client.close()
 
         # a restart reads the credential back from the registry (encrypted there)
@@ -138,7 +145,7 @@ async def test_a_url_credential_and_an_api_key_together_are_refused(
 
 
 async def test_a_backend_that_cannot_be_reached_is_named_without_its_address() -> None:
-    from tests.unit.test_relay_stream import _NoCounts, _NoStarter
+    from tests.doubles import NoCounts, NoStarter
 
     from superollama.control import Route, RouteTarget
     from superollama.core import Endpoint
@@ -151,7 +158,7 @@ async def test_a_backend_that_cannot_be_reached_is_named_without_its_address() -
     await server.wait_closed()  # nothing listens there now: connection refused
     target = RouteTarget("conn:x/m", Endpoint(f"http://127.0.0.1:{port}", "openai", "m"))
     route = Route("x/m", "x/m", True, 0, (target,), connection="x")  # a connection's: never replaced
-    lease = Lease(route, target, _NoStarter(), _NoCounts())
+    lease = Lease(route, target, NoStarter(), NoCounts())
     client = H1Client()
     try:
         with pytest.raises(UpstreamError) as info:

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 from tests.failing_io import Tmpfs
 
 from superollama.control import JobManager
@@ -79,23 +77,6 @@ async def test_a_job_ends_for_its_watchers_when_the_registry_refuses_the_write(
     assert (await registry.jobs.get(job.id)).error == "sha256 mismatch"
     await jobs.close()
     await registry.close()
-
-
-@pytest.fixture
-async def pg_registry(pg_url: str) -> AsyncIterator[Registry]:
-    """A registry in a fresh Postgres schema, dropped afterwards."""
-    schema = f"test_jobs_{uuid.uuid4().hex[:12]}"
-    registry = await open_registry(f"{pg_url}?schema={schema}")
-    try:
-        yield registry
-    finally:
-        await registry.close()
-        engine = create_async_engine(pg_url)
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        finally:
-            await engine.dispose()
 
 
 @pytest.mark.postgres

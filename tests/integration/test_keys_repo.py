@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from superollama.core.types import KeyRecord
 from superollama.errors import Conflict, InvalidRequest, NotFound, Unauthorized
@@ -27,39 +22,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-async def _drop_schema(pg_url: str, schema: str) -> None:
-    engine = create_async_engine(pg_url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    finally:
-        await engine.dispose()
-
-
-async def _require_postgres(pg_url: str) -> None:
-    engine = create_async_engine(pg_url)
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except (SQLAlchemyError, OSError) as exc:
-        pytest.fail(f"PostgreSQL at {pg_url} is not reachable ({exc!r}); start it, CI does")
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
-        return
-    await _require_postgres(pg_url)
-    schema = f"test_keys_{uuid.uuid4().hex[:12]}"
-    try:
-        yield f"{pg_url}?schema={schema}"
-    finally:
-        await _drop_schema(pg_url, schema)
 
 
 @pytest.fixture

@@ -234,10 +234,11 @@ from superollama.core import Artifact, InstanceSpec
 from superollama.runtimes import LlamaCppRuntime
 
 async def main() -> None:
-    runtime = LlamaCppRuntime(Path(sys.argv[2]), ctx=512, parallel=1, ready_timeout=60)
+    guardian = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    runtime = LlamaCppRuntime(Path(sys.argv[2]), ctx=512, parallel=1, ready_timeout=60, guardian_pid=guardian)
     artifact = Artifact(name="smollm2", format="gguf", path=Path(sys.argv[1]))
     handle = await runtime.start(InstanceSpec(sys.argv[3], "smollm2:135m", artifact, "llamacpp"))
-    print(handle.pid, flush=True)
+    print(handle.pid, handle.endpoint.base_url, flush=True)
     await asyncio.sleep(600)  # not a wait: this parent idles until the test SIGKILLs it
 
 asyncio.run(main())
@@ -259,7 +260,7 @@ async def test_worker_dies_when_its_parent_is_sigkilled(tmp_path: Path, smollm2_
     try:
         assert parent.stdout is not None
         line = await asyncio.wait_for(parent.stdout.readline(), 60)
-        worker_pid = int(line)
+        worker_pid = int(line.split()[0])
         assert is_our_process(worker_pid, instance_id)
         parent.kill()
         await parent.wait()
@@ -271,6 +272,86 @@ async def test_worker_dies_when_its_parent_is_sigkilled(tmp_path: Path, smollm2_
             await parent.wait()
         for leftover in workers_for(instance_id):
             leftover.kill()
+
+
+async def test_a_guarded_worker_outlives_its_parent_is_adopted_and_dies_with_its_guardian(
+    tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    """``serve --workers N``: the agent process (here an intermediate parent) dies, its model process
+    serves on; the next agent adopts it (no reload); it dies with its guardian (the master)."""
+    instance_id = new_id()
+    guardian = await asyncio.create_subprocess_exec("sleep", "600")  # stands for the master
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _INTERMEDIATE_PARENT,
+        str(smollm2_gguf),
+        str(tmp_path / "logs"),
+        instance_id,
+        str(guardian.pid),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert parent.stdout is not None
+        pid_text, base_url = (await asyncio.wait_for(parent.stdout.readline(), 60)).decode().split()
+        worker_pid = int(pid_text)
+        parent.kill()
+        await parent.wait()
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.get(base_url + "/health") as resp:
+            assert resp.status == 200  # it serves on without its parent
+        record = InstanceRecord(
+            id=instance_id,
+            version=VERSION,
+            node="local",
+            runtime="llamacpp",
+            state=InstanceState.READY,
+            pid=worker_pid,
+            endpoint=base_url,
+        )
+        unguarded = LlamaCppRuntime(tmp_path / "logs", guardian_pid=os.getpid())  # another master's
+        adopter = LlamaCppRuntime(tmp_path / "logs", guardian_pid=guardian.pid, stop_timeout=STOP_TIMEOUT)
+        handle = await adopter.adopt(record)
+        assert handle is not None and handle.alive()
+        assert (handle.pid, handle.endpoint.base_url, handle.endpoint.served_name) == (
+            worker_pid,
+            base_url,
+            VERSION,
+        )
+        waiting = asyncio.ensure_future(handle.wait())
+        guardian.kill()
+        await guardian.wait()
+        assert await asyncio.wait_for(waiting, 10) == 0  # the adopted worker died with its guardian
+        assert not handle.alive() and gone(worker_pid)
+        assert await unguarded.adopt(record) is None  # nothing left to adopt or stop
+    finally:
+        for proc in (parent, guardian):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        for leftover in workers_for(instance_id):
+            leftover.kill()
+
+
+async def test_adopt_stops_a_worker_guarded_for_another_master(tmp_path: Path, smollm2_gguf: Path) -> None:
+    spec = spec_for(smollm2_gguf)
+    guarded = LlamaCppRuntime(tmp_path / "logs", ctx=2048, parallel=1, guardian_pid=os.getppid())
+    handle = await guarded.start(spec)
+    try:
+        record = InstanceRecord(
+            id=spec.instance_id,
+            version=VERSION,
+            node="local",
+            runtime="llamacpp",
+            state=InstanceState.READY,
+            pid=handle.pid,
+            endpoint=handle.endpoint.base_url,
+        )
+        other = LlamaCppRuntime(tmp_path / "logs", guardian_pid=os.getpid(), stop_timeout=STOP_TIMEOUT)
+        assert await other.adopt(record) is None
+        assert await asyncio.wait_for(handle.wait(), 10) == 0  # SIGTERM, clean exit
+    finally:
+        await handle.stop(STOP_TIMEOUT)
 
 
 async def test_adopt_stops_a_live_worker_of_ours(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, func, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import create_async_engine
+from tests.databases import postgres_schema
 
 from superollama.core import (
     EventRecord,
@@ -29,6 +28,8 @@ from superollama.core import (
     NodeRecord,
     VersionRecord,
 )
+from superollama.core.deployments import DeploymentRecord
+from superollama.core.routing import DeploymentTarget
 from superollama.errors import (
     InvalidModelName,
     ModelExists,
@@ -75,40 +76,6 @@ def version(name: str, **changes: Any) -> VersionRecord:
         source=f"hf://example/{ref.model}",
     )
     return replace(record, **changes)
-
-
-async def _drop_schema(pg_url: str, schema: str) -> None:
-    engine = create_async_engine(pg_url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    finally:
-        await engine.dispose()
-
-
-async def _require_postgres(pg_url: str) -> None:
-    engine = create_async_engine(pg_url)
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except (SQLAlchemyError, OSError) as exc:
-        pytest.fail(f"PostgreSQL at {pg_url} is not reachable ({exc!r}); start it, CI does")
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> AsyncIterator[str]:
-    """A registry URL for an empty database: a SQLite file, or a fresh Postgres schema."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
-        return
-    await _require_postgres(pg_url)
-    schema = f"test_registry_{uuid.uuid4().hex[:12]}"
-    try:
-        yield f"{pg_url}?schema={schema}"
-    finally:
-        await _drop_schema(pg_url, schema)
 
 
 @pytest.fixture
@@ -633,10 +600,8 @@ async def test_schema_is_postgres_only(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 async def test_postgres_url_forms_and_schema_keyword(pg_url: str) -> None:
-    await _require_postgres(pg_url)
-    schema = f"test_registry_{uuid.uuid4().hex[:12]}"
-    plain_url = pg_url.replace("postgresql+asyncpg://", "postgres://")
-    try:
+    async with postgres_schema(pg_url, "test_registry") as schema:
+        plain_url = pg_url.replace("postgresql+asyncpg://", "postgres://")
         async with await open_registry(plain_url, schema=schema) as reg:
             assert reg.dialect == "postgresql"
             await reg.versions.add(version("smollm2:135m"))
@@ -647,8 +612,6 @@ async def test_postgres_url_forms_and_schema_keyword(pg_url: str) -> None:
             assert [v.name for v in await reg.versions.list()] == ["smollm2:135m"]
         with pytest.raises(RegistryError):
             await open_registry(pg_url, schema="bad;name")
-    finally:
-        await _drop_schema(pg_url, schema)
 
 
 @pytest.mark.postgres
@@ -716,7 +679,7 @@ async def test_migration_7_moves_url_secrets_out_encrypted(db_url: str, tmp_path
     await _old_connection_row(db_url, "plain", "http://127.0.0.1:9/v1")
     box = SecretBox(tmp_path / "secret.key")
     async with await open_registry(db_url, seal=box.encrypt) as reg:
-        assert await current_version(reg.engine) == 7
+        assert await current_version(reg.engine) == len(MIGRATIONS)  # 7 and every later one
         cred, plain = await reg.connections.get("cred"), await reg.connections.get("plain")
         async with reg.engine.connect() as conn:
             rows = (await conn.execute(text("SELECT url, url_secret FROM connections"))).all()
@@ -739,3 +702,60 @@ async def test_migration_7_without_the_secret_key_changes_nothing(db_url: str) -
             assert await conn.scalar(text("SELECT url FROM connections")) == (
                 "http://bob:TOPSECRETPW@127.0.0.1:9/v1"
             )
+
+
+# --- deployments ----------------------------------------------------------------------------------------
+
+
+async def test_deployments_put_history_rollback_pause_delete(registry: Registry, clock: Clock) -> None:
+    a, b = DeploymentTarget("smollm2:135m", 100), DeploymentTarget("gemma3:270m", 100)
+    first = await registry.deployments.put(DeploymentRecord("chat", targets=(a,)))
+    assert first.created_at == first.updated_at == T0 and first.enabled and first.client_name == "chat"
+    staging = await registry.deployments.put(DeploymentRecord("chat", "staging", (b,), sticky="user"))
+    assert staging.client_name == "chat@staging" and staging.sticky == "user"
+    assert [(d.name, d.stage) for d in await registry.deployments.list()] == [
+        ("chat", "production"),
+        ("chat", "staging"),
+    ]
+    # the same set again changes nothing and keeps no history
+    assert await registry.deployments.put(DeploymentRecord("chat", targets=(a,))) == first
+    assert await registry.deployments.history("chat") == []
+    clock.tick()
+    split = (replace(a, weight=90), replace(b, weight=10))
+    changed = await registry.deployments.put(DeploymentRecord("chat", targets=split, sticky="key"))
+    assert changed.targets == split and changed.sticky == "key" and changed.created_at == T0
+    history = await registry.deployments.history("chat")
+    assert [h.targets for h in history] == [(a,)] and history[0].sticky == "none"
+    paused = await registry.deployments.set_enabled("chat", "production", False)
+    assert not paused.enabled
+    rolled = await registry.deployments.rollback("chat")
+    assert rolled.targets == (a,) and rolled.sticky == "none" and not rolled.enabled
+    assert await registry.deployments.history("chat") == []
+    with pytest.raises(NotFound, match="no earlier target set"):
+        await registry.deployments.rollback("chat")
+    with pytest.raises(NotFound, match="'nope@staging' not found"):
+        await registry.deployments.rollback("nope", "staging")
+    await registry.deployments.delete("chat", "staging")
+    assert await registry.deployments.find("chat", "staging") is None
+    with pytest.raises(NotFound):
+        await registry.deployments.delete("chat", "staging")
+    with pytest.raises(NotFound):
+        await registry.deployments.set_enabled("chat", "staging", True)
+
+
+async def test_stored_responses_belong_to_their_key(registry: Registry) -> None:
+    response = {"id": "resp_1", "model": "m", "output": [{"type": "message", "content": []}]}
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    await registry.responses.add(response, conversation, key_id="k1")
+    await registry.responses.add({**response, "id": "resp_2"}, [], key_id=None)
+    found = await registry.responses.find("resp_1", key_id="k1")
+    assert found is not None and found.response == response and found.conversation == conversation
+    assert found.model == "m" and found.created_at.tzinfo is not None
+    assert await registry.responses.find("resp_1", key_id="k2") is None  # another key's: not there
+    assert await registry.responses.find("resp_1", key_id=None) is None
+    assert await registry.responses.find("resp_2", key_id=None) is not None
+    assert not await registry.responses.delete("resp_1", key_id="k2")
+    assert await registry.responses.delete("resp_1", key_id="k1")
+    assert await registry.responses.find("resp_1", key_id="k1") is None
+    assert not await registry.responses.delete("resp_1", key_id="k1")
+    assert await registry.responses.delete("resp_2", key_id=None)

@@ -854,3 +854,36 @@ async def test_the_worker_dies_with_its_parent(tmp_path: Path, minilm_dir: Path)
             await parent.wait()
         for leftover in workers_for(instance_id):
             leftover.kill()
+
+
+async def test_adopt_takes_back_a_healthy_guarded_worker_that_dies_with_its_guardian(
+    smollm2_hf: Path, tmp_path: Path
+) -> None:
+    """``serve --workers N``: a worker started with the master as guardian is adopted by the next agent
+    process (no reload) and ends with the master."""
+    guardian = await asyncio.create_subprocess_exec("sleep", "600")  # stands for the master
+    spec = spec_for(smollm2_hf)
+    started = await make_runtime(tmp_path / "logs", guardian_pid=guardian.pid).start(spec)
+    try:
+        record = InstanceRecord(
+            id=spec.instance_id,
+            version=CHAT,
+            node="local",
+            runtime="transformers",
+            state=InstanceState.READY,
+            pid=started.pid,
+            endpoint=started.endpoint.base_url,
+        )
+        adopted = await make_runtime(tmp_path / "logs", guardian_pid=guardian.pid).adopt(record)
+        assert adopted is not None and adopted.alive()
+        assert (adopted.pid, adopted.endpoint) == (started.pid, started.endpoint)
+        waiting = asyncio.ensure_future(adopted.wait())
+        guardian.kill()
+        await guardian.wait()
+        assert await asyncio.wait_for(waiting, 15) == 0  # it died with its guardian
+        assert not adopted.alive() and not workers_for(spec.instance_id)
+    finally:
+        if guardian.returncode is None:
+            guardian.kill()
+            await guardian.wait()
+        await started.stop(STOP_TIMEOUT)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -21,8 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from tests.databases import postgres_schema, schema_url
 
 from superollama.admin.usage import UsageRoutes, parse_time
 from superollama.core import RequestRecord
@@ -46,18 +44,12 @@ async def registry(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) 
         finally:
             await reg.close()
         return
-    schema = f"test_usage_{uuid.uuid4().hex[:12]}"
-    reg = await open_registry(f"{pg_url}?schema={schema}")
-    try:
-        yield reg
-    finally:
-        await reg.close()
-        engine = create_async_engine(pg_url)
+    async with postgres_schema(pg_url, "test_usage") as schema:
+        reg = await open_registry(schema_url(pg_url, schema))
         try:
-            async with engine.begin() as conn:
-                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            yield reg
         finally:
-            await engine.dispose()
+            await reg.close()
 
 
 def rec(i: int, **changes: Any) -> RequestRecord:
@@ -238,3 +230,18 @@ async def test_cli_usage_through_the_admin_api(registry: Registry, tmp_path: Pat
         ("2026-03-02", 10),
     ]
     assert "MODEL" in table and "smollm2:135m" in table and "211" in table
+
+
+async def test_search_units_round_trip_and_add_up(registry: Registry) -> None:
+    """Rerank requests are billed in search units as well as tokens (migration 12's column)."""
+    rows = [
+        rec(4000 + i, operation="rerank", model="reranker:tiny", completion_tokens=0, search_units=i + 1)
+        for i in range(3)
+    ]
+    rows.append(rec(4010))  # a chat: no search units
+    telemetry = await fill(registry, rows)
+    stored = await registry.usage.query(since=datetime.fromtimestamp(DAY1 - 1, UTC))
+    assert [r.search_units for r in stored] == [1, 2, 3, None]
+    assert telemetry.usage is not None
+    summary = {s.group: s for s in await telemetry.usage.summary("model", datetime.fromtimestamp(DAY1, UTC))}
+    assert (summary["reranker:tiny"].search_units, summary["smollm2:135m"].search_units) == (6, 0)

@@ -128,3 +128,102 @@ async def test_a_server_that_dies_early_or_never_answers_fails_with_the_reason(t
         await spawn_worker(launch(tmp_path, sys.executable, "-c", STAND_IN, "30", ready_timeout=1))
     with pytest.raises(ModelLoadFailed, match="cannot start"):
         await spawn_worker(launch(tmp_path, str(tmp_path / "no-such-python")))
+
+
+_AGENT = """
+import asyncio, sys
+from pathlib import Path
+from superollama.runtimes import VLLM_SUPERVISOR, WorkerLaunch, spawn_worker
+
+async def main() -> None:
+    # what VllmRuntime.start runs for an agent process with a guardian (``serve --workers N``)
+    argv = (sys.executable, "-m", VLLM_SUPERVISOR, "--instance-id", sys.argv[1], "--stop-timeout", "3",
+            "--parent-pid", str(__import__("os").getpid()), "--guardian-pid", sys.argv[2], "--",
+            sys.executable, "-c", sys.argv[3], "0.3")
+    handle = await spawn_worker(WorkerLaunch(argv, sys.argv[1], Path(sys.argv[4]), "m", "openai", 40))
+    print(handle.pid, handle.endpoint.base_url, flush=True)
+    await asyncio.sleep(600)  # idles until the test SIGKILLs it
+
+asyncio.run(main())
+"""
+
+
+async def test_a_guarded_supervisor_outlives_its_agent_is_adopted_and_stops_with_its_guardian(
+    tmp_path: Path,
+) -> None:
+    """``serve --workers N``: the agent process dies, its vLLM serves on (no reload of minutes); the next
+    agent's runtime takes it back by its record; when the guardian (the master) exits, the supervisor stops
+    vLLM's whole group. A runtime of another guardian never adopts it."""
+    from superollama.core import InstanceRecord, InstanceState
+    from superollama.runtimes.vllm import VllmHandle, VllmRuntime
+
+    instance_id = f"test-{uuid.uuid4().hex[:12]}"
+    guardian = await asyncio.create_subprocess_exec("sleep", "600")  # stands for the master
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _AGENT,
+        instance_id,
+        str(guardian.pid),
+        STAND_IN,
+        str(tmp_path / f"{instance_id}.log"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    procs: list[psutil.Process] = []
+    try:
+        assert agent.stdout is not None
+        pid_text, base_url = (await asyncio.wait_for(agent.stdout.readline(), 60)).decode().split()
+        supervisor = int(pid_text)
+        procs = tree(supervisor)
+        assert len(procs) == 4, [p.cmdline() for p in procs]  # supervisor, watchdog, server, engine
+        agent.kill()
+        await agent.wait()
+        # re-parented: the agent is gone for the kernel (a supervisor tied to it got its signal then)
+        await wait_until(
+            lambda: psutil.Process(supervisor).ppid() != agent.pid, what="the supervisor re-parented"
+        )
+        assert all(running(p) for p in procs), "the supervisor and its vLLM outlive the agent"
+        record = InstanceRecord(
+            instance_id, "m:1", "local", "vllm", InstanceState.READY, pid=supervisor, endpoint=base_url
+        )
+        other = VllmRuntime(tmp_path, guardian_pid=os.getpid())  # another master's runtime
+        adopter = VllmRuntime(tmp_path, guardian_pid=guardian.pid, stop_timeout=3)
+        handle = await adopter.adopt(record)
+        assert isinstance(handle, VllmHandle) and handle.alive()
+        assert (handle.pid, handle.endpoint.base_url, handle.endpoint.served_name) == (
+            supervisor,
+            base_url,
+            "m:1",
+        )
+        waiting = asyncio.ensure_future(handle.wait())
+        guardian.kill()
+        await guardian.wait()
+        assert await asyncio.wait_for(waiting, 15) == 0
+        assert await all_gone(procs), [p.cmdline() for p in procs if running(p)]
+        assert await other.adopt(record) is None  # nothing left to adopt or stop
+    finally:
+        for proc in (agent, guardian):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        for p in procs:
+            if running(p):
+                p.kill()
+
+
+async def test_a_supervisor_of_another_guardian_is_stopped_not_adopted(tmp_path: Path) -> None:
+    from superollama.core import InstanceRecord, InstanceState
+    from superollama.runtimes.vllm import VllmRuntime
+
+    handle, procs = await started(tmp_path)  # started by this process, tied to it, no guardian
+    record = InstanceRecord(
+        handle.instance_id,
+        "m:1",
+        "local",
+        "vllm",
+        InstanceState.READY,
+        pid=handle.pid,
+        endpoint=handle.endpoint.base_url,
+    )
+    assert await VllmRuntime(tmp_path, guardian_pid=os.getpid(), stop_timeout=3).adopt(record) is None
+    assert await all_gone(procs), [p.cmdline() for p in procs if running(p)]

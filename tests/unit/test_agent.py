@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -64,6 +65,7 @@ class GateRuntime:
         self.fail: str | None = None
         self.handles: list[Handle] = []
         self.adopted: list[str] = []
+        self.keep: dict[str, Handle] = {}  # handles ``adopt`` gives back (a healthy leftover)
 
     def accepts(self, artifact: Artifact) -> bool:
         return True
@@ -79,7 +81,7 @@ class GateRuntime:
 
     async def adopt(self, record: InstanceRecord) -> InstanceHandle | None:
         self.adopted.append(record.id)
-        return None
+        return self.keep.get(record.id)
 
 
 class Clock:
@@ -331,4 +333,32 @@ async def test_ended_tells_a_crash_from_a_stop_and_from_a_running_process(regist
     assert await agent.unload("m:1")
     assert await agent.ended(second.id) == "stopped"
     assert await agent.ended("inst-never-seen") == "stopped"
+    await agent.close()
+
+
+async def test_a_healthy_leftover_the_runtime_adopts_serves_on_without_a_reload(registry: Registry) -> None:
+    spec = InstanceSpec(instance_id="a", version="m:1", artifact=ART, runtime="gate")
+    runtime = GateRuntime()
+    other_spec = replace(spec, instance_id="b")
+    runtime.keep = {"a": Handle(spec, 777), "b": Handle(other_spec, 778)}  # two healthy ones, one version
+    for id_, pid in (("a", 777), ("b", 778)):
+        record = InstanceRecord(
+            id=id_, version="m:1", node="local", runtime="gate", state=InstanceState.READY
+        )
+        await registry.instances.upsert(replace(record, pid=pid))
+    agent = make_agent(registry, runtime)
+    changes: list[int] = []
+    agent.subscribe(lambda: changes.append(1))
+    await agent.start()
+    inst = agent.instance_for("m:1")
+    assert inst is not None and inst.state is InstanceState.READY
+    kept, other = runtime.keep[inst.id], runtime.keep["b" if inst.id == "a" else "a"]
+    assert inst.handle is kept and kept.stops == 0
+    assert changes  # the controller republishes the routes with it
+    assert (await agent.ensure(ART, "gate")) is inst and runtime.starts == 0  # no reload
+    assert other.stops == 1  # one instance per version: the other leftover is stopped
+    assert (await registry.instances.get(other.instance_id)).state is InstanceState.STOPPED
+    assert [e.detail["instance"] for e in await registry.events.list(action="instance.adopted")] == [inst.id]
+    kept.crash()  # an adopted process is watched like one the agent started
+    await wait_until(lambda: agent.instance_for("m:1") is None, what="the crashed adopted instance dropped")
     await agent.close()

@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from tests.doubles import NoCounts, NoStarter
 
 from superollama.control import Route, RouteTarget
 from superollama.core import Endpoint
@@ -26,34 +27,6 @@ EVENTS = [
     b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\n',
     b"data: [DONE]\n\n",
 ]
-
-
-class _NoStarter:
-    async def ensure_ready(self, route: Route) -> RouteTarget:
-        raise AssertionError("the backend runs")
-
-    async def replace(self, route: Route, failed: str, *, reached: bool) -> RouteTarget | None:
-        return None
-
-
-class _NoCounts:
-    def in_flight(self, instance_id: str) -> int:
-        return 0
-
-    def acquire(self, instance_id: str) -> None:
-        pass
-
-    def release(self, instance_id: str) -> None:
-        pass
-
-    def set_keep_alive(self, version: str, seconds: float | None) -> None:
-        pass
-
-    def expires_in(self, version: str) -> float | None:
-        return None
-
-    async def unload(self, version: str, *, reason: str = "requested") -> bool:
-        return False
 
 
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
@@ -92,7 +65,7 @@ async def setup() -> AsyncIterator[tuple[str, list[dict[str, object]], list[Exch
         request[EXCHANGE] = ex
         exchanges.append(ex)
         body = await request.json()
-        lease = Lease(Route("m", "m", True, 0, (target,)), target, _NoStarter(), _NoCounts())
+        lease = Lease(Route("m", "m", True, 0, (target,)), target, NoStarter(), NoCounts())
         return await relay.forward(request, lease, "/chat/completions", body, stream=True)
 
     front = web.Application()

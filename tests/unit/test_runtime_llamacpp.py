@@ -44,6 +44,14 @@ def test_command_carries_the_spec_and_config(tmp_path: Path) -> None:
     assert _is_worker_cmdline(list(argv), "inst-1", WORKER_MODULE)
 
 
+def test_a_projector_goes_to_the_worker_as_mmproj(tmp_path: Path) -> None:
+    runtime = LlamaCppRuntime(tmp_path)
+    assert "--mmproj" not in runtime.command(spec())
+    art = Artifact("vlm", "gguf", Path("/m/vlm.gguf"), projector=Path("/m/mmproj.gguf"))
+    argv = runtime.command(InstanceSpec("inst-2", "vlm:q8", art, "llamacpp"))
+    assert dict(itertools.pairwise(argv))["--mmproj"] == "/m/mmproj.gguf"
+
+
 async def test_start_goes_through_the_injected_spawn(tmp_path: Path) -> None:
     launches: list[WorkerLaunch] = []
 

@@ -282,3 +282,27 @@ def test_a_stopped_copy_leaves_no_partial_file(home: Path, fast: Path, smollm2_g
     with pytest.raises(StoreError, match="the move was stopped while copying"):
         copy_blob(source, BlobStore(fast), blob.digest, blob.size, lambda _p: None, stop=stop)
     assert _left_in(fast / "blobs") == []
+
+
+async def test_gc_removes_a_crashed_moves_copy_at_once_and_keeps_a_fresh_download(
+    store: ModelStore, home: Path, fast: Path
+) -> None:
+    """One purge for every root: a move's copy goes at once (moves run under the store's lock, as gc
+    does), while a download's partial file stays until it is a day old (it may still be resumed)."""
+    for root in (home, fast):
+        blobs = BlobStore(root)
+        blobs.dir.mkdir(parents=True, exist_ok=True)
+        crashed_move = blobs.partial_path("move")
+        crashed_move.write_bytes(b"half a copy")
+        download = blobs.dir / "download-0123abcd.partial"
+        download.write_bytes(b"resumable")
+        old_download = blobs.dir / "download-4567ef01.partial"
+        old_download.write_bytes(b"abandoned")
+        two_days_ago = os.stat(old_download).st_mtime - 2 * 24 * 3600
+        os.utime(old_download, (two_days_ago, two_days_ago))
+
+        await store.gc()
+
+        assert not crashed_move.exists(), root
+        assert not old_download.exists(), root
+        assert download.read_bytes() == b"resumable", root

@@ -7,7 +7,7 @@ import pytest
 from superollama.errors import InvalidRequest, SourceNotFound
 from superollama.store import RetryPolicy
 from superollama.store.sources import SourceFile, parse_ollama_name, safe_relpath
-from superollama.store.sources.hf import HfFile, folder_files, parse_hf_ref, pick_gguf
+from superollama.store.sources.hf import HfFile, folder_files, parse_hf_ref, pick_gguf, pick_projector
 from superollama.store.sources.http import fragment_digest, sidecar_digest
 from superollama.store.transfer import partial_key
 
@@ -44,6 +44,18 @@ def test_pick_gguf() -> None:
     split = files("m-Q4_0-00001-of-00002.gguf", "m-Q4_0-00002-of-00002.gguf")
     with pytest.raises(InvalidRequest, match="split GGUF"):
         pick_gguf("r", split, "m-Q4_0-00001-of-00002.gguf")
+
+
+def test_a_vision_repo_pulls_its_model_and_projector() -> None:
+    """llama.cpp's converter names a vision model's projector ``mmproj-….gguf``: never the model itself,
+    pulled beside it (the f16 one when there are several)."""
+    repo = files("SmolVLM-256M-Q8_0.gguf", "mmproj-SmolVLM-256M-Q8_0.gguf", "README.md")
+    assert pick_gguf("r", repo, None) == HfFile("SmolVLM-256M-Q8_0.gguf", 1)
+    assert pick_projector(repo) == HfFile("mmproj-SmolVLM-256M-Q8_0.gguf", 1)
+    several = files("m-Q4_K_M.gguf", "mmproj-m-Q8_0.gguf", "mmproj-m-f16.gguf")
+    assert pick_gguf("r", several, None) == HfFile("m-Q4_K_M.gguf", 1)
+    assert pick_projector(several) == HfFile("mmproj-m-f16.gguf", 1)
+    assert pick_projector(files("m-Q4_K_M.gguf")) is None
 
 
 def test_folder_files_keeps_a_sharded_model_and_drops_the_rest() -> None:

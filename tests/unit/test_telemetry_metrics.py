@@ -270,3 +270,18 @@ async def test_record_costs_microseconds() -> None:
         runs.append((time.perf_counter() - start) / 2000)
     assert sorted(runs)[2] < 100e-6, runs
     await telemetry.close()
+
+
+def test_an_instances_latest_tokens_per_second_until_it_stops() -> None:
+    m = Metrics()
+    m.observe(rec())  # an instance the agent never reported: not kept (no unbounded map)
+    assert m.instance_tokens_per_second("i-1") is None
+    m.instance_event("i-1", "smollm2:135m", "ready", load_seconds=1.0)
+    m.observe(rec())  # streamed: 26 tokens over 1.5 s - 0.25 s to the first one
+    assert m.instance_tokens_per_second("i-1") == pytest.approx(26 / 1.25)
+    m.observe(rec(stream=False, duration=2.0, completion_tokens=10))
+    assert m.instance_tokens_per_second("i-1") == pytest.approx(5.0)
+    m.observe(rec(completion_tokens=0))  # no tokens: the last number stays
+    assert m.instance_tokens_per_second("i-1") == pytest.approx(5.0)
+    m.instance_event("i-1", "smollm2:135m", "stopped")
+    assert m.instance_tokens_per_second("i-1") is None

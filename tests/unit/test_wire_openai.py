@@ -33,6 +33,16 @@ MSG = [{"role": "user", "content": "hi"}]
         ({"model": "m", "messages": MSG, "tools": [{"type": "web"}]}, "tools.[0].type"),
         ({"model": "m", "messages": MSG, "response_format": "json"}, "response_format"),
         ({"model": "m", "messages": MSG, "stream_options": True}, "stream_options"),
+        # found by schemathesis: llama.cpp answered these with a 500 (relayed as a 502)
+        ({"model": "m", "messages": [{"role": "assistant", "tool_calls": {}}]}, "messages.[0].tool_calls"),
+        (
+            {"model": "m", "messages": [{"role": "assistant", "tool_calls": [[None, None]]}]},
+            "messages.[0].tool_calls.[0]",
+        ),
+        (
+            {"model": "m", "messages": [*MSG, {"role": "assistant", "tool_calls": [{"type": "function"}]}]},
+            "messages.[1].tool_calls.[0]",
+        ),
     ],
 )
 def test_chat_rejects(body: dict[str, Any], param: str) -> None:
@@ -46,7 +56,15 @@ def test_chat_accepts_a_full_request() -> None:
     wire.check_chat(
         {
             "model": "m",
-            "messages": [{"role": "system", "content": "s"}, *MSG],
+            "messages": [
+                {"role": "system", "content": "s"},
+                *MSG,
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                },
+                {"role": "tool", "tool_call_id": "c", "content": "1"},
+            ],
             "stream": True,
             "stream_options": {"include_usage": True},
             "max_tokens": 5,

@@ -16,9 +16,17 @@ from tests.unit.test_agent import ART, Clock, GateRuntime, make_agent
 from tests.waiting import wait_until
 
 from superollama.agent import LocalAgent
-from superollama.control import Route, RouteTarget, RoutingHolder, RoutingTable
+from superollama.control import (
+    CredentialStore,
+    LocalControlPlane,
+    Route,
+    RouteTarget,
+    RoutingHolder,
+    RoutingTable,
+)
 from superollama.core import InstanceState
 from superollama.registry import Registry, open_registry
+from superollama.workers.activity import ActivityLedger
 from superollama.workers.primary import PrimaryHub, _Replica
 
 
@@ -58,7 +66,8 @@ async def setup(registry: Registry, clock: Clock | None = None) -> tuple[LocalAg
     agent.subscribe(republish)
     await agent.start()
     republish()
-    hub = PrimaryHub(None, holder, None, agent, None)  # type: ignore[arg-type]
+    plane = LocalControlPlane(None, agent, holder, CredentialStore())  # type: ignore[arg-type]  # no controller
+    hub = PrimaryHub(None, plane, None, None)  # type: ignore[arg-type]
     return agent, runtime, hub
 
 
@@ -74,7 +83,7 @@ async def removal_sent(ws: FakeSocket) -> dict[str, Any]:
 
 def connect(hub: PrimaryHub, index: int = 1) -> tuple[_Replica, FakeSocket]:
     ws = FakeSocket()
-    replica = _Replica(index, 1000 + index, ws)  # type: ignore[arg-type]
+    replica = _Replica(index, 1000 + index, ws, ActivityLedger(hub._agent))  # type: ignore[arg-type]
     hub._replicas.add(replica)
     return replica, ws
 

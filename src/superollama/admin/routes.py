@@ -13,6 +13,8 @@ from superollama.control import Controller
 from superollama.errors import InvalidRequest
 from superollama.gateway import read_json
 from superollama.gateway.responses import json_response as _json
+from superollama.security import bearer_key
+from superollama.security.sessions import COOKIE as SESSION_COOKIE
 
 __all__ = ["PREFIX", "AdminRoutes", "actor_of"]
 
@@ -71,7 +73,10 @@ class AdminRoutes:
 
     async def copy(self, request: web.Request) -> web.Response:
         source, destination = await _pair(request)
-        record = await self._controller.copy(source, destination, actor=actor_of(request))
+        runtime = (await read_json(request)).get("runtime")
+        if runtime is not None and (not isinstance(runtime, str) or not runtime):
+            raise InvalidRequest("'runtime' must be a runtime's name", param="runtime")
+        record = await self._controller.copy(source, destination, actor=actor_of(request), runtime=runtime)
         return _json(version_json(record), status=201)
 
     async def rename(self, request: web.Request) -> web.Response:
@@ -133,5 +138,10 @@ def _since(value: str | None) -> datetime | None:
 
 
 def actor_of(request: web.Request) -> str:
+    """Who made a change, for its event: the CLI, the web UI (a session, no key sent) or the API."""
     agent = request.headers.get("User-Agent", "")
-    return "cli" if agent.startswith("superollama-cli") else "api"
+    if agent.startswith("superollama-cli"):
+        return "cli"
+    if request.cookies.get(SESSION_COOKIE) and bearer_key(request.headers) is None:
+        return "ui"
+    return "api"

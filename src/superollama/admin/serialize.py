@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import psutil
+
 from superollama.agent import LiveInstance
 from superollama.control import VersionDetails
 from superollama.core import EventRecord, VersionRecord
@@ -40,19 +42,33 @@ def version_json(v: VersionRecord) -> dict[str, Any]:
 
 
 def instance_json(inst: LiveInstance, node: str) -> dict[str, Any]:
+    """``node``: this process's node; a cluster's instance says its own (its memory is measured there,
+    not here: ``memory_bytes`` is None for an instance on another node)."""
+    where = getattr(inst.handle, "node", None) or node
     return {
         "id": inst.id,
         "version": inst.version,
-        "node": node,
+        "node": where,
         "runtime": inst.runtime,
         "device": inst.device,
         "state": str(inst.state),
         "pid": inst.pid,
         "endpoint": inst.handle.endpoint.base_url,
         "in_flight": inst.in_flight,
+        "memory_bytes": _rss(inst.pid) if where == node else None,
         "load_seconds": round(inst.load_seconds, 3),
         "started_at": _iso(inst.started_at),
     }
+
+
+def _rss(pid: int | None) -> int | None:
+    """Resident memory of an instance's process on this node (None when it is gone or elsewhere)."""
+    if not pid:
+        return None
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except (psutil.Error, OSError):
+        return None
 
 
 def details_json(d: VersionDetails, node: str) -> dict[str, Any]:

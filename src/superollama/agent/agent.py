@@ -1,7 +1,8 @@
 """The node agent: runs backend instances for versions on this node and reports what it observes.
 
-In single-machine mode it lives in the server process; the control plane calls it directly through the
-same methods a remote agent will expose over HTTP. It owns:
+In a plain ``serve`` it lives in the server process; with ``serve --workers N`` in a process of its own
+(``workers.agent_process``), which the primary worker drives through ``workers.remote_agent`` — the same
+``NodeAgent`` seam (``agent.instance``) either way, so no gateway process owns a model process. It owns:
 - one live instance per version at most (loaded on demand, single-flight: concurrent requests share a load);
 - per-instance load accounting (in-flight requests, last use) for balancing and idle unloading;
 - crash detection (a watcher per process) and clean replacement of processes left by an earlier agent;
@@ -18,15 +19,15 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
 
+from superollama.agent.choice import RuntimeChoice
+from superollama.agent.instance import AgentConfig, Ending, LiveInstance
+from superollama.agent.inventory import Inventory
 from superollama.core import (
     Artifact,
     EventRecord,
@@ -40,70 +41,12 @@ from superollama.core import (
 from superollama.errors import LoadTimeout, ModelLoadFailed, Unavailable
 from superollama.registry import Registry
 
-__all__ = ["AgentConfig", "Ending", "LiveInstance", "LocalAgent"]
+__all__ = ["LocalAgent"]
 
 log = logging.getLogger("superollama.agent")
 
 _ACTIVE = (InstanceState.PENDING, InstanceState.LOADING, InstanceState.READY, InstanceState.DRAINING)
 _ENDINGS_KEPT = 256  # how many ended instances ``ended`` remembers (requests reach it within seconds)
-
-Ending = Literal["running", "crashed", "stopped"]
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    node: str = "local"
-    keep_alive: float = 300.0
-    load_timeout: float = 120.0
-    stop_timeout: float = 10.0
-    drain_timeout: float = 30.0
-    max_pending_loads: int = 512
-    reap_interval: float = 1.0
-
-
-@dataclass(eq=False)
-class LiveInstance:
-    """A running instance as the agent tracks it (mutable accounting, immutable identity)."""
-
-    id: str
-    version: str
-    runtime: str
-    device: str
-    handle: InstanceHandle
-    started_at: datetime
-    load_seconds: float
-    last_used: float
-    in_flight: int = 0
-    pending: int = 0  # ensure() callers handed this instance that have not acquired it yet
-    keep_alive: float | None = None  # per-instance override of the node default
-    state: InstanceState = InstanceState.READY
-    idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set while nothing is in flight
-    _watcher: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-
-    @property
-    def pid(self) -> int:
-        return self.handle.pid
-
-    @property
-    def quiet(self) -> bool:
-        """Nothing in flight and nobody about to send: a drain may stop it."""
-        return self.in_flight <= 0 and self.pending <= 0
-
-    def record(self, node: str) -> InstanceRecord:
-        return InstanceRecord(
-            id=self.id,
-            version=self.version,
-            node=node,
-            runtime=self.runtime,
-            state=self.state,
-            device=self.device,
-            pid=self.handle.pid,
-            endpoint=self.handle.endpoint.base_url,
-            started_at=self.started_at,
-        )
 
 
 class LocalAgent:
@@ -114,11 +57,14 @@ class LocalAgent:
         config: AgentConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
+        inventory: Inventory | None = None,
     ) -> None:
         self._registry = registry
         self._runtimes = dict(runtimes)
         self._config = config
+        self._choice = RuntimeChoice(self._runtimes, config.node)
         self._clock = clock
+        self.inventory = inventory or Inventory()
         self._live: dict[str, LiveInstance] = {}  # by version
         self._by_id: dict[str, LiveInstance] = {}
         self._loading: dict[str, asyncio.Task[LiveInstance]] = {}
@@ -132,8 +78,10 @@ class LocalAgent:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
+        capacity = await asyncio.to_thread(self.inventory.capacity)
+        self._choice.inventory = capacity
         await self._registry.nodes.upsert(
-            NodeRecord(name=self._config.node, address="local", state="ready", inventory=_inventory())
+            NodeRecord(name=self._config.node, address="local", state="ready", inventory=capacity)
         )
         await self._replace_leftovers()
         self._reaper = asyncio.create_task(self._reap_idle(), name="agent-reaper")
@@ -149,6 +97,10 @@ class LocalAgent:
             task.cancel()
         await asyncio.gather(*self._loading.values(), return_exceptions=True)
         await asyncio.gather(*(self._stop(inst, reason="shutdown") for inst in list(self._live.values())))
+
+    async def usage(self) -> dict[str, object]:
+        """This node's CPU, RAM and GPU use now (``Inventory.usage``, off the event loop)."""
+        return await asyncio.to_thread(self.inventory.usage)
 
     def on_event(self, listener: Callable[[EventRecord], None]) -> None:
         """Call ``listener`` with every lifecycle event the agent records (metrics, incidents)."""
@@ -187,7 +139,7 @@ class LocalAgent:
             inst.last_used = self._clock()
             if inst.quiet:
                 inst.idle.set()
-            if inst.in_flight == 0 and self._keep_alive(inst) == 0 and inst.state is InstanceState.READY:
+            if inst.in_flight == 0 and self.keep_alive(inst) == 0 and inst.state is InstanceState.READY:
                 asyncio.get_running_loop().create_task(self.unload(inst.version, reason="keep_alive=0"))
 
     def set_keep_alive(self, version: str, seconds: float | None) -> None:
@@ -198,9 +150,15 @@ class LocalAgent:
     def expires_in(self, version: str) -> float | None:
         """Seconds until the version's instance is unloaded as idle (inf: never; None: none loaded)."""
         inst = self._live.get(version)
-        return None if inst is None else inst.last_used + self._keep_alive(inst) - self._clock()
+        return None if inst is None else inst.last_used + self.keep_alive(inst) - self._clock()
 
     # -- loading ---------------------------------------------------------------------------------
+    async def runtime_for(self, artifact: Artifact) -> str:
+        """The runtime that serves ``artifact`` on this node (``agent/choice.py``)."""
+        if self._choice.inventory is None:  # not started: asked now
+            self._choice.inventory = await asyncio.to_thread(self.inventory.capacity)
+        return await self._choice.runtime_for(artifact)
+
     async def ensure(self, artifact: Artifact, runtime: str, *, device: str = "cpu") -> LiveInstance:
         """Return the ready instance of ``artifact``'s version, starting one if none runs.
 
@@ -298,7 +256,7 @@ class LocalAgent:
             id=instance_id,
             version=artifact.name,
             runtime=runtime_name,
-            device=device,
+            device=getattr(handle, "device", None) or device,  # where placement put it, if it chose
             handle=handle,
             started_at=started_at,
             load_seconds=load_seconds,
@@ -403,7 +361,7 @@ class LocalAgent:
                 if (
                     inst.state is InstanceState.READY
                     and inst.in_flight == 0
-                    and idle >= self._keep_alive(inst)
+                    and idle >= self.keep_alive(inst)
                 ):
                     try:
                         await self.unload(inst.version, reason=f"idle for {idle:.0f} s")
@@ -430,18 +388,23 @@ class LocalAgent:
         while len(self._ended) > _ENDINGS_KEPT:
             self._ended.popitem(last=False)
 
-    def _keep_alive(self, inst: LiveInstance) -> float:
+    def keep_alive(self, inst: LiveInstance) -> float:
+        """Seconds ``inst`` may stay idle before it is unloaded (inf: never)."""
         return self._config.keep_alive if inst.keep_alive is None else inst.keep_alive
 
     async def _replace_leftovers(self) -> None:
-        """Processes recorded as running by an earlier agent: adopt them or stop them (never orphans)."""
-        records = await self._registry.instances.list(node=self._config.node, states=_ACTIVE)
-        for record in records:
+        """Processes recorded as running by an earlier agent: adopt them (a runtime that can hands back a
+        handle to a healthy one: it serves on, not reloaded) or stop them (never orphans)."""
+        for record in await self._leftover_records():
             runtime = self._runtimes.get(record.runtime)
             outcome = "gone"
             if runtime is not None and record.pid is not None:
                 handle = await runtime.adopt(record)
-                if handle is not None:  # a runtime that re-adopts would register it here
+                if handle is not None and record.state is InstanceState.READY and not self._adopted(record):
+                    self._keep(record, handle)
+                    await self._event("instance.adopted", record.version, "ok", {"instance": record.id})
+                    continue
+                if handle is not None:
                     await handle.stop(self._config.stop_timeout)
                 outcome = "replaced"
             await self._registry.instances.set_state(
@@ -450,6 +413,30 @@ class LocalAgent:
             await self._event(
                 "instance.replaced", record.version, "ok", {"instance": record.id, "was": outcome}
             )
+
+    async def _leftover_records(self) -> list[InstanceRecord]:
+        """The instances an earlier agent of this node recorded as running (a cluster's: every node's)."""
+        return await self._registry.instances.list(node=self._config.node, states=_ACTIVE)
+
+    def _adopted(self, record: InstanceRecord) -> bool:
+        return record.version in self._live
+
+    def _keep(self, record: InstanceRecord, handle: InstanceHandle) -> None:
+        inst = LiveInstance(
+            id=record.id,
+            version=record.version,
+            runtime=record.runtime,
+            device=record.device or "cpu",
+            handle=handle,
+            started_at=record.started_at or datetime.now(UTC),
+            load_seconds=0.0,
+            last_used=self._clock(),
+        )
+        self._live[inst.version] = inst
+        self._by_id[inst.id] = inst
+        inst._watcher = asyncio.create_task(self._watch(inst), name=f"watch {inst.id}")
+        log.info("adopted %s as %s (pid %d)", inst.version, inst.id, handle.pid)
+        self._changed()
 
     # -- helpers ---------------------------------------------------------------------------------
     def _changed(self) -> None:
@@ -467,13 +454,3 @@ class LocalAgent:
             await self._registry.events.add(event)
         except Exception:
             log.exception("could not record event %s %s", action, target)
-
-
-def _inventory() -> dict[str, object]:
-    import psutil
-
-    return {
-        "cpus": os.cpu_count() or 1,
-        "memory_bytes": psutil.virtual_memory().total,
-        "devices": [{"name": "cpu", "kind": "cpu"}],
-    }

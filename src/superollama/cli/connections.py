@@ -3,21 +3,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
 
 import click
-import orjson
 
-from superollama.cli.client import ApiError
-from superollama.cli.main import Context, api, cli, console, pass_ctx
-from superollama.cli.render import print_table, show_progress
+from superollama.cli.main import Context, api, cli, console, json_option, pass_ctx
+from superollama.cli.render import last_event, print_json, print_table, show_progress
+from superollama.client import SuperollamaError
+from superollama.client.types import Connection
 
 __all__ = ["connect", "connections", "disconnect"]
 
 
 @cli.command()
-@click.argument("kind", type=click.Choice(["openai", "ollama", "tgi"]))
+@click.argument("kind")  # openai, ollama, tgi or a plugin's kind: the server says which it knows
 @click.argument("url")
 @click.option("--name", help="Name its models are routed under (NAME/MODEL); default: the kind.")
 @click.option("--api-key", help="Upstream key: a literal (stored encrypted) or env:VAR (read when used).")
@@ -26,16 +26,26 @@ __all__ = ["connect", "connections", "disconnect"]
     is_flag=True,
     help="Do not ask its server for stream usage (a server that rejects stream_options): estimate it.",
 )
+@json_option
 @pass_ctx
 @api
 def connect(
-    ctx: Context, kind: str, url: str, *, name: str | None, api_key: str | None, no_stream_usage: bool
+    ctx: Context,
+    kind: str,
+    url: str,
+    *,
+    name: str | None,
+    api_key: str | None,
+    no_stream_usage: bool,
+    as_json: bool,
 ) -> None:
-    """Register an external server; its models become routable as NAME/MODEL."""
-    body: dict[str, Any] = {"kind": kind, "url": url, "name": name, "api_key": api_key}
-    if no_stream_usage:
-        body["options"] = {"stream_usage": False}
-    state = ctx.client.request("POST", "/admin/v1/connections", json=body)
+    """Register an external server of KIND (openai, ollama, tgi, or a plugin's); its models become
+    routable as NAME/MODEL."""
+    options = {"stream_usage": False} if no_stream_usage else None
+    state = ctx.client.connections.add(kind, url, name=name, api_key=api_key, options=options)
+    if as_json:
+        print_json(state)
+        return
     status = "healthy" if state["healthy"] else f"unavailable ({state['error']})"
     console.print(f"connected '{state['name']}' ({kind} at {state['url']}): {status}")
     for model in state["models"]:
@@ -43,7 +53,7 @@ def connect(
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.option("--refresh", "refresh", help="Check this connection now (health and models).")
 @pass_ctx
 @api
@@ -56,7 +66,7 @@ def connections(ctx: Context, as_json: bool, refresh: str | None) -> None:
 
 
 @connections.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.option("--refresh", "refresh", help="Check this connection now (health and models).")
 @pass_ctx
 @api
@@ -67,14 +77,14 @@ def list_connections(ctx: Context, as_json: bool, refresh: str | None) -> None:
 
 @connections.command("show")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_ctx
 @api
 def show_connection(ctx: Context, name: str, as_json: bool) -> None:
     """Show one connection: its server, options, health and models."""
-    c = ctx.client.request("GET", f"/admin/v1/connections/{name}")
+    c = ctx.client.connections.get(name)
     if as_json:
-        click.echo(orjson.dumps(c, option=orjson.OPT_INDENT_2).decode())
+        print_json(c)
         return
     fields = [
         ("name", c["name"]),
@@ -92,10 +102,10 @@ def show_connection(ctx: Context, name: str, as_json: bool) -> None:
 
 def _list(ctx: Context, as_json: bool, refresh: str | None) -> None:
     if refresh:
-        ctx.client.request("POST", f"/admin/v1/connections/{refresh}/refresh")
-    items = ctx.client.request("GET", "/admin/v1/connections")["connections"]
+        ctx.client.connections.refresh(refresh)
+    items = ctx.client.connections.list()
     if as_json:
-        click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
+        print_json(items)
         return
     rows = [
         (c["name"], c["kind"], c["url"], _state(c), len(c["models"]), _usage(c), c["error"] or "")
@@ -104,37 +114,45 @@ def _list(ctx: Context, as_json: bool, refresh: str | None) -> None:
     print_table(console, ("NAME", "KIND", "URL", "STATE", "MODELS", "STREAM USAGE", "ERROR"), rows)
 
 
-def _state(c: dict[str, Any]) -> str:
+def _state(c: Connection) -> str:
     return ("healthy" if c["healthy"] else "down") if c["enabled"] else "disabled"
 
 
-def _usage(c: dict[str, Any]) -> str:
+def _usage(c: Mapping[str, Any]) -> str:
     """How its streams are metered: asked of the server, or estimated (``--no-stream-usage``)."""
     return "asked" if c.get("stream_usage", True) else "estimated"
 
 
 @cli.command()
 @click.argument("name")
+@json_option
 @pass_ctx
 @api
-def disconnect(ctx: Context, name: str) -> None:
+def disconnect(ctx: Context, name: str, as_json: bool) -> None:
     """Remove a connection; its models stop being routable."""
-    ctx.client.request("DELETE", f"/admin/v1/connections/{name}")
+    deleted = ctx.client.connections.delete(name)
+    if as_json:
+        print_json(deleted)
+        return
     console.print(f"disconnected '{name}'")
 
 
 @connections.command("pull")
 @click.argument("name")
 @click.argument("model")
+@json_option
 @pass_ctx
 @api
-def pull_model(ctx: Context, name: str, model: str) -> None:
+def pull_model(ctx: Context, name: str, model: str, as_json: bool) -> None:
     """Pull MODEL onto connection NAME's server (an Ollama server pulls it from its library)."""
-    events = ctx.client.stream_lines("POST", f"/admin/v1/connections/{name}/pull", json={"model": model})
-    final = show_progress(console, events)
+    events = ctx.client.connections.pull(name, model)
+    final = last_event(events) if as_json else show_progress(console, events)
     if final.get("status") != "success":
         error = final.get("error")
-        raise ApiError(0, str(error.get("message", error) if isinstance(error, dict) else final))
+        raise SuperollamaError(str(error.get("message", error) if isinstance(error, dict) else final))
+    if as_json:
+        print_json(final)
+        return
     console.print(f"pulled {final['model']}")
 
 
@@ -142,23 +160,30 @@ def pull_model(ctx: Context, name: str, model: str) -> None:
 @click.argument("name")
 @click.argument("source")
 @click.argument("destination")
+@json_option
 @pass_ctx
 @api
-def copy_model(ctx: Context, name: str, source: str, destination: str) -> None:
+def copy_model(ctx: Context, name: str, source: str, destination: str, as_json: bool) -> None:
     """Copy SOURCE to DESTINATION on connection NAME's server."""
-    body = {"source": source, "destination": destination}
-    ctx.client.request("POST", f"/admin/v1/connections/{name}/copy", json=body)
+    state = ctx.client.connections.copy(name, source, destination)
+    if as_json:
+        print_json(state)
+        return
     console.print(f"copied {name}/{_local(name, source)} to {name}/{_local(name, destination)}")
 
 
 @connections.command("delete")
 @click.argument("name")
 @click.argument("model")
+@json_option
 @pass_ctx
 @api
-def delete_model(ctx: Context, name: str, model: str) -> None:
+def delete_model(ctx: Context, name: str, model: str, as_json: bool) -> None:
     """Delete MODEL from connection NAME's server."""
-    ctx.client.request("DELETE", f"/admin/v1/connections/{name}/models/{quote(model, safe='/:')}")
+    state = ctx.client.connections.delete_model(name, model)
+    if as_json:
+        print_json(state)
+        return
     console.print(f"deleted {name}/{_local(name, model)}")
 
 

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import click
-import orjson
+from collections.abc import Mapping
 
-from superollama.cli.client import ApiError
-from superollama.cli.main import Context, api, cli, console, fail, pass_ctx
-from superollama.cli.render import age, print_table, show_progress
+import click
+
+from superollama.cli.main import Context, api, cli, console, fail, json_option, pass_ctx
+from superollama.cli.render import age, last_event, print_json, print_table, show_progress
+from superollama.client import SuperollamaError
 
 __all__ = ["jobs"]
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.pass_context
 def jobs(click_ctx: click.Context, as_json: bool) -> None:
     """List long operations (pulls, moves); `jobs cancel ID`, `jobs watch ID`."""
@@ -21,11 +22,11 @@ def jobs(click_ctx: click.Context, as_json: bool) -> None:
         return
     ctx: Context = click_ctx.obj
     try:
-        items = ctx.client.request("GET", "/admin/v1/jobs")["jobs"]
-    except ApiError as exc:
+        items = ctx.client.jobs.list()
+    except SuperollamaError as exc:
         fail(exc)
     if as_json:
-        click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
+        print_json(items)
         return
     rows = [
         (
@@ -44,27 +45,37 @@ def jobs(click_ctx: click.Context, as_json: bool) -> None:
 
 @jobs.command("cancel")
 @click.argument("job_id")
+@json_option
 @pass_ctx
 @api
-def cancel_job(ctx: Context, job_id: str) -> None:
+def cancel_job(ctx: Context, job_id: str, as_json: bool) -> None:
     """Cancel a running job (a job that already ended says how it ended, with exit status 1)."""
-    job = ctx.client.request("POST", f"/admin/v1/jobs/{job_id}/cancel")
+    job = ctx.client.jobs.cancel(job_id)
+    if as_json:
+        print_json(job)
+        return
     console.print(f"{job['id']}: {job['state']}")
 
 
 @jobs.command("watch")
 @click.argument("job_id")
+@json_option
 @pass_ctx
 @api
-def watch_job(ctx: Context, job_id: str) -> None:
-    """Follow a job's progress until it ends (exit status 1 when it did not succeed)."""
-    final = show_progress(console, ctx.client.stream_lines("GET", f"/admin/v1/jobs/{job_id}/watch"))
+def watch_job(ctx: Context, job_id: str, as_json: bool) -> None:
+    """Follow a job's progress until it ends (exit status 1 when it did not succeed); with --json, print
+    its final progress line only."""
+    events = ctx.client.jobs.watch(job_id)
+    final = last_event(events) if as_json else show_progress(console, events)
     if final.get("status") != "success":
-        raise ApiError(0, f"job {job_id} {final.get('status')}: {failure_reason(final)}")
+        raise SuperollamaError(f"job {job_id} {final.get('status')}: {failure_reason(final)}")
+    if as_json:
+        print_json(final)
+        return
     console.print(f"{job_id}: {final.get('status')}")
 
 
-def failure_reason(final: dict[str, object]) -> str:
+def failure_reason(final: Mapping[str, object]) -> str:
     """What a job's final progress line says went wrong."""
     error = final.get("error")
     if isinstance(error, dict):

@@ -8,25 +8,25 @@ reloads its keys.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import orjson
 
-from superollama.cli.client import ApiError
-from superollama.cli.main import Context, api, cli, console, err_console, pass_ctx
-from superollama.cli.render import age, print_table
+from superollama.cli.main import Context, api, cli, console, err_console, json_option, pass_ctx
+from superollama.cli.render import age, print_json, print_table
+from superollama.client import APIConnectionError, SuperollamaError
 
 if TYPE_CHECKING:
+    from superollama.client import Client
     from superollama.security import KeyManager
 
 __all__ = ["keys"]
 
 T = TypeVar("T")
 PERIODS = ("day", "week", "month", "total")
-ROLES = ("user", "admin", "metrics")  # security.keys.ROLES, kept here so that the CLI starts light
+ROLES = ("user", "admin", "metrics", "viewer")  # security.keys.ROLES, kept here so that the CLI starts light
 _OFFLINE_HELP = "Work on the home's registry directly, not through a server."
 
 
@@ -63,24 +63,20 @@ def _offline(ctx: Context, run: Callable[[KeyManager], Awaitable[T]]) -> T:
     try:
         return asyncio.run(go())
     except SuperOllamaError as exc:
-        raise ApiError(exc.status, exc.message) from exc
+        raise SuperollamaError(exc.message, status=exc.status) from exc
 
 
 def _call(
     ctx: Context,
     offline: bool,
-    method: str,
-    path: str,
+    online: Callable[[Client], Mapping[str, Any]],
     run: Callable[[KeyManager], Awaitable[dict[str, Any]]],
-    **kw: Any,
-) -> Any:
+) -> Mapping[str, Any]:
     """The admin API's answer, or the same through the registry when no server is reachable."""
     if not offline:
         try:
-            return ctx.client.request(method, path, **kw)
-        except ApiError as exc:
-            if exc.status != 0:
-                raise
+            return online(ctx.client)
+        except APIConnectionError:
             err_console.print(f"[dim]no server at {ctx.client.base_url}: using {ctx.settings.home}[/dim]")
     return _offline(ctx, run)
 
@@ -92,7 +88,8 @@ def _call(
     type=click.Choice(ROLES),
     default="user",
     show_default=True,
-    help="user: the client APIs; admin: everything; metrics: only GET /metrics (for Prometheus).",
+    help="user: the client APIs; admin: everything; metrics: only GET /metrics (for Prometheus); "
+    "viewer: reads the admin API and the web UI, changes nothing.",
 )
 @click.option("--models", help="Models it may call: names or patterns, comma-separated (default: all).")
 @click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute (all its models together).")
@@ -103,7 +100,7 @@ def _call(
 @click.option("--period", type=click.Choice(PERIODS), default="month", show_default=True)
 @click.option("--expires", help="Lifetime: 30d, 12h, 2w… (default: never).")
 @click.option("--offline", is_flag=True, help=_OFFLINE_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_ctx
 @api
 def create(ctx: Context, /, **opts: Any) -> None:
@@ -128,9 +125,9 @@ def create(ctx: Context, /, **opts: Any) -> None:
 
         return issued_json(await manager.create(spec_from_json(body), actor="cli"))
 
-    issued = _call(ctx, opts["offline"], "POST", "/admin/v1/keys", run, json=body)
+    issued = _call(ctx, opts["offline"], lambda c: c.keys.create(**body), run)
     if opts["as_json"]:
-        click.echo(orjson.dumps(issued, option=orjson.OPT_INDENT_2).decode())
+        print_json(issued)
         return
     err_console.print(
         f"created {issued['role']} key '{issued['name']}' ({issued['id']}, {issued['prefix']}); "
@@ -140,7 +137,7 @@ def create(ctx: Context, /, **opts: Any) -> None:
     click.echo(issued["key"])
 
 
-def _limits(k: dict[str, Any]) -> str:
+def _limits(k: Mapping[str, Any]) -> str:
     parts = [f"{v} {n}" for n, v in (("rpm", k["rpm"]), ("tpm", k["tpm"])) if v]
     parts += [
         f"{p}: " + ", ".join(f"{v} {n}" for n, v in lim.items()) for p, lim in k["model_limits"].items()
@@ -148,7 +145,7 @@ def _limits(k: dict[str, Any]) -> str:
     return "; ".join(parts) or "-"
 
 
-def _budget(k: dict[str, Any]) -> str:
+def _budget(k: Mapping[str, Any]) -> str:
     if k["budget_usd"] is None:
         return "-"
     return f"${k['budget_usd']:g}/{k['budget_period']}"
@@ -156,7 +153,7 @@ def _budget(k: dict[str, Any]) -> str:
 
 @keys.command("ls")
 @click.option("--offline", is_flag=True, help=_OFFLINE_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_ctx
 @api
 def list_keys(ctx: Context, offline: bool, as_json: bool) -> None:
@@ -168,9 +165,9 @@ def list_keys(ctx: Context, offline: bool, as_json: bool) -> None:
         now = datetime.now(UTC)
         return {"keys": [key_json(r, now) for r in await manager.list()]}
 
-    items = _call(ctx, offline, "GET", "/admin/v1/keys", run)["keys"]
+    items = _call(ctx, offline, lambda c: {"keys": c.keys.list()}, run)["keys"]
     if as_json:
-        click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
+        print_json(items)
         return
     rows = [
         (
@@ -190,7 +187,7 @@ def list_keys(ctx: Context, offline: bool, as_json: bool) -> None:
 @keys.command("show")
 @click.argument("ident", metavar="ID_OR_PREFIX")
 @click.option("--offline", is_flag=True, help=_OFFLINE_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_ctx
 @api
 def show_key(ctx: Context, ident: str, offline: bool, as_json: bool) -> None:
@@ -201,9 +198,9 @@ def show_key(ctx: Context, ident: str, offline: bool, as_json: bool) -> None:
 
         return key_json(await manager.get(ident), datetime.now(UTC))
 
-    k = _call(ctx, offline, "GET", f"/admin/v1/keys/{ident}", run)
+    k = _call(ctx, offline, lambda c: c.keys.get(ident), run)
     if as_json:
-        click.echo(orjson.dumps(k, option=orjson.OPT_INDENT_2).decode())
+        print_json(k)
         return
     fields = [
         ("id", k["id"]),
@@ -226,9 +223,10 @@ def show_key(ctx: Context, ident: str, offline: bool, as_json: bool) -> None:
 @keys.command("revoke")
 @click.argument("ident", metavar="ID_OR_PREFIX")
 @click.option("--offline", is_flag=True, help=_OFFLINE_HELP)
+@json_option
 @pass_ctx
 @api
-def revoke_key(ctx: Context, ident: str, offline: bool) -> None:
+def revoke_key(ctx: Context, ident: str, offline: bool, as_json: bool) -> None:
     """Revoke a key: it stops working at once (401)."""
 
     async def run(manager: KeyManager) -> dict[str, Any]:
@@ -236,14 +234,17 @@ def revoke_key(ctx: Context, ident: str, offline: bool) -> None:
 
         return key_json(await manager.revoke(ident, actor="cli"), datetime.now(UTC))
 
-    k = _call(ctx, offline, "POST", f"/admin/v1/keys/{ident}/revoke", run)
+    k = _call(ctx, offline, lambda c: c.keys.revoke(ident), run)
+    if as_json:
+        print_json(k)
+        return
     console.print(f"revoked '{k['name']}' ({k['id']}, {k['prefix']})")
 
 
 @keys.command("rotate")
 @click.argument("ident", metavar="ID_OR_PREFIX")
 @click.option("--offline", is_flag=True, help=_OFFLINE_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_ctx
 @api
 def rotate_key(ctx: Context, ident: str, offline: bool, as_json: bool) -> None:
@@ -254,9 +255,9 @@ def rotate_key(ctx: Context, ident: str, offline: bool, as_json: bool) -> None:
 
         return issued_json(await manager.rotate(ident, actor="cli"))
 
-    issued = _call(ctx, offline, "POST", f"/admin/v1/keys/{ident}/rotate", run)
+    issued = _call(ctx, offline, lambda c: c.keys.rotate(ident), run)
     if as_json:
-        click.echo(orjson.dumps(issued, option=orjson.OPT_INDENT_2).decode())
+        print_json(issued)
         return
     err_console.print(
         f"rotated '{issued['name']}' ({issued['id']}): new prefix {issued['prefix']}; "

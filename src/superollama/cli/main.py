@@ -1,5 +1,12 @@
-"""``superollama``: the command line. Every command but ``serve`` is a client of the admin API;
-``pull`` also works offline (no server running) through the same controller code the server uses.
+"""``superollama``: the command line. Every command but ``serve`` is a client of the admin API through
+``superollama.Client`` (``ctx.client``); ``pull`` and ``keys`` also work offline (no server running)
+through the same controller code the server uses.
+
+Adding a command: a module of ``superollama.cli`` (imported in ``main`` below) defines it on ``cli``
+with ``@pass_ctx`` and ``@api``, calls a method of ``ctx.client`` (add the method to the client first:
+see ``superollama.client``'s docstring), and, when it prints data, takes ``@json_option`` and prints the
+API's object with ``print_json`` when ``--json`` is given — the objects, unchanged, so that scripts can
+rely on them.
 
 Errors: whatever a command fails with (an answer of the server, a connection refused or dropped, a timeout,
 a home that is a file, a permission error) ends as one line on stderr, ``superollama: MESSAGE``, and exit
@@ -11,17 +18,33 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
 
 from superollama import __version__
-from superollama.cli.client import AdminClient, ApiError, find_server_url
-from superollama.cli.render import print_table
+from superollama.cli.render import print_json, print_table
+from superollama.client._common import find_server_url
+from superollama.client._errors import SuperollamaError
 from superollama.settings import Settings
 
-__all__ = ["Context", "api", "cli", "console", "error_line", "fail", "main", "pass_ctx"]
+if TYPE_CHECKING:
+    from superollama.client import Client
+    from superollama.plugins import Plugins
+
+__all__ = [
+    "Context",
+    "api",
+    "cli",
+    "console",
+    "error_line",
+    "fail",
+    "json_option",
+    "main",
+    "pass_ctx",
+    "print_json",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
@@ -29,27 +52,44 @@ err_console = Console(stderr=True)
 
 
 class Context:
-    def __init__(self, overrides: dict[str, Any]) -> None:
+    def __init__(self, overrides: dict[str, Any], plugins: Plugins | None = None) -> None:
         from pydantic import ValidationError
+
+        self._plugins = plugins
 
         try:
             self.settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
         except ValidationError as exc:  # one line per bad setting, not a traceback
             lines = [f"SUPEROLLAMA_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
             raise click.ClickException("; ".join(lines)) from None
-        self._client: AdminClient | None = None
+        self._client: Client | None = None
 
     @property
-    def client(self) -> AdminClient:
+    def plugins(self) -> Plugins:
+        """The plugins ``main`` loaded (their commands are on the group), else loaded now."""
+        if self._plugins is None:
+            from superollama.plugins import load_plugins
+
+            self._plugins = load_plugins()
+        return self._plugins
+
+    @property
+    def client(self) -> Client:
+        """The admin API's client (httpx is imported here, on first use: ``serve`` never pays for it)."""
         if self._client is None:
+            from superollama.client import Client
+
             key = self.settings.api_key
-            self._client = AdminClient(
-                find_server_url(self.settings), key.get_secret_value() if key is not None else None
+            self._client = Client(
+                find_server_url(self.settings), key.get_secret_value() if key is not None else ""
             )
         return self._client
 
 
 pass_ctx = click.make_pass_decorator(Context)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable output: the API's objects as JSON."
+)
 
 
 def error_line(exc: BaseException) -> str:
@@ -58,7 +98,7 @@ def error_line(exc: BaseException) -> str:
 
     from superollama.errors import SuperOllamaError
 
-    if isinstance(exc, ApiError | SuperOllamaError):
+    if isinstance(exc, SuperollamaError | SuperOllamaError):
         text = exc.message
     elif isinstance(exc, ValidationError):  # a setting (SUPEROLLAMA_*) that does not parse
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
@@ -79,13 +119,14 @@ def fail(exc: BaseException) -> NoReturn:
 
 
 def api(fn: F) -> F:
-    """Turn an ``ApiError`` into one clear line on stderr and exit status 1 (``main`` does the same for
-    every other error; this keeps a command's failure inside the command when it is invoked directly)."""
+    """Turn a ``SuperollamaError`` (the client's) into one clear line on stderr and exit status 1
+    (``main`` does the same for every other error; this keeps a command's failure inside the command when
+    it is invoked directly)."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ApiError as exc:
+        except SuperollamaError as exc:
             fail(exc)
 
     wrapper.__name__ = fn.__name__
@@ -101,7 +142,8 @@ def api(fn: F) -> F:
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None, url: str | None, api_key: str | None) -> None:
     """Super Ollama: provision, manage and serve models behind the OpenAI API."""
-    ctx.obj = Context({"home": home, "url": url, "api_key": api_key})
+    plugins: Plugins | None = ctx.obj  # those ``main`` loaded (``cli(obj=plugins)``)
+    ctx.obj = Context({"home": home, "url": url, "api_key": api_key}, plugins)
 
 
 @cli.command()
@@ -114,6 +156,14 @@ def cli(ctx: click.Context, home: Path | None, url: str | None, api_key: str | N
     type=click.IntRange(0, 512),
     help="Worker processes sharing the port (default: one per CPU; 1: a single process).",
 )
+@click.option(
+    "--cluster",
+    is_flag=True,
+    default=None,
+    help="Run the models on a Ray cluster: join --cluster-address or start a head on 127.0.0.1.",
+)
+@click.option("--cluster-address", help="host:port of a Ray head to join (with --cluster).")
+@click.option("--cluster-host", help="This node's address in the cluster (default 127.0.0.1).")
 @pass_ctx
 def serve(ctx: Context, /, **given: Any) -> None:
     """Run the server: gateway, admin API and the local node agent (with --workers above 1: that many
@@ -125,9 +175,22 @@ def serve(ctx: Context, /, **given: Any) -> None:
 
 
 @cli.command()
+@json_option
 @pass_ctx
-def config(ctx: Context) -> None:
+def config(ctx: Context, as_json: bool) -> None:
     """Print every setting: environment variable, value, description."""
+    if as_json:
+        print_json(
+            [
+                {
+                    "variable": f"SUPEROLLAMA_{key.upper()}",
+                    "value": getattr(ctx.settings, key),
+                    "description": f.description,
+                }
+                for key, f in Settings.model_fields.items()
+            ]
+        )
+        return
     rows = []
     for key, field in Settings.model_fields.items():
         rows.append((f"SUPEROLLAMA_{key.upper()}", getattr(ctx.settings, key), field.description or ""))
@@ -136,13 +199,26 @@ def config(ctx: Context) -> None:
 
 def main() -> None:
     # Each module registers its commands on the group when imported.
+    import superollama.cli.batches
     import superollama.cli.connections
+    import superollama.cli.deployments
+    import superollama.cli.finetune
+    import superollama.cli.fleet
+    import superollama.cli.gateways
     import superollama.cli.jobs
     import superollama.cli.keys
     import superollama.cli.models
-    import superollama.cli.usage  # noqa: F401
+    import superollama.cli.nodes
+    import superollama.cli.plugins
+    import superollama.cli.rag
+    import superollama.cli.rollouts
+    import superollama.cli.usage
+    import superollama.cli.webhooks  # noqa: F401
+    from superollama.plugins import load_plugins
 
     try:
-        cli(prog_name="superollama")
+        plugins = load_plugins()
+        plugins.commands(cli)  # a plugin's commands, beside ours (one that fails is in `plugins`)
+        cli(prog_name="superollama", obj=plugins)
     except Exception as exc:  # click handles its own usage errors and ^C; everything else is one line
         fail(exc)

@@ -6,17 +6,20 @@ import asyncio
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import orjson
 
-from superollama.cli.client import ApiError
 from superollama.cli.jobs import failure_reason
-from superollama.cli.main import Context, api, cli, console, err_console, pass_ctx
-from superollama.cli.render import age, human_size, print_table, show_progress
+from superollama.cli.main import Context, api, cli, console, err_console, json_option, pass_ctx
+from superollama.cli.render import age, human_size, last_event, print_json, print_table, show_progress
+from superollama.client import SuperollamaError
+from superollama.client.types import Progress
 from superollama.core import ModelRef, NameError_
 from superollama.settings import Settings
+
+if TYPE_CHECKING:
+    from superollama.core import VersionRecord
 
 __all__ = ["pull", "run"]
 
@@ -44,39 +47,48 @@ def _source_uri(source: str) -> str:
 @click.argument("source")
 @click.option("--name", help="Name the version (name:tag); default: from the source.")
 @click.option("--runtime", help="Serve it with this runtime instead of the format's default.")
+@json_option
 @pass_ctx
 @api
-def pull(ctx: Context, source: str, name: str | None, runtime: str | None) -> None:
+def pull(ctx: Context, source: str, name: str | None, runtime: str | None, as_json: bool) -> None:
     """Pull a model from SOURCE (file://PATH or a local path) into the store and register it."""
     uri = _source_uri(source)
     if ctx.client.reachable():
-        body = {"source": uri, "name": name, "runtime": runtime, "stream": True}
         job: list[str] = []
 
-        def remember_job(events: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        def remember_job(events: Iterator[Progress]) -> Iterator[Progress]:
             for event in events:
                 if "job" in event and not job:
                     job.append(event["job"])
                 yield event
 
+        events = remember_job(ctx.client.models.pull(uri, name=name, runtime=runtime))
         try:
-            final = show_progress(
-                console, remember_job(ctx.client.stream_lines("POST", "/admin/v1/pull", json=body))
-            )
+            final = last_event(events) if as_json else show_progress(console, events)
         except KeyboardInterrupt:
             if job:
-                ctx.client.request("POST", f"/admin/v1/jobs/{job[0]}/cancel")
+                ctx.client.jobs.cancel(job[0])
                 err_console.print(f"cancelled {job[0]} (pull again to resume)")
             sys.exit(130)
         if final.get("status") != "success":
-            raise ApiError(0, f"pull failed: {failure_reason(final)}")
+            raise SuperollamaError(f"pull failed: {failure_reason(final)}")
+        if as_json:
+            print_json(final["model"])
+            return
         console.print(f"pulled {final['model']['name']}")
         return
-    console.print(f"[dim]no server at {ctx.client.base_url}: pulling into {ctx.settings.home}[/dim]")
-    console.print(f"pulled {asyncio.run(_pull_offline(ctx.settings, uri, name, runtime))}")
+    err = err_console if as_json else console
+    err.print(f"[dim]no server at {ctx.client.base_url}: pulling into {ctx.settings.home}[/dim]")
+    record = asyncio.run(_pull_offline(ctx.settings, uri, name, runtime))
+    if as_json:
+        from superollama.admin.serialize import version_json
+
+        print_json(version_json(record))
+        return
+    console.print(f"pulled {record.name}")
 
 
-async def _pull_offline(settings: Settings, uri: str, name: str | None, runtime: str | None) -> str:
+async def _pull_offline(settings: Settings, uri: str, name: str | None, runtime: str | None) -> VersionRecord:
     from superollama.app import open_catalog
     from superollama.errors import SuperOllamaError
 
@@ -87,36 +99,31 @@ async def _pull_offline(settings: Settings, uri: str, name: str | None, runtime:
             uri, name, actor="cli", runtime=runtime, on_progress=lambda p: events.append(p.as_dict())
         )
     except SuperOllamaError as exc:
-        raise ApiError(exc.status, f"pull failed: {exc.message}") from exc
+        raise SuperollamaError(f"pull failed: {exc.message}", status=exc.status) from exc
     finally:
         await registry.close()
-    return record.name
+    return record
 
 
 @cli.command("ls")
 @click.option("--enabled/--disabled", "enabled", default=None, help="Only enabled or disabled versions.")
 @click.option("--format", "fmt", help="Only this format (gguf, safetensors…).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_ctx
 @api
 def list_models(ctx: Context, enabled: bool | None, fmt: str | None, as_json: bool) -> None:
     """List versions."""
-    params: dict[str, str] = {}
-    if enabled is not None:
-        params["enabled"] = str(enabled).lower()
-    if fmt:
-        params["format"] = fmt
-    models = ctx.client.request("GET", "/admin/v1/models", params=params)["models"]
+    models = ctx.client.models.list(enabled=enabled, format=fmt or None)
     if as_json:
-        click.echo(orjson.dumps(models, option=orjson.OPT_INDENT_2).decode())
+        print_json(models)
         return
     rows = [
         (
             m["name"],
-            m["digest"][7:19],
+            (m["digest"] or "")[7:19],
             human_size(m["size"]),
             m["format"],
-            m["quantization"] or "-",
+            m.get("quantization") or "-",
             "yes" if m["enabled"] else "no",
             age(m["created_at"]),
         )
@@ -126,14 +133,14 @@ def list_models(ctx: Context, enabled: bool | None, fmt: str | None, as_json: bo
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_ctx
 @api
 def ps(ctx: Context, as_json: bool) -> None:
     """List running instances."""
-    instances = ctx.client.request("GET", "/admin/v1/instances")["instances"]
+    instances = ctx.client.instances.list()
     if as_json:
-        click.echo(orjson.dumps(instances, option=orjson.OPT_INDENT_2).decode())
+        print_json(instances)
         return
     rows = [
         (
@@ -155,23 +162,23 @@ def ps(ctx: Context, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_ctx
 @api
 def show(ctx: Context, name: str, as_json: bool) -> None:
     """Show a version's metadata, files and instances."""
-    info = ctx.client.request("GET", f"/admin/v1/models/{name}")
+    info = ctx.client.models.get(name)
     if as_json:
-        click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+        print_json(info)
         return
     meta = info["metadata"]
     fields = [
         ("name", info["name"]),
         ("format", info["format"]),
-        ("architecture", info["architecture"]),
-        ("parameters", info["parameter_size"] or info["parameters"]),
-        ("quantization", info["quantization"]),
-        ("context length", info["context_length"]),
+        ("architecture", info.get("architecture")),
+        ("parameters", info.get("parameter_size") or info.get("parameters")),
+        ("quantization", info.get("quantization")),
+        ("context length", info.get("context_length")),
         ("size", human_size(info["size"])),
         ("enabled", info["enabled"]),
         ("source", info["source"]),
@@ -200,11 +207,16 @@ def show(ctx: Context, name: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("source")
 @click.argument("destination")
+@click.option("--runtime", help="Serve the copy with this runtime (e.g. llamacpp for a LoRA adapter).")
+@json_option
 @pass_ctx
 @api
-def cp(ctx: Context, source: str, destination: str) -> None:
+def cp(ctx: Context, source: str, destination: str, runtime: str | None, as_json: bool) -> None:
     """Copy a version to a new name (same files, no bytes copied)."""
-    ctx.client.request("POST", "/admin/v1/copy", json={"source": source, "destination": destination})
+    copied = ctx.client.models.copy(source, destination, runtime=runtime)
+    if as_json:
+        print_json(copied)
+        return
     console.print(f"copied '{source}' to '{destination}'")
 
 
@@ -218,38 +230,46 @@ def cp(ctx: Context, source: str, destination: str) -> None:
     help="Move its files to this storage root: home, a declared root's name or its exact path "
     "(see `superollama storage`).",
 )
+@json_option
 @pass_ctx
 @api
-def mv(ctx: Context, source: str, destination: str | None, to: str | None) -> None:
+def mv(ctx: Context, source: str, destination: str | None, to: str | None, as_json: bool) -> None:
     """Rename a version (mv OLD NEW), or move its files to another storage root (mv NAME --to ROOT)
     while it keeps serving; the versions sharing its files (cp) stay where they are."""
     if (destination is None) == (to is None):
         raise click.UsageError("give either a new name (mv OLD NEW) or a storage root (mv NAME --to ROOT)")
     if to is not None:
-        body = {"name": source, "to": to, "stream": True}  # as typed: the server resolves it
-        final = show_progress(console, ctx.client.stream_lines("POST", "/admin/v1/move", json=body))
+        events = ctx.client.models.move(source, to)  # as typed: the server resolves it
+        final = last_event(events) if as_json else show_progress(console, events)
         if final.get("status") != "success":
-            raise ApiError(0, str((final.get("error") or {}).get("message", final)))
+            raise SuperollamaError(str((final.get("error") or {}).get("message", final)))
+        if as_json:
+            print_json(final)
+            return
         where = f"{final['root']} ({final['path']})" if final["root"] != final["path"] else final["path"]
         if final.get("unchanged"):
             console.print(f"'{source}' is in storage root {where} already: nothing to move")
         else:
             console.print(f"moved '{source}' from {final['from']} to {where}")
         return
-    ctx.client.request("POST", "/admin/v1/rename", json={"source": source, "destination": destination})
+    assert destination is not None
+    renamed = ctx.client.models.rename(source, destination)
+    if as_json:
+        print_json(renamed)
+        return
     console.print(f"renamed '{source}' to '{destination}'")
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_ctx
 @api
 def storage(ctx: Context, as_json: bool) -> None:
     """List the storage roots (`mv NAME --to ROOT`): the home and the declared ones
     (SUPEROLLAMA_STORAGE_ROOTS), with free space, versions held, and why a root cannot be used."""
-    roots = ctx.client.request("GET", "/admin/v1/storage")["roots"]
+    roots = ctx.client.storage.list()
     if as_json:
-        click.echo(orjson.dumps(roots, option=orjson.OPT_INDENT_2).decode())
+        print_json(roots)
         return
     rows = [
         (
@@ -273,11 +293,15 @@ def storage(ctx: Context, as_json: bool) -> None:
     help="Drain and stop a loaded model first (new requests get 404; those in flight finish, "
     "bounded by SUPEROLLAMA_DRAIN_TIMEOUT).",
 )
+@json_option
 @pass_ctx
 @api
-def rm(ctx: Context, name: str, force: bool) -> None:
+def rm(ctx: Context, name: str, force: bool, as_json: bool) -> None:
     """Remove a version (its unreferenced files are garbage-collected)."""
-    result = ctx.client.request("DELETE", f"/admin/v1/models/{name}", params={"force": str(force).lower()})
+    result = ctx.client.models.delete(name, force=force)
+    if as_json:
+        print_json(result)
+        return
     cut = int(result.get("cut") or 0)
     note = f" ({cut} request{'s' if cut != 1 else ''} in flight {'was' if cut == 1 else 'were'} cut short)"
     console.print(f"deleted '{name}'" + (note if cut else ""))
@@ -285,49 +309,60 @@ def rm(ctx: Context, name: str, force: bool) -> None:
 
 @cli.command()
 @click.argument("name")
+@json_option
 @pass_ctx
 @api
-def enable(ctx: Context, name: str) -> None:
+def enable(ctx: Context, name: str, as_json: bool) -> None:
     """Make a version routable again."""
-    ctx.client.request("POST", f"/admin/v1/models/{name}/enable")
+    version = ctx.client.models.enable(name)
+    if as_json:
+        print_json(version)
+        return
     console.print(f"enabled '{name}'")
 
 
 @cli.command()
 @click.argument("name")
+@json_option
 @pass_ctx
 @api
-def disable(ctx: Context, name: str) -> None:
+def disable(ctx: Context, name: str, as_json: bool) -> None:
     """Stop routing to a version (404, hidden from lists); its instances drain and stop."""
-    ctx.client.request("POST", f"/admin/v1/models/{name}/disable")
+    version = ctx.client.models.disable(name)
+    if as_json:
+        print_json(version)
+        return
     console.print(f"disabled '{name}'")
 
 
 @cli.command()
 @click.argument("name")
+@json_option
 @pass_ctx
 @api
-def stop(ctx: Context, name: str) -> None:
+def stop(ctx: Context, name: str, as_json: bool) -> None:
     """Unload a running model now (it loads again on the next request)."""
-    result = ctx.client.request("POST", f"/admin/v1/models/{name}/unload")
-    console.print(f"stopped '{name}'" if result["unloaded"] else f"'{name}' was not running")
+    unloaded = ctx.client.models.unload(name)
+    if as_json:
+        print_json({"unloaded": unloaded})
+        return
+    console.print(f"stopped '{name}'" if unloaded else f"'{name}' was not running")
 
 
 @cli.command()
 @click.option("--limit", default=50, show_default=True)
 @click.option("--target", help="Only events about this version.")
 @click.option("--since", help="Only newer events: 24h, 30m, 7d or an ISO time.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @pass_ctx
 @api
 def events(ctx: Context, limit: int, target: str | None, since: str | None, as_json: bool) -> None:
     """List lifecycle events: who did what, when, and how it ended."""
-    params = {k: v for k, v in {"limit": str(limit), "target": target, "since": since}.items() if v}
-    items = ctx.client.request("GET", "/admin/v1/events", params=params)["events"]
+    items = ctx.client.events.list(limit=limit, target=target or None, since=since or None)
     if as_json:
-        click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
+        print_json(items)
         return
-    rows = [(e["created_at"][:19], e["actor"], e["action"], e["target"], e["result"]) for e in items]
+    rows = [(str(e["created_at"])[:19], e["actor"], e["action"], e["target"], e["result"]) for e in items]
     print_table(console, ("TIME", "ACTOR", "ACTION", "TARGET", "RESULT"), rows)
 
 

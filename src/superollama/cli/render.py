@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import click
+import orjson
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-__all__ = ["age", "human_size", "print_table", "show_progress"]
+__all__ = ["age", "human_size", "last_event", "print_json", "print_table", "show_progress"]
+
+
+def print_json(value: Any) -> None:
+    """``--json``: the API's objects, unchanged, indented (one document on stdout). Values JSON lacks
+    (a path, a secret) are written as their text."""
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode())
 
 
 def human_size(n: int | None) -> str:
@@ -43,14 +51,22 @@ def print_table(console: Console, columns: Iterable[str], rows: Iterable[Iterabl
     console.print(table)
 
 
-def show_progress(console: Console, events: Iterator[dict[str, Any]]) -> dict[str, Any]:
+def last_event(events: Iterator[Mapping[str, Any]]) -> dict[str, Any]:
+    """The final progress event, the others read and dropped (``--json`` shows no progress)."""
+    last: dict[str, Any] = {}
+    for event in events:
+        last = dict(event)
+    return last
+
+
+def show_progress(console: Console, events: Iterator[Mapping[str, Any]]) -> dict[str, Any]:
     """Render Ollama-shaped pull progress events as bars; return the final event."""
     last: dict[str, Any] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         tasks: dict[str, Any] = {}
         for event in events:
-            last = event
+            last = dict(event)
             digest = event.get("digest")
             if digest and event.get("total"):
                 if digest not in tasks:

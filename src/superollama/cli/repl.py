@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from superollama.cli.client import AdminClient
+from superollama.client import Client
 
 __all__ = ["one_shot", "repl"]
 
@@ -15,9 +15,9 @@ HELP = """Commands:
   /?       this help"""
 
 
-def _answer(client: AdminClient, name: str, messages: list[dict[str, Any]]) -> str:
+def _answer(client: Client, name: str, messages: list[dict[str, Any]]) -> str:
     parts: list[str] = []
-    for delta in client.stream_chat({"model": name, "messages": messages, "stream": True}):
+    for delta in client.chat.stream(name, messages):
         parts.append(delta)
         sys.stdout.write(delta)
         sys.stdout.flush()
@@ -26,12 +26,12 @@ def _answer(client: AdminClient, name: str, messages: list[dict[str, Any]]) -> s
     return "".join(parts)
 
 
-def one_shot(client: AdminClient, name: str, prompt: str) -> None:
+def one_shot(client: Client, name: str, prompt: str) -> None:
     _answer(client, name, [{"role": "user", "content": prompt}])
 
 
-def repl(client: AdminClient, name: str) -> None:
-    client.request("GET", f"/v1/models/{name}")  # fail fast on an unknown model
+def repl(client: Client, name: str) -> None:
+    client.chat.model(name)  # fail fast on an unknown model
     messages: list[dict[str, Any]] = []
     while True:
         try:

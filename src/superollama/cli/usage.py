@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import click
-import orjson
 
-from superollama.cli.main import Context, api, cli, console, pass_ctx
-from superollama.cli.render import print_table
+from superollama.cli.main import Context, api, cli, console, json_option, pass_ctx
+from superollama.cli.render import print_json, print_table
 from superollama.telemetry.usage import REQUEST_COLUMNS, SUMMARY_COLUMNS, rows_csv
 
 __all__ = ["usage"]
@@ -33,15 +32,14 @@ def _num(value: Any, digits: int = 1) -> str:
 @click.option("--since", default="24h", show_default=True, help="Start: 30m, 24h, 7d, 2w or an ISO time.")
 @click.option("--until", help="End (exclusive): same forms as --since; default: now.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV output.")
-@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@json_option
 @pass_ctx
 @api
 def usage(ctx: Context, *, by: str, since: str, until: str | None, as_csv: bool, as_json: bool) -> None:
     """Requests, tokens, cost and latency from the usage ledger."""
-    params = {k: v for k, v in {"by": by, "since": since, "until": until}.items() if v}
-    rows: list[dict[str, Any]] = ctx.client.request("GET", "/admin/v1/usage", params=params)["rows"]
+    rows = ctx.client.usage.get(by=by, since=since, until=until or None)["rows"]
     if as_json:
-        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        print_json(rows)
         return
     if as_csv:
         click.echo(rows_csv(rows, REQUEST_COLUMNS if by == "request" else SUMMARY_COLUMNS), nl=False)

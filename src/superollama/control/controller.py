@@ -9,16 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from superollama.agent import LiveInstance, LocalAgent
+from superollama.agent import LiveInstance, NodeAgent
 from superollama.control.connections import ConnectionManager
 from superollama.control.routing import Route, RouteTarget, RoutingHolder, RoutingTable
 from superollama.core import Artifact, EventRecord, ModelRef, NameError_, Progress, VersionRecord
+from superollama.core.images import capabilities_of
+from superollama.core.routing import Deployment
 from superollama.errors import (
     InvalidModelName,
+    LoadTimeout,
     ModelExists,
     ModelInUse,
     ModelLoadFailed,
@@ -35,9 +39,6 @@ log = logging.getLogger("superollama.control")
 
 # Which runtime serves which artifact format when a version names none (the app refines it per node:
 # safetensors go to vLLM where it is installed and a GPU is present).
-DEFAULT_RUNTIMES: Mapping[str, str] = {"gguf": "llamacpp", "safetensors": "transformers"}
-
-
 _NO_DEADLINE = 24 * 3600.0
 
 
@@ -64,13 +65,10 @@ class Controller:
         registry: Registry,
         store: ModelStore,
         holder: RoutingHolder,
-        agent: LocalAgent | None = None,
+        agent: NodeAgent | None = None,
         connections: ConnectionManager | None = None,
-        *,
-        runtimes_by_format: Mapping[str, str] = DEFAULT_RUNTIMES,
     ) -> None:
         self._connections = connections
-        self._runtimes_by_format = dict(runtimes_by_format)
         self._registry = registry
         self._store = store
         self._holder = holder
@@ -79,10 +77,42 @@ class Controller:
         self._retiring: set[str] = set()  # versions being removed: out of routing, not started again
         self._background: set[asyncio.Task[bool]] = set()
         self._generation = 0
+        self._deployments: Callable[[], Iterable[Deployment]] = tuple
+        self._gates: dict[str, asyncio.Event] = {}  # versions whose load waits for another to stop
+        self._gate_waiters = 0
+        self._gate_timeout = 120.0
+        self._gate_queue = 512
 
     @property
     def registry(self) -> Registry:
         return self._registry
+
+    @property
+    def agent(self) -> NodeAgent | None:
+        return self._agent
+
+    @property
+    def holder(self) -> RoutingHolder:
+        return self._holder
+
+    def use_deployments(
+        self, source: Callable[[], Iterable[Deployment]], *, gate_timeout: float, gate_queue: int
+    ) -> None:
+        """Publish ``source()``'s deployments in every snapshot; requests held at a gate (``hold_loads``)
+        wait at most ``gate_timeout`` s, at most ``gate_queue`` of them at once (then 503 busy)."""
+        self._deployments = source
+        self._gate_timeout, self._gate_queue = gate_timeout, gate_queue
+
+    def hold_loads(self, version: str) -> asyncio.Event:
+        """Until the returned event is set, a request that needs ``version`` started waits (bounded)
+        instead of starting it: a swap that must stop the old instance before the new one fits."""
+        gate = self._gates.setdefault(version, asyncio.Event())
+        return gate
+
+    def release_loads(self, version: str) -> None:
+        gate = self._gates.pop(version, None)
+        if gate is not None:
+            gate.set()
 
     async def start(self) -> None:
         if self._agent is not None:
@@ -96,6 +126,23 @@ class Controller:
         self._versions = {v.name: v for v in await self._registry.versions.list()}
         self.republish()
 
+    async def reload(self) -> None:
+        """The change feed's reload: the catalog changed (through another gateway, or this one). Refresh,
+        then stop this node's instances of versions removed, renamed or disabled, in the background and
+        without a deadline: they are out of routing already, their requests in flight finish, idle ones
+        stop at once (an unload this gateway started itself is not started twice)."""
+        await self.refresh()
+        if self._agent is None:
+            return
+        for inst in self._agent.instances():
+            version = self._versions.get(inst.version)
+            if inst.state == "ready" and (version is None or not version.enabled):
+                why = "gone from the catalog" if version is None else "disabled"
+                unload = self._agent.unload(inst.version, reason=why, drain=_NO_DEADLINE)
+                task = asyncio.create_task(unload)
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
     def republish(self) -> None:
         routes = self._connections.routes() if self._connections is not None else []
         for v in self._versions.values():
@@ -106,9 +153,9 @@ class Controller:
             if inst is not None and inst.state == "ready":
                 targets = (RouteTarget(inst.id, inst.handle.endpoint),)
             created = int(v.created_at.timestamp()) if v.created_at else 0
-            routes.append(Route(v.name, v.name, v.enabled, created, targets))
+            routes.append(Route(v.name, v.name, v.enabled, created, targets, capabilities_of(v.metadata)))
         self._generation += 1
-        self._holder.publish(RoutingTable.build(routes, self._generation))
+        self._holder.publish(RoutingTable.build(routes, self._generation, self._deployments()))
 
     # -- use cases -------------------------------------------------------------------------------
     async def pull(
@@ -151,6 +198,41 @@ class Controller:
         await self.refresh()
         return await self._registry.versions.get(str(ref))
 
+    async def add_folder(
+        self,
+        name: str,
+        files: Mapping[str, Path],
+        *,
+        format: str,
+        metadata: Mapping[str, Any],
+        source: str,
+        actor: str = "api",
+    ) -> VersionRecord:
+        """A version made on this node (a fine-tuned adapter: ``files`` by their name in its folder) into
+        the store and the catalog, routable at once; ``ModelExists`` if the name is taken."""
+        ref = parse_name(name)
+        if await self._registry.versions.find(str(ref)) is not None:
+            raise ModelExists(f"model '{ref}' already exists", param="model")
+        manifest = await self._store.add_folder(ref, files, format=format, metadata=metadata, source=source)
+        record = VersionRecord(
+            name=str(ref),
+            model=ref.family,
+            tag=ref.tag,
+            format=manifest.format,
+            digest=manifest.model_layer.digest,
+            size=manifest.size,
+            source=source,
+            metadata=dict(manifest.metadata),
+        )
+        try:
+            await self._registry.versions.add(record)
+        except BaseException:
+            await self._store.remove(ref)
+            raise
+        await self._event("model.create", str(ref), actor, "ok", {"source": source})
+        await self.refresh()
+        return await self._registry.versions.get(str(ref))
+
     async def _pull_existing(
         self,
         existing: VersionRecord,
@@ -170,14 +252,19 @@ class Controller:
         await self._event("model.pull", existing.name, actor, "ok", {"source": source, "unchanged": True})
         return existing
 
-    async def copy(self, source: str, destination: str, *, actor: str = "api") -> VersionRecord:
-        """A new name on the same blobs (no bytes copied); enabled, routable at once."""
+    async def copy(
+        self, source: str, destination: str, *, actor: str = "api", runtime: str | None = None
+    ) -> VersionRecord:
+        """A new name on the same blobs (no bytes copied); enabled, routable at once; ``runtime``: the copy
+        is served by that runtime (e.g. an adapter by llama.cpp rather than transformers)."""
         version = await self._get(source)
         dst = parse_name(destination)
         if await self._registry.versions.find(str(dst)) is not None:
             raise ModelExists(f"model '{dst}' already exists", param="destination")
         await self._store.copy(ModelRef.parse(version.name), dst)
         record = replace(version, name=str(dst), model=dst.family, tag=dst.tag, enabled=True, created_at=None)
+        if runtime is not None:
+            record = replace(record, runtime=runtime)
         try:
             await self._registry.versions.add(record)
         except BaseException:
@@ -330,20 +417,50 @@ class Controller:
             )
         if self._agent is None:
             raise ModelLoadFailed("this process runs no node agent")
+        gate = self._gates.get(route.version)
+        if gate is not None:
+            await self._wait_at(gate, route.version)
         version = self._versions.get(route.version)
         if version is None or version.name in self._retiring or not version.enabled:
             raise ModelNotFound(f"model {route.name!r} not found", param="model")
+        stored = self._store.artifact(ModelRef.parse(version.name))  # its files on this node
         artifact = Artifact(
             name=version.name,
             format=version.format,
-            path=self._store.model_path(ModelRef.parse(version.name)),
-            metadata=version.metadata,
+            path=stored.path,
+            metadata=self._with_base(version),
+            projector=stored.projector,
         )
-        runtime = version.runtime or self._runtimes_by_format.get(version.format)
-        if runtime is None:
-            raise ModelLoadFailed(f"no runtime serves the {version.format!r} format yet")
+        runtime = version.runtime or await self._agent.runtime_for(artifact)
         inst = await self._agent.ensure(artifact, runtime)
         return RouteTarget(inst.id, inst.handle.endpoint)
+
+    def _with_base(self, version: VersionRecord) -> Mapping[str, Any]:
+        """An adapter version (``metadata["adapter"]``: a LoRA of ``metadata["base"]``) carries where its
+        base's files are on this node (``base_path``, ``base_format``): a runtime loads both."""
+        base_name = version.metadata.get("base") if version.metadata.get("adapter") else None
+        if not isinstance(base_name, str):
+            return version.metadata
+        base = self._versions.get(base_name)
+        if base is None:
+            raise ModelLoadFailed(f"{version.name} is an adapter of {base_name}, which is not in the catalog")
+        path = self._store.model_path(ModelRef.parse(base.name))
+        return {**version.metadata, "base_path": str(path), "base_format": base.format}
+
+    async def _wait_at(self, gate: asyncio.Event, version: str) -> None:
+        if self._gate_waiters >= self._gate_queue:
+            raise Unavailable(
+                f"server busy: {version} is waiting for a swap; too many requests queued", retry_after=1
+            )
+        self._gate_waiters += 1
+        try:
+            await asyncio.wait_for(gate.wait(), self._gate_timeout)
+        except TimeoutError:
+            raise LoadTimeout(
+                f"model {version!r} is still waiting for a swap to finish", retry_after=5
+            ) from None
+        finally:
+            self._gate_waiters -= 1
 
     async def replace(self, route: Route, failed: str, *, reached: bool) -> RouteTarget | None:
         """A ready target in place of instance ``failed``, which a request could not get an answer from, when

@@ -47,20 +47,50 @@ class _Running:
 
 
 class JobManager:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, *, owner: str | None = None, shared: bool = False) -> None:
+        """``owner``: the gateway that runs the jobs submitted here (recorded with each). ``shared``: other
+        gateways share the registry (Postgres), so a job listed as running may be another's, alive: only
+        the reconciler leader ends those, and only once their gateway is dead (``end_orphans``)."""
         self._registry = registry
+        self._owner = owner
+        self._shared = shared
         self._running: dict[str, _Running] = {}
         self._unsaved: dict[str, JobRecord] = {}  # ended here, not recorded yet (the registry refused)
         self._resaving: set[asyncio.Task[None]] = set()
         self._closing = False
 
     async def start(self) -> None:
-        """Jobs a previous server left running did not finish: say so (nothing half-done is listed)."""
+        """Jobs a previous server left running did not finish: say so (nothing half-done is listed). With a
+        shared registry, only this gateway's own (a restarted gateway keeps its id): the leader ends those
+        of dead gateways."""
+        if self._shared:
+            if self._owner is not None:
+                for job in await self._registry.cluster.end_orphan_jobs(
+                    (), lambda _owner: "the server stopped before the job finished", owner=self._owner
+                ):
+                    await self._event(job, "failed", {"error": "server restarted"})
+            return
         for job in await self._registry.jobs.list(states=[JobState.RUNNING], limit=10_000):
             await self._registry.jobs.update(
                 job.id, state=JobState.FAILED, error="the server stopped before the job finished"
             )
             await self._event(job, "failed", {"error": "server restarted"})
+
+    async def end_orphans(self, alive: set[str], *, leader: str) -> list[JobRecord]:
+        """The leader's duty: every job left ``running`` by a gateway not in ``alive`` ends ``failed``
+        with a reason that names it (never stuck ``running``)."""
+
+        def reason(owner: str | None) -> str:
+            who = f"gateway {owner}" if owner else "the server"
+            return (
+                f"{who} running this job stopped before it finished (ended by the reconciler leader "
+                f"{leader}); run it again (a pull resumes from its partial files)"
+            )
+
+        ended = await self._registry.cluster.end_orphan_jobs(alive, reason)
+        for job in ended:
+            await self._event(job, "failed", {"error": job.error, "orphan": True})
+        return ended
 
     async def close(self) -> None:
         self._closing = True
@@ -91,7 +121,8 @@ class JobManager:
         record = await self._registry.jobs.add(
             JobRecord(
                 id=f"job-{uuid.uuid4().hex[:12]}", kind=kind, target=target, actor=actor, params=params or {}
-            )
+            ),
+            owner=self._owner,
         )
         running = self._running[record.id] = _Running(record)
         running.task = asyncio.create_task(self._run(running, work), name=f"{kind} {target}")

@@ -10,7 +10,7 @@ from superollama.core.credentials import (
     split_url,
 )
 from superollama.core.names import DEFAULT_TAG, ModelRef, NameError_
-from superollama.core.seams import InstanceHandle, Provider, Runtime
+from superollama.core.seams import InstanceHandle, NodeAwareRuntime, Provider, Runtime
 from superollama.core.types import (
     MEDIA_MODEL,
     MEDIA_TEMPLATE,
@@ -51,6 +51,7 @@ __all__ = [
     "Manifest",
     "ModelRef",
     "NameError_",
+    "NodeAwareRuntime",
     "NodeRecord",
     "Progress",
     "Provider",

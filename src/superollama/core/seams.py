@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from superollama.core.types import Artifact, Endpoint, InstanceRecord, InstanceSpec
 
-__all__ = ["InstanceHandle", "Provider", "Runtime"]
+__all__ = ["InstanceHandle", "NodeAwareRuntime", "Provider", "Runtime"]
 
 
 @runtime_checkable
@@ -47,6 +48,16 @@ class Runtime(Protocol):
     async def adopt(self, record: InstanceRecord) -> InstanceHandle | None:
         """Deal with a process left by an earlier agent: return a handle to keep it, or stop it and return
         None (clean replacement)."""
+        ...
+
+
+@runtime_checkable
+class NodeAwareRuntime(Protocol):
+    """A runtime that serves only on some nodes (a GPU, a package installed): asked before it is chosen.
+    A runtime without ``suits`` suits every node."""
+
+    async def suits(self, inventory: Mapping[str, Any]) -> bool:
+        """Whether this node (its ``NodeRecord.inventory``: cpus, memory, devices) can run this runtime."""
         ...
 
 

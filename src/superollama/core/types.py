@@ -78,6 +78,7 @@ class Artifact:
     format: str
     path: Path
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    projector: Path | None = None  # a GGUF vision model's projector (``mmproj``) file, when it has one
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,10 @@ class Endpoint:
     routing snapshot, to replica workers too). ``credential`` names the credential (a connection's name)
     the sender attaches at send time from its own process (``core.credentials``). ``stream_usage``: the
     backend takes ``stream_options.include_usage``, so every stream asks it for usage (metering); False
-    for a server that rejects the field (a connection's ``--no-stream-usage``)."""
+    for a server that rejects the field (a connection's ``--no-stream-usage``). ``server_kind``: a
+    connection's kind ("openai", "ollama", "tgi"), for the routes it serves in a protocol of its own
+    (rerank: TEI's ``/rerank``; an Ollama client's requests to an "ollama" one go to its ``/api/*``
+    untranslated); None for the instances we run."""
 
     base_url: str
     provider: str
@@ -124,6 +128,7 @@ class Endpoint:
     headers: tuple[tuple[str, str], ...] = ()
     stream_usage: bool = True
     credential: str | None = None
+    server_kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -282,6 +287,8 @@ class RequestRecord:
     key_id: str | None = None
     key_prefix: str | None = None
     version: str | None = None  # the version that served it (a deployment target)
+    deployment: str | None = None  # the deployment stage it was routed through ("chat", "chat@staging")
+    target: str | None = None  # that deployment's target which answered (a version or connection model)
     instance: str | None = None  # instance id, or None for a connection
     connection: str | None = None
     node: str | None = None
@@ -290,6 +297,7 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     usage_estimated: bool = False  # the backend reported no usage: tokens are our estimate
+    search_units: int | None = None  # rerank: Cohere's billing unit (a query over up to 100 documents)
     cost: float | None = None
     error_type: str | None = None  # e.g. "upstream_error", "rate_limited", "model_not_found"
     error: str | None = None

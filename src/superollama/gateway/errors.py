@@ -1,6 +1,7 @@
 """Render every failure at the edge in the client's protocol, with the right status.
 
-One middleware: our error tree → OpenAI's envelope (``/api/*`` → Ollama's ``{"error": "..."}``);
+One middleware: our error tree → OpenAI's envelope (``/api/*`` → Ollama's ``{"error": "..."}``,
+``/v1/messages*`` → Anthropic's ``{"type": "error", "error": {"type", "message"}}``);
 aiohttp's own HTTP errors (404 route, 405, 413 body too large) get the same shapes; anything else is a
 500 with a generic message and a logged traceback — never a crashed server.
 """
@@ -15,17 +16,25 @@ from aiohttp import web
 
 from superollama.errors import InvalidRequest, NotFound, PayloadTooLarge, SuperOllamaError
 from superollama.gateway.exchange import exchange_of
+from superollama.wire import anthropic
 from superollama.wire.openai import error_body
 
-__all__ = ["error_middleware", "error_response"]
+__all__ = ["ANTHROPIC_PREFIX", "error_middleware", "error_response"]
+
+ANTHROPIC_PREFIX = "/v1/messages"  # the Anthropic Messages API: its own error envelope
 
 log = logging.getLogger("superollama.gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(exc: SuperOllamaError, *, ollama: bool = False) -> web.Response:
-    body = {"error": exc.message} if ollama else error_body(exc)
+def error_response(
+    exc: SuperOllamaError, *, ollama: bool = False, anthropic_api: bool = False
+) -> web.Response:
+    if anthropic_api:
+        body = anthropic.error_body(exc)
+    else:
+        body = {"error": exc.message} if ollama else error_body(exc)
     headers = dict(exc.headers)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
@@ -47,6 +56,8 @@ def _from_http(exc: web.HTTPException) -> SuperOllamaError:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     ollama = request.path.startswith("/api/")
+    if request.path.startswith(ANTHROPIC_PREFIX):
+        ollama = False
     try:
         return await handler(request)
     except SuperOllamaError as exc:
@@ -66,4 +77,4 @@ def _render(request: web.Request, exc: SuperOllamaError, ollama: bool) -> web.Re
     ex = exchange_of(request)
     if ex is not None:
         ex.error_type, ex.error = exc.code or exc.type, exc.message
-    return error_response(exc, ollama=ollama)
+    return error_response(exc, ollama=ollama, anthropic_api=request.path.startswith(ANTHROPIC_PREFIX))

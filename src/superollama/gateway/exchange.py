@@ -29,13 +29,15 @@ class Observer(Protocol):
 @dataclass(slots=True, eq=False)
 class Exchange:
     request_id: str
-    protocol: str  # "openai", "ollama", "admin"
+    protocol: str  # "openai", "ollama", "anthropic", "admin"
     started_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
     principal: Principal | None = None
     operation: str = ""
     model: str | None = None
     version: str | None = None
+    deployment: str | None = None  # set when routed through a deployment (per-target window stats)
+    target: str | None = None  # the deployment's target (route name) that answered
     instance: str | None = None
     connection: str | None = None
     stream: bool = False
@@ -45,12 +47,14 @@ class Exchange:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     usage_estimated: bool = False  # tokens are our estimate: the backend reported none
+    search_units: int | None = None  # rerank's billing unit
     error_type: str | None = None
     error: str | None = None
     headers: dict[str, str] = field(default_factory=dict)  # added to the response when it starts
     capture: bool = False  # keep prompts and outputs (only when the operator turned capture on)
     input: Any = None
     output: Any = None
+    body: dict[str, Any] | None = None  # the request body as the request hooks left it (gateway/hooks.py)
 
     def mark_first_byte(self) -> None:
         if self.first_byte is None:
@@ -80,6 +84,8 @@ class Exchange:
             key_id=p.key_id if p else None,
             key_prefix=p.prefix if p else None,
             version=self.version,
+            deployment=self.deployment,
+            target=self.target,
             instance=self.instance,
             connection=self.connection,
             node=None if self.connection else node,
@@ -88,6 +94,7 @@ class Exchange:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             usage_estimated=self.usage_estimated,
+            search_units=self.search_units,
             error_type=self.error_type,
             error=self.error,
             client=client,

@@ -2,9 +2,9 @@
 when the request ends — one ``RequestRecord`` for telemetry and the rate limiter's settlement.
 
 Who may call what is decided here, by the key's role: ``/admin/*`` needs an admin key; ``/metrics``
-needs a key with the admin or metrics role wherever the data plane needs a key; ``/v1/*`` and
-``/api/*`` take any key but a metrics key. ``/metrics`` is recognised by the route that matched, not by
-the path's spelling.
+needs a key with the admin or metrics role wherever the data plane needs a key; ``/v1/*``, ``/v2/*``
+(rerank) and ``/api/*`` take any key but a metrics key. ``/metrics`` is recognised by the route that
+matched, not by the path's spelling.
 
 It sits outside the error middleware, so it sees the status the client got. Nothing here awaits I/O on
 the way in (the key check is an in-memory lookup); settlements run after the response, one task per
@@ -33,7 +33,13 @@ log = logging.getLogger("superollama.gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_PREFIXES = (("/v1/", "openai"), ("/api/", "ollama"), ("/admin/", "admin"))
+_PREFIXES = (
+    ("/v1/messages", "anthropic"),
+    ("/v1/", "openai"),
+    ("/v2/", "openai"),  # Cohere's /v2/rerank: the OpenAI edge's keys, limits and error shape
+    ("/api/", "ollama"),
+    ("/admin/", "admin"),
+)
 METRICS_PATH = "/metrics"
 
 
@@ -77,14 +83,18 @@ class RequestMiddleware:
         try:
             if protocol == "admin":
                 security = self._security
-                ex.principal = security.authenticate(request.headers, required=security.admin_required)
-                security.require_admin(ex.principal)
+                ex.principal = security.authenticate_request(
+                    request.method, request.headers, request.cookies, required=security.admin_required
+                )
+                security.require_admin(ex.principal, request.method)
             else:
-                ex.principal = self._security.authenticate(request.headers)
+                ex.principal = self._security.authenticate_request(
+                    request.method, request.headers, request.cookies
+                )
                 self._security.require_models(ex.principal)
         except SuperOllamaError as exc:
             ex.error_type, ex.error = exc.code or exc.type, exc.message
-            rejected = error_response(exc, ollama=protocol == "ollama")
+            rejected = error_response(exc, ollama=protocol == "ollama", anthropic_api=protocol == "anthropic")
             self._finish(request, ex, rejected.status)
             return rejected
         self._observer.inflight(1)
@@ -165,5 +175,7 @@ async def add_exchange_headers(request: web.Request, response: web.StreamRespons
     ex = exchange_of(request)
     if ex is not None:
         response.headers["X-Request-Id"] = ex.request_id
+        if ex.protocol == "anthropic":
+            response.headers["request-id"] = ex.request_id  # what the Anthropic SDKs read
         for name, value in ex.headers.items():
             response.headers.setdefault(name, value)

@@ -19,7 +19,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from superollama.control import ConnectionManager, RoutingHolder
+from superollama.control import ConnectionManager
+from superollama.core.routing import RoutingHolder
 from superollama.errors import InvalidRequest
 from superollama.gateway.responses import json_response as _json
 from superollama.wire import ollama as wire

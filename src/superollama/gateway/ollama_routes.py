@@ -1,15 +1,15 @@
 """``/api/*``: the Ollama API on the data plane, for every model, translated to the OpenAI API backends speak.
 
 Inference (chat, generate, embed, embeddings) shares the OpenAI edge's path — route → pick (or start) an
-instance → count it in flight — and translates with the pure converters of ``wire.ollama``; answers
-stream as NDJSON (``stream`` defaults to true), ending with the stats object. ``keep_alive`` sets how
-long the instance stays after the request (an empty prompt or messages only loads or unloads it).
-``/api/generate`` renders its prompt itself when it can (llama.cpp's ``/apply-template``, or the request's
-own ``template``) and completes it with ``/v1/completions``, so ``context`` works both ways (llama.cpp's
-``/detokenize`` and ``/tokenize``); with images, or a backend without those routes, it is a chat.
-Model management (tags, ps, show, pull, copy, delete) goes through the controller like the admin API;
-for a connection's model (``CONNECTION/MODEL``) show, pull, copy and delete are answered by its server
-(``ollama_connections``).
+instance → count it in flight; for chat, the route's fallbacks when it fails — and translates with the pure
+converters of ``wire.ollama``; answers stream as NDJSON (``stream`` defaults to true), ending with the stats
+object. ``keep_alive`` sets how long the instance stays after the request (an empty prompt or messages only
+loads or unloads it). ``/api/generate`` renders its prompt itself when it can (llama.cpp's
+``/apply-template``, or the request's own ``template``) and completes it with ``/v1/completions``, so
+``context`` works both ways (llama.cpp's ``/detokenize`` and ``/tokenize``); with images, or a backend without
+those routes, it is a chat. Model management (tags, ps, show, pull, copy, delete) goes through the controller
+like the admin API; for a connection's model (``CONNECTION/MODEL``) show, pull, copy and delete are answered
+by its server (``ollama_connections``).
 
 A key limited to some models sees only those: any other name gets the missing-model answer on every route
 (``/api/show`` included, before the catalog or a connection is asked), and ``/api/tags`` and ``/api/ps``
@@ -23,7 +23,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,16 +31,21 @@ import orjson
 from aiohttp import web
 
 from superollama import __version__
-from superollama.control import ConnectionManager, Controller, Route
+from superollama.control import ConnectionManager, Controller
 from superollama.core import CredentialSource, Progress
+from superollama.core.routing import Route
 from superollama.errors import InvalidRequest, ModelNotFound, NotFound, SuperOllamaError
 from superollama.gateway.exchange import exchange_of, principal_of
-from superollama.gateway.h1 import H1Client
 from superollama.gateway.lease import Lease
 from superollama.gateway.ollama_connections import ConnectionModels
+from superollama.gateway.ollama_native import NATIVE_OLLAMA, OllamaNative
 from superollama.gateway.openai_routes import ModelTargets, read_json
 from superollama.gateway.responses import json_response as _json
 from superollama.gateway.seams import InstanceAccounting
+from superollama.gateway.shadow import NO_SHADOW, ShadowTap
+from superollama.gateway.translated import CHAT
+from superollama.gateway.translated import meter as _meter
+from superollama.gateway.transport import Mounts, Transport
 from superollama.gateway.upstream import Upstream
 from superollama.gateway.usage_estimate import estimate_text
 from superollama.wire import ollama as wire
@@ -53,6 +58,7 @@ _NDJSON = {"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache", 
 _BATCH = re.compile(r"too large|exceeds", re.I)
 _BATCH_SIZE = re.compile(r"batch size: (\d+)")
 Context = Callable[[str], Awaitable[list[int] | None]]
+EMBED = "/v1/embeddings"
 MISSING = "model '{name}' not found"  # Ollama's words; a model outside the key's scope gets them too
 
 
@@ -62,17 +68,21 @@ class OllamaRoutes:
         targets: ModelTargets,
         controller: Controller | None,
         agent: InstanceAccounting,
-        backends: H1Client,
+        backends: Mounts | Transport,
         timeout: float,
         *,
         connections: ConnectionManager | None = None,
         credentials: CredentialSource | None = None,
+        first_token_timeout: float | None = None,
+        shadow: ShadowTap | None = None,
     ) -> None:
         self._targets = targets
+        self._shadow = shadow if shadow is not None else NO_SHADOW  # copies to a deployment's shadow
         self._catalog = controller  # None in a replica worker: model management is the primary's
         self._agent = agent
-        self._up = Upstream(backends, timeout, credentials)
+        self._up = Upstream(backends, timeout, credentials, first_token_timeout=first_token_timeout)
         self._remote = ConnectionModels(connections, targets.holder)
+        self._native = OllamaNative(self._up)  # an Ollama connection gets Ollama's API untranslated
         self._background: set[asyncio.Task[None]] = set()  # pulls whose client went away finish anyway
 
     def register(self, app: web.Application, *, management: bool = True) -> None:
@@ -108,28 +118,62 @@ class OllamaRoutes:
         if not payload["messages"]:
             reason = await self._load_or_unload(route, keep)
             return _json(wire.done_object(model, _now(), reason, chat=True))
-        async with self._serve(request, body, route, keep, "chat") as (target, load_ns):
-            payload["model"] = target.endpoint.served_name
-            path = "/v1/chat/completions"
-            if payload["stream"]:
-                translator = wire.StreamTranslator(model, chat=True)
-                return await self._stream(request, target, path, payload, translator, t0=t0, load_ns=load_ns)
-            sent = time.perf_counter_ns()
-            resp = await self._up.post(target, path, payload)
-            _meter(request, resp)
-            return _json(wire.chat_response(resp, model, _now(), _timing(t0, load_ns, sent)))
+        await self._targets.images.prepare(route, payload, model=model)
+        await self._targets.admit(request, route, body, "chat")
+
+        async def attempt(current: Route, more: bool) -> web.StreamResponse:
+            async with self._serve(current, keep, request, elsewhere=more) as (target, load_ns):
+                if target.endpoint.server_kind == NATIVE_OLLAMA:
+                    return await self._native.relay(
+                        request, target, "/api/chat", body, model, stream=payload["stream"]
+                    )
+                payload["model"] = target.endpoint.served_name
+                if payload["stream"]:
+                    translator = wire.StreamTranslator(model, chat=True)
+                    return await self._stream(
+                        request, target, CHAT, payload, translator, t0=t0, load_ns=load_ns
+                    )
+                sent = time.perf_counter_ns()
+                resp = await self._up.post(target, CHAT, payload)
+                _meter(request, resp)
+                return _json(wire.chat_response(resp, model, _now(), _timing(t0, load_ns, sent)))
+
+        answer = self._targets.with_fallbacks(request, route, attempt)
+        return await self._shadow.around(request, route, CHAT, payload, answer)
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter_ns()
         body = await read_json(request)
         model, keep = wire.model_name(body), wire.parse_keep_alive(body.get("keep_alive"))
         raw, context = wire.generate_flags(body)
-        wire.generate_chat_request(body, "")  # checks prompt, system, images, options, format, stream
+        checked = wire.generate_chat_request(body, "")  # checks prompt, system, images, options, format …
         route = self._route(request, model)
         if not body.get("prompt"):
             reason = await self._load_or_unload(route, keep)
             return _json(wire.done_object(model, _now(), reason, chat=False))
-        async with self._serve(request, body, route, keep, "text_completion") as (target, load_ns):
+        await self._targets.images.prepare(route, checked, model=model)
+        await self._targets.admit(request, route, body, "text_completion")
+        # a shadow gets the chat form (any backend takes it; the template is the shadow model's own)
+        answer = self._generate(request, route, body, model=model, keep=keep, raw=raw, context=context, t0=t0)
+        return await self._shadow.around(request, route, CHAT, checked, answer)
+
+    async def _generate(
+        self,
+        request: web.Request,
+        route: Route,
+        body: dict[str, Any],
+        *,
+        model: str,
+        keep: float | None,
+        raw: bool,
+        context: list[int] | None,
+        t0: int,
+    ) -> web.StreamResponse:
+        async with self._serve(route, keep, request) as (target, load_ns):
+            if target.endpoint.server_kind == NATIVE_OLLAMA:
+                return await self._native.relay(
+                    request, target, "/api/generate", body, model, stream=wire.is_stream(body)
+                )
             served = target.endpoint.served_name
             prompt = await self._prompt(target, body, raw, context)
             if prompt is None:
@@ -148,7 +192,7 @@ class OllamaRoutes:
             tokens = await want(wire.response_text(resp)) if want else None
             return _json(wire.generate_response(resp, model, _now(), _timing(t0, load_ns, sent), tokens))
 
-    async def embed(self, request: web.Request) -> web.Response:
+    async def embed(self, request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter_ns()
         body = await read_json(request)
         model, keep = wire.model_name(body), wire.parse_keep_alive(body.get("keep_alive"))
@@ -161,14 +205,34 @@ class OllamaRoutes:
         if not inputs:
             await self._load_or_unload(route, keep)
             return _json(wire.embed_response({}, model, wire.Timing(time.perf_counter_ns() - t0)))
-        async with self._serve(request, body, route, keep, "embeddings") as (target, load_ns):
+        await self._targets.admit(request, route, body, "embeddings")
+        answer = self._embed_answer(
+            request, route, body, payload, model=model, keep=keep, truncate=truncate, t0=t0
+        )
+        return await self._shadow.around(request, route, EMBED, payload, answer)
+
+    async def _embed_answer(
+        self,
+        request: web.Request,
+        route: Route,
+        body: dict[str, Any],
+        payload: dict[str, Any],
+        *,
+        model: str,
+        keep: float | None,
+        truncate: bool,
+        t0: int,
+    ) -> web.StreamResponse:
+        async with self._serve(route, keep, request) as (target, load_ns):
+            if target.endpoint.server_kind == NATIVE_OLLAMA:
+                return await self._native.relay(request, target, "/api/embed", body, model, stream=False)
             payload["model"] = target.endpoint.served_name
             resp = await self._embed(target, payload, truncate)
             _meter(request, resp)
         timing = wire.Timing(time.perf_counter_ns() - t0, load_ns)
         return _json(wire.embed_response(resp, model, timing, payload.get("dimensions")))
 
-    async def embeddings(self, request: web.Request) -> web.Response:
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
         """The legacy ``/api/embeddings``: one ``prompt`` → one ``embedding``."""
         body = await read_json(request)
         model, keep = wire.model_name(body), wire.parse_keep_alive(body.get("keep_alive"))
@@ -177,8 +241,25 @@ class OllamaRoutes:
         if not inputs:
             await self._load_or_unload(route, keep)
             return _json({"embedding": []})
-        async with self._serve(request, body, route, keep, "embeddings") as (target, _):
-            payload = wire.embed_request(inputs, target.endpoint.served_name)
+        await self._targets.admit(request, route, body, "embeddings")
+        payload = wire.embed_request(inputs, "")  # built once: the backend's request and a shadow's copy
+        answer = self._legacy_embedding(request, route, body, payload, model=model, keep=keep)
+        return await self._shadow.around(request, route, EMBED, payload, answer)
+
+    async def _legacy_embedding(
+        self,
+        request: web.Request,
+        route: Route,
+        body: dict[str, Any],
+        payload: dict[str, Any],
+        *,
+        model: str,
+        keep: float | None,
+    ) -> web.StreamResponse:
+        async with self._serve(route, keep, request) as (target, _):
+            if target.endpoint.server_kind == NATIVE_OLLAMA:
+                return await self._native.relay(request, target, "/api/embeddings", body, model, stream=False)
+            payload["model"] = target.endpoint.served_name
             resp = await self._embed(target, payload, truncate=True)
             _meter(request, resp)
         return _json({"embedding": wire.embeddings(resp)[0]})
@@ -190,6 +271,9 @@ class OllamaRoutes:
         versions = [v for v in await self._controller.list_versions(enabled=True) if v.name in visible]
         models = [wire.tag_entry(v) for v in versions]
         models += [wire.connection_tag_entry(r.name, r.created) for r in routes if r.connection is not None]
+        models += [
+            wire.connection_tag_entry(d.name, d.created) for d in self._targets.visible_deployments(request)
+        ]
         return _json({"models": sorted(models, key=lambda m: str(m["name"]))})
 
     async def ps(self, request: web.Request) -> web.Response:
@@ -207,6 +291,11 @@ class OllamaRoutes:
     async def show(self, request: web.Request) -> web.Response:
         name = wire.model_name(await read_json(request))
         principal = principal_of(request)
+        dep = self._targets.holder.table.deployment(name)
+        if dep is not None:  # a deployment shows as the version most of its traffic goes to
+            if not self._targets.security.may_see(principal, dep.name) or not dep.choices:
+                raise ModelNotFound(MISSING.format(name=name), param="model")
+            principal, name = None, max(dep.choices, key=lambda c: dep.weight_of(c.name)).name
         if principal is not None and principal.scoped and self._targets.find(principal, name) is None:
             # a key limited to some models: any other name is answered as missing, without asking
             # the catalog or a connection's server (whose answers would tell the two apart)
@@ -282,17 +371,18 @@ class OllamaRoutes:
         self._targets.security.require_admin(ex.principal if ex is not None else None)
 
     def _route(self, request: web.Request, name: str) -> Route:
-        return self._targets.route(principal_of(request), name, MISSING, "model '{name}' is disabled")
+        return self._targets.route(
+            principal_of(request), name, MISSING, "model '{name}' is disabled", request=request
+        )
 
     @contextlib.asynccontextmanager
     async def _serve(
-        self, request: web.Request, body: dict[str, Any], route: Route, keep: float | None, operation: str
+        self, route: Route, keep: float | None, request: web.Request, *, elsewhere: bool = False
     ) -> AsyncIterator[tuple[Lease, int]]:
-        """Admit the request, then a ready instance for it (its load time in ns); ``keep_alive`` applies
-        after it."""
-        await self._targets.admit(request, route, body, operation)
+        """A ready instance for an admitted request (its load time in ns); ``keep_alive`` applies after
+        it; ``elsewhere``: the request has a fallback (``ModelTargets.pick``)."""
         t = time.perf_counter_ns()
-        async with self._targets.hold(route, request) as target:
+        async with self._targets.hold(route, request, elsewhere=elsewhere) as target:
             try:
                 yield target, time.perf_counter_ns() - t
             finally:
@@ -418,13 +508,3 @@ def _now() -> str:
 
 def _line(obj: Any) -> bytes:
     return orjson.dumps(obj) + b"\n"
-
-
-def _meter(request: web.Request, response: Mapping[str, Any]) -> None:
-    """Record the backend's token usage on the request's exchange (for limits, usage and metrics)."""
-    ex = exchange_of(request)
-    usage = response.get("usage")
-    if ex is not None and isinstance(usage, Mapping):
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
-        if isinstance(prompt, int) and isinstance(completion, int):
-            ex.usage((prompt, completion))

@@ -1,47 +1,89 @@
 """Relay a request to a backend that speaks the client's protocol: rewrite ``model``, stream bytes through.
 
-The upstream call runs on the data plane's own keep-alive HTTP/1.1 client (``h1``). A client that
-disconnects cancels the handler (``handler_cancellation``), which closes the upstream connection, which
-makes the backend stop generating.
+The upstream call goes through the transport mounted for the endpoint (``transport.Mounts``: our own
+``h1`` client for instances we run). A client that disconnects cancels the handler
+(``handler_cancellation``), which closes the upstream connection, which makes the backend stop generating.
 A backend that dies mid-stream gives the client one SSE ``error`` event, then the stream closes.
+
+Timeouts: ``timeout`` bounds the whole exchange; ``first_token_timeout`` bounds a stream's wait for its
+first event (from the send), and ends it with a 504 before the client has seen a byte. With
+``fallback=True`` (the caller has another route to try), an answer that a fallback may do better with —
+a 5xx, or a context-length error — is not sent but raised as ``Declined`` with the response it would
+have been; failures before the first byte are raised (``UpstreamError``) either way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from superollama.core import CredentialSource
-from superollama.errors import UpstreamError
+from superollama.errors import UpstreamError, UpstreamTimeout
 from superollama.gateway.exchange import Exchange, exchange_of
-from superollama.gateway.h1 import H1Client, H1Response
 from superollama.gateway.lease import Lease
+from superollama.gateway.transport import BackendResponse, Mounts, Transport
 from superollama.gateway.upstream import UPSTREAM_DOWN, describe_failure, post_to_backend
 from superollama.gateway.usage_estimate import estimate_answer, estimate_stream
 from superollama.wire.openai import error_body, find_usage
 
-__all__ = ["Relay"]
+__all__ = ["Declined", "Relay", "too_long"]
 
 log = logging.getLogger("superollama.gateway.relay")
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = b"data: [DONE]\n\n"
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_CONTEXT_EXCEEDED = re.compile(
+    rb"context_length_exceeded|exceed_context_size|maximum context length|context length|too many tokens",
+    re.I,
+)
+
+
+def too_long(message: str | bytes) -> bool:
+    """Whether a backend's error says the prompt does not fit its context (a fallback may take it)."""
+    raw = message.encode() if isinstance(message, str) else message
+    return _CONTEXT_EXCEEDED.search(raw) is not None
+
+
+class Declined(Exception):
+    """The backend answered an error a fallback may do better with; ``response`` is that answer, rendered."""
+
+    def __init__(self, response: web.Response, reason: str) -> None:
+        super().__init__(reason)
+        self.response = response
+        self.reason = reason
 
 
 class Relay:
-    def __init__(self, client: H1Client, timeout: float, credentials: CredentialSource | None = None) -> None:
+    def __init__(
+        self,
+        client: Mounts | Transport,
+        timeout: float,
+        credentials: CredentialSource | None = None,
+        *,
+        first_token_timeout: float | None = None,
+    ) -> None:
         """``credentials``: where a target's credential is found at send time (this process's store)."""
-        self._client = client
+        self._client = client if isinstance(client, Mounts) else Mounts(client)
         self._timeout = timeout
         self._credentials = credentials
+        self._first_token = first_token_timeout
 
     async def forward(
-        self, request: web.Request, target: Lease, path: str, body: dict[str, Any], stream: bool
+        self,
+        request: web.Request,
+        target: Lease,
+        path: str,
+        body: dict[str, Any],
+        stream: bool,
+        *,
+        fallback: bool = False,
     ) -> web.StreamResponse:
         ex = exchange_of(request)
         strip_usage = False
@@ -52,19 +94,37 @@ class Relay:
             if not (isinstance(options, dict) and options.get("include_usage")):
                 body["stream_options"] = {**(options or {}), "include_usage": True}
                 strip_usage = True
+        deadline = None
+        if stream and self._first_token is not None:
+            deadline = asyncio.get_running_loop().time() + self._first_token
+        first_token = asyncio.timeout_at(deadline)
         try:
-            upstream = await post_to_backend(
-                self._client, target, path, orjson.dumps(body), self._timeout, credentials=self._credentials
-            )
+            async with first_token:
+                upstream = await post_to_backend(
+                    self._client,
+                    target,
+                    path,
+                    orjson.dumps(body),
+                    self._timeout,
+                    credentials=self._credentials,
+                )
             async with upstream:
                 if upstream.status >= 400:
-                    return await _upstream_error(upstream)
+                    response, retriable = await _upstream_error(upstream)
+                    if fallback and retriable:
+                        raise Declined(response, f"HTTP {upstream.status}")
+                    return response
                 if stream and upstream.content_type == "text/event-stream":
+                    chunks = upstream.iter_any()
+                    if deadline is not None:
+                        chunks = await _first_in_time(chunks, deadline)
                     kept: list[bytes] | None = [] if ex is not None and ex.connection is not None else None
-                    response = await _relay_stream(request, upstream, target, ex, strip_usage, kept=kept)
+                    streamed = await _relay_stream(
+                        request, chunks, upstream, target=target, ex=ex, strip_usage=strip_usage, kept=kept
+                    )
                     if kept is not None and ex is not None and ex.prompt_tokens is None:
                         ex.estimated_usage(estimate_stream(body, kept))  # a connection that sent none
-                    return response
+                    return streamed
                 data = await upstream.read()
                 if ex is not None:
                     ex.mark_first_byte()
@@ -74,19 +134,52 @@ class Relay:
                     if ex.capture:
                         ex.output = _answer_text(data)
                 return web.Response(body=data, status=upstream.status, content_type="application/json")
+        except TimeoutError as exc:
+            if first_token.expired() or isinstance(exc, _NoFirstToken):
+                target.failed()
+                raise UpstreamTimeout(
+                    f"backend of {target.endpoint.served_name!r} sent no first token within "
+                    f"{self._first_token:g}s",
+                    retry_after=1,
+                ) from exc
+            raise UpstreamTimeout(
+                f"backend of {target.endpoint.served_name!r} failed: {describe_failure(exc)}", retry_after=1
+            ) from exc
         except UPSTREAM_DOWN as exc:
             raise UpstreamError(
                 f"backend of {target.endpoint.served_name!r} failed: {describe_failure(exc)}", retry_after=1
             ) from exc
 
 
+class _NoFirstToken(TimeoutError):
+    """A stream's first event did not come in time."""
+
+
+async def _first_in_time(chunks: AsyncIterator[bytes], deadline: float) -> AsyncIterator[bytes]:
+    """``chunks`` once its first piece arrived by ``deadline`` (``_NoFirstToken`` otherwise)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            first = await anext(chunks, b"")
+    except TimeoutError:
+        raise _NoFirstToken from None
+
+    async def chained() -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        async for chunk in chunks:
+            yield chunk
+
+    return chained()
+
+
 async def _relay_stream(
     request: web.Request,
-    upstream: H1Response,
+    chunks: AsyncIterator[bytes],
+    upstream: BackendResponse,
+    *,
     target: Lease,
     ex: Exchange | None,
     strip_usage: bool,
-    *,
     kept: list[bytes] | None = None,
 ) -> web.StreamResponse:
     """Relay whole SSE events as they complete; read usage from the event that carries it. ``kept``
@@ -95,7 +188,7 @@ async def _relay_stream(
     await response.prepare(request)
     pending = b""
     try:
-        async for chunk in upstream.iter_any():
+        async for chunk in chunks:
             pending += chunk
             cut = pending.rfind(b"\n\n")
             if cut == -1:
@@ -118,6 +211,7 @@ async def _relay_stream(
         if pending:
             await response.write(pending)
     except UPSTREAM_DOWN as exc:
+        target.failed()
         err = UpstreamError(
             f"backend of {target.endpoint.served_name!r} failed mid-stream: {describe_failure(exc)}"
         )
@@ -156,8 +250,9 @@ def _take_usage(events: bytes, ex: Exchange, strip: bool) -> bytes:
     return b"".join(kept)
 
 
-async def _upstream_error(upstream: H1Response) -> web.Response:
-    """Pass the backend's 4xx/5xx through in OpenAI's envelope (llama.cpp sends ``code`` as an int)."""
+async def _upstream_error(upstream: BackendResponse) -> tuple[web.Response, bool]:
+    """Pass the backend's 4xx/5xx through in OpenAI's envelope (llama.cpp sends ``code`` as an int); and
+    whether a fallback may do better (a 5xx, or a prompt longer than the backend's context)."""
     raw = await upstream.read()
     message = raw.decode("utf-8", "replace")[:2000] or upstream.reason or "backend error"
     err_type = "invalid_request_error" if upstream.status < 500 else "upstream_error"
@@ -173,4 +268,8 @@ async def _upstream_error(upstream: H1Response) -> web.Response:
         pass
     status = upstream.status if upstream.status < 500 else 502
     body = {"error": {"message": message, "type": err_type, "param": None, "code": None}}
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    retriable = upstream.status >= 500 or (
+        upstream.status == 400 and _CONTEXT_EXCEEDED.search(raw) is not None
+    )
+    response = web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    return response, retriable

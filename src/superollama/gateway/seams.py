@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from superollama.control import Route, RouteTarget
+from superollama.core.routing import Route, RouteTarget
 
 __all__ = ["InstanceAccounting", "InstanceStarter"]
 

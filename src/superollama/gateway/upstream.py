@@ -4,7 +4,8 @@ one JSON answer, or its SSE stream as parsed objects. Same-protocol requests go 
 Backend errors become ours, with the backend's message: a 4xx keeps its status (404 is ``NotFound``, so
 a caller can fall back when a backend lacks an optional route), a 5xx is a 502. A backend that goes
 away, before or during the stream, is an ``UpstreamError``; so is a stream that ends without ``[DONE]``.
-A request its instance never answered is sent once more to the instance's replacement (``Lease``).
+A request its instance never answered (or answered 502/503) goes to another instance or a replacement
+(``Lease``), within the retry budget; every outcome is told to the instance's breaker.
 The stream is read inside the caller's ``async with``: a client that disconnects cancels the handler,
 which leaves the block, which closes the upstream connection, which makes the backend stop generating.
 
@@ -15,17 +16,25 @@ what failed, never the backend's address.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
 from superollama.core import CredentialSource
-from superollama.errors import InvalidRequest, NotFound, SuperOllamaError, UpstreamError
-from superollama.gateway.h1 import ConnectFailed, H1Client, H1Response, NoAnswer, UpstreamConnectionError
+from superollama.errors import InvalidRequest, NotFound, SuperOllamaError, UpstreamError, UpstreamTimeout
 from superollama.gateway.lease import Lease
+from superollama.gateway.transport import (
+    BackendResponse,
+    ConnectFailed,
+    Mounts,
+    NoAnswer,
+    Transport,
+    UpstreamConnectionError,
+    describe_failure,
+)
 from superollama.wire.ollama import error_message
 
 __all__ = ["UPSTREAM_DOWN", "Upstream", "describe_failure", "post_to_backend"]
@@ -34,14 +43,23 @@ UPSTREAM_DOWN = (UpstreamConnectionError, TimeoutError)
 
 
 class Upstream:
-    def __init__(self, client: H1Client, timeout: float, credentials: CredentialSource | None = None) -> None:
-        self._client = client
+    def __init__(
+        self,
+        client: Mounts | Transport,
+        timeout: float,
+        credentials: CredentialSource | None = None,
+        *,
+        first_token_timeout: float | None = None,
+    ) -> None:
+        """``first_token_timeout``: how long a stream may wait for its first event (504 past it)."""
+        self._client = client if isinstance(client, Mounts) else Mounts(client)
         self._timeout = timeout
         self._credentials = credentials
+        self._first_token = first_token_timeout
 
     async def post(self, target: Lease, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` and return the JSON object the backend answers."""
-        async with self._request(target, path, body) as upstream:
+        async with self.open(target, path, body) as upstream:
             raw = await upstream.read()
         try:
             obj = orjson.loads(raw)
@@ -55,20 +73,78 @@ class Upstream:
     async def stream(
         self, target: Lease, path: str, body: dict[str, Any]
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        """POST ``body``; yield an iterator over the answer's SSE ``data:`` objects."""
-        async with self._request(target, path, body) as upstream:
-            yield _sse(upstream, target.endpoint.served_name)
+        """POST ``body``; yield an iterator over the answer's SSE ``data:`` objects (its first one already
+        arrived when a first-token timeout is set)."""
+        deadline = None
+        if self._first_token is not None:
+            deadline = asyncio.get_running_loop().time() + self._first_token
+        async with self.open(target, path, body, deadline) as upstream:
+            events = _sse(upstream, target.endpoint.served_name)
+            if deadline is not None:
+                events = await self._first_in_time(events, deadline, target)
+            yield events
+
+    async def _first_in_time(
+        self, events: AsyncIterator[dict[str, Any]], deadline: float, target: Lease
+    ) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async with asyncio.timeout_at(deadline):
+                first = await anext(events, None)
+        except TimeoutError:
+            target.failed()
+            raise self._no_first_token(target) from None
+
+        async def chained() -> AsyncIterator[dict[str, Any]]:
+            if first is not None:
+                yield first
+            async for event in events:
+                yield event
+
+        return chained()
+
+    def _no_first_token(self, target: Lease) -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"backend of {target.endpoint.served_name!r} sent no first token within {self._first_token:g}s",
+            retry_after=1,
+        )
 
     @contextlib.asynccontextmanager
-    async def _request(self, target: Lease, path: str, body: dict[str, Any]) -> AsyncIterator[H1Response]:
+    async def open(
+        self,
+        target: Lease,
+        path: str,
+        body: dict[str, Any],
+        deadline: float | None = None,
+        *,
+        errors: bool = True,
+    ) -> AsyncIterator[BackendResponse]:
+        """POST ``body``; yield the backend's answer, unread. An error status raises as ours (404
+        ``NotFound``, other 4xx ``InvalidRequest`` with its status, 5xx ``UpstreamError``) unless
+        ``errors=False``, for a caller that reads the backend's own errors (a 404 or 501 that means "not
+        here" rather than "failed"); ``deadline`` (loop time) bounds the wait for the answer's headers."""
         name = target.endpoint.served_name
+        first_token = asyncio.timeout_at(deadline)
         try:
-            async with await post_to_backend(
-                self._client, target, path, orjson.dumps(body), self._timeout, credentials=self._credentials
-            ) as upstream:
-                if upstream.status >= 400:
+            async with first_token:
+                sending = await post_to_backend(
+                    self._client,
+                    target,
+                    path,
+                    orjson.dumps(body),
+                    self._timeout,
+                    credentials=self._credentials,
+                )
+            async with sending as upstream:
+                if errors and upstream.status >= 400:
                     raise _error(upstream.status, await upstream.read(), upstream.reason or "backend error")
                 yield upstream
+        except TimeoutError as exc:
+            if first_token.expired():
+                target.failed()
+                raise self._no_first_token(target) from exc
+            raise UpstreamTimeout(
+                f"backend of {name!r} failed: {describe_failure(exc)}", retry_after=1
+            ) from exc
         except UPSTREAM_DOWN as exc:
             raise UpstreamError(
                 f"backend of {name!r} failed: {describe_failure(exc)}", retry_after=1
@@ -76,22 +152,26 @@ class Upstream:
 
 
 _JSON = (("Content-Type", "application/json"),)
+_REFUSED = (502, 503)  # the backend did not take the request: another instance may
+_NOT_IMPLEMENTED = 501
 
 
 async def post_to_backend(
-    client: H1Client,
+    client: Mounts | Transport,
     target: Lease,
     path: str,
     data: bytes,
     timeout: float,
     *,
     credentials: CredentialSource | None = None,
-) -> H1Response:
+) -> BackendResponse:
     """POST JSON to a backend, with the endpoint's credential attached here and now. The client sends it
     once more when a pooled connection turns out dead before any answer (llama.cpp's server drops idle
     keep-alive connections while it streams); a backend that cannot be reached, or closed the connection
     before answering, is replaced when that is safe (see ``Lease.replace``) and the request goes to the
-    replacement."""
+    replacement; a 502/503 goes to another ready instance when the route has one (``Lease.elsewhere``).
+    The answer's status is the instance's verdict for its breaker (5xx but 501: a failure; a 501 is a
+    healthy server saying it lacks a feature, as llama.cpp's does for reranking or embeddings)."""
     while True:
         ep = target.endpoint
         headers = _JSON + ep.headers if ep.headers else _JSON
@@ -105,14 +185,31 @@ async def post_to_backend(
                 )
             headers += credential.headers
             send_path = credential.path(path)
+        transport = (
+            client.select(ep.base_url, external=target.external) if isinstance(client, Mounts) else client
+        )
         try:
-            return await client.post(ep.base_url, send_path, data, headers, timeout=timeout)
+            response = await transport.post(ep.base_url, send_path, data, headers, timeout=timeout)
         except (ConnectFailed, NoAnswer) as exc:
+            target.failed()
             if not await target.replace(reached=isinstance(exc, NoAnswer)):
                 raise
+            continue
+        except UPSTREAM_DOWN:
+            target.failed()
+            raise
+        if response.status < 500 or response.status == _NOT_IMPLEMENTED:
+            target.succeeded()  # it answered: a 501 says what it lacks (e.g. reranking), not that it failed
+            return response
+        target.failed()
+        other = target.elsewhere() if response.status in _REFUSED else None
+        if other is None:
+            return response
+        await response.__aexit__(None, None, None)  # closes the connection: its body is not read
+        target.move(other)
 
 
-async def _sse(upstream: H1Response, name: str) -> AsyncIterator[dict[str, Any]]:
+async def _sse(upstream: BackendResponse, name: str) -> AsyncIterator[dict[str, Any]]:
     buffer = b""
     try:
         async for chunk in upstream.iter_any():
@@ -161,14 +258,3 @@ def _error(status: int, raw: bytes, reason: str) -> SuperOllamaError:
         err = UpstreamError(message)
         err.status = 502
     return err
-
-
-def describe_failure(exc: BaseException) -> str:
-    """A short reason for a failed backend call, for error messages: never the backend's address."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    cause = exc.__cause__
-    if isinstance(exc, UpstreamConnectionError) and isinstance(cause, OSError):  # could not connect
-        # the errno's own words: asyncio's strerror ("Connect call failed ('10.0.0.5', 8000)") has the address
-        return f"cannot connect ({os.strerror(cause.errno)})" if cause.errno else "cannot connect"
-    return str(exc) or type(exc).__name__

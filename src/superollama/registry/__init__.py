@@ -9,18 +9,21 @@ repositories (``registry.versions``, ``.nodes``, ``.instances``, ``.events``) sp
 only errors of ``superollama.errors``.
 """
 
+from superollama.registry._webhooks import Delivery, WebhookRecord
 from superollama.registry.db import Registry, open_registry
 from superollama.registry.migrations import MIGRATIONS, Migration, current_version, migrate
 from superollama.registry.repos import EventRepository, InstanceRepository, NodeRepository, VersionRepository
 
 __all__ = [
     "MIGRATIONS",
+    "Delivery",
     "EventRepository",
     "InstanceRepository",
     "Migration",
     "NodeRepository",
     "Registry",
     "VersionRepository",
+    "WebhookRecord",
     "current_version",
     "migrate",
     "open_registry",

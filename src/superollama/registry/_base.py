@@ -7,13 +7,27 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from superollama.registry._errors import mapped
+from superollama.registry.schema import generations
 
-__all__ = ["READ_ONLY", "Clock", "Database", "plain", "utcnow"]
+__all__ = ["CHANGE_KINDS", "READ_ONLY", "Clock", "Database", "feed_channel_sql", "plain", "utcnow"]
+
+CHANGE_KINDS = ("catalog", "connections", "deployments", "keys")
+"""What a gateway reloads when its generation moved: versions (→ routing snapshot), connections (→ routing
+snapshot and upstream credentials), API keys (→ the key cache)."""
+
+# The NOTIFY channel of this schema (LISTEN and pg_notify must agree; 44 characters whatever the schema).
+_CHANNEL_SQL = "'superollama_' || md5(coalesce(current_schema(), ''))"
+
+
+def feed_channel_sql() -> str:
+    """``SELECT`` this expression on a connection of the registry for the channel to ``LISTEN`` on."""
+    return _CHANNEL_SQL
+
 
 Clock = Callable[[], datetime]
 
@@ -41,8 +55,11 @@ def _plain(value: Any) -> Any:
 class Database:
     """The engine plus the few helpers the repositories need. One method call = one short transaction."""
 
-    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow, generations: bool = True) -> None:
+        """``generations``: the database has the change feed's table (a test may open a registry migrated
+        only part of the way: its changes then bump nothing)."""
         self.engine = engine
+        self._generations = generations
         self._reader = engine.execution_options(**{READ_ONLY: True})
         self._clock = clock
 
@@ -57,11 +74,31 @@ class Database:
         return value.astimezone(UTC)
 
     @asynccontextmanager
-    async def write(self, what: str) -> AsyncIterator[AsyncConnection]:
-        """A write transaction; database errors inside become ``RegistryError``."""
+    async def write(self, what: str, *, change: str | None = None) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; database errors inside become ``RegistryError``.
+
+        ``change`` (one of ``CHANGE_KINDS``): the transaction changes what gateways hold in memory, so it
+        bumps that kind's generation and the ``all`` one before it commits and, on Postgres, sends a
+        ``NOTIFY`` that the server delivers only if and when it commits (``control/feed.py``)."""
         with mapped(what):
             async with self.engine.begin() as conn:
                 yield conn
+                if change is not None and self._generations:
+                    await self._bump(conn, change)
+
+    async def _bump(self, conn: AsyncConnection, change: str) -> None:
+        if change not in CHANGE_KINDS:
+            raise ValueError(f"unknown change kind {change!r}")
+        stmt = (
+            update(generations)
+            .where(generations.c.name.in_(("all", change)))
+            .values(value=generations.c.value + 1)
+            .returning(generations.c.name, generations.c.value)
+        )
+        values = {str(name): int(value) for name, value in (await conn.execute(stmt)).all()}
+        if self.dialect == "postgresql":
+            payload = f"{change}:{values.get(change, 0)}:{values.get('all', 0)}"
+            await conn.execute(text(f"SELECT pg_notify({_CHANNEL_SQL}, :payload)"), {"payload": payload})
 
     @asynccontextmanager
     async def read(self, what: str) -> AsyncIterator[AsyncConnection]:

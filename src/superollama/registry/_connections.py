@@ -52,7 +52,7 @@ class ConnectionRepository:
             "created_at": record.created_at or now,
             "updated_at": now,
         }
-        async with self._db.write("adding a connection") as conn:
+        async with self._db.write("adding a connection", change="connections") as conn:
             try:
                 row = (
                     await conn.execute(connections.insert().values(values).returning(*connections.c))
@@ -84,14 +84,14 @@ class ConnectionRepository:
             .values(enabled=enabled, updated_at=self._db.now())
             .returning(*connections.c)
         )
-        async with self._db.write("enabling a connection") as conn:
+        async with self._db.write("enabling a connection", change="connections") as conn:
             row = (await conn.execute(stmt)).first()
         if row is None:
             raise _missing(name)
         return _record(row)
 
     async def delete(self, name: str) -> None:
-        async with self._db.write("deleting a connection") as conn:
+        async with self._db.write("deleting a connection", change="connections") as conn:
             result = await conn.execute(delete(connections).where(connections.c.name == name))
         if result.rowcount == 0:
             raise _missing(name)

@@ -36,7 +36,8 @@ class JobRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def add(self, record: JobRecord) -> JobRecord:
+    async def add(self, record: JobRecord, *, owner: str | None = None) -> JobRecord:
+        """Record a job; ``owner``: the gateway that runs it (the leader ends it if that gateway dies)."""
         now = self._db.now()
         values = {
             "id": record.id,
@@ -50,6 +51,7 @@ class JobRepository:
             "error": record.error,
             "created_at": record.created_at or now,
             "updated_at": now,
+            "owner": owner,
         }
         async with self._db.write("recording a job") as conn:
             row = (await conn.execute(jobs.insert().values(values).returning(*jobs.c))).one()

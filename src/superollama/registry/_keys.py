@@ -65,7 +65,7 @@ class KeyRepository:
             "created_at": record.created_at or self._db.now(),
             "last_used_at": record.last_used_at,
         }
-        async with self._db.write("adding an API key") as conn:
+        async with self._db.write("adding an API key", change="keys") as conn:
             try:
                 row = (await conn.execute(api_keys.insert().values(values).returning(*api_keys.c))).one()
             except SAIntegrityError as exc:
@@ -109,7 +109,7 @@ class KeyRepository:
             .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
             .values(revoked_at=when)
         )
-        async with self._db.write("revoking an API key") as conn:
+        async with self._db.write("revoking an API key", change="keys") as conn:
             await conn.execute(stmt)
             row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
         if row is None:
@@ -126,7 +126,7 @@ class KeyRepository:
             .returning(*api_keys.c)
         )
         exists = None
-        async with self._db.write("rotating an API key") as conn:
+        async with self._db.write("rotating an API key", change="keys") as conn:
             try:
                 row = (await conn.execute(stmt)).first()
             except SAIntegrityError as exc:

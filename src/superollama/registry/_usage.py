@@ -34,6 +34,7 @@ def _values(r: RequestRecord) -> dict[str, Any]:
         "prompt_tokens": r.prompt_tokens,
         "completion_tokens": r.completion_tokens,
         "usage_estimated": r.usage_estimated,
+        "search_units": r.search_units,
         "ttft": r.ttft,
         "load_wait": r.load_wait,
         "latency": r.duration,
@@ -70,6 +71,7 @@ def _record(row: Row[Any]) -> RequestRecord:
         prompt_tokens=m["prompt_tokens"],
         completion_tokens=m["completion_tokens"],
         usage_estimated=bool(m["usage_estimated"]),
+        search_units=m["search_units"],
         cost=m["cost"],
         error_type=m["error_type"],
     )

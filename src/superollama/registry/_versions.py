@@ -67,7 +67,7 @@ class VersionRepository:
             "created_at": created,
             "updated_at": record.updated_at or created,
         }
-        async with self._db.write("adding a version") as conn:
+        async with self._db.write("adding a version", change="catalog") as conn:
             await self._lock_model(conn, record.model)
             stmt = self._db.insert_ignore(versions, values, ["name"]).returning(*versions.c)
             row = (await conn.execute(stmt)).first()
@@ -107,7 +107,7 @@ class VersionRepository:
 
     async def update_metadata(self, name: str, changes: Mapping[str, Any]) -> VersionRecord:
         """Merge ``changes`` into the version's metadata (top-level keys replaced, like ``dict.update``)."""
-        async with self._db.write("updating version metadata") as conn:
+        async with self._db.write("updating version metadata", change="catalog") as conn:
             stmt = select(versions.c["metadata"]).where(versions.c.name == name).with_for_update()
             current = (await conn.execute(stmt)).scalar_one_or_none()
             if current is None:
@@ -127,7 +127,7 @@ class VersionRepository:
             raise InvalidModelName(str(exc), param="model") from exc
         if str(ref) != new:
             raise InvalidModelName(f"{new!r} is not canonical: use {str(ref)!r}", param="model")
-        async with self._db.write("renaming a version") as conn:
+        async with self._db.write("renaming a version", change="catalog") as conn:
             source = await conn.scalar(select(versions.c.model).where(versions.c.name == old))
             if source is None:
                 raise _missing(old)
@@ -147,7 +147,7 @@ class VersionRepository:
 
     async def delete(self, name: str) -> None:
         """Delete a version; the model row goes with its last version. ``ModelNotFound`` if missing."""
-        async with self._db.write("deleting a version") as conn:
+        async with self._db.write("deleting a version", change="catalog") as conn:
             family = await conn.scalar(select(versions.c.model).where(versions.c.name == name))
             if family is None:
                 raise _missing(name)
@@ -158,7 +158,7 @@ class VersionRepository:
             await self._drop_model_if_empty(conn, family)
 
     async def _update(self, key: str, what: str, /, **values: Any) -> VersionRecord:
-        async with self._db.write(what) as conn:
+        async with self._db.write(what, change="catalog") as conn:
             return await self._update_in(conn, key, **values)
 
     async def _update_in(self, conn: AsyncConnection, key: str, /, **values: Any) -> VersionRecord:

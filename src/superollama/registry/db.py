@@ -6,22 +6,34 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import URL, event, make_url, text
+from sqlalchemy import URL, event, inspect, make_url, text
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from superollama.errors import RegistryError
-from superollama.registry._base import READ_ONLY, Clock, Database, utcnow
+from superollama.registry._base import READ_ONLY, Clock, Database, feed_channel_sql, utcnow
+from superollama.registry._batches import BatchRepository
+from superollama.registry._cluster import ClusterRepository
 from superollama.registry._connections import ConnectionRepository
+from superollama.registry._deployments import DeploymentRepository
 from superollama.registry._errors import mapped
+from superollama.registry._finetune import FineTuneRepository
 from superollama.registry._jobs import JobRepository
 from superollama.registry._keys import KeyRepository
+from superollama.registry._rag import RagRepository
+from superollama.registry._responses import ResponseRepository
+from superollama.registry._rollouts import RolloutRepository, ShadowRepository, WindowRepository
 from superollama.registry._usage import UsageRepository
+from superollama.registry._webhooks import WebhookRepository
 from superollama.registry.migrations import MIGRATIONS, Migration, Sealer, migrate
 from superollama.registry.repos import EventRepository, InstanceRepository, NodeRepository, VersionRepository
+from superollama.registry.schema import generations
+
+if TYPE_CHECKING:
+    import asyncpg
 
 __all__ = ["Registry", "open_registry"]
 
@@ -31,11 +43,22 @@ _SCHEMA_LOCK_CLASS: Final = 0x534F5343  # "SOSC": first key of the advisory lock
 
 
 class Registry:
-    """The registry: one engine, eight repositories. Close it when done (or use ``async with``)."""
+    """The registry: one engine, its repositories. Close it when done (or use ``async with``)."""
 
-    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
-        db = Database(engine, clock=clock)
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        clock: Clock = utcnow,
+        session_url: str | None = None,
+        schema: str | None = None,
+        generations: bool = True,
+    ) -> None:
+        db = Database(engine, clock=clock, generations=generations)
         self.engine = engine
+        self._session_url = session_url
+        self._schema = schema
+        self.cluster = ClusterRepository(db)
         self.versions = VersionRepository(db)
         self.nodes = NodeRepository(db)
         self.instances = InstanceRepository(db)
@@ -44,11 +67,40 @@ class Registry:
         self.jobs = JobRepository(db)
         self.keys = KeyRepository(db)
         self.usage = UsageRepository(db)
+        self.deployments = DeploymentRepository(db)
+        self.responses = ResponseRepository(db)
+        self.webhooks = WebhookRepository(db)
+        self.rag = RagRepository(db)  # files, vector stores, grounding
+        self.batches = BatchRepository(db)  # OpenAI batches and their requests
+        self.fine_tuning = FineTuneRepository(db)  # jobs, events, checkpoints
+        self.rollouts = RolloutRepository(db)
+        self.windows = WindowRepository(db)
+        self.shadows = ShadowRepository(db)
 
     @property
     def dialect(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
         return self.engine.dialect.name
+
+    async def session(self) -> tuple[asyncpg.Connection, str] | None:
+        """A dedicated Postgres connection outside the pool (for ``LISTEN`` and the leader lock, which
+        live as long as their session) and the change feed's channel name; None on SQLite."""
+        if self._session_url is None:
+            return None
+        import asyncpg
+
+        settings = {"application_name": "superollama-control"}
+        if self._schema is not None:  # named after the schema: an operator (or a test) can tell them apart
+            settings["application_name"] = f"superollama-control {self._schema}"[:63]
+            settings["search_path"] = _quote(self._schema)
+        with mapped("opening a control session"):
+            conn = await asyncpg.connect(self._session_url, server_settings=settings, timeout=10)
+            try:
+                channel = str(await conn.fetchval(f"SELECT {feed_channel_sql()}"))
+            except BaseException:
+                conn.terminate()
+                raise
+        return conn, channel
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -87,10 +139,15 @@ async def open_registry(
         if schema is not None:
             await _create_schema(engine, schema)
         await migrate(engine, migrations, seal=seal)
+        async with engine.connect() as conn:
+            feed = await conn.run_sync(lambda c: inspect(c).has_table(generations.name))
     except BaseException:
         await engine.dispose()
         raise
-    return Registry(engine, clock=clock)
+    session_url = None
+    if parsed.get_backend_name() != "sqlite":
+        session_url = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    return Registry(engine, clock=clock, session_url=session_url, schema=schema, generations=feed)
 
 
 def _parse(url: str, schema: str | None) -> tuple[URL, str | None]:

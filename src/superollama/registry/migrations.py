@@ -269,6 +269,352 @@ def _m0007_seal_url_secrets(conn: Connection, seal: Sealer | None) -> None:
         conn.execute(table.update().where(table.c.name == name).values(url=public, url_secret=sealed))
 
 
+def _m0008_deployments(conn: Connection) -> None:
+    """Deployments (one row per stage: its weighted targets) and the target sets they had before."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    Table(
+        "deployments",
+        md,
+        Column("name", String, primary_key=True),
+        Column("stage", String, primary_key=True),
+        Column("targets", Json(), nullable=False),
+        Column("sticky", String, nullable=False),
+        Column("enabled", Boolean, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+    )
+    Table(
+        "deployment_history",
+        md,
+        Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        Column("name", String, nullable=False),
+        Column("stage", String, nullable=False),
+        Column("targets", Json(), nullable=False),
+        Column("sticky", String, nullable=False),
+        Column("replaced_at", UTCDateTime, nullable=False),
+        Index("ix_deployment_history_name_stage", "name", "stage"),
+    )
+    md.create_all(conn)
+
+
+def _m0009_change_feed(conn: Connection) -> None:
+    """Several gateways on one registry: a generation per kind of change (bumped in the transaction of
+    every change, ``Database.write``), the gateways alive (a heartbeat row each) and which gateway runs
+    each job (so the reconciler leader can end the jobs of a gateway that died)."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    generations = Table(
+        "generations",
+        md,
+        Column("name", String, primary_key=True),
+        Column("value", BigInteger, nullable=False),
+    )
+    Table(
+        "gateways",
+        md,
+        Column("id", String, primary_key=True),
+        Column("host", String, nullable=False),
+        Column("pid", Integer, nullable=False),
+        Column("url", String, nullable=True),
+        Column("session", Integer, nullable=True),
+        Column("generation", BigInteger, nullable=False),
+        Column("leader", Boolean, nullable=False),
+        Column("started_at", UTCDateTime, nullable=False),
+        Column("seen_at", UTCDateTime, nullable=False),
+    )
+    md.create_all(conn)
+    conn.execute(
+        generations.insert(),
+        [{"name": name, "value": 0} for name in ("all", "catalog", "connections", "deployments", "keys")],
+    )
+    conn.execute(text("ALTER TABLE jobs ADD COLUMN owner VARCHAR"))
+
+
+def _m0010_stored_responses(conn: Connection) -> None:
+    """Responses of the OpenAI Responses API kept for ``previous_response_id`` and ``GET``/``DELETE``."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    Table(
+        "stored_responses",
+        md,
+        Column("id", String, primary_key=True),
+        Column("created_at", UTCDateTime, nullable=False, index=True),
+        Column("key_id", String, nullable=True, index=True),
+        Column("model", String, nullable=False),
+        Column("response", Json(), nullable=False),
+        Column("conversation", Json(), nullable=False),
+    )
+    md.create_all(conn)
+
+
+def _m0011_webhooks(conn: Connection) -> None:
+    """Webhooks (signed deliveries of events), their delivery log, and how far the event log was read."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    Table(
+        "webhooks",
+        md,
+        Column("id", String, primary_key=True),
+        Column("url", String, nullable=False),
+        Column("events", Json(), nullable=False),
+        Column("secret", Text, nullable=False),
+        Column("description", String, nullable=False),
+        Column("enabled", Boolean, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+    )
+    Table(
+        "webhook_deliveries",
+        md,
+        Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        Column("webhook_id", String, nullable=False, index=True),
+        Column("event_id", BigInteger, nullable=True),
+        Column("action", String, nullable=False),
+        Column("payload", Json(), nullable=False),
+        Column("state", String, nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("next_at", UTCDateTime, nullable=False, index=True),
+        Column("status_code", Integer, nullable=True),
+        Column("error", Text, nullable=True),
+        Column("duration_ms", Float, nullable=True),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+        Index("uq_webhook_deliveries_webhook_id_event_id", "webhook_id", "event_id", unique=True),
+    )
+    Table(
+        "webhook_cursor",
+        md,
+        Column("name", String, primary_key=True),
+        Column("event_id", BigInteger, nullable=False),
+    )
+    md.create_all(conn)
+
+
+def _m0012_usage_search_units(conn: Connection) -> None:
+    """Rerank requests are billed in search units (Cohere's: a query over up to 100 documents)."""
+    conn.execute(text("ALTER TABLE usage ADD COLUMN search_units INTEGER"))
+
+
+def _rag_tables(md: MetaData) -> None:
+    """The tables of migration 13 (files, vector stores and their files and batches, grounding)."""
+    Table(
+        "files",
+        md,
+        Column("id", String, primary_key=True),
+        Column("key_id", String, nullable=True, index=True),
+        Column("filename", String, nullable=False),
+        Column("purpose", String, nullable=False, index=True),
+        Column("bytes", BigInteger, nullable=False),
+        Column("digest", String, nullable=False, index=True),
+        Column("status", String, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False, index=True),
+        Column("expires_at", UTCDateTime, nullable=True),
+    )
+    Table(
+        "vector_stores",
+        md,
+        Column("id", String, primary_key=True),
+        Column("key_id", String, nullable=True, index=True),
+        Column("name", String, nullable=True),
+        Column("description", Text, nullable=True),
+        Column("metadata", Json(), nullable=False),
+        Column("embedding_model", String, nullable=False),
+        Column("engine", String, nullable=False),
+        Column("expires_after", Json(), nullable=True),
+        Column("created_at", UTCDateTime, nullable=False, index=True),
+        Column("last_active_at", UTCDateTime, nullable=False),
+    )
+    Table(
+        "vector_store_files",
+        md,
+        Column("vector_store_id", String, primary_key=True),
+        Column("file_id", String, primary_key=True),
+        Column("batch_id", String, nullable=True, index=True),
+        Column("status", String, nullable=False),
+        Column("last_error", Json(), nullable=True),
+        Column("attributes", Json(), nullable=False),
+        Column("chunking", Json(), nullable=False),
+        Column("usage_bytes", BigInteger, nullable=False),
+        Column("chunks", Integer, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+    )
+    Table(
+        "vector_store_file_batches",
+        md,
+        Column("id", String, primary_key=True),
+        Column("vector_store_id", String, nullable=False, index=True),
+        Column("cancelled", Boolean, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+    )
+    Table(
+        "groundings",
+        md,
+        Column("name", String, primary_key=True),
+        Column("vector_store_ids", Json(), nullable=False),
+        Column("top_k", Integer, nullable=False),
+        Column("score_threshold", Float, nullable=True),
+        Column("template", Text, nullable=True),
+        Column("updated_at", UTCDateTime, nullable=False),
+    )
+
+
+def _m0013_files_and_vector_stores(conn: Connection) -> None:
+    """OpenAI files (their bytes in the home's files blob store, not here), vector stores with their files
+    and file batches (chunks live in the vector store engine), and the grounding of chat per model or
+    deployment."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    _rag_tables(md)
+    md.create_all(conn)
+
+
+def _m0014_rollouts_shadow(conn: Connection) -> None:
+    """Canary rollouts (one row per deployment stage: its policy, state and decisions), each gateway
+    process's per-target window stats (what the leader's analysis sums), and shadow comparisons."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    Table(
+        "rollouts",
+        md,
+        Column("name", String, primary_key=True),
+        Column("stage", String, primary_key=True),
+        Column("state", String, nullable=False),
+        Column("stable", String, nullable=False),
+        Column("target", String, nullable=False),
+        Column("weight", Integer, nullable=False),
+        Column("policy", Json(), nullable=False),
+        Column("decisions", Json(), nullable=False),
+        Column("next_at", UTCDateTime, nullable=False),
+        Column("started_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+    )
+    Table(
+        "target_windows",
+        md,
+        Column("reporter", String, primary_key=True),
+        Column("deployment", String, primary_key=True),
+        Column("target", String, primary_key=True),
+        Column("count", Integer, nullable=False),
+        Column("errors", Integer, nullable=False),
+        Column("buckets", Json(), nullable=False),
+        Column("dropped", Integer, nullable=False),
+        Column("reported_at", UTCDateTime, nullable=False),
+    )
+    Table(
+        "shadow_samples",
+        md,
+        Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        Column("deployment", String, nullable=False),
+        Column("target", String, nullable=False),
+        Column("primary_target", String, nullable=False),
+        Column("at", UTCDateTime, nullable=False),
+        Column("primary_latency", Float, nullable=False),
+        Column("shadow_latency", Float, nullable=True),
+        Column("primary_length", Integer, nullable=False),
+        Column("shadow_length", Integer, nullable=True),
+        Column("exact", Boolean, nullable=False),
+        Column("similarity", Float, nullable=True),
+        Column("error", String, nullable=True),
+        Index("ix_shadow_samples_deployment", "deployment", "id"),
+    )
+    md.create_all(conn)
+
+
+def _m0015_batches(conn: Connection) -> None:
+    """OpenAI batches: one row per batch (its status, timestamps, counts and files), and one per request
+    of its input file, written as each finishes, so a restarted leader sends only what is still pending."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    Table(
+        "batches",
+        md,
+        Column("id", String, primary_key=True),
+        Column("key_id", String, nullable=True, index=True),
+        Column("key_prefix", String, nullable=True),
+        Column("endpoint", String, nullable=False),
+        Column("input_file_id", String, nullable=False),
+        Column("completion_window", String, nullable=False),
+        Column("status", String, nullable=False, index=True),
+        Column("metadata", Json(), nullable=False),
+        Column("errors", Json(), nullable=True),
+        Column("output_file_id", String, nullable=True),
+        Column("error_file_id", String, nullable=True),
+        Column("total", Integer, nullable=False),
+        Column("completed", Integer, nullable=False),
+        Column("failed", Integer, nullable=False),
+        Column("input_tokens", BigInteger, nullable=False),
+        Column("output_tokens", BigInteger, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False, index=True),
+        Column("expires_at", UTCDateTime, nullable=False),
+        Column("in_progress_at", UTCDateTime, nullable=True),
+        Column("finalizing_at", UTCDateTime, nullable=True),
+        Column("completed_at", UTCDateTime, nullable=True),
+        Column("failed_at", UTCDateTime, nullable=True),
+        Column("expired_at", UTCDateTime, nullable=True),
+        Column("cancelling_at", UTCDateTime, nullable=True),
+        Column("cancelled_at", UTCDateTime, nullable=True),
+    )
+    Table(
+        "batch_requests",
+        md,
+        Column("batch_id", String, primary_key=True),
+        Column("line", Integer, primary_key=True, autoincrement=False),
+        Column("custom_id", String, nullable=False),
+        Column("body", Json(), nullable=False),
+        Column("state", String, nullable=False),
+        Column("status_code", Integer, nullable=True),
+        Column("request_id", String, nullable=True),
+        Column("response", Json(), nullable=True),
+        Column("error", Json(), nullable=True),
+        Column("finished_at", UTCDateTime, nullable=True),
+        Index("ix_batch_requests_batch_id_state", "batch_id", "state"),
+    )
+    md.create_all(conn)
+
+
+def _m0016_fine_tuning(conn: Connection) -> None:
+    """OpenAI fine-tuning jobs, their events (messages and loss per step) and their checkpoints (the
+    adapter and optimizer state on the home's disk, so a restarted leader resumes the job)."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    event_id = BigInteger().with_variant(Integer(), "sqlite")
+    Table(
+        "fine_tuning_jobs",
+        md,
+        Column("id", String, primary_key=True),
+        Column("key_id", String, nullable=True, index=True),
+        Column("model", String, nullable=False),
+        Column("training_file", String, nullable=False),
+        Column("validation_file", String, nullable=True),
+        Column("suffix", String, nullable=True),
+        Column("seed", Integer, nullable=False),
+        Column("hyperparameters", Json(), nullable=False),
+        Column("status", String, nullable=False, index=True),
+        Column("fine_tuned_model", String, nullable=True),
+        Column("trained_tokens", BigInteger, nullable=True),
+        Column("error", Json(), nullable=True),
+        Column("metadata", Json(), nullable=False),
+        Column("created_at", UTCDateTime, nullable=False, index=True),
+        Column("finished_at", UTCDateTime, nullable=True),
+    )
+    Table(
+        "fine_tuning_events",
+        md,
+        Column("id", event_id, primary_key=True, autoincrement=True),
+        Column("job_id", String, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("level", String, nullable=False),
+        Column("type", String, nullable=False),
+        Column("message", Text, nullable=False),
+        Column("data", Json(), nullable=True),
+        Index("ix_fine_tuning_events_job", "job_id", "id"),
+    )
+    Table(
+        "fine_tuning_checkpoints",
+        md,
+        Column("job_id", String, primary_key=True),
+        Column("step", Integer, primary_key=True),
+        Column("id", String, nullable=False),
+        Column("metrics", Json(), nullable=False),
+        Column("path", String, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create models, versions, nodes, instances, events", _m0001_initial),
     Migration(2, "create connections", _m0002_connections),
@@ -282,6 +628,19 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         _m0007_connection_url_secrets,
         _m0007_seal_url_secrets,
     ),
+    Migration(8, "create deployments, deployment_history", _m0008_deployments),
+    Migration(9, "create generations and gateways; add jobs.owner", _m0009_change_feed),
+    Migration(10, "create stored_responses", _m0010_stored_responses),
+    Migration(11, "create webhooks, webhook_deliveries, webhook_cursor", _m0011_webhooks),
+    Migration(12, "add usage.search_units", _m0012_usage_search_units),
+    Migration(
+        13,
+        "create files, vector_stores, vector_store_files, vector_store_file_batches, groundings",
+        _m0013_files_and_vector_stores,
+    ),
+    Migration(14, "create rollouts, target_windows, shadow_samples", _m0014_rollouts_shadow),
+    Migration(15, "create batches, batch_requests", _m0015_batches),
+    Migration(16, "create fine_tuning_jobs, fine_tuning_events, fine_tuning_checkpoints", _m0016_fine_tuning),
 )
 
 

@@ -1,4 +1,10 @@
-"""What every worker child does first: die with its parent, and keep stdout as the handshake pipe.
+"""What every worker child does first: tie its life to its parent (or to a guardian), and keep stdout as
+the handshake pipe.
+
+Two lifetimes (``settle_lifetime``): by default a worker dies with its parent, the agent
+(``PR_SET_PDEATHSIG``); with ``--guardian-pid`` (the agent process of ``serve --workers N``) it outlives
+its parent — a restarted agent re-adopts it — and dies with the guardian, the server's master, instead
+(a thread waits on a pidfd of it), so a SIGKILL of the master still leaves nothing behind.
 
 Kept free of heavy imports (workers import it before torch or vLLM).
 """
@@ -7,11 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import sys
+import threading
 from typing import IO
 
-__all__ = ["die_with_parent", "set_pdeathsig", "take_control_pipe"]
+__all__ = ["die_with_parent", "set_pdeathsig", "settle_lifetime", "take_control_pipe"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -28,6 +36,24 @@ def die_with_parent(parent_pid: int | None, sig: int = signal.SIGKILL) -> bool:
     """Get ``sig`` when the parent dies; False if it already has (the getppid race)."""
     set_pdeathsig(sig)
     return parent_pid is None or os.getppid() == parent_pid
+
+
+def settle_lifetime(parent_pid: int | None, guardian_pid: int | None) -> bool:
+    """Die with the parent, or (``guardian_pid``) with the guardian only; False if the one this process
+    must die with is already gone."""
+    if guardian_pid is None:
+        return die_with_parent(parent_pid)
+    try:
+        pidfd = os.pidfd_open(guardian_pid)
+    except ProcessLookupError:
+        return False
+
+    def watch() -> None:
+        select.select([pidfd], [], [])  # readable once the guardian has exited
+        os.kill(os.getpid(), signal.SIGKILL)  # as PR_SET_PDEATHSIG would
+
+    threading.Thread(target=watch, name="guardian", daemon=True).start()
+    return True
 
 
 def take_control_pipe() -> IO[str]:

@@ -1,4 +1,5 @@
-"""The model side of the transformers worker: load a Hugging Face folder, generate, embed.
+"""The model side of the transformers worker: load a Hugging Face folder, generate, embed (rerank: see
+``_hf_rerank``).
 
 Only the worker process imports this module (it imports torch, transformers and sentence-transformers).
 Everything here is synchronous and runs on the worker's one generation thread; the event loop never
@@ -13,7 +14,6 @@ its tokens' logprobs when asked, to a callback. A guided value stops as soon as 
 from __future__ import annotations
 
 import inspect
-import json
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -22,14 +22,26 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from superollama.core.images import is_vision_config
 from superollama.runtimes import _tools
+from superollama.runtimes._hf_rerank import RerankEngine, is_cross_encoder, read_config
 from superollama.runtimes._hf_sampling import pick, token_logprob
 from superollama.runtimes._logprobs import Piece, TokenLogprob
 from superollama.runtimes._openai_shapes import RequestError, Sampling, StopText
 from superollama.runtimes._token_filter import TokenGuide, Vocabulary
 from superollama.runtimes._tools import ToolParams
 
-__all__ = ["ChatEngine", "EmbedEngine", "Engine", "LoadError", "Outcome", "detect_task", "load_engine"]
+__all__ = [
+    "ChatEngine",
+    "EmbedEngine",
+    "Engine",
+    "LoadError",
+    "Outcome",
+    "RerankEngine",
+    "VisionEngine",
+    "detect_task",
+    "load_engine",
+]
 
 INSTALL_HINT = "pip install 'superollama[transformers]'"
 _CHAT_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
@@ -53,12 +65,14 @@ class Outcome:
 
 
 def detect_task(folder: Path) -> str:
-    """ "embedding" for a sentence-transformers folder or an encoder, "chat" for a causal LM."""
+    """ "rerank" for a one-label sequence classifier (a cross-encoder), "embedding" for a
+    sentence-transformers folder or an encoder, "chat" for a causal LM."""
+    config = read_config(folder)
+    if is_cross_encoder(config):
+        return "rerank"
     if (folder / "modules.json").is_file() or (folder / "config_sentence_transformers.json").is_file():
         return "embedding"
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
+    if not config or is_vision_config(config):
         return "chat"
     architectures = config.get("architectures") or []
     if any(str(a).endswith(_CHAT_SUFFIXES) for a in architectures):
@@ -120,13 +134,14 @@ class ChatEngine:
     """A causal LM and its tokenizer: chat (through the chat template) and plain completions."""
 
     task = "chat"
+    reads_images = False
 
     def __init__(self, model: Any, tokenizer: Any, torch: Any, device: Any) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.torch = torch
         self.device = device
-        config = model.config
+        config = model.config.get_text_config()  # an image-text model's language half
         self.context = int(getattr(config, "max_position_embeddings", 0) or _DEFAULT_CONTEXT)
         eos = model.generation_config.eos_token_id if model.generation_config else None
         eos_ids = eos if isinstance(eos, list) else [eos]
@@ -137,11 +152,23 @@ class ChatEngine:
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
-    def load(cls, folder: Path, device: Any, dtype: Any, torch: Any) -> ChatEngine:
+    def load(
+        cls, folder: Path, device: Any, dtype: Any, torch: Any, adapter: Path | None = None
+    ) -> ChatEngine:
+        """``adapter``: a peft LoRA folder applied to the model of ``folder`` (its base), merged into the
+        weights so that decoding costs what the base's does."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+        if adapter is not None:
+            try:
+                from peft import PeftModel
+            except ImportError as exc:
+                raise LoadError(
+                    "serving a LoRA adapter needs peft: pip install 'superollama[finetune]'"
+                ) from exc
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         return cls(model.to(device).eval(), tokenizer, torch, device)
 
     @cached_property
@@ -189,6 +216,9 @@ class ChatEngine:
     ) -> list[int]:
         """The prompt's tokens: the messages through the chat template, with the tools when offered
         (the template's own way, or a system preamble when the template ignores them)."""
+        return list(self.tokenizer(self._chat_text(messages, tools), add_special_tokens=False)["input_ids"])
+
+    def _chat_text(self, messages: Sequence[Mapping[str, Any]], tools: ToolParams | None) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
             raise RequestError("this model has no chat template: use /v1/completions", param="messages")
         extra: dict[str, Any] = {}
@@ -199,10 +229,9 @@ class ChatEngine:
                 messages = _tools.with_preamble(messages, tools.tools)
         history = _tools.render_history(messages, structured=self._renders_tool_calls)
         try:
-            text = self._render(history, **extra)
+            return self._render(history, **extra)
         except Exception as exc:  # the template's own error (e.g. roles it does not accept)
             raise RequestError(f"the chat template rejected the messages: {exc}", param="messages") from exc
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def text_prompt(self, prompt: str) -> list[int]:
         return list(self.tokenizer(prompt)["input_ids"])
@@ -224,9 +253,11 @@ class ChatEngine:
         sampling: Sampling,
         cancel: threading.Event,
         emit: Callable[[Piece], None],
+        inputs: Mapping[str, Any] | None = None,
     ) -> Outcome:
         """Decode up to ``check_room`` tokens; call ``emit`` with each safe text delta (and the logprobs
-        of the tokens behind it when ``sampling.logprobs`` asks)."""
+        of the tokens behind it when ``sampling.logprobs`` asks). ``inputs``: more tensors for the first
+        forward pass (an image-text model's ``pixel_values``); later steps read them from the cache."""
         torch = self.torch
         limit = self.check_room(prompt, sampling)
         generator = torch.Generator(device=self.device)
@@ -249,7 +280,7 @@ class ChatEngine:
         text, finish, matched = "", "length", False
         with torch.inference_mode():
             ids = torch.tensor([list(prompt)], device=self.device)
-            out = self.model(input_ids=ids, use_cache=True, **self._keep_last)
+            out = self.model(input_ids=ids, use_cache=True, **(inputs or {}), **self._keep_last)
             while True:
                 if cancel.is_set():
                     finish = "cancelled"
@@ -291,6 +322,67 @@ class ChatEngine:
         return Outcome(stops.sent, finish, len(prompt), len(tokens), tuple(sent))
 
 
+class VisionEngine(ChatEngine):
+    """An image-text model (``AutoModelForImageTextToText``) and its processor: chat as ``ChatEngine``,
+    and chats with images, which the processor turns into pixel tensors and expands into the prompt's
+    image tokens (so the prompt's token count includes what the images take)."""
+
+    reads_images = True
+
+    def __init__(self, model: Any, processor: Any, torch: Any, device: Any, dtype: Any) -> None:
+        tokenizer = processor.tokenizer
+        if not getattr(tokenizer, "chat_template", None) and getattr(processor, "chat_template", None):
+            tokenizer.chat_template = processor.chat_template  # saved beside the processor, not the tokenizer
+        super().__init__(model, tokenizer, torch, device)
+        self.processor = processor
+        self.dtype = dtype
+
+    @classmethod
+    def load_vision(cls, folder: Path, device: Any, dtype: Any, torch: Any) -> VisionEngine:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+        model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+        return cls(model.to(device).eval(), processor, torch, device, dtype)
+
+    def image_prompt(
+        self, messages: Sequence[Mapping[str, Any]], tools: ToolParams | None, images: Sequence[bytes]
+    ) -> tuple[list[int], dict[str, Any]]:
+        """The prompt's tokens (image tokens expanded) and the tensors of its images, for ``generate``."""
+        text = self._chat_text(messages, tools)
+        pictures = [_picture(data, i) for i, data in enumerate(images)]
+        try:
+            encoded = self.processor(
+                text=text, images=pictures, return_tensors="pt", add_special_tokens=False
+            )
+        except Exception as exc:  # e.g. a template that places fewer image tokens than images
+            raise RequestError(f"the images do not fit this model's prompt: {exc}", param="messages") from exc
+        tokens = [int(t) for t in encoded["input_ids"][0].tolist()]
+        inputs: dict[str, Any] = {}
+        for key, value in encoded.items():
+            if key in ("input_ids", "attention_mask", "token_type_ids"):
+                continue
+            moved = value.to(self.device) if hasattr(value, "to") else value
+            if hasattr(moved, "is_floating_point") and moved.is_floating_point():
+                moved = moved.to(self.dtype)
+            inputs[key] = moved
+        return tokens, inputs
+
+
+def _picture(data: bytes, i: int) -> Any:
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise RequestError(
+            f"image {i + 1} cannot be decoded: {exc}", param="messages", code="invalid_image"
+        ) from None
+
+
 class EmbedEngine:
     """A sentence-transformers model: pooling and normalisation as its folder's modules.json says."""
 
@@ -324,15 +416,18 @@ class EmbedEngine:
         return vectors.astype("float32").tolist(), tokens
 
 
-Engine = ChatEngine | EmbedEngine
+Engine = ChatEngine | VisionEngine | EmbedEngine | RerankEngine
 
 
 def _no_text(_: Piece) -> None:
     return None
 
 
-def load_engine(folder: Path, *, device: str, dtype: str, task: str, threads: int = 0) -> Engine:
-    """Load ``folder`` for ``task`` (chat, embedding or auto) or raise ``LoadError`` with the reason."""
+def load_engine(
+    folder: Path, *, device: str, dtype: str, task: str, threads: int = 0, adapter: Path | None = None
+) -> Engine:
+    """Load ``folder`` for ``task`` (chat, embedding, rerank or auto) or raise ``LoadError`` with the
+    reason; ``adapter``: a LoRA (peft) folder over the chat model of ``folder``."""
     _precheck(folder)
     torch = _import_torch()
     if threads > 0:
@@ -345,8 +440,14 @@ def load_engine(folder: Path, *, device: str, dtype: str, task: str, threads: in
         if kind == "embedding":
             engine = EmbedEngine.load(folder, torch_device, torch_dtype)
             engine.embed(["warm up"])
+        elif kind == "rerank":
+            engine = RerankEngine.load(folder, torch_device, torch_dtype, torch)
+            engine.score("warm up", ["warm up"])
         else:
-            engine = ChatEngine.load(folder, torch_device, torch_dtype, torch)
+            if is_vision_config(read_config(folder)):
+                engine = VisionEngine.load_vision(folder, torch_device, torch_dtype, torch)
+            else:
+                engine = ChatEngine.load(folder, torch_device, torch_dtype, torch, adapter)
             # The first forward passes are several times slower (kernel selection, allocator): pay them
             # before the instance reports ready, not in the first request's TTFT. The same for the token
             # table that the JSON guide and logprobs read (built once per tokenizer, ~0.2 s).

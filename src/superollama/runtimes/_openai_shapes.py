@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from superollama.core.images import ImageError, parse_data_url
 from superollama.runtimes import _tools
 from superollama.runtimes._json_schema import ANY_OBJECT, Node, SchemaError, compile_schema
 from superollama.runtimes._logprobs import (
@@ -73,6 +74,7 @@ class ChatParams:
     stream: bool = False
     include_usage: bool = False
     tools: ToolParams | None = None
+    images: tuple[bytes, ...] = ()  # in the order their ``{"type": "image"}`` parts come in messages
 
 
 @dataclass(frozen=True)
@@ -168,24 +170,48 @@ def _object(body: Any) -> Mapping[str, Any]:
     return body
 
 
-def _content(message: Mapping[str, Any], i: int) -> str:
+def _content(message: Mapping[str, Any], i: int, images: list[bytes]) -> str | list[dict[str, Any]]:
+    """A message's text; with images, Hugging Face's content parts (``{"type": "image"}`` where each
+    image goes, ``{"type": "text", ...}``), the images' bytes appended to ``images``."""
     content = message.get("content")
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        texts = []
+        parts: list[dict[str, Any]] = []
         for part in content:
-            if not isinstance(part, Mapping) or part.get("type") != "text":
-                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+            if kind == "text":
+                parts.append({"type": "text", "text": str(part.get("text", ""))})
+            elif kind == "image_url":
+                images.append(_image(part, i))
+                parts.append({"type": "image"})
+            else:
                 raise RequestError(
-                    f"content part of type {kind!r} is not supported by this model (text only)",
+                    f"content part of type {kind!r} is not supported by this model",
                     param=f"messages[{i}].content",
                 )
-            texts.append(str(part.get("text", "")))
-        return "".join(texts)
+        if all(p["type"] == "text" for p in parts):
+            return "".join(p["text"] for p in parts)
+        return parts
     raise RequestError("'content' must be a string or a list of parts", param=f"messages[{i}].content")
+
+
+def _image(part: Mapping[str, Any], i: int) -> bytes:
+    """An ``image_url`` part's bytes. Only data URLs: the gateway fetches http(s) URLs and sends data."""
+    ref = part.get("image_url")
+    url = ref.get("url") if isinstance(ref, Mapping) else ref
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise RequestError(
+            "this worker reads images as base64 data URLs (the gateway fetches http(s) URLs)",
+            param=f"messages[{i}].content",
+            code="invalid_image",
+        )
+    try:
+        return parse_data_url(url)[1]
+    except ImageError as exc:
+        raise RequestError(str(exc), param=f"messages[{i}].content", code="invalid_image") from None
 
 
 def parse_response_format(value: Any) -> Node | None:
@@ -220,11 +246,12 @@ def _schema(schema: Any, param: str) -> Node:
         ) from exc
 
 
-def _message(message: Any, i: int) -> dict[str, Any]:
+def _message(message: Any, i: int, images: list[bytes]) -> dict[str, Any]:
     if not isinstance(message, Mapping) or message.get("role") not in _ROLES:
         raise RequestError(f"messages[{i}] needs a 'role' in {sorted(_ROLES)}", param=f"messages[{i}]")
     role = "system" if message["role"] == "developer" else str(message["role"])
-    return {"role": role, "content": _content(message, i), **_tools.message_tool_fields(message, i)}
+    content = _content(message, i, images)
+    return {"role": role, "content": content, **_tools.message_tool_fields(message, i)}
 
 
 def parse_chat(raw: Any) -> ChatParams:
@@ -235,13 +262,15 @@ def parse_chat(raw: Any) -> ChatParams:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty list", param="messages")
-    out = tuple(_message(m, i) for i, m in enumerate(messages))
+    images: list[bytes] = []
+    out = tuple(_message(m, i, images) for i, m in enumerate(messages))
     tools = _tools.parse_tools(body)
     guide = parse_response_format(body.get("response_format"))
     if tools is not None and tools.guided:
         guide = _tools.call_node(tools)
     stream, include_usage = _stream(body)
-    return ChatParams(out, _sampling(body, chat=True, guide=guide), stream, include_usage, tools)
+    sampling = _sampling(body, chat=True, guide=guide)
+    return ChatParams(out, sampling, stream, include_usage, tools, tuple(images))
 
 
 def parse_completion(raw: Any) -> CompletionParams:

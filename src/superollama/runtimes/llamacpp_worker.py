@@ -1,7 +1,10 @@
 """Child process of one llama.cpp instance: runs llama.cpp's own HTTP server (xllamacpp) until SIGTERM.
 
     python -m superollama.runtimes.llamacpp_worker --instance-id ID --model PATH --alias NAME \
-        [--ctx N] [--parallel N] [--threads N] [--embedding | --no-embedding] [--parent-pid PID]
+        [--ctx N] [--parallel N] [--threads N] [--embedding | --no-embedding] [--reranking] \
+        [--mmproj PATH] [--parent-pid PID] [--guardian-pid PID]
+
+``--mmproj``: a vision model's projector GGUF; llama.cpp's server then reads ``image_url`` parts.
 
 Only this module imports ``xllamacpp``; the agent never does. The original stdout is kept as the control
 pipe for the one handshake line (``_ready``) and then closed; everything else written to stdout or stderr
@@ -11,18 +14,17 @@ pipe for the one handshake line (``_ready``) and then closed; everything else wr
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import IO, Any
 
+from superollama.runtimes._child import settle_lifetime
 from superollama.runtimes._ready import format_failed, format_ready
 
 __all__ = ["main"]
 
-_PR_SET_PDEATHSIG = 1
 _GGUF_MAGIC = b"GGUF"
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
@@ -32,22 +34,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--instance-id", required=True)
     parser.add_argument("--model", required=True, type=Path, help="GGUF file")
     parser.add_argument("--alias", required=True, help="model name the server answers to")
+    parser.add_argument("--lora", action="append", type=Path, default=[], help="GGUF LoRA adapter to apply")
     parser.add_argument("--ctx", type=int, default=0, help="context size (0: the model's own)")
     parser.add_argument("--parallel", type=int, default=1, help="concurrent sequences (slots)")
     parser.add_argument("--threads", type=int, default=-1, help="CPU threads (-1: llama.cpp decides)")
     parser.add_argument("--embedding", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--reranking", action="store_true", help="a cross-encoder: serve /v1/rerank (rank pooling)"
+    )
+    parser.add_argument("--mmproj", type=Path, default=None, help="projector GGUF (vision models)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit at once if not our parent")
+    parser.add_argument("--guardian-pid", type=int, default=None, help="outlive the parent, die with it")
     return parser.parse_args(argv)
-
-
-def _die_with_parent(parent_pid: int | None) -> bool:
-    """Ask for SIGKILL when the parent dies; False if it already has (the getppid race)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            print(f"prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}", file=sys.stderr)
-    return parent_pid is None or os.getppid() == parent_pid
 
 
 def _take_control_pipe() -> IO[str]:
@@ -80,13 +79,25 @@ def _start_server(args: argparse.Namespace) -> Any:
     params = xllamacpp.CommonParams()
     params.model.path = str(args.model)
     params.model_alias = {args.alias}
+    adapters = []
+    for path in args.lora:
+        adapter = xllamacpp.CommonAdapterLoraInfo()
+        adapter.path = str(path)
+        adapter.scale = 1.0
+        adapters.append(adapter)
+    params.lora_adapters = adapters
     params.port = 0
     params.hostnames = [args.host]
     params.n_ctx = args.ctx
     params.n_parallel = args.parallel
+    if args.mmproj is not None:
+        params.mmproj.path = str(args.mmproj)
     if args.threads > 0:
         params.cpuparams.n_threads = args.threads
-    if args.embedding:
+    if args.reranking:  # what llama-server's --reranking sets: its /v1/rerank answers only then
+        params.embedding = True
+        params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_RANK
+    elif args.embedding:
         params.embedding = True
         params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
     return xllamacpp.Server(params)
@@ -94,7 +105,7 @@ def _start_server(args: argparse.Namespace) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not _die_with_parent(args.parent_pid):
+    if not settle_lifetime(args.parent_pid, args.guardian_pid):
         print("parent is gone before start: exiting", file=sys.stderr)
         return 3
     control = _take_control_pipe()

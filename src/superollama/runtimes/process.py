@@ -10,14 +10,19 @@ ask the kernel to SIGKILL them when their parent dies (``PR_SET_PDEATHSIG``). Th
 *thread* that forked them: spawn from the thread that runs the event loop for the agent's whole life.
 
 After an agent restart, :func:`is_our_process` tells a leftover worker of ours from an unrelated process
-that reuses its PID, and :func:`kill_leftover` stops it.
+that reuses its PID, and :func:`kill_leftover` stops it. A runtime given a *guardian* (the master of
+``serve --workers N``) starts its workers with ``--guardian-pid``: they outlive the agent process and die
+with the master instead (``_child.settle_lifetime``), and :func:`adopt_worker` takes a healthy one of
+them back after an agent restart (``AdoptedHandle``: not our child, so its exit is watched on a pidfd).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,14 +31,16 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from superollama.core import Endpoint, InstanceHandle
+from superollama.core import Endpoint, InstanceHandle, InstanceRecord
 from superollama.errors import ModelLoadFailed
 from superollama.runtimes._ready import FAILED, READY, parse_line
 
 __all__ = [
+    "AdoptedHandle",
     "ProcessHandle",
     "SpawnFn",
     "WorkerLaunch",
+    "adopt_worker",
     "is_our_process",
     "kill_leftover",
     "log_tail",
@@ -290,3 +297,89 @@ async def _gone(proc: psutil.Process, *, within: float) -> bool:
         if loop.time() >= deadline:
             return False
         await asyncio.sleep(_GONE_POLL)
+
+
+class AdoptedHandle:
+    """A worker of ours an earlier agent started (implements ``core.InstanceHandle``)."""
+
+    def __init__(self, instance_id: str, proc: psutil.Process, endpoint: Endpoint) -> None:
+        self.instance_id = instance_id
+        self.pid = proc.pid
+        self.endpoint = endpoint
+        self._proc = proc
+
+    def __repr__(self) -> str:
+        return f"AdoptedHandle({self.instance_id!r}, pid={self.pid})"
+
+    def alive(self) -> bool:
+        try:
+            return self._proc.is_running() and self._proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    async def wait(self) -> int:
+        """Until the process has exited (its exit status is its parent's to read: 0 is reported)."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return 0
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, readable)
+        try:
+            if self.alive():
+                await exited
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        return 0
+
+    async def stop(self, timeout: float) -> None:
+        """SIGTERM, SIGKILL after ``timeout`` s (psutil checks the start time: a reused PID is never hit)."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self._proc.terminate()
+        if not await _gone(self._proc, within=timeout):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self._proc.kill()
+            await _gone(self._proc, within=5.0)
+
+
+async def adopt_worker(
+    record: InstanceRecord, *, module: str, provider: str, guardian_pid: int | None, grace: float
+) -> InstanceHandle | None:
+    """Take back the worker of ``record`` when it is ours, started for this ``guardian_pid`` and healthy
+    (a handle to keep); else stop it if it is ours (None). Never touches another process."""
+    if record.pid is None:
+        return None
+    proc = _our_process(record.pid, record.id, module)
+    if proc is not None and guardian_pid is not None and record.endpoint:
+        with contextlib.suppress(psutil.Error):
+            guarded = f"--guardian-pid={guardian_pid}" in _pairs(proc.cmdline())
+            if guarded and await _healthy(record.endpoint + "/health"):
+                log.info("instance %s: adopted worker pid %d at %s", record.id, record.pid, record.endpoint)
+                endpoint = Endpoint(base_url=record.endpoint, provider=provider, served_name=record.version)
+                return AdoptedHandle(record.id, proc, endpoint)
+    if await kill_leftover(record.pid, record.id, grace, module=module):
+        log.info("instance %s: stopped leftover worker pid %d", record.id, record.pid)
+    return None
+
+
+def _pairs(cmdline: Sequence[str]) -> set[str]:
+    """``--flag value`` and ``--flag=value`` of a command line, as ``--flag=value``."""
+    pairs = {arg for arg in cmdline if arg.startswith("--") and "=" in arg}
+    pairs.update(f"{a}={b}" for a, b in itertools.pairwise(cmdline) if a.startswith("--"))
+    return pairs
+
+
+async def _healthy(url: str) -> bool:
+    timeout = aiohttp.ClientTimeout(total=_HEALTH_REQUEST_TIMEOUT)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False

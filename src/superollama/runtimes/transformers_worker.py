@@ -1,12 +1,14 @@
 """Child process of one transformers instance: loads a Hugging Face folder and serves OpenAI routes.
 
     python -m superollama.runtimes.transformers_worker --instance-id ID --model DIR --alias NAME \
-        [--device cpu|cuda:N] [--dtype auto|float32|bfloat16|float16] [--task chat|embedding|auto] \
-        [--threads N] [--max-queue N] [--parent-pid PID]
+        [--device cpu|cuda:N] [--dtype auto|float32|bfloat16|float16] [--task chat|embedding|rerank|auto] \
+        [--threads N] [--max-queue N] [--parent-pid PID] [--guardian-pid PID]
 
 Routes (aiohttp on 127.0.0.1, a free port): ``/v1/chat/completions`` and ``/v1/completions`` (chat and
 text models, SSE streaming, logprobs; chats also take ``tools`` and ``response_format`` JSON modes, kept
-by constrained decoding), ``/v1/embeddings`` (sentence-transformers models), ``/v1/models``,
+by constrained decoding; an image-text model's chats take ``image_url`` parts as base64 data URLs),
+``/v1/embeddings`` (sentence-transformers models), ``/v1/rerank``
+(cross-encoders; vLLM's request and answer shape), ``/v1/models``,
 ``/health``. One request runs on the model at a time (the others wait their turn, up to ``--max-queue``,
 then 503); a client that goes away stops its generation at the next token.
 
@@ -37,10 +39,11 @@ from aiohttp import web
 
 from superollama.runtimes import _openai_shapes as shapes
 from superollama.runtimes import _replies as replies
-from superollama.runtimes._child import die_with_parent, take_control_pipe
+from superollama.runtimes._child import settle_lifetime, take_control_pipe
 from superollama.runtimes._logprobs import Piece
 from superollama.runtimes._openai_shapes import RequestError
 from superollama.runtimes._ready import format_failed, format_ready
+from superollama.runtimes._rerank_shapes import parse_rerank, rerank_response
 
 if TYPE_CHECKING:
     from superollama.runtimes._hf_engine import Outcome
@@ -58,13 +61,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--instance-id", required=True)
     parser.add_argument("--model", required=True, type=Path, help="Hugging Face model folder")
     parser.add_argument("--alias", required=True, help="model name the server answers to")
+    parser.add_argument("--adapter", type=Path, default=None, help="LoRA (peft) folder over --model")
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--task", default="auto", choices=["auto", "chat", "embedding"])
+    parser.add_argument("--task", default="auto", choices=["auto", "chat", "embedding", "rerank"])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch decides)")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting their turn, then 503")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit at once if not our parent")
+    parser.add_argument("--guardian-pid", type=int, default=None, help="outlive the parent, die with it")
     return parser.parse_args(argv)
 
 
@@ -129,6 +134,7 @@ class Worker:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/rerank", self.rerank)
         return app
 
     def stop_all(self) -> None:
@@ -199,16 +205,28 @@ class Worker:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         engine = self._engine("chat")
         params = shapes.parse_chat(await self._body(request))
-        prompt = engine.chat_prompt(params.messages, params.tools)
+        extra: dict[str, Any] = {}
+        if params.images:
+            if not getattr(engine, "reads_images", False):
+                raise RequestError(
+                    f"model {self.alias!r} is text-only: it cannot read images",
+                    param="messages",
+                    code="image_input_not_supported",
+                )
+            prompt, extra["inputs"] = engine.image_prompt(params.messages, params.tools, params.images)
+        else:
+            prompt = engine.chat_prompt(params.messages, params.tools)
         engine.check_room(prompt, params.sampling)
         reply = shapes.Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self.alias)
         if not params.stream:
-            out = _finished(await self._run(lambda c: engine.generate(prompt, params.sampling, c, _ignore)))
+            out = _finished(
+                await self._run(lambda c: engine.generate(prompt, params.sampling, c, _ignore, **extra))
+            )
             use = shapes.usage(out.prompt_tokens, out.completion_tokens)
             return _json(replies.chat_response(reply, params, out, use))
         return await self._stream(
             request,
-            lambda c, emit: engine.generate(prompt, params.sampling, c, emit),
+            lambda c, emit: engine.generate(prompt, params.sampling, c, emit, **extra),
             replies.ChatStream(reply, params),
         )
 
@@ -281,6 +299,14 @@ class Worker:
         body = shapes.embeddings_response(self.alias, vectors, as_base64=params.base64, prompt_tokens=tokens)
         return _json(body)
 
+    async def rerank(self, request: web.Request) -> web.Response:
+        engine = self._engine("rerank")
+        params = parse_rerank(await self._body(request))
+        scores, tokens = await self._run(
+            lambda _: engine.score(params.query, params.documents, params.max_tokens_per_doc)
+        )
+        return _json(rerank_response(f"rerank-{uuid.uuid4().hex}", self.alias, params, scores, tokens))
+
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
     with contextlib.suppress(RuntimeError):  # the loop is closed: we are shutting down
@@ -311,7 +337,7 @@ async def serve(worker: Worker, args: argparse.Namespace, control: IO[str]) -> N
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not die_with_parent(args.parent_pid):
+    if not settle_lifetime(args.parent_pid, args.guardian_pid):
         print("parent is gone before start: exiting", file=sys.stderr)
         return 3
     control = take_control_pipe()
@@ -322,7 +348,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         engine = load_engine(
-            args.model.resolve(), device=args.device, dtype=args.dtype, task=args.task, threads=args.threads
+            args.model.resolve(),
+            device=args.device,
+            dtype=args.dtype,
+            task=args.task,
+            threads=args.threads,
+            adapter=args.adapter,
         )
     except LoadError as exc:
         control.write(format_failed(str(exc)))

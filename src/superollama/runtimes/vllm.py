@@ -38,11 +38,11 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from superollama.core import Artifact, Endpoint, InstanceHandle, InstanceRecord, InstanceSpec
 from superollama.errors import ModelLoadFailed
-from superollama.runtimes.process import SpawnFn, WorkerLaunch, kill_leftover, spawn_worker
+from superollama.runtimes.process import SpawnFn, WorkerLaunch, adopt_worker, spawn_worker
 
 __all__ = ["VLLM_SUPERVISOR", "VllmHandle", "VllmRuntime", "vllm_available"]
 
@@ -149,8 +149,10 @@ class VllmRuntime:
         supervisor_python: str = sys.executable,
         env: Mapping[str, str] | None = None,
         spawn: SpawnFn = spawn_worker,
+        guardian_pid: int | None = None,
     ) -> None:
         self.log_dir = log_dir
+        self.guardian_pid = guardian_pid  # supervisors outlive the agent and die with it (``process``)
         self.python = python
         self.max_model_len = max_model_len
         self.dtype = dtype
@@ -166,6 +168,13 @@ class VllmRuntime:
 
     def accepts(self, artifact: Artifact) -> bool:
         return artifact.format.lower() == "safetensors" and artifact.path.is_dir()
+
+    async def suits(self, inventory: Mapping[str, Any]) -> bool:
+        """A node with a GPU whose ``python`` has vLLM (on CPU only, transformers serves safetensors: vLLM's
+        CPU build is slow to start; name ``runtime: vllm`` on a version to use it there anyway)."""
+        devices = inventory.get("devices") or ()
+        gpu = any(isinstance(d, Mapping) and d.get("kind") == "cuda" for d in devices)
+        return gpu and await vllm_available(self.python)
 
     def server_command(self, spec: InstanceSpec) -> tuple[str, ...]:
         """vLLM's own command line (the supervisor adds ``--host`` and ``--port``)."""
@@ -221,6 +230,7 @@ class VllmRuntime:
             f"{self.stop_timeout:g}",
             "--parent-pid",
             str(os.getpid()),
+            *(("--guardian-pid", str(self.guardian_pid)) if self.guardian_pid is not None else ()),
             "--",
             *self.server_command(spec),
         )
@@ -272,12 +282,17 @@ class VllmRuntime:
         return VllmHandle(handle, self.stop_timeout + 5.0)
 
     async def adopt(self, record: InstanceRecord) -> InstanceHandle | None:
-        """Clean replacement: stop a leftover supervisor of ours (it stops its vLLM); never another PID."""
-        if record.pid is None:
-            return None
-        if await kill_leftover(record.pid, record.id, self.stop_timeout + 5.0, module=VLLM_SUPERVISOR):
-            log.info("instance %s: stopped leftover vLLM supervisor pid %d", record.id, record.pid)
-        return None
+        """Take back a healthy supervisor started for this runtime's guardian (``serve --workers N``: it
+        outlived the agent process, and its vLLM serves on: no reload of minutes); else stop a leftover
+        supervisor of ours (it stops its vLLM). Never touches another PID."""
+        handle = await adopt_worker(
+            record,
+            module=VLLM_SUPERVISOR,
+            provider=self.provider,
+            guardian_pid=self.guardian_pid,
+            grace=self.stop_timeout + 5.0,
+        )
+        return None if handle is None else VllmHandle(handle, self.stop_timeout + 5.0)
 
 
 def _cuda_index(device: str) -> int | None:

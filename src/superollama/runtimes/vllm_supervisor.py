@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -44,12 +45,29 @@ _POLL = 0.25
 
 
 class _Stop:
-    """Set by SIGTERM/SIGINT (a plain flag: the supervisor is single-threaded)."""
+    """Set by SIGTERM/SIGINT (a plain flag: the supervisor is single-threaded), or by the guardian's exit
+    (its pidfd turns readable: polled by the supervisor's loops, no thread)."""
 
-    requested = False
+    def __init__(self) -> None:
+        self._signalled = False
+        self._guardian: int | None = None
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        self.requested = True
+        self._signalled = True
+
+    def guard(self, guardian_pid: int) -> bool:
+        """Stop when ``guardian_pid`` exits; False if it already has."""
+        try:
+            self._guardian = os.pidfd_open(guardian_pid)
+        except ProcessLookupError:
+            return False
+        return True
+
+    @property
+    def requested(self) -> bool:
+        if not self._signalled and self._guardian is not None:
+            self._signalled = bool(select.select([self._guardian], [], [], 0)[0])
+        return self._signalled
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -63,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     parser.add_argument("--stop-timeout", type=float, default=10.0)
     parser.add_argument("--parent-pid", type=int, default=None)
+    # the server's master with ``serve --workers N``: this supervisor (and its vLLM) outlives the agent
+    # process that started it, is taken back by the next one, and dies with the master instead
+    parser.add_argument("--guardian-pid", type=int, default=None)
     command = argv[cut + 1 :]
     if not command:
         raise SystemExit("vllm_supervisor: no command after --")
@@ -146,9 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    # SIGTERM (not SIGKILL) when the agent dies: we still stop vLLM's whole group on our way out.
-    if not die_with_parent(args.parent_pid, signal.SIGTERM):
-        print("parent is gone before start: exiting", file=sys.stderr)
+    # With a guardian: outlive the agent, stop when the guardian exits. Without: SIGTERM (not SIGKILL) when
+    # the agent dies. Either way we still stop vLLM's whole group on our way out.
+    alive = (
+        stop.guard(args.guardian_pid)
+        if args.guardian_pid is not None
+        else die_with_parent(args.parent_pid, signal.SIGTERM)
+    )
+    if not alive:
+        print("parent (or guardian) is gone before start: exiting", file=sys.stderr)
         return 3
     control = take_control_pipe()
     port = free_port(args.host)

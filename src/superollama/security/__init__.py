@@ -27,6 +27,7 @@ from superollama.security.keys import (
 )
 from superollama.security.limits import Admission, MemoryRateLimiter, RateLimiter
 from superollama.security.manage import IssuedKey, KeyManager, KeySpec, key_state, parse_duration
+from superollama.security.sessions import Session, Sessions
 
 if TYPE_CHECKING:
     from superollama.security.redis_limits import RedisRateLimiter
@@ -51,6 +52,8 @@ __all__ = [
     "RateLimiter",
     "RedisRateLimiter",
     "Security",
+    "Session",
+    "Sessions",
     "SpendStore",
     "bearer_key",
     "check_bind_safety",

@@ -17,6 +17,7 @@ from superollama.errors import AdminRequired, Forbidden, ModelNotAllowed, Unauth
 from superollama.security.budgets import Budgets
 from superollama.security.keys import KeyCache, Principal, looks_like_key
 from superollama.security.limits import Admission, RateLimiter
+from superollama.security.sessions import COOKIE, CSRF_HEADER, SAFE_METHODS, Sessions
 
 __all__ = ["DEFAULT_COMPLETION_TOKENS", "Security", "bearer_key", "estimate_tokens"]
 
@@ -48,10 +49,12 @@ class Security:
         budgets: Budgets,
         *,
         auth_required: bool | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         self.keys = keys
         self.limiter = limiter
         self.budgets = budgets
+        self.sessions = sessions
         self._auth_required = auth_required
 
     @property
@@ -84,6 +87,31 @@ class Security:
             return None
         return self.keys.lookup(key)
 
+    def authenticate_request(
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        cookies: Mapping[str, str],
+        *,
+        required: bool | None = None,
+    ) -> Principal | None:
+        """``authenticate``, and else a web UI session (``so_session`` cookie) when no key was sent: the
+        session's key, still valid, and for a change its CSRF token (403 without it). A key sent in a
+        header always wins over the cookie. Where no key is required, a session that ended (expired, its
+        key revoked) counts as no key at all, as it would without the cookie."""
+        cookie = cookies.get(COOKIE)
+        if self.sessions is None or not cookie or bearer_key(headers) is not None:
+            return self.authenticate(headers, required=required)
+        required = self.auth_required if required is None else required
+        try:
+            session = self.sessions.verify(cookie)
+            self.sessions.check_csrf(session, method, headers.get(CSRF_HEADER))
+            return self.keys.by_id(session.key_id, session.prefix)
+        except Unauthorized:
+            if required:
+                raise
+            return None
+
     async def admit(self, principal: Principal | None, model: str, estimated_tokens: int) -> Admission:
         """403 for a model outside the key's patterns (a backstop: the gateway answers such a model as
         missing before it gets here), then 429 ``insufficient_quota`` for a spent budget, then 429
@@ -110,11 +138,14 @@ class Security:
             actual = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
         await self.limiter.settle(admission, actual, cost=self.cost(admission.model, record))
 
-    def require_admin(self, principal: Principal | None) -> None:
-        """401 without a key where auth is required; 403 for a user key."""
+    def require_admin(self, principal: Principal | None, method: str = "POST") -> None:
+        """401 without a key where auth is required; 403 for a user key, and for a viewer key on a
+        change (a viewer reads: ``GET``, ``HEAD``, ``OPTIONS``)."""
         if principal is None:
             if self.admin_required:
                 raise Unauthorized("the admin API requires an admin API key")
+            return
+        if principal.role == "viewer" and method.upper() in SAFE_METHODS:
             return
         if not principal.is_admin:
             raise AdminRequired(f"API key {principal.prefix} is not an admin key")
@@ -122,7 +153,11 @@ class Security:
     def require_models(self, principal: Principal | None) -> None:
         """403 for a key that may not call the client APIs (``/v1/*``, ``/api/*``): a metrics key."""
         if principal is not None and not principal.uses_models:
-            raise Forbidden(f"API key {principal.prefix} has the metrics role: it may only read /metrics")
+            if principal.role == "metrics":
+                raise Forbidden(f"API key {principal.prefix} has the metrics role: it may only read /metrics")
+            raise Forbidden(
+                f"API key {principal.prefix} has the {principal.role} role: it may not call the client APIs"
+            )
 
     def require_metrics_reader(self, principal: Principal | None) -> None:
         """``/metrics`` needs a key with the admin or metrics role wherever the data plane needs a key

@@ -45,9 +45,11 @@ log = logging.getLogger("superollama.security")
 KEY_SCHEME = "so-"
 PREFIX_CHARS = 8
 SECRET_BYTES = 30  # 40 URL-safe base64 characters
-ROLES = ("admin", "user", "metrics")
+ROLES = ("admin", "user", "metrics", "viewer")
 """``admin``: everything; ``user``: the data plane (``/v1/*``, ``/api/*``), within its model patterns;
-``metrics``: ``GET /metrics`` only (what a Prometheus scraper is given), nothing else."""
+``metrics``: ``GET /metrics`` only (what a Prometheus scraper is given), nothing else; ``viewer``: reads
+the admin API (``GET``) and ``/metrics`` and signs in to the web UI read-only; it changes nothing and
+calls no model."""
 _PREFIX_ALPHABET = string.ascii_lowercase + string.digits
 _KEY_LENGTH = len(KEY_SCHEME) + PREFIX_CHARS + 40
 
@@ -131,14 +133,19 @@ class Principal:
         return self.role == "admin"
 
     @property
+    def reads_admin(self) -> bool:
+        """Whether this key may read the admin API and sign in to the web UI (admin and viewer)."""
+        return self.role in ("admin", "viewer")
+
+    @property
     def reads_metrics(self) -> bool:
-        """Whether this key may read ``/metrics`` (the admin and metrics roles)."""
-        return self.role in ("admin", "metrics")
+        """Whether this key may read ``/metrics`` (the admin, metrics and viewer roles)."""
+        return self.role in ("admin", "metrics", "viewer")
 
     @property
     def uses_models(self) -> bool:
-        """Whether this key may call the client APIs at all (a metrics key may not)."""
-        return self.role != "metrics"
+        """Whether this key may call the client APIs at all (a metrics or viewer key may not)."""
+        return self.role not in ("metrics", "viewer")
 
     @property
     def scoped(self) -> bool:
@@ -212,13 +219,26 @@ class KeyCache:
             for _, p in self._by_hash.values()
         )
 
+    def by_id(self, key_id: str, prefix: str) -> Principal:
+        """The principal of the key ``key_id`` whose prefix is still ``prefix`` (a web UI session names
+        its key so); ``Unauthorized`` once that key is gone, rotated, revoked or expired — the session
+        ends with its key."""
+        principal = next(
+            (p for _, p in self._by_hash.values() if p.key_id == key_id and p.prefix == prefix), None
+        )
+        if principal is None:
+            raise Unauthorized("the session's API key no longer exists: sign in again")
+        return self._usable(principal)
+
     def lookup(self, key: str) -> Principal:
         """The principal behind ``key``; ``Unauthorized`` for an unknown, revoked or expired key."""
         digest = hash_key(key)
         entry = self._by_hash.get(digest)
         if entry is None or not hmac.compare_digest(entry[0], digest):
             raise Unauthorized("invalid API key")
-        principal = entry[1]
+        return self._usable(entry[1])
+
+    def _usable(self, principal: Principal) -> Principal:
         now = self._clock()
         if principal.revoked_at is not None and principal.revoked_at <= now:
             raise Unauthorized(f"API key {principal.prefix} has been revoked")
@@ -229,8 +249,8 @@ class KeyCache:
         return principal
 
     async def upkeep(self, sink: KeyUsageSink, interval: float = 10.0) -> None:
-        """Run until cancelled: every ``interval`` seconds record the keys' last use in ``sink`` and
-        reload, picking up keys created or revoked by other gateway processes."""
+        """Run until cancelled: every ``interval`` seconds record the keys' last use in ``sink``. Keys
+        created or revoked elsewhere arrive through the change feed (``control/feed.py``), not by polling."""
         while True:
             await asyncio.sleep(interval)
             used = self.drain_used()
@@ -240,10 +260,6 @@ class KeyCache:
                 for key_id, at in used.items():  # not lost: the next round records them
                     self._used[key_id] = max(self._used.get(key_id, 0.0), at.timestamp())
                 log.warning("recording the keys' last use failed: %s", exc.message)
-            try:
-                await self.reload()
-            except SuperOllamaError as exc:
-                log.warning("reloading the keys failed: %s", exc.message)
 
     def drain_used(self) -> dict[str, datetime]:
         """Keys used since the last call, with the time of their last use; forgets them."""

@@ -38,6 +38,7 @@ __all__ = ["CHUNK_SIZE", "Blob", "BlobStore", "hash_file", "normalize_digest", "
 
 CHUNK_SIZE = 4 * 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
+MOVE_STEM = "move"  # partial files of a blob being copied between roots (store/relocate.py)
 _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 _BLOB_NAME = re.compile(r"^sha256-[0-9a-f]{64}$")
 log = logging.getLogger(__name__)
@@ -195,9 +196,16 @@ class BlobStore:
                 target.unlink(missing_ok=True)
         return True
 
+    def partial_path(self, stem: str) -> Path:
+        """A fresh name for a partial file beside the blobs: ``<stem>-<random>.partial``. A writer that
+        crashes leaves it there for ``purge_tmp``."""
+        return self.partial_dir / f"{stem}-{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+
     def purge_tmp(self, older_than_s: float = 24 * 3600) -> int:
         """Remove files left in ``tmp/`` and ``*.partial`` files beside the blobs by crashed writers (or
-        interrupted downloads nobody resumed); return how many went."""
+        interrupted downloads nobody resumed); return how many went. A move's copy (``move-*.partial``)
+        goes whatever its age: moves run under the store's lock, which the caller (``gc``) holds, so
+        none is being written."""
         cutoff = time.time() - older_than_s
         removed = 0
         entries: list[os.DirEntry[str]] = []
@@ -208,7 +216,9 @@ class BlobStore:
                 continue
         for entry in entries:
             try:
-                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                if entry.is_file() and (
+                    entry.name.startswith(MOVE_STEM + "-") or entry.stat().st_mtime < cutoff
+                ):
                     os.unlink(entry.path)
                     removed += 1
             except FileNotFoundError:
@@ -271,8 +281,7 @@ class BlobStore:
         tmp: Path | None = None
         f: BinaryIO | None = None
         if write:
-            stem = (expected or "sha256:unknown").replace(":", "-")
-            tmp = self.partial_dir / f"{stem}-{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+            tmp = self.partial_path((expected or "sha256:unknown").replace(":", "-"))
             f = await asyncio.to_thread(_open_new, tmp)
         h = hashlib.sha256()
         n = 0
@@ -347,7 +356,7 @@ class BlobStore:
         On another filesystem (or where links are refused) this falls back to a copy, with a log note.
         """
         expected = normalize_digest(expected_digest) if expected_digest else None
-        tmp = self.partial_dir / f"link-{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+        tmp = self.partial_path("link")
         try:
             await asyncio.to_thread(_link, Path(path), tmp)
         except OSError as exc:

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from superollama.core import Manifest
+from superollama.core.images import VISION, is_vision_config
 from superollama.errors import IntegrityError, StoreError
 from superollama.store.blobs import BlobStore
 from superollama.store.gguf import human_parameters
@@ -157,8 +158,11 @@ def folder_metadata(files: Mapping[str, Path]) -> dict[str, Any]:
         "head_count_kv": config.get("num_key_value_heads", config.get("num_attention_heads")),
         "vocab_size": config.get("vocab_size"),
         "sentence_transformers": "modules.json" in files,
+        VISION: is_vision_config(config),  # an image-text model: it reads images
     }
     template = tokenizer.get("chat_template")
+    if not isinstance(template, str) and files.get("chat_template.jinja") is not None:
+        template = files["chat_template.jinja"].read_text(errors="replace")  # saved beside the processor
     if isinstance(template, str):
         meta["chat_template"] = template
     return meta

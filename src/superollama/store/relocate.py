@@ -15,18 +15,15 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 from superollama.core import Manifest, Progress
 from superollama.errors import IntegrityError, StoreError
-from superollama.store.blobs import BlobStore, normalize_digest, short_digest
+from superollama.store.blobs import MOVE_STEM, BlobStore, normalize_digest, short_digest
 
-__all__ = ["copy_blob", "copy_manifest_blobs", "purge_partials"]
+__all__ = ["copy_blob", "copy_manifest_blobs"]
 
 _CHUNK = 4 * 1024 * 1024
-_PARTIAL = ".partial"
 
 
 def copy_manifest_blobs(
@@ -67,7 +64,7 @@ def copy_blob(
     if not source.is_file():
         raise IntegrityError(f"blob {digest} is missing ({source})")
     target = dest.path(digest)
-    tmp = dest.dir / f".{target.name}.{uuid.uuid4().hex}{_PARTIAL}"
+    tmp = dest.partial_path(MOVE_STEM)
     h = hashlib.sha256()
     done = 0
     try:
@@ -90,18 +87,3 @@ def copy_blob(
     finally:
         tmp.unlink(missing_ok=True)
     return True
-
-
-def purge_partials(blobs: BlobStore) -> int:
-    """Remove copies a crashed move left in ``blobs/`` (``.sha256-….partial``); how many went. Run it
-    with the store's lock held: no move is running then."""
-    removed = 0
-    try:
-        entries = list(os.scandir(blobs.dir))
-    except FileNotFoundError:
-        return 0
-    for entry in entries:
-        if entry.name.startswith(".sha256-") and entry.name.endswith(_PARTIAL):
-            Path(entry.path).unlink(missing_ok=True)
-            removed += 1
-    return removed

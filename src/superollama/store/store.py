@@ -31,12 +31,13 @@ from typing import Any
 import aiohttp
 
 from superollama.core import Artifact, Layer, Manifest, ModelRef, Progress
+from superollama.core.images import MEDIA_PROJECTOR, VISION
 from superollama.errors import IntegrityError, InvalidRequest, ModelExists, ModelNotFound, StoreError
 from superollama.store.blobs import BlobStore, normalize_digest, short_digest
 from superollama.store.folders import folder_key, folder_metadata, is_folder, materialize, prune
 from superollama.store.gguf import as_metadata, read_gguf_metadata
 from superollama.store.manifests import ManifestStore, as_ref
-from superollama.store.relocate import copy_manifest_blobs, purge_partials
+from superollama.store.relocate import copy_manifest_blobs
 from superollama.store.roots import StorageRoot, StorageRoots
 from superollama.store.sources import (
     DEFAULT_OLLAMA_REGISTRY,
@@ -211,6 +212,8 @@ class ModelStore:
     async def _metadata(self, plan: SourcePlan, layers: list[Layer]) -> dict[str, Any]:
         metadata: dict[str, Any] = dict(plan.metadata)
         metadata.update(await asyncio.to_thread(layer_metadata, layers, self._read_blob))
+        if any(la.media_type == MEDIA_PROJECTOR for la in layers):
+            metadata[VISION] = True  # a projector (mmproj) beside the GGUF: it reads images
         if plan.format == "gguf":
             model = Manifest(name="", format=plan.format, layers=tuple(layers)).model_layer
             info = await asyncio.to_thread(read_gguf_metadata, self.blobs.path(model.digest))
@@ -222,6 +225,45 @@ class ModelStore:
 
     def _read_blob(self, digest: str) -> bytes:
         return self.blobs.path(digest).read_bytes()
+
+    # -- built here ---------------------------------------------------------------------------------------
+    async def add_folder(
+        self,
+        name: ModelRef | str,
+        files: Mapping[str, Path],
+        *,
+        format: str,
+        metadata: Mapping[str, Any],
+        source: str,
+    ) -> Manifest:
+        """A folder version from files made on this node (a fine-tuned adapter): each file becomes a blob
+        (hard-linked when it can be), then the manifest is written; ``ModelExists`` if the name is taken.
+        ``files``: relative name in the folder → the file now."""
+        ref = as_ref(name)
+        for relative in files:
+            safe_relpath(relative)
+        async with self._lock:
+            if self._read_or_none(ref) is not None:
+                raise ModelExists(f"model '{ref}' already exists", param="model")
+            layers = []
+            pinned: list[str] = []
+            try:
+                for relative, path in sorted(files.items()):
+                    blob = await self.blobs.adopt(path, pin=True)
+                    pinned.append(blob.digest)
+                    layers.append(Layer(MEDIA_FILE, blob.digest, blob.size, filename=relative))
+                manifest = Manifest(
+                    name=str(ref),
+                    format=format,
+                    layers=tuple(layers),
+                    metadata=dict(metadata),
+                    source=source,
+                    created_at=datetime.now(UTC),
+                )
+                return await asyncio.to_thread(self.manifests.write, manifest)
+            finally:
+                for digest in pinned:
+                    self.blobs.unpin(digest)
 
     # -- import ---------------------------------------------------------------------------------------
     async def import_ollama_models(
@@ -261,10 +303,9 @@ class ModelStore:
     async def gc(self) -> set[str]:
         """Remove blobs no manifest references (and stale partial files); return the freed digests."""
         async with self._lock:
-            await asyncio.to_thread(self.blobs.purge_tmp)
             for root in await asyncio.to_thread(self.roots.all):
-                if not root.is_home and root.usable:
-                    await asyncio.to_thread(purge_partials, self.blobs_in(root.location))
+                if root.is_home or root.usable:
+                    await asyncio.to_thread(self.blobs_in(root.location).purge_tmp)
             return await self._collect((), everywhere=True)
 
     def blobs_in(self, location: Path | None) -> BlobStore:
@@ -383,10 +424,17 @@ class ModelStore:
         return materialize(manifest, blobs, self.root, tmp_dir=self.blobs.tmp_dir)
 
     def artifact(self, name: ModelRef | str) -> Artifact:
-        """A version as a runtime sees it: name, format, model file path, metadata."""
+        """A version as a runtime sees it: name, format, model file path, metadata (and the projector
+        file of a GGUF vision model)."""
         manifest = self.manifests.read(name)
+        projector = next((la for la in manifest.layers if la.media_type == MEDIA_PROJECTOR), None)
+        blobs = self.blobs_in(manifest.storage_root)
         return Artifact(
-            name=manifest.name, format=manifest.format, path=self.model_path(name), metadata=manifest.metadata
+            name=manifest.name,
+            format=manifest.format,
+            path=self.model_path(name),
+            metadata=manifest.metadata,
+            projector=None if projector is None else blobs.path(projector.digest),
         )
 
     def disk_usage(self) -> int:

@@ -7,6 +7,7 @@ thread for logs, spans and Opik; an asyncio task for the ledger). Importing this
 OpenTelemetry and Opik SDKs are imported only when they are switched on.
 """
 
+from superollama.telemetry._prom import Counter, Gauge
 from superollama.telemetry.access_log import ACCESS_LOGGER, AccessLog, LoggingHandle, configure_logging
 from superollama.telemetry.events import INCIDENT_ACTIONS, Incidents, is_incident
 from superollama.telemetry.hub import Telemetry
@@ -18,6 +19,8 @@ __all__ = [
     "GROUPINGS",
     "INCIDENT_ACTIONS",
     "AccessLog",
+    "Counter",
+    "Gauge",
     "Incidents",
     "LoggingHandle",
     "Metrics",

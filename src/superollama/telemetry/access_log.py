@@ -68,6 +68,7 @@ def access_fields(
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
         "usage_estimated": record.usage_estimated or None,
+        "search_units": record.search_units,
         "cost": record.cost,
         "error_type": record.error_type,
         "error": record.error,

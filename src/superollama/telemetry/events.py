@@ -34,7 +34,16 @@ log = logging.getLogger("superollama.events")
 
 STORM_ACTION: Final = "ratelimit.storm"
 INCIDENT_ACTIONS: frozenset[str] = frozenset(
-    {"instance.crashed", "instance.load_failed", "connection.unhealthy", "budget.exhausted", STORM_ACTION}
+    {
+        "instance.crashed",
+        "instance.load_failed",
+        "connection.unhealthy",
+        "budget.exhausted",
+        STORM_ACTION,
+        "rollout.step",  # every decision of a canary analysis goes to the webhook too
+        "rollout.promote",
+        "rollout.rollback",
+    }
 )
 _MAX_KEYS: Final = 10_000  # storm detector: distinct keys tracked before old ones are forgotten
 

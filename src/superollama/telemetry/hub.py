@@ -29,6 +29,7 @@ from superollama.telemetry.access_log import AccessLog
 from superollama.telemetry.events import Incidents
 from superollama.telemetry.metrics import Metrics
 from superollama.telemetry.usage import UsageLedger, UsageStore
+from superollama.telemetry.windows import TargetWindows
 
 if TYPE_CHECKING:
     import aiohttp
@@ -68,6 +69,7 @@ class Telemetry:
         self.settings = settings
         self.capture_content = settings.capture_content
         self.metrics: Metrics | None = Metrics() if settings.metrics else None
+        self.windows = TargetWindows(settings.rollout_window)  # per deployment target: canary analysis
         self._span_exporter = span_exporter
         trace_ids = None
         if settings.otlp_endpoint or span_exporter is not None:
@@ -114,6 +116,8 @@ class Telemetry:
         """One finished request (sync, non-blocking; call it from the event loop's thread)."""
         if self.metrics is not None:
             self.metrics.observe(record)
+        if record.deployment is not None:
+            self.windows.record(record)
         if not self.capture_content and (record.input is not None or record.output is not None):
             record = dataclasses.replace(record, input=None, output=None)
         if self.sinks.wanted:  # no thread hop when nothing would use it
@@ -146,6 +150,10 @@ class Telemetry:
         """An instance changed state (``InstanceState``); ``load_seconds`` with ``ready``."""
         if self.metrics is not None:
             self.metrics.instance_event(instance, version, state, node=node, load_seconds=load_seconds)
+
+    def instance_tokens_per_second(self, instance: str) -> float | None:
+        """Tokens per second of the instance's latest answer, when metrics are on."""
+        return self.metrics.instance_tokens_per_second(instance) if self.metrics is not None else None
 
     def notify(self, event: EventRecord) -> None:
         """A lifecycle event: a log line; an incident also goes to the webhook."""

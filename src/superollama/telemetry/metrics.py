@@ -31,6 +31,8 @@ Names (all ``superollama_``-prefixed; the Grafana dashboard in ``deploy/grafana`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from superollama.core import RequestRecord
 from superollama.telemetry._prom import (
     Counter,
@@ -86,6 +88,7 @@ class Metrics:
         self._models: set[str] = set()
         self._cells: dict[tuple[str, int, str], _Cells] = {}
         self._instances: dict[str, tuple[str, str, str]] = {}  # id → (version, node, state)
+        self._instance_tps: dict[str, float] = {}  # id → tokens/s of its latest answer with tokens
         self.requests = Counter(P + "requests", "Finished requests.", ("model", "status", "protocol"))
         self.latency = Histogram(
             P + "request_duration_seconds", "Request latency, end to end.", ("model",), LATENCY_BUCKETS
@@ -134,6 +137,11 @@ class Metrics:
         )
         self._in_flight = self.in_flight.labels()
         self._queue_depth = self.queue_depth.labels()
+        self._sources: list[Callable[[], Sequence[Counter | Histogram]]] = []
+
+    def add_source(self, source: Callable[[], Sequence[Counter | Histogram]]) -> None:
+        """More families, built by ``source`` at each scrape (the gateway's breakers and retry budget)."""
+        self._sources.append(source)
 
     # -- the request path -------------------------------------------------------------------------
     def observe(self, r: RequestRecord) -> None:
@@ -160,6 +168,8 @@ class Metrics:
                 seconds -= r.ttft
             if seconds > 0:
                 cells.tps.observe(out / seconds)
+                if r.instance is not None and r.instance in self._instances:
+                    self._instance_tps[r.instance] = out / seconds
         if r.error_type is not None or r.status >= 400:
             self._error(cells.model, r)
 
@@ -213,8 +223,13 @@ class Metrics:
             self.instance_failures.labels(version).value += 1
         if state in _TERMINAL:
             self._instances.pop(instance, None)
+            self._instance_tps.pop(instance, None)
         else:
             self._instances[instance] = (version, node, state)
+
+    def instance_tokens_per_second(self, instance: str) -> float | None:
+        """Completion tokens per second of the instance's latest answer (None before its first)."""
+        return self._instance_tps.get(instance)
 
     # -- scrape ---------------------------------------------------------------------------------------
     def render(self) -> bytes:
@@ -239,5 +254,6 @@ class Metrics:
                 self.instance_load,
                 self.instance_failures,
                 self.dropped,
+                *(family for source in self._sources for family in source()),
             )
         )

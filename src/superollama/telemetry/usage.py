@@ -58,13 +58,15 @@ class UsageStore(Protocol):
 
 @dataclass(frozen=True)
 class UsageSummary:
-    """One group of the ledger: requests, errors, tokens, cost and latency percentiles (milliseconds)."""
+    """One group of the ledger: requests, errors, tokens, search units (rerank), cost and latency
+    percentiles (milliseconds)."""
 
     group: str
     requests: int
     errors: int
     prompt_tokens: int
     completion_tokens: int
+    search_units: int
     cost: float
     latency_p50_ms: float | None
     latency_p95_ms: float | None
@@ -117,6 +119,7 @@ def summarize(records: Iterable[RequestRecord], by: str) -> list[UsageSummary]:
                 errors=sum(1 for r in rows if r.status >= 400),
                 prompt_tokens=sum(r.prompt_tokens or 0 for r in rows),
                 completion_tokens=sum(r.completion_tokens or 0 for r in rows),
+                search_units=sum(r.search_units or 0 for r in rows),
                 cost=round(sum(r.cost or 0.0 for r in rows), 9),
                 latency_p50_ms=_ms(percentile(latencies, 0.50)),
                 latency_p95_ms=_ms(percentile(latencies, 0.95)),
@@ -145,6 +148,7 @@ def record_row(record: RequestRecord) -> dict[str, Any]:
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
         "usage_estimated": record.usage_estimated,
+        "search_units": record.search_units,
         "ttft_ms": _ms(record.ttft),
         "latency_ms": _ms(record.duration),
         "cost": record.cost,

@@ -116,6 +116,9 @@ def check_chat(body: Mapping[str, Any]) -> None:
         role = message.get("role")
         if role not in ("system", "developer", "user", "assistant", "tool", "function"):
             raise _bad(f"invalid role {role!r} in 'messages.{i}'", f"messages.[{i}].role")
+        calls = message.get("tool_calls")
+        if calls is not None:
+            _check_tool_calls(i, calls)
     logprobs = body.get("logprobs")
     if logprobs is not None and not isinstance(logprobs, bool):
         err = _bad(
@@ -130,6 +133,26 @@ def check_chat(body: Mapping[str, Any]) -> None:
     response_format = body.get("response_format")
     if response_format is not None and not (isinstance(response_format, dict) and "type" in response_format):
         raise _bad("'response_format' must be an object with a 'type'", "response_format")
+
+
+def _check_tool_calls(i: int, calls: Any) -> None:
+    """An assistant message's ``tool_calls``: ``[{"type": "function", "function": {"name", "arguments"}}]``
+    (a backend answers anything else with a 500 of its own)."""
+    where = f"messages.[{i}].tool_calls"
+    if not isinstance(calls, list):
+        raise _bad(f"'{where}' must be an array", where)
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if (
+            not isinstance(fn, dict)
+            or call.get("type") != "function"
+            or not isinstance(fn.get("name"), str)
+            or not isinstance(fn.get("arguments"), str)
+        ):
+            raise _bad(
+                f"'{where}.[{j}]' must be {{'type': 'function', 'function': {{'name': …, 'arguments': …}}}}",
+                f"{where}.[{j}]",
+            )
 
 
 def _check_tools(tools: Any) -> None:

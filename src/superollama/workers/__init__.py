@@ -1,7 +1,9 @@
 """``superollama serve --workers N``: N processes on one port, one primary and N-1 replicas.
 
     master (supervisor)      binds N SO_REUSEPORT sockets, forks, restarts, orders the shutdown
-    ├── worker 0: primary    the whole app (agent, controller, jobs, admin API) + the hub for replicas
+    ├── agent process        the node agent (``agent_process``): the model processes are its children
+    ├── worker 0: primary    the whole app (controller, jobs, admin API) + the hub for replicas; drives
+    │                        the agent through ``remote_agent`` (the ``NodeAgent`` seam)
     └── worker 1..N-1        the data plane (``replica``); everything else proxied to the primary
 
 State shared between the workers, and how:
@@ -9,10 +11,12 @@ State shared between the workers, and how:
 - routing snapshot: the primary pushes each new ``RoutingTable`` to every replica over a WebSocket on
   its control socket; an admin call that changes state returns once every replica acknowledged it;
 - API keys: the same push tells replicas to reload their key cache after a key is created, revoked or
-  rotated (and each reloads every 10 s anyway, for changes made offline);
+  rotated, here or through another gateway on the same registry (the primary's change feed,
+  ``control/feed.py``, brings those);
 - rate limits and budgets: Redis when configured (as for separate servers), else a shared-memory table
   made by the master (``security.shared_limits``), exact across the workers;
-- in-flight counts: replicas report theirs to the primary, which adds them to its agent's;
+- in-flight counts: replicas report theirs to the primary, which adds them to its own and reports the
+  sum to the agent process (``activity``), so idle unloading and drains see every worker's requests;
 - usage ledger: every worker writes its own batches to the shared registry;
 - metrics: ``/metrics`` (the primary) sums every worker's series.
 

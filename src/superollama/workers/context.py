@@ -22,9 +22,9 @@ FORWARDED_CLIENT = "X-Superollama-Client"  # replica → primary: the client's a
 
 @dataclass
 class WorkerContext:
-    index: int  # 0: the primary
+    index: int  # 0: the primary; -1: the agent process
     count: int
-    sock: socket.socket  # bound with SO_REUSEPORT and listening, made by the master
+    sock: socket.socket | None  # bound with SO_REUSEPORT and listening, made by the master (None: the agent)
     paths: RunPaths
     limits: SharedLimitTable | None  # None when the rate limits live in Redis
     ready_fd: int
@@ -51,6 +51,7 @@ class WorkerContext:
         """Serve the shared port with this worker's connection bounds (and, on the primary,
         ``primary.sock`` for the replicas' proxies, ungated: those are our own connections), then tell
         the master this worker is ready."""
+        assert self.sock is not None, "the agent process serves no port"
         await GatedSockSite(runner, ConnectionGate(runner, limits), self.sock).start()
         if self.primary:
             with contextlib.suppress(FileNotFoundError):

@@ -1,13 +1,13 @@
-"""A replica's link to the primary (see ``primary`` for the protocol), and what the replica's data plane
-sees of it: the ``InstanceStarter`` and ``InstanceAccounting`` of the gateway's ``ModelTargets``.
+"""A replica's link to the primary (see ``primary`` for the protocol): the replica's ``ControlPlaneClient``
+(``control/plane.py``), so also the ``InstanceStarter`` and ``InstanceAccounting`` of its ``ModelTargets``.
 
 Upstream credentials come in ``state`` messages too, next to (never inside) the snapshot, and are kept in
 ``credentials``, in memory only (``control.credentials``).
 
 The watch WebSocket is opened at start and re-opened (0.1 s doubling to 0.5 s) whenever it drops (the
-primary restarting): the replica keeps serving from its last snapshot meanwhile. Request accounting
-stays local and synchronous (a dict update per request); an instance whose count leaves or reaches zero
-wakes the reporter, which sends at most one ``activity`` message per 20 ms, and one per second anyway.
+primary restarting): the replica keeps serving from its last snapshot meanwhile, instances included —
+they belong to the agent process, not to the primary, so they outlive it. Request accounting stays
+local (``workers.activity``) and rides on every message to the primary.
 """
 
 from __future__ import annotations
@@ -17,37 +17,65 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable
-from dataclasses import replace
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
 from superollama import errors
-from superollama.control import CredentialStore, Route, RouteTarget, RoutingHolder, RoutingTable
+from superollama.control import (
+    CredentialStore,
+    KeyListeners,
+    KeysListener,
+    Route,
+    RouteTarget,
+    RoutingHolder,
+)
 from superollama.errors import LoadTimeout, SuperOllamaError, Unavailable
+from superollama.workers.activity import ActivityReporter
 from superollama.workers.context import WORKER_HEADER, WorkerContext
 from superollama.workers.snapshot import decode_table, decode_target
 
-__all__ = ["PrimaryLink", "ReplicaServices", "error_from_json"]
+__all__ = ["PrimaryLink", "ReplicaServices", "error_from_json", "post_json"]
 
 log = logging.getLogger("superollama.workers")
 
-_REPORT_EVERY = 1.0
-_REPORT_SPACING = 0.02
 _RECONNECT_FIRST = 0.1
 _RECONNECT_MAX = 0.5
 _BASE = "http://primary"
 
 
 class ReplicaServices(Protocol):
-    """What the primary asks of a replica over the watch channel."""
-
-    def reload_keys(self) -> Awaitable[object]: ...
+    """What the primary asks of a replica over the watch channel (key reloads go through the seam's
+    ``on_keys_changed``)."""
 
     def render_metrics(self) -> bytes: ...
 
     def flush_usage(self) -> Awaitable[int]: ...
+
+
+async def post_json(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], timeout: float, *, peer: str
+) -> dict[str, Any]:
+    """POST ``body`` to a sibling process's internal API; its answer, or the error it answered with (the
+    same class of our tree), or a 503 while it cannot be reached (restarting)."""
+    try:
+        async with session.post(
+            url, data=orjson.dumps(body), timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as resp:
+            raw = await resp.read()
+            status = resp.status
+    except TimeoutError:
+        raise LoadTimeout(f"{peer} did not answer in time", retry_after=5) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise Unavailable(f"{peer} is restarting; try again", retry_after=1) from exc
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    if status != 200 or not isinstance(data, dict):
+        raise error_from_json(data, status)
+    return data
 
 
 def error_from_json(data: Any, status: int) -> SuperOllamaError:
@@ -67,17 +95,16 @@ def error_from_json(data: Any, status: int) -> SuperOllamaError:
 
 
 class PrimaryLink:
+    """``ControlPlaneClient`` of a replica worker: everything through its primary."""
+
     def __init__(self, ctx: WorkerContext, holder: RoutingHolder, *, load_timeout: float) -> None:
-        self.holder = holder
-        self.credentials = CredentialStore()  # upstream credentials from the primary, in memory only
+        self._holder = holder
+        self._credentials = CredentialStore()  # upstream credentials from the primary, in memory only
+        self._keys = KeyListeners()
         self.services: ReplicaServices | None = None
         self._ctx = ctx
         self._load_timeout = load_timeout
-        self._counts: dict[str, int] = {}
-        self._used: set[str] = set()
-        self._keep: dict[str, float | None] = {}
-        self._holds: list[int] = []
-        self._urgent = asyncio.Event()
+        self._activity = ActivityReporter()
         self._ready = asyncio.Event()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._send_lock = asyncio.Lock()
@@ -87,10 +114,21 @@ class PrimaryLink:
         )
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def holder(self) -> RoutingHolder:
+        return self._holder
+
+    @property
+    def credentials(self) -> CredentialStore:
+        return self._credentials
+
+    def on_keys_changed(self, listener: KeysListener) -> None:
+        self._keys.add(listener)
+
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._watch(), name="primary-watch"),
-            asyncio.create_task(self._report(), name="primary-report"),
+            asyncio.create_task(self._activity.run(self._send), name="primary-report"),
         ]
 
     async def wait_ready(self) -> None:
@@ -107,25 +145,16 @@ class PrimaryLink:
 
     # -- InstanceAccounting (hot path: no I/O) -------------------------------------------------------
     def in_flight(self, instance_id: str) -> int:
-        return self._counts.get(instance_id, 0)
+        return self._activity.in_flight(instance_id)
 
     def acquire(self, instance_id: str) -> None:
-        count = self._counts.get(instance_id, 0) + 1
-        self._counts[instance_id] = count
-        self._used.add(instance_id)
-        if count == 1:
-            self._urgent.set()
+        self._activity.acquire(instance_id)
 
     def release(self, instance_id: str) -> None:
-        count = self._counts.get(instance_id, 0) - 1
-        if count > 0:
-            self._counts[instance_id] = count
-        else:
-            self._counts.pop(instance_id, None)
-            self._urgent.set()
+        self._activity.release(instance_id)
 
     def set_keep_alive(self, version: str, seconds: float | None) -> None:
-        self._keep[version] = seconds
+        self._activity.set_keep_alive(version, seconds)
 
     def expires_in(self, version: str) -> float | None:
         return None  # /api/ps is answered by the primary
@@ -151,29 +180,11 @@ class PrimaryLink:
         target = decode_target(data["target"])
         hold = data.get("hold")
         if hold is not None:
-            # The primary counts the target as in use until a report says we have it: the caller acquires
-            # it right after this returns, before the reporter can run, so that report carries it.
-            self._holds.append(int(hold))
+            self._activity.hold(int(hold))
         return target
 
     async def _post(self, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-        try:
-            async with self._session.post(
-                _BASE + path, data=orjson.dumps(body), timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except TimeoutError:
-            raise LoadTimeout("the primary worker did not answer in time", retry_after=5) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise Unavailable("the primary worker is restarting; try again", retry_after=1) from exc
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            data = None
-        if status != 200 or not isinstance(data, dict):
-            raise error_from_json(data, status)
-        return data
+        return await post_json(self._session, _BASE + path, body, timeout, peer="the primary worker")
 
     # -- the watch channel -----------------------------------------------------------------------------
     async def _watch(self) -> None:
@@ -197,8 +208,9 @@ class PrimaryLink:
             finally:
                 self._ws = None
             if connected:
-                log.warning("lost the primary worker; reconnecting (connections' models are still served)")
-                self.holder.publish(_without_instances(self.holder.table))
+                log.warning(
+                    "lost the primary worker; reconnecting (serving from the last snapshot meanwhile)"
+                )
             await asyncio.sleep(delay)
             delay = min(_RECONNECT_MAX, delay * 2)
 
@@ -212,8 +224,8 @@ class PrimaryLink:
             table = data.get("table")
             if table is not None:
                 self.holder.publish(decode_table(table))
-            if data.get("keys") and services is not None:
-                await services.reload_keys()
+            if data.get("keys"):
+                await self._keys.notify()
             self._ready.set()
             await self._send({"op": "ack", "seq": seq})
         elif op == "metrics":
@@ -229,25 +241,4 @@ class PrimaryLink:
         if ws is None:
             return
         async with self._send_lock:
-            used, self._used = list(self._used), set()
-            keep, self._keep = self._keep, {}
-            holds, self._holds = self._holds, []
-            activity = {"in_flight": self._counts, "used": used, "keep_alive": keep, "holds": holds}
-            await ws.send_bytes(orjson.dumps({**message, **activity}))
-
-    async def _report(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._urgent.wait(), _REPORT_EVERY)
-            self._urgent.clear()
-            with contextlib.suppress(aiohttp.ClientError, OSError, ConnectionError):
-                await self._send({"op": "activity"})
-            await asyncio.sleep(_REPORT_SPACING)
-
-
-def _without_instances(table: RoutingTable) -> RoutingTable:
-    """The snapshot less the primary's instances: they may be gone with it (a restart kills them), so
-    until the primary is back a request for them asks it (a clear 503 while it restarts), while the
-    models of connections (servers we do not run) keep their targets."""
-    routes = [r if r.connection is not None else replace(r, targets=()) for r in table.routes.values()]
-    return RoutingTable.build(routes, table.generation)
+            await ws.send_bytes(orjson.dumps({**message, **self._activity.take()}))

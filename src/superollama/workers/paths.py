@@ -1,11 +1,12 @@
 """Where the worker processes of one server find each other: Unix sockets in a private run directory.
 
 ``HOME/run/<master pid>/`` (mode 0700) holds ``primary.sock`` (the primary's full app: replicas proxy the
-admin API, model management, ``/metrics``, the UI and unknown paths to it, byte for byte) and
-``control.sock`` (the primary's internal API: the watch channel, scale from zero, unload). Both sockets are
-mode 0600. A directory is per master, so two servers on one home never share sockets; directories left by
-a master that no longer runs are removed at the next start. A home whose path is too long for a socket
-address (108 bytes) gets its run directory under the system's temporary directory instead.
+admin API, model management, ``/metrics``, the UI and unknown paths to it, byte for byte),
+``control.sock`` (the primary's internal API: the watch channel, scale from zero, unload) and
+``agent.sock`` (the node agent process's API, ``agent_process``). Every socket is mode 0600. A directory
+is per master, so two servers on one home never share sockets; directories left by a master that no
+longer runs are removed at the next start. A home whose path is too long for a socket address (108
+bytes) gets its run directory under the system's temporary directory instead.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class RunPaths:
     @property
     def control(self) -> Path:
         return self.dir / "control.sock"
+
+    @property
+    def agent(self) -> Path:
+        return self.dir / "agent.sock"
 
     @classmethod
     def create(cls, home: Path, master_pid: int) -> RunPaths:

@@ -13,10 +13,19 @@ import sys
 
 from superollama.settings import Settings
 
-__all__ = ["bind_reuseport", "describe_exit", "master_logging", "resolve_workers", "set_pdeathsig", "url_of"]
+__all__ = [
+    "become_subreaper",
+    "bind_reuseport",
+    "describe_exit",
+    "master_logging",
+    "resolve_workers",
+    "set_pdeathsig",
+    "url_of",
+]
 
 _BACKLOG = 1024
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 _PLAIN = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -75,6 +84,15 @@ def set_pdeathsig(sig: int) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
             print(f"prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}", file=sys.stderr)
+
+
+def become_subreaper() -> None:
+    """Orphans below this process (model processes whose agent process died) become its children, so its
+    ``waitpid`` reaps them when they exit."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            print(f"prctl(PR_SET_CHILD_SUBREAPER) failed: errno {ctypes.get_errno()}", file=sys.stderr)
 
 
 def master_logging(settings: Settings) -> None:

@@ -1,6 +1,9 @@
 """The primary worker's side of ``serve --workers N``: it keeps every replica's state in step with its own.
 
-The primary runs the whole app (agent, controller, admin API). This hub adds, on ``control.sock``:
+The primary runs the whole app (agent, controller, admin API) and its ``LocalControlPlane``; this hub
+serves that same ``ControlPlaneClient`` seam (``control/plane.py``) to the replicas, whose
+``workers.link.PrimaryLink`` is its other side. Key changes the plane reports (made here, or through
+another gateway and brought by the change feed) reach every replica as ``keys``. On ``control.sock``:
 
 - ``GET /internal/watch``: one WebSocket per replica, for its whole life. Primary → replica: ``state``
   messages (the routing snapshot when it changed, ``keys`` when the key cache must be reloaded,
@@ -40,11 +43,11 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from superollama.agent import LocalAgent
-from superollama.control import CredentialStore, RoutingHolder, RoutingTable
+from superollama.control import ControlPlaneClient, RoutingTable
 from superollama.errors import SuperOllamaError
 from superollama.gateway.openai_routes import ModelTargets
 from superollama.telemetry import Telemetry
+from superollama.workers.activity import ActivityLedger, Holds
 from superollama.workers.context import FORWARDED_CLIENT, WORKER_HEADER, WorkerContext
 from superollama.workers.metrics import merge_expositions
 from superollama.workers.snapshot import table_json
@@ -55,7 +58,6 @@ log = logging.getLogger("superollama.workers")
 
 SYNC_TIMEOUT = 5.0
 CALL_TIMEOUT = 5.0
-HOLD_TTL = 60.0  # an ensure hold the replica never reported (its request was cancelled) ends by itself
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _MANAGEMENT = frozenset({"/api/pull", "/api/copy", "/api/delete", "/api/create", "/api/push"})
 _METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -81,8 +83,8 @@ class _Replica:
     index: int
     pid: int
     ws: web.WebSocketResponse
+    ledger: ActivityLedger  # its in-flight counts, added to the agent's
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    counts: dict[str, int] = field(default_factory=dict)  # instance → requests in flight there
     seq: int = 0  # of the last message sent
     acked: int = 0
     sent_generation: int = -1
@@ -97,27 +99,24 @@ class PrimaryHub:
     def __init__(
         self,
         ctx: WorkerContext,
-        holder: RoutingHolder,
+        plane: ControlPlaneClient,
         targets: ModelTargets,
-        agent: LocalAgent,
         telemetry: Telemetry,
-        *,
-        credentials: CredentialStore | None = None,
     ) -> None:
         self._ctx = ctx
-        self._credentials = credentials if credentials is not None else CredentialStore()
-        self._holder = holder
+        self._credentials = plane.credentials
+        self._holder = holder = plane.holder
         self._targets = targets
-        self._agent = agent
+        self._agent = plane  # the replicas' counts are added to this process's
         self._telemetry = telemetry
         self._replicas: set[_Replica] = set()
         self._ids = _instance_ids(holder.table)
-        self._holds: dict[int, tuple[_Replica | None, str]] = {}  # ensure hold → (replica, instance)
-        self._next_hold = 0
+        self._holds = Holds(plane)  # ensure holds, until the replica reports the target
         self._push: asyncio.Task[None] | None = None
         self._push_again = False
         self._runner: web.AppRunner | None = None
         holder.subscribe(self._published)
+        plane.on_keys_changed(self._keys_changed)
 
     # -- wiring ----------------------------------------------------------------------------------------
     def install(self, app: web.Application) -> None:
@@ -222,6 +221,9 @@ class PrimaryHub:
             replica.sent_credentials = sent_credentials
             return replica.seq
 
+    async def _keys_changed(self) -> None:
+        await self.sync(reload_keys=True)
+
     async def sync(self, *, reload_keys: bool = False) -> None:
         """Every connected replica has the current snapshot (and reloaded its keys): bounded wait."""
 
@@ -249,7 +251,7 @@ class PrimaryHub:
         except (TypeError, ValueError, orjson.JSONDecodeError, TimeoutError):
             await ws.close()
             return ws
-        replica = _Replica(int(hello["worker"]), int(hello.get("pid", 0)), ws)
+        replica = _Replica(int(hello["worker"]), int(hello.get("pid", 0)), ws, ActivityLedger(self._agent))
         self._replicas.add(replica)
         log.info("worker %d (pid %d) connected", replica.index, replica.pid)
         try:
@@ -287,39 +289,20 @@ class PrimaryHub:
                 future.set_result(data)
 
     def _activity(self, replica: _Replica, data: dict[str, Any]) -> None:
-        """Fold a replica's report into the agent's counts: acquire every new count (and touch every used
-        instance) first, then release the old ones, so no count passes through zero on the way."""
-        agent = self._agent
-        for version, seconds in (data.get("keep_alive") or {}).items():
-            agent.set_keep_alive(str(version), None if seconds is None else float(seconds))
-        counts = {str(k): int(v) for k, v in (data.get("in_flight") or {}).items() if int(v) > 0}
-        used = {str(i) for i in data.get("used") or ()}
-        ids = counts.keys() | replica.counts.keys() | used
-        for instance in ids:
-            for _ in range(counts.get(instance, 0) + (instance in used)):
-                agent.acquire(instance)
-        for instance in ids:
-            for _ in range(replica.counts.get(instance, 0) + (instance in used)):
-                agent.release(instance)
-        replica.counts = counts
-        for hold in data.get("holds") or ():
-            self._release_hold(int(hold))
+        """Fold a replica's report into the agent's counts (``workers.activity``)."""
+        replica.ledger.fold(data)
+        self._holds.reported(data)
 
     def _gone(self, replica: _Replica) -> None:
         log.info("worker %d (pid %d) disconnected", replica.index, replica.pid)
-        for instance, count in replica.counts.items():
-            for _ in range(count):
-                self._agent.release(instance)
-        replica.counts = {}
+        replica.ledger.clear()
         for _, ids in replica.fences:
             for instance in ids:
                 self._agent.release(instance)
         for instance in replica.unfenced:
             self._agent.release(instance)
         replica.fences, replica.unfenced = [], []
-        for hold, (owner, _) in list(self._holds.items()):
-            if owner is replica:
-                self._release_hold(hold)
+        self._holds.drop(replica)
         for _, waiter in replica.acks:
             if not waiter.done():
                 waiter.set_result(None)
@@ -369,18 +352,10 @@ class PrimaryHub:
         except SuperOllamaError as exc:
             return web.Response(body=error_json(exc), status=exc.status, content_type="application/json")
         replica = self._replica(request.headers.get(WORKER_HEADER))
-        self._next_hold += 1
-        self._holds[self._next_hold] = (replica, target.instance_id)
-        self._agent.acquire(target.instance_id)  # until the replica reports it, goes away, or a minute
-        asyncio.get_running_loop().call_later(HOLD_TTL, self._release_hold, self._next_hold)
+        hold = self._holds.add(replica, target.instance_id)  # until reported, gone, or a minute
         return web.Response(
-            body=orjson.dumps({"target": target, "hold": self._next_hold}), content_type="application/json"
+            body=orjson.dumps({"target": target, "hold": hold}), content_type="application/json"
         )
-
-    def _release_hold(self, hold: int) -> None:
-        entry = self._holds.pop(hold, None)
-        if entry is not None:
-            self._agent.release(entry[1])
 
     def _replica(self, index: str | None) -> _Replica | None:
         for replica in self._replicas:

@@ -3,9 +3,13 @@
 Served here, with this process's own key cache, rate limiter (the shared-memory table, or Redis), budgets,
 telemetry and usage ledger: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
 ``/v1/models[/…]`` and the Ollama inference routes (``/api/chat``, ``/api/generate``, ``/api/embed``,
-``/api/embeddings``) and ``/api/version``. Routing reads the snapshot the primary pushes; a model with no
-ready instance is started by the primary (``ensure``). Every other path — the admin API, model management,
-``/api/tags`` and ``/api/ps``, ``/metrics``, the UI, unknown paths — goes to the primary unchanged.
+``/api/embeddings``), ``/api/version``, the Anthropic Messages API (``/v1/messages[/count_tokens]``) and
+the Responses API (``/v1/responses[/…]``, stored in the shared registry), rerank (``/v1/rerank``,
+``/v2/rerank``). Routing reads the snapshot the
+primary pushes; a model with no ready instance is started by the primary (``ensure``). Every other
+path — the admin API, model management, ``/api/tags`` and ``/api/ps``, ``/metrics``, the UI, unknown
+paths — goes to the primary unchanged. Chat grounded in vector stores (``plugins/rag``) is answered here
+too, from the home's vector store files the primary indexes.
 
 A replica starts serving only once it holds the primary's first snapshot, so its first answers are the
 primary's. Its rows go to the shared registry (SQLite in WAL mode with a busy timeout, or Postgres).
@@ -20,19 +24,36 @@ import signal
 
 from aiohttp import web
 
-from superollama.control import RoutingHolder
+from superollama.control import GATEWAY_HEADER, ControlPlaneClient, RoutingHolder, gateway_id
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
-from superollama.gateway.h1 import H1Client
+from superollama.gateway.anthropic_routes import AnthropicRoutes
+from superollama.gateway.images import image_inputs
 from superollama.gateway.listener import ConnectionLimits, make_runner, refuse_oversized
 from superollama.gateway.loop import run as run_loop
 from superollama.gateway.middleware import RequestMiddleware, add_exchange_headers
 from superollama.gateway.ollama_routes import OllamaRoutes
 from superollama.gateway.openai_routes import ModelTargets
+from superollama.gateway.rerank_routes import RerankRoutes
+from superollama.gateway.resilience import Resilience
+from superollama.gateway.responses_routes import ResponsesRoutes
+from superollama.gateway.shadow import ShadowMirror
+from superollama.gateway.translated import Backend
+from superollama.plugins import load_plugins, plugin_middlewares
+from superollama.plugins.rag import replica_grounding
 from superollama.registry import open_registry
-from superollama.security import Budgets, KeyCache, PriceTable, RateLimiter, Security, resolve_auth
+from superollama.security import (
+    Budgets,
+    KeyCache,
+    PriceTable,
+    RateLimiter,
+    Security,
+    Sessions,
+    resolve_auth,
+)
 from superollama.settings import Settings
 from superollama.telemetry import Telemetry
 from superollama.telemetry import configure_logging as configure_telemetry_logging
+from superollama.telemetry.windows import WindowReporter
 from superollama.workers.context import WorkerContext
 from superollama.workers.link import PrimaryLink
 from superollama.workers.proxy import PrimaryProxy
@@ -43,14 +64,10 @@ log = logging.getLogger("superollama.workers")
 
 
 class _Services:
-    """What the primary asks of this replica: reload keys, render metrics, write the usage ledger."""
+    """What the primary asks of this replica: render metrics, write the usage ledger."""
 
-    def __init__(self, keys: KeyCache, telemetry: Telemetry) -> None:
-        self._keys = keys
+    def __init__(self, telemetry: Telemetry) -> None:
         self._telemetry = telemetry
-
-    async def reload_keys(self) -> int:
-        return await self._keys.reload()
 
     def render_metrics(self) -> bytes:
         metrics = self._telemetry.metrics
@@ -74,39 +91,103 @@ async def create_replica_app(settings: Settings, ctx: WorkerContext, link: Prima
         limiter = ctx.shared_limiter()
     budgets = Budgets(PriceTable.parse(settings.price_table), limiter)
     auth = resolve_auth(settings.auth, settings.host, insecure=settings.insecure)
-    security = Security(keys, limiter, budgets, auth_required=auth)
+    sessions = Sessions.of_home(settings.home, settings.ui_session_ttl)  # the playground's /v1 calls
+    security = Security(keys, limiter, budgets, auth_required=auth, sessions=sessions)
     telemetry = Telemetry(settings, usage_store=registry.usage)
     await telemetry.start()
-    link.services = _Services(keys, telemetry)
+    link.services = _Services(telemetry)
+    link.on_keys_changed(keys.reload)  # a key created, revoked or rotated through any gateway
 
-    targets = ModelTargets(link.holder, link, link, security)
+    plane: ControlPlaneClient = link  # the replica's control plane is its primary, behind the one seam
+    resilience = Resilience.from_settings(settings)
+    targets = ModelTargets(plane.holder, plane, plane, security, resilience, images=image_inputs(settings))
     requests = RequestMiddleware(security, telemetry, settings.node_name)
     proxy = PrimaryProxy(ctx.paths.primary)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[refuse_oversized, proxy.middleware(), requests.middleware(), error_middleware],
+        middlewares=[
+            refuse_oversized,
+            proxy.middleware(),
+            requests.middleware(),
+            error_middleware,
+            *plugin_middlewares(load_plugins()),  # the request hooks run where the request is routed
+        ],
     )
     app.on_response_prepare.append(add_exchange_headers)
     ctx.add_worker_header(app)
-    backends = H1Client()
-    relay = Relay(backends, settings.upstream_timeout, link.credentials)
-    OpenAIRoutes(link.holder, targets, relay).register(app)
+    gateway = gateway_id(settings.gateway_name, ctx.master_pid)
+
+    async def gateway_header(_request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[GATEWAY_HEADER] = gateway
+
+    app.on_response_prepare.append(gateway_header)
+    backends = resilience.mounts
+    relay = Relay(
+        backends,
+        settings.upstream_timeout,
+        link.credentials,
+        first_token_timeout=resilience.first_token_timeout,
+    )
+    reporter = WindowReporter(telemetry.windows, registry.windows, interval=settings.rollout_report_interval)
+    shadow = ShadowMirror(
+        targets,
+        backends,
+        registry.shadows,
+        telemetry.windows,
+        timeout=settings.upstream_timeout,
+        queue=settings.shadow_queue,
+        embedding_model=settings.shadow_embedding_model,
+    )
+    openai_routes = OpenAIRoutes(link.holder, targets, relay, shadow=shadow)
+    openai_routes.register(app)
     OllamaRoutes(
-        targets, None, link, backends, settings.upstream_timeout, credentials=link.credentials
+        targets,
+        None,
+        link,
+        backends,
+        settings.upstream_timeout,
+        credentials=link.credentials,
+        first_token_timeout=resilience.first_token_timeout,
+        shadow=openai_routes.shadow,
     ).register(app, management=False)
+    translated = Backend(
+        backends,
+        settings.upstream_timeout,
+        link.credentials,
+        first_token_timeout=resilience.first_token_timeout,
+    )
+    AnthropicRoutes(targets, translated, shadow=openai_routes.shadow).register(app)
+    ResponsesRoutes(targets, translated, registry.responses, shadow=openai_routes.shadow).register(app)
+    RerankRoutes(targets, translated).register(app)
+    rag, rag_reload = await replica_grounding(
+        registry,
+        targets,
+        translated,
+        home=settings.home,
+        embedding_model=settings.rag_embedding_model,
+        engine=settings.rag_vector_store,
+        poll=settings.change_poll,
+    )
+    openai_routes.grounded = rag.grounding
     proxy.register(app)
     upkeep = asyncio.create_task(keys.upkeep(registry.keys), name="key-upkeep")
+    reporter.start()
+    shadow.start()
 
     async def close(_app: web.Application) -> None:
-        upkeep.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await upkeep
+        await shadow.close()
+        await reporter.close()
+        for task in (upkeep, rag_reload):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        rag.close()
         await registry.keys.touch(keys.drain_used())
         await requests.close()
         await link.close()
         await limiter.close()
         await telemetry.close()  # writes the usage ledger
-        await backends.close()
+        await resilience.close()
         await proxy.close()
         await registry.close()
 

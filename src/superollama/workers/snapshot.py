@@ -10,19 +10,36 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from superollama.control import Route, RouteTarget, RoutingTable
 from superollama.core import Endpoint
+from superollama.core.routing import Deployment, DeploymentTarget, Route, RouteTarget, RoutingTable
 
 __all__ = ["decode_table", "decode_target", "table_json"]
 
 
 def table_json(table: RoutingTable) -> dict[str, Any]:
     """The table as ``orjson.dumps`` takes it (it writes the dataclasses itself)."""
-    return {"generation": table.generation, "routes": list(table.routes.values())}
+    deployments = [
+        {"name": d.name, "targets": d.targets, "sticky": d.sticky, "enabled": d.enabled, "created": d.created}
+        for d in table.deployments.values()
+    ]
+    return {"generation": table.generation, "routes": list(table.routes.values()), "deployments": deployments}
 
 
 def decode_table(data: Mapping[str, Any]) -> RoutingTable:
-    return RoutingTable.build((_route(r) for r in data["routes"]), int(data["generation"]))
+    routes = [_route(r) for r in data["routes"]]
+    return RoutingTable.build(
+        routes, int(data["generation"]), map(_deployment, data.get("deployments") or ())
+    )
+
+
+def _deployment(data: Mapping[str, Any]) -> Deployment:
+    values = _known(Deployment, data)
+    values["targets"] = tuple(
+        DeploymentTarget(**_known(DeploymentTarget, t)) for t in data.get("targets") or ()
+    )
+    values.pop("choices", None)
+    values.pop("bounds", None)
+    return Deployment(**values)
 
 
 def decode_target(data: Mapping[str, Any]) -> RouteTarget:

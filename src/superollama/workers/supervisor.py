@@ -10,18 +10,22 @@ thread: its loop is ``select`` on a signal wake-up pipe and the workers' ready p
   the others on the port it got); the kernel spreads new connections over them. The master keeps them
   open, so a restarted worker serves the same socket and connections that arrive meanwhile wait in its
   backlog instead of being refused.
-- Worker 0 is the primary (the whole app), 1..N-1 are replicas (the data plane; see ``replica``).
+- Worker 0 is the primary (the whole app), 1..N-1 are replicas (the data plane; see ``replica``). One
+  more process, the node agent (``agent_process``), owns the model processes: started first, restarted
+  like a worker, stopped last, so a worker's death (the primary's included) costs no model.
 - Ready: each worker writes one byte on its pipe once it serves; the master prints the
   ``listening on URL`` line and writes ``server.json`` only when all are ready. A worker that exits before
   it was ready the first time fails the start (its exit status becomes the master's: 2 for an unsafe
   bind, as with one process).
 - Signals: SIGTERM or SIGINT stop the replicas first (their requests finish, their usage is written), then
-  the primary (it stops the model instances), then the master exits 0. Workers run in their own process
-  group, so a Ctrl-C on the terminal reaches only the master, which orders the shutdown.
+  the primary, then the agent (it stops the model instances), then the master exits 0. Workers run in
+  their own process group, so a Ctrl-C on the terminal reaches only the master, which orders the shutdown.
 - A worker that dies unexpectedly is restarted, after 0.5 s doubling up to 30 s while it keeps dying
   quickly (reset once it stayed up 30 s), and the restart is logged.
-- Workers ask the kernel to SIGKILL them when the master dies; the primary's model processes already
-  die with the primary. So a SIGKILL of the master leaves nothing behind.
+- Workers and the agent ask the kernel to SIGKILL them when the master dies; the model processes watch
+  the master too (it is their guardian: they outlive the agent, which re-adopts them, not the master).
+  So a SIGKILL of the master leaves nothing behind. The master is a child subreaper: a model process
+  whose agent died is re-parented to it and reaped by it.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from superollama.settings import Settings
 from superollama.workers.context import WorkerContext
 from superollama.workers.paths import RunPaths
 from superollama.workers.posix import (
+    become_subreaper,
     bind_reuseport,
     describe_exit,
     master_logging,
@@ -57,12 +62,13 @@ from superollama.workers.posix import (
     url_of,
 )
 
-__all__ = ["SERVER_FILE", "WorkerMain", "supervise"]
+__all__ = ["AGENT", "SERVER_FILE", "WorkerMain", "supervise"]
 
 log = logging.getLogger("superollama.workers")
 
 SERVER_FILE = "server.json"
 WorkerMain = Callable[[Settings, WorkerContext], None]
+AGENT = -1  # the agent process's slot index (workers are 0..N-1)
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 _FIRST_DELAY = 0.5
 _MAX_DELAY = 30.0
@@ -92,6 +98,7 @@ class _Master:
     limits: SharedLimitTable | None
     primary: WorkerMain
     replica: WorkerMain
+    agent: WorkerMain
     slots: list[_Slot] = field(default_factory=list)
     stop_signal: int | None = None
     wake_r: int = -1
@@ -100,7 +107,7 @@ class _Master:
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self, url: str, server_file: Path) -> int:
-        self.slots = [_Slot(i) for i in range(len(self.sockets))]
+        self.slots = [_Slot(AGENT), *(_Slot(i) for i in range(len(self.sockets)))]
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -112,11 +119,11 @@ class _Master:
             if code is not None:
                 self._shutdown()
                 return code
-            server_file.write_bytes(orjson.dumps({"url": url, "pid": os.getpid(), "workers": self._pids()}))
+            server_file.write_bytes(orjson.dumps({"url": url, "pid": os.getpid(), **self._pids()}))
             self.server_file = server_file
             print(
                 f"Super Ollama {__version__} listening on {url} (home {self.settings.home}, "
-                f"{len(self.slots)} workers)",
+                f"{len(self.sockets)} workers)",
                 flush=True,
             )
             self._supervise()
@@ -151,7 +158,7 @@ class _Master:
             self._wait(1.0)
             for slot in self._reap():
                 code = slot.exit_code if slot.exit_code is not None else 1
-                log.error("worker %d exited with status %s while starting", slot.index, code)
+                log.error("%s exited with status %s while starting", _name(slot), code)
                 return code if code > 0 else 1
             if self.stop_signal is not None:
                 return 0
@@ -168,8 +175,8 @@ class _Master:
                 delay = min(_MAX_DELAY, _FIRST_DELAY * 2 ** (slot.failures - 1))
                 slot.restart_at = time.monotonic() + delay
                 log.warning(
-                    "worker %d (pid %d) exited unexpectedly (%s) after %.1f s; restarting it in %.1f s",
-                    slot.index,
+                    "%s (pid %d) exited unexpectedly (%s) after %.1f s; restarting it in %.1f s",
+                    _name(slot),
                     slot.pid,
                     describe_exit(slot.exit_code),
                     up,
@@ -202,7 +209,7 @@ class _Master:
                 if data:
                     slot.ready = True
                     if slot.ever_ready:
-                        log.info("worker %d (pid %d) is serving again", slot.index, slot.pid)
+                        log.info("%s (pid %d) is serving again", _name(slot), slot.pid)
                         self._rewrite_server_file()
                     slot.ever_ready = True
 
@@ -263,19 +270,20 @@ class _Master:
                         os.close(fd)
             for i, sock in enumerate(self.sockets):
                 if i != index:
-                    sock.close()
+                    sock.close()  # the agent keeps none
             for handler in list(logging.getLogger().handlers):
                 logging.getLogger().removeHandler(handler)
             ctx = WorkerContext(
                 index=index,
                 count=len(self.sockets),
-                sock=self.sockets[index],
+                sock=self.sockets[index] if index != AGENT else None,
                 paths=self.paths,
                 limits=self.limits,
                 ready_fd=ready_fd,
                 master_pid=master,
             )
-            (self.primary if index == 0 else self.replica)(self.settings, ctx)
+            main = self.agent if index == AGENT else self.primary if index == 0 else self.replica
+            main(self.settings, ctx)
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -288,16 +296,17 @@ class _Master:
                 sys.stderr.flush()
             os._exit(code)
 
-    def _pids(self) -> list[int]:
-        """Each worker's pid (0 while it is down), as ``server.json`` lists them."""
-        return [s.pid if s.exit_code is None else 0 for s in self.slots]
+    def _pids(self) -> dict[str, Any]:
+        """Each worker's pid and the agent's (0 while down), as ``server.json`` lists them."""
+        pids = {s.index: s.pid if s.exit_code is None else 0 for s in self.slots}
+        return {"workers": [pids[i] for i in range(len(self.sockets))], "agent": pids[AGENT]}
 
     def _rewrite_server_file(self) -> None:
         if self.server_file is None:
             return
         with contextlib.suppress(OSError, ValueError):
             info = orjson.loads(self.server_file.read_bytes())
-            info["workers"] = self._pids()
+            info.update(self._pids())
             self.server_file.write_bytes(orjson.dumps(info))
 
     # -- shutdown ------------------------------------------------------------------------------------
@@ -306,8 +315,10 @@ class _Master:
             slot.restart_at = None
         replicas = [s for s in self.slots if s.index > 0]
         primary = [s for s in self.slots if s.index == 0]
+        agent = [s for s in self.slots if s.index == AGENT]
         self._stop(replicas, _REPLICA_GRACE)
         self._stop(primary, _PRIMARY_GRACE)
+        self._stop(agent, _PRIMARY_GRACE)  # it stops the model instances
 
     def _stop(self, slots: list[_Slot], grace: float) -> None:
         running = [s for s in slots if s.pid > 0 and s.exit_code is None]
@@ -321,7 +332,7 @@ class _Master:
                 for slot in running:
                     if slot.exit_code is None:
                         log.warning(
-                            "worker %d (pid %d) did not stop in %.0f s: SIGKILL", slot.index, slot.pid, grace
+                            "%s (pid %d) did not stop in %.0f s: SIGKILL", _name(slot), slot.pid, grace
                         )
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(slot.pid, signal.SIGKILL)
@@ -330,14 +341,20 @@ class _Master:
             self._reap()
 
 
+def _name(slot: _Slot) -> str:
+    return "the agent process" if slot.index == AGENT else f"worker {slot.index}"
+
+
 def supervise(settings: Settings, count: int, *, primary: WorkerMain) -> int:
     """Run ``count`` workers (``primary`` as worker 0, replicas after it) until SIGTERM/SIGINT; the exit
     status of ``superollama serve``."""
+    from superollama.workers.agent_process import serve_agent
     from superollama.workers.replica import serve_replica
 
     if not sys.platform.startswith("linux"):
         raise SystemExit("superollama: --workers above 1 needs Linux (SO_REUSEPORT, PR_SET_PDEATHSIG)")
     master_logging(settings)
+    become_subreaper()  # model processes outlive a killed agent process: reaped here when they end
     settings.home.mkdir(parents=True, exist_ok=True)
     try:
         sockets = bind_reuseport(settings.host, settings.port, count)
@@ -350,7 +367,7 @@ def supervise(settings: Settings, count: int, *, primary: WorkerMain) -> int:
     paths = RunPaths.create(settings.home, os.getpid())
     limits = None if settings.redis_url else SharedLimitTable()
     server_file = settings.home / SERVER_FILE
-    master = _Master(settings, sockets, paths, limits, primary, serve_replica)
+    master = _Master(settings, sockets, paths, limits, primary, serve_replica, serve_agent)
     try:
         return master.run(url_of(settings.host, port), server_file)
     finally:

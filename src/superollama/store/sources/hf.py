@@ -9,7 +9,8 @@ as ``Authorization: Bearer``).
 2. Pick the files: with ``:FILE`` that file; with ``:QUANT`` the one GGUF whose name contains it (case-
    insensitive; an ambiguity or no match lists the candidates); with no selector the only GGUF (or the
    Q4_K_M one among several), or, when the repo has no GGUF, the safetensors model folder (config,
-   tokenizer, weights incl. shards + index, sentence-transformers modules).
+   tokenizer, weights incl. shards + index, sentence-transformers modules). A GGUF's ``mmproj-*.gguf``
+   beside it (a vision model's projector) is never the model; it comes along as the projector layer.
 3. Files download from ``{endpoint}/{repo}/resolve/{commit}/{path}``; LFS files are checked against their
    sha256, the others against their size.
 """
@@ -28,6 +29,7 @@ from urllib.parse import quote
 import aiohttp
 
 from superollama.core import MEDIA_MODEL
+from superollama.core.images import MEDIA_PROJECTOR
 from superollama.errors import InvalidRequest, SourceNotFound, StoreError
 from superollama.store.sources import _http
 from superollama.store.sources.base import (
@@ -40,7 +42,16 @@ from superollama.store.sources.base import (
     split_scheme,
 )
 
-__all__ = ["DEFAULT_HF_ENDPOINT", "HfFile", "HfSource", "folder_files", "parse_hf_ref", "pick_gguf"]
+__all__ = [
+    "DEFAULT_HF_ENDPOINT",
+    "HfFile",
+    "HfSource",
+    "folder_files",
+    "is_projector",
+    "parse_hf_ref",
+    "pick_gguf",
+    "pick_projector",
+]
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 DEFAULT_QUANT = "Q4_K_M"
@@ -90,7 +101,7 @@ def _listing(files: Iterable[HfFile]) -> str:
 
 def pick_gguf(repo: str, files: list[HfFile], selector: str | None) -> HfFile | None:
     """The GGUF file ``selector`` names (a file name or a quantization); None: no GGUF, take the folder."""
-    ggufs = [f for f in files if f.name.lower().endswith(".gguf")]
+    ggufs = [f for f in files if f.name.lower().endswith(".gguf") and not is_projector(f)]
     if selector is not None:
         exact = [f for f in files if selector in (f.path, f.name)]
         if len(exact) == 1:
@@ -122,6 +133,20 @@ def pick_gguf(repo: str, files: list[HfFile], selector: str | None) -> HfFile | 
             f"hf://{repo} has several GGUF files: {_listing(ggufs)}; pick one with hf://{repo}:QUANT or :FILE"
         )
     return None
+
+
+def is_projector(file: HfFile) -> bool:
+    """A vision model's projector GGUF (``mmproj-….gguf``, the name llama.cpp's converter gives it)."""
+    name = file.name.lower()
+    return name.endswith(".gguf") and "mmproj" in name
+
+
+def pick_projector(files: list[HfFile]) -> HfFile | None:
+    """The projector to pull with a GGUF model: the only one, else the f16 one, else the first by name."""
+    found = sorted((f for f in files if is_projector(f)), key=lambda f: f.path)
+    if len(found) > 1:
+        found = [f for f in found if "f16" in f.name.lower()] or found
+    return found[0] if found else None
 
 
 def _whole(file: HfFile) -> HfFile:
@@ -221,9 +246,12 @@ class HfSource:
         gguf = pick_gguf(repo, files, selector)
         if gguf is not None:
             url = f"{base}/{repo}/resolve/{commit}"
-            plan_file = _planned(url, gguf, gguf.name, MEDIA_MODEL)
+            planned_files = [_planned(url, gguf, gguf.name, MEDIA_MODEL)]
+            projector = pick_projector(files)
+            if projector is not None:  # a vision model: its projector travels with it, as Ollama's does
+                planned_files.append(_planned(url, projector, projector.name, MEDIA_PROJECTOR))
             source = f"hf://{repo}@{commit}:{gguf.path}"
-            return SourcePlan(source=source, format="gguf", files=(plan_file,), metadata=meta)
+            return SourcePlan(source=source, format="gguf", files=tuple(planned_files), metadata=meta)
         chosen = folder_files(repo, files)
         url = f"{base}/{repo}/resolve/{commit}"
         planned = tuple(_planned(url, f, safe_relpath(f.path), MEDIA_FILE) for f in chosen)

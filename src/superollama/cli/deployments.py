@@ -1,0 +1,184 @@
+"""``superollama deploy | split | promote | rollback | pause | resume | deployments [ls | show | rm]``:
+deployments, the names clients send in ``model``. Clients of ``/admin/v1/deployments``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import click
+
+from superollama.cli.main import Context, api, cli, console, json_option, pass_ctx
+from superollama.cli.render import print_json, print_table
+
+__all__ = ["deploy", "deployments", "pause", "promote", "resume", "rollback", "split"]
+
+_STICKY = click.Choice(["none", "user", "header", "key"])
+_JSON = json_option
+
+
+def _print(details: Mapping[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(details)
+        return
+    state = "enabled" if details["enabled"] else "paused"
+    console.print(f"{details['model']}: {state}, sticky {details['sticky']}", highlight=False)
+    rows = []
+    for t in details.get("live") or [{**t, "share": "", "instances": []} for t in details["targets"]]:
+        instances = ", ".join(f"{i['id']} ({i['in_flight']} in flight)" for i in t["instances"]) or "-"
+        share = f"{t['share']}%" if t["share"] != "" else ""
+        if t.get("role") == "shadow":  # a copy of that share of the requests, never an answer
+            share = f"shadow {t['weight']}%"
+        rows.append((t["name"], t["weight"], share, instances))
+    print_table(console, ("TARGET", "WEIGHT", "SHARE", "INSTANCES"), rows)
+    swap = details.get("swap")
+    if swap:
+        console.print(
+            f"swap: {swap['mode']} ({swap['reason']}); switched in {swap['switch_seconds']} s",
+            highlight=False,
+        )
+    for h in details.get("history") or []:
+        targets = " ".join(f"{t['name']}={t['weight']}" for t in h["targets"])
+        console.print(f"  before {h['replaced_at']}: {targets}", highlight=False)
+    from superollama.cli.rollouts import print_rollout, print_shadow
+
+    if details.get("rollout"):
+        print_rollout({**details["rollout"], "live": details.get("metrics")})
+    if details.get("shadow"):
+        print_shadow(details["shadow"])
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--target", "targets", multiple=True, required=True, help="VERSION=WEIGHT (repeatable).")
+@click.option("--stage", help="The stage to deploy to (default production; clients ask NAME@STAGE).")
+@click.option("--sticky", type=_STICKY, help="Keep a user, session header or key on one target.")
+@_JSON
+@pass_ctx
+@api
+def deploy(
+    ctx: Context, name: str, targets: tuple[str, ...], *, stage: str | None, sticky: str | None, as_json: bool
+) -> None:
+    """Create a deployment, or give it new targets (each new one starts and warms up before it takes
+    traffic; the old ones drain)."""
+    _print(ctx.client.deployments.put(name, targets, stage=stage, sticky=sticky), as_json)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--sticky", type=_STICKY, help="Keep a user, session header or key on one target.")
+@_JSON
+@pass_ctx
+@api
+def split(ctx: Context, name: str, targets: tuple[str, ...], sticky: str | None, as_json: bool) -> None:
+    """Weighted A/B: new weights for a deployment's targets (VERSION=WEIGHT ...)."""
+    _print(ctx.client.deployments.split(name, targets, sticky=sticky), as_json)
+
+
+@cli.command()
+@click.argument("name")
+@_JSON
+@pass_ctx
+@api
+def promote(ctx: Context, name: str, as_json: bool) -> None:
+    """Give production the target set of a stage: promote NAME@STAGE."""
+    _print(ctx.client.deployments.promote(name), as_json)
+
+
+@cli.command()
+@click.argument("name")
+@_JSON
+@pass_ctx
+@api
+def rollback(ctx: Context, name: str, as_json: bool) -> None:
+    """Back to the target set a deployment had before its last change."""
+    _print(ctx.client.deployments.rollback(name), as_json)
+
+
+@cli.command()
+@click.argument("name")
+@_JSON
+@pass_ctx
+@api
+def pause(ctx: Context, name: str, as_json: bool) -> None:
+    """Pause a deployment: it answers as disabled until resumed; nothing shifts."""
+    details = ctx.client.deployments.pause(name)
+    if as_json:
+        print_json(details)
+        return
+    console.print(f"paused {name}", highlight=False)
+
+
+@cli.command()
+@click.argument("name")
+@_JSON
+@pass_ctx
+@api
+def resume(ctx: Context, name: str, as_json: bool) -> None:
+    """Resume a paused deployment."""
+    details = ctx.client.deployments.resume(name)
+    if as_json:
+        print_json(details)
+        return
+    console.print(f"resumed {name}", highlight=False)
+
+
+@cli.group(invoke_without_command=True)
+@_JSON
+@pass_ctx
+@api
+def deployments(ctx: Context, as_json: bool) -> None:
+    """List deployments (or see the commands below)."""
+    if click.get_current_context().invoked_subcommand is None:
+        _list(ctx, as_json)
+
+
+@deployments.command("ls")
+@_JSON
+@pass_ctx
+@api
+def list_deployments(ctx: Context, as_json: bool) -> None:
+    """List deployments with their targets and weights."""
+    _list(ctx, as_json)
+
+
+@deployments.command("show")
+@click.argument("name")
+@_JSON
+@pass_ctx
+@api
+def show_deployment(ctx: Context, name: str, as_json: bool) -> None:
+    """One deployment: targets, shares, instances, history."""
+    _print(ctx.client.deployments.get(name), as_json)
+
+
+@deployments.command("rm")
+@click.argument("name")
+@_JSON
+@pass_ctx
+@api
+def remove_deployment(ctx: Context, name: str, as_json: bool) -> None:
+    """Remove a deployment stage (its versions stay)."""
+    deleted = ctx.client.deployments.delete(name)
+    if as_json:
+        print_json(deleted)
+        return
+    console.print(f"deleted {name}", highlight=False)
+
+
+def _list(ctx: Context, as_json: bool) -> None:
+    items = ctx.client.deployments.list()
+    if as_json:
+        print_json({"deployments": items})  # as it always printed: the API's answer, whole
+        return
+    rows = [
+        (
+            d.get("model", d["name"]),
+            " ".join(f"{t['name']}={t['weight']}" for t in d["targets"]),
+            d.get("sticky"),
+            "enabled" if d["enabled"] else "paused",
+        )
+        for d in items
+    ]
+    print_table(console, ("NAME", "TARGETS", "STICKY", "STATE"), rows)

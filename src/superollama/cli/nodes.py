@@ -1,0 +1,110 @@
+"""``superollama nodes ls|show|cordon|uncordon|drain|rm``: the machines models run on (the admin API's
+``/admin/v1/nodes``). With ``serve --cluster`` these are the Ray cluster's nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import orjson
+
+from superollama.cli.main import Context, api, cli, console, pass_ctx
+from superollama.cli.render import age, human_size, print_table
+from superollama.client.types import Node
+
+__all__ = ["nodes"]
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def _free(node: Node) -> str:
+    usage = node.get("usage") or node["inventory"].get("usage") or {}
+    free, total = usage.get("memory_available"), usage.get("memory_total")
+    return f"{human_size(free)} / {human_size(total)}" if total else ""
+
+
+def _gpus(node: Node) -> str:
+    usage = node.get("usage") or node["inventory"].get("usage") or {}
+    gpus = usage.get("gpus") or []
+    if gpus:
+        return ", ".join(
+            f"{g['device']} {human_size(g['memory_total'] - g['memory_used'])} free" for g in gpus
+        )
+    ray_gpus = node["inventory"].get("ray_gpus")
+    return f"{ray_gpus:g} (Ray's count, no memory known)" if ray_gpus else ""
+
+
+@cli.group()
+def nodes() -> None:
+    """The machines models run on: list, show, cordon, uncordon, drain, remove."""
+
+
+@nodes.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+@api
+def ls(ctx: Context, as_json: bool) -> None:
+    """Every node: state, address, free RAM, GPUs, instances."""
+    listed = ctx.client.nodes.list()
+    if as_json:
+        _echo_json(listed)
+        return
+    rows = [
+        (
+            n["name"],
+            n["state"],
+            n["address"],
+            _free(n),
+            _gpus(n),
+            str(len(n["instances"])),
+            age(n["last_seen"]) if n["last_seen"] else "",
+        )
+        for n in listed
+    ]
+    print_table(console, ("NODE", "STATE", "ADDRESS", "RAM FREE", "GPUS", "INSTANCES", "SEEN"), rows)
+
+
+@nodes.command()
+@click.argument("name")
+@pass_ctx
+@api
+def show(ctx: Context, name: str) -> None:
+    """One node as JSON: inventory, use, instances."""
+    _echo_json(ctx.client.nodes.get(name))
+
+
+def _state_command(action: str, doc: str) -> None:
+    @nodes.command(action, help=doc)
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @pass_ctx
+    @api
+    def command(ctx: Context, name: str, as_json: bool) -> None:
+        data: dict[str, Any] = dict(getattr(ctx.client.nodes, action)(name))
+        if as_json:
+            _echo_json(data)
+            return
+        node = data.get("node", data)
+        extra = f"; stopped {', '.join(data['stopped']) or 'nothing'}" if "stopped" in data else ""
+        console.print(f"node {node['name']}: {node['state']}{extra}")
+
+
+_state_command("cordon", "Place nothing new on NAME (its instances keep serving).")
+_state_command("uncordon", "Let placement use NAME again.")
+_state_command("drain", "Cordon NAME and stop its instances; they are placed elsewhere on demand.")
+
+
+@nodes.command("rm")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+@api
+def rm(ctx: Context, name: str, as_json: bool) -> None:
+    """Forget NAME (refused while instances run there: drain it first)."""
+    removed = ctx.client.nodes.remove(name)
+    if as_json:
+        _echo_json(removed)
+        return
+    console.print(f"removed node {name}")

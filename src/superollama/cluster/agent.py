@@ -1,0 +1,445 @@
+"""``RayAgent``: the node agent seam (``agent.instance.NodeAgent``) over a Ray cluster.
+
+It is ``LocalAgent`` — the same single-flight loads, request accounting, drains, idle unloads and crash
+watch — with each runtime wrapped in ``RayRuntime``, whose ``start`` places the instance and runs it on
+the chosen node instead of in this process:
+
+1. **Nodes**: every alive Ray node that carries a ``so_node:NAME`` resource (``ray start --resources``;
+   the test cluster's nodes) is node ``NAME``. One ``NodeActor`` per node (detached, named
+   ``node:NAME``, pinned) reports its RAM, GPUs' memory and runtimes installed; the registry's ``nodes``
+   row is refreshed with them (a cordon or drain set there is kept).
+2. **Placement** (``agent/placement.py``) by the instance's memory estimate (``agent/estimate.py``) for
+   the runtime's context and slots, against each device's free memory less the estimates of the loads
+   in progress there.
+3. **Start**: a detached ``InstanceActor`` named after the instance (``get_if_exists``: never two),
+   pinned with ``NodeAffinitySchedulingStrategy(node_id, soft=False)``; its scheduling is bounded by
+   ``place_timeout`` (Ray keeps an unsatisfiable request pending without an error) and its start by the
+   runtime's ready timeout; on either failure the actor is killed. The endpoint it answers is the child's
+   ``node_ip:port``: the gateway relays there directly.
+4. **Re-adoption**: a control plane that restarts finds each instance its registry says runs by its actor's
+   name (``RayRuntime.adopt``) and keeps it; a named instance actor the registry does not know (a start
+   cut short by the restart) is killed — no duplicates. ``close`` therefore stops nothing: the instances
+   are detached and outlive this driver; ``unload`` / ``stop_version`` stop them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from superollama.agent import LocalAgent
+from superollama.agent.choice import RuntimeChoice
+from superollama.agent.estimate import MemoryEstimate, estimate
+from superollama.agent.instance import AgentConfig
+from superollama.agent.placement import DeviceView, NodeView, Placement, PlacementRequest, Policy, place
+from superollama.cluster.actors import InstanceActor, NodeActor
+from superollama.cluster.head import RayHead
+from superollama.core import (
+    Artifact,
+    Endpoint,
+    InstanceHandle,
+    InstanceRecord,
+    InstanceSpec,
+    InstanceState,
+    NodeRecord,
+    Runtime,
+)
+from superollama.errors import ModelLoadFailed
+from superollama.registry import Registry
+
+__all__ = ["NODE_RESOURCE", "RayAgent", "RayHandle", "RayRuntime"]
+
+log = logging.getLogger("superollama.cluster")
+
+NODE_RESOURCE = "so_node:"  # a Ray node resource "so_node:NAME" names the node NAME
+INSTANCE_PREFIX = "inst-"
+_KEPT_STATES = ("cordoned", "draining")  # set by an admin: a refresh does not undo them
+_CALL_TIMEOUT = 10.0
+_ACTIVE = (InstanceState.PENDING, InstanceState.LOADING, InstanceState.READY, InstanceState.DRAINING)
+
+
+@dataclass(frozen=True)
+class RayNode:
+    name: str
+    node_id: str
+    address: str
+    view: NodeView
+
+
+class RayHandle:
+    """``InstanceHandle`` of an instance actor: the child's pid and endpoint, the node and device it
+    runs on. ``wait`` ends when the child exits or the actor (or its node) dies."""
+
+    def __init__(self, instance_id: str, actor: Any, info: Mapping[str, Any], node: str, device: str) -> None:
+        self.instance_id = instance_id
+        self.pid = int(info["pid"])
+        self.endpoint = Endpoint(
+            base_url=str(info["endpoint"]),
+            provider=str(info["provider"]),
+            served_name=str(info["served_name"]),
+        )
+        self.node = node
+        self.device = device
+        self.node_id = str(info.get("node_id") or "")
+        self._actor = actor
+        self._gone = False
+
+    def alive(self) -> bool:
+        return not self._gone
+
+    async def wait(self) -> int:
+        try:
+            code = int(await self._actor.wait.remote())
+        except ray.exceptions.RayError as exc:
+            log.warning("instance %s: its actor is gone (%s)", self.instance_id, type(exc).__name__)
+            code = -1
+        await _kill(self._actor)  # the instance is over: its actor goes too (never one left behind)
+        self._gone = True
+        return code
+
+    async def stop(self, timeout: float) -> None:
+        with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
+            await asyncio.wait_for(_result(self._actor.stop.remote(timeout)), timeout + _CALL_TIMEOUT)
+        await _kill(self._actor)
+        self._gone = True
+
+
+class RayRuntime:
+    """A runtime whose instances run on cluster nodes (``ray_runtime`` gives each its inner's name)."""
+
+    name: ClassVar[str] = ""
+    provider: ClassVar[str] = ""
+
+    def __init__(self, inner: Runtime, agent: RayAgent) -> None:
+        self.inner = inner
+        self._agent = agent
+
+    def accepts(self, artifact: Artifact) -> bool:
+        return self.inner.accepts(artifact)
+
+    async def start(self, spec: InstanceSpec) -> InstanceHandle:
+        return await self._agent.start_instance(self.inner, spec)
+
+    async def adopt(self, record: InstanceRecord) -> InstanceHandle | None:
+        return await self._agent.adopt_instance(record)
+
+
+def ray_runtime(inner: Runtime, agent: RayAgent) -> Runtime:
+    cls = type(f"Ray{type(inner).__name__}", (RayRuntime,), {"name": inner.name, "provider": inner.provider})
+    runtime: Runtime = cls(inner, agent)
+    return runtime
+
+
+class RayAgent(LocalAgent):
+    def __init__(
+        self,
+        registry: Registry,
+        runtimes: Mapping[str, Runtime],
+        config: AgentConfig,
+        *,
+        address: str,
+        head: RayHead | None = None,
+        namespace: str = "superollama",
+        policy: Policy = "binpack",
+        place_timeout: float = 30.0,
+        ready_timeout: float = 120.0,
+        node_refresh: float = 5.0,
+        node_ip_address: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        wrapped = {name: ray_runtime(rt, self) for name, rt in runtimes.items()}
+        super().__init__(registry, wrapped, config, clock=clock)
+        self._choice = RuntimeChoice(dict(runtimes), config.node)  # the inner runtimes choose, as locally
+        self._address = address
+        self._head = head  # started here, stopped on close (``serve --cluster`` without an address)
+        self._namespace = namespace
+        self._policy = policy
+        self._place_timeout = place_timeout
+        self._ready_timeout = ready_timeout
+        self._node_refresh = node_refresh
+        self._reserved: dict[tuple[str, str], int] = {}  # (node, device) → bytes of loads in progress
+        self._nodes: dict[str, RayNode] = {}
+        self._refresher: asyncio.Task[None] | None = None
+        self._node_ip_address = node_ip_address  # this driver's address in the cluster (None: Ray's guess)
+        self._instance_actor = ray.remote(InstanceActor)
+        self._node_actor = ray.remote(NodeActor)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._head is not None:
+            self._address = await self._head.start()
+        await asyncio.to_thread(self._connect)
+        self._choice.inventory = await asyncio.to_thread(self.inventory.capacity)
+        await self.refresh_nodes()
+        await self._replace_leftovers()
+        await self._kill_unknown_actors()
+        self._reaper = asyncio.create_task(self._reap_idle(), name="agent-reaper")
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="cluster-nodes")
+
+    def _connect(self) -> None:
+        if not ray.is_initialized():
+            ray.init(
+                address=self._address,
+                namespace=self._namespace,
+                log_to_driver=False,
+                configure_logging=False,
+                _node_ip_address=self._node_ip_address,
+            )
+
+    async def close(self) -> None:
+        """Leave the cluster; the instances are detached and keep serving (a restarted control plane
+        re-adopts them). In-progress loads are cancelled (their actors killed)."""
+        self._closing = True
+        for background in (self._reaper, self._refresher):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+        for task in list(self._loading.values()):
+            task.cancel()
+        await asyncio.gather(*self._loading.values(), return_exceptions=True)
+        for inst in list(self._live.values()):
+            if inst._watcher is not None:
+                inst._watcher.cancel()
+        await asyncio.to_thread(ray.shutdown)
+        if self._head is not None:
+            await self._head.stop()
+
+    # -- nodes -----------------------------------------------------------------------------------------
+    def nodes(self) -> dict[str, RayNode]:
+        """The cluster's nodes at the last refresh, by name."""
+        return dict(self._nodes)
+
+    async def refresh_nodes(self) -> dict[str, RayNode]:
+        """Ask Ray which nodes live and each node's actor what it has; record them in the registry."""
+        found: dict[str, RayNode] = {}
+        known = {n.name: n for n in await self._registry.nodes.list()}
+        by_id = {str(n.inventory.get("ray_node_id")): n.name for n in known.values()}
+        for info in await asyncio.to_thread(ray.nodes):
+            # a dead node's entry has no resources left: it is known by the Ray node id we recorded
+            name = _node_name(info.get("Resources") or {}) or by_id.get(str(info.get("NodeID")))
+            if name is None:
+                continue
+            if not info.get("Alive"):
+                if name in known and name not in found and known[name].state not in ("down", "removed"):
+                    await self._registry.nodes.upsert(_replace_state(known[name], "down"))
+                continue
+            node_id, address = str(info["NodeID"]), str(info.get("NodeManagerAddress") or "")
+            try:
+                report = await self._node_report(name, node_id)
+            except (ray.exceptions.RayError, TimeoutError) as exc:
+                log.warning("node %s did not report its inventory: %s", name, exc)
+                continue
+            prior = known.get(name)
+            state = prior.state if prior is not None and prior.state in _KEPT_STATES else "ready"
+            labels = dict((prior.inventory.get("labels") or {}) if prior is not None else {})
+            inventory = {
+                **report["capacity"],
+                "usage": report["usage"],
+                "runtimes": report["runtimes"],
+                "labels": labels,
+                "ray_node_id": node_id,
+                "ray_gpus": (info.get("Resources") or {}).get("GPU", 0),
+            }
+            record = NodeRecord(name=name, address=address, state=state, inventory=inventory)
+            await self._registry.nodes.upsert(record)
+            await self._registry.nodes.heartbeat(name)
+            found[name] = RayNode(name, node_id, address, self._view(record, report))
+        self._nodes = found
+        return found
+
+    async def _node_report(self, name: str, node_id: str) -> dict[str, Any]:
+        actor = await asyncio.to_thread(
+            lambda: self._node_actor.options(
+                name=f"node:{name}",
+                namespace=self._namespace,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+            ).remote()
+        )
+        report: dict[str, Any] = await asyncio.wait_for(
+            _result(actor.inventory.remote()), self._place_timeout
+        )
+        return report
+
+    def _view(self, record: NodeRecord, report: Mapping[str, Any]) -> NodeView:
+        usage = report["usage"]
+        devices = [DeviceView("cpu", int(usage["memory_total"]), int(usage["memory_available"]))]
+        for gpu in usage.get("gpus") or []:
+            total, used = int(gpu["memory_total"]), int(gpu["memory_used"])
+            devices.append(DeviceView(str(gpu["device"]), total, total - used))
+        devices = [
+            DeviceView(d.name, d.total, d.free - self._reserved.get((record.name, d.name), 0))
+            for d in devices
+        ]
+        ours = sum(1 for i in self._live.values() if getattr(i.handle, "node", None) == record.name)
+        return NodeView(
+            name=record.name,
+            devices=tuple(devices),
+            runtimes=frozenset(report["runtimes"]),
+            labels={str(k): str(v) for k, v in (record.inventory.get("labels") or {}).items()},
+            cordoned=record.state in _KEPT_STATES,
+            instances=ours,
+        )
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._node_refresh)
+            try:
+                await self.refresh_nodes()
+            except Exception:
+                log.exception("refreshing the cluster's nodes failed")
+
+    # -- instances -------------------------------------------------------------------------------------
+    async def placement(self, runtime: Runtime, spec: InstanceSpec) -> Placement:
+        """Where an instance of ``spec`` goes now (the nodes are asked again first)."""
+        nodes = await self.refresh_nodes()
+        estimates = {kind: self._estimate(runtime, spec.artifact, kind) for kind in ("cpu", "cuda")}
+        kind = str(spec.options.get("device_kind") or ("any" if spec.device == "cpu" else "gpu"))
+        request = PlacementRequest(
+            version=spec.version,
+            runtime=runtime.name,
+            device="cpu" if kind == "cpu" else "gpu" if kind == "gpu" else "any",
+            node=spec.options.get("node"),
+            policy=self._policy,
+        )
+        return place([n.view for n in nodes.values()], request, estimates)
+
+    @staticmethod
+    def _estimate(runtime: Runtime, artifact: Artifact, kind: str) -> MemoryEstimate:
+        ctx, parallel = getattr(runtime, "ctx", None), int(getattr(runtime, "parallel", 1) or 1)
+        per_seq = ctx // parallel if isinstance(ctx, int) and ctx > 0 else None  # llama.cpp splits n_ctx
+        try:
+            return estimate(
+                artifact.metadata, artifact.format, device_kind=kind, n_ctx=per_seq, n_parallel=parallel
+            )
+        except ValueError:
+            size = artifact.path.stat().st_size if artifact.path.is_file() else 0
+            return MemoryEstimate(size, 0, 0, 0, basis="file size (no metadata to estimate from)")
+
+    async def start_instance(self, runtime: Runtime, spec: InstanceSpec) -> InstanceHandle:
+        chosen = await self.placement(runtime, spec)
+        node = self._nodes[chosen.node]
+        key = (chosen.node, chosen.device)
+        self._reserved[key] = self._reserved.get(key, 0) + chosen.estimate.total
+        log.info(
+            "placing %s (%s) on %s %s: needs %d MiB, %d MiB free",
+            spec.instance_id,
+            spec.version,
+            chosen.node,
+            chosen.device,
+            chosen.estimate.total >> 20,
+            chosen.free_before >> 20,
+        )
+        try:
+            return await self._start_on(runtime, spec, node, chosen.device)
+        finally:
+            self._reserved[key] -= chosen.estimate.total
+
+    async def _start_on(self, runtime: Runtime, spec: InstanceSpec, node: RayNode, device: str) -> RayHandle:
+        placed = InstanceSpec(
+            instance_id=spec.instance_id,
+            version=spec.version,
+            artifact=spec.artifact,
+            runtime=spec.runtime,
+            device=device,
+            options=spec.options,
+        )
+        actor = await asyncio.to_thread(
+            lambda: self._instance_actor.options(
+                name=spec.instance_id,
+                namespace=self._namespace,
+                lifetime="detached",
+                get_if_exists=True,
+                max_restarts=0,
+                num_cpus=0,
+                num_gpus=1 if device.startswith("cuda") else 0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node.node_id, soft=False),
+            ).remote(runtime, placed)
+        )
+        try:
+            await asyncio.wait_for(_result(actor.__ray_ready__.remote()), self._place_timeout)
+        except (TimeoutError, ray.exceptions.RayError) as exc:
+            await _kill(actor)
+            raise ModelLoadFailed(
+                f"{spec.instance_id}: Ray did not start its actor on node {node.name} within "
+                f"{self._place_timeout:g} s ({type(exc).__name__})"
+            ) from None
+        try:
+            info = await asyncio.wait_for(_result(actor.start.remote()), self._ready_timeout + _CALL_TIMEOUT)
+        except BaseException as exc:
+            await _kill(actor)
+            if isinstance(exc, ModelLoadFailed | asyncio.CancelledError):
+                raise
+            cause = getattr(exc, "cause", None)
+            reason = getattr(cause, "message", None) or str(cause or exc) or type(exc).__name__
+            raise ModelLoadFailed(f"{spec.instance_id} on node {node.name}: {reason}") from None
+        return RayHandle(spec.instance_id, actor, info, node.name, device)
+
+    async def adopt_instance(self, record: InstanceRecord) -> InstanceHandle | None:
+        """The instance actor named ``record.id``, if it still runs a healthy child; else None (and the
+        actor, if any, is killed)."""
+        try:
+            actor = await asyncio.to_thread(ray.get_actor, record.id, namespace=self._namespace)
+        except ValueError:
+            return None
+        try:
+            info = await asyncio.wait_for(_result(actor.info.remote()), _CALL_TIMEOUT)
+        except (TimeoutError, ray.exceptions.RayError):
+            info = None
+        if info is None:
+            await _kill(actor)
+            return None
+        log.info("re-adopted %s (%s) on node %s by its actor's name", record.id, record.version, record.node)
+        return RayHandle(record.id, actor, info, record.node, record.device or "cpu")
+
+    async def _leftover_records(self) -> list[InstanceRecord]:
+        return await self._registry.instances.list(states=_ACTIVE)
+
+    async def _kill_unknown_actors(self) -> None:
+        """Instance actors no registry row runs (a start cut short by a restart): killed."""
+        named = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
+        for item in named:
+            name, namespace = str(item["name"]), item.get("namespace")
+            if namespace != self._namespace or not name.startswith(INSTANCE_PREFIX) or name in self._by_id:
+                continue
+            with contextlib.suppress(ValueError):
+                actor = await asyncio.to_thread(ray.get_actor, name, namespace=self._namespace)
+                log.warning("killing instance actor %s: no instance of the registry runs there", name)
+                await _kill(actor)
+
+
+def _node_name(resources: Mapping[str, Any]) -> str | None:
+    for key in resources:
+        if key.startswith(NODE_RESOURCE):
+            return key[len(NODE_RESOURCE) :]
+    return None
+
+
+def _replace_state(record: NodeRecord, state: str) -> NodeRecord:
+    return NodeRecord(
+        name=record.name,
+        address=record.address,
+        state=state,
+        inventory=record.inventory,
+        last_seen=record.last_seen,
+    )
+
+
+async def _result(ref: Any) -> Any:
+    return await ref
+
+
+async def _kill(actor: Any) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(ray.kill, actor, no_restart=True)

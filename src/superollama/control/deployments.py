@@ -1,0 +1,304 @@
+"""Deployment use cases: deploy, split, promote, rollback, pause, resume, remove, list, show.
+
+A deployment is what clients name in ``model``; each stage (``chat``, ``chat@staging``) holds weighted
+targets (versions, or models of connections). Every change goes through one path, ``_change``:
+
+1. check the new target set (each target exists; weights sum above zero);
+2. **swap**: each version that gains traffic gets a ready instance first — started, healthy, and one
+   warm-up request answered — before any weight moves to it (``control.swap``);
+3. write the set (the old one becomes history: ``rollback`` brings it back) and publish a snapshot;
+4. versions that lost all traffic (in every deployment) drain in the background: no new requests, those
+   in flight finish (bounded by ``deploy_drain_timeout``), then their instance stops.
+
+When this node's memory cannot hold the old and the new instance at once, the swap stops the old one
+first and requests for the deployment wait (bounded) for the new one — said in the change's result and
+its event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from superollama.control.controller import Controller
+from superollama.control.swap import Swapper, SwapPlan, SwapResult
+from superollama.core import EventRecord
+from superollama.core.deployments import DeploymentRecord, HistoryEntry
+from superollama.core.routing import PRODUCTION, STICKY_MODES, Deployment, DeploymentTarget, split_stage
+from superollama.errors import Conflict, InvalidRequest, NotFound
+
+__all__ = ["DeploymentDetails", "DeploymentManager", "parse_targets"]
+
+log = logging.getLogger("superollama.deployments")
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class DeploymentDetails:
+    record: DeploymentRecord
+    history: list[HistoryEntry]
+    live: list[dict[str, Any]]  # per target: weight share and ready instances
+    swap: SwapResult | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out = self.record.as_json()
+        out["live"] = self.live
+        out["history"] = [h.as_json() for h in self.history]
+        if self.swap is not None:
+            out["swap"] = self.swap.as_json()
+        return out
+
+
+def parse_targets(specs: Sequence[str]) -> list[DeploymentTarget]:
+    """``["smollm2:135m=90", "gemma3:270m=10"]`` → targets; a spec without ``=W`` gets weight 100."""
+    out = []
+    for spec in specs:
+        name, eq, weight = spec.rpartition("=")
+        if not eq:
+            name, weight = spec, "100"
+        try:
+            w = int(weight)
+        except ValueError:
+            raise InvalidRequest(
+                f"target {spec!r}: the weight after '=' must be an integer", param="targets"
+            ) from None
+        out.append(DeploymentTarget(name.strip(), w))
+    return out
+
+
+class DeploymentManager:
+    def __init__(
+        self,
+        controller: Controller,
+        swapper: Swapper,
+        *,
+        gate_timeout: float = 120.0,
+        gate_queue: int = 512,
+    ) -> None:
+        self._controller = controller
+        self._registry = controller.registry
+        self._swapper = swapper
+        self._records: dict[str, DeploymentRecord] = {}  # by client name
+        self._lock = asyncio.Lock()  # one change at a time: each swap sees the last one's result
+        controller.use_deployments(self.routing, gate_timeout=gate_timeout, gate_queue=gate_queue)
+
+    async def start(self) -> None:
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        self._records = {r.client_name: r for r in await self._registry.deployments.list()}
+        self._controller.republish()
+
+    def routing(self) -> list[Deployment]:
+        return [r.routing() for r in self._records.values()]
+
+    # -- reading ---------------------------------------------------------------------------------
+    async def list(self) -> list[DeploymentRecord]:
+        return sorted(self._records.values(), key=lambda r: (r.name, r.stage))
+
+    async def show(self, name: str) -> DeploymentDetails:
+        base, stage = self._split(name)
+        record = await self._registry.deployments.get(base, stage)
+        return self._details(record, await self._registry.deployments.history(base, stage))
+
+    # -- changes ---------------------------------------------------------------------------------
+    async def deploy(
+        self,
+        name: str,
+        targets: Sequence[DeploymentTarget],
+        *,
+        stage: str | None = None,
+        sticky: str | None = None,
+        actor: str = "api",
+    ) -> DeploymentDetails:
+        """Create the stage, or give it a new target set (the swap runs before any weight moves)."""
+        base, parsed_stage = self._split(name)
+        stage = stage or parsed_stage
+        self._check_name(base, stage)
+        async with self._lock:
+            before = await self._registry.deployments.find(base, stage)
+            sticky = sticky or (before.sticky if before else "none")
+            new = DeploymentRecord(base, stage, self._checked(targets), self._sticky(sticky))
+            return await self._change(before, new, "deployment.deploy", actor, self._registry.deployments.put)
+
+    async def split(
+        self, name: str, targets: Sequence[DeploymentTarget], *, sticky: str | None = None, actor: str = "api"
+    ) -> DeploymentDetails:
+        """New weights for an existing stage (``deploy`` that refuses to create)."""
+        base, stage = self._split(name)
+        await self._registry.deployments.get(base, stage)
+        return await self.deploy(name, targets, stage=stage, sticky=sticky, actor=actor)
+
+    async def promote(self, name: str, *, to: str = PRODUCTION, actor: str = "api") -> DeploymentDetails:
+        """``chat@staging`` → production gets staging's target set (and stickiness)."""
+        base, stage = self._split(name)
+        if stage == to:
+            raise InvalidRequest(f"name a stage to promote, as {base}@staging", param="name")
+        source = await self._registry.deployments.get(base, stage)
+        details = await self.deploy(base, source.targets, stage=to, sticky=source.sticky, actor=actor)
+        await self._event("deployment.promote", source.client_name, actor, {"to": to})
+        return details
+
+    async def rollback(self, name: str, *, actor: str = "api") -> DeploymentDetails:
+        """Back to the target set the stage had before its last change (one step per call)."""
+        base, stage = self._split(name)
+        async with self._lock:
+            before = await self._registry.deployments.get(base, stage)
+            history = await self._registry.deployments.history(base, stage)
+            if not history:
+                raise NotFound(f"deployment {before.client_name!r} has no earlier target set", param="name")
+            new = replace(before, targets=history[0].targets, sticky=history[0].sticky)
+
+            async def write(_: DeploymentRecord) -> DeploymentRecord:
+                return await self._registry.deployments.rollback(base, stage)
+
+            return await self._change(before, new, "deployment.rollback", actor, write)
+
+    async def set_enabled(self, name: str, enabled: bool, *, actor: str = "api") -> DeploymentRecord:
+        """Pause (the stage answers as disabled; nothing shifts) or resume it."""
+        base, stage = self._split(name)
+        record = await self._registry.deployments.set_enabled(base, stage, enabled)
+        await self.refresh()
+        await self._event(
+            "deployment.resume" if enabled else "deployment.pause", record.client_name, actor, {}
+        )
+        return record
+
+    async def remove(self, name: str, *, actor: str = "api") -> None:
+        base, stage = self._split(name)
+        async with self._lock:
+            before = await self._registry.deployments.get(base, stage)
+            await self._registry.deployments.delete(base, stage)
+            await self.refresh()
+            self._swapper.retire(_weighted(before.targets) - self._in_use(), before.client_name)
+        await self._event("deployment.remove", before.client_name, actor, {})
+
+    # -- the one change path ---------------------------------------------------------------------
+    async def _change(
+        self,
+        before: DeploymentRecord | None,
+        new: DeploymentRecord,
+        action: str,
+        actor: str,
+        write: Callable[[DeploymentRecord], Awaitable[DeploymentRecord]],
+    ) -> DeploymentDetails:
+        old_names = _weighted(before.targets) if before else set()
+        new_names = _weighted(new.targets)
+        leaving = sorted(old_names - new_names - self._in_use(but=new.client_name))
+        plan = SwapPlan(new.client_name, sorted(new_names - old_names), leaving)
+
+        async def publish() -> None:
+            saved = await write(new)
+            self._records[saved.client_name] = saved
+            self._controller.republish()
+
+        try:
+            result = await self._swapper.run(plan, publish)
+        except Exception as exc:
+            reason = getattr(exc, "message", None) or str(exc)
+            await self._event(action, new.client_name, actor, {"error": reason}, result="failed")
+            raise
+        self._swapper.retire(leaving, new.client_name)
+        detail = {"targets": [f"{t.name}={t.weight}" for t in new.targets], "sticky": new.sticky}
+        await self._event(action, new.client_name, actor, {**detail, "swap": result.as_json()})
+        return replace(await self.show(new.client_name), swap=result)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _in_use(self, but: str | None = None) -> set[str]:
+        """Versions some deployment stage (other than ``but``) still sends traffic to."""
+        return {n for r in self._records.values() if r.client_name != but for n in _weighted(r.targets)}
+
+    def _details(self, record: DeploymentRecord, history: builtins.list[HistoryEntry]) -> DeploymentDetails:
+        table = self._controller.holder.table
+        dep = table.deployment(record.client_name)
+        total = sum(t.weight for t in record.targets if t.weight > 0 and t.role == "primary") or 1
+        agent = self._controller.agent
+        live = []
+        for t in record.targets:
+            route = table.lookup(t.name)
+            instances = [
+                {
+                    "id": i.instance_id,
+                    "node": i.node,
+                    "in_flight": agent.in_flight(i.instance_id) if agent else 0,
+                }
+                for i in (route.targets if route else ())
+            ]
+            routed = dep is not None and any(c.name == t.name for c in dep.choices)
+            live.append(
+                {
+                    "name": t.name,
+                    "weight": t.weight,
+                    "share": round(100.0 * max(t.weight, 0) / total, 2),
+                    "role": t.role,
+                    "replicas": t.replicas,
+                    "routed": routed,
+                    "instances": instances,
+                }
+            )
+        return DeploymentDetails(record, history, live)
+
+    def _checked(self, targets: Sequence[DeploymentTarget]) -> tuple[DeploymentTarget, ...]:
+        if not targets:
+            raise InvalidRequest("a deployment needs at least one target", param="targets")
+        table = self._controller.holder.table
+        out: list[DeploymentTarget] = []
+        for t in targets:
+            route = table.lookup(t.name)
+            if route is None:
+                raise InvalidRequest(
+                    f"target {t.name!r} is neither a version nor a connection's model", param="targets"
+                )
+            if t.weight < 0:
+                raise InvalidRequest(f"target {t.name!r}: weights are 0 or more", param="targets")
+            if t.role not in ("primary", "shadow") or (t.role == "shadow" and t.weight > 100):
+                raise InvalidRequest(
+                    f"target {t.name!r}: role is primary, or shadow with a weight (percent) up to 100",
+                    param="targets",
+                )
+            if t.replicas != 1:
+                raise InvalidRequest(
+                    "replicas > 1: this node's agent runs one instance per version for now", param="replicas"
+                )
+            if any(o.name == route.name for o in out):
+                raise InvalidRequest(f"target {route.name!r} is named twice", param="targets")
+            out.append(replace(t, name=route.name))
+        if sum(t.weight for t in out if t.role == "primary") <= 0:
+            raise InvalidRequest("the weights must add up to more than 0", param="targets")
+        return tuple(out)
+
+    def _check_name(self, base: str, stage: str) -> None:
+        if not _NAME.match(base) or not _NAME.match(stage):
+            raise InvalidRequest(
+                f"deployment name {base!r} (stage {stage!r}): lowercase letters, digits, '.', '_', '-' only",
+                param="name",
+            )
+        if self._controller.holder.table.lookup(base) is not None:
+            raise Conflict(f"{base!r} is already a model's name; pick another deployment name", param="name")
+
+    @staticmethod
+    def _sticky(value: str) -> str:
+        if value not in STICKY_MODES:
+            raise InvalidRequest(f"sticky must be one of {', '.join(STICKY_MODES)}", param="sticky")
+        return value
+
+    @staticmethod
+    def _split(name: str) -> tuple[str, str]:
+        return split_stage(name.strip())
+
+    async def _event(
+        self, action: str, target: str, actor: str, detail: dict[str, Any], *, result: str = "ok"
+    ) -> None:
+        await self._registry.events.add(
+            EventRecord(action=action, target=target, actor=actor, result=result, detail=detail)
+        )
+
+
+def _weighted(targets: Sequence[DeploymentTarget]) -> set[str]:
+    return {t.name for t in targets if t.weight > 0}

@@ -1,0 +1,242 @@
+"""The node agent's own process in ``serve --workers N``: model processes are its children, not a gateway's.
+
+The master starts it next to the workers and restarts it like them. It runs a ``LocalAgent`` and serves
+it on ``agent.sock`` (in the run directory, mode 0600) to the primary worker, whose
+``workers.remote_agent.RemoteAgent`` is the other side — the same ``NodeAgent`` seam the controller uses
+in a plain ``serve``. Same style as the primary's ``control.sock`` (``workers.primary``):
+
+- ``GET /agent/watch``: one WebSocket per client (the primary), for its whole life. Agent → client:
+  ``state`` (every instance it runs: id, endpoint, pid, state, keep-alive) at connect and whenever that
+  set changes, and ``event`` (each lifecycle event, for the client's metrics and incidents). Client →
+  agent: ``activity`` (its in-flight counts, ``workers.activity``), folded into the agent's own, so idle
+  unloading and drains see every gateway worker's requests; a client that goes gives them back.
+- ``POST /agent/ensure`` ``{artifact, runtime, device}``: the ready instance (loading it, shared by
+  concurrent callers, bounded: the agent's 503s come back as they are) and a hold on it (see
+  ``workers.activity``).
+- ``POST /agent/stop`` ``{version, reason, drain}``: drain then stop; ``{"cut": n | null}``.
+- ``POST /agent/ended`` ``{instance, within}``: how an instance a request could not reach has ended.
+
+Lifetimes: a gateway worker's death (the primary's included) costs the model processes nothing; the
+primary that restarts finds them in the first ``state``. The agent's own death costs them nothing
+either: they are started with the master as their guardian (``runtimes.process``: they die with the
+master, not with the agent), and the restarted agent re-adopts the healthy ones (llama.cpp and
+transformers) and stops the rest (``LocalAgent``); a model it could not adopt is loaded again on the
+next request. The data plane talks to the instances directly, so no request passes through this
+process. On SIGTERM (the master stops it after every worker) it stops its instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from superollama.agent import LiveInstance, LocalAgent
+from superollama.agent.node import agent_config
+from superollama.core import Artifact, EventRecord
+from superollama.errors import SuperOllamaError
+from superollama.gateway.loop import run as run_loop
+from superollama.plugins import load_plugins
+from superollama.registry import open_registry
+from superollama.settings import Settings
+from superollama.telemetry import configure_logging as configure_telemetry_logging
+from superollama.workers.activity import ActivityLedger, Holds
+from superollama.workers.context import WorkerContext
+from superollama.workers.primary import error_json
+
+__all__ = ["CLIENT_PID", "AgentServer", "instance_json", "serve_agent"]
+
+CLIENT_PID = "X-Superollama-Client-Pid"  # on the client's every request: whose holds an ensure takes
+
+log = logging.getLogger("superollama.workers")
+
+
+def instance_json(inst: LiveInstance, keep_alive: float) -> dict[str, Any]:
+    """One instance on the wire; ``keep_alive``: seconds idle before it is unloaded (null: never)."""
+    return {
+        "instance_id": inst.id,
+        "endpoint": inst.handle.endpoint,
+        "version": inst.version,
+        "runtime": inst.runtime,
+        "device": inst.device,
+        "pid": inst.pid,
+        "state": str(inst.state),
+        "started_at": inst.started_at.isoformat(),
+        "load_seconds": inst.load_seconds,
+        "keep_alive": keep_alive if keep_alive != float("inf") else None,
+    }
+
+
+@dataclass(eq=False)
+class _Client:
+    ws: web.WebSocketResponse
+    ledger: ActivityLedger
+    pid: str | None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class AgentServer:
+    """``agent``, served on the Unix socket ``path`` (see the module's docstring)."""
+
+    def __init__(self, agent: LocalAgent, path: Path) -> None:
+        self._agent = agent
+        self._path = path
+        self._clients: set[_Client] = set()
+        self._holds = Holds(agent)
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        agent.subscribe(self._changed)
+        agent.on_event(self._event)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/agent/watch", self._watch)
+        app.router.add_post("/agent/ensure", self._ensure)
+        app.router.add_post("/agent/stop", self._stop)
+        app.router.add_post("/agent/ended", self._ended)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+        await web.UnixSite(self._runner, str(self._path)).start()
+        self._path.chmod(0o600)
+
+    async def close(self) -> None:
+        for client in list(self._clients):
+            await client.ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- pushes ----------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        agent = self._agent
+        instances = [instance_json(i, agent.keep_alive(i)) for i in agent.instances()]
+        return {"op": "state", "instances": instances}
+
+    def _changed(self) -> None:
+        for client in list(self._clients):
+            self._spawn(self._send(client, self._state()))
+
+    def _event(self, event: EventRecord) -> None:
+        message = {
+            "op": "event",
+            "action": event.action,
+            "target": event.target,
+            "result": event.result,
+            "detail": event.detail,
+        }
+        for client in list(self._clients):
+            self._spawn(self._send(client, message))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, client: _Client, message: dict[str, Any]) -> None:
+        async with client.lock:  # in order: a state is never overtaken by an older one
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await client.ws.send_bytes(orjson.dumps(message, default=str))
+
+    # -- the watch channel -----------------------------------------------------------------------------
+    async def _watch(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        client = _Client(ws, ActivityLedger(self._agent), request.headers.get(CLIENT_PID))
+        self._clients.add(client)
+        log.info("agent: a gateway worker connected")
+        try:
+            await self._send(client, self._state())
+            async for message in ws:
+                if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    break
+                data = orjson.loads(message.data)
+                client.ledger.fold(data)
+                self._holds.reported(data)
+        finally:
+            self._clients.discard(client)
+            client.ledger.clear()
+            self._holds.drop(client)
+            log.info("agent: a gateway worker disconnected")
+        return ws
+
+    def _client(self, request: web.Request) -> _Client | None:
+        pid = request.headers.get(CLIENT_PID)
+        return next((c for c in self._clients if pid is not None and c.pid == pid), None)
+
+    # -- calls -----------------------------------------------------------------------------------------
+    async def _ensure(self, request: web.Request) -> web.Response:
+        body = await request.json(loads=orjson.loads)
+        artifact = body["artifact"]
+        try:
+            inst = await self._agent.ensure(
+                Artifact(
+                    name=str(artifact["name"]),
+                    format=str(artifact["format"]),
+                    path=Path(artifact["path"]),
+                    metadata=artifact.get("metadata") or {},
+                    projector=Path(artifact["projector"]) if artifact.get("projector") else None,
+                ),
+                str(body["runtime"]),
+                device=str(body.get("device") or "cpu"),
+            )
+        except SuperOllamaError as exc:
+            return web.Response(body=error_json(exc), status=exc.status, content_type="application/json")
+        hold = self._holds.add(self._client(request), inst.id)  # same turn as ensure handed it over
+        answer = {"instance": instance_json(inst, self._agent.keep_alive(inst)), "hold": hold}
+        return web.Response(body=orjson.dumps(answer, default=str), content_type="application/json")
+
+    async def _stop(self, request: web.Request) -> web.Response:
+        body = await request.json(loads=orjson.loads)
+        drain = body.get("drain")
+        cut = await self._agent.stop_version(
+            str(body["version"]),
+            reason=str(body.get("reason") or "requested"),
+            drain=None if drain is None else float(drain),
+        )
+        return web.Response(body=orjson.dumps({"cut": cut}), content_type="application/json")
+
+    async def _ended(self, request: web.Request) -> web.Response:
+        body = await request.json(loads=orjson.loads)
+        ending = await self._agent.ended(str(body["instance"]), within=float(body.get("within", 2.0)))
+        return web.Response(body=orjson.dumps({"ending": ending}), content_type="application/json")
+
+
+async def _serve(settings: Settings, ctx: WorkerContext) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    registry = await open_registry(settings.registry_url)
+    runtimes = load_plugins().runtimes(settings)  # the same runtimes, in the same order, as a plain serve
+    for runtime in runtimes.values():
+        if hasattr(runtime, "guardian_pid"):  # its instances outlive this process and die with the master
+            runtime.guardian_pid = ctx.master_pid
+    agent = LocalAgent(registry, runtimes, agent_config(settings))
+    server = AgentServer(agent, ctx.paths.agent)
+    try:
+        await agent.start()  # re-adopts or stops what an earlier agent process left
+        await server.start()
+        ctx.notify_ready()
+        await stop.wait()
+        log.info("agent process shutting down")
+    finally:
+        await server.close()
+        await agent.close()
+        await registry.close()
+
+
+def serve_agent(settings: Settings, ctx: WorkerContext) -> None:
+    """The agent process's main (in the forked process)."""
+    logging_handle = configure_telemetry_logging(settings)
+    try:
+        run_loop(_serve(settings, ctx))
+    finally:
+        logging_handle.close()

@@ -1,0 +1,69 @@
+"""A real Ray cluster for the session (``ray.cluster_utils.Cluster``): a head and two nodes that carry the
+``so_node:NAME`` resource the control plane names nodes by — ``alpha`` (CPU) and ``beta`` (Ray told it
+has two GPUs: a fake count, no GPU memory behind it). All on loopback, with Ray's health check at
+500 ms x 3 (a dead node is seen in about a second and a half), no usage report, and a temporary
+directory of this run's own. Stopped by PID (``Cluster.shutdown`` kills the processes it started),
+never with ``ray stop``: that kills every Ray process on the machine by name."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # else 127.0.0.1 is rewritten to the machine's address
+}
+HEALTH = {
+    "health_check_period_ms": 500,
+    "health_check_failure_threshold": 3,
+    "health_check_initial_delay_ms": 0,
+}
+
+
+@dataclass
+class RayTestCluster:
+    address: str  # the head's control store, host:port
+    tmpdir: str
+    env: dict[str, str]
+    cluster: Any  # ray.cluster_utils.Cluster: a test may add a node and kill it
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayTestCluster]:
+    # Ray's Unix sockets live under the temp dir: keep the path short (108 bytes at most)
+    tmpdir = tempfile.mkdtemp(prefix="so-ray-", dir="/tmp")
+    env = {**RAY_ENV, "RAY_TMPDIR": tmpdir}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={
+            "node_ip_address": "127.0.0.1",
+            "num_cpus": 0,  # the head is the control store, not a node models go to
+            "include_dashboard": False,
+            "_system_config": HEALTH,
+        },
+    )
+    try:
+        cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources={"so_node:alpha": 1})
+        cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1, num_gpus=2, resources={"so_node:beta": 1})
+        cluster.wait_for_nodes()
+        yield RayTestCluster(address=cluster.address, tmpdir=tmpdir, env=env, cluster=cluster)
+    finally:
+        cluster.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(tmpdir, ignore_errors=True)
