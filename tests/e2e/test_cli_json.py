@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from tests.e2e.conftest import ServerProcess
 
@@ -63,6 +64,30 @@ def test_read_commands_print_the_api_objects(srv: ServerProcess) -> None:
     settings = {s["variable"]: s for s in _json(srv, "config")}
     assert settings["SUPEROLLAMA_HOME"]["value"] == str(srv.home)
     assert settings["SUPEROLLAMA_API_KEY"]["value"] is None  # never a secret in clear
+
+
+def test_node_changes_are_made_by_the_cli_and_audited(srv: ServerProcess) -> None:
+    """cordon, uncordon and drain of this server's own node: the state the API then shows, and one audit
+    event per change naming the node and (for a drain) the instances it stopped."""
+    [node] = _api(srv, "/admin/v1/nodes", "nodes")
+    name = node["name"]
+    try:
+        assert _json(srv, "nodes", "cordon", name)["state"] == "cordoned"
+        assert _api(srv, f"/admin/v1/nodes/{name}")["state"] == "cordoned"
+        assert _json(srv, "nodes", "uncordon", name)["state"] == "ready"
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        assert httpx.post(srv.url + "/v1/chat/completions", json=chat, timeout=120).status_code == 200
+        [loaded] = _api(srv, "/admin/v1/instances", "instances")
+        drained = _json(srv, "nodes", "drain", name)
+        assert drained["stopped"] == [loaded["id"]] and drained["node"]["state"] == "draining"
+        assert _api(srv, "/admin/v1/instances", "instances") == []
+    finally:
+        srv.cli("nodes", "uncordon", name)
+    events = _api(srv, f"/admin/v1/events?target={name}", "events")
+    actions = [e["action"] for e in reversed(events)]  # newest first on the wire
+    assert actions == ["node.cordon", "node.uncordon", "node.drain", "node.uncordon"]
+    drain = next(e for e in events if e["action"] == "node.drain")
+    assert drain["detail"] == {"state": "draining", "stopped": [loaded["id"]], "cut": 0}
 
 
 def test_write_commands_print_what_they_made(srv: ServerProcess, tmp_path: Path) -> None:

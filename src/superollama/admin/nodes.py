@@ -12,6 +12,8 @@ Cordon is the node's registry state (``cordoned``; ``draining`` while a drain ru
 placement (``agent/placement.py``) puts nothing new there, and a node's own reports keep it. A drain
 cordons, then stops each instance there (drained first, bounded): the next request for its version
 places a new one elsewhere. ``rm`` forgets a node with no instance running there (409 otherwise).
+Each change is an audit event (``node.cordon``, ``node.uncordon``, ``node.drain``, ``node.remove``) with
+the admin who made it, so the events page and the webhooks see it.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from typing import Any
 
 from aiohttp import web
 
-from superollama.admin.routes import PREFIX
+from superollama.admin.routes import PREFIX, actor_of
 from superollama.admin.serialize import instance_json
 from superollama.agent import LiveInstance
 from superollama.control import Controller
-from superollama.core import NodeRecord
+from superollama.core import EventRecord, NodeRecord
 from superollama.errors import Conflict, NotFound
 from superollama.gateway.responses import json_response as _json
 
@@ -60,10 +62,12 @@ class NodeRoutes:
 
     async def cordon(self, request: web.Request) -> web.Response:
         record = await self._set_state(await self._record(request), "cordoned")
+        await self._event("node.cordon", record, request)
         return _json(await self._node_json(record))
 
     async def uncordon(self, request: web.Request) -> web.Response:
         record = await self._set_state(await self._record(request), "ready")
+        await self._event("node.uncordon", record, request)
         return _json(await self._node_json(record))
 
     async def drain(self, request: web.Request) -> web.Response:
@@ -75,6 +79,7 @@ class NodeRoutes:
                 if n is not None:
                     stopped.append(inst.id)
                     cut += n
+        await self._event("node.drain", record, request, {"stopped": stopped, "cut": cut})
         return _json({"node": await self._node_json(record), "stopped": stopped, "cut": cut})
 
     async def remove(self, request: web.Request) -> web.Response:
@@ -84,9 +89,22 @@ class NodeRoutes:
             ids = ", ".join(i.id for i in running)
             raise Conflict(f"node {record.name!r} runs instances ({ids}): drain it first", param="name")
         await self._controller.registry.nodes.delete(record.name)
+        await self._event("node.remove", record, request)
         return _json({"deleted": record.name})
 
     # -- helpers -------------------------------------------------------------------------------------
+    async def _event(
+        self, action: str, record: NodeRecord, request: web.Request, detail: dict[str, Any] | None = None
+    ) -> None:
+        await self._controller.registry.events.add(
+            EventRecord(
+                action=action,
+                target=record.name,
+                actor=actor_of(request),
+                detail={"state": record.state, **(detail or {})},
+            )
+        )
+
     async def _records(self) -> dict[str, NodeRecord]:
         records = {n.name: n for n in await self._controller.registry.nodes.list()}
         if self._node not in records and not records:  # a controller without an agent registered nothing
