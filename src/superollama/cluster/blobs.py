@@ -15,7 +15,8 @@ node's store, or the control plane's (its origin).
   digests) and the partial file is removed: nothing half-copied or corrupt is ever listed.
 - **Retried and resumed**: a chunk read that fails is retried ``attempts`` times with a growing delay;
   then the next source continues from the same offset. A transfer that fails altogether keeps its partial
-  file: the next fetch re-hashes it and asks only for the rest.
+  file: the next fetch re-hashes it and asks only for the rest (one nobody resumes for a day is removed
+  when the node's actor starts).
 - **Single flight**: concurrent fetches of the same blob on one node share one transfer.
 - **Progress**: ``report()`` lists the transfers in progress (bytes done of total, source) and the last
   ones finished (source, bytes, seconds, resumed from), for the node's inventory.
@@ -137,6 +138,8 @@ class NodeBlobs:
         chunk_timeout: float = 60.0,
     ) -> None:
         self.store = BlobStore(root) if root is not None else None
+        if self.store is not None:  # transfers nobody resumed for a day are dropped
+            self.store.purge_tmp()
         self.chunk_size = chunk_size
         self.window = max(1, window)
         self.attempts = attempts
