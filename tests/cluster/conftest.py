@@ -1,9 +1,11 @@
 """A real Ray cluster for the session (``ray.cluster_utils.Cluster``): a head and two nodes that carry the
 ``so_node:NAME`` resource the control plane names nodes by — ``alpha`` (CPU) and ``beta`` (Ray told it
-has two GPUs: a fake count, no GPU memory behind it). All on loopback, with Ray's health check at
-500 ms x 3 (a dead node is seen in about a second and a half), no usage report, and a temporary
-directory of this run's own. Stopped by PID (``Cluster.shutdown`` kills the processes it started),
-never with ``ray stop``: that kills every Ray process on the machine by name."""
+has two GPUs: a fake count, no GPU memory behind it) — each with a blob store of its own
+(``SUPEROLLAMA_NODE_STORE``, in the nodes' environment): the machine's one filesystem is not shared
+between them, so a version's blobs are really copied to the node an instance is placed on. All on
+loopback, with Ray's health check at 500 ms x 3 (a dead node is seen in about a second and a half), no
+usage report, and a temporary directory of this run's own. Stopped by PID (``Cluster.shutdown`` kills the
+processes it started), never with ``ray stop``: that kills every Ray process on the machine by name."""
 
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from superollama.cluster.blobs import NODE_STORE_ENV
 
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -33,6 +38,7 @@ class RayTestCluster:
     tmpdir: str
     env: dict[str, str]
     cluster: Any  # ray.cluster_utils.Cluster: a test may add a node and kill it
+    stores: dict[str, Path] = field(default_factory=dict)  # node name → the root of its blob store
 
 
 @pytest.fixture(scope="session")
@@ -54,11 +60,23 @@ def ray_cluster() -> Iterator[RayTestCluster]:
             "_system_config": HEALTH,
         },
     )
+    stores = {name: Path(tmpdir) / f"store-{name}" for name in ("alpha", "beta")}
     try:
-        cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources={"so_node:alpha": 1})
-        cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1, num_gpus=2, resources={"so_node:beta": 1})
+        cluster.add_node(
+            node_ip_address="127.0.0.1",
+            num_cpus=1,
+            resources={"so_node:alpha": 1},
+            env_vars={NODE_STORE_ENV: str(stores["alpha"])},
+        )
+        cluster.add_node(
+            node_ip_address="127.0.0.1",
+            num_cpus=1,
+            num_gpus=2,
+            resources={"so_node:beta": 1},
+            env_vars={NODE_STORE_ENV: str(stores["beta"])},
+        )
         cluster.wait_for_nodes()
-        yield RayTestCluster(address=cluster.address, tmpdir=tmpdir, env=env, cluster=cluster)
+        yield RayTestCluster(address=cluster.address, tmpdir=tmpdir, env=env, cluster=cluster, stores=stores)
     finally:
         cluster.shutdown()
         for key, value in saved.items():

@@ -16,7 +16,15 @@ the chosen node instead of in this process:
    ``place_timeout`` (Ray keeps an unsatisfiable request pending without an error) and its start by the
    runtime's ready timeout; on either failure the actor is killed. The endpoint it answers is the child's
    ``node_ip:port``: the gateway relays there directly.
-4. **Re-adoption**: a control plane that restarts finds each instance its registry says runs by its actor's
+4. **Blobs** (``cluster/blobs.py``): a node with a store of its own (``SUPEROLLAMA_NODE_STORE``) that
+   lacks a version's blob files gets them first — its ``NodeActor`` pulls them in chunks from another
+   node that has them or, last, from the control plane's origin actor, verified by sha256 before they are
+   visible — and its instance runs from its own copies. One transfer per (node, blob) at a time here,
+   and one per blob on the node. A node without a store of its own reads the control plane's files.
+5. **Observed memory** (``cluster/memory.py``): what the instance's process uses once loaded is kept per
+   (version, device kind); later placements of that version need ``max(estimate, observed x 1.05)``.
+   Each node's inventory lists its instances with both numbers (``memory``).
+6. **Re-adoption**: a control plane that restarts finds each instance its registry says runs by its actor's
    name (``RayRuntime.adopt``) and keeps it; a named instance actor the registry does not know (a start
    cut short by the restart) is killed — no duplicates. ``close`` therefore stops nothing: the instances
    are detached and outlive this driver; ``unload`` / ``stop_version`` stop them.
@@ -29,7 +37,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import ray
@@ -41,7 +50,9 @@ from superollama.agent.estimate import MemoryEstimate, estimate
 from superollama.agent.instance import AgentConfig
 from superollama.agent.placement import DeviceView, NodeView, Placement, PlacementRequest, Policy, place
 from superollama.cluster.actors import InstanceActor, NodeActor
+from superollama.cluster.blobs import blob_digest
 from superollama.cluster.head import RayHead
+from superollama.cluster.memory import ObservedMemory, observed_bytes
 from superollama.core import (
     Artifact,
     Endpoint,
@@ -52,7 +63,7 @@ from superollama.core import (
     NodeRecord,
     Runtime,
 )
-from superollama.errors import ModelLoadFailed
+from superollama.errors import IntegrityError, ModelLoadFailed
 from superollama.registry import Registry
 
 __all__ = ["NODE_RESOURCE", "RayAgent", "RayHandle", "RayRuntime"]
@@ -72,6 +83,7 @@ class RayNode:
     node_id: str
     address: str
     view: NodeView
+    store_root: str | None = None  # its own blob store; None: it reads the control plane's files
 
 
 class RayHandle:
@@ -89,6 +101,8 @@ class RayHandle:
         self.node = node
         self.device = device
         self.node_id = str(info.get("node_id") or "")
+        self.observed: dict[str, Any] = dict(info.get("observed") or {})
+        self.estimate: MemoryEstimate | None = None  # what placement fitted (None: re-adopted)
         self._actor = actor
         self._gone = False
 
@@ -171,6 +185,9 @@ class RayAgent(LocalAgent):
         self._node_ip_address = node_ip_address  # this driver's address in the cluster (None: Ray's guess)
         self._instance_actor = ray.remote(InstanceActor)
         self._node_actor = ray.remote(NodeActor)
+        self.observed = ObservedMemory()
+        self._blob_flights: dict[tuple[str, str], asyncio.Task[str]] = {}
+        self._origin: Any = None  # the control plane's blob server (a NodeActor on its node), made on need
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -241,6 +258,7 @@ class RayAgent(LocalAgent):
             prior = known.get(name)
             state = prior.state if prior is not None and prior.state in _KEPT_STATES else "ready"
             labels = dict((prior.inventory.get("labels") or {}) if prior is not None else {})
+            store = report.get("store") or {}
             inventory = {
                 **report["capacity"],
                 "usage": report["usage"],
@@ -248,16 +266,26 @@ class RayAgent(LocalAgent):
                 "labels": labels,
                 "ray_node_id": node_id,
                 "ray_gpus": (info.get("Resources") or {}).get("GPU", 0),
+                "store": store,
+                "memory": self._memory_of(name),
             }
             record = NodeRecord(name=name, address=address, state=state, inventory=inventory)
             await self._registry.nodes.upsert(record)
             await self._registry.nodes.heartbeat(name)
-            found[name] = RayNode(name, node_id, address, self._view(record, report))
+            root = store.get("root")
+            found[name] = RayNode(name, node_id, address, self._view(record, report), root or None)
         self._nodes = found
         return found
 
     async def _node_report(self, name: str, node_id: str) -> dict[str, Any]:
-        actor = await asyncio.to_thread(
+        actor = await self._node_handle(name, node_id)
+        report: dict[str, Any] = await asyncio.wait_for(
+            _result(actor.inventory.remote()), self._place_timeout
+        )
+        return report
+
+    async def _node_handle(self, name: str, node_id: str) -> Any:
+        return await asyncio.to_thread(
             lambda: self._node_actor.options(
                 name=f"node:{name}",
                 namespace=self._namespace,
@@ -267,10 +295,25 @@ class RayAgent(LocalAgent):
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
             ).remote()
         )
-        report: dict[str, Any] = await asyncio.wait_for(
-            _result(actor.inventory.remote()), self._place_timeout
-        )
-        return report
+
+    def _memory_of(self, node: str) -> list[dict[str, Any]]:
+        """This node's instances: the estimate placement fitted beside the memory observed after load."""
+        out = []
+        for inst in self._live.values():
+            handle = inst.handle
+            if not isinstance(handle, RayHandle) or handle.node != node:
+                continue
+            out.append(
+                {
+                    "instance": handle.instance_id,
+                    "version": inst.version,
+                    "device": handle.device,
+                    "estimate": handle.estimate.total if handle.estimate is not None else None,
+                    "observed_rss": handle.observed.get("rss"),
+                    "observed_gpu": handle.observed.get("gpu"),
+                }
+            )
+        return out
 
     def _view(self, record: NodeRecord, report: Mapping[str, Any]) -> NodeView:
         usage = report["usage"]
@@ -304,7 +347,10 @@ class RayAgent(LocalAgent):
     async def placement(self, runtime: Runtime, spec: InstanceSpec) -> Placement:
         """Where an instance of ``spec`` goes now (the nodes are asked again first)."""
         nodes = await self.refresh_nodes()
-        estimates = {kind: self._estimate(runtime, spec.artifact, kind) for kind in ("cpu", "cuda")}
+        estimates = {
+            kind: self.observed.correct(spec.version, kind, self._estimate(runtime, spec.artifact, kind))
+            for kind in ("cpu", "cuda")
+        }
         kind = str(spec.options.get("device_kind") or ("any" if spec.device == "cpu" else "gpu"))
         request = PlacementRequest(
             version=spec.version,
@@ -342,9 +388,137 @@ class RayAgent(LocalAgent):
             chosen.free_before >> 20,
         )
         try:
-            return await self._start_on(runtime, spec, node, chosen.device)
+            artifact = await self._place_blobs(node, spec.artifact)
+            handle = await self._start_on(runtime, replace(spec, artifact=artifact), node, chosen.device)
         finally:
             self._reserved[key] -= chosen.estimate.total
+        handle.estimate = chosen.estimate
+        kind = "cpu" if chosen.device == "cpu" else chosen.device.split(":", 1)[0]
+        seen = observed_bytes(chosen.device, handle.observed)
+        self.observed.record(spec.version, kind, seen, node=node.name, instance=spec.instance_id)
+        log.info(
+            "%s on %s %s: estimated %d MiB, observed %s MiB after load",
+            spec.instance_id,
+            node.name,
+            chosen.device,
+            chosen.estimate.total >> 20,
+            "?" if seen is None else seen >> 20,
+        )
+        return handle
+
+    # -- blobs -----------------------------------------------------------------------------------------
+    async def _place_blobs(self, node: RayNode, artifact: Artifact) -> Artifact:
+        """The artifact as ``node`` sees it: its blob files copied into the node's own store first (when
+        it has one), the paths pointing there."""
+        if node.store_root is None:
+            return artifact
+        if artifact.path.is_dir():
+            raise ModelLoadFailed(
+                f"{artifact.name}: a folder version cannot be copied to node {node.name} yet "
+                "(its store is its own); run it on a node that reads the control plane's files"
+            )
+        model = await self._node_copy(node, artifact, artifact.path)
+        projector = None
+        if artifact.projector is not None:
+            projector = await self._node_copy(node, artifact, artifact.projector)
+        return replace(artifact, path=model, projector=projector)
+
+    async def _node_copy(self, node: RayNode, artifact: Artifact, path: Path) -> Path:
+        digest = blob_digest(path)
+        if digest is None:
+            raise ModelLoadFailed(f"{artifact.name}: {path} is not a blob of the store")
+        return Path(await self.ensure_blob(node, digest, path))
+
+    async def ensure_blob(self, node: RayNode, digest: str, origin_path: Path) -> str:
+        """The blob's path in ``node``'s store, copied there first if missing (one copy per node and
+        blob at a time: concurrent callers share it)."""
+        key = (node.name, digest)
+        task = self._blob_flights.get(key)
+        if task is None:
+            task = asyncio.create_task(self._copy_blob(node, digest, origin_path))
+            self._blob_flights[key] = task
+            task.add_done_callback(lambda done: self._blob_flight_done(key, done))
+        return await asyncio.shield(task)
+
+    def _blob_flight_done(self, key: tuple[str, str], task: asyncio.Task[str]) -> None:
+        if self._blob_flights.get(key) is task:
+            del self._blob_flights[key]
+        if not task.cancelled():
+            task.exception()
+
+    async def _copy_blob(self, node: RayNode, digest: str, origin_path: Path) -> str:
+        target = await self._node_handle(node.name, node.node_id)
+        have = await asyncio.wait_for(_result(target.blob_local.remote(digest)), _CALL_TIMEOUT)
+        size = (await asyncio.to_thread(origin_path.stat)).st_size
+        if have is not None and int(have[1]) == size:
+            return str(have[0])
+        sources = await self._blob_sources(node, digest, origin_path, size)
+        log.info(
+            "copying blob %s (%d MiB) to node %s from %s",
+            digest,
+            size >> 20,
+            node.name,
+            ", ".join(name for name, _, _ in sources),
+        )
+        ref = target.fetch_blob.remote(digest, size, sources)
+        try:
+            while True:
+                done, _ = await asyncio.to_thread(ray.wait, [ref], timeout=1.0)
+                if done:
+                    break
+                with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
+                    report = await asyncio.wait_for(_result(target.blobs.remote()), _CALL_TIMEOUT)
+                    for item in report.get("in_progress") or []:
+                        if item.get("digest") == digest:
+                            log.info(
+                                "blob %s to %s: %d/%d MiB from %s",
+                                digest,
+                                node.name,
+                                int(item["done"]) >> 20,
+                                int(item["total"]) >> 20,
+                                item.get("source"),
+                            )
+            path: str = await _result(ref)
+        except ray.exceptions.RayError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, IntegrityError):
+                raise ModelLoadFailed(f"node {node.name}: {cause.message}") from None
+            reason = getattr(cause, "message", None) or str(cause or exc) or type(exc).__name__
+            raise ModelLoadFailed(f"node {node.name} could not get blob {digest}: {reason}") from None
+        return path
+
+    async def _blob_sources(
+        self, target: RayNode, digest: str, origin_path: Path, size: int
+    ) -> list[tuple[str, Any, str | None]]:
+        """Where the blob can come from: the other nodes whose own store has it (by name), then the
+        control plane's origin."""
+        others = [n for n in self._nodes.values() if n.name != target.name and n.store_root is not None]
+
+        async def ask(node: RayNode) -> tuple[str, Any, str | None] | None:
+            try:
+                actor = await self._node_handle(node.name, node.node_id)
+                have = await asyncio.wait_for(_result(actor.blob_local.remote(digest)), _CALL_TIMEOUT)
+            except (ray.exceptions.RayError, TimeoutError):
+                return None
+            return (node.name, actor, None) if have is not None and int(have[1]) == size else None
+
+        found = [
+            s for s in await asyncio.gather(*(ask(n) for n in sorted(others, key=lambda n: n.name))) if s
+        ]
+        return [*found, ("control plane", await self._origin_actor(), str(origin_path))]
+
+    async def _origin_actor(self) -> Any:
+        """The control plane's blob server: a ``NodeActor`` on this driver's node reading its store's
+        files, owned by this driver (it ends with it)."""
+        if self._origin is None:
+            node_id = ray.get_runtime_context().get_node_id()
+            self._origin = await asyncio.to_thread(
+                lambda: self._node_actor.options(
+                    num_cpus=0,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+                ).remote(origin=True)
+            )
+        return self._origin
 
     async def _start_on(self, runtime: Runtime, spec: InstanceSpec, node: RayNode, device: str) -> RayHandle:
         placed = InstanceSpec(
@@ -401,7 +575,11 @@ class RayAgent(LocalAgent):
             await _kill(actor)
             return None
         log.info("re-adopted %s (%s) on node %s by its actor's name", record.id, record.version, record.node)
-        return RayHandle(record.id, actor, info, record.node, record.device or "cpu")
+        handle = RayHandle(record.id, actor, info, record.node, record.device or "cpu")
+        kind = "cpu" if handle.device == "cpu" else handle.device.split(":", 1)[0]
+        seen = observed_bytes(handle.device, handle.observed)
+        self.observed.record(record.version, kind, seen, node=record.node, instance=record.id)
+        return handle
 
     async def _leftover_records(self) -> list[InstanceRecord]:
         return await self._registry.instances.list(states=_ACTIVE)
