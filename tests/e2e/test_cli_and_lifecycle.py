@@ -19,12 +19,12 @@ from tests.e2e.conftest import ServerProcess, wait_until, worker_pids
 MODEL = "smollm2:135m"
 
 
-def _client(server: ServerProcess) -> OpenAI:
-    return OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+def _client(server: ServerProcess, timeout: float = 120) -> OpenAI:
+    return OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=timeout)
 
 
-def _chat(server: ServerProcess, text: str = "Hi", max_tokens: int = 4) -> str:
-    out = _client(server).chat.completions.create(
+def _chat(server: ServerProcess, text: str = "Hi", max_tokens: int = 4, timeout: float = 120) -> str:
+    out = _client(server, timeout).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=max_tokens
     )
     return out.choices[0].message.content or ""
@@ -186,7 +186,8 @@ def test_killed_instance_fails_in_flight_requests_then_reloads(fresh_server: Ser
 
     def non_stream() -> None:
         try:
-            _chat(fresh_server, "Write a long poem", max_tokens=2000)
+            # up to 2,000 tokens again on the replacement, after its load: minutes on a loaded machine
+            _chat(fresh_server, "Write a long poem", max_tokens=2000, timeout=600)
             outcomes.append("ok")
         except openai.APIStatusError as exc:
             outcomes.append(str(exc.status_code))
