@@ -9,6 +9,7 @@ import os
 import subprocess
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -306,3 +307,34 @@ async def test_gc_removes_a_crashed_moves_copy_at_once_and_keeps_a_fresh_downloa
         assert not crashed_move.exists(), root
         assert not old_download.exists(), root
         assert download.read_bytes() == b"resumable", root
+
+
+async def test_a_root_shared_by_two_homes_serves_both_and_an_rm_keeps_the_others_files(
+    store: ModelStore, tmp_path: Path, fast: Path, smollm2_gguf: Path
+) -> None:
+    """Two gateways' homes declaring one root (a disk both mount): the version moved there by one is
+    found by the other from the catalog's digest, and the other's rm never sweeps it away."""
+    from superollama.core import VersionRecord
+
+    other_home = tmp_path / "other-home"
+    other_home.mkdir()
+    other = ModelStore(other_home, storage_roots=[("fast", str(fast))])
+    manifest = await store.pull(smollm2_gguf.as_uri(), "smol:1")
+    await store.move("smol:1", "fast")
+    digest = manifest.model_layer.digest
+    record = VersionRecord(
+        name="smol:1", model="smol", tag="1", format="gguf", digest=digest, size=1, source="file"
+    )
+
+    found = other.shared_artifact(record)
+    assert found is not None and found.path == _blob(fast, digest) and found.format == "gguf"
+    assert other.shared_artifact(replace(record, metadata={"vision": True})) is None  # needs its projector
+    assert ModelStore(tmp_path / "lone", storage_roots=[]).shared_artifact(record) is None
+
+    await other.pull(smollm2_gguf.as_uri(), "mine:1")  # the other home's own version, then its rm
+    await other.move("mine:1", "fast")
+    assert await other.remove("mine:1", keep={digest}) == set()  # the first home's file stays
+    assert store.model_path("smol:1") == _blob(fast, digest) and _blob(fast, digest).is_file()
+    await other.pull(smollm2_gguf.as_uri(), "mine:2")
+    assert await other.remove("mine:2") == {digest}  # without keep the sweep would take it (home + fast)
+    assert not _blob(fast, digest).exists()

@@ -366,7 +366,10 @@ class Controller:
                 raise
         else:
             await self._registry.versions.delete(version.name)
-        freed = await self._store.remove(ModelRef.parse(version.name))
+        # the model files of every other version in the catalog stay, wherever their manifest is: a
+        # storage root shared with other gateways holds theirs too
+        others = {v.digest for v in await self._registry.versions.list() if v.name != version.name}
+        freed = await self._store.remove(ModelRef.parse(version.name), keep=others)
         detail = {"freed_blobs": sorted(freed), "cut": cut}
         await self._event("model.remove", version.name, actor, "ok", detail)
         await self.refresh()
@@ -423,7 +426,7 @@ class Controller:
         version = self._versions.get(route.version)
         if version is None or version.name in self._retiring or not version.enabled:
             raise ModelNotFound(f"model {route.name!r} not found", param="model")
-        stored = self._store.artifact(ModelRef.parse(version.name))  # its files on this node
+        stored = self._files_of(version)
         artifact = Artifact(
             name=version.name,
             format=version.format,
@@ -434,6 +437,21 @@ class Controller:
         runtime = version.runtime or await self._agent.runtime_for(artifact)
         inst = await self._agent.ensure(artifact, runtime)
         return RouteTarget(inst.id, inst.handle.endpoint)
+
+    def _files_of(self, version: VersionRecord) -> Artifact:
+        """A version's files on this node: through this home's manifest, or, for a version pulled through
+        another gateway, in a storage root both share; else a load error saying how to get them here."""
+        try:
+            return self._store.artifact(ModelRef.parse(version.name))
+        except ModelNotFound:
+            shared = self._store.shared_artifact(version)
+            if shared is None:
+                raise ModelLoadFailed(
+                    f"the files of {version.name!r} are not on this gateway's machine: it was pulled through "
+                    f"another gateway. Move them to a storage root both declare (SUPEROLLAMA_STORAGE_ROOTS; "
+                    f"superollama mv {version.name} --to ROOT) or pull it through this gateway"
+                ) from None
+            return shared
 
     def _with_base(self, version: VersionRecord) -> Mapping[str, Any]:
         """An adapter version (``metadata["adapter"]``: a LoRA of ``metadata["base"]``) carries where its

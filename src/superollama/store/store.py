@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from superollama.core import Artifact, Layer, Manifest, ModelRef, Progress
+from superollama.core import Artifact, Layer, Manifest, ModelRef, Progress, VersionRecord
 from superollama.core.images import MEDIA_PROJECTOR, VISION
 from superollama.errors import IntegrityError, InvalidRequest, ModelExists, ModelNotFound, StoreError
 from superollama.store.blobs import BlobStore, normalize_digest, short_digest
@@ -291,14 +291,17 @@ class ModelStore:
             copied = replace(manifest, name=str(dst_ref), created_at=datetime.now(UTC))
             return await asyncio.to_thread(self.manifests.write, copied)
 
-    async def remove(self, name: ModelRef | str) -> set[str]:
+    async def remove(self, name: ModelRef | str, *, keep: Collection[str] = ()) -> set[str]:
         """Delete a version's manifest, then every blob no manifest references, in every root (an empty
-        ``blobs/`` the store made in a declared root goes too); return the freed digests."""
+        ``blobs/`` the store made in a declared root goes too); return the freed digests. ``keep``: digests
+        never deleted from a declared root — the model files of versions other gateways pulled, whose
+        manifests are in their homes, on a root they share with this one."""
         ref = as_ref(name)
         async with self._lock:
             old = self._read_or_none(ref)
             self.manifests.delete(ref)
-            return await self._collect(_placed(old) if old is not None else (), everywhere=True)
+            candidates = _placed(old) if old is not None else ()
+            return await self._collect(candidates, everywhere=True, keep=keep)
 
     async def gc(self) -> set[str]:
         """Remove blobs no manifest references (and stale partial files); return the freed digests."""
@@ -317,11 +320,15 @@ class ModelStore:
             blobs = self._root_blobs[location] = BlobStore(location)
         return blobs
 
-    async def _collect(self, candidates: Iterable[_Placed], *, everywhere: bool = False) -> set[str]:
+    async def _collect(
+        self, candidates: Iterable[_Placed], *, everywhere: bool = False, keep: Collection[str] = ()
+    ) -> set[str]:
         """Delete the unreferenced, unpinned blobs among ``candidates`` (with ``everywhere``: among all
-        blobs of the home, of every usable declared root and of every root a manifest names); prune a
-        declared root's ``blobs/`` once empty (never the root itself). Hold ``_lock``."""
+        blobs of the home, of every usable declared root and of every root a manifest names), except the
+        ``keep`` digests in declared roots; prune a declared root's ``blobs/`` once empty (never the root
+        itself). Hold ``_lock``."""
         pool = {(loc, normalize_digest(d)) for loc, d in candidates}
+        kept_shared = {normalize_digest(d) for d in keep}
 
         def run() -> set[str]:
             by_root, anywhere = self.manifests.references()
@@ -332,6 +339,8 @@ class ModelStore:
             freed: set[str] = set()
             for loc, digest in sorted(pool, key=lambda p: (str(p[0] or ""), p[1])):
                 if digest in anywhere or digest in by_root.get(loc, ()):
+                    continue
+                if loc is not None and digest in kept_shared:
                     continue
                 if self.blobs_in(loc).delete(digest):
                     freed.add(digest)
@@ -436,6 +445,26 @@ class ModelStore:
             metadata=manifest.metadata,
             projector=None if projector is None else blobs.path(projector.digest),
         )
+
+    def shared_artifact(self, version: VersionRecord) -> Artifact | None:
+        """A single-file version pulled through another gateway, whose manifest is in that gateway's
+        home: its model file found by the catalog's digest in one of this home's declared storage roots
+        (a disk both gateways mount, where ``mv NAME --to ROOT`` put it). None when no root holds it. A
+        vision model's projector is named by the manifest only: it is never served without it."""
+        if version.format != "gguf" or version.metadata.get(VISION) is True:
+            return None
+        for root in self.roots.all():
+            if root.is_home or not root.usable:
+                continue
+            blobs = self.blobs_in(root.location)
+            if blobs.has(version.digest):
+                return Artifact(
+                    name=version.name,
+                    format=version.format,
+                    path=blobs.path(version.digest),
+                    metadata=version.metadata,
+                )
+        return None
 
     def disk_usage(self) -> int:
         return self.blobs.disk_usage()
