@@ -366,9 +366,13 @@ class Controller:
                 raise
         else:
             await self._registry.versions.delete(version.name)
-        # the model files of every other version in the catalog stay, wherever their manifest is: a
-        # storage root shared with other gateways holds theirs too
-        others = {v.digest for v in await self._registry.versions.list() if v.name != version.name}
+        # the model files of the catalog's versions pulled through other gateways (their manifests are in
+        # their homes, not here) stay: a storage root shared with them holds theirs too
+        others = {
+            v.digest
+            for v in await self._registry.versions.list()
+            if v.name != version.name and not self._store.exists(v.name)
+        }
         freed = await self._store.remove(ModelRef.parse(version.name), keep=others)
         detail = {"freed_blobs": sorted(freed), "cut": cut}
         await self._event("model.remove", version.name, actor, "ok", detail)
