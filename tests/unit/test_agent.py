@@ -72,10 +72,11 @@ class GateRuntime:
 
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
         self.starts += 1
+        n = self.starts  # each start its own pid and port, loads in parallel too
         await self.gate.wait()
         if self.fail:
             raise ModelLoadFailed(self.fail)
-        handle = Handle(spec, 40000 + self.starts)
+        handle = Handle(spec, 40000 + n)
         self.handles.append(handle)
         return handle
 
@@ -340,7 +341,7 @@ async def test_a_healthy_leftover_the_runtime_adopts_serves_on_without_a_reload(
     spec = InstanceSpec(instance_id="a", version="m:1", artifact=ART, runtime="gate")
     runtime = GateRuntime()
     other_spec = replace(spec, instance_id="b")
-    runtime.keep = {"a": Handle(spec, 777), "b": Handle(other_spec, 778)}  # two healthy ones, one version
+    runtime.keep = {"a": Handle(spec, 777), "b": Handle(other_spec, 778)}  # two healthy replicas
     for id_, pid in (("a", 777), ("b", 778)):
         record = InstanceRecord(
             id=id_, version="m:1", node="local", runtime="gate", state=InstanceState.READY
@@ -355,10 +356,14 @@ async def test_a_healthy_leftover_the_runtime_adopts_serves_on_without_a_reload(
     kept, other = runtime.keep[inst.id], runtime.keep["b" if inst.id == "a" else "a"]
     assert inst.handle is kept and kept.stops == 0
     assert changes  # the controller republishes the routes with it
-    assert (await agent.ensure(ART, "gate")) is inst and runtime.starts == 0  # no reload
-    assert other.stops == 1  # one instance per version: the other leftover is stopped
-    assert (await registry.instances.get(other.instance_id)).state is InstanceState.STOPPED
-    assert [e.detail["instance"] for e in await registry.events.list(action="instance.adopted")] == [inst.id]
-    kept.crash()  # an adopted process is watched like one the agent started
-    await wait_until(lambda: agent.instance_for("m:1") is None, what="the crashed adopted instance dropped")
+    # the replicas an earlier agent ran serve on, both of them, and stay wanted
+    assert {i.id for i in agent.instances_of("m:1")} == {"a", "b"} and agent.replicas("m:1") == 2
+    assert (await agent.ensure(ART, "gate")) in agent.instances_of("m:1") and runtime.starts == 0  # no reload
+    assert other.stops == 0
+    adopted = [e.detail["instance"] for e in await registry.events.list(action="instance.adopted")]
+    assert sorted(adopted) == ["a", "b"]
+    kept.crash()  # an adopted process is watched like one the agent started: replaced to keep 2
+    await wait_until(lambda: runtime.starts == 1, what="the crashed adopted replica replaced")
+    await wait_until(lambda: len(agent.instances_of("m:1")) == 2, what="two replicas again")
+    assert inst.id not in {i.id for i in agent.instances_of("m:1")}
     await agent.close()

@@ -37,6 +37,7 @@ class DeploymentRoutes:
         r.add_delete(base + "/{name}", self.remove)
         r.add_post(base + "/{name}/split", self.split)
         r.add_post(base + "/{name}/promote", self.promote)
+        r.add_post(base + "/{name}/scale", self.scale)
         r.add_post(base + "/{name}/rollback", self.rollback)
         r.add_post(base + "/{name}/pause", self.pause)
         r.add_post(base + "/{name}/resume", self.resume)
@@ -74,6 +75,18 @@ class DeploymentRoutes:
             targets_of(body),
             sticky=_text(body, "sticky"),
             actor=actor_of(request),
+        )
+        return _json(details.as_json())
+
+    async def scale(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        target, replicas = body.get("target"), body.get("replicas")
+        if not isinstance(target, str) or not target:
+            raise InvalidRequest("'target' must name one of the deployment's targets", param="target")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+            raise InvalidRequest("'replicas' must be an integer of 1 or more", param="replicas")
+        details = await self._deployments.scale(
+            request.match_info["name"], target, replicas, actor=actor_of(request)
         )
         return _json(details.as_json())
 

@@ -3,7 +3,10 @@
 In a plain ``serve`` it lives in the server process; with ``serve --workers N`` in a process of its own
 (``workers.agent_process``), which the primary worker drives through ``workers.remote_agent`` — the same
 ``NodeAgent`` seam (``agent.instance``) either way, so no gateway process owns a model process. It owns:
-- one live instance per version at most (loaded on demand, single-flight: concurrent requests share a load);
+- ``replicas`` live instances per version (1 unless a deployment asks for more: ``ensure``/``scale`` say
+  how many), each its own process, port and id; loaded on demand, single-flight (concurrent requests
+  share the first load; the other replicas start alongside it, in parallel, and join when ready); a
+  replica that crashes is replaced (when more than one is wanted), a surplus one drains and stops;
 - per-instance load accounting (in-flight requests, last use) for balancing and idle unloading;
 - crash detection (a watcher per process) and clean replacement of processes left by an earlier agent;
 - drains: an instance stops once nothing is in flight there, bounded (``drain_timeout``); "in flight"
@@ -26,6 +29,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from superollama.agent.choice import RuntimeChoice
+from superollama.agent.estimate import MemoryEstimate, estimate
 from superollama.agent.instance import AgentConfig, Ending, LiveInstance
 from superollama.agent.inventory import Inventory
 from superollama.core import (
@@ -38,7 +42,7 @@ from superollama.core import (
     NodeRecord,
     Runtime,
 )
-from superollama.errors import LoadTimeout, ModelLoadFailed, Unavailable
+from superollama.errors import Conflict, LoadTimeout, ModelLoadFailed, Unavailable
 from superollama.registry import Registry
 
 __all__ = ["LocalAgent"]
@@ -47,6 +51,8 @@ log = logging.getLogger("superollama.agent")
 
 _ACTIVE = (InstanceState.PENDING, InstanceState.LOADING, InstanceState.READY, InstanceState.DRAINING)
 _ENDINGS_KEPT = 256  # how many ended instances ``ended`` remembers (requests reach it within seconds)
+_MEMORY_SLACK = 256 * 1024 * 1024  # kept free when starting more replicas
+MAX_REPLICAS = 16
 
 
 class LocalAgent:
@@ -65,9 +71,14 @@ class LocalAgent:
         self._choice = RuntimeChoice(self._runtimes, config.node)
         self._clock = clock
         self.inventory = inventory or Inventory()
-        self._live: dict[str, LiveInstance] = {}  # by version
-        self._by_id: dict[str, LiveInstance] = {}
-        self._loading: dict[str, asyncio.Task[LiveInstance]] = {}
+        self._live: dict[str, LiveInstance] = {}  # by instance id, oldest first
+        self._by_id = self._live  # the same map (both names are read)
+        self._loading: dict[str, asyncio.Task[LiveInstance]] = {}  # by version: the load ``ensure`` shares
+        self._extra: dict[str, set[asyncio.Task[LiveInstance]]] = {}  # by version: the other replicas' loads
+        self._replicas: dict[str, int] = {}  # by version: how many instances are wanted (1 if absent)
+        self._specs: dict[str, tuple[Artifact, str, str]] = {}  # by version: what its last load started
+        self._trimming: set[asyncio.Task[None]] = set()
+        self.available_memory: Callable[[], int] = _available_memory
         self._load_waiters: dict[str, int] = {}  # by version: callers waiting on the load in progress
         self._ended: OrderedDict[str, Ending] = OrderedDict()  # by instance id, the latest last
         self._waiting = 0
@@ -93,9 +104,10 @@ class LocalAgent:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        for task in list(self._loading.values()):
+        extra = [t for tasks in self._extra.values() for t in tasks]
+        for task in [*self._loading.values(), *extra, *self._trimming]:
             task.cancel()
-        await asyncio.gather(*self._loading.values(), return_exceptions=True)
+        await asyncio.gather(*self._loading.values(), *extra, *self._trimming, return_exceptions=True)
         await asyncio.gather(*(self._stop(inst, reason="shutdown") for inst in list(self._live.values())))
 
     async def usage(self) -> dict[str, object]:
@@ -114,11 +126,24 @@ class LocalAgent:
     def instances(self) -> list[LiveInstance]:
         return sorted(self._live.values(), key=lambda i: i.version)
 
+    def instances_of(self, version: str) -> list[LiveInstance]:
+        """The version's instances (its replicas), oldest first."""
+        return [i for i in self._live.values() if i.version == version]
+
     def instance_for(self, version: str) -> LiveInstance | None:
-        return self._live.get(version)
+        """One instance of the version: a ready one (the least loaded) if any."""
+        of = self.instances_of(version)
+        ready = [i for i in of if i.state is InstanceState.READY]
+        if ready:
+            return min(ready, key=lambda i: i.in_flight + i.pending)
+        return of[0] if of else None
+
+    def replicas(self, version: str) -> int:
+        """How many instances of the version are wanted when it runs."""
+        return self._replicas.get(version, 1)
 
     def loading(self, version: str) -> bool:
-        return version in self._loading
+        return version in self._loading or bool(self._extra.get(version))
 
     def in_flight(self, instance_id: str) -> int:
         inst = self._by_id.get(instance_id)
@@ -139,18 +164,24 @@ class LocalAgent:
             inst.last_used = self._clock()
             if inst.quiet:
                 inst.idle.set()
-            if inst.in_flight == 0 and self.keep_alive(inst) == 0 and inst.state is InstanceState.READY:
+            if (
+                inst.in_flight == 0
+                and self.keep_alive(inst) == 0
+                and inst.state is InstanceState.READY
+                and all(i.in_flight <= 0 for i in self.instances_of(inst.version))
+            ):
                 asyncio.get_running_loop().create_task(self.unload(inst.version, reason="keep_alive=0"))
 
     def set_keep_alive(self, version: str, seconds: float | None) -> None:
-        inst = self._live.get(version)
-        if inst is not None:
+        for inst in self.instances_of(version):
             inst.keep_alive = seconds
 
     def expires_in(self, version: str) -> float | None:
-        """Seconds until the version's instance is unloaded as idle (inf: never; None: none loaded)."""
-        inst = self._live.get(version)
-        return None if inst is None else inst.last_used + self.keep_alive(inst) - self._clock()
+        """Seconds until the version's instances are unloaded as idle (inf: never; None: none loaded)."""
+        of = self.instances_of(version)
+        if not of:
+            return None
+        return max(i.last_used + self.keep_alive(i) for i in of) - self._clock()
 
     # -- loading ---------------------------------------------------------------------------------
     async def runtime_for(self, artifact: Artifact) -> str:
@@ -159,15 +190,24 @@ class LocalAgent:
             self._choice.inventory = await asyncio.to_thread(self.inventory.capacity)
         return await self._choice.runtime_for(artifact)
 
-    async def ensure(self, artifact: Artifact, runtime: str, *, device: str = "cpu") -> LiveInstance:
-        """Return the ready instance of ``artifact``'s version, starting one if none runs.
+    async def ensure(
+        self, artifact: Artifact, runtime: str, *, device: str = "cpu", replicas: int | None = None
+    ) -> LiveInstance:
+        """Return a ready instance of ``artifact``'s version (the least loaded), starting one if none runs.
 
         Concurrent callers share one load; each waits at most ``load_timeout``; at most
-        ``max_pending_loads`` callers wait at once (then a clear 503 busy).
+        ``max_pending_loads`` callers wait at once (then a clear 503 busy). ``replicas``: how many
+        instances of the version are wanted (remembered; None: as before): the others start alongside
+        the first, in parallel, and join routing when ready.
         """
-        live = self._live.get(artifact.name)
-        if live is not None and live.state is InstanceState.READY:
-            return live
+        version = artifact.name
+        if replicas is not None:
+            self._want(version, replicas)
+        self._specs[version] = (artifact, runtime, device)
+        ready = self._ready(version)
+        if ready:
+            self._top_up(version)
+            return min(ready, key=lambda i: i.in_flight + i.pending)
         if self._closing:
             raise Unavailable("server is shutting down", retry_after=5)
         if self._waiting >= self._config.max_pending_loads:
@@ -179,8 +219,8 @@ class LocalAgent:
             task = asyncio.create_task(self._load(artifact, runtime, device), name=f"load {artifact.name}")
             self._loading[artifact.name] = task
             task.add_done_callback(functools.partial(self._load_done, artifact.name))
+            self._top_up(version)
         self._waiting += 1
-        version = artifact.name
         self._load_waiters[version] = self._load_waiters.get(version, 0) + 1
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout=self._config.load_timeout)
@@ -209,13 +249,123 @@ class LocalAgent:
         if inst.quiet:
             inst.idle.set()
 
+    def _ready(self, version: str) -> list[LiveInstance]:
+        return [i for i in self._live.values() if i.version == version and i.state is InstanceState.READY]
+
+    def _want(self, version: str, replicas: int) -> None:
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise Conflict(f"replicas of {version}: 1 to {MAX_REPLICAS}", param="replicas")
+        self._replicas[version] = replicas
+        if replicas == 1:
+            del self._replicas[version]
+
+    def _coming(self, version: str) -> int:
+        """Instances of the version ready or on their way (draining ones excluded)."""
+        return len(self._ready(version)) + (version in self._loading) + len(self._extra.get(version, ()))
+
+    def _top_up(self, version: str) -> int:
+        """Start (in the background, in parallel) the replicas the version lacks, as many as memory
+        allows: how many were started."""
+        spec = self._specs.get(version)
+        missing = self.replicas(version) - self._coming(version)
+        if spec is None or missing <= 0 or self._closing:
+            return 0
+        fit = self.fitting(spec[0], missing)
+        if fit < missing:
+            log.warning("%s: memory allows %d more instance(s), not the %d wanted", version, fit, missing)
+        for _ in range(fit):
+            task = asyncio.create_task(self._load(*spec, waited=False), name=f"replica {version}")
+            self._extra.setdefault(version, set()).add(task)
+            task.add_done_callback(functools.partial(self._extra_done, version))
+        return fit
+
+    def _extra_done(self, version: str, task: asyncio.Task[LiveInstance]) -> None:
+        tasks = self._extra.get(version)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self._extra[version]
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("a replica of %s failed to start: %s", version, task.exception())
+
+    def memory_estimate(self, artifact: Artifact) -> MemoryEstimate:
+        """What one more instance of ``artifact`` needs here (``agent/estimate.py``; the file size when its
+        metadata says too little)."""
+        runtime = next(iter(self._runtimes.values()), None)
+        ctx, parallel = getattr(runtime, "ctx", None), int(getattr(runtime, "parallel", 1) or 1)
+        per_seq = ctx // parallel if isinstance(ctx, int) and ctx > 0 else None
+        try:
+            return estimate(artifact.metadata, artifact.format, n_ctx=per_seq, n_parallel=parallel)
+        except (ValueError, KeyError, TypeError):
+            size = artifact.path.stat().st_size if artifact.path.is_file() else 0
+            return MemoryEstimate(size, 0, 0, 0, basis="file size (no metadata to estimate from)")
+
+    def fitting(self, artifact: Artifact, wanted: int) -> int:
+        """How many of ``wanted`` more instances of ``artifact`` this node's free memory holds now."""
+        need = max(self.memory_estimate(artifact).total, 1)
+        free = self.available_memory() - _MEMORY_SLACK
+        return max(0, min(wanted, free // need))
+
+    async def scale(
+        self, artifact: Artifact, runtime: str, replicas: int, *, device: str = "cpu", start: bool = True
+    ) -> list[LiveInstance]:
+        """Run ``replicas`` instances of ``artifact``'s version: the missing ones start in parallel (when
+        it runs, or ``start``) and are waited for; the surplus drains (no request cut within the drain
+        bound) and stops. ``Conflict`` when this node's memory cannot hold the missing ones (nothing
+        starts then). The version's ready instances, after."""
+        version = artifact.name
+        self._want(version, replicas)
+        self._specs[version] = (artifact, runtime, device)
+        if not start and not self._coming(version):
+            return []
+        missing = replicas - self._coming(version)
+        if missing > 0:
+            fit = self.fitting(artifact, missing)
+            if fit < missing:
+                est = self.memory_estimate(artifact)
+                free = self.available_memory()
+                raise Conflict(
+                    f"memory does not allow {replicas} replicas of {version} on node {self._config.node!r}: "
+                    f"each needs about {est.total >> 20} MiB ({est.basis}), {free >> 20} MiB is free, "
+                    f"room for {fit} more, {missing} needed",
+                    param="replicas",
+                )
+            if not self._ready(version) and version not in self._loading:
+                await self.ensure(artifact, runtime, device=device)
+            self._top_up(version)
+            tasks = [*self._extra.get(version, ())]
+            if version in self._loading:
+                tasks.append(self._loading[version])
+            results = await asyncio.gather(*map(asyncio.shield, tasks), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors and len(self._ready(version)) < replicas:
+                raise errors[0]
+        await self._trim(version)
+        return self._ready(version)
+
+    async def _trim(self, version: str) -> None:
+        """Drain and stop the instances above the version's wanted count (those least loaded first)."""
+        surplus = len(self._ready(version)) - self.replicas(version)
+        if surplus <= 0:
+            return
+        ready = sorted(self._ready(version), key=lambda i: (i.in_flight + i.pending, -i.last_used))
+        leaving = ready[:surplus]
+        for inst in leaving:
+            inst.state = InstanceState.DRAINING
+        self._changed()
+        await asyncio.gather(
+            *(self._drain_stop(inst, reason=f"scaled to {self.replicas(version)}") for inst in leaving)
+        )
+
     def _load_done(self, version: str, task: asyncio.Task[LiveInstance]) -> None:
         if self._loading.get(version) is task:
             del self._loading[version]
         if not task.cancelled():
             task.exception()  # retrieved: a failed load is reported to its waiters, not as "never retrieved"
 
-    async def _load(self, artifact: Artifact, runtime_name: str, device: str) -> LiveInstance:
+    async def _load(
+        self, artifact: Artifact, runtime_name: str, device: str, *, waited: bool = True
+    ) -> LiveInstance:
         runtime = self._runtimes.get(runtime_name)
         if runtime is None:
             raise ModelLoadFailed(f"runtime {runtime_name!r} is not available on node {self._config.node!r}")
@@ -265,8 +415,7 @@ class LocalAgent:
         if self._closing:
             await handle.stop(self._config.stop_timeout)
             raise Unavailable("server is shutting down", retry_after=5)
-        self._live[artifact.name] = inst
-        self._by_id[instance_id] = inst
+        self._live[instance_id] = inst
         inst._watcher = asyncio.create_task(self._watch(inst), name=f"watch {instance_id}")
         await self._registry.instances.upsert(inst.record(self._config.node))
         await self._event(
@@ -277,9 +426,10 @@ class LocalAgent:
         )
         log.info("loaded %s as %s (pid %d) in %.2f s", artifact.name, instance_id, handle.pid, load_seconds)
         self._changed()
-        inst.pending = self._load_waiters.get(artifact.name, 0)  # they resume after this task ends
-        if inst.pending:
-            inst.idle.clear()
+        if waited:
+            inst.pending = self._load_waiters.get(artifact.name, 0)  # they resume after this task ends
+            if inst.pending:
+                inst.idle.clear()
         return inst
 
     # -- unloading -------------------------------------------------------------------------------
@@ -287,18 +437,32 @@ class LocalAgent:
         """Drain (no new requests; in-flight ones finish, bounded) then stop the version's instance."""
         return await self.stop_version(version, reason=reason, drain=drain) is not None
 
-    async def stop_version(self, version: str, *, reason: str, drain: float | None = None) -> int | None:
-        """Drain then stop the version's instance: the number of requests the drain bound cut short
+    async def stop_version(
+        self, version: str, *, reason: str, drain: float | None = None, instance: str | None = None
+    ) -> int | None:
+        """Drain then stop the version's instances (``instance``: that one only; a replica that is not
+        replaced unless the version is scaled again): the number of requests the drain bound cut short
         (``drain`` s, ``drain_timeout`` by default), or None when no instance ran."""
-        task = self._loading.get(version)
-        if task is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task
-        inst = self._live.get(version)
-        if inst is None or inst.state is not InstanceState.READY:
+        if instance is None:
+            self._replicas.pop(version, None)  # the version stops: its next start is one instance again
+            tasks = [self._loading.get(version), *self._extra.get(version, ())]
+            for task in tasks:
+                if task is not None:
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await task
+        stopping = [i for i in self._ready(version) if instance is None or i.id == instance]
+        if not stopping:
             return None
-        inst.state = InstanceState.DRAINING
+        for inst in stopping:
+            inst.state = InstanceState.DRAINING
         self._changed()
+        cuts = await asyncio.gather(
+            *(self._drain_stop(inst, reason=reason, drain=drain) for inst in stopping)
+        )
+        return sum(cuts)
+
+    async def _drain_stop(self, inst: LiveInstance, *, reason: str, drain: float | None = None) -> int:
+        version = inst.version
         bound = self._config.drain_timeout if drain is None else drain
         deadline = asyncio.get_running_loop().time() + bound
         while not inst.quiet:
@@ -316,9 +480,7 @@ class LocalAgent:
 
     async def _stop(self, inst: LiveInstance, *, reason: str, cut: int = 0) -> None:
         inst.state = InstanceState.DRAINING
-        if self._live.get(inst.version) is inst:
-            del self._live[inst.version]
-        self._by_id.pop(inst.id, None)
+        self._live.pop(inst.id, None)
         self._changed()
         await inst.handle.stop(self._config.stop_timeout)
         if inst._watcher is not None:
@@ -339,6 +501,8 @@ class LocalAgent:
         log.warning("instance %s of %s crashed: %s", inst.id, inst.version, error)
         await self._registry.instances.set_state(inst.id, InstanceState.FAILED, error=error)
         await self._event("instance.crashed", inst.version, "failed", {"instance": inst.id, "error": error})
+        if self.replicas(inst.version) > 1 and self._ready(inst.version) and self._top_up(inst.version):
+            log.info("%s: replacing crashed replica %s", inst.version, inst.id)
 
     def _mark_crashed(self, inst: LiveInstance) -> None:
         """Its process exited while it served: out of routing at once, so that ``ensure`` starts another
@@ -346,9 +510,7 @@ class LocalAgent:
         if inst.state is not InstanceState.READY or self._closing:
             return
         inst.state = InstanceState.FAILED
-        if self._live.get(inst.version) is inst:
-            del self._live[inst.version]
-        self._by_id.pop(inst.id, None)
+        self._live.pop(inst.id, None)
         self._remember(inst.id, "crashed")
         self._changed()
 
@@ -356,13 +518,13 @@ class LocalAgent:
         while True:
             await asyncio.sleep(self._config.reap_interval)
             now = self._clock()
-            for inst in list(self._live.values()):
-                idle = now - inst.last_used
-                if (
-                    inst.state is InstanceState.READY
-                    and inst.in_flight == 0
-                    and idle >= self.keep_alive(inst)
+            for version in sorted({i.version for i in self._live.values()}):
+                of = self.instances_of(version)  # replicas idle out together, when all of them are idle
+                idle = min(now - i.last_used for i in of)
+                if any(i.state is InstanceState.READY for i in of) and all(
+                    i.in_flight == 0 and now - i.last_used >= self.keep_alive(i) for i in of
                 ):
+                    inst = of[0]
                     try:
                         await self.unload(inst.version, reason=f"idle for {idle:.0f} s")
                     except Exception:
@@ -419,7 +581,7 @@ class LocalAgent:
         return await self._registry.instances.list(node=self._config.node, states=_ACTIVE)
 
     def _adopted(self, record: InstanceRecord) -> bool:
-        return record.version in self._live
+        return record.id in self._live
 
     def _keep(self, record: InstanceRecord, handle: InstanceHandle) -> None:
         inst = LiveInstance(
@@ -432,8 +594,10 @@ class LocalAgent:
             load_seconds=0.0,
             last_used=self._clock(),
         )
-        self._live[inst.version] = inst
-        self._by_id[inst.id] = inst
+        self._live[inst.id] = inst
+        adopted = len(self.instances_of(inst.version))
+        if adopted > self.replicas(inst.version):
+            self._replicas[inst.version] = adopted  # the replicas an earlier agent ran serve on
         inst._watcher = asyncio.create_task(self._watch(inst), name=f"watch {inst.id}")
         log.info("adopted %s as %s (pid %d)", inst.version, inst.id, handle.pid)
         self._changed()
@@ -454,3 +618,9 @@ class LocalAgent:
             await self._registry.events.add(event)
         except Exception:
             log.exception("could not record event %s %s", action, target)
+
+
+def _available_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)

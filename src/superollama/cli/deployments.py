@@ -11,7 +11,7 @@ import click
 from superollama.cli.main import Context, api, cli, console, json_option, pass_ctx
 from superollama.cli.render import print_json, print_table
 
-__all__ = ["deploy", "deployments", "pause", "promote", "resume", "rollback", "split"]
+__all__ = ["deploy", "deployments", "pause", "promote", "resume", "rollback", "scale", "split"]
 
 _STICKY = click.Choice(["none", "user", "header", "key"])
 _JSON = json_option
@@ -25,12 +25,12 @@ def _print(details: Mapping[str, Any], as_json: bool) -> None:
     console.print(f"{details['model']}: {state}, sticky {details['sticky']}", highlight=False)
     rows = []
     for t in details.get("live") or [{**t, "share": "", "instances": []} for t in details["targets"]]:
-        instances = ", ".join(f"{i['id']} ({i['in_flight']} in flight)" for i in t["instances"]) or "-"
+        instances = ", ".join(_instance(i) for i in t["instances"]) or "-"
         share = f"{t['share']}%" if t["share"] != "" else ""
         if t.get("role") == "shadow":  # a copy of that share of the requests, never an answer
             share = f"shadow {t['weight']}%"
-        rows.append((t["name"], t["weight"], share, instances))
-    print_table(console, ("TARGET", "WEIGHT", "SHARE", "INSTANCES"), rows)
+        rows.append((t["name"], t["weight"], share, t.get("replicas", 1), instances))
+    print_table(console, ("TARGET", "WEIGHT", "SHARE", "REPLICAS", "INSTANCES"), rows)
     swap = details.get("swap")
     if swap:
         console.print(
@@ -48,20 +48,63 @@ def _print(details: Mapping[str, Any], as_json: bool) -> None:
         print_shadow(details["shadow"])
 
 
+def _instance(i: Mapping[str, Any]) -> str:
+    state = "" if i.get("state", "ready") == "ready" else f", {i['state']}"
+    return f"{i['id']} ({i['in_flight']} in flight{state})"
+
+
+def _with_replicas(targets: tuple[str, ...], replicas: int | None) -> list[str]:
+    """``--replicas N`` for the targets that do not say theirs (``VERSION=WEIGHTxN``)."""
+    if replicas is None:
+        return list(targets)
+    out = []
+    for spec in targets:
+        name, eq, weight = spec.rpartition("=")
+        if not eq:
+            name, weight = spec, "100"
+        out.append(spec if "x" in weight else f"{name}={weight}x{replicas}")
+    return out
+
+
 @cli.command()
 @click.argument("name")
-@click.option("--target", "targets", multiple=True, required=True, help="VERSION=WEIGHT (repeatable).")
+@click.option(
+    "--target", "targets", multiple=True, required=True, help="VERSION=WEIGHT[xREPLICAS] (repeatable)."
+)
+@click.option("--replicas", type=click.IntRange(min=1), help="Instances per target (default 1).")
 @click.option("--stage", help="The stage to deploy to (default production; clients ask NAME@STAGE).")
 @click.option("--sticky", type=_STICKY, help="Keep a user, session header or key on one target.")
 @_JSON
 @pass_ctx
 @api
 def deploy(
-    ctx: Context, name: str, targets: tuple[str, ...], *, stage: str | None, sticky: str | None, as_json: bool
+    ctx: Context,
+    name: str,
+    targets: tuple[str, ...],
+    *,
+    replicas: int | None,
+    stage: str | None,
+    sticky: str | None,
+    as_json: bool,
 ) -> None:
     """Create a deployment, or give it new targets (each new one starts and warms up before it takes
-    traffic; the old ones drain)."""
-    _print(ctx.client.deployments.put(name, targets, stage=stage, sticky=sticky), as_json)
+    traffic; the old ones drain). ``--replicas N`` or ``VERSION=WEIGHTxN``: N instances of a target,
+    started in parallel, requests spread over them."""
+    specs = _with_replicas(targets, replicas)
+    _print(ctx.client.deployments.put(name, specs, stage=stage, sticky=sticky), as_json)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("target")
+@click.argument("replicas", type=click.IntRange(min=1))
+@_JSON
+@pass_ctx
+@api
+def scale(ctx: Context, name: str, target: str, replicas: int, as_json: bool) -> None:
+    """Run REPLICAS instances of one TARGET of deployment NAME (new ones join when ready; a surplus
+    drains, no request cut)."""
+    _print(ctx.client.deployments.scale(name, target, replicas), as_json)
 
 
 @cli.command()

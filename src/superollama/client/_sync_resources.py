@@ -184,6 +184,13 @@ class Deployments(Resource):
             Deployment, self._t.call("POST", f"{ADMIN}/deployments/{quote_name(name)}/split", json=body)
         )
 
+    @route("POST", ADMIN + "/deployments/{name}/scale")
+    def scale(self, name: str, target: str, replicas: int) -> Deployment:
+        """Run ``replicas`` instances of one target (new ones join when ready; a surplus drains)."""
+        path = f"{ADMIN}/deployments/{quote_name(name)}/scale"
+        body = {"target": target, "replicas": replicas}
+        return cast(Deployment, self._t.call("POST", path, json=body, idempotent=True))
+
     @route("POST", ADMIN + "/deployments/{name}/promote")
     def promote(self, name: str, *, to: str | None = None) -> Deployment:
         path = f"{ADMIN}/deployments/{quote_name(name)}/promote"

@@ -230,6 +230,15 @@ OPERATIONS = (
     ),
     _op(
         "POST",
+        "/deployments/{name}/scale",
+        "Run N instances (replicas) of one target: new ones join when ready, a surplus drains",
+        D,
+        _one("The deployment", DEPLOYMENT),
+        params=_DEP,
+        body=obj(("target", "replicas"), target=string(minLength=1), replicas=integer(minimum=1)),
+    ),
+    _op(
+        "POST",
         "/deployments/{name}/promote",
         "Promote a stage (to: production by default)",
         D,

@@ -78,6 +78,7 @@ class Controller:
         self._background: set[asyncio.Task[bool]] = set()
         self._generation = 0
         self._deployments: Callable[[], Iterable[Deployment]] = tuple
+        self._replicas: dict[str, int] = {}  # by version: the most replicas a deployment target asks for
         self._gates: dict[str, asyncio.Event] = {}  # versions whose load waits for another to stop
         self._gate_waiters = 0
         self._gate_timeout = 120.0
@@ -145,17 +146,26 @@ class Controller:
 
     def republish(self) -> None:
         routes = self._connections.routes() if self._connections is not None else []
+        deployments = list(self._deployments())
+        replicas: dict[str, int] = {}
+        for dep in deployments:
+            for t in dep.targets:
+                if t.weight > 0 and t.replicas > replicas.get(t.name, 1):
+                    replicas[t.name] = t.replicas
+        self._replicas = replicas
         for v in self._versions.values():
             if v.name in self._retiring:
                 continue
-            targets: tuple[RouteTarget, ...] = ()
-            inst = self._agent.instance_for(v.name) if self._agent else None
-            if inst is not None and inst.state == "ready":
-                targets = (RouteTarget(inst.id, inst.handle.endpoint),)
+            of = self._agent.instances_of(v.name) if self._agent else []
+            targets = tuple(RouteTarget(i.id, i.handle.endpoint) for i in of if i.state == "ready")
             created = int(v.created_at.timestamp()) if v.created_at else 0
             routes.append(Route(v.name, v.name, v.enabled, created, targets, capabilities_of(v.metadata)))
         self._generation += 1
-        self._holder.publish(RoutingTable.build(routes, self._generation, self._deployments()))
+        self._holder.publish(RoutingTable.build(routes, self._generation, deployments))
+
+    def replicas_for(self, version: str) -> int:
+        """How many instances of ``version`` its deployments want (the most any target asks; 1)."""
+        return self._replicas.get(version, 1)
 
     # -- use cases -------------------------------------------------------------------------------
     async def pull(
@@ -349,7 +359,7 @@ class Controller:
         version = await self._get(name)
         cut = 0
         if self._agent is not None:
-            busy = self._agent.instance_for(version.name) is not None or self._agent.loading(version.name)
+            busy = bool(self._agent.instances_of(version.name)) or self._agent.loading(version.name)
             if busy and not force:
                 raise ModelInUse(
                     f"{version.name} is loaded; stop it first or pass force to drain and stop it"
@@ -401,9 +411,9 @@ class Controller:
             {"mediaType": la.media_type, "digest": la.digest, "size": la.size, "filename": la.filename}
             for la in manifest.layers
         ]
-        inst = self._agent.instance_for(version.name) if self._agent else None
+        of = self._agent.instances_of(version.name) if self._agent else []
         root = self._store.roots.name_of(manifest.storage_root)
-        return VersionDetails(version, layers, [inst] if inst else [], root)
+        return VersionDetails(version, layers, of, root)
 
     def instances(self) -> list[LiveInstance]:
         return self._agent.instances() if self._agent else []
@@ -427,9 +437,16 @@ class Controller:
         gate = self._gates.get(route.version)
         if gate is not None:
             await self._wait_at(gate, route.version)
-        version = self._versions.get(route.version)
+        artifact, runtime = await self._artifact(route.name, route.version)
+        inst = await self._agent.ensure(artifact, runtime, replicas=self.replicas_for(route.version))
+        return RouteTarget(inst.id, inst.handle.endpoint)
+
+    async def _artifact(self, name: str, version_name: str) -> tuple[Artifact, str]:
+        """The version's files on this node and the runtime that serves them."""
+        assert self._agent is not None
+        version = self._versions.get(version_name)
         if version is None or version.name in self._retiring or not version.enabled:
-            raise ModelNotFound(f"model {route.name!r} not found", param="model")
+            raise ModelNotFound(f"model {name!r} not found", param="model")
         stored = self._files_of(version)
         artifact = Artifact(
             name=version.name,
@@ -439,8 +456,16 @@ class Controller:
             projector=stored.projector,
         )
         runtime = version.runtime or await self._agent.runtime_for(artifact)
-        inst = await self._agent.ensure(artifact, runtime)
-        return RouteTarget(inst.id, inst.handle.endpoint)
+        return artifact, runtime
+
+    async def scale(self, version: str, replicas: int, *, start: bool = True) -> list[LiveInstance]:
+        """Run ``replicas`` instances of ``version`` on this node (the missing ones started in parallel and
+        waited for, the surplus drained); ``start=False``: only if it runs now (else on its next request).
+        A clear 409 when memory cannot hold them."""
+        if self._agent is None:
+            raise ModelLoadFailed("this process runs no node agent")
+        artifact, runtime = await self._artifact(version, version)
+        return await self._agent.scale(artifact, runtime, replicas, start=start)
 
     def _files_of(self, version: VersionRecord) -> Artifact:
         """A version's files on this node: through this home's manifest, or, for a version pulled through

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from superollama.agent.agent import MAX_REPLICAS
 from superollama.control.controller import Controller
 from superollama.control.swap import Swapper, SwapPlan, SwapResult
 from superollama.core import EventRecord
@@ -55,20 +56,25 @@ class DeploymentDetails:
         return out
 
 
-def parse_targets(specs: Sequence[str]) -> list[DeploymentTarget]:
-    """``["smollm2:135m=90", "gemma3:270m=10"]`` → targets; a spec without ``=W`` gets weight 100."""
+def parse_targets(specs: Sequence[str], *, replicas: int = 1) -> list[DeploymentTarget]:
+    """``["smollm2:135m=90", "gemma3:270m=10x2"]`` → targets; a spec without ``=W`` gets weight 100; a
+    weight followed by ``xN`` asks for N replicas of that target (``replicas`` otherwise)."""
     out = []
     for spec in specs:
         name, eq, weight = spec.rpartition("=")
         if not eq:
             name, weight = spec, "100"
+        weight, x, count = weight.partition("x")
         try:
             w = int(weight)
+            n = int(count) if x else replicas
         except ValueError:
             raise InvalidRequest(
-                f"target {spec!r}: the weight after '=' must be an integer", param="targets"
+                f"target {spec!r}: the weight after '=' must be an integer, optionally followed by "
+                "'xN' replicas (=100x2)",
+                param="targets",
             ) from None
-        out.append(DeploymentTarget(name.strip(), w))
+        out.append(DeploymentTarget(name.strip(), w, replicas=n))
     return out
 
 
@@ -135,6 +141,24 @@ class DeploymentManager:
         await self._registry.deployments.get(base, stage)
         return await self.deploy(name, targets, stage=stage, sticky=sticky, actor=actor)
 
+    async def scale(self, name: str, target: str, replicas: int, *, actor: str = "api") -> DeploymentDetails:
+        """Run ``replicas`` instances of one target of the stage (the others keep theirs): the new ones
+        start (in parallel) and join when ready; a surplus drains, no request cut."""
+        base, stage = self._split(name)
+        async with self._lock:
+            before = await self._registry.deployments.get(base, stage)
+            route = self._controller.holder.table.lookup(target)
+            wanted = route.name if route is not None else target
+            if not any(t.name == wanted for t in before.targets):
+                names = ", ".join(t.name for t in before.targets)
+                raise NotFound(
+                    f"{target!r} is not a target of {before.client_name!r} (its targets: {names})",
+                    param="target",
+                )
+            targets = tuple(replace(t, replicas=replicas) if t.name == wanted else t for t in before.targets)
+            new = replace(before, targets=self._checked(targets))
+            return await self._change(before, new, "deployment.scale", actor, self._registry.deployments.put)
+
     async def promote(self, name: str, *, to: str = PRODUCTION, actor: str = "api") -> DeploymentDetails:
         """``chat@staging`` → production gets staging's target set (and stickiness)."""
         base, stage = self._split(name)
@@ -191,7 +215,9 @@ class DeploymentManager:
         old_names = _weighted(before.targets) if before else set()
         new_names = _weighted(new.targets)
         leaving = sorted(old_names - new_names - self._in_use(but=new.client_name))
-        plan = SwapPlan(new.client_name, sorted(new_names - old_names), leaving)
+        incoming = sorted(new_names - old_names)
+        replicas = {t.name: t.replicas for t in new.targets if t.name in incoming and t.replicas > 1}
+        plan = SwapPlan(new.client_name, incoming, leaving, replicas)
 
         async def publish() -> None:
             saved = await write(new)
@@ -199,17 +225,44 @@ class DeploymentManager:
             self._controller.republish()
 
         try:
+            await self._scale_running(new, incoming, up=True)  # memory refuses here, before any change
             result = await self._swapper.run(plan, publish)
         except Exception as exc:
             reason = getattr(exc, "message", None) or str(exc)
             await self._event(action, new.client_name, actor, {"error": reason}, result="failed")
             raise
         self._swapper.retire(leaving, new.client_name)
-        detail = {"targets": [f"{t.name}={t.weight}" for t in new.targets], "sticky": new.sticky}
+        await self._scale_running(new, incoming, up=False)
+        detail = {
+            "targets": [
+                f"{t.name}={t.weight}" + (f"x{t.replicas}" if t.replicas != 1 else "") for t in new.targets
+            ],
+            "sticky": new.sticky,
+        }
         await self._event(action, new.client_name, actor, {**detail, "swap": result.as_json()})
         return replace(await self.show(new.client_name), swap=result)
 
     # -- helpers ---------------------------------------------------------------------------------
+    async def _scale_running(self, new: DeploymentRecord, incoming: Sequence[str], *, up: bool) -> None:
+        """The targets of ``new`` that run here already get their replicas: more before the change is
+        published (``up``: they start and join when ready; a 409 when memory cannot hold them), fewer
+        after it (the surplus drains: no request cut)."""
+        agent = self._controller.agent
+        if agent is None:
+            return
+        others: dict[str, int] = {}  # what the other stages want of the same versions
+        for r in self._records.values():
+            for o in r.targets if r.client_name != new.client_name else ():
+                if o.weight > 0:
+                    others[o.name] = max(others.get(o.name, 1), o.replicas)
+        for t in new.targets:
+            if t.weight <= 0 or t.name in incoming or not agent.instances_of(t.name):
+                continue
+            want = max(t.replicas, others.get(t.name, 1))
+            running = sum(1 for i in agent.instances_of(t.name) if i.state == "ready")
+            if (want > running) if up else (want != agent.replicas(t.name) or want < running):
+                await self._controller.scale(t.name, want, start=False)
+
     def _in_use(self, but: str | None = None) -> set[str]:
         """Versions some deployment stage (other than ``but``) still sends traffic to."""
         return {n for r in self._records.values() if r.client_name != but for n in _weighted(r.targets)}
@@ -222,14 +275,28 @@ class DeploymentManager:
         live = []
         for t in record.targets:
             route = table.lookup(t.name)
+            routed_ids = {i.instance_id for i in (route.targets if route else ())}
             instances = [
                 {
                     "id": i.instance_id,
                     "node": i.node,
+                    "state": "ready",
+                    "endpoint": i.endpoint.base_url,
                     "in_flight": agent.in_flight(i.instance_id) if agent else 0,
                 }
                 for i in (route.targets if route else ())
             ]
+            for inst in agent.instances_of(t.name) if agent else ():
+                if inst.id not in routed_ids:  # starting to serve, or draining
+                    instances.append(
+                        {
+                            "id": inst.id,
+                            "node": inst.record("local").node,
+                            "state": str(inst.state),
+                            "endpoint": inst.handle.endpoint.base_url,
+                            "in_flight": agent.in_flight(inst.id) if agent else 0,
+                        }
+                    )
             routed = dep is not None and any(c.name == t.name for c in dep.choices)
             live.append(
                 {
@@ -262,9 +329,11 @@ class DeploymentManager:
                     f"target {t.name!r}: role is primary, or shadow with a weight (percent) up to 100",
                     param="targets",
                 )
-            if t.replicas != 1:
+            if not 1 <= t.replicas <= MAX_REPLICAS:
+                raise InvalidRequest(f"target {t.name!r}: replicas are 1 to {MAX_REPLICAS}", param="replicas")
+            if t.replicas != 1 and route.connection is not None:
                 raise InvalidRequest(
-                    "replicas > 1: this node's agent runs one instance per version for now", param="replicas"
+                    f"target {t.name!r} is a connection's model: it has no replicas here", param="replicas"
                 )
             if any(o.name == route.name for o in out):
                 raise InvalidRequest(f"target {route.name!r} is named twice", param="targets")

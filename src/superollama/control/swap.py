@@ -46,6 +46,7 @@ class SwapPlan:
     deployment: str
     incoming: list[str]  # versions (or connection models) that gain traffic
     leaving: list[str]  # versions that lose all their traffic (in every deployment)
+    replicas: dict[str, int] = field(default_factory=dict)  # incoming versions wanting more than one
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Swapper:
             )
         mode, reason = await self._choose(ours, plan.leaving)
         if mode == "overlap":
-            await self._ready(ours)
+            await self._ready(ours, replicas=plan.replicas)
             ready = time.perf_counter() - t0
             await publish()
             return SwapResult(mode, reason, ready, time.perf_counter() - t0, ours)
@@ -108,7 +109,8 @@ class Swapper:
         finally:
             for v in ours:
                 self._controller.release_loads(v)
-        await self._ready(ours, warm=False)  # the requests queued meanwhile are its first ones
+        # the requests queued meanwhile are its first ones
+        await self._ready(ours, warm=False, replicas=plan.replicas)
         log.info("%s: %s ready after %.2f s", plan.deployment, ours, time.perf_counter() - t0)
         return SwapResult(mode, reason, time.perf_counter() - t0 - switched, switched, ours)
 
@@ -147,15 +149,23 @@ class Swapper:
             f"memory does not allow both at once: about {need >> 20} MiB needed, {free >> 20} MiB free",
         )
 
-    async def _ready(self, versions: list[str], *, warm: bool = True) -> None:
-        """Each version's instance started, healthy and (``warm``) one request answered."""
+    async def _ready(
+        self, versions: list[str], *, warm: bool = True, replicas: dict[str, int] | None = None
+    ) -> None:
+        """Each version's instances (``replicas``, one by default: started in parallel) started, healthy
+        and (``warm``) one request answered by each."""
         for v in versions:
             route = self._controller.holder.table.lookup(v)
             if route is None:
                 raise ModelLoadFailed(f"{v} is no longer routable")
-            target = await self._controller.ensure_ready(route)
+            n = (replicas or {}).get(v, 1)
+            endpoints = []
+            if n > 1:
+                endpoints = [i.handle.endpoint for i in await self._controller.scale(v, n)]
+            else:
+                endpoints = [(await self._controller.ensure_ready(route)).endpoint]
             if warm:
-                await self._warmup(target.endpoint)
+                await asyncio.gather(*(self._warmup(e) for e in endpoints))
 
     async def _stop(self, versions: list[str], reason: str) -> None:
         agent = self._controller.agent

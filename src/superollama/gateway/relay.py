@@ -32,7 +32,9 @@ from superollama.gateway.upstream import UPSTREAM_DOWN, describe_failure, post_t
 from superollama.gateway.usage_estimate import estimate_answer, estimate_stream
 from superollama.wire.openai import error_body, find_usage
 
-__all__ = ["Declined", "Relay", "too_long"]
+__all__ = ["INSTANCE_HEADER", "Declined", "Relay", "too_long"]
+
+INSTANCE_HEADER = "X-Superollama-Instance"  # on an answer from an instance we run: which one
 
 log = logging.getLogger("superollama.gateway.relay")
 
@@ -108,6 +110,8 @@ class Relay:
                     self._timeout,
                     credentials=self._credentials,
                 )
+            if ex is not None and not target.external:  # the instance that answered (of the replicas)
+                ex.headers[INSTANCE_HEADER] = target.instance_id
             async with upstream:
                 if upstream.status >= 400:
                     response, retriable = await _upstream_error(upstream)

@@ -100,6 +100,7 @@ class AgentServer:
         app.router.add_get("/agent/watch", self._watch)
         app.router.add_post("/agent/ensure", self._ensure)
         app.router.add_post("/agent/stop", self._stop)
+        app.router.add_post("/agent/scale", self._scale)
         app.router.add_post("/agent/ended", self._ended)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
@@ -174,18 +175,13 @@ class AgentServer:
     # -- calls -----------------------------------------------------------------------------------------
     async def _ensure(self, request: web.Request) -> web.Response:
         body = await request.json(loads=orjson.loads)
-        artifact = body["artifact"]
+        replicas = body.get("replicas")
         try:
             inst = await self._agent.ensure(
-                Artifact(
-                    name=str(artifact["name"]),
-                    format=str(artifact["format"]),
-                    path=Path(artifact["path"]),
-                    metadata=artifact.get("metadata") or {},
-                    projector=Path(artifact["projector"]) if artifact.get("projector") else None,
-                ),
+                _artifact(body["artifact"]),
                 str(body["runtime"]),
                 device=str(body.get("device") or "cpu"),
+                replicas=None if replicas is None else int(replicas),
             )
         except SuperOllamaError as exc:
             return web.Response(body=error_json(exc), status=exc.status, content_type="application/json")
@@ -193,13 +189,30 @@ class AgentServer:
         answer = {"instance": instance_json(inst, self._agent.keep_alive(inst)), "hold": hold}
         return web.Response(body=orjson.dumps(answer, default=str), content_type="application/json")
 
+    async def _scale(self, request: web.Request) -> web.Response:
+        body = await request.json(loads=orjson.loads)
+        try:
+            ready = await self._agent.scale(
+                _artifact(body["artifact"]),
+                str(body["runtime"]),
+                int(body["replicas"]),
+                device=str(body.get("device") or "cpu"),
+                start=bool(body.get("start", True)),
+            )
+        except SuperOllamaError as exc:
+            return web.Response(body=error_json(exc), status=exc.status, content_type="application/json")
+        answer = {"instances": [instance_json(i, self._agent.keep_alive(i)) for i in ready]}
+        return web.Response(body=orjson.dumps(answer, default=str), content_type="application/json")
+
     async def _stop(self, request: web.Request) -> web.Response:
         body = await request.json(loads=orjson.loads)
         drain = body.get("drain")
+        instance = body.get("instance")
         cut = await self._agent.stop_version(
             str(body["version"]),
             reason=str(body.get("reason") or "requested"),
             drain=None if drain is None else float(drain),
+            instance=None if instance is None else str(instance),
         )
         return web.Response(body=orjson.dumps({"cut": cut}), content_type="application/json")
 
@@ -207,6 +220,16 @@ class AgentServer:
         body = await request.json(loads=orjson.loads)
         ending = await self._agent.ended(str(body["instance"]), within=float(body.get("within", 2.0)))
         return web.Response(body=orjson.dumps({"ending": ending}), content_type="application/json")
+
+
+def _artifact(data: dict[str, Any]) -> Artifact:
+    return Artifact(
+        name=str(data["name"]),
+        format=str(data["format"]),
+        path=Path(data["path"]),
+        metadata=data.get("metadata") or {},
+        projector=Path(data["projector"]) if data.get("projector") else None,
+    )
 
 
 async def _serve(settings: Settings, ctx: WorkerContext) -> None:

@@ -95,8 +95,9 @@ class RemoteAgent:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=str(path), limit=0), headers={CLIENT_PID: str(os.getpid())}
         )
-        self._live: dict[str, LiveInstance] = {}  # by version
-        self._by_id: dict[str, LiveInstance] = {}
+        self._live: dict[str, LiveInstance] = {}  # by instance id (a version's replicas: several)
+        self._by_id = self._live
+        self._replicas: dict[str, int] = {}  # by version: the instances wanted, as last asked
         self._ended: OrderedDict[str, None] = OrderedDict()  # ids the agent said have ended (bounded)
         self._keep: dict[str, float] = {}  # by instance: seconds idle before the agent unloads it
         self._last_used: dict[str, float] = {}
@@ -141,8 +142,18 @@ class RemoteAgent:
     def instances(self) -> list[LiveInstance]:
         return sorted(self._live.values(), key=lambda i: i.version)
 
+    def instances_of(self, version: str) -> list[LiveInstance]:
+        return [i for i in self._live.values() if i.version == version]
+
     def instance_for(self, version: str) -> LiveInstance | None:
-        return self._live.get(version)
+        of = self.instances_of(version)
+        ready = [i for i in of if i.state is InstanceState.READY]
+        if ready:
+            return min(ready, key=lambda i: self._activity.in_flight(i.id))
+        return of[0] if of else None
+
+    def replicas(self, version: str) -> int:
+        return self._replicas.get(version, 1)
 
     def loading(self, version: str) -> bool:
         return self._ensuring.get(version, 0) > 0
@@ -167,16 +178,16 @@ class RemoteAgent:
 
     def set_keep_alive(self, version: str, seconds: float | None) -> None:
         self._activity.set_keep_alive(version, seconds)
-        inst = self._live.get(version)
-        if inst is not None and seconds is not None:
-            self._keep[inst.id] = seconds
+        for inst in self.instances_of(version):
+            if seconds is not None:
+                self._keep[inst.id] = seconds
 
     def expires_in(self, version: str) -> float | None:
-        inst = self._live.get(version)
-        if inst is None:
+        of = self.instances_of(version)
+        if not of:
             return None
-        keep = self._keep.get(inst.id, float("inf"))
-        return self._last_used.get(inst.id, time.monotonic()) + keep - time.monotonic()
+        now = time.monotonic()
+        return max(self._last_used.get(i.id, now) + self._keep.get(i.id, float("inf")) for i in of) - now
 
     # -- calls -----------------------------------------------------------------------------------------
     async def runtime_for(self, artifact: Artifact) -> str:
@@ -189,37 +200,56 @@ class RemoteAgent:
         """This node's CPU, RAM and GPU use now (the agent process runs on this same node)."""
         return await asyncio.to_thread(self._inventory.usage)
 
-    async def ensure(self, artifact: Artifact, runtime: str, *, device: str = "cpu") -> LiveInstance:
-        live = self._live.get(artifact.name)
+    async def ensure(
+        self, artifact: Artifact, runtime: str, *, device: str = "cpu", replicas: int | None = None
+    ) -> LiveInstance:
+        if replicas is not None:
+            self._replicas[artifact.name] = replicas
+        live = self.instance_for(artifact.name)
         if live is not None and live.state is InstanceState.READY:
             return live
         self._ensuring[artifact.name] = self._ensuring.get(artifact.name, 0) + 1
         try:
-            return await self._ensure(artifact, runtime, device)
+            return await self._ensure(artifact, runtime, device, replicas)
         finally:
             self._ensuring[artifact.name] -= 1
             if not self._ensuring[artifact.name]:
                 del self._ensuring[artifact.name]
 
-    async def _ensure(self, artifact: Artifact, runtime: str, device: str) -> LiveInstance:
+    async def _ensure(
+        self, artifact: Artifact, runtime: str, device: str, replicas: int | None
+    ) -> LiveInstance:
         deadline = asyncio.get_running_loop().time() + self._load_timeout
         await self._reachable(deadline, f"model {artifact.name!r}")
         body = {
-            "artifact": {
-                "name": artifact.name,
-                "format": artifact.format,
-                "path": str(artifact.path),
-                "metadata": dict(artifact.metadata),
-                "projector": None if artifact.projector is None else str(artifact.projector),
-            },
+            "artifact": _artifact_json(artifact),
             "runtime": runtime,
             "device": device,
+            "replicas": replicas,
         }
         left = max(1.0, deadline - asyncio.get_running_loop().time())
         data = await post_json(self._session, _BASE + "/agent/ensure", body, left + 15, peer=_PEER)
         inst = self._mirror(data["instance"])
         self._activity.hold(int(data["hold"]))
         return inst
+
+    async def scale(
+        self, artifact: Artifact, runtime: str, replicas: int, *, device: str = "cpu", start: bool = True
+    ) -> list[LiveInstance]:
+        self._replicas[artifact.name] = replicas
+        deadline = asyncio.get_running_loop().time() + self._load_timeout
+        await self._reachable(deadline, f"model {artifact.name!r}")
+        body = {
+            "artifact": _artifact_json(artifact),
+            "runtime": runtime,
+            "device": device,
+            "replicas": replicas,
+            "start": start,
+        }
+        await self._send({"op": "activity"})  # a drain of the surplus sees our counts first
+        timeout = self._load_timeout + _CALL_TIMEOUT + 3600.0
+        data = await post_json(self._session, _BASE + "/agent/scale", body, timeout, peer=_PEER)
+        return [self._mirror(i) for i in data["instances"]]
 
     async def _reachable(self, deadline: float, what: str) -> None:
         left = deadline - asyncio.get_running_loop().time()
@@ -231,13 +261,20 @@ class RemoteAgent:
     async def unload(self, version: str, *, reason: str = "requested", drain: float | None = None) -> bool:
         return await self.stop_version(version, reason=reason, drain=drain) is not None
 
-    async def stop_version(self, version: str, *, reason: str, drain: float | None = None) -> int | None:
-        inst = self._live.get(version)
-        if inst is not None and inst.state is InstanceState.READY:
+    async def stop_version(
+        self, version: str, *, reason: str, drain: float | None = None, instance: str | None = None
+    ) -> int | None:
+        stopping = [
+            i
+            for i in self.instances_of(version)
+            if i.state is InstanceState.READY and (instance is None or i.id == instance)
+        ]
+        for inst in stopping:
             inst.state = InstanceState.DRAINING  # out of this process's routing at once
+        if stopping:
             self._changed()
         await self._send({"op": "activity"})  # the drain sees our counts (fences included) first
-        body = {"version": version, "reason": reason, "drain": drain}
+        body = {"version": version, "reason": reason, "drain": drain, "instance": instance}
         timeout = _CALL_TIMEOUT + (drain if drain is not None and drain != float("inf") else 3600.0)
         data = await post_json(self._session, _BASE + "/agent/stop", body, timeout, peer=_PEER)
         cut = data.get("cut")
@@ -359,11 +396,7 @@ class RemoteAgent:
                 last_used=time.monotonic(),
                 state=state,
             )
-            old = self._live.get(inst.version)
-            if old is not None and old.id != inst.id:
-                self._forget(old)
-            self._live[inst.version] = inst
-            self._by_id[inst.id] = inst
+            self._live[inst.id] = inst
             self._last_used.setdefault(inst.id, time.monotonic())
             if notify:
                 self._changed()
@@ -374,9 +407,7 @@ class RemoteAgent:
         return inst
 
     def _forget(self, inst: LiveInstance) -> None:
-        if self._live.get(inst.version) is inst:
-            del self._live[inst.version]
-        self._by_id.pop(inst.id, None)
+        self._live.pop(inst.id, None)
         self._keep.pop(inst.id, None)
         self._last_used.pop(inst.id, None)
         inst.state = InstanceState.STOPPED
@@ -397,3 +428,13 @@ class RemoteAgent:
         async with self._send_lock:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.send_bytes(orjson.dumps({**message, **self._activity.take()}))
+
+
+def _artifact_json(artifact: Artifact) -> dict[str, Any]:
+    return {
+        "name": artifact.name,
+        "format": artifact.format,
+        "path": str(artifact.path),
+        "metadata": dict(artifact.metadata),
+        "projector": None if artifact.projector is None else str(artifact.projector),
+    }
