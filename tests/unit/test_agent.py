@@ -366,4 +366,5 @@ async def test_a_healthy_leftover_the_runtime_adopts_serves_on_without_a_reload(
     await wait_until(lambda: runtime.starts == 1, what="the crashed adopted replica replaced")
     await wait_until(lambda: len(agent.instances_of("m:1")) == 2, what="two replicas again")
     assert inst.id not in {i.id for i in agent.instances_of("m:1")}
+    await wait_until(lambda: not agent.loading("m:1"), what="the replacement's load finished")
     await agent.close()

@@ -37,6 +37,11 @@ def _ready(agent: LocalAgent | RemoteAgent, version: str = ART.name) -> list[str
     return [i.id for i in agent.instances_of(version) if i.state is InstanceState.READY]
 
 
+async def _settled(agent: LocalAgent) -> None:
+    """No load in progress: each has written its registry rows (a replica routes before that)."""
+    await wait_until(lambda: not agent.loading(ART.name), what="the loads to finish")
+
+
 async def test_replicas_start_in_parallel_each_its_own_process_and_the_first_serves(
     registry: Registry,
 ) -> None:
@@ -59,6 +64,7 @@ async def test_replicas_start_in_parallel_each_its_own_process_and_the_first_ser
     assert runtime.starts == 3  # asking again starts nothing more
     await agent.ensure(ART, "gate", replicas=3)
     assert runtime.starts == 3
+    await _settled(agent)
     await agent.close()
     assert all(h.stops == 1 for h in runtime.handles)
 
@@ -97,6 +103,7 @@ async def test_a_crashed_replica_is_replaced_to_keep_the_count(registry: Registr
     await wait_until(lambda: len(_ready(agent)) == 2, what="two ready replicas again")
     assert first.id not in _ready(agent) and second.id in _ready(agent)
     assert await agent.ended(first.id) == "crashed"
+    await _settled(agent)
     await agent.close()
 
 
@@ -152,6 +159,11 @@ async def test_replicas_idle_out_together(registry: Registry) -> None:
     clock.now += 61
     await wait_until(lambda: agent.instances_of(ART.name) == [], what="both replicas unloaded")
     assert all(h.stops == 1 for h in runtime.handles)
+
+    async def recorded() -> bool:  # the unload has written its rows: closing now cuts no write short
+        return len(await registry.events.list(action="instance.stop")) == 2
+
+    await wait_until(recorded, what="both stops recorded")
     await agent.close()
 
 
@@ -215,6 +227,7 @@ async def test_the_remote_agent_mirrors_every_replica(tmp_path: Path) -> None:
             what="the mirror with the replacement",
         )
         remote.release(a.id)
+        await _settled(agent)
 
         kept = await remote.scale(ART, "gate", 1)  # through the agent process: the surplus drains
         assert len(kept) == 1
@@ -227,3 +240,21 @@ async def test_the_remote_agent_mirrors_every_replica(tmp_path: Path) -> None:
         await server.close()
         await agent.close()
         await registry.close()
+
+
+def test_target_specs_say_their_replicas() -> None:
+    from superollama.cli.deployments import _with_replicas
+    from superollama.control import parse_targets
+    from superollama.core.routing import DeploymentTarget
+
+    assert parse_targets(["a:1=90x2", "b:1=10", "c:1"]) == [
+        DeploymentTarget("a:1", 90, replicas=2),
+        DeploymentTarget("b:1", 10),
+        DeploymentTarget("c:1", 100),
+    ]
+    assert parse_targets(["b:1=10"], replicas=3) == [DeploymentTarget("b:1", 10, replicas=3)]
+    with pytest.raises(Exception, match="optionally followed by 'xN' replicas"):
+        parse_targets(["a:1=90xtwo"])
+    # the CLI's --replicas N: for the targets that do not say theirs
+    assert _with_replicas(("a:1=90", "b:1=10x3", "c:1"), 2) == ["a:1=90x2", "b:1=10x3", "c:1=100x2"]
+    assert _with_replicas(("a:1=90",), None) == ["a:1=90"]

@@ -77,7 +77,7 @@ class LocalAgent:
         self._extra: dict[str, set[asyncio.Task[LiveInstance]]] = {}  # by version: the other replicas' loads
         self._replicas: dict[str, int] = {}  # by version: how many instances are wanted (1 if absent)
         self._specs: dict[str, tuple[Artifact, str, str]] = {}  # by version: what its last load started
-        self._trimming: set[asyncio.Task[None]] = set()
+        self._starting: dict[str, set[object]] = {}  # by version: loads not yet in ``_live`` (or failed)
         self.available_memory: Callable[[], int] = _available_memory
         self._load_waiters: dict[str, int] = {}  # by version: callers waiting on the load in progress
         self._ended: OrderedDict[str, Ending] = OrderedDict()  # by instance id, the latest last
@@ -105,9 +105,9 @@ class LocalAgent:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         extra = [t for tasks in self._extra.values() for t in tasks]
-        for task in [*self._loading.values(), *extra, *self._trimming]:
+        for task in [*self._loading.values(), *extra]:
             task.cancel()
-        await asyncio.gather(*self._loading.values(), *extra, *self._trimming, return_exceptions=True)
+        await asyncio.gather(*self._loading.values(), *extra, return_exceptions=True)
         await asyncio.gather(*(self._stop(inst, reason="shutdown") for inst in list(self._live.values())))
 
     async def usage(self) -> dict[str, object]:
@@ -216,7 +216,7 @@ class LocalAgent:
             )
         task = self._loading.get(artifact.name)
         if task is None:
-            task = asyncio.create_task(self._load(artifact, runtime, device), name=f"load {artifact.name}")
+            task = self._start_load(artifact, runtime, device, waited=True, name=f"load {artifact.name}")
             self._loading[artifact.name] = task
             task.add_done_callback(functools.partial(self._load_done, artifact.name))
             self._top_up(version)
@@ -261,7 +261,7 @@ class LocalAgent:
 
     def _coming(self, version: str) -> int:
         """Instances of the version ready or on their way (draining ones excluded)."""
-        return len(self._ready(version)) + (version in self._loading) + len(self._extra.get(version, ()))
+        return len(self._ready(version)) + len(self._starting.get(version, ()))
 
     def _top_up(self, version: str) -> int:
         """Start (in the background, in parallel) the replicas the version lacks, as many as memory
@@ -274,7 +274,7 @@ class LocalAgent:
         if fit < missing:
             log.warning("%s: memory allows %d more instance(s), not the %d wanted", version, fit, missing)
         for _ in range(fit):
-            task = asyncio.create_task(self._load(*spec, waited=False), name=f"replica {version}")
+            task = self._start_load(*spec, waited=False, name=f"replica {version}")
             self._extra.setdefault(version, set()).add(task)
             task.add_done_callback(functools.partial(self._extra_done, version))
         return fit
@@ -363,8 +363,27 @@ class LocalAgent:
         if not task.cancelled():
             task.exception()  # retrieved: a failed load is reported to its waiters, not as "never retrieved"
 
+    def _start_load(
+        self, artifact: Artifact, runtime: str, device: str, *, waited: bool, name: str
+    ) -> asyncio.Task[LiveInstance]:
+        """Start one instance in a task (``waited``: ``ensure`` callers wait on this load); it counts as on
+        its way (``_coming``) from now until it is in ``_live`` or has failed."""
+        token = object()
+        self._starting.setdefault(artifact.name, set()).add(token)
+        load = self._load(artifact, runtime, device, waited=waited, token=token)
+        return asyncio.create_task(load, name=name)
+
     async def _load(
-        self, artifact: Artifact, runtime_name: str, device: str, *, waited: bool = True
+        self, artifact: Artifact, runtime_name: str, device: str, *, waited: bool, token: object
+    ) -> LiveInstance:
+        starting = self._starting.setdefault(artifact.name, set())
+        try:
+            return await self._load_one(artifact, runtime_name, device, waited=waited, token=token)
+        finally:
+            starting.discard(token)
+
+    async def _load_one(
+        self, artifact: Artifact, runtime_name: str, device: str, *, waited: bool, token: object
     ) -> LiveInstance:
         runtime = self._runtimes.get(runtime_name)
         if runtime is None:
@@ -416,6 +435,7 @@ class LocalAgent:
             await handle.stop(self._config.stop_timeout)
             raise Unavailable("server is shutting down", retry_after=5)
         self._live[instance_id] = inst
+        self._starting[artifact.name].discard(token)
         inst._watcher = asyncio.create_task(self._watch(inst), name=f"watch {instance_id}")
         await self._registry.instances.upsert(inst.record(self._config.node))
         await self._event(

@@ -102,7 +102,11 @@ class Fleet:
                 "stage": d.stage,
                 "sticky": d.sticky,
                 "enabled": d.enabled,
-                "targets": [{"name": t["name"], "weight": t["weight"]} for t in targets_json(d.targets)],
+                "targets": [
+                    {"name": t["name"], "weight": t["weight"]}
+                    | ({"replicas": t["replicas"]} if t["replicas"] != 1 else {})
+                    for t in targets_json(d.targets)
+                ],
             }
             for d in await self._deployments.list()
         ]

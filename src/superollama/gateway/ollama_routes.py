@@ -280,8 +280,11 @@ class OllamaRoutes:
         """The loaded models the caller may see."""
         principal = principal_of(request)
         versions = {v.name: v for v in await self._controller.list_versions()}
-        now, models = datetime.now(UTC), []
+        now, models, seen = datetime.now(UTC), [], set()
         for inst in self._controller.instances():
+            if inst.version in seen:  # a model loaded as several replicas is one loaded model here
+                continue
+            seen.add(inst.version)
             left = self._agent.expires_in(inst.version)
             visible = self._targets.security.may_see(principal, inst.version)
             if inst.version in versions and left is not None and visible:
