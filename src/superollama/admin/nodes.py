@@ -75,7 +75,9 @@ class NodeRoutes:
         agent, stopped, cut = self._controller.agent, [], 0
         if agent is not None:
             for inst in self._on(record.name):
-                n = await agent.stop_version(inst.version, reason=f"node {record.name} drained")
+                n = await agent.stop_version(  # this node's instance only (a replica may run elsewhere)
+                    inst.version, reason=f"node {record.name} drained", instance=inst.id
+                )
                 if n is not None:
                     stopped.append(inst.id)
                     cut += n
