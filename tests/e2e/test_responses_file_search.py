@@ -30,7 +30,10 @@ STATIC = {"type": "static", "static": {"max_chunk_size_tokens": 100, "chunk_over
 def server(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Iterator[ServerProcess]:
     with HubThread() as hub:
         hub.add_hf_repo("sentence-transformers/all-MiniLM-L6-v2", _files(minilm_dir))
-        srv = ServerProcess(tmp_path_factory.mktemp("home"), HF_ENDPOINT=hub.url).start()
+        # two workers: the replica answers file_search as the primary does
+        srv = ServerProcess(
+            tmp_path_factory.mktemp("home"), HF_ENDPOINT=hub.url, SUPEROLLAMA_WORKERS="2"
+        ).start()
         try:
             pulled = srv.cli("pull", "hf://sentence-transformers/all-MiniLM-L6-v2", "--name", "all-minilm")
             assert pulled.returncode == 0, pulled.stderr
@@ -125,10 +128,22 @@ def test_without_include_the_results_are_null_and_stores_of_both_engines_merge(
         "tools": [_tool(stores["town"], stores["archive"], max_num_results=5)],
         "max_output_tokens": 8,
         "store": False,
+        "tool_choice": {"type": "file_search"},
     }
-    raw = httpx.post(server.url + "/v1/responses", json=body, timeout=300)
-    assert raw.status_code == 200, raw.text
-    out = raw.json()
+    by_worker: dict[str, dict[str, Any]] = {}
+    for _ in range(40):  # new connections until both workers have answered
+        raw = httpx.post(
+            server.url + "/v1/responses", json=body, headers={"Connection": "close"}, timeout=300
+        )
+        assert raw.status_code == 200, raw.text
+        by_worker[raw.headers["X-Superollama-Worker"]] = raw.json()
+        if len(by_worker) == 2:
+            break
+    assert len(by_worker) == 2, by_worker.keys()
+    for out in by_worker.values():
+        assert [o["type"] for o in out["output"]] == ["file_search_call", "message"]
+        assert out["output"][1]["content"][0]["annotations"][0]["file_id"] == uploaded["archive.txt"].id
+    assert out["tool_choice"] == {"type": "file_search"}
     call, message = out["output"]
     assert call["type"] == "file_search_call" and call["results"] is None and call["status"] == "completed"
     cited = [a["file_id"] for a in message["content"][0]["annotations"]]
@@ -249,6 +264,12 @@ def test_bad_file_search_tools_get_openai_errors(
         assert raw.status_code == status, raw.text
         error = raw.json()["error"]
         assert needle in error["message"] and error["type"] == "invalid_request_error"
+    no_question = httpx.post(  # nothing to search for: the tool is checked all the same
+        server.url + "/v1/responses",
+        json={"model": MODEL, "input": [{"role": "assistant", "content": "hi"}], "tools": [tool]},
+        timeout=300,
+    )
+    assert no_question.status_code == status and needle in no_question.json()["error"]["message"]
     two = httpx.post(
         server.url + "/v1/responses",
         json={"model": MODEL, "input": "hi", "tools": [_tool(town), _tool(town)]},

@@ -240,6 +240,11 @@ def test_file_search_is_no_chat_tool_and_cites_each_file_once() -> None:
     ] == "required"
     with pytest.raises(InvalidRequest, match="only one file_search"):
         _ = _req(tools=[FS_TOOL, FS_TOOL]).file_search
+    chosen = _req(tools=[FS_TOOL], tool_choice={"type": "file_search"})
+    assert chosen.file_search is not None and "tool_choice" not in wire.chat_request(chosen, "m", [])
+    assert wire.response_object(chosen, "resp_1", 1)["tool_choice"] == {"type": "file_search"}
+    with pytest.raises(InvalidRequest, match="tool_choice names file_search"):
+        _ = _req(tools=[TOOL], tool_choice={"type": "file_search"}).file_search
     assert wire.citations(FOUND) == [
         {"type": "file_citation", "index": 0, "file_id": "file-a", "filename": "a.md"},
         {"type": "file_citation", "index": 1, "file_id": "file-b", "filename": "b.md"},

@@ -58,8 +58,8 @@ class FileSearch(Protocol):
     async def search(
         self, tool: wire.FileSearchTool, queries: Sequence[str], *, key_id: str | None
     ) -> list[wire.Found]:
-        """The best chunks over the tool's vector stores, best first: a 404 for a store the key cannot
-        read, a 400 for filters that are not OpenAI's."""
+        """The best chunks over the tool's vector stores, best first (none without ``queries``): a 404
+        for a store the key cannot read, a 400 for filters that are not OpenAI's, in every case."""
         ...
 
     def prompt(self, question: str, found: Sequence[wire.Found]) -> str:
@@ -134,7 +134,7 @@ class ResponsesRoutes:
             raise InvalidRequest("the file_search tool is not available on this server", param="tools")
         query = wire.last_user_text(payload["messages"])
         queries = [query] if query else []
-        found = await self._file_search.search(tool, queries, key_id=_key(request)) if queries else []
+        found = await self._file_search.search(tool, queries, key_id=_key(request))
         sources = self._file_search.prompt(query, found)
         messages = payload["messages"]
         if req.instructions:  # one leading system message: some chat templates take no second one

@@ -161,6 +161,12 @@ class FunctionChoice(_Wire):
     name: StrictStr
 
 
+class FileSearchChoice(_Wire):
+    """``{"type": "file_search"}``: search the files (done whenever the tool is given, but for ``none``)."""
+
+    type: Literal["file_search"]
+
+
 class TextFormat(_Wire):
     type: Literal["text", "json_object", "json_schema"]
     name: StrictStr | None = None
@@ -182,7 +188,7 @@ class ResponsesRequest(_Wire):
     store: StrictBool = True
     stream: StrictBool = False
     tools: list[Tool] | None = None
-    tool_choice: Literal["auto", "none", "required"] | FunctionChoice | None = None
+    tool_choice: Literal["auto", "none", "required"] | FunctionChoice | FileSearchChoice | None = None
     parallel_tool_calls: StrictBool | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
@@ -198,10 +204,14 @@ class ResponsesRequest(_Wire):
 
     @property
     def file_search(self) -> FileSearchTool | None:
-        """The ``file_search`` tool, if any (a 400 for more than one)."""
+        """The ``file_search`` tool, if any (a 400 for more than one, or for choosing it without it)."""
         found = [t for t in self.tools or () if isinstance(t, FileSearchTool)]
         if len(found) > 1:
             raise InvalidRequest("only one file_search tool may be given", param="tools")
+        if not found and isinstance(self.tool_choice, FileSearchChoice):
+            raise InvalidRequest(
+                "tool_choice names file_search, which tools does not hold", param="tool_choice"
+            )
         return found[0] if found else None
 
 
@@ -290,7 +300,7 @@ def chat_request(
     chat_tools = functions or not req.tools  # file_search alone: no chat tools, no tool_choice
     if isinstance(req.tool_choice, FunctionChoice):
         out["tool_choice"] = {"type": "function", "function": {"name": req.tool_choice.name}}
-    elif req.tool_choice is not None and chat_tools:
+    elif isinstance(req.tool_choice, str) and chat_tools:
         out["tool_choice"] = req.tool_choice
     if req.parallel_tool_calls is not None and functions:
         out["parallel_tool_calls"] = req.parallel_tool_calls
@@ -477,7 +487,7 @@ def response_object(
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
         "tools": [t.model_dump(exclude_none=True) for t in req.tools or ()],
         "tool_choice": req.tool_choice.model_dump()
-        if isinstance(req.tool_choice, FunctionChoice)
+        if isinstance(req.tool_choice, BaseModel)
         else req.tool_choice or "auto",
         "parallel_tool_calls": req.parallel_tool_calls if req.parallel_tool_calls is not None else True,
         "temperature": req.temperature,

@@ -29,6 +29,8 @@ class FileSearcher:
         threshold = None if options is None or options.score_threshold is None else options.score_threshold
         k = tool.max_num_results or DEFAULT_MAX_RESULTS
         stores = [await self._stores.get(store_id, key_id=key_id) for store_id in tool.vector_store_ids]
+        if not queries:  # nothing to search for (no user text), but the tool was checked
+            return []
         hits = []
         for store in stores:
             hits += await self._stores.search(store, queries, k, where, threshold)
