@@ -347,7 +347,13 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
     )
     if telemetry.metrics is not None:
         telemetry.metrics.add_source(finetune.families)
-    ResponsesRoutes(targets, translated, registry.responses, shadow=openai_routes.shadow).register(app)
+    ResponsesRoutes(
+        targets,
+        translated,
+        registry.responses,
+        shadow=openai_routes.shadow,
+        file_search=rag.file_search,
+    ).register(app)
     RerankRoutes(targets, translated).register(app)
     AdminRoutes(controller, settings.node_name).register(app)
     DeploymentRoutes(deployments, rollouts).register(app)

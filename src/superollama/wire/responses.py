@@ -14,6 +14,12 @@ Function ``tools`` and ``tool_choice`` map to chat's; ``max_output_tokens`` → 
 ``text.format`` (``json_object`` / ``json_schema``) → ``response_format``. The answer becomes ``output``
 items: a ``message`` with one ``output_text`` part, and a ``function_call`` item per tool call. What is
 stored for chaining is the conversation as chat messages, the answer included (``conversation``).
+
+A ``file_search`` tool is not a chat tool: the gateway searches the named vector stores before the chat
+(the last user text is the query), gives the sources to the model in a system message, and answers with
+a ``file_search_call`` item (``results`` only when ``include`` names ``file_search_call.results``) before
+the message, whose ``output_text`` cites each source file once (``file_citation``; ``index``: the file's
+position among the cited files, as the SDK documents it).
 """
 
 from __future__ import annotations
@@ -21,17 +27,34 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    Tag,
+)
 
 from superollama.errors import InvalidRequest
 from superollama.wire.anthropic import parse
 
 __all__ = [
+    "FILE_SEARCH_RESULTS",
+    "FileSearchTool",
+    "Found",
     "ResponsesRequest",
     "chat_request",
+    "citations",
     "conversation",
+    "file_search_item",
+    "last_user_text",
     "output_items",
     "parse",
     "response_id",
@@ -103,9 +126,45 @@ class FunctionTool(_Wire):
     strict: StrictBool | None = None
 
 
+class RankingOptions(_Wire):
+    ranker: Literal["auto", "default-2024-11-15", "none"] | None = None
+    score_threshold: Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)] | None = None
+
+
+class FileSearchTool(_Wire):
+    """Search the named vector stores (``/v1/vector_stores/{id}/search``) and answer from what is found."""
+
+    type: Literal["file_search"]
+    vector_store_ids: Annotated[list[Annotated[StrictStr, Field(min_length=1)]], Field(min_length=1)]
+    max_num_results: Annotated[StrictInt, Field(ge=1, le=50)] | None = None
+    filters: dict[str, Any] | None = None
+    ranking_options: RankingOptions | None = None
+
+
+Tool = Annotated[FunctionTool | FileSearchTool, Field(discriminator="type")]
+FILE_SEARCH_RESULTS = "file_search_call.results"  # the ``include`` value that asks for the results
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One chunk a file search found."""
+
+    file_id: str
+    filename: str
+    score: float
+    text: str
+    attributes: Mapping[str, Any]
+
+
 class FunctionChoice(_Wire):
     type: Literal["function"]
     name: StrictStr
+
+
+class FileSearchChoice(_Wire):
+    """``{"type": "file_search"}``: search the files (done whenever the tool is given, but for ``none``)."""
+
+    type: Literal["file_search"]
 
 
 class TextFormat(_Wire):
@@ -128,8 +187,8 @@ class ResponsesRequest(_Wire):
     previous_response_id: StrictStr | None = None
     store: StrictBool = True
     stream: StrictBool = False
-    tools: list[FunctionTool] | None = None
-    tool_choice: Literal["auto", "none", "required"] | FunctionChoice | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["auto", "none", "required"] | FunctionChoice | FileSearchChoice | None = None
     parallel_tool_calls: StrictBool | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
@@ -137,6 +196,23 @@ class ResponsesRequest(_Wire):
     metadata: dict[str, StrictStr] | None = None
     text: TextOptions | None = None
     user: StrictStr | None = None
+    include: list[StrictStr] | None = None
+
+    @property
+    def functions(self) -> list[FunctionTool]:
+        return [t for t in self.tools or () if isinstance(t, FunctionTool)]
+
+    @property
+    def file_search(self) -> FileSearchTool | None:
+        """The ``file_search`` tool, if any (a 400 for more than one, or for choosing it without it)."""
+        found = [t for t in self.tools or () if isinstance(t, FileSearchTool)]
+        if len(found) > 1:
+            raise InvalidRequest("only one file_search tool may be given", param="tools")
+        if not found and isinstance(self.tool_choice, FileSearchChoice):
+            raise InvalidRequest(
+                "tool_choice names file_search, which tools does not hold", param="tool_choice"
+            )
+        return found[0] if found else None
 
 
 # -- request → chat ---------------------------------------------------------------------------------------
@@ -207,7 +283,8 @@ def chat_request(
     messages += [dict(m) for m in history]
     messages += input_messages(req.input)
     out: dict[str, Any] = {"model": served_name, "messages": messages}
-    if req.tools:
+    functions = req.functions
+    if functions:
         out["tools"] = [
             {
                 "type": "function",
@@ -218,13 +295,14 @@ def chat_request(
                     **({"strict": t.strict} if t.strict is not None else {}),
                 },
             }
-            for t in req.tools
+            for t in functions
         ]
+    chat_tools = functions or not req.tools  # file_search alone: no chat tools, no tool_choice
     if isinstance(req.tool_choice, FunctionChoice):
         out["tool_choice"] = {"type": "function", "function": {"name": req.tool_choice.name}}
-    elif req.tool_choice is not None:
+    elif isinstance(req.tool_choice, str) and chat_tools:
         out["tool_choice"] = req.tool_choice
-    if req.parallel_tool_calls is not None and req.tools:
+    if req.parallel_tool_calls is not None and functions:
         out["parallel_tool_calls"] = req.parallel_tool_calls
     if req.max_output_tokens is not None:
         out["max_tokens"] = req.max_output_tokens
@@ -257,9 +335,72 @@ def item_id(prefix: str) -> str:
     return f"{prefix}_" + os.urandom(12).hex()
 
 
-def message_item(text: str, *, status: str = "completed", msg_id: str | None = None) -> dict[str, Any]:
+def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The text of the last user message (a file search's query); "" when there is none."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            return " ".join(
+                str(p.get("text", ""))
+                for p in content or ()
+                if isinstance(p, Mapping) and p.get("type") == "text"
+            )
+    return ""
+
+
+def file_search_item(
+    fs_id: str,
+    queries: Sequence[str],
+    found: Sequence[Found] | None,
+    *,
+    status: str = "completed",
+) -> dict[str, Any]:
+    """A ``file_search_call`` output item; ``found`` None: the results were not asked for."""
+    results = (
+        None
+        if found is None
+        else [
+            {
+                "file_id": f.file_id,
+                "filename": f.filename,
+                "score": round(f.score, 6),
+                "text": f.text,
+                "attributes": dict(f.attributes),
+            }
+            for f in found
+        ]
+    )
+    return {
+        "type": "file_search_call",
+        "id": fs_id,
+        "status": status,
+        "queries": list(queries),
+        "results": results,
+    }
+
+
+def citations(found: Sequence[Found]) -> list[dict[str, Any]]:
+    """One ``file_citation`` per source file, best first; ``index``: its place among them."""
+    files: dict[str, str] = {}
+    for f in found:
+        files.setdefault(f.file_id, f.filename)
+    return [
+        {"type": "file_citation", "index": i, "file_id": file_id, "filename": filename}
+        for i, (file_id, filename) in enumerate(files.items())
+    ]
+
+
+def message_item(
+    text: str,
+    *,
+    status: str = "completed",
+    msg_id: str | None = None,
+    annotations: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
     content = (
-        [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+        [{"type": "output_text", "text": text, "annotations": [dict(a) for a in annotations], "logprobs": []}]
         if status == "completed"
         else []
     )
@@ -285,11 +426,14 @@ def call_item(
     }
 
 
-def output_items(resp: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The ``output`` items of a chat completion: its text as a message, each tool call as an item."""
+def output_items(
+    resp: Mapping[str, Any], annotations: Sequence[Mapping[str, Any]] = ()
+) -> list[dict[str, Any]]:
+    """The ``output`` items of a chat completion: its text as a message (with ``annotations``), each tool
+    call as an item."""
     choice = (resp.get("choices") or [{}])[0]
     msg = choice.get("message") or {}
-    out = [message_item(msg["content"])] if msg.get("content") else []
+    out = [message_item(msg["content"], annotations=annotations)] if msg.get("content") else []
     for call in msg.get("tool_calls") or ():
         function = call.get("function") or {}
         out.append(
@@ -343,7 +487,7 @@ def response_object(
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
         "tools": [t.model_dump(exclude_none=True) for t in req.tools or ()],
         "tool_choice": req.tool_choice.model_dump()
-        if isinstance(req.tool_choice, FunctionChoice)
+        if isinstance(req.tool_choice, BaseModel)
         else req.tool_choice or "auto",
         "parallel_tool_calls": req.parallel_tool_calls if req.parallel_tool_calls is not None else True,
         "temperature": req.temperature,

@@ -3,15 +3,18 @@
 Every event carries ``type`` and a ``sequence_number`` counting from 0. The order::
 
     response.created → response.in_progress
+    [file search: output_item.added → file_search_call.in_progress → file_search_call.searching
+                  → file_search_call.completed → output_item.done]
     per output item, in order:
-      text:  output_item.added → content_part.added → output_text.delta* → output_text.done
-             → content_part.done → output_item.done
+      text:  output_item.added → content_part.added → output_text.delta*
+             → output_text.annotation.added* → output_text.done → content_part.done → output_item.done
       call:  output_item.added → function_call_arguments.delta* → function_call_arguments.done
              → output_item.done
     response.completed (the whole response, usage included)
 
 An item is finished before the next one starts (the SDK accumulates by ``output_index``). The events are
-sent as ``event: <type>`` + ``data:`` SSE, as OpenAI does.
+sent as ``event: <type>`` + ``data:`` SSE, as OpenAI does. The file search ran before the stream opened
+(its errors are the HTTP status); its events tell what it did, in the order OpenAI sends them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ from typing import Any
 
 import orjson
 
-from superollama.wire.responses import ResponsesRequest, call_item, item_id, message_item, response_object
+from superollama.wire.responses import (
+    Found,
+    ResponsesRequest,
+    call_item,
+    file_search_item,
+    item_id,
+    message_item,
+    response_object,
+)
 
 __all__ = ["ResponseStream", "sse"]
 
@@ -42,6 +53,7 @@ class ResponseStream:
         self.finish: Any = None
         self.counts: tuple[int, int] | None = None
         self.text = ""
+        self.annotations: list[dict[str, Any]] = []  # the message's citations (a file search's sources)
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"type": kind, "sequence_number": self._seq, **fields}
@@ -64,6 +76,22 @@ class ResponseStream:
             self._event("response.created", response=self.snapshot("in_progress")),
             self._event("response.in_progress", response=self.snapshot("in_progress")),
         ]
+
+    def file_search(self, fs_id: str, queries: list[str], found: list[Found] | None) -> list[dict[str, Any]]:
+        """The events of a file search (done before the stream opened): its item, added then done."""
+        item = file_search_item(fs_id, queries, None, status="in_progress")
+        self.output.append(item)
+        index = len(self.output) - 1
+        common = {"item_id": fs_id, "output_index": index}
+        out = [
+            self._event("response.output_item.added", output_index=index, item=dict(item)),
+            self._event("response.file_search_call.in_progress", **common),
+            self._event("response.file_search_call.searching", **common),
+        ]
+        self.output[index] = item = file_search_item(fs_id, queries, found)
+        out.append(self._event("response.file_search_call.completed", **common))
+        out.append(self._event("response.output_item.done", output_index=index, item=dict(item)))
+        return out
 
     def feed(self, chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
         counts = chunk.get("usage")
@@ -152,6 +180,16 @@ class ResponseStream:
         if item["type"] == "message":
             part = item["content"][0]
             common = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            for n, annotation in enumerate(self.annotations):
+                part["annotations"].append(annotation)
+                out.append(
+                    self._event(
+                        "response.output_text.annotation.added",
+                        **common,
+                        annotation_index=n,
+                        annotation=dict(annotation),
+                    )
+                )
             out.append(self._event("response.output_text.done", **common, text=part["text"], logprobs=[]))
             out.append(self._event("response.content_part.done", **common, part=dict(part)))
         else:

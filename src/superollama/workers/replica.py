@@ -157,8 +157,6 @@ async def create_replica_app(settings: Settings, ctx: WorkerContext, link: Prima
         first_token_timeout=resilience.first_token_timeout,
     )
     AnthropicRoutes(targets, translated, shadow=openai_routes.shadow).register(app)
-    ResponsesRoutes(targets, translated, registry.responses, shadow=openai_routes.shadow).register(app)
-    RerankRoutes(targets, translated).register(app)
     rag, rag_reload = await replica_grounding(
         registry,
         targets,
@@ -168,6 +166,14 @@ async def create_replica_app(settings: Settings, ctx: WorkerContext, link: Prima
         engine=settings.rag_vector_store,
         poll=settings.change_poll,
     )
+    ResponsesRoutes(
+        targets,
+        translated,
+        registry.responses,
+        shadow=openai_routes.shadow,
+        file_search=rag.file_search,
+    ).register(app)
+    RerankRoutes(targets, translated).register(app)
     openai_routes.grounded = rag.grounding
     proxy.register(app)
     upkeep = asyncio.create_task(keys.upkeep(registry.keys), name="key-upkeep")

@@ -1,6 +1,6 @@
 """RAG: OpenAI's files and vector stores, chunking and ingest jobs, the ``VectorStore`` seam (sqlite-vec,
-LanceDB) and grounded chat. ``install`` adds it all to an app; heavy imports (pypdf, lancedb) happen when
-used."""
+LanceDB), grounded chat and the Responses API's ``file_search`` tool. ``install`` adds it all to an app;
+heavy imports (pypdf, lancedb) happen when used."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from superollama.errors import SuperOllamaError, UpstreamError
 from superollama.gateway.openai_routes import ModelTargets
 from superollama.gateway.translated import Backend
 from superollama.plugins.rag.admin import GroundingRoutes
+from superollama.plugins.rag.file_search import FileSearcher
 from superollama.plugins.rag.files import FileService
 from superollama.plugins.rag.grounding import Grounding
 from superollama.plugins.rag.routes import RagRoutes
@@ -25,6 +26,7 @@ from superollama.registry import Registry
 
 __all__ = [
     "Chunk",
+    "FileSearcher",
     "Grounding",
     "Hit",
     "Rag",
@@ -64,6 +66,7 @@ class Rag:
         self.files = stores.files
         self.stores = stores
         self.grounding = grounding
+        self.file_search = FileSearcher(stores)  # the Responses API's file_search tool
 
     async def reload(self) -> None:
         await self.grounding.reload()

@@ -31,7 +31,7 @@ from superollama.plugins.rag.service import VectorStores
 from superollama.plugins.rag.vectors import Hit
 from superollama.registry._rag import GroundingRecord
 
-__all__ = ["DEFAULT_TEMPLATE", "Grounding", "grounding_json"]
+__all__ = ["DEFAULT_TEMPLATE", "Grounding", "grounding_json", "sources_prompt"]
 
 log = logging.getLogger("superollama.rag.grounding")
 
@@ -39,6 +39,13 @@ DEFAULT_TEMPLATE = (
     "Answer the question using only the sources below. If they do not contain the answer, say so.\n\n"
     "Sources:\n{context}"
 )
+
+
+def sources_prompt(template: str | None, question: str, sources: Sequence[tuple[str, str]]) -> str:
+    """The system text giving the model its ``sources`` (filename, text), numbered from 1, in ``template``
+    (``DEFAULT_TEMPLATE`` if None)."""
+    context = "\n\n".join(f"[{i + 1}] {filename}\n{text}" for i, (filename, text) in enumerate(sources))
+    return (template or DEFAULT_TEMPLATE).format(context=context or "(no source matched)", question=question)
 
 
 def grounding_json(g: GroundingRecord) -> dict[str, Any]:
@@ -128,10 +135,7 @@ class Grounding:
         option = self._by_name[body["model"]]
         query = _last_user_text(body.get("messages") or [])
         hits = await self.retrieve(option, query) if query else []
-        context = "\n\n".join(f"[{i + 1}] {h.filename}\n{h.text}" for i, h in enumerate(hits))
-        system = (option.template or DEFAULT_TEMPLATE).format(
-            context=context or "(no source matched)", question=query
-        )
+        system = sources_prompt(option.template, query, [(h.filename, h.text) for h in hits])
         body = {**body, "messages": [{"role": "system", "content": system}, *body["messages"]]}
         annotations = [_annotation(i, h) for i, h in enumerate(hits)]
         route = self._targets.route(principal_of(request), body["model"], request=request, body=body)
