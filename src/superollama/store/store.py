@@ -450,13 +450,12 @@ class ModelStore:
         """A single-file version pulled through another gateway, whose manifest is in that gateway's
         home: its model file found by the catalog's digest in one of this home's declared storage roots
         (a disk both gateways mount, where ``mv NAME --to ROOT`` put it). None when no root holds it. A
-        vision model's projector is named by the manifest only: it is never served without it."""
+        vision model's projector is named by the manifest only: it is never served without it. Reading
+        needs no usable (writable) root — a read-only mount serves — so the roots are not probed."""
         if version.format != "gguf" or version.metadata.get(VISION) is True:
             return None
-        for root in self.roots.all():
-            if root.is_home or not root.usable:
-                continue
-            blobs = self.blobs_in(root.location)
+        for location in sorted(self.roots.declared_paths()):
+            blobs = self.blobs_in(location)
             if blobs.has(version.digest):
                 return Artifact(
                     name=version.name,
