@@ -253,7 +253,10 @@ def test_rpm_is_exact_across_two_gateway_processes(
         )
         assert accepted + rejected == TOTAL, per_gateway  # nothing but 200 and 429
         assert all(t.statuses[200] > 0 and t.statuses[429] > 0 for t in tallies), per_gateway
-        assert abs(accepted - expected) <= 0.01 * expected, (accepted, expected, elapsed)
+        # exact within 1 % of the window the limiter saw: the client's elapsed time is an upper bound of it
+        # (first send to last answer), the send-to-answer span a lower one; on a loaded machine the two part
+        # by a few tokens, and an exact limiter lands anywhere between them
+        assert 0.99 * low <= accepted <= 1.01 * expected, (accepted, low, expected, elapsed)
         assert not any(t.missing_headers for t in tallies), [t.missing_headers[:1] for t in tallies]
         assert set.union(*(t.limits for t in tallies)) == {str(RPM)}
         assert all(float(r) > 0 for t in tallies for r in t.retry_after)
