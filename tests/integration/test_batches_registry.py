@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from tests.integration.test_registry import Clock
 
-from superollama.control.batches import Answer, BatchManager, batch_json
+from superollama.control.batch_files import batch_json
+from superollama.control.batches import Answer, BatchManager
 from superollama.errors import InvalidRequest, NotFound
 from superollama.registry import Registry, open_registry
 from superollama.registry._batches import BatchRecord, Outcome

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from superollama.control.batches import batch_json, check_batch_jsonl, parse_batch_jsonl
+from superollama.control.batch_files import batch_json, check_batch_jsonl, parse_batch_jsonl
 from superollama.errors import InvalidRequest
 from superollama.registry._batches import BatchRecord
 

@@ -20,9 +20,10 @@ Why a restart resumes: each request's outcome is written to the registry as it f
 only that. A request in flight when the server stopped is pending, so it is sent again (at least once,
 never lost); a finished one is never sent twice.
 
-Output lines are OpenAI's: ``{"id", "custom_id", "response": {"status_code", "request_id", "body"},
-"error"}``. A 2xx answer goes to the output file; any other answer (with its status and body) and a
-request that got none (``error``: ``{code, message}``, e.g. ``batch_cancelled``) go to the error file.
+Output lines are OpenAI's (``control/batch_files.py`` writes them): ``{"id", "custom_id", "response":
+{"status_code", "request_id", "body"}, "error"}``. A 2xx answer goes to the output file; any other answer
+(with its status and body) and a request that got none (``error``: ``{code, message}``, e.g.
+``batch_cancelled``) go to the error file.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import json
 import logging
 import uuid
 from collections import deque
@@ -40,8 +40,14 @@ from datetime import timedelta
 from functools import partial
 from typing import Any, Protocol
 
-import orjson
-
+from superollama.control.batch_files import (
+    ENDPOINTS,
+    BatchLine,
+    Problem,
+    output_line,
+    parse_batch_jsonl,
+    said,
+)
 from superollama.errors import InvalidRequest, NotFound, SuperOllamaError
 from superollama.registry._batches import (
     BatchRecord,
@@ -51,43 +57,14 @@ from superollama.registry._batches import (
 )
 from superollama.registry._rag import FileRecord
 
-__all__ = [
-    "ENDPOINTS",
-    "Answer",
-    "BatchFiles",
-    "BatchLine",
-    "BatchManager",
-    "Sender",
-    "batch_json",
-    "check_batch_jsonl",
-    "parse_batch_jsonl",
-]
+__all__ = ["Answer", "BatchFiles", "BatchManager", "Sender"]
 
 log = logging.getLogger("superollama.control.batches")
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses")
 WINDOWS = {"24h": timedelta(hours=24)}
-MAX_REQUESTS = 50_000
-_MAX_SHOWN = 5  # problems named in one upload error
 _MAX_ERRORS = 100  # problems kept on a failed batch
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})  # busy or away: the same request is tried again
 _BACKOFF_CAP = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class BatchLine:
-    line: int  # 1-based, as an editor counts (blank lines count too)
-    custom_id: str
-    url: str
-    body: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    line: int | None
-    code: str
-    message: str
-    param: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,133 +96,6 @@ class BatchFiles(Protocol):
     async def read(self, record: FileRecord) -> bytes: ...
 
     async def save(self, data: bytes, filename: str, purpose: str, *, key_id: str | None) -> FileRecord: ...
-
-
-# -- the input file ---------------------------------------------------------------------------------------
-def parse_batch_jsonl(
-    data: bytes, endpoint: str | None = None
-) -> tuple[builtins.list[BatchLine], builtins.list[Problem]]:
-    """The requests of a batch input file and the problems found (every one, in line order). With
-    ``endpoint``, each request's ``url`` must be it."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        return [], [Problem(None, "invalid_file", f"not UTF-8 text (byte {exc.start})")]
-    lines: list[BatchLine] = []
-    problems: list[Problem] = []
-    seen: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        parsed = _line(number, raw, endpoint)
-        if isinstance(parsed, Problem):
-            problems.append(parsed)
-            continue
-        if parsed.custom_id in seen:
-            problems.append(
-                Problem(
-                    number,
-                    "duplicate_custom_id",
-                    f"custom_id {parsed.custom_id!r} is already used on line {seen[parsed.custom_id]}",
-                    "custom_id",
-                )
-            )
-            continue
-        seen[parsed.custom_id] = number
-        lines.append(parsed)
-    if not lines and not problems:
-        problems.append(Problem(None, "empty_file", "the file has no requests (one JSON object per line)"))
-    if len(lines) > MAX_REQUESTS:
-        problems.append(Problem(None, "too_many_requests", f"a batch holds at most {MAX_REQUESTS} requests"))
-    return lines, problems
-
-
-def _line(number: int, raw: str, endpoint: str | None) -> BatchLine | Problem:
-    try:
-        item = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return Problem(number, "invalid_json_line", f"not valid JSON ({exc.msg} at column {exc.colno})")
-    if not isinstance(item, dict):
-        return Problem(number, "invalid_json_line", "must be a JSON object")
-    custom_id = item.get("custom_id")
-    if not isinstance(custom_id, str) or not custom_id:
-        return Problem(
-            number, "missing_required_parameter", "needs a non-empty string custom_id", "custom_id"
-        )
-    if item.get("method") != "POST":
-        return Problem(
-            number, "invalid_method", f"method must be POST (got {item.get('method')!r})", "method"
-        )
-    url = item.get("url")
-    if url not in ENDPOINTS:
-        return Problem(
-            number, "invalid_url", f"url must be one of {', '.join(ENDPOINTS)} (got {url!r})", "url"
-        )
-    if endpoint is not None and url != endpoint:
-        return Problem(
-            number, "mismatched_endpoint", f"url {url} is not the batch's endpoint {endpoint}", "url"
-        )
-    body = item.get("body")
-    if not isinstance(body, dict):
-        return Problem(number, "missing_required_parameter", "needs a body object", "body")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        return Problem(number, "missing_required_parameter", "body needs a model", "body.model")
-    if body.get("stream"):
-        return Problem(number, "invalid_request", "streaming is not available in a batch", "body.stream")
-    return BatchLine(number, custom_id, str(url), body)
-
-
-def check_batch_jsonl(data: bytes, filename: str = "file") -> int:
-    """The number of requests in a batch input file; ``InvalidRequest`` naming each bad line (up to 5)."""
-    lines, problems = parse_batch_jsonl(data)
-    if problems:
-        shown = "; ".join(_said(p) for p in problems[:_MAX_SHOWN])
-        more = f" (and {len(problems) - _MAX_SHOWN} more)" if len(problems) > _MAX_SHOWN else ""
-        raise InvalidRequest(f"{filename} is not a valid batch input file: {shown}{more}", param="file")
-    return len(lines)
-
-
-def _said(p: Problem) -> str:
-    return f"line {p.line}: {p.message}" if p.line is not None else p.message
-
-
-# -- the API's shapes --------------------------------------------------------------------------------------
-def _ts(value: Any) -> int | None:
-    return int(value.timestamp()) if value is not None else None
-
-
-def batch_json(b: BatchRecord) -> dict[str, Any]:
-    """A batch as OpenAI's ``Batch`` object."""
-    return {
-        "id": b.id,
-        "object": "batch",
-        "endpoint": b.endpoint,
-        "errors": None if b.errors is None else {"object": "list", "data": [dict(e) for e in b.errors]},
-        "input_file_id": b.input_file_id,
-        "completion_window": b.completion_window,
-        "status": b.status,
-        "output_file_id": b.output_file_id,
-        "error_file_id": b.error_file_id,
-        "created_at": _ts(b.created_at) or 0,
-        "in_progress_at": _ts(b.in_progress_at),
-        "expires_at": _ts(b.expires_at),
-        "finalizing_at": _ts(b.finalizing_at),
-        "completed_at": _ts(b.completed_at),
-        "failed_at": _ts(b.failed_at),
-        "expired_at": _ts(b.expired_at),
-        "cancelling_at": _ts(b.cancelling_at),
-        "cancelled_at": _ts(b.cancelled_at),
-        "request_counts": {"total": b.total, "completed": b.completed, "failed": b.failed},
-        "metadata": dict(b.metadata),
-        "usage": {
-            "input_tokens": b.input_tokens,
-            "output_tokens": b.output_tokens,
-            "total_tokens": b.input_tokens + b.output_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens_details": {"reasoning_tokens": 0},
-        },
-    }
 
 
 def _metadata(value: Any) -> dict[str, str]:
@@ -449,7 +299,7 @@ class BatchManager:
                 {"code": p.code, "message": p.message, "param": p.param, "line": p.line}
                 for p in problems[:_MAX_ERRORS]
             ]
-            log.info("batch %s failed validation: %s", batch.id, _said(problems[0]))
+            log.info("batch %s failed validation: %s", batch.id, said(problems[0]))
             return await self._repo.move(batch.id, "failed", expect=("validating",), errors=errors)
         started = await self._repo.start(batch.id, [(ln.line, ln.custom_id, ln.body) for ln in lines])
         return started if started is not None else await self._repo.find_any(batch.id)
@@ -551,8 +401,8 @@ class BatchManager:
             end = "cancelled"
         end = end or "completed"
         requests = await self._repo.requests(batch.id)
-        output = [_output_line(batch, r) for r in requests if r.state == "completed"]
-        errors = [_output_line(batch, r) for r in requests if r.state not in ("completed", "pending")]
+        output = [output_line(batch, r) for r in requests if r.state == "completed"]
+        errors = [output_line(batch, r) for r in requests if r.state not in ("completed", "pending")]
         output_id = await self._save(batch, output, "output")
         error_id = await self._save(batch, errors, "error")
         return await self._repo.move(
@@ -569,17 +419,3 @@ class BatchManager:
         data = b"\n".join(lines) + b"\n"
         record = await self._files.save(data, f"{batch.id}_{kind}.jsonl", "batch_output", key_id=batch.key_id)
         return record.id
-
-
-def _output_line(batch: BatchRecord, r: BatchRequestRecord) -> bytes:
-    response = None
-    if r.status_code is not None:
-        response = {"status_code": r.status_code, "request_id": r.request_id, "body": r.response}
-    return orjson.dumps(
-        {
-            "id": f"batch_req_{batch.id.removeprefix('batch_')}{r.line:06d}",
-            "custom_id": r.custom_id,
-            "response": response,
-            "error": None if r.error is None else dict(r.error),
-        }
-    )

@@ -14,7 +14,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from superollama.control.batches import Answer, BatchManager, batch_json
+from superollama.control.batch_files import batch_json
+from superollama.control.batches import Answer, BatchManager
 from superollama.errors import InvalidRequest
 from superollama.gateway.exchange import principal_of
 from superollama.gateway.openai_routes import read_json

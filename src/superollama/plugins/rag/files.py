@@ -5,7 +5,7 @@ uploaded it.
 Purposes: ``assistants``, ``batch``, ``fine-tune``, ``user_data`` (and ``vision``, ``evals``). A
 ``fine-tune`` file is checked line by line as chat training JSONL before it is kept; the error names the
 line and the problem (what fine-tuning will read, so it fails here rather than hours later). A ``batch``
-file is checked the same way as a batch input file (``control.batches.check_batch_jsonl``). Files of
+file is checked the same way as a batch input file (``control.batch_files.check_batch_jsonl``). Files of
 purpose ``batch_output`` are written by batches (``save``), never uploaded.
 """
 
@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from superollama.control.batches import check_batch_jsonl
+from superollama.control.batch_files import check_batch_jsonl
 from superollama.errors import InvalidRequest, NotFound
 from superollama.registry._rag import FileRecord, RagRepository
 from superollama.store.blobs import BlobStore
