@@ -7,18 +7,13 @@ object. ``keep_alive`` sets how long the instance stays after the request (an em
 loads or unloads it). ``/api/generate`` renders its prompt itself when it can (llama.cpp's
 ``/apply-template``, or the request's own ``template``) and completes it with ``/v1/completions``, so
 ``context`` works both ways (llama.cpp's ``/detokenize`` and ``/tokenize``); with images, or a backend without
-those routes, it is a chat. Model management (tags, ps, show, pull, copy, delete) goes through the controller
-like the admin API; for a connection's model (``CONNECTION/MODEL``) show, pull, copy and delete are answered
-by its server (``ollama_connections``).
+those routes, it is a chat. Model management (tags, ps, show, pull, copy, delete) is ``ollama_models``.
 
-A key limited to some models sees only those: any other name gets the missing-model answer on every route
-(``/api/show`` included, before the catalog or a connection is asked), and ``/api/tags`` and ``/api/ps``
-list only its models.
+A key limited to some models sees only those: any other name gets the missing-model answer on every route.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -27,17 +22,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from superollama import __version__
 from superollama.control import ConnectionManager, Controller
-from superollama.core import CredentialSource, Progress
+from superollama.core import CredentialSource
 from superollama.core.routing import Route
-from superollama.errors import InvalidRequest, ModelNotFound, NotFound, SuperOllamaError
+from superollama.errors import InvalidRequest, NotFound, SuperOllamaError
 from superollama.gateway.exchange import exchange_of, principal_of
 from superollama.gateway.lease import Lease
 from superollama.gateway.ollama_connections import ConnectionModels
+from superollama.gateway.ollama_models import MISSING, NDJSON, OllamaModels, ndjson_line
 from superollama.gateway.ollama_native import NATIVE_OLLAMA, OllamaNative
 from superollama.gateway.openai_routes import ModelTargets, read_json
 from superollama.gateway.responses import json_response as _json
@@ -54,12 +49,10 @@ __all__ = ["OllamaRoutes"]
 
 log = logging.getLogger("superollama.gateway.ollama")
 
-_NDJSON = {"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _BATCH = re.compile(r"too large|exceeds", re.I)
 _BATCH_SIZE = re.compile(r"batch size: (\d+)")
 Context = Callable[[str], Awaitable[list[int] | None]]
 EMBED = "/v1/embeddings"
-MISSING = "model '{name}' not found"  # Ollama's words; a model outside the key's scope gets them too
 
 
 class OllamaRoutes:
@@ -78,12 +71,15 @@ class OllamaRoutes:
     ) -> None:
         self._targets = targets
         self._shadow = shadow if shadow is not None else NO_SHADOW  # copies to a deployment's shadow
-        self._catalog = controller  # None in a replica worker: model management is the primary's
         self._agent = agent
         self._up = Upstream(backends, timeout, credentials, first_token_timeout=first_token_timeout)
-        self._remote = ConnectionModels(connections, targets.holder)
         self._native = OllamaNative(self._up)  # an Ollama connection gets Ollama's API untranslated
-        self._background: set[asyncio.Task[None]] = set()  # pulls whose client went away finish anyway
+        # None in a replica worker: model management is the primary's
+        self._models = (
+            None
+            if controller is None
+            else OllamaModels(targets, controller, agent, ConnectionModels(connections, targets.holder))
+        )
 
     def register(self, app: web.Application, *, management: bool = True) -> None:
         """The routes; ``management=False``: inference and version only (a replica worker)."""
@@ -93,20 +89,10 @@ class OllamaRoutes:
         r.add_post("/api/embed", self.embed)
         r.add_post("/api/embeddings", self.embeddings)
         r.add_get("/api/version", self.version)
-        if not management:
-            return
-        r.add_get("/api/tags", self.tags)
-        r.add_get("/api/ps", self.ps)
-        r.add_post("/api/show", self.show)
-        r.add_post("/api/pull", self.pull)
-        r.add_post("/api/copy", self.copy)
-        r.add_delete("/api/delete", self.delete)
-
-    @property
-    def _controller(self) -> Controller:
-        if self._catalog is None:
-            raise RuntimeError("model management is served by the primary worker")
-        return self._catalog
+        if management:
+            if self._models is None:
+                raise RuntimeError("model management needs the controller (a replica worker has none)")
+            self._models.register(app)
 
     # -- inference -------------------------------------------------------------------------------
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -264,115 +250,10 @@ class OllamaRoutes:
             _meter(request, resp)
         return _json({"embedding": wire.embeddings(resp)[0]})
 
-    # -- models ----------------------------------------------------------------------------------
-    async def tags(self, request: web.Request) -> web.Response:
-        routes = self._targets.visible(request)
-        visible = {r.name for r in routes}
-        versions = [v for v in await self._controller.list_versions(enabled=True) if v.name in visible]
-        models = [wire.tag_entry(v) for v in versions]
-        models += [wire.connection_tag_entry(r.name, r.created) for r in routes if r.connection is not None]
-        models += [
-            wire.connection_tag_entry(d.name, d.created) for d in self._targets.visible_deployments(request)
-        ]
-        return _json({"models": sorted(models, key=lambda m: str(m["name"]))})
-
-    async def ps(self, request: web.Request) -> web.Response:
-        """The loaded models the caller may see."""
-        principal = principal_of(request)
-        versions = {v.name: v for v in await self._controller.list_versions()}
-        now, models, seen = datetime.now(UTC), [], set()
-        for inst in self._controller.instances():
-            if inst.version in seen:  # a model loaded as several replicas is one loaded model here
-                continue
-            seen.add(inst.version)
-            left = self._agent.expires_in(inst.version)
-            visible = self._targets.security.may_see(principal, inst.version)
-            if inst.version in versions and left is not None and visible:
-                models.append(wire.ps_entry(versions[inst.version], wire.expires_at(now, left)))
-        return _json({"models": models})
-
-    async def show(self, request: web.Request) -> web.Response:
-        name = wire.model_name(await read_json(request))
-        principal = principal_of(request)
-        dep = self._targets.holder.table.deployment(name)
-        if dep is not None:  # a deployment shows as the version most of its traffic goes to
-            if not self._targets.security.may_see(principal, dep.name) or not dep.choices:
-                raise ModelNotFound(MISSING.format(name=name), param="model")
-            principal, name = None, max(dep.choices, key=lambda c: dep.weight_of(c.name)).name
-        if principal is not None and principal.scoped and self._targets.find(principal, name) is None:
-            # a key limited to some models: any other name is answered as missing, without asking
-            # the catalog or a connection's server (whose answers would tell the two apart)
-            raise ModelNotFound(MISSING.format(name=name), param="model")
-        if (connection := self._remote.owner(name)) is not None:
-            return await self._remote.show(connection, name)
-        details = await self._controller.show(name)
-        route = self._targets.holder.table.lookup(details.version.name)
-        capabilities = route.capabilities if route is not None else ("completion",)
-        return _json(wire.show_response(details.version, capabilities))
-
-    async def pull(self, request: web.Request) -> web.StreamResponse:
-        """Pull by source (a ``file://`` URI or a local path; other schemes as the store knows them)."""
-        self._require_admin(request)
-        body = await read_json(request)
-        source = wire.model_name(body)
-        if (connection := self._remote.owner(source)) is not None:
-            return await self._remote.pull(request, connection, source, wire.is_stream(body))
-        if not wire.is_stream(body):
-            await self._controller.pull(source, actor="api")
-            return _json({"status": "success"})
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        task = asyncio.create_task(self._pull_into(queue, source))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        response = web.StreamResponse(headers=_NDJSON)
-        await response.prepare(request)
-        while (item := await queue.get()) is not None:
-            await response.write(_line(item))
-        await response.write_eof()
-        return response
-
-    async def _pull_into(self, queue: asyncio.Queue[dict[str, Any] | None], source: str) -> None:
-        def progress(p: Progress) -> None:
-            if p.status != "success":  # the one final line below says success
-                queue.put_nowait(p.as_dict())
-
-        try:
-            await self._controller.pull(source, on_progress=progress, actor="api")
-            queue.put_nowait({"status": "success"})
-        except SuperOllamaError as exc:
-            queue.put_nowait({"error": exc.message})
-        finally:
-            queue.put_nowait(None)
-
-    async def copy(self, request: web.Request) -> web.Response:
-        self._require_admin(request)
-        body = await read_json(request)
-        source, destination = body.get("source"), body.get("destination")
-        for key, value in (("source", source), ("destination", destination)):
-            if not isinstance(value, str) or not value.strip():
-                raise InvalidRequest(f"{key} is required")
-        if self._remote.owner(str(source)) or self._remote.owner(str(destination)):
-            return await self._remote.copy(str(source), str(destination))
-        await self._controller.copy(str(source), str(destination), actor="api")
-        return web.Response(status=200)
-
-    async def delete(self, request: web.Request) -> web.Response:
-        self._require_admin(request)
-        name = wire.model_name(await read_json(request))
-        if (connection := self._remote.owner(name)) is not None:
-            return await self._remote.delete(connection, name)
-        await self._controller.remove(name, force=True, actor="api")
-        return web.Response(status=200)
-
     async def version(self, request: web.Request) -> web.Response:
         return _json({"version": __version__})
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _require_admin(self, request: web.Request) -> None:
-        """Pull, copy and delete change the catalog: with keys in use they need an admin key."""
-        ex = exchange_of(request)
-        self._targets.security.require_admin(ex.principal if ex is not None else None)
-
     def _route(self, request: web.Request, name: str) -> Route:
         return self._targets.route(
             principal_of(request), name, MISSING, "model '{name}' is disabled", request=request
@@ -417,7 +298,7 @@ class OllamaRoutes:
         if not target.endpoint.stream_usage:  # a connection whose server rejects stream_options
             payload.pop("stream_options", None)
         async with self._up.stream(target, path, payload) as events:
-            response = web.StreamResponse(headers=_NDJSON)
+            response = web.StreamResponse(headers=NDJSON)
             await response.prepare(request)
             try:
                 async for chunk in events:
@@ -426,16 +307,16 @@ class OllamaRoutes:
                             first = time.perf_counter_ns()
                             if ex is not None:
                                 ex.mark_first_byte()
-                        await response.write(_line(obj))
+                        await response.write(ndjson_line(obj))
                 _meter(request, {"usage": translator.usage})
                 if ex is not None and ex.prompt_tokens is None and ex.connection is not None:
                     ex.estimated_usage(estimate_text(payload, translator.text))  # it reported none
                 tokens = await context(translator.text) if context else None
                 timing = _timing(t0, load_ns, sent, first)
-                await response.write(_line(translator.final(_now(), timing, tokens)))
+                await response.write(ndjson_line(translator.final(_now(), timing, tokens)))
             except SuperOllamaError as exc:  # headers are gone: the error is the last line
                 log.warning("%s %s: %s", request.method, request.path, exc.message)
-                await response.write(_line({"error": exc.message}))
+                await response.write(ndjson_line({"error": exc.message}))
             await response.write_eof()
             return response
 
@@ -507,7 +388,3 @@ def _timing(t0: int, load_ns: int, sent: int, first: int | None = None) -> wire.
 
 def _now() -> str:
     return wire.rfc3339(datetime.now(UTC))
-
-
-def _line(obj: Any) -> bytes:
-    return orjson.dumps(obj) + b"\n"
