@@ -119,6 +119,29 @@ def test_file_search_answers_from_the_documents_with_results_and_citations(
     assert stored.output_text == out.output_text
 
 
+def test_tool_choice_none_answers_without_searching(client: OpenAI, stores: dict[str, str]) -> None:
+    """``tool_choice: "none"`` keeps the tool declared but unused: no search, no sources in the prompt,
+    no ``file_search_call`` item, no citations; the tool is still echoed on the response."""
+    ask: Any = {
+        "model": MODEL,
+        "input": KEEPER_Q,
+        "tools": [_tool(stores["town"], max_num_results=1)],
+        "max_output_tokens": 8,
+        "temperature": 0,
+    }
+    searched = client.responses.create(**ask)
+    plain = client.responses.create(**ask, tool_choice="none")
+    assert [o.type for o in searched.output] == ["file_search_call", "message"]
+    assert [o.type for o in plain.output] == ["message"], plain.output
+    message = plain.output[0]
+    assert isinstance(message, ResponseOutputMessage)
+    assert message.content[0].annotations == []  # type: ignore[union-attr]
+    assert plain.tool_choice == "none" and plain.tools[0].type == "file_search"
+    assert searched.usage is not None and plain.usage is not None
+    # the sources (a 100-token chunk and the instructions around it) went into one prompt only
+    assert plain.usage.input_tokens + 60 < searched.usage.input_tokens, (plain.usage, searched.usage)
+
+
 def test_without_include_the_results_are_null_and_stores_of_both_engines_merge(
     server: ServerProcess, stores: dict[str, str], uploaded: dict[str, Any]
 ) -> None:
