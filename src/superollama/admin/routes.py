@@ -30,6 +30,7 @@ class AdminRoutes:
         r = app.router
         r.add_get(f"{PREFIX}/models", self.list_models)
         r.add_get(f"{PREFIX}/instances", self.instances)
+        r.add_post(f"{PREFIX}/instances/move", self.move_instance)
         r.add_get(f"{PREFIX}/events", self.events)
         r.add_get(f"{PREFIX}/storage", self.storage)
         r.add_post(f"{PREFIX}/copy", self.copy)
@@ -86,6 +87,21 @@ class AdminRoutes:
 
     async def instances(self, request: web.Request) -> web.Response:
         return _json({"instances": [instance_json(i, self._node) for i in self._controller.instances()]})
+
+    async def move_instance(self, request: web.Request) -> web.Response:
+        """Move a running instance of a version to another node (a cluster's): ready there before the
+        old one drains and stops (``cluster/moves.py``)."""
+        body = await read_json(request)
+        name, node, instance = body.get("name"), body.get("node"), body.get("instance")
+        for key, value in (("name", name), ("node", node)):
+            if not isinstance(value, str) or not value:
+                raise InvalidRequest(f"'{key}' is required", param=key)
+        if instance is not None and not isinstance(instance, str):
+            raise InvalidRequest("'instance' is an instance id", param="instance")
+        moved = await self._controller.move_to_node(
+            str(name), str(node), instance=instance, actor=actor_of(request)
+        )
+        return _json(moved)
 
     async def storage(self, request: web.Request) -> web.Response:
         """The storage roots a version's files may live in (``mv --to``), each checked now, with its

@@ -1,7 +1,16 @@
 """Node agent: runs runtimes' instances on this node and reports their state."""
 
 from superollama.agent.agent import LocalAgent
-from superollama.agent.instance import AgentConfig, Ending, LiveInstance, NodeAgent
+from superollama.agent.instance import AgentConfig, Ending, LiveInstance, MovesInstances, NodeAgent
 from superollama.agent.inventory import GpuUsage, Inventory
 
-__all__ = ["AgentConfig", "Ending", "GpuUsage", "Inventory", "LiveInstance", "LocalAgent", "NodeAgent"]
+__all__ = [
+    "AgentConfig",
+    "Ending",
+    "GpuUsage",
+    "Inventory",
+    "LiveInstance",
+    "LocalAgent",
+    "MovesInstances",
+    "NodeAgent",
+]

@@ -27,6 +27,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from superollama.agent.choice import RuntimeChoice
 from superollama.agent.estimate import MemoryEstimate, estimate
@@ -363,27 +364,66 @@ class LocalAgent:
         if not task.cancelled():
             task.exception()  # retrieved: a failed load is reported to its waiters, not as "never retrieved"
 
+    async def start_extra(
+        self,
+        artifact: Artifact,
+        runtime: str,
+        *,
+        device: str = "cpu",
+        options: Mapping[str, Any] | None = None,
+    ) -> LiveInstance:
+        """Start one more instance of ``artifact``'s version beside the wanted ones and wait until it is
+        ready (a move: the caller then stops the instance it replaces). ``options`` reach the runtime's
+        ``InstanceSpec`` (a cluster's ``node`` pins its placement)."""
+        self._specs.setdefault(artifact.name, (artifact, runtime, device))
+        return await self._start_load(
+            artifact, runtime, device, waited=False, name=f"extra {artifact.name}", options=options
+        )
+
     def _start_load(
-        self, artifact: Artifact, runtime: str, device: str, *, waited: bool, name: str
+        self,
+        artifact: Artifact,
+        runtime: str,
+        device: str,
+        *,
+        waited: bool,
+        name: str,
+        options: Mapping[str, Any] | None = None,
     ) -> asyncio.Task[LiveInstance]:
         """Start one instance in a task (``waited``: ``ensure`` callers wait on this load); it counts as on
         its way (``_coming``) from now until it is in ``_live`` or has failed."""
         token = object()
         self._starting.setdefault(artifact.name, set()).add(token)
-        load = self._load(artifact, runtime, device, waited=waited, token=token)
+        load = self._load(artifact, runtime, device, waited=waited, token=token, options=options or {})
         return asyncio.create_task(load, name=name)
 
     async def _load(
-        self, artifact: Artifact, runtime_name: str, device: str, *, waited: bool, token: object
+        self,
+        artifact: Artifact,
+        runtime_name: str,
+        device: str,
+        *,
+        waited: bool,
+        token: object,
+        options: Mapping[str, Any],
     ) -> LiveInstance:
         starting = self._starting.setdefault(artifact.name, set())
         try:
-            return await self._load_one(artifact, runtime_name, device, waited=waited, token=token)
+            return await self._load_one(
+                artifact, runtime_name, device, waited=waited, token=token, options=options
+            )
         finally:
             starting.discard(token)
 
     async def _load_one(
-        self, artifact: Artifact, runtime_name: str, device: str, *, waited: bool, token: object
+        self,
+        artifact: Artifact,
+        runtime_name: str,
+        device: str,
+        *,
+        waited: bool,
+        token: object,
+        options: Mapping[str, Any],
     ) -> LiveInstance:
         runtime = self._runtimes.get(runtime_name)
         if runtime is None:
@@ -406,6 +446,7 @@ class LocalAgent:
             artifact=artifact,
             runtime=runtime_name,
             device=device,
+            options=options,
         )
         t0 = time.perf_counter()
         try:

@@ -14,11 +14,11 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from superollama.core import Artifact, EventRecord, InstanceHandle, InstanceRecord, InstanceState
 
-__all__ = ["AgentConfig", "Ending", "LiveInstance", "NodeAgent"]
+__all__ = ["AgentConfig", "Ending", "LiveInstance", "MovesInstances", "NodeAgent"]
 
 Ending = Literal["running", "crashed", "stopped"]
 
@@ -132,3 +132,14 @@ class NodeAgent(Protocol):
     ) -> int | None: ...
 
     async def ended(self, instance_id: str, *, within: float = 2.0) -> Ending: ...
+
+
+@runtime_checkable
+class MovesInstances(Protocol):
+    """An agent over several nodes (``cluster.agent.RayAgent``) can move a running instance to another
+    node: a new one starts there and becomes ready, then the old one drains and stops. The answer says
+    which instances and nodes, and how long it took."""
+
+    async def move_instance(
+        self, artifact: Artifact, runtime: str, node: str, *, instance: str | None = None
+    ) -> dict[str, Any]: ...

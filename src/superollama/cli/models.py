@@ -147,6 +147,7 @@ def ps(ctx: Context, as_json: bool) -> None:
             i["version"],
             i["id"],
             i["state"],
+            i.get("node", ""),
             i["device"],
             i["pid"],
             i["endpoint"],
@@ -155,9 +156,8 @@ def ps(ctx: Context, as_json: bool) -> None:
         )
         for i in instances
     ]
-    print_table(
-        console, ("NAME", "INSTANCE", "STATE", "DEVICE", "PID", "ENDPOINT", "IN FLIGHT", "STARTED"), rows
-    )
+    columns = ("NAME", "INSTANCE", "STATE", "NODE", "DEVICE", "PID", "ENDPOINT", "IN FLIGHT", "STARTED")
+    print_table(console, columns, rows)
 
 
 @cli.command()
@@ -230,14 +230,46 @@ def cp(ctx: Context, source: str, destination: str, runtime: str | None, as_json
     help="Move its files to this storage root: home, a declared root's name or its exact path "
     "(see `superollama storage`).",
 )
+@click.option(
+    "--to-node",
+    "to_node",
+    metavar="NODE",
+    help="Move its running instance to this node (serve --cluster): ready there before the old one "
+    "drains and stops.",
+)
+@click.option("--instance", metavar="ID", help="With --to-node: which instance (default: one elsewhere).")
 @json_option
 @pass_ctx
 @api
-def mv(ctx: Context, source: str, destination: str | None, to: str | None, as_json: bool) -> None:
-    """Rename a version (mv OLD NEW), or move its files to another storage root (mv NAME --to ROOT)
-    while it keeps serving; the versions sharing its files (cp) stay where they are."""
-    if (destination is None) == (to is None):
-        raise click.UsageError("give either a new name (mv OLD NEW) or a storage root (mv NAME --to ROOT)")
+def mv(
+    ctx: Context,
+    source: str,
+    *,
+    destination: str | None,
+    to: str | None,
+    to_node: str | None,
+    instance: str | None,
+    as_json: bool,
+) -> None:
+    """Rename a version (mv OLD NEW), move its files to another storage root (mv NAME --to ROOT)
+    while it keeps serving (the versions sharing its files (cp) stay where they are), or move its
+    running instance to another node (mv NAME --to-node NODE) with no request failing."""
+    if sum(x is not None for x in (destination, to, to_node)) != 1:
+        raise click.UsageError(
+            "give one of a new name (mv OLD NEW), a storage root (mv NAME --to ROOT) "
+            "or a node (mv NAME --to-node NODE)"
+        )
+    if to_node is not None:
+        moved = ctx.client.instances.move(source, to_node, instance=instance)
+        if as_json:
+            print_json(moved)
+            return
+        was = moved["from"]
+        console.print(
+            f"moved '{source}' from node {was['node']} ({was['instance']}) to node {moved['node']} "
+            f"({moved['instance']}) in {moved['seconds']:.1f} s"
+        )
+        return
     if to is not None:
         events = ctx.client.models.move(source, to)  # as typed: the server resolves it
         final = last_event(events) if as_json else show_progress(console, events)

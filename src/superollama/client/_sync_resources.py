@@ -123,6 +123,13 @@ class Instances(Resource):
         """The running instances (``superollama ps``)."""
         return cast(list[Instance], (self._t.call("GET", ADMIN + "/instances"))["instances"])
 
+    @route("POST", ADMIN + "/instances/move")
+    def move(self, name: str, node: str, *, instance: str | None = None) -> JSONObject:
+        """Move a running instance of version ``name`` to ``node`` (``serve --cluster``): the new one is
+        ready before the old one drains and stops. The answer names both, with the seconds it took."""
+        body = without_none(name=name, node=node, instance=instance)
+        return cast(JSONObject, self._t.call("POST", ADMIN + "/instances/move", json=body))
+
 
 class Storage(Resource):
     @route("GET", ADMIN + "/storage")

@@ -84,6 +84,8 @@ class RayNode:
     address: str
     view: NodeView
     store_root: str | None = None  # its own blob store; None: it reads the control plane's files
+    record: NodeRecord | None = None  # as last refreshed: placement builds its view again at place time
+    report: Mapping[str, Any] | None = None
 
 
 class RayHandle:
@@ -180,6 +182,7 @@ class RayAgent(LocalAgent):
         self._ready_timeout = ready_timeout
         self._node_refresh = node_refresh
         self._reserved: dict[tuple[str, str], int] = {}  # (node, device) → bytes of loads in progress
+        self._placing: dict[str, int] = {}  # node → loads in progress there (``spread`` counts them)
         self._nodes: dict[str, RayNode] = {}
         self._refresher: asyncio.Task[None] | None = None
         self._node_ip_address = node_ip_address  # this driver's address in the cluster (None: Ray's guess)
@@ -230,6 +233,19 @@ class RayAgent(LocalAgent):
         if self._head is not None:
             await self._head.stop()
 
+    @property
+    def registry(self) -> Registry:
+        return self._registry
+
+    async def move_instance(
+        self, artifact: Artifact, runtime: str, node: str, *, instance: str | None = None
+    ) -> dict[str, Any]:
+        """Move an instance of the version to ``node``, no request lost (``cluster/moves.py``)."""
+        from superollama.cluster.moves import move_instance
+
+        outcome = await move_instance(self, artifact, runtime, node, instance=instance)
+        return outcome.as_json()
+
     # -- nodes -----------------------------------------------------------------------------------------
     def nodes(self) -> dict[str, RayNode]:
         """The cluster's nodes at the last refresh, by name."""
@@ -273,7 +289,8 @@ class RayAgent(LocalAgent):
             await self._registry.nodes.upsert(record)
             await self._registry.nodes.heartbeat(name)
             root = store.get("root")
-            found[name] = RayNode(name, node_id, address, self._view(record, report), root or None)
+            view = self._view(record, report)
+            found[name] = RayNode(name, node_id, address, view, root or None, record, report)
         self._nodes = found
         return found
 
@@ -326,6 +343,7 @@ class RayAgent(LocalAgent):
             for d in devices
         ]
         ours = sum(1 for i in self._live.values() if getattr(i.handle, "node", None) == record.name)
+        ours += self._placing.get(record.name, 0)
         return NodeView(
             name=record.name,
             devices=tuple(devices),
@@ -345,8 +363,14 @@ class RayAgent(LocalAgent):
 
     # -- instances -------------------------------------------------------------------------------------
     async def placement(self, runtime: Runtime, spec: InstanceSpec) -> Placement:
-        """Where an instance of ``spec`` goes now (the nodes are asked again first)."""
+        """Where an instance of ``spec`` goes now (the nodes are asked again first). The views are built
+        again after the refresh, so that the loads placed while it ran (replicas starting in parallel)
+        count: ``start_instance`` reserves its choice without yielding in between."""
         nodes = await self.refresh_nodes()
+        views = [
+            self._view(n.record, n.report) if n.record is not None and n.report is not None else n.view
+            for n in nodes.values()
+        ]
         estimates = {
             kind: self.observed.correct(spec.version, kind, self._estimate(runtime, spec.artifact, kind))
             for kind in ("cpu", "cuda")
@@ -359,7 +383,28 @@ class RayAgent(LocalAgent):
             node=spec.options.get("node"),
             policy=self._policy,
         )
-        return place([n.view for n in nodes.values()], request, estimates)
+        return place(views, request, estimates)
+
+    def fitting(self, artifact: Artifact, wanted: int) -> int:
+        """How many of ``wanted`` more instances of ``artifact`` the cluster's nodes hold (at their last
+        refresh, less the loads in progress): the replicas of a version go to any node, so the control
+        plane's own memory says nothing here. Placement checks each one again when it starts."""
+        spec = self._specs.get(artifact.name)
+        inner = getattr(self._runtimes.get(spec[1]) if spec else None, "inner", None)
+        if inner is None:
+            return super().fitting(artifact, wanted)
+        room = 0
+        for node in self._nodes.values():
+            view = node.view
+            if node.record is not None and node.report is not None:
+                view = self._view(node.record, node.report)
+            if view.cordoned or inner.name not in view.runtimes:
+                continue
+            for dev in view.devices:
+                guess = self._estimate(inner, artifact, dev.kind)
+                need = self.observed.correct(artifact.name, dev.kind, guess)
+                room += max(0, dev.free // max(need.total, 1))
+        return min(wanted, room)
 
     @staticmethod
     def _estimate(runtime: Runtime, artifact: Artifact, kind: str) -> MemoryEstimate:
@@ -378,6 +423,7 @@ class RayAgent(LocalAgent):
         node = self._nodes[chosen.node]
         key = (chosen.node, chosen.device)
         self._reserved[key] = self._reserved.get(key, 0) + chosen.estimate.total
+        self._placing[chosen.node] = self._placing.get(chosen.node, 0) + 1
         log.info(
             "placing %s (%s) on %s %s: needs %d MiB, %d MiB free",
             spec.instance_id,
@@ -392,6 +438,7 @@ class RayAgent(LocalAgent):
             handle = await self._start_on(runtime, replace(spec, artifact=artifact), node, chosen.device)
         finally:
             self._reserved[key] -= chosen.estimate.total
+            self._placing[chosen.node] -= 1
         handle.estimate = chosen.estimate
         kind = "cpu" if chosen.device == "cpu" else chosen.device.split(":", 1)[0]
         seen = observed_bytes(chosen.device, handle.observed)

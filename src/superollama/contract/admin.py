@@ -175,6 +175,31 @@ OPERATIONS = (
     ),
     _op("GET", "/instances", "The running instances", M, _list("instances", INSTANCE)),
     _op(
+        "POST",
+        "/instances/move",
+        "Move a running instance of a version to another node (serve --cluster)",
+        M,
+        _one(
+            "Where it runs now, where it ran, and how long the move took",
+            obj(
+                ("version", "instance", "node", "from", "seconds"),
+                version=string(),
+                instance=string(),
+                node=string(),
+                **{"from": obj(("instance", "node"), instance=string(), node=string())},
+                seconds=number(),
+                ready_seconds=number(),
+                cut=integer(minimum=0),
+            ),
+        ),
+        body=obj(("name", "node"), name=TEXT, node=TEXT, instance=_OPT_TEXT),
+        upstream=True,
+        description="A new instance starts on the node (its blobs copied there first) and becomes ready; "
+        "then the old one leaves routing, its requests in flight finish (streams included) and it stops. "
+        "404: unknown version or node; 409: the node is cordoned, draining or down, or the version runs "
+        "nowhere else; 503: it does not fit there (the message names the numbers).",
+    ),
+    _op(
         "GET",
         "/storage",
         "The storage roots, their free space and versions",

@@ -14,13 +14,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from superollama.agent import LiveInstance, NodeAgent
+from superollama.agent import LiveInstance, MovesInstances, NodeAgent
 from superollama.control.connections import ConnectionManager
 from superollama.control.routing import Route, RouteTarget, RoutingHolder, RoutingTable
 from superollama.core import Artifact, EventRecord, ModelRef, NameError_, Progress, VersionRecord
 from superollama.core.images import capabilities_of
 from superollama.core.routing import Deployment
 from superollama.errors import (
+    Conflict,
     InvalidModelName,
     LoadTimeout,
     ModelExists,
@@ -466,6 +467,22 @@ class Controller:
             raise ModelLoadFailed("this process runs no node agent")
         artifact, runtime = await self._artifact(version, version)
         return await self._agent.scale(artifact, runtime, replicas, start=start)
+
+    async def move_to_node(
+        self, name: str, node: str, *, instance: str | None = None, actor: str = "api"
+    ) -> dict[str, Any]:
+        """Move a running instance of version ``name`` to ``node`` (a cluster's agent only): the new one
+        is ready before the old one drains and stops."""
+        agent = self._agent
+        if not isinstance(agent, MovesInstances):
+            raise Conflict(
+                "moving an instance to another node needs a cluster (serve --cluster)", param="node"
+            )
+        version = await self._get(name)
+        artifact, runtime = await self._artifact(name, version.name)
+        moved = await agent.move_instance(artifact, runtime, node, instance=instance)
+        await self._event("instance.move", version.name, actor, "ok", moved)
+        return moved
 
     def _files_of(self, version: VersionRecord) -> Artifact:
         """A version's files on this node: through this home's manifest, or, for a version pulled through

@@ -1,0 +1,245 @@
+"""Replicas over nodes and moves between nodes on a real Ray cluster (``conftest.ray_cluster``: alpha, beta).
+
+One ``serve --cluster`` for the module, placing by ``spread`` (``SUPEROLLAMA_PLACEMENT_POLICY``), its drain
+bound long enough for a stream to finish on an instance that leaves. SmolLM2 at 4096 tokens over 4 slots.
+Each test leaves no instance running and no node cordoned. The numbers measured (move time, requests
+served during the move) are printed (``pytest -s`` shows them)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from tests.cluster.conftest import RayTestCluster
+from tests.cluster.test_ray_cluster import _instance_actor_alive
+from tests.e2e.conftest import ServerProcess, wait_until
+
+pytestmark = pytest.mark.cluster
+
+MODEL = "smollm2:135m"
+HEADER = "X-Superollama-Instance"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, ray_cluster: RayTestCluster) -> Iterator[ServerProcess]:
+    srv = ServerProcess(
+        tmp_path_factory.mktemp("cluster-replicas"),
+        SUPEROLLAMA_CLUSTER="1",
+        SUPEROLLAMA_CLUSTER_ADDRESS=ray_cluster.address,
+        SUPEROLLAMA_CLUSTER_HOST="127.0.0.1",
+        SUPEROLLAMA_PLACEMENT_POLICY="spread",
+        SUPEROLLAMA_DRAIN_TIMEOUT="600",
+        **ray_cluster.env,
+    ).start(timeout=180)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def clean(server: ServerProcess) -> Iterator[ServerProcess]:
+    try:
+        yield server
+    finally:
+        for inst in server.instances():  # detached actors: stopped here, or they outlive the test
+            server.cli("stop", str(inst["version"]))
+        for node in ("alpha", "beta"):
+            server.admin("POST", f"/admin/v1/nodes/{node}/uncordon")
+
+
+@dataclass
+class Load:
+    """Plain chat requests from ``workers`` threads until stopped: which instance answered each, and every
+    failure (status and body)."""
+
+    url: str
+    model: str
+    workers: int = 4
+    served: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> Load:
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self.workers)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=300)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.served.values()) + len(self.failures)
+
+    def _run(self) -> None:
+        body = {"model": self.model, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4}
+        with httpx.Client(timeout=300) as client:
+            while not self._stop.is_set():
+                try:
+                    reply = client.post(self.url + "/v1/chat/completions", json=body)
+                except httpx.HTTPError as exc:
+                    with self._lock:
+                        self.failures.append(repr(exc))
+                    continue
+                with self._lock:
+                    if reply.status_code == 200 and reply.json()["choices"]:
+                        inst = reply.headers.get(HEADER, "?")
+                        self.served[inst] = self.served.get(inst, 0) + 1
+                    else:
+                        self.failures.append(f"{reply.status_code} {reply.text[:300]}")
+
+
+def _ready(srv: ServerProcess) -> list[dict[str, Any]]:
+    return [i for i in srv.instances() if i["state"] == "ready"]
+
+
+@pytest.mark.timeout(900)  # two loads and a scale-down under load on a small shared CPU
+def test_replicas_spread_over_nodes_serve_and_scale_down_without_a_failure(clean: ServerProcess) -> None:
+    srv = clean
+    deployed = srv.cli("deploy", "chat", "--target", f"{MODEL}=100", "--replicas", "2")
+    assert deployed.returncode == 0, deployed.stderr
+    first = httpx.post(
+        srv.url + "/v1/chat/completions",
+        json={"model": "chat", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4},
+        timeout=300,
+    )
+    assert first.status_code == 200, first.text
+    assert wait_until(lambda: len(_ready(srv)) == 2, timeout=300), srv.instances()
+    both = _ready(srv)
+    assert {i["node"] for i in both} == {"alpha", "beta"}, both  # spread: one replica per node
+    listed = srv.cli("ps", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert {(i["id"], i["node"]) for i in json.loads(listed.stdout)} == {(i["id"], i["node"]) for i in both}
+
+    load = Load(srv.url, "chat").start()
+    try:
+        # both instances get traffic (4 in flight, the least loaded instance first)
+        assert wait_until(lambda: {i["id"] for i in both} <= load.served.keys(), timeout=300), load.served
+        scaled = srv.cli("scale", "chat", MODEL, "1", "--json")
+        assert scaled.returncode == 0, scaled.stderr
+        [left] = _ready(srv)
+        before = load.total
+        assert wait_until(lambda: load.total >= before + 8, timeout=300)  # served on, by the one left
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    assert len(srv.instances()) == 1 and left["id"] in {i["id"] for i in both}
+    gone = next(i for i in both if i["id"] != left["id"])
+    assert wait_until(lambda: not psutil.pid_exists(int(gone["pid"])), timeout=60)
+    nodes = "+".join(sorted(str(i["node"]) for i in both))
+    print(f"\nreplicas: {load.total} requests at c=4 over {nodes}, then scaled to 1; 0 failed; {load.served}")
+    assert srv.admin("DELETE", "/admin/v1/deployments/chat").status_code == 200
+
+
+def _stream(srv: ServerProcess, out: dict[str, Any]) -> None:
+    """A long streamed completion: its instance, its chunks and whether it ended with ``[DONE]``."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse."}],
+        "max_tokens": 300,  # long enough to outlast the new instance's start on this kind of machine
+        "ignore_eos": True,
+        "stream": True,
+    }
+    chunks, done = 0, False
+    try:
+        with httpx.stream("POST", srv.url + "/v1/chat/completions", json=body, timeout=600) as reply:
+            out["status"], out["instance"] = reply.status_code, reply.headers.get(HEADER)
+            out["started"].set()
+            for line in reply.iter_lines():
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: "):
+                    json.loads(line[6:])
+                    chunks += 1
+                    out["chunks"] = chunks
+    except httpx.HTTPError as exc:
+        out["error"] = repr(exc)
+    finally:
+        out["done"], out["chunks"] = done, chunks
+        out["started"].set()
+        out["ended"].set()
+
+
+@pytest.mark.timeout(1200)  # a load, a move and a long stream under load on a small shared CPU
+def test_mv_to_node_moves_the_instance_with_no_request_failing(
+    clean: ServerProcess, ray_cluster: RayTestCluster
+) -> None:
+    srv = clean
+    warm = httpx.post(
+        srv.url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4},
+        timeout=300,
+    )
+    assert warm.status_code == 200, warm.text
+    [old] = srv.instances()
+    target = "beta" if old["node"] == "alpha" else "alpha"
+
+    # refused before anything starts, in the admin error shape
+    unknown = srv.admin("POST", "/admin/v1/instances/move", json={"name": MODEL, "node": "nowhere"})
+    assert unknown.status_code == 404 and "nowhere" in unknown.json()["error"]["message"], unknown.text
+    srv.cli("nodes", "cordon", target)
+    cordoned = srv.cli("mv", MODEL, "--to-node", target, "--json")
+    assert cordoned.returncode != 0 and "cordoned" in cordoned.stderr + cordoned.stdout
+    srv.cli("nodes", "uncordon", target)
+    assert [i["id"] for i in srv.instances()] == [old["id"]]
+
+    stream: dict[str, Any] = {"started": threading.Event(), "ended": threading.Event(), "chunks": 0}
+    streamer = threading.Thread(target=_stream, args=(srv, stream), daemon=True)
+    streamer.start()
+    assert stream["started"].wait(300) and stream.get("status") == 200, stream
+    assert stream["instance"] == old["id"]
+    assert wait_until(lambda: stream["chunks"] > 0, timeout=300)
+
+    seen_draining = threading.Event()  # the old instance left routing while the stream was still on it
+
+    def watch() -> None:
+        while not stream["ended"].is_set():
+            for inst in srv.instances():
+                if inst["id"] == old["id"] and inst["state"] == "draining" and inst["in_flight"] >= 1:
+                    seen_draining.set()
+            time.sleep(0.1)  # a poll interval, nothing timed depends on it
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    load = Load(srv.url, MODEL).start()
+    try:
+        moved = srv.cli("mv", MODEL, "--to-node", target, "--json", timeout=900)
+        assert moved.returncode == 0, moved.stderr
+        during = load.total
+    finally:
+        load.stop()
+    result = json.loads(moved.stdout)
+    assert result["node"] == target and result["from"] == {"instance": old["id"], "node": old["node"]}
+    assert result["cut"] == 0
+    assert stream["ended"].wait(600)
+    watcher.join(timeout=30)
+    assert stream["done"] and "error" not in stream, stream  # the stream finished on the old instance
+    assert seen_draining.is_set()
+    assert load.failures == [], load.failures[:5]
+    assert result["instance"] in load.served  # routing switched to the new instance
+
+    [now] = srv.instances()
+    assert now["id"] == result["instance"] and now["node"] == target and now["state"] == "ready"
+    assert wait_until(lambda: not psutil.pid_exists(int(old["pid"])), timeout=60)
+    assert not _instance_actor_alive(ray_cluster, str(old["id"]))
+    again = srv.cli("mv", MODEL, "--to-node", target)
+    assert again.returncode != 0 and "already" in again.stderr + again.stdout
+    print(
+        f"\nmv {old['node']} -> {target}: {result['seconds']:.2f} s (new instance ready after "
+        f"{result['ready_seconds']:.2f} s); {during} requests at c=4 during it, 0 failed; "
+        f"a {stream['chunks']}-chunk stream finished on the old instance"
+    )
