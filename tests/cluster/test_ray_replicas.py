@@ -145,12 +145,29 @@ def test_replicas_spread_over_nodes_serve_and_scale_down_without_a_failure(clean
     assert srv.admin("DELETE", "/admin/v1/deployments/chat").status_code == 200
 
 
+def _stream_tokens(srv: ServerProcess) -> int:
+    """Tokens for a stream that outlasts a move's new instance start on this machine: about 45 s at the
+    speed one 64-token answer shows (a fast machine would otherwise end a fixed-length stream before the
+    old instance drains), within 300 and what a slot holds (4096 tokens over 4 slots)."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count to one hundred."}],
+        "max_tokens": 64,
+        "ignore_eos": True,
+    }
+    started = time.monotonic()
+    reply = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=300)
+    assert reply.status_code == 200, reply.text
+    per_second = reply.json()["usage"]["completion_tokens"] / (time.monotonic() - started)
+    return max(300, min(900, int(per_second * 45)))
+
+
 def _stream(srv: ServerProcess, out: dict[str, Any]) -> None:
     """A long streamed completion: its instance, its chunks and whether it ended with ``[DONE]``."""
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse."}],
-        "max_tokens": 300,  # long enough to outlast the new instance's start on this kind of machine
+        "max_tokens": out["tokens"],
         "ignore_eos": True,
         "stream": True,
     }
@@ -197,7 +214,12 @@ def test_mv_to_node_moves_the_instance_with_no_request_failing(
     srv.cli("nodes", "uncordon", target)
     assert [i["id"] for i in srv.instances()] == [old["id"]]
 
-    stream: dict[str, Any] = {"started": threading.Event(), "ended": threading.Event(), "chunks": 0}
+    stream: dict[str, Any] = {
+        "started": threading.Event(),
+        "ended": threading.Event(),
+        "chunks": 0,
+        "tokens": _stream_tokens(srv),
+    }
     streamer = threading.Thread(target=_stream, args=(srv, stream), daemon=True)
     streamer.start()
     assert stream["started"].wait(300) and stream.get("status") == 200, stream
