@@ -67,20 +67,33 @@ def test_read_commands_print_the_api_objects(srv: ServerProcess) -> None:
 
 
 def test_node_changes_are_made_by_the_cli_and_audited(srv: ServerProcess) -> None:
-    """cordon, uncordon and drain of this server's own node: the state the API then shows, and one audit
-    event per change naming the node and (for a drain) the instances it stopped."""
+    """cordon, uncordon and drain of this server's own node: the state the API then shows, what a request
+    for a model not running gets meanwhile (a cordoned or drained node starts nothing new: a 503 naming
+    the way out), and one audit event per change naming the node and (for a drain) the instances it
+    stopped."""
     [node] = _api(srv, "/admin/v1/nodes", "nodes")
     name = node["name"]
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+
+    def refused(state: str) -> None:
+        reply = httpx.post(srv.url + "/v1/chat/completions", json=chat, timeout=120)
+        assert reply.status_code == 503 and "Retry-After" in reply.headers, reply.text
+        message = reply.json()["error"]["message"]
+        assert f"is {state}" in message and f"superollama nodes uncordon {name}" in message, message
+
+    srv.cli("stop", MODEL)
     try:
         assert _json(srv, "nodes", "cordon", name)["state"] == "cordoned"
         assert _api(srv, f"/admin/v1/nodes/{name}")["state"] == "cordoned"
+        refused("cordoned")
+        assert _api(srv, "/admin/v1/instances", "instances") == []
         assert _json(srv, "nodes", "uncordon", name)["state"] == "ready"
-        chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
         assert httpx.post(srv.url + "/v1/chat/completions", json=chat, timeout=120).status_code == 200
         [loaded] = _api(srv, "/admin/v1/instances", "instances")
         drained = _json(srv, "nodes", "drain", name)
         assert drained["stopped"] == [loaded["id"]] and drained["node"]["state"] == "draining"
         assert _api(srv, "/admin/v1/instances", "instances") == []
+        refused("draining")  # the drained instance does not come back on the next request
     finally:
         srv.cli("nodes", "uncordon", name)
     events = _api(srv, f"/admin/v1/events?target={name}", "events")

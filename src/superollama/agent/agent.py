@@ -92,8 +92,10 @@ class LocalAgent:
     async def start(self) -> None:
         capacity = await asyncio.to_thread(self.inventory.capacity)
         self._choice.inventory = capacity
+        prior = await self._registry.nodes.find(self._config.node)
+        state = prior.state if prior is not None and prior.closed else "ready"  # a cordon outlives a restart
         await self._registry.nodes.upsert(
-            NodeRecord(name=self._config.node, address="local", state="ready", inventory=capacity)
+            NodeRecord(name=self._config.node, address="local", state=state, inventory=capacity)
         )
         await self._replace_leftovers()
         self._reaper = asyncio.create_task(self._reap_idle(), name="agent-reaper")
@@ -215,6 +217,8 @@ class LocalAgent:
             raise Unavailable(
                 "server busy: maximum pending requests for loading models exceeded", retry_after=1
             )
+        if artifact.name not in self._loading:
+            await self._refuse_when_closed(version)
         task = self._loading.get(artifact.name)
         if task is None:
             task = self._start_load(artifact, runtime, device, waited=True, name=f"load {artifact.name}")
@@ -237,6 +241,17 @@ class LocalAgent:
                 del self._load_waiters[version]
             if task.done() and not task.cancelled() and task.exception() is None:
                 self._handed_over(task.result())
+
+    async def _refuse_when_closed(self, version: str) -> None:
+        """A cordoned (or drained) node starts nothing new: the registry's state, so that a cordon made
+        through any gateway counts. Read only when an instance would start, never per request."""
+        node = await self._registry.nodes.find(self._config.node)
+        if node is not None and node.closed:
+            raise Unavailable(
+                f"model {version!r} is not running and node {node.name!r} is {node.state}: nothing new "
+                f"starts there (superollama nodes uncordon {node.name})",
+                retry_after=30,
+            )
 
     def _handed_over(self, inst: LiveInstance) -> None:
         """An ``ensure`` caller that was counted in ``inst.pending`` has its instance: it acquires it in
@@ -321,6 +336,7 @@ class LocalAgent:
             return []
         missing = replicas - self._coming(version)
         if missing > 0:
+            await self._refuse_when_closed(version)
             fit = self.fitting(artifact, missing)
             if fit < missing:
                 est = self.memory_estimate(artifact)

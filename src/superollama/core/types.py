@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "MEDIA_MODEL",
@@ -187,6 +187,14 @@ class NodeRecord:
     state: str = "ready"
     inventory: Mapping[str, Any] = field(default_factory=dict)
     last_seen: datetime | None = None
+
+    # set by an admin (``nodes cordon`` / ``nodes drain``): nothing new starts on the node, and the node's
+    # own reports (a restart included) keep the state
+    CLOSED: ClassVar[tuple[str, ...]] = ("cordoned", "draining")
+
+    @property
+    def closed(self) -> bool:
+        return self.state in self.CLOSED
 
 
 @dataclass(frozen=True)
