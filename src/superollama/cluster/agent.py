@@ -189,6 +189,11 @@ class RayAgent(LocalAgent):
         self._blob_flights: dict[tuple[str, str], asyncio.Task[str]] = {}
         self._origin: Any = None  # the control plane's blob server (a NodeActor on its node), made on need
 
+    @property
+    def cluster_address(self) -> str:
+        """The Ray head's control store (``host:port``) other machines join (``admin/join.py``)."""
+        return self._address
+
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         if self._head is not None:
