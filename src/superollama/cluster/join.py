@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -44,6 +45,12 @@ from superollama.runtimes._child import set_pdeathsig
 __all__ = ["JoinRefused", "JoinSpec", "NodeSupervisor", "local_address"]
 
 log = logging.getLogger("superollama.cluster")
+
+# RAY_ENV, but a node that joins must have Ray's "cluster" switch on: ``ray start --address`` refuses to run
+# without it. With it on, Ray rewrites a head address of 127.0.0.1 (or localhost) to this machine's own
+# address: a head on the same machine is joined on another loopback address (``--cluster-host
+# 127.0.0.2``); across machines the head has a routable address anyway.
+NODE_ENV = {**RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
@@ -70,10 +77,12 @@ class JoinSpec:
 
 def local_address(url: str) -> str:
     """This machine's address on the route to ``url``'s host (no packet is sent: a UDP socket's
-    ``connect`` only picks the route)."""
-    host = urlsplit(url).hostname or "127.0.0.1"
+    ``connect`` only picks the route); a control plane on a loopback address is joined on that address."""
+    host = socket.gethostbyname(urlsplit(url).hostname or "127.0.0.1")
+    if ipaddress.ip_address(host).is_loopback:
+        return host
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((socket.gethostbyname(host), 9))
+        s.connect((host, 9))
         return str(s.getsockname()[0])
 
 
@@ -150,7 +159,7 @@ class NodeSupervisor:
         ]
 
     def env(self) -> dict[str, str]:
-        env = {**os.environ, **RAY_ENV}
+        env = {**os.environ, **NODE_ENV}
         if self.spec.data is not None:
             env[NODE_STORE_ENV] = str(self.spec.data)
         return env
