@@ -6,6 +6,8 @@ token opens nothing but the join (401 as an API key)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +78,12 @@ def test_tokens_join_only_and_stop_joining_once_revoked_or_expired(
         "labels.gpu",
     )
 
+    # the agent says so and exits non-zero before it starts any Ray node
+    agent = srv.cli("agent", "--join", srv.url, "--token", token, "--name", "n1", "--labels", "gpu=a100")
+    assert agent.returncode == 3 and "serve --cluster" in agent.stderr, agent.stderr
+    bad = srv.cli("agent", "--join", srv.url, "--token", token, "--labels", "gpu")
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr, bad.stderr
+
     # a join token is no API key: the admin API and the data plane refuse it
     auth = {"Authorization": f"Bearer {token}"}
     assert httpx.get(srv.url + "/admin/v1/nodes", headers=auth, timeout=60).status_code == 401
@@ -87,6 +95,15 @@ def test_tokens_join_only_and_stop_joining_once_revoked_or_expired(
     revoked = _cli_json(srv, admin, "revoke", "rack-a")
     assert isinstance(revoked, dict) and revoked["state"] == "revoked" and revoked["revoked_at"]
     assert "revoked" in str(_error(_join(srv, token), 401)["message"])
+    agent = subprocess.run(  # the token from the environment, out of ps
+        [sys.executable, "-m", "superollama.cli", "agent", "--join", srv.url, "--name", "n1"],
+        env={**srv.env, "SUPEROLLAMA_JOIN_TOKEN": token},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert agent.returncode == 3 and "rack-a" in agent.stderr and "revoked" in agent.stderr, agent.stderr
 
     # expiry: a token valid for one second is refused once that second has passed
     short = _cli_json(srv, admin, "create", "--expires", "1s")

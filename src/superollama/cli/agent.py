@@ -75,7 +75,7 @@ def agent(
         asyncio.run(run())
     except JoinRefused as exc:
         sys.stderr.write(f"superollama agent: {exc}\n")
-        sys.exit(2)
+        sys.exit(3)  # refused by the control plane (2 is a usage error)
     except OSError as exc:
         sys.stderr.write(error_line(exc) + "\n")
         sys.exit(1)
