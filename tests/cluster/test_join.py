@@ -48,7 +48,18 @@ def control_plane() -> Iterator[ServerProcess]:
 class Agent:
     def __init__(self, srv: ServerProcess, token: str, log: Path) -> None:
         self.log = log
-        argv = ["agent", "--join", srv.url, "--name", "joined", "--labels", "gpu=a100,zone=b"]
+        store = str(log.parent / "store")
+        argv = [
+            "agent",
+            "--join",
+            srv.url,
+            "--name",
+            "joined",
+            "--labels",
+            "gpu=a100,zone=b",
+            "--data",
+            store,
+        ]
         env = {**srv.env, **HEALTH, "SUPEROLLAMA_JOIN_TOKEN": token}
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -124,6 +135,7 @@ def test_a_joined_node_comes_back_after_its_ray_node_dies_and_stops_with_its_tok
         first = _up(srv)
         assert first is not None
         assert first["inventory"]["labels"] == {"gpu": "a100", "zone": "b"}  # what placement filters on
+        assert first["inventory"]["store"]["root"] == str(tmp_path / "store")  # --data: its own blob store
         tokens = json.loads(srv.cli("nodes", "token", "ls", "--json").stdout)
         assert [(t["name"], t["last_node"]) for t in tokens] == [("ci-join", "joined")]
 
