@@ -27,6 +27,7 @@ from superollama.admin import AdminRoutes, ConnectionRoutes, JobRoutes
 from superollama.admin.deployments import DeploymentRoutes, FleetRoutes
 from superollama.admin.events_stream import EventStreamRoutes
 from superollama.admin.gateways import GatewayRoutes
+from superollama.admin.join import JoinRoutes
 from superollama.admin.keys import KeyRoutes
 from superollama.admin.nodes import NodeRoutes
 from superollama.admin.plugins import PluginRoutes
@@ -358,6 +359,9 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
     AdminRoutes(controller, settings.node_name).register(app)
     DeploymentRoutes(deployments, rollouts).register(app)
     RolloutRoutes(rollouts).register(app)
+    JoinRoutes(
+        registry, settings.node_name, lambda: getattr(controller.agent, "cluster_address", None)
+    ).register(app)  # before NodeRoutes: /nodes/tokens is no node's name
     NodeRoutes(controller, settings.node_name, telemetry.instance_tokens_per_second).register(app)
     resilience.register(app)
     if telemetry.metrics is not None:

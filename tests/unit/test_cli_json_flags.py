@@ -8,6 +8,8 @@ import click
 WITHOUT_JSON = {
     "serve": "runs the server",
     "run": "a chat in the terminal: the model's words, streamed",
+    "agent": "runs this machine's Ray node: log lines, no data",
+    "nodes show": "prints the node as JSON already",
 }
 
 
@@ -25,7 +27,7 @@ def test_every_command_that_prints_data_takes_json() -> None:
     # each module registers its commands when imported, as ``main.main`` imports them
     for module in ("connections", "deployments", "fleet", "gateways", "jobs", "keys", "models"):
         __import__(f"superollama.cli.{module}")
-    for module in ("plugins", "rag", "rollouts", "usage", "webhooks"):
+    for module in ("agent", "nodes", "plugins", "rag", "rollouts", "usage", "webhooks"):
         __import__(f"superollama.cli.{module}")
     commands = _commands(main.cli)
     assert len(commands) > 50, [p for p, _ in commands]

@@ -199,6 +199,7 @@ def config(ctx: Context, as_json: bool) -> None:
 
 def main() -> None:
     # Each module registers its commands on the group when imported.
+    import superollama.cli.agent
     import superollama.cli.batches
     import superollama.cli.connections
     import superollama.cli.deployments

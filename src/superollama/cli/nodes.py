@@ -1,4 +1,4 @@
-"""``superollama nodes ls|show|cordon|uncordon|drain|rm``: the machines models run on (the admin API's
+"""``superollama nodes ls|show|cordon|uncordon|drain|rm|token``: the machines models run on (the admin API's
 ``/admin/v1/nodes``). With ``serve --cluster`` these are the Ray cluster's nodes."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import click
 import orjson
 
-from superollama.cli.main import Context, api, cli, console, pass_ctx
+from superollama.cli.main import Context, api, cli, console, err_console, pass_ctx
 from superollama.cli.render import age, human_size, print_table
 from superollama.client.types import Node
 
@@ -108,3 +108,68 @@ def rm(ctx: Context, name: str, as_json: bool) -> None:
         _echo_json(removed)
         return
     console.print(f"removed node {name}")
+
+
+@nodes.group()
+def token() -> None:
+    """Join tokens for `superollama agent --join`: create (shown once), ls, revoke."""
+
+
+@token.command("create")
+@click.option("--name", help="A name to list and revoke it by (default: its id).")
+@click.option("--expires", help="Valid for this long: 24h, 7d, 90m (default: until revoked).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+@api
+def token_create(ctx: Context, name: str | None, expires: str | None, as_json: bool) -> None:
+    """Make a join token; it is printed this once (the server keeps only its hash)."""
+    made = ctx.client.nodes.create_token(name=name, expires_in=expires)
+    if as_json:
+        _echo_json(made)
+        return
+    until = f", expires {made['expires_at']}" if made.get("expires_at") else ""
+    click.echo(made["token"])
+    err_console.print(
+        f"join token {made['name']} ({made['id']}){until}: shown once. On another machine:\n"
+        f"  superollama agent --join {ctx.client.base_url} --token TOKEN --name NODE",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@token.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+@api
+def token_ls(ctx: Context, as_json: bool) -> None:
+    """The join tokens: id, name, state, expiry, last join."""
+    listed = ctx.client.nodes.tokens()
+    if as_json:
+        _echo_json(listed)
+        return
+    rows = [
+        (
+            t["id"],
+            t["name"],
+            t["prefix"],
+            t["state"],
+            t.get("expires_at") or "",
+            f"{t['last_node']} {age(t['last_used_at'])}" if t.get("last_used_at") else "",
+        )
+        for t in listed
+    ]
+    print_table(console, ("ID", "NAME", "PREFIX", "STATE", "EXPIRES", "LAST JOIN"), rows)
+
+
+@token.command("revoke")
+@click.argument("ident", metavar="ID_OR_NAME")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+@api
+def token_revoke(ctx: Context, ident: str, as_json: bool) -> None:
+    """Revoke a join token: no machine joins with it, and an agent using it does not rejoin."""
+    revoked = ctx.client.nodes.revoke_token(ident)
+    if as_json:
+        _echo_json(revoked)
+        return
+    console.print(f"revoked join token {revoked['name']} ({revoked['id']})")

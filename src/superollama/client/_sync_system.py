@@ -112,6 +112,29 @@ class Nodes(Resource):
         """Forget the node (refused while instances run there)."""
         return cast(dict[str, Any], self._t.call("DELETE", f"{ADMIN}/nodes/{quote_name(name)}"))
 
+    @route("POST", ADMIN + "/nodes/tokens")
+    def create_token(self, *, name: str | None = None, expires_in: str | None = None) -> JSONObject:
+        """A join token for ``agent --join``: its secret is in ``token``, shown this once."""
+        body = without_none(name=name, expires_in=expires_in)
+        return cast(JSONObject, self._t.call("POST", ADMIN + "/nodes/tokens", json=body))
+
+    @route("GET", ADMIN + "/nodes/tokens")
+    def tokens(self) -> builtins.list[JSONObject]:
+        """The join tokens (never their secrets)."""
+        return cast(builtins.list[JSONObject], (self._t.call("GET", ADMIN + "/nodes/tokens"))["tokens"])
+
+    @route("DELETE", ADMIN + "/nodes/tokens/{id}")
+    def revoke_token(self, ident: str) -> JSONObject:
+        """Revoke a join token (id or name): no machine joins or rejoins with it any more."""
+        return cast(JSONObject, self._t.call("DELETE", f"{ADMIN}/nodes/tokens/{quote_name(ident)}"))
+
+    @route("POST", ADMIN + "/nodes/join")
+    def join(self, name: str, *, labels: dict[str, str] | None = None) -> JSONObject:
+        """Join the cluster as node ``name``: the client's key must be a join token. Answers the Ray
+        head's address (``address``) and the node's name and labels."""
+        body = {"name": name, "labels": labels or {}}
+        return cast(JSONObject, self._t.call("POST", ADMIN + "/nodes/join", json=body, idempotent=True))
+
 
 class Plugins(Resource):
     @route("GET", ADMIN + "/plugins")

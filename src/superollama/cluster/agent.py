@@ -72,7 +72,6 @@ log = logging.getLogger("superollama.cluster")
 
 NODE_RESOURCE = "so_node:"  # a Ray node resource "so_node:NAME" names the node NAME
 INSTANCE_PREFIX = "inst-"
-_KEPT_STATES = ("cordoned", "draining")  # set by an admin: a refresh does not undo them
 _CALL_TIMEOUT = 10.0
 _ACTIVE = (InstanceState.PENDING, InstanceState.LOADING, InstanceState.READY, InstanceState.DRAINING)
 
@@ -192,6 +191,11 @@ class RayAgent(LocalAgent):
         self._blob_flights: dict[tuple[str, str], asyncio.Task[str]] = {}
         self._origin: Any = None  # the control plane's blob server (a NodeActor on its node), made on need
 
+    @property
+    def cluster_address(self) -> str:
+        """The Ray head's control store (``host:port``) other machines join (``admin/join.py``)."""
+        return self._address
+
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         if self._head is not None:
@@ -272,7 +276,7 @@ class RayAgent(LocalAgent):
                 log.warning("node %s did not report its inventory: %s", name, exc)
                 continue
             prior = known.get(name)
-            state = prior.state if prior is not None and prior.state in _KEPT_STATES else "ready"
+            state = prior.state if prior is not None and prior.closed else "ready"
             labels = dict((prior.inventory.get("labels") or {}) if prior is not None else {})
             store = report.get("store") or {}
             inventory = {
@@ -349,7 +353,7 @@ class RayAgent(LocalAgent):
             devices=tuple(devices),
             runtimes=frozenset(report["runtimes"]),
             labels={str(k): str(v) for k, v in (record.inventory.get("labels") or {}).items()},
-            cordoned=record.state in _KEPT_STATES,
+            cordoned=record.closed,
             instances=ours,
         )
 

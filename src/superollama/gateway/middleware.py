@@ -3,7 +3,8 @@ when the request ends — one ``RequestRecord`` for telemetry and the rate limit
 
 Who may call what is decided here, by the key's role: ``/admin/*`` needs an admin key; ``/metrics``
 needs a key with the admin or metrics role wherever the data plane needs a key; ``/v1/*``, ``/v2/*``
-(rerank) and ``/api/*`` take any key but a metrics key. ``/metrics`` is recognised by the route that
+(rerank) and ``/api/*`` take any key but a metrics key. ``POST /admin/v1/nodes/join`` takes no API key:
+its handler checks the join token it is sent (``admin/join.py``). ``/metrics`` is recognised by the route that
 matched, not by the path's spelling.
 
 It sits outside the error middleware, so it sees the status the client got. Nothing here awaits I/O on
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from superollama.contract.nodes import JOIN_PATH
 from superollama.core import RequestRecord
 from superollama.errors import SuperOllamaError
 from superollama.gateway.errors import error_response
@@ -81,7 +83,9 @@ class RequestMiddleware:
         ex.capture = self._observer.capture_content
         request[EXCHANGE] = ex
         try:
-            if protocol == "admin":
+            if protocol == "admin" and request.method == "POST" and request.path == JOIN_PATH:
+                ex.principal = None  # a join token, not an API key, authenticates it (admin/join.py)
+            elif protocol == "admin":
                 security = self._security
                 ex.principal = security.authenticate_request(
                     request.method, request.headers, request.cookies, required=security.admin_required

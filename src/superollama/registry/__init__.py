@@ -9,6 +9,7 @@ repositories (``registry.versions``, ``.nodes``, ``.instances``, ``.events``) sp
 only errors of ``superollama.errors``.
 """
 
+from superollama.registry._join_tokens import JoinTokenRecord, JoinTokenRepository
 from superollama.registry._webhooks import Delivery, WebhookRecord
 from superollama.registry.db import Registry, open_registry
 from superollama.registry.migrations import MIGRATIONS, Migration, current_version, migrate
@@ -19,6 +20,8 @@ __all__ = [
     "Delivery",
     "EventRepository",
     "InstanceRepository",
+    "JoinTokenRecord",
+    "JoinTokenRepository",
     "Migration",
     "NodeRepository",
     "Registry",

@@ -22,6 +22,7 @@ from superollama.registry._deployments import DeploymentRepository
 from superollama.registry._errors import mapped
 from superollama.registry._finetune import FineTuneRepository
 from superollama.registry._jobs import JobRepository
+from superollama.registry._join_tokens import JoinTokenRepository
 from superollama.registry._keys import KeyRepository
 from superollama.registry._rag import RagRepository
 from superollama.registry._responses import ResponseRepository
@@ -61,6 +62,7 @@ class Registry:
         self.cluster = ClusterRepository(db)
         self.versions = VersionRepository(db)
         self.nodes = NodeRepository(db)
+        self.join_tokens = JoinTokenRepository(db)  # what ``agent --join`` shows
         self.instances = InstanceRepository(db)
         self.events = EventRepository(db)
         self.connections = ConnectionRepository(db)

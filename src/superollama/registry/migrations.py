@@ -615,6 +615,28 @@ def _m0016_fine_tuning(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _m0017_join_tokens(conn: Connection) -> None:
+    """Join tokens: what ``agent --join`` shows the control plane to add a machine to the cluster. Only
+    their SHA-256 is kept; a token joins nodes and authenticates nothing else."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    Table(
+        "join_tokens",
+        md,
+        Column("id", String, primary_key=True),
+        Column("name", String, nullable=False),
+        Column("prefix", String, nullable=False),
+        Column("hash", String, nullable=False),
+        Column("expires_at", UTCDateTime, nullable=True),
+        Column("revoked_at", UTCDateTime, nullable=True),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("last_used_at", UTCDateTime, nullable=True),
+        Column("last_node", String, nullable=True),
+        Index("ix_join_tokens_hash", "hash", unique=True),
+        Index("ix_join_tokens_name", "name", unique=True),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create models, versions, nodes, instances, events", _m0001_initial),
     Migration(2, "create connections", _m0002_connections),
@@ -641,6 +663,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(14, "create rollouts, target_windows, shadow_samples", _m0014_rollouts_shadow),
     Migration(15, "create batches, batch_requests", _m0015_batches),
     Migration(16, "create fine_tuning_jobs, fine_tuning_events, fine_tuning_checkpoints", _m0016_fine_tuning),
+    Migration(17, "create join_tokens", _m0017_join_tokens),
 )
 
 

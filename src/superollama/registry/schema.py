@@ -44,6 +44,7 @@ __all__ = [
     "generations",
     "groundings",
     "instances",
+    "join_tokens",
     "metadata",
     "models",
     "nodes",
@@ -220,6 +221,22 @@ api_keys = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_used_at", UTCDateTime, nullable=True),
     Index("ix_api_keys_hash", "hash", unique=True),
+)
+
+join_tokens = Table(
+    "join_tokens",
+    metadata,
+    Column("id", String, primary_key=True),  # jt_…
+    Column("name", String, nullable=False),
+    Column("prefix", String, nullable=False),  # visible part, e.g. soj-ab12cd34
+    Column("hash", String, nullable=False),  # sha256 hex of the whole token
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime, nullable=True),  # the last join (or rejoin) it let in
+    Column("last_node", String, nullable=True),  # the node that join named
+    Index("ix_join_tokens_hash", "hash", unique=True),
+    Index("ix_join_tokens_name", "name", unique=True),
 )
 
 usage = Table(

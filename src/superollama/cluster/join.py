@@ -1,0 +1,204 @@
+"""``superollama agent --join``: a machine joins ``serve --cluster`` as a Ray node, and stays joined.
+
+1. **Join**: ``POST /admin/v1/nodes/join`` with the join token as the bearer, the node's name and labels.
+   The control plane checks the token, records the node and its labels (placement matches them), and
+   answers with the Ray head's control store address.
+2. **Run**: ``ray start --block --address=ADDR --node-ip-address=IP --resources={"so_node:NAME": 1}`` as
+   this process's child, in its own session (a Ctrl-C reaches only us) and with ``PR_SET_PDEATHSIG``
+   (SIGTERM: a killed agent does not leave its Ray node behind). ``SUPEROLLAMA_NODE_STORE`` (``--data``)
+   gives the node a blob store of its own.
+3. **Supervise**: Ray does not bring back a node it declared dead (a network cut longer than its health
+   check, a raylet killed): ``ray start`` then exits. The agent joins again — so the token is checked
+   again — and starts a new one, after a backoff (1 s doubling to 30 s; back to 1 s once a node ran a
+   minute). A token that is revoked or expired, or a join the control plane refuses (400, 409), ends the
+   agent with that message and a non-zero status; a control plane that cannot be reached is tried again.
+4. **Stop**: on SIGTERM or SIGINT the child is stopped by its PID (SIGTERM: ``ray start --block`` stops
+   the Ray processes it started; SIGKILL to its process group after a grace period) — never by
+   ``ray stop``, which kills every Ray process of the machine by name.
+
+Ray is not imported here: the node is the ``ray`` command (the same version as the control plane's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from superollama.client import APIConnectionError, APIStatusError, AsyncClient, RateLimitError, ServerError
+from superollama.cluster.blobs import NODE_STORE_ENV
+from superollama.cluster.head import RAY_ENV
+from superollama.runtimes._child import set_pdeathsig
+
+__all__ = ["JoinRefused", "JoinSpec", "NodeSupervisor", "local_address"]
+
+log = logging.getLogger("superollama.cluster")
+
+# RAY_ENV, but a node that joins must have Ray's "cluster" switch on: ``ray start --address`` refuses to run
+# without it. With it on, Ray rewrites a head address of 127.0.0.1 (or localhost) to this machine's own
+# address: a head on the same machine is joined on another loopback address (``--cluster-host
+# 127.0.0.2``); across machines the head has a routable address anyway.
+NODE_ENV = {**RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+HEALTHY_RUN = 60.0  # a node that ran this long resets the backoff
+STOP_GRACE = 30.0
+
+
+class JoinRefused(Exception):
+    """The control plane refused the join for good (bad, revoked or expired token; bad name; no cluster)."""
+
+
+@dataclass(frozen=True)
+class JoinSpec:
+    url: str  # the control plane, http://HOST:PORT
+    token: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    node_ip: str | None = None  # None: the address this machine reaches the control plane from
+    data: Path | None = None  # the node's own blob store (SUPEROLLAMA_NODE_STORE)
+
+    def __repr__(self) -> str:  # never print the token
+        return f"JoinSpec(url={self.url!r}, name={self.name!r}, labels={dict(self.labels)!r})"
+
+
+def local_address(url: str) -> str:
+    """This machine's address on the route to ``url``'s host (no packet is sent: a UDP socket's
+    ``connect`` only picks the route); a control plane on a loopback address is joined on that address."""
+    host = socket.gethostbyname(urlsplit(url).hostname or "127.0.0.1")
+    if ipaddress.ip_address(host).is_loopback:
+        return host
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host, 9))
+        return str(s.getsockname()[0])
+
+
+Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
+
+
+class NodeSupervisor:
+    """Joins, runs ``ray start --block`` and starts it again when it ends, until ``stop`` is set.
+    ``say``: one line for the operator per thing that happened (joined, node ended, rejoining)."""
+
+    def __init__(
+        self,
+        spec: JoinSpec,
+        *,
+        say: Callable[[str], None] = log.info,
+        spawn: Spawn = asyncio.create_subprocess_exec,
+        backoff_first: float = BACKOFF_FIRST,
+        backoff_max: float = BACKOFF_MAX,
+    ) -> None:
+        self.spec = spec
+        self._say = say
+        self._spawn = spawn
+        self._backoff_first = backoff_first
+        self._backoff_max = backoff_max
+        self.child: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop``; ``JoinRefused`` when the control plane refuses the join."""
+        node_ip = self.spec.node_ip or local_address(self.spec.url)
+        delay = self._backoff_first
+        async with AsyncClient(self.spec.url, self.spec.token) as client:
+            while not stop.is_set():
+                try:
+                    answer = await self._join(client)
+                except (APIConnectionError, ServerError, RateLimitError) as exc:
+                    self._say(f"the control plane {self.spec.url} did not answer the join: {exc.message}")
+                    delay = await self._pause(stop, delay)
+                    continue
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                code = await self._run_node(str(answer["address"]), node_ip, stop)
+                if stop.is_set():
+                    return
+                if loop.time() - started >= HEALTHY_RUN:
+                    delay = self._backoff_first
+                self._say(f"the Ray node ended (status {code}); joining again in {delay:g} s")
+                delay = await self._pause(stop, delay)
+
+    async def _join(self, client: AsyncClient) -> dict[str, Any]:
+        try:
+            answer = await client.nodes.join(self.spec.name, labels=dict(self.spec.labels))
+        except (ServerError, RateLimitError):
+            raise
+        except APIStatusError as exc:
+            raise JoinRefused(f"the control plane refused the join: {exc.message}") from exc
+        return dict(answer)
+
+    async def _pause(self, stop: asyncio.Event, delay: float) -> float:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        return min(delay * 2, self._backoff_max)
+
+    def argv(self, address: str, node_ip: str) -> list[str]:
+        ray = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+        return [
+            ray,
+            "start",
+            "--block",
+            f"--address={address}",
+            f"--node-ip-address={node_ip}",
+            f"--resources={json.dumps({f'so_node:{self.spec.name}': 1})}",
+            "--disable-usage-stats",
+        ]
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, **NODE_ENV}
+        if self.spec.data is not None:
+            env[NODE_STORE_ENV] = str(self.spec.data)
+        return env
+
+    async def _run_node(self, address: str, node_ip: str, stop: asyncio.Event) -> int:
+        """Start the Ray node, and return its exit status once it ends (stopping it first on ``stop``)."""
+        self.child = proc = await self._spawn(
+            *self.argv(address, node_ip),
+            stdin=asyncio.subprocess.DEVNULL,
+            env=self.env(),
+            start_new_session=True,  # our SIGTERM reaches it; a Ctrl-C on the terminal does not
+            preexec_fn=lambda: set_pdeathsig(signal.SIGTERM),
+        )
+        self.starts += 1
+        self._say(
+            f"joined {self.spec.url} as node {self.spec.name} at {node_ip}: Ray node (pid {proc.pid}) "
+            f"connecting to {address}"
+        )
+        ended = asyncio.ensure_future(proc.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((ended, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not ended.done():
+            await stop_child(proc)
+        return await ended
+
+
+async def stop_child(proc: asyncio.subprocess.Process, grace: float = STOP_GRACE) -> None:
+    """SIGTERM to ``ray start --block`` (it stops the Ray processes it started), SIGKILL to its process
+    group after ``grace`` seconds."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
