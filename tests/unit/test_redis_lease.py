@@ -5,6 +5,7 @@ goes back to Redis, the limit stays exact to the request, and small limits or a 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -105,3 +106,20 @@ async def test_small_limits_and_budgets_take_no_allowance(
     for p in (small, budgeted):
         await limiter.admit(p, "m", 0)
         assert await _ahead(ns, p, "rpm") == pytest.approx(WINDOW / p.rpm, abs=1e-6)  # this request only
+
+
+async def test_concurrent_requests_share_one_refill(
+    made: Callable[..., tuple[RedisRateLimiter, str]],
+) -> None:
+    """Requests that find no allowance while one is being taken wait for it rather than each taking their
+    own (which would give back the previous one at every turn)."""
+    ticks = itertools.count()
+    limiter, ns = made(monotonic=lambda: next(ticks) * 1e-6)
+    rpm = 100_000
+    p = principal(rpm=rpm)
+    grant = min(rpm // LEASE_SHARE, LEASE_REQUESTS)
+    admitted = await asyncio.gather(*(limiter.admit(p, "m", 0) for _ in range(20)))
+    assert len(admitted) == 20
+    assert await _ahead(ns, p, "rpm") == pytest.approx((1 + grant) * WINDOW / rpm, abs=1e-6)  # one trip
+    remaining = sorted(int(a.headers["x-ratelimit-remaining-requests"]) for a in admitted)
+    assert remaining == list(range(rpm - 20, rpm))

@@ -242,6 +242,7 @@ class RedisRateLimiter:
         self._monotonic = monotonic
         self._lease = lease
         self._allowances: dict[tuple[str, ...], Allowance] = {}  # by the buckets' keys
+        self._refills: dict[tuple[str, ...], asyncio.Future[None]] = {}  # allowances being taken
 
     @property
     def degraded(self) -> bool:
@@ -269,19 +270,44 @@ class RedisRateLimiter:
             return Admission(model, principal, reserved)
         if self._outage.skip():
             return self._unchecked(model, principal, reserved)
-        grant = None
-        if self._lease and principal.budget_usd is None and buckets:
-            slot = tuple(b.key for b in buckets)
-            allowance = self._allowances.get(slot)
-            if allowance is not None:
-                now_local = self._monotonic()
-                if allowance.expired(now_local):
-                    self._return(slot, allowance)
-                else:
-                    headers = allowance.take(buckets, now_local)
-                    if headers is not None:
-                        return Admission(model, principal, reserved, buckets, headers)
-            grant = grant_for(buckets)
+        if not (self._lease and principal.budget_usd is None and buckets):
+            return await self._admit_in_redis(model, principal, reserved, buckets, None)
+        slot = tuple(b.key for b in buckets)
+        headers = self._from_allowance(slot, buckets)
+        if headers is None and (pending := self._refills.get(slot)) is not None:
+            await asyncio.shield(pending)  # one refill at a time per key: wait for it, then take from it
+            headers = self._from_allowance(slot, buckets)
+        if headers is not None:
+            return Admission(model, principal, reserved, buckets, headers)
+        grant = grant_for(buckets)
+        if grant is None or slot in self._refills:
+            return await self._admit_in_redis(model, principal, reserved, buckets, None)
+        refill = self._refills[slot] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._admit_in_redis(model, principal, reserved, buckets, grant)
+        finally:
+            del self._refills[slot]
+            refill.set_result(None)
+
+    def _from_allowance(self, slot: tuple[str, ...], buckets: Sequence[Bucket]) -> dict[str, str] | None:
+        """The headers of an admission from the key's allowance, or None (none, used up, or expired)."""
+        allowance = self._allowances.get(slot)
+        if allowance is None:
+            return None
+        now_local = self._monotonic()
+        if allowance.expired(now_local):
+            self._return(slot, allowance)
+            return None
+        return allowance.take(buckets, now_local)
+
+    async def _admit_in_redis(
+        self,
+        model: str,
+        principal: Principal,
+        reserved: int,
+        buckets: tuple[Bucket, ...],
+        grant: tuple[int, ...] | None,
+    ) -> Admission:
         try:
             out = await self._call_admit(principal, buckets, grant)
             if grant is not None and int(out[0]) == 1:  # no room for an allowance: the request alone
