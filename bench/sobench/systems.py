@@ -63,8 +63,8 @@ REDIS_URL = os.environ.get("SOBENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 # Every governance feature in the request path on, as production would run it: an API key (limits far
 # above what the bench can reach, so nothing is refused but every request is checked and charged), rate
-# limits in Redis (one EVALSHA to admit, one to settle), Prometheus metrics, the JSON access log (INFO),
-# and the usage ledger (always on: one row per request, written in batches).
+# limits in Redis (an EVALSHA per local allowance, one per settlement), Prometheus metrics, the JSON access
+# log (INFO), and the usage ledger (always on: one row per request, written in batches).
 SUPEROLLAMA_ON = Variant(
     "superollama-on",
     "Super Ollama, all ON",
