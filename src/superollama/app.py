@@ -72,6 +72,7 @@ from superollama.gateway.listener import (
     refuse_oversized,
 )
 from superollama.gateway.loop import run as run_loop
+from superollama.gateway.loop import settle_heap
 from superollama.gateway.middleware import RequestMiddleware, add_exchange_headers
 from superollama.gateway.ollama_routes import OllamaRoutes
 from superollama.gateway.openai_routes import ModelTargets
@@ -525,6 +526,7 @@ async def _serve(settings: Settings, worker: WorkerContext | None = None) -> Non
             await worker.start_sites(runner, limits)
             assert worker.sock is not None
             app[CLUSTER].url = _url(settings.host, worker.sock.getsockname()[1])
+            settle_heap()
             await stop.wait()
             log.info("shutting down")
         finally:
@@ -538,6 +540,7 @@ async def _serve(settings: Settings, worker: WorkerContext | None = None) -> Non
         app[CLUSTER].url = url
         server_file.write_text(orjson.dumps({"url": url, "pid": os.getpid()}).decode())
         print(f"Super Ollama {__version__} listening on {url} (home {settings.home})", flush=True)
+        settle_heap()
         await stop.wait()
         log.info("shutting down")
     finally:

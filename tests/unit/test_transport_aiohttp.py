@@ -6,8 +6,10 @@ receives the absolute-form request for a host that does not exist)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -95,3 +97,34 @@ async def test_an_answer_streams_and_http_proxy_is_honoured(
         assert seen == ["http://backend.invalid/v1/chat"]
     finally:
         await runner.cleanup()
+
+
+async def test_netrc_credentials_are_sent_unless_the_request_has_its_own(
+    transport: AiohttpTransport, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What ``trust_env`` did per request, read once per backend: a ``~/.netrc`` entry for the host
+    becomes Basic auth, and a request that carries its own ``Authorization`` keeps it."""
+    seen: list[str | None] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v1/x", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login user password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        for headers in (JSON, (*JSON, ("Authorization", "Bearer own"))):
+            async with await transport.post(base, "/v1/x", b"{}", headers, timeout=10) as response:
+                assert response.status == 200
+                await response.read()
+    finally:
+        await runner.cleanup()
+    assert seen == [f"Basic {base64.b64encode(b'user:secret').decode()}", "Bearer own"]

@@ -14,10 +14,15 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 
 from superollama.errors import ServerBusy
 
 __all__ = ["RouteLimits"]
+
+# A route without a limit (the default) holds no slot: one shared no-op instead of a generator-based
+# context manager built and stepped through for every request.
+_UNLIMITED: AbstractAsyncContextManager[None] = contextlib.nullcontext()
 
 
 class _Gate:
@@ -57,13 +62,13 @@ class RouteLimits:
         """Every route with requests in flight under a limit: (in flight, queued)."""
         return {name: (g.active, len(g.waiters)) for name, g in self._gates.items()}
 
-    @contextlib.asynccontextmanager
-    async def slot(self, route: str) -> AsyncIterator[None]:
+    def slot(self, route: str) -> AbstractAsyncContextManager[None]:
         """Hold one of ``route``'s slots for the block, queueing (bounded) for it when all are taken."""
         limit = self.limit(route)
-        if limit <= 0:
-            yield
-            return
+        return _UNLIMITED if limit <= 0 else self._held(route, limit)
+
+    @contextlib.asynccontextmanager
+    async def _held(self, route: str, limit: int) -> AsyncIterator[None]:
         gate = self._gates.get(route)
         if gate is None:
             gate = self._gates[route] = _Gate()

@@ -6,15 +6,24 @@ paid API limits them, and a burst must queue here rather than be refused there),
 that is kept up to date, and decompression of what a CDN gzips. aiohttp's errors become the seam's
 (``ConnectFailed``, ``NoAnswer``, ``UpstreamConnectionError``, ``TimeoutError``), in words that name no
 address.
+
+The environment (proxy variables, ``~/.netrc``) is read once per backend URL, on its first request, not
+per request: aiohttp's own ``trust_env`` looks both up for every request in a worker thread (two thread
+hand-offs per request, the largest single cost of this transport under load). A change to the proxy
+variables therefore takes effect at the next start, as for every other setting.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterable
-from typing import Self
+from typing import NamedTuple, Self
 
 import aiohttp
+from aiohttp.helpers import basicauth_from_netrc, get_env_proxy_for_url, netrc_from_env
+from yarl import URL
 
 from superollama.gateway.transport import ConnectFailed, NoAnswer, UpstreamConnectionError, os_reason
 
@@ -63,6 +72,27 @@ class AiohttpResponse:
             self._response.close()  # a body left unread: close, so the server stops sending it
 
 
+class _EnvRoute(NamedTuple):
+    """What the environment says for one backend URL: its proxy (and the proxy's credentials), and the
+    ``~/.netrc`` credentials of its host (sent only when the request carries no ``Authorization``)."""
+
+    proxy: URL | None
+    proxy_auth: aiohttp.BasicAuth | None
+    netrc_auth: str | None  # the ``Authorization`` value
+
+
+def _env_route(base_url: str) -> _EnvRoute:
+    """The lookups ``trust_env=True`` makes per request, made once (blocking: a file may be read)."""
+    url = URL(base_url)
+    proxy, proxy_auth, netrc_auth = None, None, None
+    with contextlib.suppress(LookupError):
+        proxy, proxy_auth = get_env_proxy_for_url(url)
+    if url.host is not None:
+        with contextlib.suppress(LookupError):
+            netrc_auth = basicauth_from_netrc(netrc_from_env(), url.host).encode()
+    return _EnvRoute(proxy, proxy_auth, netrc_auth)
+
+
 class AiohttpTransport:
     """``transport.Transport`` on one ``aiohttp.ClientSession`` (its own, or one given)."""
 
@@ -77,20 +107,36 @@ class AiohttpTransport:
         self._owned = session is None
         self._per_host = per_host
         self._connect_timeout = connect_timeout
+        self._env: dict[str, _EnvRoute] = {}  # base URL → what the environment says for it
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:  # created on first use: it must be made inside the running loop
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._per_host, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=True)
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)  # see _env_route
         return self._session
+
+    async def _route(self, base_url: str) -> _EnvRoute:
+        env = self._env.get(base_url)
+        if env is None:
+            env = self._env[base_url] = await asyncio.to_thread(_env_route, base_url)
+        return env
 
     async def post(
         self, base_url: str, path: str, body: bytes, headers: Iterable[tuple[str, str]], *, timeout: float
     ) -> AiohttpResponse:
         limits = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, self._connect_timeout))
+        env = self._env.get(base_url) or await self._route(base_url)
+        sent = list(headers)
+        if env.netrc_auth is not None and not any(name.lower() == "authorization" for name, _ in sent):
+            sent.append(("Authorization", env.netrc_auth))
         try:
             response = await self._get_session().post(
-                base_url + path, data=body, headers=list(headers), timeout=limits
+                base_url + path,
+                data=body,
+                headers=sent,
+                timeout=limits,
+                proxy=env.proxy,
+                proxy_auth=env.proxy_auth,
             )
         except TimeoutError:
             raise TimeoutError(f"the backend did not answer within {timeout:g}s") from None

@@ -7,6 +7,11 @@ one more ``EVALSHA`` (token differences + spend) per key every ``settle_delay`` 
 requests it settles. Time comes from Redis's own clock (``TIME``), so replicas with skewed clocks agree;
 tests may inject a clock instead. The commands go through ``resp.RespClient``, pipelined on one connection.
 
+A busy key with large limits admits most requests without a round trip, from a small allowance charged in
+Redis along with an admission (``redis_lease``: at most 0.1 % of a limit over or under an exact limiter,
+for at most 60 ms plus ``settle_delay``). Smaller limits (under 8,000 rpm), and keys with a budget, take
+the round trip every time.
+
 When Redis cannot be reached: ``fail_open`` admits the request unchecked (``Admission.degraded``), otherwise
 ``Unavailable`` (503). Either way the outage is logged once (then at most once a minute while it lasts),
 Redis is not tried again for ``retry_interval`` seconds, and the client reconnects on its own afterwards.
@@ -34,6 +39,7 @@ from superollama.security.limits import (
     rate_limited,
     spend_key,
 )
+from superollama.security.redis_lease import LEASE_TTL, Allowance, grant_for
 from superollama.security.resp import NoScript, RespClient, RespError
 
 __all__ = ["RedisRateLimiter"]
@@ -219,7 +225,9 @@ class RedisRateLimiter:
         clock: Callable[[], float] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         settle_delay: float = 0.05,
+        lease: bool = True,
     ) -> None:
+        """``lease``: admit a busy key's requests from a local allowance (see ``redis_lease``)."""
         self._redis = RespClient(url, timeout=timeout)
         self._fail_open = fail_open
         self._ns = namespace
@@ -231,6 +239,10 @@ class RedisRateLimiter:
         self._owed: dict[str, _Owed] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()
+        self._monotonic = monotonic
+        self._lease = lease
+        self._allowances: dict[tuple[str, ...], Allowance] = {}  # by the buckets' keys
+        self._refills: dict[tuple[str, ...], asyncio.Future[None]] = {}  # allowances being taken
 
     @property
     def degraded(self) -> bool:
@@ -258,12 +270,49 @@ class RedisRateLimiter:
             return Admission(model, principal, reserved)
         if self._outage.skip():
             return self._unchecked(model, principal, reserved)
-        spend = self._spend_key(principal, needed=principal.budget_usd is not None)[0]
-        keys = [spend, *(self._ns + b.key for b in buckets)]
-        budget = "" if principal.budget_usd is None else repr(principal.budget_usd)
-        args = [self._now_arg(), budget, *(str(v) for b in buckets for v in (b.limit, b.cost))]
+        if not (self._lease and principal.budget_usd is None and buckets):
+            return await self._admit_in_redis(model, principal, reserved, buckets, None)
+        slot = tuple(b.key for b in buckets)
+        headers = self._from_allowance(slot, buckets)
+        if headers is None and (pending := self._refills.get(slot)) is not None:
+            await asyncio.shield(pending)  # one refill at a time per key: wait for it, then take from it
+            headers = self._from_allowance(slot, buckets)
+        if headers is not None:
+            return Admission(model, principal, reserved, buckets, headers)
+        grant = grant_for(buckets)
+        if grant is None or slot in self._refills:
+            return await self._admit_in_redis(model, principal, reserved, buckets, None)
+        refill = self._refills[slot] = asyncio.get_running_loop().create_future()
         try:
-            out = await self._admit(self._redis, keys, args)
+            return await self._admit_in_redis(model, principal, reserved, buckets, grant)
+        finally:
+            del self._refills[slot]
+            refill.set_result(None)
+
+    def _from_allowance(self, slot: tuple[str, ...], buckets: Sequence[Bucket]) -> dict[str, str] | None:
+        """The headers of an admission from the key's allowance, or None (none, used up, or expired)."""
+        allowance = self._allowances.get(slot)
+        if allowance is None:
+            return None
+        now_local = self._monotonic()
+        if allowance.expired(now_local):
+            self._return(slot, allowance)
+            return None
+        return allowance.take(buckets, now_local)
+
+    async def _admit_in_redis(
+        self,
+        model: str,
+        principal: Principal,
+        reserved: int,
+        buckets: tuple[Bucket, ...],
+        grant: tuple[int, ...] | None,
+    ) -> Admission:
+        try:
+            out = await self._call_admit(principal, buckets, grant)
+            if grant is not None and int(out[0]) == 1:  # no room for an allowance: the request alone
+                grant = None
+                out = await self._call_admit(principal, buckets, None)
         except _FAILURES as exc:
             self._outage.failed(exc)
             return self._unchecked(model, principal, reserved)
@@ -274,7 +323,53 @@ class RedisRateLimiter:
         tats = [float(x) for x in out[2:]]
         if code == 1:
             raise rate_limited(principal, buckets, tats, now)
+        if grant is not None:
+            self._keep(principal, buckets, list(grant), tats, now)
+            tats = [tat - g * b.interval for tat, g, b in zip(tats, grant, buckets, strict=True)]
         return Admission(model, principal, reserved, buckets, rate_headers(buckets, tats, now))
+
+    async def _call_admit(
+        self, principal: Principal, buckets: Sequence[Bucket], grant: Sequence[int] | None
+    ) -> Any:
+        spend = self._spend_key(principal, needed=principal.budget_usd is not None)[0]
+        keys = [spend, *(self._ns + b.key for b in buckets)]
+        budget = "" if principal.budget_usd is None else repr(principal.budget_usd)
+        costs = (
+            [b.cost for b in buckets]
+            if grant is None
+            else [b.cost + g for b, g in zip(buckets, grant, strict=True)]
+        )
+        args = [
+            self._now_arg(),
+            budget,
+            *(str(v) for b, c in zip(buckets, costs, strict=True) for v in (b.limit, c)),
+        ]
+        return await self._admit(self._redis, keys, args)
+
+    def _keep(
+        self, principal: Principal, buckets: Sequence[Bucket], grant: list[int], tats: list[float], now: float
+    ) -> None:
+        """Hold a fresh allowance (what was left of the previous one goes back), and give it back after
+        ``LEASE_TTL`` if no request has used it up by then."""
+        slot = tuple(b.key for b in buckets)
+        old = self._allowances.get(slot)
+        if old is not None:
+            self._return(slot, old)
+        allowance = Allowance(principal, tuple(buckets), grant, tats, now, self._monotonic())
+        self._allowances[slot] = allowance
+        asyncio.get_running_loop().call_later(LEASE_TTL, self._expire, slot, allowance)
+
+    def _expire(self, slot: tuple[str, ...], allowance: Allowance) -> None:
+        if self._allowances.get(slot) is allowance:
+            self._return(slot, allowance)
+
+    def _return(self, slot: tuple[str, ...], allowance: Allowance) -> None:
+        """Refund what is left of an allowance with the next settlement."""
+        if self._allowances.get(slot) is allowance:
+            del self._allowances[slot]
+        leftover = allowance.leftover()
+        if leftover:
+            self._owe(allowance.principal, leftover, 0.0)
 
     def _unchecked(self, model: str, principal: Principal, reserved: int) -> Admission:
         if not self._fail_open:
@@ -300,12 +395,18 @@ class RedisRateLimiter:
         if self._settle_delay <= 0:
             await self._send_owed(_Owed(principal).add(deltas, cost))
             return
+        self._owe(principal, deltas, cost)
+
+    def _owe(self, principal: Principal, deltas: Iterable[tuple[Bucket, int]], cost: float) -> None:
+        """Add to what the key owes; sent with the next settlement (at most ``settle_delay`` from now)."""
         owed = self._owed.get(principal.key_id)
         if owed is None:
             owed = self._owed[principal.key_id] = _Owed(principal)
         owed.add(deltas, cost)
         if self._flush_timer is None:
-            self._flush_timer = asyncio.get_running_loop().call_later(self._settle_delay, self._flush_soon)
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                max(self._settle_delay, 0.0), self._flush_soon
+            )
 
     def _flush_soon(self) -> None:
         self._flush_timer = None
@@ -316,7 +417,10 @@ class RedisRateLimiter:
             task.add_done_callback(self._flushing.discard)
 
     async def flush(self) -> None:
-        """Send what is owed now and wait for every settlement in flight (tests, shutdown)."""
+        """Give back every allowance, send what is owed now and wait for every settlement in flight
+        (tests, shutdown)."""
+        for slot, allowance in list(self._allowances.items()):
+            self._return(slot, allowance)
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_soon()

@@ -1,0 +1,82 @@
+"""Local pre-admission for the Redis limiter: a busy key takes a small allowance of requests (and tokens)
+from Redis together with one admission, then admits its next requests from that allowance in memory, with
+no round trip.
+
+The allowance is charged to the key's buckets in Redis when it is taken (in the same atomic script as the
+admission), so every process sees it as spent at once: no process can admit beyond the limit because of it.
+What is left of an allowance after ``LEASE_TTL`` seconds (or when the next one is taken) is refunded with
+the next settlement. The stated bound, per bucket:
+
+- at most ``LEASE_TTL / 60 s`` of the limit (0.1 %) more admitted than an exact limiter would, and only
+  when the bucket was not full at the grant: units are charged before they are used, so a bucket with
+  room counts them from the grant's time rather than from their use, at most ``LEASE_TTL`` earlier (a
+  full bucket's TAT lies ahead of now, where the time of the charge does not move it);
+- at most ``min(limit // LEASE_SHARE, LEASE_REQUESTS requests' worth)`` units per gateway process held
+  back (charged, not yet used) at any moment, each for at most ``LEASE_TTL`` plus ``settle_delay``
+  seconds: 0.1 % of the limit, so a key refused near its limit is refused at most that early;
+- only buckets that large get an allowance (worth ``LEASE_MIN`` requests at least: rpm >= 8,000), and
+  never a key with a budget (its spend is checked in Redis on every request). Smaller limits behave
+  exactly as without it. While Redis is unreachable, what is left of an allowance is still admitted
+  (it was charged) before the limiter fails open or closed.
+
+The ``x-ratelimit-*`` headers of a local admission are worked out from the buckets' TATs at the grant, the
+units since used, and the time since.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from superollama.security.keys import Principal
+from superollama.security.limits import Bucket, rate_headers
+
+__all__ = ["LEASE_MIN", "LEASE_REQUESTS", "LEASE_SHARE", "LEASE_TTL", "Allowance", "grant_for"]
+
+LEASE_SHARE = 1000  # an allowance is at most 1/1000 of each bucket's limit
+LEASE_REQUESTS = 64  # and at most this many requests' worth of each bucket
+LEASE_MIN = 8  # an allowance smaller than this many requests' worth saves too little to be taken
+LEASE_TTL = 0.06  # seconds an allowance admits from; what is left then goes back to Redis
+
+
+def grant_for(buckets: Sequence[Bucket]) -> tuple[int, ...] | None:
+    """The units an allowance takes from each bucket on top of this request's cost, or None when some
+    bucket is too small for one (or nothing would be granted)."""
+    grant = tuple(min(b.limit // LEASE_SHARE, LEASE_REQUESTS * b.cost) for b in buckets)
+    if not buckets or any(g < LEASE_MIN * b.cost or g <= 0 for g, b in zip(grant, buckets, strict=True)):
+        return None
+    return grant
+
+
+@dataclass(slots=True, eq=False)
+class Allowance:
+    """Units left per bucket of one key's allowance; the buckets' TATs and Redis's time at the grant."""
+
+    principal: Principal
+    buckets: tuple[Bucket, ...]
+    left: list[int]
+    tats: list[float]
+    now: float  # Redis time (relative to EPOCH) of the grant
+    taken_at: float  # local monotonic time of the grant
+
+    def expired(self, monotonic: float) -> bool:
+        return monotonic - self.taken_at >= LEASE_TTL
+
+    def take(self, buckets: Sequence[Bucket], monotonic: float) -> dict[str, str] | None:
+        """Admit one request costing ``buckets``' costs from what is left: its rate headers, or None
+        when some bucket has too little left (the caller goes to Redis)."""
+        left = self.left
+        for i, bucket in enumerate(buckets):
+            if left[i] < bucket.cost:
+                return None
+        for i, bucket in enumerate(buckets):
+            left[i] -= bucket.cost
+        now = self.now + (monotonic - self.taken_at)
+        tats = [tat - n * b.interval for tat, n, b in zip(self.tats, left, self.buckets, strict=True)]
+        return rate_headers(buckets, tats, now)
+
+    def leftover(self) -> list[tuple[Bucket, int]]:
+        """What to refund: minus the units left, per bucket (and nothing left after this)."""
+        out = [(b, -n) for b, n in zip(self.buckets, self.left, strict=True) if n > 0]
+        self.left = [0] * len(self.left)
+        return out

@@ -1,0 +1,125 @@
+"""The Redis limiter's local allowance (``security/redis_lease.py``) against the real Redis on
+127.0.0.1:6379 (a namespace per test, deleted afterwards), with a pinned clock: a busy key with large
+limits admits from the allowance without touching its buckets, the headers still count down, what is left
+goes back to Redis, the limit stays exact to the request, and small limits or a budget get none."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from redis.asyncio import Redis
+
+from superollama.errors import RateLimited
+from superollama.security import Principal
+from superollama.security.limits import EPOCH, WINDOW
+from superollama.security.redis_lease import LEASE_MIN, LEASE_REQUESTS, LEASE_SHARE
+from superollama.security.redis_limits import RedisRateLimiter
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+T0 = 1_800_000_000.0
+
+
+def principal(**limits: object) -> Principal:
+    key_id = f"key_{uuid.uuid4().hex[:8]}"
+    return Principal(key_id, "lease", f"so-{key_id[4:]}", **limits)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def made() -> AsyncIterator[Callable[..., tuple[RedisRateLimiter, str]]]:
+    namespaces: list[str] = []
+    limiters: list[RedisRateLimiter] = []
+
+    def make(monotonic: Callable[[], float] | None = None) -> tuple[RedisRateLimiter, str]:
+        namespace = f"lease:{uuid.uuid4().hex[:10]}:"
+        extra = {"monotonic": monotonic} if monotonic is not None else {}
+        limiter = RedisRateLimiter(REDIS_URL, namespace=namespace, clock=lambda: T0, fail_open=False, **extra)
+        namespaces.append(namespace)
+        limiters.append(limiter)
+        return limiter, namespace
+
+    yield make
+    redis = Redis.from_url(REDIS_URL)
+    for limiter in limiters:
+        await limiter.close()
+    for namespace in namespaces:
+        keys = [k async for k in redis.scan_iter(match=f"{namespace}*")]
+        if keys:
+            await redis.delete(*keys)
+    await redis.aclose()
+
+
+async def _ahead(namespace: str, p: Principal, bucket: str) -> float:
+    """How far the bucket's TAT lies ahead of the pinned now, in seconds (0 when it has none)."""
+    redis = Redis.from_url(REDIS_URL)
+    raw = await redis.get(f"{namespace}{{{p.key_id}}}:{bucket}")
+    await redis.aclose()
+    return 0.0 if raw is None else float(raw) - (T0 - EPOCH)
+
+
+async def test_a_busy_key_admits_from_its_allowance_and_gives_back_the_rest(
+    made: Callable[..., tuple[RedisRateLimiter, str]],
+) -> None:
+    ticks = itertools.count()
+    limiter, ns = made(monotonic=lambda: next(ticks) * 1e-6)  # frozen well inside the allowance's life
+    rpm = 100_000
+    p = principal(rpm=rpm)
+    interval = WINDOW / rpm
+    grant = min(rpm // LEASE_SHARE, LEASE_REQUESTS)
+    first = await limiter.admit(p, "m", 10)
+    assert await _ahead(ns, p, "rpm") == pytest.approx((1 + grant) * interval, abs=1e-6)  # charged up front
+    remaining = [int(first.headers["x-ratelimit-remaining-requests"])]
+    for _ in range(9):
+        admission = await limiter.admit(p, "m", 10)
+        remaining.append(int(admission.headers["x-ratelimit-remaining-requests"]))
+    assert await _ahead(ns, p, "rpm") == pytest.approx(
+        (1 + grant) * interval, abs=1e-6
+    )  # no round trip since
+    assert remaining == list(range(rpm - 1, rpm - 11, -1))  # as an exact limiter would say
+    await limiter.flush()  # gives back what is left of the allowance
+    assert await _ahead(ns, p, "rpm") == pytest.approx(10 * interval, abs=1e-6)
+
+
+async def test_the_limit_stays_exact_to_the_request(
+    made: Callable[..., tuple[RedisRateLimiter, str]],
+) -> None:
+    limiter, ns = made()
+    rpm = LEASE_MIN * LEASE_SHARE  # the smallest allowance
+    p = principal(rpm=rpm)
+    for _ in range(rpm):
+        await limiter.admit(p, "m", 0)
+    with pytest.raises(RateLimited):
+        await limiter.admit(p, "m", 0)
+    await limiter.flush()
+    assert await _ahead(ns, p, "rpm") == pytest.approx(WINDOW, abs=1e-4)  # float sums of 8,000 charges
+
+
+async def test_small_limits_and_budgets_take_no_allowance(
+    made: Callable[..., tuple[RedisRateLimiter, str]],
+) -> None:
+    limiter, ns = made()
+    small = principal(rpm=LEASE_MIN * LEASE_SHARE - 1)
+    budgeted = principal(rpm=100 * LEASE_SHARE, budget_usd=5.0)
+    for p in (small, budgeted):
+        await limiter.admit(p, "m", 0)
+        assert await _ahead(ns, p, "rpm") == pytest.approx(WINDOW / p.rpm, abs=1e-6)  # this request only
+
+
+async def test_concurrent_requests_share_one_refill(
+    made: Callable[..., tuple[RedisRateLimiter, str]],
+) -> None:
+    """Requests that find no allowance while one is being taken wait for it rather than each taking their
+    own (which would give back the previous one at every turn)."""
+    ticks = itertools.count()
+    limiter, ns = made(monotonic=lambda: next(ticks) * 1e-6)
+    rpm = 100_000
+    p = principal(rpm=rpm)
+    grant = min(rpm // LEASE_SHARE, LEASE_REQUESTS)
+    admitted = await asyncio.gather(*(limiter.admit(p, "m", 0) for _ in range(20)))
+    assert len(admitted) == 20
+    assert await _ahead(ns, p, "rpm") == pytest.approx((1 + grant) * WINDOW / rpm, abs=1e-6)  # one trip
+    remaining = sorted(int(a.headers["x-ratelimit-remaining-requests"]) for a in admitted)
+    assert remaining == list(range(rpm - 20, rpm))
