@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["RAY_ENV", "RayHead"]
+__all__ = ["RAY_ENV", "RayHead", "stop_ray_start"]
 
 log = logging.getLogger("superollama.cluster")
 
@@ -142,17 +142,23 @@ class RayHead:
             await _stop_pid(self._adopted_pid, grace)
             self._adopted_pid = None
             return
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
+        if self._proc is not None:
+            await stop_ray_start(self._proc, grace)
+
+
+async def stop_ray_start(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM to a ``ray start --block`` child (it stops the Ray processes it started), SIGKILL to its
+    process group after ``grace`` seconds."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
 
 def _is_ray_start(pid: int) -> bool:

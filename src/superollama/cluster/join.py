@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from superollama.client import APIConnectionError, APIStatusError, AsyncClient, RateLimitError, ServerError
 from superollama.cluster.blobs import NODE_STORE_ENV
-from superollama.cluster.head import RAY_ENV
+from superollama.cluster.head import RAY_ENV, stop_ray_start
 from superollama.runtimes._child import set_pdeathsig
 
 __all__ = ["JoinRefused", "JoinSpec", "NodeSupervisor", "local_address"]
@@ -185,20 +185,5 @@ class NodeSupervisor:
         finally:
             stopping.cancel()
         if not ended.done():
-            await stop_child(proc)
+            await stop_ray_start(proc, STOP_GRACE)
         return await ended
-
-
-async def stop_child(proc: asyncio.subprocess.Process, grace: float = STOP_GRACE) -> None:
-    """SIGTERM to ``ray start --block`` (it stops the Ray processes it started), SIGKILL to its process
-    group after ``grace`` seconds."""
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), grace)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
