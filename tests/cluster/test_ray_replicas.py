@@ -146,7 +146,7 @@ def test_replicas_spread_over_nodes_serve_and_scale_down_without_a_failure(clean
 
 
 def _stream_tokens(srv: ServerProcess) -> int:
-    """Tokens for a stream that outlasts a move's new instance start on this machine: about 20 s at the
+    """Tokens for a stream that outlasts a move's new instance start on this machine: about 10 s at the
     speed one 64-token answer shows (a fast machine would otherwise end a fixed-length stream before the
     old instance drains), within 300 and what a slot holds (4096 tokens over 4 slots)."""
     body = {
@@ -159,7 +159,7 @@ def _stream_tokens(srv: ServerProcess) -> int:
     reply = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=300)
     assert reply.status_code == 200, reply.text
     per_second = reply.json()["usage"]["completion_tokens"] / (time.monotonic() - started)
-    return max(300, min(900, int(per_second * 20)))
+    return max(300, min(900, int(per_second * 10)))
 
 
 def _stream(srv: ServerProcess, out: dict[str, Any]) -> None:

@@ -146,16 +146,21 @@ def test_cordon_uncordon_load_and_drain_a_node(browser: object, ui_server: UiSer
         reasons = {e["detail"].get("instance"): e["detail"].get("reason") for e in stops.json()["events"]}
         assert reasons.get(drained) == f"node {name} drained", reasons
 
-        # what a drain promises: the next request for the version is answered, by a new instance
+        # what a drain promises: nothing new starts on the node (this server's only one) until it is
+        # uncordoned; then the next request for the version is answered, by a new instance
+        refused = _chat(ui)
+        assert refused.status_code == 503, refused.text
+        assert f"superollama nodes uncordon {name}" in refused.json()["error"]["message"]
+        assert not [i for i in _instances(ui) if i["version"] == SMOL]
+
+        card.locator("button[data-action=uncordon]").click()
+        card.locator(".node-state.state-ready").wait_for()
+        assert _nodes(ui)[name]["state"] == "ready"
         answered = _chat(ui)
         assert answered.status_code == 200, answered.text
         assert answered.json()["choices"][0]["message"]["content"] is not None
         now = [i for i in _instances(ui) if i["version"] == SMOL]
         assert now and all(i["id"] != drained for i in now), now
-
-        card.locator("button[data-action=uncordon]").click()
-        card.locator(".node-state.state-ready").wait_for()
-        assert _nodes(ui)[name]["state"] == "ready"
 
 
 def test_remove_a_node_and_a_refusal_in_the_apis_words(

@@ -151,7 +151,7 @@
       what.textContent = !n ? `Node ${name} is no longer listed.`
         : running.length ? `It is cordoned, then ${running.length === 1 ? "this instance is" : `these ${running.length} instances are`} drained (their requests in flight finish, up to the drain bound) and stopped:`
           : "No instance runs there now: draining only cordons it.";
-      after.textContent = "Placement puts nothing new there until it is uncordoned; the next request for a stopped version starts a new instance.";
+      after.textContent = "Nothing new starts there until it is uncordoned: the next request for a stopped version starts a new instance on another node, or gets a 503 where there is none.";
     } else {
       document.getElementById("node-confirm-h").textContent = `Remove node ${name}?`;
       document.getElementById("node-confirm-yes").textContent = "Remove";
