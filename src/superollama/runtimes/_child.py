@@ -52,7 +52,15 @@ def settle_lifetime(parent_pid: int | None, guardian_pid: int | None) -> bool:
         select.select([pidfd], [], [])  # readable once the guardian has exited
         os.kill(os.getpid(), signal.SIGKILL)  # as PR_SET_PDEATHSIG would
 
-    threading.Thread(target=watch, name="guardian", daemon=True).start()
+    # The watcher never takes a stop signal: a process-directed SIGTERM may go to any thread that does not
+    # block it, and in a worker that waits for it with sigwait (llamacpp_worker) this thread would take it
+    # with the default action, ending the process by the signal instead of the worker's clean stop.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        threading.Thread(target=watch, name="guardian", daemon=True).start()  # inherits the mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
     return True
 
 

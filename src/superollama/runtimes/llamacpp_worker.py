@@ -105,14 +105,15 @@ def _start_server(args: argparse.Namespace) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Block SIGTERM/SIGINT before any other thread starts (the guardian's watcher, llama.cpp's: they
+    # inherit the mask), then take them with sigwait: no handler runs at an arbitrary point (a handler
+    # that sets a threading.Event can deadlock against the Event's own lock), and a handler llama.cpp
+    # might install never fires.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     if not settle_lifetime(args.parent_pid, args.guardian_pid):
         print("parent is gone before start: exiting", file=sys.stderr)
         return 3
     control = _take_control_pipe()
-    # Block SIGTERM/SIGINT before llama.cpp starts its threads (they inherit the mask), then take them
-    # with sigwait: no handler runs at an arbitrary point (a handler that sets a threading.Event can
-    # deadlock against the Event's own lock), and a handler llama.cpp might install never fires.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
 
     reason = _precheck(args.model)
     server: Any = None
