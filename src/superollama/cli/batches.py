@@ -9,19 +9,14 @@ from typing import Any
 from urllib.parse import quote
 
 import click
-import orjson
 
 from superollama.cli.main import Context, api, cli, console, pass_ctx
-from superollama.cli.render import age, print_table
+from superollama.cli.render import age, print_json, print_table
 
 __all__ = ["batches"]
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 _ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses")
-
-
-def _dump(value: Any) -> None:
-    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
 def _counts(b: dict[str, Any]) -> str:
@@ -63,7 +58,7 @@ def create(ctx: Context, source: str, endpoint: str, metadata: tuple[str, ...], 
         body["metadata"] = pairs
     made = ctx.client.request("POST", "/v1/batches", json=body)
     if as_json:
-        _dump(made)
+        print_json(made)
         return
     console.print(f"{made['id']}  {made['status']}  (input {file_id})", highlight=False)
 
@@ -77,7 +72,7 @@ def ls(ctx: Context, limit: int, as_json: bool) -> None:
     """List batches, newest first."""
     page = ctx.client.request("GET", "/v1/batches", params={"limit": limit})
     if as_json:
-        _dump(page["data"])
+        print_json(page["data"])
         return
     rows = [
         (b["id"], b["status"], b["endpoint"], _counts(b), b["output_file_id"] or "", _age(b["created_at"]))
@@ -92,7 +87,7 @@ def ls(ctx: Context, limit: int, as_json: bool) -> None:
 @api
 def show(ctx: Context, batch_id: str) -> None:
     """Show a batch (status, request counts, files, errors)."""
-    _dump(ctx.client.request("GET", f"/v1/batches/{quote(batch_id)}"))
+    print_json(ctx.client.request("GET", f"/v1/batches/{quote(batch_id)}"))
 
 
 @batches.command("cancel")
@@ -104,6 +99,6 @@ def cancel(ctx: Context, batch_id: str, as_json: bool) -> None:
     """Cancel a batch: requests not sent yet are not sent."""
     done = ctx.client.request("POST", f"/v1/batches/{quote(batch_id)}/cancel")
     if as_json:
-        _dump(done)
+        print_json(done)
         return
     console.print(f"{done['id']}  {done['status']}  {_counts(done)}", highlight=False)

@@ -9,20 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 
 from superollama.cli.main import Context, api, cli, console, pass_ctx
-from superollama.cli.render import print_table
+from superollama.cli.render import print_json, print_table
 
 __all__ = ["finetune"]
 
 _JOBS = "/v1/fine_tuning/jobs"
 _JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 _FINAL = ("succeeded", "failed", "cancelled")
-
-
-def _dump(value: Any) -> None:
-    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
 def _file_id(ctx: Context, ref: str) -> str:
@@ -106,7 +101,7 @@ def finetune_create(
     if wait:
         job = _follow(ctx, job["id"], quiet=as_json)
     if as_json:
-        _dump(job)
+        print_json(job)
     else:
         _print_job(job)
 
@@ -135,7 +130,7 @@ def finetune_ls(ctx: Context, limit: int, as_json: bool) -> None:
     """List fine-tuning jobs, newest first."""
     page = ctx.client.request("GET", _JOBS, params={"limit": limit})
     if as_json:
-        _dump(page["data"])
+        print_json(page["data"])
         return
     rows = [
         (j["id"], j["status"], j["model"], j.get("fine_tuned_model") or "-", j.get("trained_tokens") or 0)
@@ -153,7 +148,7 @@ def finetune_show(ctx: Context, job_id: str, as_json: bool) -> None:
     """One job: status, result, hyperparameters, error."""
     job = ctx.client.request("GET", f"{_JOBS}/{job_id}")
     if as_json:
-        _dump(job)
+        print_json(job)
     else:
         _print_job(job)
 
@@ -179,7 +174,7 @@ def finetune_events(ctx: Context, job_id: str, limit: int, as_json: bool) -> Non
     page = ctx.client.request("GET", f"{_JOBS}/{job_id}/events", params={"limit": limit})
     events = list(reversed(page["data"]))
     if as_json:
-        _dump(events)
+        print_json(events)
         return
     rows = [(e["created_at"], e["level"], e.get("type") or "message", e["message"]) for e in events]
     print_table(console, ("CREATED", "LEVEL", "TYPE", "MESSAGE"), rows)

@@ -6,17 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import click
-import orjson
 
 from superollama.cli.main import Context, api, cli, console, err_console, pass_ctx
-from superollama.cli.render import age, human_size, print_table
+from superollama.cli.render import age, human_size, print_json, print_table
 from superollama.client.types import Node
 
 __all__ = ["nodes"]
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
 def _free(node: Node) -> str:
@@ -49,7 +44,7 @@ def ls(ctx: Context, as_json: bool) -> None:
     """Every node: state, address, free RAM, GPUs, instances."""
     listed = ctx.client.nodes.list()
     if as_json:
-        _echo_json(listed)
+        print_json(listed)
         return
     rows = [
         (
@@ -72,7 +67,7 @@ def ls(ctx: Context, as_json: bool) -> None:
 @api
 def show(ctx: Context, name: str) -> None:
     """One node as JSON: inventory, use, instances."""
-    _echo_json(ctx.client.nodes.get(name))
+    print_json(ctx.client.nodes.get(name))
 
 
 def _state_command(action: str, doc: str) -> None:
@@ -84,7 +79,7 @@ def _state_command(action: str, doc: str) -> None:
     def command(ctx: Context, name: str, as_json: bool) -> None:
         data: dict[str, Any] = dict(getattr(ctx.client.nodes, action)(name))
         if as_json:
-            _echo_json(data)
+            print_json(data)
             return
         node = data.get("node", data)
         extra = f"; stopped {', '.join(data['stopped']) or 'nothing'}" if "stopped" in data else ""
@@ -105,7 +100,7 @@ def rm(ctx: Context, name: str, as_json: bool) -> None:
     """Forget NAME (refused while instances run there: drain it first)."""
     removed = ctx.client.nodes.remove(name)
     if as_json:
-        _echo_json(removed)
+        print_json(removed)
         return
     console.print(f"removed node {name}")
 
@@ -125,7 +120,7 @@ def token_create(ctx: Context, name: str | None, expires: str | None, as_json: b
     """Make a join token; it is printed this once (the server keeps only its hash)."""
     made = ctx.client.nodes.create_token(name=name, expires_in=expires)
     if as_json:
-        _echo_json(made)
+        print_json(made)
         return
     until = f", expires {made['expires_at']}" if made.get("expires_at") else ""
     click.echo(made["token"])
@@ -145,7 +140,7 @@ def token_ls(ctx: Context, as_json: bool) -> None:
     """The join tokens: id, name, state, expiry, last join."""
     listed = ctx.client.nodes.tokens()
     if as_json:
-        _echo_json(listed)
+        print_json(listed)
         return
     rows = [
         (
@@ -170,6 +165,6 @@ def token_revoke(ctx: Context, ident: str, as_json: bool) -> None:
     """Revoke a join token: no machine joins with it, and an agent using it does not rejoin."""
     revoked = ctx.client.nodes.revoke_token(ident)
     if as_json:
-        _echo_json(revoked)
+        print_json(revoked)
         return
     console.print(f"revoked join token {revoked['name']} ({revoked['id']})")
