@@ -237,6 +237,10 @@ class RayAgent(LocalAgent):
         if self._head is not None:
             await self._head.stop()
 
+    async def _refuse_when_closed(self, version: str) -> None:
+        """Nothing refused up front: the control plane's node is one node of the cluster, and a cordon of
+        it keeps instances off it only. Placement filters every cordoned node, and its 503 names them."""
+
     @property
     def registry(self) -> Registry:
         return self._registry
