@@ -15,8 +15,9 @@
 4. **Fence**: a node cut off from the head is declared dead by the cluster, but Ray leaves its raylet
    running, waiting for the head, and with it the node's model processes (serving no one, holding their
    memory), for as long as the cut lasts. When the head's control store has not answered for ``fence``
-   seconds in a row (60 s; a head restart takes a few), the agent stops its Ray node — its model
-   processes end with their actors — and joins again once the control plane answers.
+   seconds in a row (60 s; a head restart takes a few), the agent stops its Ray node (SIGKILL to its
+   process group after 5 s: no drain, the head is not there) — its model processes end with their actors
+   — and joins again once the control plane answers.
 5. **Stop**: on SIGTERM or SIGINT the child is stopped by its PID (SIGTERM: ``ray start --block`` stops
    the Ray processes it started; SIGKILL to its process group after a grace period) — never by
    ``ray stop``, which kills every Ray process of the machine by name.
@@ -62,6 +63,7 @@ BACKOFF_MAX = 30.0
 HEALTHY_RUN = 60.0  # a node that ran this long resets the backoff
 STOP_GRACE = 30.0
 FENCE = 60.0  # seconds without the head's control store before the node stops its Ray node
+FENCE_GRACE = 5.0  # a fenced node is not drained: ``ray start`` would wait 30 s for a head it cannot reach
 PROBE_EVERY = 1.0
 PROBE_TIMEOUT = 2.0
 
@@ -215,12 +217,14 @@ class NodeSupervisor:
             stopping.cancel()
             fenced.cancel()
         if not ended.done():
+            grace = STOP_GRACE
             if not stop.is_set():
+                grace = FENCE_GRACE
                 self._say(
                     f"the Ray head {address} has not answered for {self._fence:g} s: stopping this "
                     "Ray node and its model processes (the cluster has declared it dead)"
                 )
-            await stop_ray_start(proc, STOP_GRACE)
+            await stop_ray_start(proc, grace)
         return await ended
 
     async def _cut_off(self, address: str) -> None:
