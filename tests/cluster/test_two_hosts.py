@@ -1,14 +1,19 @@
 """Two real hosts (``tests/cluster/netns.py``: network namespaces with addresses of their own, a veth pair
 between them): the control plane and its Ray head on host A, ``superollama agent --join`` on host B as
 node ``far``. SmolLM2 runs on ``far`` (the control plane's own node is cordoned) and answers through A's
-gateway. Then the link is cut for longer than Ray's health check: ``far`` is seen ``down`` and its
-instance leaves routing. The link comes back: the agent brings the node back by itself (a new Ray node,
-the same name, one node ``far``), the model process the cut left on B is gone, and the next chat starts
-exactly one instance (one model process, one instance actor). The times from the cut to ``down``, from
-the restore to ``up`` and to the next answer are printed (``pytest -s``; README, "Many machines").
+gateway.
 
-Every process runs inside one of the namespaces; the fixture kills whatever is left there by PID and
-deletes both (root only: skipped otherwise, with the reason)."""
+1. The link is cut for longer than Ray's health check: ``far`` is seen ``down``, its instance leaves
+   routing, a request gets a 503 at once. The link comes back: the agent brings the node back by itself
+   (a new Ray node, the same name, one node ``far``), the model process the cut left on B is gone, and
+   the next chat starts exactly one instance (one model process, one instance actor).
+2. A cut longer than the agent's fence: the agent stops its Ray node while the link is still cut (Ray
+   would leave it, and the model process, waiting for the head), keeps trying to join, and is back once
+   the link is; again exactly one instance.
+
+The times (cut to ``down``, restore to ``up`` and to the next answer) are printed (``pytest -s``; README,
+"Many machines"). Every process runs inside one of the namespaces; the fixture kills whatever is left
+there by PID and deletes both (root only: skipped otherwise, with the reason)."""
 
 from __future__ import annotations
 
