@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 from superollama.client._async_transport import AsyncResource
-from superollama.client._common import ADMIN, flag, quote_name, route, without_none
+from superollama.client._common import ADMIN, MOVE_TIMEOUT, flag, quote_name, route, without_none
 from superollama.client.types import (
     ApplyReport,
     Connection,
@@ -132,9 +132,12 @@ class AsyncInstances(AsyncResource):
     @route("POST", ADMIN + "/instances/move")
     async def move(self, name: str, node: str, *, instance: str | None = None) -> JSONObject:
         """Move a running instance of version ``name`` to ``node`` (``serve --cluster``): the new one is
-        ready before the old one drains and stops. The answer names both, with the seconds it took."""
+        ready before the old one drains and stops. The answer names both, with the seconds it took. The
+        call lasts as long as the old instance's requests (the server's drain bound), so it waits up to
+        ``MOVE_TIMEOUT``."""
         body = without_none(name=name, node=node, instance=instance)
-        return cast(JSONObject, await self._t.call("POST", ADMIN + "/instances/move", json=body))
+        answer = await self._t.call("POST", ADMIN + "/instances/move", json=body, timeout=MOVE_TIMEOUT)
+        return cast(JSONObject, answer)
 
 
 class AsyncStorage(AsyncResource):

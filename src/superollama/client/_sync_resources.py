@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
-from superollama.client._common import ADMIN, flag, quote_name, route, without_none
+from superollama.client._common import ADMIN, MOVE_TIMEOUT, flag, quote_name, route, without_none
 from superollama.client._sync_transport import Resource
 from superollama.client.types import (
     ApplyReport,
@@ -126,9 +126,12 @@ class Instances(Resource):
     @route("POST", ADMIN + "/instances/move")
     def move(self, name: str, node: str, *, instance: str | None = None) -> JSONObject:
         """Move a running instance of version ``name`` to ``node`` (``serve --cluster``): the new one is
-        ready before the old one drains and stops. The answer names both, with the seconds it took."""
+        ready before the old one drains and stops. The answer names both, with the seconds it took. The
+        call lasts as long as the old instance's requests (the server's drain bound), so it waits up to
+        ``MOVE_TIMEOUT``."""
         body = without_none(name=name, node=node, instance=instance)
-        return cast(JSONObject, self._t.call("POST", ADMIN + "/instances/move", json=body))
+        answer = self._t.call("POST", ADMIN + "/instances/move", json=body, timeout=MOVE_TIMEOUT)
+        return cast(JSONObject, answer)
 
 
 class Storage(Resource):
