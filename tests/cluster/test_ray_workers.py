@@ -22,7 +22,9 @@ import httpx
 import psutil
 import pytest
 from tests.cluster.conftest import RayTestCluster
+from tests.cluster.test_cluster_blobs import _sha256
 from tests.cluster.test_ray_cluster import _instance_actor_alive
+from tests.conftest import smollm2_path
 from tests.e2e.conftest import ServerProcess, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -68,6 +70,20 @@ def test_gateway_workers_never_import_ray_and_outlive_their_ray_driver(
     server: ServerProcess, ray_cluster: RayTestCluster
 ) -> None:
     srv = server
+    # pull --node: the files land in beta's own store (verified), before anything runs there
+    gguf = smollm2_path()
+    digest = _sha256(gguf)
+    copy = ray_cluster.stores["beta"] / "blobs" / digest.replace(":", "-")
+    copy.unlink(missing_ok=True)  # left by an earlier module's instance on beta (none runs now)
+    refused = srv.cli("pull", str(gguf), "--name", "smollm2:nowhere", "--node", "nowhere", "--json")
+    assert refused.returncode != 0 and "node 'nowhere' not found" in refused.stderr, refused.stderr
+    assert all(m["name"] != "smollm2:nowhere" for m in srv.admin("GET", "/admin/v1/models").json()["models"])
+    pulled = srv.cli("pull", str(gguf), "--name", "smollm2:on-beta", "--node", "beta", "--json", timeout=300)
+    assert pulled.returncode == 0, pulled.stderr
+    on = json.loads(pulled.stdout)["node"]
+    assert on["name"] == "beta" and on["own_store"] is True and Path(on["path"]) == copy, on
+    assert copy.is_file() and _sha256(copy) == digest
+
     first = _chat(srv)
     assert first.status_code == 200, first.text
     [inst] = srv.instances()

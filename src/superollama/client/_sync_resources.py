@@ -90,18 +90,23 @@ class Models(Resource):
         return cast(Version, self._t.call("POST", ADMIN + "/rename", json=body))
 
     @route("POST", ADMIN + "/pull")
-    def pull(self, source: str, *, name: str | None = None, runtime: str | None = None) -> Iterator[Progress]:
+    def pull(
+        self, source: str, *, name: str | None = None, runtime: str | None = None, node: str | None = None
+    ) -> Iterator[Progress]:
         """Pull ``source`` (hf://, ollama://, https://, file://): its progress until the job ends; the
         first line names the job (``job``), the last has ``status`` ``success`` (and ``model``) or
-        ``error``. Leaving the loop early does not cancel the job: ``jobs.cancel`` does."""
-        body = without_none(source=source, name=name, runtime=runtime, stream=True)
+        ``error``. Leaving the loop early does not cancel the job: ``jobs.cancel`` does. ``node``: also
+        copy its files to that node's own store (``serve --cluster``), so that it starts there at once."""
+        body = without_none(source=source, name=name, runtime=runtime, node=node, stream=True)
         for line in self._t.lines("POST", ADMIN + "/pull", json=body):
             yield cast(Progress, line)
 
     @route("POST", ADMIN + "/pull")
-    def start_pull(self, source: str, *, name: str | None = None, runtime: str | None = None) -> Job:
+    def start_pull(
+        self, source: str, *, name: str | None = None, runtime: str | None = None, node: str | None = None
+    ) -> Job:
         """Start a pull in the background: the job, to follow with ``jobs.watch`` or ``jobs.get``."""
-        body = without_none(source=source, name=name, runtime=runtime, background=True)
+        body = without_none(source=source, name=name, runtime=runtime, node=node, background=True)
         return cast(Job, self._t.call("POST", ADMIN + "/pull", json=body))
 
     @route("POST", ADMIN + "/move")

@@ -250,6 +250,30 @@ class RayAgent(LocalAgent):
         outcome = await move_instance(self, artifact, runtime, node, instance=instance)
         return outcome.as_json()
 
+    @property
+    def several_nodes(self) -> bool:
+        return True
+
+    async def check_copy_node(self, node: str) -> None:
+        """``CopiesVersions``: the node a pull copies to is known and up (404, 409)."""
+        from superollama.cluster.moves import check_node
+
+        await check_node(self, node)
+
+    async def copy_to_node(self, artifact: Artifact, node: str) -> dict[str, Any]:
+        """``CopiesVersions``: the version's files in ``node``'s own store (copied now unless there
+        already), as ``pull --node`` asks; a node that reads the control plane's files needs no copy."""
+        await self.check_copy_node(node)
+        t0 = time.perf_counter()
+        target = self._nodes[node]
+        placed = await self._place_blobs(target, artifact)
+        return {
+            "name": node,
+            "path": str(placed.path),
+            "own_store": target.store_root is not None,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+
     # -- nodes -----------------------------------------------------------------------------------------
     def nodes(self) -> dict[str, RayNode]:
         """The cluster's nodes at the last refresh, by name."""

@@ -19,6 +19,8 @@ in a plain ``serve``. Same style as the primary's ``control.sock`` (``workers.pr
 - ``POST /agent/ended`` ``{instance, within}``: how an instance a request could not reach has ended.
 - ``POST /agent/move`` ``{artifact, runtime, node, instance}``: move an instance to another node (a cluster
   agent only; 409 otherwise); the answer is the move's outcome.
+- ``POST /agent/copy`` ``{artifact, node}``: a version's files into a node's own store (``pull --node``; a
+  cluster agent only); without ``artifact``, only the check that the node can take them.
 
 Lifetimes: a gateway worker's death (the primary's included) costs the model processes nothing; the
 primary that restarts finds them in the first ``state``. The agent's own death costs them nothing
@@ -43,7 +45,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from superollama.agent import LiveInstance, LocalAgent, MovesInstances
+from superollama.agent import CopiesVersions, LiveInstance, LocalAgent, MovesInstances
 from superollama.agent.node import agent_config
 from superollama.core import Artifact, EventRecord, Runtime
 from superollama.errors import Conflict, SuperOllamaError
@@ -113,6 +115,7 @@ class AgentServer:
         app.router.add_post("/agent/scale", self._scale)
         app.router.add_post("/agent/ended", self._ended)
         app.router.add_post("/agent/move", self._move)
+        app.router.add_post("/agent/copy", self._copy)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         with contextlib.suppress(FileNotFoundError):
@@ -251,6 +254,20 @@ class AgentServer:
         except SuperOllamaError as exc:
             return web.Response(body=error_json(exc), status=exc.status, content_type="application/json")
         return web.Response(body=orjson.dumps(moved, default=str), content_type="application/json")
+
+    async def _copy(self, request: web.Request) -> web.Response:
+        body = await request.json(loads=orjson.loads)
+        agent = self._agent
+        try:
+            if not isinstance(agent, CopiesVersions):
+                raise Conflict("copying a version to a node needs a cluster (serve --cluster)", param="node")
+            if body.get("artifact") is None:  # only the check
+                await agent.check_copy_node(str(body["node"]))
+                return web.Response(body=b"{}", content_type="application/json")
+            copied = await agent.copy_to_node(_artifact(body["artifact"]), str(body["node"]))
+        except SuperOllamaError as exc:
+            return web.Response(body=error_json(exc), status=exc.status, content_type="application/json")
+        return web.Response(body=orjson.dumps(copied, default=str), content_type="application/json")
 
 
 def _artifact(data: dict[str, Any]) -> Artifact:

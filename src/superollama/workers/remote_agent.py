@@ -269,6 +269,19 @@ class RemoteAgent:
         timeout = self._load_timeout + _CALL_TIMEOUT + 3600.0
         return dict(await post_json(self._session, _BASE + "/agent/move", body, timeout, peer=_PEER))
 
+    @property
+    def several_nodes(self) -> bool:
+        """``CopiesVersions``: whether the agent process runs a cluster (known from its first state)."""
+        return self._cluster_address is not None
+
+    async def check_copy_node(self, node: str) -> None:
+        await post_json(self._session, _BASE + "/agent/copy", {"node": node}, _CALL_TIMEOUT, peer=_PEER)
+
+    async def copy_to_node(self, artifact: Artifact, node: str) -> dict[str, Any]:
+        body = {"artifact": _artifact_json(artifact), "node": node}
+        timeout = self._load_timeout + _CALL_TIMEOUT + 3600.0  # a copy of many GiB between machines
+        return dict(await post_json(self._session, _BASE + "/agent/copy", body, timeout, peer=_PEER))
+
     async def _reachable(self, deadline: float, what: str) -> None:
         left = deadline - asyncio.get_running_loop().time()
         try:
