@@ -39,9 +39,10 @@ class ServerProcess:
         self.url = ""
         self.log = home / "serve.log"
 
-    def start(self, timeout: float = 60) -> ServerProcess:
+    def start(self, timeout: float = 60, args: tuple[str, ...] = ()) -> ServerProcess:
+        """``superollama serve`` with ``args`` (its options), until it says where it listens."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "superollama.cli", "serve"],
+            [sys.executable, "-m", "superollama.cli", "serve", *args],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=self.log.open("a"),
