@@ -181,6 +181,7 @@ class RayAgent(LocalAgent):
         self._ready_timeout = ready_timeout
         self._node_refresh = node_refresh
         self._reserved: dict[tuple[str, str], int] = {}  # (node, device) → bytes of loads in progress
+        self._device_locks: dict[tuple[str, str], asyncio.Lock] = {}  # one vLLM start per GPU at a time
         self._placing: dict[str, int] = {}  # node → loads in progress there (``spread`` counts them)
         self._nodes: dict[str, RayNode] = {}
         self._refresher: asyncio.Task[None] | None = None
@@ -438,9 +439,15 @@ class RayAgent(LocalAgent):
     def _estimate(runtime: Runtime, artifact: Artifact, kind: str) -> MemoryEstimate:
         ctx, parallel = getattr(runtime, "ctx", None), int(getattr(runtime, "parallel", 1) or 1)
         per_seq = ctx // parallel if isinstance(ctx, int) and ctx > 0 else None  # llama.cpp splits n_ctx
+        planner = getattr(runtime, "memory_plan", None)  # a runtime that sizes its own memory (vLLM)
         try:
             return estimate(
-                artifact.metadata, artifact.format, device_kind=kind, n_ctx=per_seq, n_parallel=parallel
+                artifact.metadata,
+                artifact.format,
+                device_kind=kind,
+                n_ctx=per_seq,
+                n_parallel=parallel,
+                plan=planner(kind) if callable(planner) else None,
             )
         except ValueError:
             size = artifact.path.stat().st_size if artifact.path.is_file() else 0
@@ -463,7 +470,8 @@ class RayAgent(LocalAgent):
         )
         try:
             artifact = await self._place_blobs(node, spec.artifact)
-            handle = await self._start_on(runtime, replace(spec, artifact=artifact), node, chosen.device)
+            async with self._device_start(chosen):
+                handle = await self._start_on(runtime, replace(spec, artifact=artifact), node, chosen.device)
         finally:
             self._reserved[key] -= chosen.estimate.total
             self._placing[chosen.node] -= 1
@@ -480,6 +488,13 @@ class RayAgent(LocalAgent):
             "?" if seen is None else seen >> 20,
         )
         return handle
+
+    def _device_start(self, chosen: Placement) -> contextlib.AbstractAsyncContextManager[object]:
+        """One start at a time on a device for a runtime that takes a share of it (vLLM measures the
+        free memory as it starts: two starts side by side would each count the other's as theirs)."""
+        if not chosen.estimate.device_share:
+            return contextlib.nullcontext()
+        return self._device_locks.setdefault((chosen.node, chosen.device), asyncio.Lock())
 
     # -- blobs -----------------------------------------------------------------------------------------
     async def _place_blobs(self, node: RayNode, artifact: Artifact) -> Artifact:
