@@ -36,14 +36,14 @@ class ServerProcess:
         }
         self.env.pop("SUPEROLLAMA_URL", None)
         self.proc: subprocess.Popen[str] | None = None
-        self.wrap: list[
-            str
-        ] = []  # what the server and the CLI run under (``ip netns exec NS``: another host)
+        # what the server and the CLI run under (``ip netns exec NS``: another host)
+        self.wrap: list[str] = []
         self.args: list[str] = []  # ``serve``'s options
         self.url = ""
         self.log = home / "serve.log"
 
     def start(self, timeout: float = 60) -> ServerProcess:
+        """``superollama serve`` with ``self.args`` (its options), until it says where it listens."""
         self.proc = subprocess.Popen(
             [*self.wrap, sys.executable, "-m", "superollama.cli", "serve", *self.args],
             env=self.env,
