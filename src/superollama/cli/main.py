@@ -164,6 +164,12 @@ def cli(ctx: click.Context, home: Path | None, url: str | None, api_key: str | N
 )
 @click.option("--cluster-address", help="host:port of a Ray head to join (with --cluster).")
 @click.option("--cluster-host", help="This node's address in the cluster (default 127.0.0.1).")
+@click.option(
+    "--redis",
+    "redis_url",
+    help="Redis URL (redis://host:6379/0): shared rate limits, and the control store of the Ray head "
+    "--cluster starts (SUPEROLLAMA_CLUSTER_REDIS_URL for another one).",
+)
 @pass_ctx
 def serve(ctx: Context, /, **given: Any) -> None:
     """Run the server: gateway, admin API and the local node agent (with --workers above 1: that many
