@@ -13,6 +13,7 @@ from superollama.agent.instance import AgentConfig
 from superollama.cluster.control_store import RedisStore, auth_env, default_namespace, ray_auth_token
 from superollama.cluster.head import RayHead, ray_env_defaults
 from superollama.core import Runtime
+from superollama.errors import InvalidRequest
 from superollama.registry import Registry
 from superollama.settings import Settings
 
@@ -23,13 +24,16 @@ __all__ = ["RayHead", "cluster_agent", "own_head"]
 
 
 def own_head(settings: Settings) -> RayHead:
-    """The head ``serve --cluster`` starts: ``ValueError`` (a clear one) for a Redis URL Ray cannot
+    """The head ``serve --cluster`` starts: ``InvalidRequest`` saying why for a Redis URL Ray cannot
     honour."""
     store = None
     url = settings.cluster_redis_url or settings.redis_url
     if url:
         namespace = settings.cluster_store_namespace or default_namespace(settings.home)
-        store = RedisStore.from_url(url, namespace)
+        try:
+            store = RedisStore.from_url(url, namespace)
+        except ValueError as exc:  # a setting: said as such, not as an internal error
+            raise InvalidRequest(f"invalid settings: {exc}", param="cluster_redis_url") from None
     token = None
     if settings.cluster_auth:
         token = settings.home / "ray-auth-token"

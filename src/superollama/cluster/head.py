@@ -246,7 +246,7 @@ class RayHead:
                 try:
                     await self._spawn()
                     break
-                except RuntimeError as exc:
+                except (RuntimeError, OSError) as exc:  # the watch goes on: the cluster needs its head
                     log.error("%s; trying again in %g s", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
