@@ -163,6 +163,7 @@ class Load:
         self._thread.join(60)
 
 
+@pytest.mark.timeout(900)  # a head, a joined node, two loads and a head restart on a shared 2-core machine
 def test_the_head_restarts_over_redis_with_its_token_and_nothing_it_ran_dies(tmp_path: Path) -> None:
     """Its own head on 127.0.0.2, its control store in a Redis namespace of this test's own, a machine
     joined with a join token (Ray's token handed over by the join), SmolLM2 served there; the head's
