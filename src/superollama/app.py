@@ -361,7 +361,10 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
     DeploymentRoutes(deployments, rollouts).register(app)
     RolloutRoutes(rollouts).register(app)
     JoinRoutes(
-        registry, settings.node_name, lambda: getattr(controller.agent, "cluster_address", None)
+        registry,
+        settings.node_name,
+        lambda: getattr(controller.agent, "cluster_address", None),
+        lambda: getattr(controller.agent, "ray_token", None),
     ).register(app)  # before NodeRoutes: /nodes/tokens is no node's name
     NodeRoutes(controller, settings.node_name, telemetry.instance_tokens_per_second).register(app)
     resilience.register(app)

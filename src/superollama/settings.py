@@ -102,6 +102,24 @@ class Settings(BaseSettings):
     cluster_namespace: str = Field(
         default="superollama", description="Ray namespace of the instance and node actors."
     )
+    cluster_redis_url: str | None = Field(
+        default=None,
+        description="Redis for the control store of the Ray head serve --cluster starts (GCS fault "
+        "tolerance: a head that dies is started again and nothing else does); database 0 only, since "
+        "Ray cannot select another (redis://[user:password@]host:port, rediss:// for TLS). Default: "
+        "redis_url; neither: the head keeps its state in memory and a restart loses it.",
+    )
+    cluster_store_namespace: str | None = Field(
+        default=None,
+        description="Key namespace of the Ray head's control store in Redis (keys RAY{namespace}@…), "
+        "so that clusters sharing one Redis stay apart; default: one derived from this machine and home.",
+    )
+    cluster_auth: bool = Field(
+        default=True,
+        description="Ray token authentication on the head serve --cluster starts: a token made once "
+        "(HOME/ray-auth-token, mode 0600) that the head, this control plane and the machines joining "
+        "with a join token use; a Ray node without it is refused.",
+    )
     placement_policy: Literal["binpack", "spread"] = Field(
         default="binpack",
         description="How instances are placed on the cluster's devices: binpack (fill the tightest "

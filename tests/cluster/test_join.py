@@ -121,6 +121,7 @@ def _up(srv: ServerProcess, not_id: str | None = None) -> dict[str, Any] | None:
     return None
 
 
+@pytest.mark.timeout(900)  # four Ray node starts; under load Ray gives up on one after 30 s and we retry
 def test_a_joined_node_comes_back_after_its_ray_node_dies_and_stops_with_its_token(
     control_plane: ServerProcess, tmp_path: Path
 ) -> None:

@@ -1,15 +1,34 @@
 """``serve --cluster`` without an address starts a Ray head of its own (``cluster/head.py``): on the
 address it is given (loopback here), taken over by the next control plane after a crash (one head, not
-two), stopped by its PID with everything it started."""
+two), stopped by its PID with everything it started; with its control store on Redis, started again when
+it dies, nothing it ran dying with it; with Ray's token, which refuses a node that lacks it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import secrets
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psutil
 import pytest
+import redis
+from tests.cluster.test_join import HEALTH, JOIN_HOST, NODE_TIMEOUT, Agent, _kill, _up
+from tests.e2e.conftest import ServerProcess
+from tests.e2e.conftest import wait_until as wait_until_sync
 from tests.waiting import wait_until
 
 from superollama.cluster.head import RayHead
@@ -61,3 +80,245 @@ async def test_a_head_on_loopback_taken_over_after_a_crash_and_stopped_by_pid(tm
     finally:
         await head.stop()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+# -- the head's control store on Redis, and Ray's token ------------------------------------------------
+
+REDIS = "redis://127.0.0.1:6379/0"
+MODEL = "smollm2:135m"
+
+
+def _store_keys(namespace: str) -> list[bytes]:
+    """The Ray GCS's keys of ``namespace`` in the test Redis (``RAY{namespace}@TABLE``)."""
+    client = redis.Redis.from_url(REDIS)
+    try:
+        return list(client.keys(f"RAY{namespace}@*"))
+    finally:
+        client.close()
+
+
+def _drop_store(namespace: str) -> None:
+    client = redis.Redis.from_url(REDIS)
+    try:
+        for key in client.keys(f"RAY{namespace}@*"):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def _chat(srv: ServerProcess, timeout: float = 180) -> httpx.Response:
+    return httpx.post(
+        srv.url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4},
+        timeout=timeout,
+    )
+
+
+def _instance_actors(agent: Agent) -> list[int]:
+    """The instance actors' worker processes under the joined node (one per instance, never two)."""
+    return [p.pid for p in agent.ray_tree() if "InstanceActor" in " ".join(p.cmdline())]
+
+
+def _head(home: Path) -> dict[str, Any]:
+    return dict(json.loads((home / "ray" / "head.json").read_text()))
+
+
+def _node(srv: ServerProcess, name: str) -> dict[str, Any] | None:
+    found = [n for n in json.loads(srv.cli("nodes", "ls", "--json").stdout) if n["name"] == name]
+    assert len(found) <= 1, found  # never two of a name
+    return found[0] if found else None
+
+
+def _cmdlines(procs: list[psutil.Process]) -> str:
+    out = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            out.append(" ".join(proc.cmdline()))
+    return "\n".join(out)
+
+
+class Load:
+    """Chat requests one after another in a thread, each one's end time and outcome kept."""
+
+    def __init__(self, srv: ServerProcess) -> None:
+        self.results: list[tuple[float, bool]] = []
+        self._stop = threading.Event()
+        self._srv = srv
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ok = _chat(self._srv, timeout=30).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            self.results.append((time.monotonic(), ok))
+
+    def ok_after(self, moment: float) -> int:
+        return sum(1 for at, ok in self.results if ok and at > moment)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+@pytest.mark.timeout(900)  # a head, a joined node, two loads and a head restart on a shared 2-core machine
+def test_the_head_restarts_over_redis_with_its_token_and_nothing_it_ran_dies(tmp_path: Path) -> None:
+    """Its own head on 127.0.0.2, its control store in a Redis namespace of this test's own, a machine
+    joined with a join token (Ray's token handed over by the join), SmolLM2 served there; the head's
+    processes killed (-9, by PID): the control plane starts it again on the same address, the instance
+    keeps its process and id and keeps answering, the control plane's driver keeps placing; a Ray node
+    without the token is refused; stopping the server deletes the namespace's keys."""
+    home = Path(tempfile.mkdtemp(prefix="so-ha-", dir="/tmp"))  # Ray's socket paths must stay short
+    namespace = f"so-test-{secrets.token_hex(4)}"
+    srv = ServerProcess(
+        home,
+        SUPEROLLAMA_CLUSTER="1",
+        SUPEROLLAMA_CLUSTER_HOST=JOIN_HOST,
+        SUPEROLLAMA_CLUSTER_REDIS_URL=REDIS,
+        SUPEROLLAMA_CLUSTER_STORE_NAMESPACE=namespace,
+        **HEALTH,
+    )
+    agent: Agent | None = None
+    load: Load | None = None
+    try:
+        srv.start(timeout=NODE_TIMEOUT)
+        assert _store_keys(namespace)  # the GCS keeps its tables in Redis
+        token_file = home / "ray-auth-token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        ray_token = token_file.read_text().strip()
+        assert len(ray_token) == 64
+
+        made = srv.cli("nodes", "token", "create", "--name", "ha", "--json")
+        assert made.returncode == 0, made.stderr
+        agent = Agent(srv, json.loads(made.stdout)["token"], tmp_path / "agent.log")
+        assert wait_until_sync(lambda: _up(srv), timeout=NODE_TIMEOUT, interval=1), agent.output()
+        head_pid = int(_head(home)["pid"])
+        head_tree = [psutil.Process(head_pid), *psutil.Process(head_pid).children(recursive=True)]
+        seen = _cmdlines([*head_tree, *agent.ray_tree(), psutil.Process(srv.pid)])
+        assert ray_token not in seen  # never on a command line (ps shows those to everyone)
+        assert ray_token not in srv.log.read_text() + agent.output()  # nor in a log
+
+        first = _chat(srv)
+        assert first.status_code == 200, first.text
+        [inst] = srv.instances()
+        if inst["node"] != "joined":  # the head's own node dies with it: the instance goes to `joined`
+            moved = srv.cli("mv", MODEL, "--to-node", "joined", "--json", timeout=600)
+            assert moved.returncode == 0, moved.stderr
+            [inst] = srv.instances()
+        assert inst["node"] == "joined"
+        pid = int(inst["pid"])  # type: ignore[call-overload]
+        actors = _instance_actors(agent)
+        assert len(actors) == 1, actors
+
+        # the head's processes die (-9): GCS, raylet, agents, workers, and ray start itself
+        load = Load(srv)
+        assert wait_until_sync(lambda: load.ok_after(0) >= 2, timeout=60), load.results
+        saved = _head(home)
+        assert any("gcs_server" in line for line in _cmdlines(head_tree).splitlines())
+        killed = time.monotonic()
+        _kill(head_tree)
+
+        def head_back() -> bool:  # a new head whose GCS accepts connections
+            now = _head(home)
+            if now["pid"] == saved["pid"] or not psutil.pid_exists(int(now["pid"])):
+                return False
+            with contextlib.suppress(psutil.NoSuchProcess):
+                tree = psutil.Process(int(now["pid"])).children(recursive=True)
+                if any("gcs_server" in line for line in _cmdlines(tree).splitlines()):
+                    with (
+                        contextlib.suppress(OSError),
+                        socket.create_connection((now["host"], now["port"]), 1),
+                    ):
+                        return True
+            return False
+
+        assert wait_until_sync(head_back, timeout=120, interval=0.2), srv.log.read_text()[-3000:]
+        back = time.monotonic()
+        assert (_head(home)["host"], _head(home)["port"]) == (saved["host"], saved["port"])  # same address
+        assert wait_until_sync(lambda: load.ok_after(back) >= 1, timeout=60), load.results
+        answered = min(at for at, ok in load.results if ok and at > back)
+        during = [ok for at, ok in load.results if killed <= at <= answered]
+
+        # nothing it ran died: same instance, same process, one actor; the node is up again
+        assert psutil.pid_exists(pid)
+        assert _instance_actors(agent) == actors
+        [same] = srv.instances()
+        assert (same["id"], same["pid"], same["node"]) == (inst["id"], pid, "joined")
+        restarted = datetime.now(UTC)
+
+        def refreshed() -> bool:  # the driver asks Ray again after the restart: its node actor answers
+            node = _node(srv, "joined")
+            if not node or node["state"] != "ready" or not node["last_seen"]:
+                return False
+            seen = datetime.fromisoformat(node["last_seen"])
+            return (seen if seen.tzinfo else seen.replace(tzinfo=UTC)) > restarted
+
+        assert wait_until_sync(refreshed, timeout=60, interval=1), _node(srv, "joined")
+        # the head's own node is back too (under heavy load Ray's start-up timeouts may end a restarted
+        # head once or twice: the watch starts it again, ~40 s a round here)
+        assert wait_until_sync(lambda: (_node(srv, "local") or {}).get("state") == "ready", timeout=180)
+        load.stop()
+        failed = [ok for ok in during if not ok]
+        first_ok = min(at for at, ok in load.results if ok and at > killed)
+        print(
+            f"\nhead killed -> back (a new GCS answering): {back - killed:.1f} s; first request answered "
+            f"after the kill: {first_ok - killed:.1f} s, after the head was back: {answered - killed:.1f} s; "
+            f"requests ended meanwhile: {len(during)}, failed: {len(failed)}; served: {load.ok_after(0)}"
+        )
+        assert not failed, load.results
+        assert srv.proc is not None and srv.proc.poll() is None  # the control plane (the driver) lives
+
+        # the driver still places: the instance stopped, the next request starts a new one on `joined`
+        assert srv.cli("stop", MODEL).returncode == 0
+        assert wait_until_sync(lambda: not psutil.pid_exists(pid), timeout=60)
+        again = _chat(srv)
+        assert again.status_code == 200, again.text
+        [fresh] = srv.instances()
+        assert fresh["id"] != inst["id"] and fresh["node"] in ("joined", "local")
+        assert psutil.pid_exists(int(fresh["pid"]))  # type: ignore[call-overload]
+
+        # a Ray node without the token is refused by the restarted head too
+        ray_exe = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        intruder = subprocess.Popen(
+            [
+                ray_exe,
+                "start",
+                "--block",
+                f"--address={saved['host']}:{saved['port']}",
+                f"--node-ip-address={JOIN_HOST}",
+                '--resources={"so_node:intruder": 1}',
+                "--disable-usage-stats",
+            ],
+            env={**env, **HEALTH, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_USAGE_STATS_ENABLED": "0"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out, _ = intruder.communicate(timeout=180)
+        finally:
+            if intruder.poll() is None:  # it joined, or hangs: stopped by its PID's group
+                os.killpg(intruder.pid, signal.SIGKILL)
+                intruder.wait(30)
+        assert intruder.returncode != 0
+        assert "AuthenticationError" in out or "InvalidAuthToken" in out, out[-2000:]
+        assert _node(srv, "intruder") is None
+
+        # the server stops its head: a cluster ended on purpose leaves nothing in Redis
+        assert srv.cli("stop", MODEL).returncode == 0
+        agent.stop()
+        assert srv.stop(timeout=90) == 0
+        assert _store_keys(namespace) == []
+    finally:
+        if load is not None:
+            load.stop()
+        if agent is not None:
+            agent.stop()
+        srv.stop(timeout=90)
+        _drop_store(namespace)
+        shutil.rmtree(home, ignore_errors=True)

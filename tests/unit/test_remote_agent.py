@@ -129,3 +129,28 @@ async def test_a_crash_the_agent_reports_leaves_the_mirror_before_the_watch_says
         assert await remote.ensure(ART, "gate") is not dead and runtime.starts == 2  # the agent's fresh one
     finally:
         await remote.close()
+
+
+async def test_a_cluster_agent_process_tells_its_head_and_token_file_never_the_token(
+    served: tuple[LocalAgent, GateRuntime, Path],
+) -> None:
+    """``serve --cluster --workers N``: the primary learns the Ray head's address and where its token is
+    (to answer a join) from the agent process's state; the token itself never crosses the socket."""
+    agent, _, path = served
+    token = path.parent / "ray-auth-token"
+    token.write_text("tok-123\n")
+    plain = RemoteAgent(path, {}, node="test", load_timeout=10)
+    await plain.start()
+    try:  # an agent of one machine: no head, no copies to other nodes
+        assert plain.cluster_address is None and plain.ray_token is None and not plain.several_nodes
+    finally:
+        await plain.close()
+    agent.cluster_address = "10.0.0.5:6379"  # type: ignore[attr-defined]  # what a RayAgent carries
+    agent.ray_token_file = token  # type: ignore[attr-defined]
+    remote = RemoteAgent(path, {}, node="test", load_timeout=10)
+    await remote.start()
+    try:
+        assert remote.cluster_address == "10.0.0.5:6379" and remote.several_nodes
+        assert remote.ray_token == "tok-123"
+    finally:
+        await remote.close()

@@ -4,9 +4,11 @@
 An admin makes a token (``nodes token create``; the token is shown once, the registry keeps its SHA-256),
 and gives it to the machine. The machine's agent ``POST``\\ s the join with the token as its bearer and its
 node name and labels; the answer is what it needs to start its Ray node: the head's control store address
-and its name. It asks again before each restart of its Ray node, so revoking the token (or letting it
-expire) keeps the machine out from its next restart on. A join token opens this route and nothing else: the
-request middleware lets ``JOIN_PATH`` through without an API key, and the key cache never holds a token.
+and its name, and Ray's token when the head takes one (``cluster/control_store.py``: the machine's
+``ray start`` cannot join without it). It asks again before each restart of its Ray node, so revoking
+the token (or letting it expire) keeps the machine out from its next restart on. A join token opens this
+route and nothing else: the request middleware lets ``JOIN_PATH`` through without an API key, and the
+key cache never holds a token.
 
 The join records the node in the registry with its labels (``inventory.labels``); the cluster agent keeps
 those labels on each refresh and hands them to placement (``NodeView.labels``). Each token change and each
@@ -41,12 +43,20 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 
 
 class JoinRoutes:
-    """``cluster_address``: the Ray head's address while this server runs a cluster, else None."""
+    """``cluster_address``: the Ray head's address while this server runs a cluster, else None;
+    ``ray_token``: Ray's token of that head (None: it takes none)."""
 
-    def __init__(self, registry: Registry, node: str, cluster_address: Callable[[], str | None]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        node: str,
+        cluster_address: Callable[[], str | None],
+        ray_token: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self._registry = registry
         self._node = node
         self._cluster_address = cluster_address
+        self._ray_token = ray_token
 
     def register(self, app: web.Application) -> None:
         """Before ``NodeRoutes``: ``/nodes/tokens`` is not a node named ``tokens``."""
@@ -123,7 +133,11 @@ class JoinRoutes:
         await self._registry.events.add(
             EventRecord(action="node.join", target=name, actor=f"join-token:{token.name}", detail=detail)
         )
-        return _json({"node": name, "address": address, "labels": labels})
+        answer: dict[str, Any] = {"node": name, "address": address, "labels": labels}
+        ray_token = self._ray_token()
+        if ray_token:  # the joiner's Ray node needs it; only a valid join token gets this far
+            answer["ray_token"] = ray_token
+        return _json(answer)
 
     async def _token(self, request: web.Request) -> JoinTokenRecord:
         """The join token the request's bearer is: 401 when there is none, or it is unknown, revoked or

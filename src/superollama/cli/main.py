@@ -170,7 +170,10 @@ def cli(ctx: click.Context, home: Path | None, url: str | None, api_key: str | N
     help="The registry's database, e.g. postgresql://user@host/db (default: SQLite in the home).",
 )
 @click.option(
-    "--redis", "redis_url", help="Redis for rate limits and quotas shared by gateways (redis://host:6379/0)."
+    "--redis",
+    "redis_url",
+    help="Redis URL (redis://host:6379/0): shared rate limits, and the control store of the Ray head "
+    "--cluster starts (SUPEROLLAMA_CLUSTER_REDIS_URL for another one).",
 )
 @pass_ctx
 def serve(ctx: Context, /, **given: Any) -> None:

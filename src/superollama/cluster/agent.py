@@ -6,8 +6,10 @@ the chosen node instead of in this process:
 
 1. **Nodes**: every alive Ray node that carries a ``so_node:NAME`` resource (``ray start --resources``;
    the test cluster's nodes) is node ``NAME``. One ``NodeActor`` per node (detached, named
-   ``node:NAME``, pinned) reports its RAM, GPUs' memory and runtimes installed; the registry's ``nodes``
-   row is refreshed with them (a cordon or drain set there is kept).
+   ``node:NAME:RAY_NODE_ID``, pinned: a node that Ray starts again, or a head restarted over its control
+   store, gets a new one, never a handle a driver cached for the dead one) reports its RAM, GPUs'
+   memory and runtimes installed; the registry's ``nodes`` row is refreshed with them (a cordon or drain
+   set there is kept).
 2. **Placement** (``agent/placement.py``) by the instance's memory estimate (``agent/estimate.py``) for
    the runtime's context and slots, against each device's free memory less the estimates of the loads
    in progress there.
@@ -191,11 +193,24 @@ class RayAgent(LocalAgent):
         self.observed = ObservedMemory()
         self._blob_flights: dict[tuple[str, str], asyncio.Task[str]] = {}
         self._origin: Any = None  # the control plane's blob server (a NodeActor on its node), made on need
+        self._origin_node = ""
 
     @property
     def cluster_address(self) -> str:
         """The Ray head's control store (``host:port``) other machines join (``admin/join.py``)."""
         return self._address
+
+    @property
+    def ray_token_file(self) -> Path | None:
+        """The file (0600) of Ray's token for the head this control plane started (None: none)."""
+        return self._head.auth_token if self._head is not None else None
+
+    @property
+    def ray_token(self) -> str | None:
+        """Ray's token for the head this control plane started (None: no token authentication), given
+        to the machines that join (``admin/join.py``)."""
+        path = self.ray_token_file
+        return path.read_text().strip() if path is not None else None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -337,7 +352,7 @@ class RayAgent(LocalAgent):
     async def _node_handle(self, name: str, node_id: str) -> Any:
         return await asyncio.to_thread(
             lambda: self._node_actor.options(
-                name=f"node:{name}",
+                name=f"node:{name}:{node_id}",
                 namespace=self._namespace,
                 lifetime="detached",
                 get_if_exists=True,
@@ -604,8 +619,11 @@ class RayAgent(LocalAgent):
     async def _origin_actor(self) -> Any:
         """The control plane's blob server: a ``NodeActor`` on this driver's node reading its store's
         files, owned by this driver (it ends with it)."""
-        if self._origin is None:
-            node_id = ray.get_runtime_context().get_node_id()
+        # our head's node is this machine's (after a head restart: the new one, not this driver's first)
+        own = self._nodes.get(self._config.node) if self._head is not None else None
+        node_id = own.node_id if own is not None else ray.get_runtime_context().get_node_id()
+        if self._origin is None or self._origin_node != node_id:
+            self._origin_node = node_id
             self._origin = await asyncio.to_thread(
                 lambda: self._node_actor.options(
                     num_cpus=0,

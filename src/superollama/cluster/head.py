@@ -9,6 +9,15 @@ never by ``ray stop`` (which kills every Ray process on the machine by name). It
 The head's PID and address are written to ``TEMP_DIR/head.json``. A control plane killed without its
 cleanup leaves the head running (in its own session: its instances keep serving); the next start finds
 it there, answering, and takes it over instead of starting a second head.
+
+With a control store on Redis (``cluster/control_store.py``) the head is also watched (its PID, ours or
+taken over): when it ends without ``stop`` — its GCS or raylet died, and ``ray start --block`` then
+stops the rest — it is started again on the same address and port over the same Redis namespace, so the
+GCS reads the cluster's tables back and the other nodes' raylets reconnect; the detached instance and
+node actors keep running. What was left of the dead head (its agents and idle workers, in its process
+group) is killed first, by that group. A head stopped on purpose ends its cluster: the namespace's keys
+are deleted after it, and the next start is a new cluster. Without Redis nothing is watched: a new head
+would be a new, empty control store that the running driver and nodes cannot rejoin.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ import sys
 from pathlib import Path
 
 import psutil
+
+from superollama.cluster.control_store import RedisStore, auth_env
 
 __all__ = ["RAY_ENV", "RayHead", "stop_ray_start"]
 
@@ -54,29 +65,62 @@ def _free_port(host: str) -> int:
 
 
 class RayHead:
-    def __init__(self, host: str, node_name: str, temp_dir: Path, *, start_timeout: float = 60.0) -> None:
+    """``store``: the control store on Redis (None: in the GCS's memory, nothing restarted);
+    ``auth_token``: the file of Ray's token (None: no token authentication)."""
+
+    def __init__(
+        self,
+        host: str,
+        node_name: str,
+        temp_dir: Path,
+        *,
+        start_timeout: float = 60.0,
+        store: RedisStore | None = None,
+        auth_token: Path | None = None,
+        restart_delay: float = 1.0,
+    ) -> None:
         self.host = host
         self.node_name = node_name
         self.temp_dir = temp_dir
         self.start_timeout = start_timeout
+        self.store = store
+        self.auth_token = auth_token
+        self.restart_delay = restart_delay
         self.port = 0
+        self.restarts = 0
+        self.downtimes: list[float] = []  # seconds from each death seen to the head answering again
         self._proc: asyncio.subprocess.Process | None = None
         self._adopted_pid: int | None = None  # a head an earlier control plane started
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     @property
+    def pid(self) -> int | None:
+        """The ``ray start --head --block`` process now running the head."""
+        if self._adopted_pid is not None:
+            return self._adopted_pid
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def _record(self) -> Path:
         return self.temp_dir / "head.json"
 
-    async def _adopt(self) -> bool:
+    def _saved(self) -> tuple[int, str, int] | None:
         try:
             saved = json.loads(self._record.read_text())
-            pid, host, port = int(saved["pid"]), str(saved["host"]), int(saved["port"])
+            return int(saved["pid"]), str(saved["host"]), int(saved["port"])
         except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    async def _adopt(self) -> bool:
+        saved = self._saved()
+        if saved is None:
             return False
+        pid, host, port = saved
         if host != self.host or not _is_ray_start(pid):
             return False
         self.port = port
@@ -89,11 +133,53 @@ class RayHead:
     async def start(self) -> str:
         """Start the head (or take over the one an earlier control plane left) and return its address
         once its control store answers."""
+        self._stopping = False
         if await self._adopt():
+            self._watch()
             return self.address
+        try:
+            self.port = await asyncio.to_thread(self._port_to_start_on)
+            await self._spawn()
+        except RuntimeError:
+            await self.stop()
+            raise
+        self._watch()
+        return self.address
+
+    def _port_to_start_on(self) -> int:
+        """A free port; with a control store, the port of the head an earlier control plane recorded
+        when it is free (its GCS state is read back and its nodes reconnect), else a new port over a
+        namespace emptied first (a new cluster: the tables of an unknown earlier one would not fit)."""
+        saved = self._saved()
+        if self.store is not None and saved is not None and saved[1] == self.host:
+            with contextlib.suppress(OSError), socket.socket() as s:
+                s.bind((self.host, saved[2]))
+                log.info("starting the Ray head on %s:%d again, over its control store", self.host, saved[2])
+                return saved[2]
+        if self.store is not None:
+            try:
+                self.store.clear()
+            except Exception as exc:
+                raise RuntimeError(
+                    f"the Ray head's control store (Redis at {self.store.host}:{self.store.port}) does not "
+                    f"answer: {exc}"
+                ) from None
+        return _free_port(self.host)
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, **RAY_ENV, **auth_env(self.auth_token)}
+        if self.store is not None:
+            env.update(self.store.head_env())
+        return env
+
+    async def _spawn(self) -> None:
+        """One ``ray start --head --block`` on ``self.port``, returned once its control store answers;
+        RuntimeError with its log's tail when it does not."""
         ray_exe = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
-        self.port = _free_port(self.host)
         self.temp_dir.mkdir(parents=True, exist_ok=True)
+        # ``ray start`` refuses a port its last cluster used while any process names it (a joined node
+        # of this machine does): the address file it checks is its own, not the GCS's state
+        (self.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
         argv = [
             ray_exe,
             "start",
@@ -105,27 +191,86 @@ class RayHead:
             "--include-dashboard=false",
             "--disable-usage-stats",
             f"--temp-dir={self.temp_dir}",
+            *(self.store.head_args() if self.store is not None else []),
         ]
         log_path = self.temp_dir / "head.log"
         with log_path.open("ab") as out:
-            self._proc = await asyncio.create_subprocess_exec(
+            self._proc = proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
-                env={**os.environ, **RAY_ENV},
+                env=self._env(),
                 start_new_session=True,  # our SIGTERM reaches it; a Ctrl-C on the terminal does not
             )
+        self._adopted_pid = None
         deadline = asyncio.get_running_loop().time() + self.start_timeout
         while not await self._answers():
-            if self._proc.returncode is not None or asyncio.get_running_loop().time() > deadline:
-                await self.stop()
+            if proc.returncode is not None or asyncio.get_running_loop().time() > deadline:
+                await stop_ray_start(proc, 5.0)
                 tail = log_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"the Ray head did not start on {self.address}:\n{tail}")
             await asyncio.sleep(0.2)
-        self._record.write_text(json.dumps({"pid": self._proc.pid, "host": self.host, "port": self.port}))
-        log.info("Ray head (pid %d) listening on %s", self._proc.pid, self.address)
-        return self.address
+        self._record.write_text(json.dumps({"pid": proc.pid, "host": self.host, "port": self.port}))
+        log.info("Ray head (pid %d) listening on %s", proc.pid, self.address)
+
+    def _watch(self) -> None:
+        if self.store is not None and self._watcher is None:
+            self._watcher = asyncio.create_task(self._restart_when_dead(), name="ray-head-watch")
+
+    async def _restart_when_dead(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            pid = self.pid
+            if pid is None:
+                return
+            code = await self._ended()
+            if self._stopping:
+                return
+            down = loop.time()
+            log.warning(
+                "the Ray head (pid %d) ended (status %s): starting it again on %s over its control store "
+                "(Redis namespace %s)",
+                pid,
+                code,
+                self.address,
+                self.store.namespace if self.store is not None else "-",
+            )
+            _kill_group(pid)  # what the dead head left (its agents, idle workers): by its process group
+            for _ in range(100):  # the old GCS's socket answers until it is reaped (10 s at most)
+                if not await self._answers():
+                    break
+                await asyncio.sleep(0.1)
+            delay = self.restart_delay
+            while not self._stopping:
+                try:
+                    await self._spawn()
+                    break
+                except (RuntimeError, OSError) as exc:  # the watch goes on: the cluster needs its head
+                    log.error("%s; trying again in %g s", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+            else:
+                return
+            self.restarts += 1
+            self.downtimes.append(loop.time() - down)
+            log.warning(
+                "the Ray head is back on %s (pid %s) %.1f s after it ended",
+                self.address,
+                self.pid,
+                self.downtimes[-1],
+            )
+
+    async def _ended(self) -> int | None:
+        """Once the head's process ends: its status (None for a taken-over head: not our child)."""
+        if self._proc is not None and self._adopted_pid is None:
+            return await self._proc.wait()
+        pid = self._adopted_pid
+        while pid is not None:
+            if not _is_ray_start(pid):
+                break
+            await asyncio.sleep(0.5)  # not our child: nothing to wait on but its /proc entry
+        return None
 
     async def _answers(self) -> bool:
         try:
@@ -138,12 +283,27 @@ class RayHead:
         return True
 
     async def stop(self, grace: float = 20.0) -> None:
+        """Stop the head by its PID (and its watch first); with a control store, empty its namespace:
+        a cluster ended on purpose does not come back at the next start."""
+        self._stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         if self._adopted_pid is not None:
             await _stop_pid(self._adopted_pid, grace)
             self._adopted_pid = None
-            return
-        if self._proc is not None:
+        elif self._proc is not None:
             await stop_ray_start(self._proc, grace)
+        else:
+            return
+        if self.store is not None:
+            try:
+                await asyncio.to_thread(self.store.clear)
+            except Exception as exc:  # the head is stopped: a Redis out of reach only keeps stale keys
+                log.warning("could not delete the Ray head's keys in Redis: %s", exc)
+            self._record.unlink(missing_ok=True)
 
 
 async def stop_ray_start(proc: asyncio.subprocess.Process, grace: float) -> None:
@@ -168,6 +328,12 @@ def _is_ray_start(pid: int) -> bool:
     except OSError:
         return False
     return b"start" in cmdline and b"--head" in cmdline and b"--block" in cmdline
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL to what is left in a dead head's process group (``ray start`` led it: its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 async def _stop_pid(pid: int, grace: float) -> None:

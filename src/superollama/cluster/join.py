@@ -2,11 +2,12 @@
 
 1. **Join**: ``POST /admin/v1/nodes/join`` with the join token as the bearer, the node's name and labels.
    The control plane checks the token, records the node and its labels (placement matches them), and
-   answers with the Ray head's control store address.
+   answers with the Ray head's control store address, and Ray's token when the head takes one.
 2. **Run**: ``ray start --block --address=ADDR --node-ip-address=IP --resources={"so_node:NAME": 1}`` as
    this process's child, in its own session (a Ctrl-C reaches only us) and with ``PR_SET_PDEATHSIG``
    (SIGTERM: a killed agent does not leave its Ray node behind). ``SUPEROLLAMA_NODE_STORE`` (``--data``)
-   gives the node a blob store of its own.
+   gives the node a blob store of its own. Ray's token goes to the child through its environment
+   (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN``), never on its command line (``ps`` shows that to all).
 3. **Supervise**: Ray does not bring back a node it declared dead (a network cut longer than its health
    check, a raylet killed): ``ray start`` then exits. The agent joins again — so the token is checked
    again — and starts a new one, after a backoff (1 s doubling to 30 s; back to 1 s once a node ran a
@@ -154,7 +155,8 @@ class NodeSupervisor:
                     continue
                 loop = asyncio.get_running_loop()
                 started = loop.time()
-                code = await self._run_node(str(answer["address"]), node_ip, stop)
+                token = answer.get("ray_token")
+                code = await self._run_node(str(answer["address"]), node_ip, stop, token)
                 if stop.is_set():
                     return
                 if loop.time() - started >= HEALTHY_RUN:
@@ -188,18 +190,23 @@ class NodeSupervisor:
             "--disable-usage-stats",
         ]
 
-    def env(self) -> dict[str, str]:
+    def env(self, ray_token: str | None = None) -> dict[str, str]:
         env = {**os.environ, **NODE_ENV}
         if self.spec.data is not None:
             env[NODE_STORE_ENV] = str(self.spec.data)
+        if ray_token:
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_token)
+            env.pop("RAY_AUTH_TOKEN_PATH", None)
         return env
 
-    async def _run_node(self, address: str, node_ip: str, stop: asyncio.Event) -> int:
+    async def _run_node(
+        self, address: str, node_ip: str, stop: asyncio.Event, ray_token: str | None = None
+    ) -> int:
         """Start the Ray node, and return its exit status once it ends (stopping it first on ``stop``)."""
         self.child = proc = await self._spawn(
             *self.argv(address, node_ip),
             stdin=asyncio.subprocess.DEVNULL,
-            env=self.env(),
+            env=self.env(ray_token),
             start_new_session=True,  # our SIGTERM reaches it; a Ctrl-C on the terminal does not
             preexec_fn=lambda: set_pdeathsig(signal.SIGTERM),
         )

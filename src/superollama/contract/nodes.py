@@ -107,6 +107,10 @@ OPERATIONS = (
                         node=string(description="the node's name: its so_node:NAME resource"),
                         address=string(description="the Ray head's control store, host:port"),
                         labels=_LABELS,
+                        ray_token=string(
+                            description="Ray's token of the head (RAY_AUTH_MODE=token): the node's "
+                            "ray start takes it through its environment; absent when the head takes none"
+                        ),
                     )
                 },
             )

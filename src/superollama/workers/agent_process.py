@@ -134,7 +134,13 @@ class AgentServer:
         agent = self._agent
         instances = [instance_json(i, agent.keep_alive(i)) for i in agent.instances()]
         cluster = getattr(agent, "cluster_address", None)  # the Ray head machines join (``admin/join.py``)
-        return {"op": "state", "instances": instances, "cluster_address": cluster}
+        token_file = getattr(agent, "ray_token_file", None)  # its Ray token's file (never the token)
+        return {
+            "op": "state",
+            "instances": instances,
+            "cluster_address": cluster,
+            "ray_token_file": None if token_file is None else str(token_file),
+        }
 
     def _changed(self) -> None:
         for client in list(self._clients):

@@ -112,11 +112,19 @@ class RemoteAgent:
         self._event_listeners: list[Callable[[EventRecord], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._cluster_address: str | None = None
+        self._ray_token_file: str | None = None
 
     @property
     def cluster_address(self) -> str | None:
         """The Ray head other machines join, when the agent process runs a cluster (``serve --cluster``)."""
         return self._cluster_address
+
+    @property
+    def ray_token(self) -> str | None:
+        """Ray's token of the head the agent process started, read from its file (same machine)."""
+        if self._ray_token_file is None:
+            return None
+        return Path(self._ray_token_file).read_text().strip()
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -387,6 +395,7 @@ class RemoteAgent:
         op = data.get("op")
         if op == "state":
             self._cluster_address = data.get("cluster_address")
+            self._ray_token_file = data.get("ray_token_file")
             self._apply(data.get("instances") or [])
             self._first_state.set()
         elif op == "event":
