@@ -105,6 +105,7 @@ class Fleet:
                 "targets": [
                     {"name": t["name"], "weight": t["weight"]}
                     | ({"replicas": t["replicas"]} if t["replicas"] != 1 else {})
+                    | ({"placement": t["placement"]} if t["placement"] else {})
                     for t in targets_json(d.targets)
                 ],
             }

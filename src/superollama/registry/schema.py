@@ -56,6 +56,7 @@ __all__ = [
     "vector_store_file_batches",
     "vector_store_files",
     "vector_stores",
+    "version_placements",
     "versions",
     "webhook_cursor",
     "webhook_deliveries",
@@ -276,6 +277,16 @@ deployments = Table(
     Column("sticky", String, nullable=False),  # none | user | header | key
     Column("enabled", Boolean, nullable=False),  # false: paused (answers as disabled)
     Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Migration 18: a version scaled by itself (``scale VERSION --replicas N``), with where it may run.
+version_placements = Table(
+    "version_placements",
+    metadata,
+    Column("version", String, primary_key=True),
+    Column("replicas", Integer, nullable=False),
+    Column("placement", Json(), nullable=False),  # {device, node, labels, spread}
     Column("updated_at", UTCDateTime, nullable=False),
 )
 

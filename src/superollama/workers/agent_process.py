@@ -41,6 +41,7 @@ from aiohttp import WSMsgType, web
 from superollama.agent import LiveInstance, LocalAgent
 from superollama.agent.node import agent_config
 from superollama.core import Artifact, EventRecord
+from superollama.core.placement import PlacementConstraint
 from superollama.errors import SuperOllamaError
 from superollama.gateway.loop import run as run_loop
 from superollama.plugins import load_plugins
@@ -182,6 +183,7 @@ class AgentServer:
                 str(body["runtime"]),
                 device=str(body.get("device") or "cpu"),
                 replicas=None if replicas is None else int(replicas),
+                placement=_placement(body),
             )
         except SuperOllamaError as exc:
             return web.Response(body=error_json(exc), status=exc.status, content_type="application/json")
@@ -198,6 +200,7 @@ class AgentServer:
                 int(body["replicas"]),
                 device=str(body.get("device") or "cpu"),
                 start=bool(body.get("start", True)),
+                placement=_placement(body),
             )
         except SuperOllamaError as exc:
             return web.Response(body=error_json(exc), status=exc.status, content_type="application/json")
@@ -263,3 +266,9 @@ def serve_agent(settings: Settings, ctx: WorkerContext) -> None:
         run_loop(_serve(settings, ctx))
     finally:
         logging_handle.close()
+
+
+def _placement(body: dict[str, Any]) -> PlacementConstraint | None:
+    """The call's placement constraint (absent: as before; ``{}``: none)."""
+    raw = body.get("placement")
+    return None if raw is None else PlacementConstraint.from_json(raw)
