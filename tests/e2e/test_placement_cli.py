@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.e2e.conftest import ServerProcess
+from tests.e2e.test_contract_conformance import Conformance
 
 A = "smollm2:135m"
 
@@ -100,6 +101,13 @@ def _deploy_on_labels(srv: ServerProcess) -> None:
     assert deployed["live"][0]["placement"] == want
     assert len(deployed["live"][0]["instances"]) == 2
     assert {i["node"] for i in deployed["live"][0]["instances"]} == {"local"}
+    # the answers fit the published schemas (placement on targets, the labels route)
+    api = Conformance(srv.url)
+    api("GET", "/admin/v1/deployments/{name}", 200, path={"name": "chat"})
+    api("GET", "/admin/v1/deployments", 200)
+    api("POST", "/admin/v1/nodes/{name}/labels", 200, path={"name": "local"}, json={"set": {"zone": "b"}})
+    api("POST", "/admin/v1/nodes/{name}/labels", 400, path={"name": "local"}, json={"set": {"zone": "a b"}})
+    api("POST", "/admin/v1/nodes/{name}/labels", 404, path={"name": "gamma"}, json={"remove": ["zone"]})
     shown = srv.cli("deployments", "show", "chat")
     assert all(w in shown.stdout for w in ("PLACEMENT", "device=cpu", "node=local", "labels=zone=b")), (
         shown.stdout
@@ -137,5 +145,9 @@ def _scale_version(srv: ServerProcess) -> None:
     assert scaled["placement"] == {"device": "cpu", "node": None, "labels": {"zone": "b"}, "spread": False}
     ready = [i for i in srv.instances() if i["version"] == A and i["state"] == "ready"]
     assert len(ready) == 2, ready
-    missing = srv.admin("POST", "/admin/v1/models/nope:1/scale", json={"replicas": 2})
-    assert missing.status_code == 404, missing.text
+    api = Conformance(srv.url)
+    again = api("POST", "/admin/v1/models/{name}/scale", 200, path={"name": A}, json={"replicas": 2}).json()
+    assert again["placement"] == scaled["placement"]  # absent: the placement it had
+    api("POST", "/admin/v1/models/{name}/scale", 404, path={"name": "nope:1"}, json={"replicas": 2})
+    bad = api("POST", "/admin/v1/models/{name}/scale", 400, path={"name": A}, json={"replicas": 0})
+    assert bad.json()["error"]["param"].endswith("replicas")

@@ -109,7 +109,7 @@ class DeploymentRoutes:
         replicas = body.get("replicas")
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
             raise InvalidRequest("'replicas' must be an integer of 1 or more", param="replicas")
-        answer = await self._deployments.scale_version(
+        answer = await self._deployments.versions.scale(
             request.match_info["name"], replicas, placement=_placement(body), actor=actor_of(request)
         )
         return _json(answer)

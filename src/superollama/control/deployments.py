@@ -28,6 +28,7 @@ from typing import Any
 from superollama.agent.agent import MAX_REPLICAS
 from superollama.control.controller import Controller
 from superollama.control.placement import check_node, conflicting
+from superollama.control.scales import VersionScales
 from superollama.control.swap import Swapper, SwapPlan, SwapResult
 from superollama.core import EventRecord
 from superollama.core.deployments import DeploymentRecord, HistoryEntry, VersionScale
@@ -103,6 +104,8 @@ class DeploymentManager:
         self._scales: dict[str, VersionScale] = {}  # versions scaled by themselves, by version
         self._pending: DeploymentRecord | None = None  # a change whose swap runs (not yet published)
         self._lock = asyncio.Lock()  # one change at a time: each swap sees the last one's result
+        # ``scale VERSION --replicas N``: under the same lock, refreshing this manager after each change
+        self.versions = VersionScales(controller, self._lock, self.routing, self.refresh, self._scales.get)
         controller.use_deployments(
             self.routing, gate_timeout=gate_timeout, gate_queue=gate_queue, planned=self._planned
         )
@@ -112,7 +115,8 @@ class DeploymentManager:
 
     async def refresh(self) -> None:
         self._records = {r.client_name: r for r in await self._registry.deployments.list()}
-        self._scales = {s.version: s for s in await self._registry.version_scales.list()}
+        self._scales.clear()  # the same dict ``versions`` reads
+        self._scales.update({s.version: s for s in await self._registry.version_scales.list()})
         self._controller.use_scales(self._scales.values())
         self._controller.republish()
 
@@ -337,59 +341,6 @@ class DeploymentManager:
             if t.weight > 0:
                 conflicting(t.name, t.placement, others, self._scales.values())
             await check_node(self._registry, t.placement)
-
-    # -- versions scaled by themselves -----------------------------------------------------------
-    async def scale_version(
-        self,
-        name: str,
-        replicas: int,
-        *,
-        placement: PlacementConstraint | None = None,
-        actor: str = "api",
-    ) -> dict[str, Any]:
-        """``superollama scale VERSION --replicas N [--device …]``: N instances of a version clients name
-        directly, where ``placement`` allows (None: the constraint it had). Kept in the registry
-        (``version_placements``): its next start after a restart honours it too. The missing instances
-        start now and are waited for; a surplus drains."""
-        if not 1 <= replicas <= MAX_REPLICAS:
-            raise InvalidRequest(f"replicas are 1 to {MAX_REPLICAS}", param="replicas")
-        route = self._controller.holder.table.lookup(name)
-        if route is None:
-            raise NotFound(f"model {name!r} not found", param="name")
-        if route.connection is not None:
-            raise InvalidRequest(f"{name!r} is a connection's model: it has no replicas here", param="name")
-        version = route.version
-        async with self._lock:
-            prior = self._scales.get(version)
-            if placement is None:
-                placement = prior.placement if prior is not None else PlacementConstraint()
-            conflicting(version, placement, self.routing(), (), but="scale")
-            await check_node(self._registry, placement)
-            saved = await self._registry.version_scales.put(VersionScale(version, replicas, placement))
-            await self.refresh()
-            try:
-                await self._controller.scale(version, self._controller.replicas_for(version))
-            except Exception as exc:
-                reason = getattr(exc, "message", None) or str(exc)
-                await self._event("version.scale", version, actor, {"error": reason}, result="failed")
-                raise
-        detail = {"replicas": replicas, "placement": None if placement.empty else placement.as_json()}
-        await self._event("version.scale", version, actor, detail)
-        return self.scale_json(version, saved)
-
-    def scale_json(self, version: str, saved: VersionScale | None = None) -> dict[str, Any]:
-        """A version's scale as the API shows it, with its instances (node, state)."""
-        saved = saved or self._scales.get(version) or VersionScale(version)
-        agent = self._controller.agent
-        instances = [
-            {"id": i.id, "node": i.record("local").node, "state": str(i.state), "device": i.device}
-            for i in (agent.instances_of(version) if agent else ())
-        ]
-        return {
-            **saved.as_json(),
-            "wanted": self._controller.replicas_for(version),
-            "instances": instances,
-        }
 
     def _in_use(self, but: str | None = None) -> set[str]:
         """Versions some deployment stage (other than ``but``) still sends traffic to."""
