@@ -3,6 +3,7 @@ left at ``binpack``, which puts two replicas on one node (the tightest, after th
 ``--spread --replicas 2`` lands one replica on each node; with a pin (``--node beta``) or labels only beta
 carries (``--labels zone=b``, set by ``nodes label``) the same two spread replicas both land on beta: the
 constraint, not a default, decides (a pin or label filter that did nothing would leave one on alpha).
+A new constraint for the running target (``--labels zone=a``) moves its instances to alpha.
 
 One server for the three steps (each SmolLM2 load costs seconds here, and the cluster minutes)."""
 
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from tests.cluster.conftest import RayTestCluster
 from tests.e2e.conftest import ServerProcess, wait_until
@@ -50,13 +52,18 @@ def _nodes_of(srv: ServerProcess) -> list[str]:
     return sorted(str(i["node"]) for i in srv.instances() if i["state"] == "ready")
 
 
+def _chat(srv: ServerProcess) -> httpx.Response:
+    body = {"model": "chat", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    return httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=300)
+
+
 def _clear(srv: ServerProcess) -> None:
     _ok(srv, "deployments", "rm", "chat")
     srv.cli("stop", MODEL)
     assert wait_until(lambda: srv.instances() == [], timeout=120), srv.instances()
 
 
-@pytest.mark.timeout(1200)  # six loads (blob copy + load each) on a small shared CPU
+@pytest.mark.timeout(1200)  # eight loads (blob copy + load each) on a small shared CPU
 def test_node_pin_labels_and_spread_move_instances_off_the_binpack_default(server: ServerProcess) -> None:
     srv = server
     spread = ("--spread", "--replicas", "2")
@@ -73,6 +80,13 @@ def test_node_pin_labels_and_spread_move_instances_off_the_binpack_default(serve
     # the labels outlive the nodes' own refreshes (every few seconds): still there, still matched
     shown = json.loads(srv.cli("nodes", "show", "beta").stdout)
     assert shown["inventory"]["labels"] == {"zone": "b"}
+    # a new constraint for the running target: its instances that no longer meet it move (new first)
+    on_beta = {str(i["id"]) for i in srv.instances()}
+    moved = _ok(srv, "deploy", "chat", "--target", f"{MODEL}=100", "--labels", "zone=a", *spread)
+    assert moved["targets"][0]["placement"]["labels"] == {"zone": "a"}
+    assert _nodes_of(srv) == ["alpha", "alpha"]
+    assert not on_beta & {str(i["id"]) for i in srv.instances()}  # the old ones stopped
+    assert _chat(srv).status_code == 200
     _clear(srv)
 
     spreading = _ok(srv, "deploy", "chat", "--target", f"{MODEL}=100", *spread)

@@ -15,6 +15,7 @@ from tests.waiting import wait_until
 
 from superollama.agent.estimate import MemoryEstimate
 from superollama.agent.placement import DeviceView, DoesNotFit, NodeView, place, request_for
+from superollama.cluster.replace import admits
 from superollama.control.placement import conflicting, parse_label_text, parse_placement, wanted
 from superollama.core import InstanceHandle, InstanceSpec, InstanceState, NodeRecord
 from superollama.core.deployments import VersionScale, targets_from_json, targets_json
@@ -144,6 +145,17 @@ def test_labels_and_pins_filter_with_a_message_that_says_why() -> None:
     pinned = request_for("a:1", "llamacpp", {"placement": PlacementConstraint.of(node="gamma")})
     with pytest.raises(DoesNotFit, match="node 'gamma' is not in the cluster"):
         place(nodes, pinned, NEED)
+
+
+def test_a_running_instance_is_misplaced_only_by_node_labels_or_device() -> None:
+    beta = _node("beta", 10, labels={"zone": "b"})
+    assert admits(PlacementConstraint.of(labels={"zone": "b"}, spread=True), beta, "cpu")
+    assert not admits(PlacementConstraint.of(labels={"zone": "a"}), beta, "cpu")
+    assert not admits(PlacementConstraint.of(node="alpha"), beta, "cpu")
+    assert not admits(PlacementConstraint.of(device="gpu"), beta, "cpu")
+    assert admits(PlacementConstraint.of(device="gpu"), beta, "cuda:1")
+    assert not admits(PlacementConstraint.of(device="cpu"), beta, "cuda:0")
+    assert not admits(PlacementConstraint(), None, "cpu")  # its node is gone
 
 
 # -- the local agent: every start carries it, this node is checked --------------------------------------

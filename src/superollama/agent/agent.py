@@ -394,6 +394,14 @@ class LocalAgent:
         bound) and stops. ``Conflict`` when this node's memory cannot hold the missing ones (nothing
         starts then). The version's ready instances, after."""
         version = artifact.name
+        if placement is not None and placement != self.placement_of(version) and self._coming(version):
+            before = self.placement_of(version)
+            self._constrain(version, placement)
+            try:  # a running version's new constraint must fit here too (its instances stay)
+                await self._check_placement(version, runtime)
+            except BaseException:
+                self._constrain(version, before)
+                raise
         self._want(version, replicas)
         self._constrain(version, placement)
         self._specs[version] = (artifact, runtime, device)

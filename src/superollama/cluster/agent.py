@@ -47,7 +47,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from superollama.agent import LocalAgent
 from superollama.agent.choice import RuntimeChoice
 from superollama.agent.estimate import MemoryEstimate, estimate
-from superollama.agent.instance import AgentConfig
+from superollama.agent.instance import AgentConfig, LiveInstance
 from superollama.agent.placement import DeviceView, NodeView, Placement, Policy, place, request_for
 from superollama.cluster.actors import InstanceActor, NodeActor
 from superollama.cluster.blobs import blob_digest
@@ -63,6 +63,7 @@ from superollama.core import (
     NodeRecord,
     Runtime,
 )
+from superollama.core.placement import PlacementConstraint
 from superollama.errors import IntegrityError, ModelLoadFailed
 from superollama.registry import Registry
 
@@ -433,6 +434,29 @@ class RayAgent(LocalAgent):
         except ValueError:
             size = artifact.path.stat().st_size if artifact.path.is_file() else 0
             return MemoryEstimate(size, 0, 0, 0, basis="file size (no metadata to estimate from)")
+
+    async def scale(
+        self,
+        artifact: Artifact,
+        runtime: str,
+        replicas: int,
+        *,
+        device: str = "cpu",
+        start: bool = True,
+        placement: PlacementConstraint | None = None,
+    ) -> list[LiveInstance]:
+        """``LocalAgent.scale``; then, when the version's placement changed, its instances that no longer
+        meet it move (``cluster/replace.py``: the new one ready before the old one drains)."""
+        before = self.placement_of(artifact.name)
+        ready = await super().scale(
+            artifact, runtime, replicas, device=device, start=start, placement=placement
+        )
+        if placement is not None and placement != before and ready:
+            from superollama.cluster.replace import replace_misplaced
+
+            if await replace_misplaced(self, artifact, runtime):
+                ready = self._ready(artifact.name)
+        return ready
 
     async def start_instance(self, runtime: Runtime, spec: InstanceSpec) -> InstanceHandle:
         chosen = await self.placement(runtime, spec)

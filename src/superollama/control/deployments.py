@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -282,6 +283,9 @@ class DeploymentManager:
             await self._scale_running(new, incoming, up=True, placed=moved)  # memory refuses here first
             result = await self._swapper.run(plan, publish)
         except Exception as exc:
+            self._pending = None
+            self._controller.republish()
+            await self._restore(moved)
             reason = getattr(exc, "message", None) or str(exc)
             await self._event(action, new.client_name, actor, {"error": reason}, result="failed")
             raise
@@ -330,6 +334,15 @@ class DeploymentManager:
             moved = t.name in placed  # its constraint changed: the agent gets it for its next starts
             if (want > running or moved) if up else (want != agent.replicas(t.name) or want < running):
                 await self._controller.scale(t.name, want, start=False)
+
+    async def _restore(self, versions: frozenset[str]) -> None:
+        """A change that failed gave the agent new placements for running versions: the ones in force
+        go back (their next starts honour them, not the refused change's)."""
+        agent = self._controller.agent
+        for version in sorted(versions):
+            if agent is not None and agent.instances_of(version):
+                with contextlib.suppress(Exception):
+                    await self._controller.scale(version, self._controller.replicas_for(version), start=False)
 
     async def _check_placements(self, new: DeploymentRecord) -> None:
         """Each target's constraint: a pinned node the registry knows (404), and the same as what the
