@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-import pytest
+from sqlalchemy import inspect
 
 from superollama.core.deployments import DeploymentRecord, VersionScale
 from superollama.core.placement import PlacementConstraint
@@ -68,14 +68,11 @@ async def test_version_scales_round_trip(db_url: str) -> None:
         await reg.close()
 
 
-@pytest.mark.parametrize("name", ["version_placements"])
-async def test_migration_18_made_the_table(db_url: str, name: str) -> None:
-    from sqlalchemy import inspect
-
+async def test_migration_18_made_the_table(db_url: str) -> None:
     reg = await open_registry(db_url)
     try:
         async with reg.engine.connect() as conn:
             names = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
-        assert name in names
+        assert "version_placements" in names
     finally:
         await reg.close()
