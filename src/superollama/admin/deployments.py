@@ -2,11 +2,17 @@
 ``rollback``, ``pause``, ``resume`` and ``deployments ls|show|rm`` are clients of these routes.
 
 A name in a path is what clients send in ``model``: ``chat`` (production) or ``chat@staging``. Targets in a
-body are ``[{"name": "smollm2:135m", "weight": 90}, …]`` or the CLI's ``["smollm2:135m=90", …]``.
+body are ``[{"name": "smollm2:135m", "weight": 90, "placement": {…}}, …]`` or the CLI's
+``["smollm2:135m=90", …]``; a body's ``placement`` (``{device, node, labels, spread}``,
+``control/placement.py``) applies to the targets that do not carry their own.
+
+``POST /admin/v1/models/{name}/scale`` (``{"replicas", "placement"}``) scales a version clients name
+directly: ``superollama scale VERSION --replicas N [--device …]``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +20,9 @@ from aiohttp import web
 from superollama.admin.routes import PREFIX, actor_of
 from superollama.control import DeploymentManager, parse_targets
 from superollama.control.fleet import Fleet
+from superollama.control.placement import parse_placement
 from superollama.control.rollouts import RolloutManager
+from superollama.core.placement import PlacementConstraint
 from superollama.core.routing import DeploymentTarget
 from superollama.errors import InvalidRequest
 from superollama.gateway import read_json
@@ -41,6 +49,7 @@ class DeploymentRoutes:
         r.add_post(base + "/{name}/rollback", self.rollback)
         r.add_post(base + "/{name}/pause", self.pause)
         r.add_post(base + "/{name}/resume", self.resume)
+        r.add_post(PREFIX + "/models/{name:.+}/scale", self.scale_version)
 
     async def list(self, request: web.Request) -> web.Response:
         """Every stage, each with its running rollout (None when there is none: one query for all)."""
@@ -61,7 +70,7 @@ class DeploymentRoutes:
         body = await read_json(request)
         details = await self._deployments.deploy(
             request.match_info["name"],
-            targets_of(body),
+            targets_of(body, placement=_placement(body)),
             stage=_text(body, "stage"),
             sticky=_text(body, "sticky"),
             actor=actor_of(request),
@@ -86,9 +95,24 @@ class DeploymentRoutes:
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
             raise InvalidRequest("'replicas' must be an integer of 1 or more", param="replicas")
         details = await self._deployments.scale(
-            request.match_info["name"], target, replicas, actor=actor_of(request)
+            request.match_info["name"],
+            target,
+            replicas,
+            placement=_placement(body),
+            actor=actor_of(request),
         )
         return _json(details.as_json())
+
+    async def scale_version(self, request: web.Request) -> web.Response:
+        """N instances of a version clients name directly, where its placement allows."""
+        body = await read_json(request)
+        replicas = body.get("replicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+            raise InvalidRequest("'replicas' must be an integer of 1 or more", param="replicas")
+        answer = await self._deployments.versions.scale(
+            request.match_info["name"], replicas, placement=_placement(body), actor=actor_of(request)
+        )
+        return _json(answer)
 
     async def promote(self, request: web.Request) -> web.Response:
         body = await _optional_json(request)
@@ -149,23 +173,35 @@ class FleetRoutes:
         return _json(await self._fleet.export())
 
 
-def targets_of(body: dict[str, Any]) -> list[DeploymentTarget]:
-    """The body's ``targets``: ``"name=weight"`` strings or ``{"name", "weight", "replicas"}`` objects."""
+def targets_of(
+    body: dict[str, Any], *, placement: PlacementConstraint | None = None
+) -> list[DeploymentTarget]:
+    """The body's ``targets``: ``"name=weight"`` strings or ``{"name", "weight", "replicas", "placement"}``
+    objects; ``placement`` for those that carry none."""
     raw = body.get("targets")
     if not isinstance(raw, list) or not raw:
         raise InvalidRequest("'targets' must be a non-empty list", param="targets")
     out: list[DeploymentTarget] = []
+    default = placement or PlacementConstraint()
     for item in raw:
         if isinstance(item, str):
-            out += parse_targets([item])
+            out += [replace(t, placement=default) for t in parse_targets([item])]
         elif isinstance(item, dict) and isinstance(item.get("name"), str):
             weight, replicas = item.get("weight", 100), item.get("replicas", 1)
             if not isinstance(weight, int) or not isinstance(replicas, int) or isinstance(weight, bool):
                 raise InvalidRequest("a target's weight and replicas are integers", param="targets")
-            out.append(DeploymentTarget(item["name"], weight, str(item.get("role") or "primary"), replicas))
+            own = parse_placement(item["placement"]) if item.get("placement") is not None else default
+            role = str(item.get("role") or "primary")
+            out.append(DeploymentTarget(item["name"], weight, role, replicas, own))
         else:
             raise InvalidRequest("each target is 'name=weight' or {'name': …, 'weight': …}", param="targets")
     return out
+
+
+def _placement(body: dict[str, Any]) -> PlacementConstraint | None:
+    """The body's ``placement`` (absent or null: None, the target keeps its own)."""
+    value = body.get("placement")
+    return None if value is None else parse_placement(value)
 
 
 def _text(body: dict[str, Any], key: str) -> str | None:

@@ -12,7 +12,12 @@ Cordon is the node's registry state (``cordoned``; ``draining`` while a drain ru
 placement (``agent/placement.py``) puts nothing new there, and a node's own reports keep it. A drain
 cordons, then stops each instance there (drained first, bounded): the next request for its version
 places a new one elsewhere. ``rm`` forgets a node with no instance running there (409 otherwise).
-Each change is an audit event (``node.cordon``, ``node.uncordon``, ``node.drain``, ``node.remove``) with
+``POST …/{name}/labels`` (``{"set": {k: v}, "remove": [k]}``: ``superollama nodes label NODE k=v k-``)
+sets a node's labels (``inventory.labels``), which placement matches against a deployment's ``--labels``;
+any node, ``local`` included (``agent --join --labels`` sets them at the join). A cluster node's refresh
+and a restarted local agent keep them.
+Each change is an audit event (``node.cordon``, ``node.uncordon``, ``node.drain``, ``node.remove``,
+``node.label``) with
 the admin who made it, so the events page and the webhooks see it.
 """
 
@@ -23,12 +28,14 @@ from typing import Any
 
 from aiohttp import web
 
+from superollama.admin.join import parse_labels
 from superollama.admin.routes import PREFIX, actor_of
 from superollama.admin.serialize import instance_json
 from superollama.agent import LiveInstance
 from superollama.control import Controller
 from superollama.core import EventRecord, NodeRecord
-from superollama.errors import Conflict, NotFound
+from superollama.errors import Conflict, InvalidRequest, NotFound
+from superollama.gateway import read_json
 from superollama.gateway.responses import json_response as _json
 
 __all__ = ["NodeRoutes"]
@@ -51,6 +58,7 @@ class NodeRoutes:
         app.router.add_post(f"{PREFIX}/nodes/{{name}}/cordon", self.cordon)
         app.router.add_post(f"{PREFIX}/nodes/{{name}}/uncordon", self.uncordon)
         app.router.add_post(f"{PREFIX}/nodes/{{name}}/drain", self.drain)
+        app.router.add_post(f"{PREFIX}/nodes/{{name}}/labels", self.label)
         app.router.add_delete(f"{PREFIX}/nodes/{{name}}", self.remove)
 
     async def list_nodes(self, request: web.Request) -> web.Response:
@@ -83,6 +91,29 @@ class NodeRoutes:
                     cut += n
         await self._event("node.drain", record, request, {"stopped": stopped, "cut": cut})
         return _json({"node": await self._node_json(record), "stopped": stopped, "cut": cut})
+
+    async def label(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        record = await self._record(request)
+        to_set = parse_labels(body.get("set") or {})
+        gone = body.get("remove") or []
+        if not isinstance(gone, list) or not all(isinstance(k, str) and k for k in gone):
+            raise InvalidRequest("'remove' must be a list of label keys", param="labels")
+        if not to_set and not gone:
+            raise InvalidRequest("name labels to set (k=v) or to remove (k-)", param="labels")
+        labels = {**dict(record.inventory.get("labels") or {}), **to_set}
+        for key in gone:
+            labels.pop(key, None)
+        changed = NodeRecord(
+            name=record.name,
+            address=record.address,
+            state=record.state,
+            inventory={**record.inventory, "labels": labels},
+            last_seen=record.last_seen,
+        )
+        saved = await self._controller.registry.nodes.upsert(changed)
+        await self._event("node.label", saved, request, {"labels": labels})
+        return _json(await self._node_json(saved))
 
     async def remove(self, request: web.Request) -> web.Response:
         record = await self._record(request)

@@ -33,6 +33,7 @@ from superollama.agent.choice import RuntimeChoice
 from superollama.agent.estimate import MemoryEstimate, estimate
 from superollama.agent.instance import AgentConfig, Ending, LiveInstance
 from superollama.agent.inventory import Inventory
+from superollama.agent.placement import DeviceView, NodeView, place, request_for
 from superollama.core import (
     Artifact,
     EventRecord,
@@ -43,6 +44,7 @@ from superollama.core import (
     NodeRecord,
     Runtime,
 )
+from superollama.core.placement import PlacementConstraint
 from superollama.errors import Conflict, LoadTimeout, ModelLoadFailed, Unavailable
 from superollama.registry import Registry
 
@@ -77,6 +79,7 @@ class LocalAgent:
         self._loading: dict[str, asyncio.Task[LiveInstance]] = {}  # by version: the load ``ensure`` shares
         self._extra: dict[str, set[asyncio.Task[LiveInstance]]] = {}  # by version: the other replicas' loads
         self._replicas: dict[str, int] = {}  # by version: how many instances are wanted (1 if absent)
+        self._placement: dict[str, PlacementConstraint] = {}  # by version: where its instances may run
         self._specs: dict[str, tuple[Artifact, str, str]] = {}  # by version: what its last load started
         self._starting: dict[str, set[object]] = {}  # by version: loads not yet in ``_live`` (or failed)
         self.available_memory: Callable[[], int] = _available_memory
@@ -94,8 +97,14 @@ class LocalAgent:
         self._choice.inventory = capacity
         prior = await self._registry.nodes.find(self._config.node)
         state = prior.state if prior is not None and prior.closed else "ready"  # a cordon outlives a restart
+        labels = (prior.inventory.get("labels") if prior is not None else None) or {}  # ``nodes label``'s
         await self._registry.nodes.upsert(
-            NodeRecord(name=self._config.node, address="local", state=state, inventory=capacity)
+            NodeRecord(
+                name=self._config.node,
+                address="local",
+                state=state,
+                inventory={**capacity, "labels": labels},
+            )
         )
         await self._replace_leftovers()
         self._reaper = asyncio.create_task(self._reap_idle(), name="agent-reaper")
@@ -144,6 +153,18 @@ class LocalAgent:
     def replicas(self, version: str) -> int:
         """How many instances of the version are wanted when it runs."""
         return self._replicas.get(version, 1)
+
+    def placement_of(self, version: str) -> PlacementConstraint:
+        """Where the version's instances may run (every start of one honours it)."""
+        return self._placement.get(version, PlacementConstraint())
+
+    def _constrain(self, version: str, placement: PlacementConstraint | None) -> None:
+        if placement is None:
+            return
+        if placement.empty:
+            self._placement.pop(version, None)
+        else:
+            self._placement[version] = placement
 
     def loading(self, version: str) -> bool:
         return version in self._loading or bool(self._extra.get(version))
@@ -194,18 +215,26 @@ class LocalAgent:
         return await self._choice.runtime_for(artifact)
 
     async def ensure(
-        self, artifact: Artifact, runtime: str, *, device: str = "cpu", replicas: int | None = None
+        self,
+        artifact: Artifact,
+        runtime: str,
+        *,
+        device: str = "cpu",
+        replicas: int | None = None,
+        placement: PlacementConstraint | None = None,
     ) -> LiveInstance:
         """Return a ready instance of ``artifact``'s version (the least loaded), starting one if none runs.
 
         Concurrent callers share one load; each waits at most ``load_timeout``; at most
         ``max_pending_loads`` callers wait at once (then a clear 503 busy). ``replicas``: how many
         instances of the version are wanted (remembered; None: as before): the others start alongside
-        the first, in parallel, and join routing when ready.
+        the first, in parallel, and join routing when ready. ``placement``: where they may run
+        (remembered; None: as before): every start of one honours it.
         """
         version = artifact.name
         if replicas is not None:
             self._want(version, replicas)
+        self._constrain(version, placement)
         self._specs[version] = (artifact, runtime, device)
         ready = self._ready(version)
         if ready:
@@ -219,6 +248,7 @@ class LocalAgent:
             )
         if artifact.name not in self._loading:
             await self._refuse_when_closed(version)
+            await self._check_placement(version, runtime)
         task = self._loading.get(artifact.name)
         if task is None:
             task = self._start_load(artifact, runtime, device, waited=True, name=f"load {artifact.name}")
@@ -252,6 +282,33 @@ class LocalAgent:
                 f"starts there (superollama nodes uncordon {node.name})",
                 retry_after=30,
             )
+
+    async def _check_placement(self, version: str, runtime: str) -> None:
+        """This node against the version's constraint (``agent/placement.py``'s filters and wording): a
+        pin to another node, labels this node lacks (``nodes label``), a GPU it does not have — 503.
+        Memory is ``fitting``'s concern here, so the estimates are zero."""
+        constraint = self.placement_of(version)
+        if constraint.empty:
+            return
+        node = await self._registry.nodes.find(self._config.node)
+        capacity = self._choice.inventory
+        if capacity is None:
+            capacity = await asyncio.to_thread(self.inventory.capacity)
+        devices = [DeviceView("cpu", 1, 1)]
+        for dev in capacity.get("devices") or ():
+            if dev.get("kind") == "cuda":
+                devices.append(DeviceView(str(dev["name"]), 1, 1))
+        labels = (node.inventory.get("labels") if node is not None else None) or {}
+        view = NodeView(
+            name=self._config.node,
+            devices=tuple(devices),
+            runtimes=frozenset({runtime}),
+            labels={str(k): str(v) for k, v in labels.items()},
+            cordoned=node is not None and node.closed,
+        )
+        request = request_for(version, runtime, {"placement": constraint})
+        zero = MemoryEstimate(0, 0, 0, 0, basis="not counted here")
+        place([view], request, {"cpu": zero, "cuda": zero})
 
     def _handed_over(self, inst: LiveInstance) -> None:
         """An ``ensure`` caller that was counted in ``inst.pending`` has its instance: it acquires it in
@@ -323,20 +380,37 @@ class LocalAgent:
         return max(0, min(wanted, free // need))
 
     async def scale(
-        self, artifact: Artifact, runtime: str, replicas: int, *, device: str = "cpu", start: bool = True
+        self,
+        artifact: Artifact,
+        runtime: str,
+        replicas: int,
+        *,
+        device: str = "cpu",
+        start: bool = True,
+        placement: PlacementConstraint | None = None,
     ) -> list[LiveInstance]:
         """Run ``replicas`` instances of ``artifact``'s version: the missing ones start in parallel (when
         it runs, or ``start``) and are waited for; the surplus drains (no request cut within the drain
         bound) and stops. ``Conflict`` when this node's memory cannot hold the missing ones (nothing
         starts then). The version's ready instances, after."""
         version = artifact.name
+        if placement is not None and placement != self.placement_of(version) and self._coming(version):
+            before = self.placement_of(version)
+            self._constrain(version, placement)
+            try:  # a running version's new constraint must fit here too (its instances stay)
+                await self._check_placement(version, runtime)
+            except BaseException:
+                self._constrain(version, before)
+                raise
         self._want(version, replicas)
+        self._constrain(version, placement)
         self._specs[version] = (artifact, runtime, device)
         if not start and not self._coming(version):
             return []
         missing = replicas - self._coming(version)
         if missing > 0:
             await self._refuse_when_closed(version)
+            await self._check_placement(version, runtime)
             fit = self.fitting(artifact, missing)
             if fit < missing:
                 est = self.memory_estimate(artifact)
@@ -410,7 +484,9 @@ class LocalAgent:
         its way (``_coming``) from now until it is in ``_live`` or has failed."""
         token = object()
         self._starting.setdefault(artifact.name, set()).add(token)
-        load = self._load(artifact, runtime, device, waited=waited, token=token, options=options or {})
+        constraint = self.placement_of(artifact.name)  # every start of the version honours it
+        merged = {**({} if constraint.empty else {"placement": constraint}), **(options or {})}
+        load = self._load(artifact, runtime, device, waited=waited, token=token, options=merged)
         return asyncio.create_task(load, name=name)
 
     async def _load(

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from superollama.core import Artifact, EventRecord, InstanceHandle, InstanceRecord, InstanceState
+from superollama.core.placement import PlacementConstraint
 
 __all__ = ["AgentConfig", "Ending", "LiveInstance", "MovesInstances", "NodeAgent"]
 
@@ -116,11 +117,24 @@ class NodeAgent(Protocol):
     async def usage(self) -> dict[str, object]: ...
 
     async def ensure(
-        self, artifact: Artifact, runtime: str, *, device: str = "cpu", replicas: int | None = None
+        self,
+        artifact: Artifact,
+        runtime: str,
+        *,
+        device: str = "cpu",
+        replicas: int | None = None,
+        placement: PlacementConstraint | None = None,
     ) -> LiveInstance: ...
 
     async def scale(
-        self, artifact: Artifact, runtime: str, replicas: int, *, device: str = "cpu", start: bool = True
+        self,
+        artifact: Artifact,
+        runtime: str,
+        replicas: int,
+        *,
+        device: str = "cpu",
+        start: bool = True,
+        placement: PlacementConstraint | None = None,
     ) -> list[LiveInstance]: ...
 
     async def unload(

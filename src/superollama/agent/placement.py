@@ -9,8 +9,10 @@ runtimes installed, each device's total and free memory) and the instance's esti
 2. **Devices**: a GPU request looks at the ``cuda:N`` devices; a CPU request at ``cpu``; ``any`` looks at
    the GPUs first and falls back to the CPU when no GPU fits, if ``cpu_fallback`` allows.
 3. **Policy**: ``binpack`` takes the device left with the least free memory after the instance (big holes
-   stay free for big models); ``spread`` takes the node with the fewest of our instances, then the most
-   free memory (replicas on different machines).
+   stay free for big models); ``spread`` takes the node with the fewest instances of this version, then
+   the fewest of ours, then the most free memory (replicas on different machines; more replicas than
+   nodes share them evenly). The server's policy is ``SUPEROLLAMA_PLACEMENT_POLICY``; a deployment
+   target's ``--spread`` (``core.placement.PlacementConstraint``) asks ``spread`` for its version alone.
 
 When nothing fits, ``DoesNotFit`` names the best candidate (the most free memory among the devices that
 passed the filters) and the numbers, or the filter that emptied the list.
@@ -23,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from superollama.agent.estimate import MemoryEstimate
+from superollama.core.placement import PlacementConstraint
 from superollama.errors import ModelLoadFailed
 
-__all__ = ["DeviceView", "DoesNotFit", "NodeView", "Placement", "PlacementRequest", "place"]
+__all__ = ["DeviceView", "DoesNotFit", "NodeView", "Placement", "PlacementRequest", "place", "request_for"]
 
 DeviceKind = Literal["cpu", "gpu", "any"]
 Policy = Literal["binpack", "spread"]
@@ -54,6 +57,7 @@ class NodeView:
     labels: Mapping[str, str] = field(default_factory=dict)
     cordoned: bool = False
     instances: int = 0  # ours running there now (for spread)
+    version_instances: int = 0  # of them, those of the version being placed (spread counts them first)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,33 @@ class Placement:
     @property
     def free_after(self) -> int:
         return self.free_before - self.estimate.total
+
+
+def request_for(
+    version: str,
+    runtime: str,
+    options: Mapping[str, object],
+    *,
+    device: str = "cpu",
+    policy: Policy = "binpack",
+) -> PlacementRequest:
+    """What placement is asked for one instance (``InstanceSpec.options``): the version's constraint
+    (``options["placement"]``, from its deployment target or its own scale: device, node, labels,
+    spread), a move's pin (``options["node"]``, which wins over the constraint's), else the server's
+    ``policy``; the device from the constraint, else ``options["device_kind"]``, else any."""
+    constraint = options.get("placement")
+    if not isinstance(constraint, PlacementConstraint):
+        constraint = PlacementConstraint()
+    kind = str(options.get("device_kind") or constraint.device or ("any" if device == "cpu" else "gpu"))
+    pinned = options.get("node")
+    return PlacementRequest(
+        version=version,
+        runtime=runtime,
+        device="cpu" if kind == "cpu" else "gpu" if kind == "gpu" else "any",
+        labels=constraint.label_map,
+        node=str(pinned) if pinned else constraint.node,
+        policy="spread" if constraint.spread else policy,
+    )
 
 
 class DoesNotFit(ModelLoadFailed):
@@ -160,7 +191,16 @@ def _choose(
     if not fits:
         return None, roomiest
     if policy == "spread":
-        _, chosen = min(fits, key=lambda f: (f[0].instances, -f[1].free_after, f[1].node, f[1].device))
+        _, chosen = min(
+            fits,
+            key=lambda f: (
+                f[0].version_instances,
+                f[0].instances,
+                -f[1].free_after,
+                f[1].node,
+                f[1].device,
+            ),
+        )
     else:
         _, chosen = min(fits, key=lambda f: (f[1].free_after, f[1].node, f[1].device))
     return chosen, roomiest

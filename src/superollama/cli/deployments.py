@@ -3,18 +3,45 @@ deployments, the names clients send in ``model``. Clients of ``/admin/v1/deploym
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import click
 
 from superollama.cli.main import Context, api, cli, console, json_option, pass_ctx
 from superollama.cli.render import print_json, print_table
+from superollama.client.types import Placement
 
 __all__ = ["deploy", "deployments", "pause", "promote", "resume", "rollback", "scale", "split"]
 
 _STICKY = click.Choice(["none", "user", "header", "key"])
 _JSON = json_option
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _placement_options(func: F) -> F:
+    """``--device --node --labels --spread``: where the instances may run (checked by the server)."""
+    for option in reversed(
+        (
+            click.option("--device", help="cpu, gpu or any (default any: GPUs first, else the CPU)."),
+            click.option("--node", help="Pin the instances to this node."),
+            click.option("--labels", help="Only nodes with all these labels: zone=b,gpu=a100."),
+            click.option(
+                "--spread",
+                is_flag=True,
+                help="Its replicas on different nodes, whatever the server's policy.",
+            ),
+        )
+    ):
+        func = option(func)
+    return func
+
+
+def _placement(device: str | None, node: str | None, labels: str | None, spread: bool) -> Placement | None:
+    """The options as the API's ``placement`` (None when none is given: the target keeps its own)."""
+    if device is None and node is None and labels is None and not spread:
+        return None
+    return {"device": device, "node": node, "labels": labels, "spread": spread}
 
 
 def _print(details: Mapping[str, Any], as_json: bool) -> None:
@@ -29,8 +56,10 @@ def _print(details: Mapping[str, Any], as_json: bool) -> None:
         share = f"{t['share']}%" if t["share"] != "" else ""
         if t.get("role") == "shadow":  # a copy of that share of the requests, never an answer
             share = f"shadow {t['weight']}%"
-        rows.append((t["name"], t["weight"], share, t.get("replicas", 1), instances))
-    print_table(console, ("TARGET", "WEIGHT", "SHARE", "REPLICAS", "INSTANCES"), rows)
+        rows.append(
+            (t["name"], t["weight"], share, t.get("replicas", 1), _where(t.get("placement")), instances)
+        )
+    print_table(console, ("TARGET", "WEIGHT", "SHARE", "REPLICAS", "PLACEMENT", "INSTANCES"), rows)
     swap = details.get("swap")
     if swap:
         console.print(
@@ -50,7 +79,24 @@ def _print(details: Mapping[str, Any], as_json: bool) -> None:
 
 def _instance(i: Mapping[str, Any]) -> str:
     state = "" if i.get("state", "ready") == "ready" else f", {i['state']}"
-    return f"{i['id']} ({i['in_flight']} in flight{state})"
+    node = f" on {i['node']}" if i.get("node") else ""
+    return f"{i['id']}{node} ({i.get('in_flight', 0)} in flight{state})"
+
+
+def _where(placement: Mapping[str, Any] | None) -> str:
+    """``device=gpu node=beta labels=zone=b spread``, or ``-`` for anywhere."""
+    if not placement:
+        return "-"
+    parts = []
+    if placement.get("device") not in (None, "any"):
+        parts.append(f"device={placement['device']}")
+    if placement.get("node"):
+        parts.append(f"node={placement['node']}")
+    if placement.get("labels"):
+        parts.append("labels=" + ",".join(f"{k}={v}" for k, v in sorted(placement["labels"].items())))
+    if placement.get("spread"):
+        parts.append("spread")
+    return " ".join(parts) or "-"
 
 
 def _with_replicas(targets: tuple[str, ...], replicas: int | None) -> list[str]:
@@ -74,6 +120,7 @@ def _with_replicas(targets: tuple[str, ...], replicas: int | None) -> list[str]:
 @click.option("--replicas", type=click.IntRange(min=1), help="Instances per target (default 1).")
 @click.option("--stage", help="The stage to deploy to (default production; clients ask NAME@STAGE).")
 @click.option("--sticky", type=_STICKY, help="Keep a user, session header or key on one target.")
+@_placement_options
 @_JSON
 @pass_ctx
 @api
@@ -85,26 +132,67 @@ def deploy(
     replicas: int | None,
     stage: str | None,
     sticky: str | None,
+    device: str | None,
+    node: str | None,
+    labels: str | None,
+    spread: bool,
     as_json: bool,
 ) -> None:
     """Create a deployment, or give it new targets (each new one starts and warms up before it takes
     traffic; the old ones drain). ``--replicas N`` or ``VERSION=WEIGHTxN``: N instances of a target,
-    started in parallel, requests spread over them."""
+    started in parallel, requests spread over them. ``--device``, ``--node``, ``--labels``, ``--spread``:
+    where the targets' instances may run, at every start of one."""
     specs = _with_replicas(targets, replicas)
-    _print(ctx.client.deployments.put(name, specs, stage=stage, sticky=sticky), as_json)
+    where = _placement(device, node, labels, spread)
+    _print(ctx.client.deployments.put(name, specs, stage=stage, sticky=sticky, placement=where), as_json)
 
 
 @cli.command()
 @click.argument("name")
-@click.argument("target")
-@click.argument("replicas", type=click.IntRange(min=1))
+@click.argument("rest", nargs=-1, metavar="[TARGET [REPLICAS]]")
+@click.option("--replicas", "count", type=click.IntRange(min=1), help="How many instances.")
+@_placement_options
 @_JSON
 @pass_ctx
 @api
-def scale(ctx: Context, name: str, target: str, replicas: int, as_json: bool) -> None:
-    """Run REPLICAS instances of one TARGET of deployment NAME (new ones join when ready; a surplus
-    drains, no request cut)."""
-    _print(ctx.client.deployments.scale(name, target, replicas), as_json)
+def scale(
+    ctx: Context,
+    name: str,
+    rest: tuple[str, ...],
+    *,
+    count: int | None,
+    device: str | None,
+    node: str | None,
+    labels: str | None,
+    spread: bool,
+    as_json: bool,
+) -> None:
+    """Run N instances: ``scale VERSION --replicas N`` of a version clients name directly, or ``scale
+    NAME TARGET N`` of one target of deployment NAME (new ones join when ready; a surplus drains, no
+    request cut). ``--device``, ``--node``, ``--labels``, ``--spread``: where they may run (kept)."""
+    where = _placement(device, node, labels, spread)
+    if len(rest) > 2:
+        raise click.UsageError("scale VERSION --replicas N, or scale NAME TARGET N")
+    if len(rest) == 2:
+        try:
+            count = int(rest[1])
+        except ValueError:
+            raise click.BadParameter(f"{rest[1]!r} is not a number", param_hint="REPLICAS") from None
+    if count is None or count < 1:
+        raise click.UsageError("how many: --replicas N (1 or more)")
+    if rest:
+        _print(ctx.client.deployments.scale(name, rest[0], count, placement=where), as_json)
+        return
+    scaled = ctx.client.models.scale(name, count, placement=where)
+    if as_json:
+        print_json(scaled)
+        return
+    nodes = ", ".join(f"{i['id']} on {i['node']} ({i['state']})" for i in scaled["instances"]) or "-"
+    console.print(
+        f"{scaled['version']}: {scaled['replicas']} replica(s), placement {_where(scaled.get('placement'))}; "
+        f"instances: {nodes}",
+        highlight=False,
+    )
 
 
 @cli.command()

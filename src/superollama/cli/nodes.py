@@ -1,5 +1,5 @@
-"""``superollama nodes ls|show|cordon|uncordon|drain|rm|token``: the machines models run on (the admin API's
-``/admin/v1/nodes``). With ``serve --cluster`` these are the Ray cluster's nodes."""
+"""``superollama nodes ls|show|cordon|uncordon|drain|label|rm|token``: the machines models run on (the
+admin API's ``/admin/v1/nodes``). With ``serve --cluster`` these are the Ray cluster's nodes."""
 
 from __future__ import annotations
 
@@ -89,6 +89,36 @@ def _state_command(action: str, doc: str) -> None:
 _state_command("cordon", "Place nothing new on NAME (its instances keep serving).")
 _state_command("uncordon", "Let placement use NAME again.")
 _state_command("drain", "Cordon NAME and stop its instances; they are placed elsewhere on demand.")
+
+
+@nodes.command("label")
+@click.argument("name")
+@click.argument("changes", nargs=-1, required=True, metavar="KEY=VALUE|KEY- ...")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+@api
+def label(ctx: Context, name: str, changes: tuple[str, ...], as_json: bool) -> None:
+    """Set (zone=b) or remove (zone-) labels of node NAME; deployments' --labels are matched against
+    them. Any node, local included."""
+    to_set: dict[str, str] = {}
+    remove: list[str] = []
+    for change in changes:
+        key, eq, value = change.partition("=")
+        if eq and key:
+            to_set[key] = value
+        elif change.endswith("-") and len(change) > 1:
+            remove.append(change[:-1])
+        else:
+            raise click.BadParameter(
+                f"{change!r}: write KEY=VALUE to set, KEY- to remove", param_hint="labels"
+            )
+    node = ctx.client.nodes.label(name, to_set, remove=remove)
+    if as_json:
+        print_json(node)
+        return
+    labels = node["inventory"].get("labels") or {}
+    shown = ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
+    console.print(f"node {node['name']}: labels {shown}", highlight=False)
 
 
 @nodes.command("rm")

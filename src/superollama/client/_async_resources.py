@@ -22,11 +22,13 @@ from superollama.client.types import (
     Job,
     JSONObject,
     Key,
+    Placement,
     Progress,
     Rollout,
     StorageRoot,
     Version,
     VersionDetails,
+    VersionScale,
 )
 
 __all__ = [
@@ -57,6 +59,14 @@ class AsyncModels(AsyncResource):
     @route("GET", ADMIN + "/models/{name}")
     async def get(self, name: str) -> VersionDetails:
         return cast(VersionDetails, await self._t.call("GET", f"{ADMIN}/models/{quote_name(name)}"))
+
+    @route("POST", ADMIN + "/models/{name}/scale")
+    async def scale(self, name: str, replicas: int, *, placement: Placement | None = None) -> VersionScale:
+        """Run ``replicas`` instances of a version clients name directly, where ``placement`` allows
+        (None: the placement it had). Kept across restarts."""
+        path = f"{ADMIN}/models/{quote_name(name)}/scale"
+        body = without_none(replicas=replicas, placement=placement)
+        return cast(VersionScale, await self._t.call("POST", path, json=body, idempotent=True))
 
     @route("DELETE", ADMIN + "/models/{name}")
     async def delete(self, name: str, *, force: bool = False) -> JSONObject:
@@ -185,10 +195,17 @@ class AsyncDeployments(AsyncResource):
 
     @route("PUT", ADMIN + "/deployments/{name}")
     async def put(
-        self, name: str, targets: Targets, *, stage: str | None = None, sticky: str | None = None
+        self,
+        name: str,
+        targets: Targets,
+        *,
+        stage: str | None = None,
+        sticky: str | None = None,
+        placement: Placement | None = None,
     ) -> Deployment:
-        """Create or change a deployment: new versions start and pass checks before traffic moves."""
-        body = without_none(targets=list(targets), stage=stage, sticky=sticky)
+        """Create or change a deployment: new versions start and pass checks before traffic moves.
+        ``placement`` (device, node, labels, spread) applies to the targets that carry none."""
+        body = without_none(targets=list(targets), stage=stage, sticky=sticky, placement=placement)
         path = f"{ADMIN}/deployments/{quote_name(name)}"
         return cast(Deployment, await self._t.call("PUT", path, json=body, idempotent=True))
 
@@ -204,10 +221,13 @@ class AsyncDeployments(AsyncResource):
         )
 
     @route("POST", ADMIN + "/deployments/{name}/scale")
-    async def scale(self, name: str, target: str, replicas: int) -> Deployment:
-        """Run ``replicas`` instances of one target (new ones join when ready; a surplus drains)."""
+    async def scale(
+        self, name: str, target: str, replicas: int, *, placement: Placement | None = None
+    ) -> Deployment:
+        """Run ``replicas`` instances of one target (new ones join when ready; a surplus drains);
+        ``placement``: the target's new constraint (None: it keeps its own)."""
         path = f"{ADMIN}/deployments/{quote_name(name)}/scale"
-        body = {"target": target, "replicas": replicas}
+        body = without_none(target=target, replicas=replicas, placement=placement)
         return cast(Deployment, await self._t.call("POST", path, json=body, idempotent=True))
 
     @route("POST", ADMIN + "/deployments/{name}/promote")

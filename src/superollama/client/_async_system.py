@@ -107,6 +107,14 @@ class AsyncNodes(AsyncResource):
         """Cordon the node and stop its instances: ``{"node": …, "stopped": [instance ids]}``."""
         return cast(dict[str, Any], await self._t.call("POST", f"{ADMIN}/nodes/{quote_name(name)}/drain"))
 
+    @route("POST", ADMIN + "/nodes/{name}/labels")
+    async def label(
+        self, name: str, labels: dict[str, str] | None = None, *, remove: Sequence[str] = ()
+    ) -> Node:
+        """Set (``{"zone": "b"}``) and remove (``["gpu"]``) the node's labels; placement matches them."""
+        body = {"set": dict(labels or {}), "remove": list(remove)}
+        return cast(Node, await self._t.call("POST", f"{ADMIN}/nodes/{quote_name(name)}/labels", json=body))
+
     @route("DELETE", ADMIN + "/nodes/{name}")
     async def remove(self, name: str) -> dict[str, Any]:
         """Forget the node (refused while instances run there)."""

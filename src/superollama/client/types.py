@@ -27,6 +27,7 @@ __all__ = [
     "MoveResult",
     "Node",
     "Page",
+    "Placement",
     "Plugin",
     "Progress",
     "Rollout",
@@ -36,6 +37,7 @@ __all__ = [
     "VectorStoreFileBatch",
     "Version",
     "VersionDetails",
+    "VersionScale",
     "Webhook",
 ]
 
@@ -171,11 +173,32 @@ class Connection(TypedDict):
     created_at: str | None
 
 
+class Placement(TypedDict, total=False):
+    """Where a target's (or a version's) instances may run; every field optional in a request."""
+
+    device: str | None  # cpu | gpu | any
+    node: str | None  # pinned to this node
+    labels: dict[str, str] | str | None  # required node labels: {"zone": "b"} or "zone=b,gpu=a100"
+    spread: bool  # its replicas on different nodes, whatever the server's policy
+
+
 class DeploymentTarget(TypedDict):
     name: str
     weight: int
     role: NotRequired[str]
     replicas: NotRequired[int]
+    placement: NotRequired[Placement | None]
+
+
+class VersionScale(TypedDict):
+    """A version scaled by itself (``scale VERSION --replicas N``) and its instances."""
+
+    version: str
+    replicas: int
+    placement: Placement | None
+    updated_at: str | None
+    wanted: int
+    instances: list[JSONObject]
 
 
 class Deployment(TypedDict):

@@ -49,8 +49,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from superollama.agent import LocalAgent
 from superollama.agent.choice import RuntimeChoice
 from superollama.agent.estimate import MemoryEstimate, estimate
-from superollama.agent.instance import AgentConfig
-from superollama.agent.placement import DeviceView, NodeView, Placement, PlacementRequest, Policy, place
+from superollama.agent.instance import AgentConfig, LiveInstance
+from superollama.agent.placement import DeviceView, NodeView, Placement, Policy, place, request_for
 from superollama.cluster.actors import InstanceActor, NodeActor
 from superollama.cluster.blobs import blob_digest
 from superollama.cluster.head import RayHead
@@ -65,6 +65,7 @@ from superollama.core import (
     NodeRecord,
     Runtime,
 )
+from superollama.core.placement import PlacementConstraint
 from superollama.errors import IntegrityError, ModelLoadFailed
 from superollama.registry import Registry
 
@@ -185,6 +186,7 @@ class RayAgent(LocalAgent):
         self._reserved: dict[tuple[str, str], int] = {}  # (node, device) → bytes of loads in progress
         self._device_locks: dict[tuple[str, str], asyncio.Lock] = {}  # one vLLM start per GPU at a time
         self._placing: dict[str, int] = {}  # node → loads in progress there (``spread`` counts them)
+        self._placing_of: dict[tuple[str, str], int] = {}  # (node, version) → its loads in progress there
         self._nodes: dict[str, RayNode] = {}
         self._refresher: asyncio.Task[None] | None = None
         self._node_ip_address = node_ip_address  # this driver's address in the cluster (None: Ray's guess)
@@ -380,7 +382,7 @@ class RayAgent(LocalAgent):
             )
         return out
 
-    def _view(self, record: NodeRecord, report: Mapping[str, Any]) -> NodeView:
+    def _view(self, record: NodeRecord, report: Mapping[str, Any], version: str | None = None) -> NodeView:
         usage = report["usage"]
         devices = [DeviceView("cpu", int(usage["memory_total"]), int(usage["memory_available"]))]
         for gpu in usage.get("gpus") or []:
@@ -392,6 +394,16 @@ class RayAgent(LocalAgent):
         ]
         ours = sum(1 for i in self._live.values() if getattr(i.handle, "node", None) == record.name)
         ours += self._placing.get(record.name, 0)
+        of_version = 0
+        if version is not None:
+            of_version = sum(
+                1
+                for i in self._live.values()
+                if i.version == version
+                and getattr(i.handle, "node", None) == record.name
+                and i.state is not InstanceState.DRAINING
+            )
+            of_version += self._placing_of.get((record.name, version), 0)
         return NodeView(
             name=record.name,
             devices=tuple(devices),
@@ -399,6 +411,7 @@ class RayAgent(LocalAgent):
             labels={str(k): str(v) for k, v in (record.inventory.get("labels") or {}).items()},
             cordoned=record.closed,
             instances=ours,
+            version_instances=of_version,
         )
 
     async def _refresh_loop(self) -> None:
@@ -416,22 +429,22 @@ class RayAgent(LocalAgent):
         count: ``start_instance`` reserves its choice without yielding in between."""
         nodes = await self.refresh_nodes()
         views = [
-            self._view(n.record, n.report) if n.record is not None and n.report is not None else n.view
+            self._view(n.record, n.report, spec.version)
+            if n.record is not None and n.report is not None
+            else n.view
             for n in nodes.values()
         ]
         estimates = {
             kind: self.observed.correct(spec.version, kind, self._estimate(runtime, spec.artifact, kind))
             for kind in ("cpu", "cuda")
         }
-        kind = str(spec.options.get("device_kind") or ("any" if spec.device == "cpu" else "gpu"))
-        request = PlacementRequest(
-            version=spec.version,
-            runtime=runtime.name,
-            device="cpu" if kind == "cpu" else "gpu" if kind == "gpu" else "any",
-            node=spec.options.get("node"),
-            policy=self._policy,
+        request = request_for(
+            spec.version, runtime.name, spec.options, device=spec.device, policy=self._policy
         )
         return place(views, request, estimates)
+
+    async def _check_placement(self, version: str, runtime: str) -> None:
+        """Nothing to check ahead here: each start is placed against the cluster's nodes."""
 
     def fitting(self, artifact: Artifact, wanted: int) -> int:
         """How many of ``wanted`` more instances of ``artifact`` the cluster's nodes hold (at their last
@@ -472,12 +485,37 @@ class RayAgent(LocalAgent):
             size = artifact.path.stat().st_size if artifact.path.is_file() else 0
             return MemoryEstimate(size, 0, 0, 0, basis="file size (no metadata to estimate from)")
 
+    async def scale(
+        self,
+        artifact: Artifact,
+        runtime: str,
+        replicas: int,
+        *,
+        device: str = "cpu",
+        start: bool = True,
+        placement: PlacementConstraint | None = None,
+    ) -> list[LiveInstance]:
+        """``LocalAgent.scale``; then, when the version's placement changed, its instances that no longer
+        meet it move (``cluster/replace.py``: the new one ready before the old one drains)."""
+        before = self.placement_of(artifact.name)
+        ready = await super().scale(
+            artifact, runtime, replicas, device=device, start=start, placement=placement
+        )
+        if placement is not None and placement != before and ready:
+            from superollama.cluster.replace import replace_misplaced
+
+            if await replace_misplaced(self, artifact, runtime):
+                ready = self._ready(artifact.name)
+        return ready
+
     async def start_instance(self, runtime: Runtime, spec: InstanceSpec) -> InstanceHandle:
         chosen = await self.placement(runtime, spec)
         node = self._nodes[chosen.node]
         key = (chosen.node, chosen.device)
         self._reserved[key] = self._reserved.get(key, 0) + chosen.estimate.total
         self._placing[chosen.node] = self._placing.get(chosen.node, 0) + 1
+        mine = (chosen.node, spec.version)
+        self._placing_of[mine] = self._placing_of.get(mine, 0) + 1
         log.info(
             "placing %s (%s) on %s %s: needs %d MiB, %d MiB free",
             spec.instance_id,
@@ -494,6 +532,9 @@ class RayAgent(LocalAgent):
         finally:
             self._reserved[key] -= chosen.estimate.total
             self._placing[chosen.node] -= 1
+            self._placing_of[mine] -= 1
+            if not self._placing_of[mine]:
+                del self._placing_of[mine]
         handle.estimate = chosen.estimate
         kind = "cpu" if chosen.device == "cpu" else chosen.device.split(":", 1)[0]
         seen = observed_bytes(chosen.device, handle.observed)

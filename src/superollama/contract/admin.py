@@ -14,7 +14,9 @@ from superollama.contract.admin_shapes import (
     ISSUED_KEY,
     JOB,
     KEY,
+    PLACEMENT_BODY,
     VERSION,
+    VERSION_SCALE,
 )
 from superollama.contract.model import (
     JSON,
@@ -48,7 +50,14 @@ _TARGETS = array(
     {
         "anyOf": [
             string(minLength=1),
-            obj(("name",), name=string(), weight=integer(), replicas=integer(), role=_OPT_TEXT),
+            obj(
+                ("name",),
+                name=string(),
+                weight=integer(),
+                replicas=integer(),
+                role=_OPT_TEXT,
+                placement=nullable(PLACEMENT_BODY),
+            ),
         ]
     },
     minItems=1,
@@ -234,7 +243,17 @@ OPERATIONS = (
         D,
         _one("The deployment", DEPLOYMENT),
         params=_DEP,
-        body=obj(("targets",), targets=_TARGETS, stage=_OPT_TEXT, sticky=_OPT_TEXT),
+        body=obj(
+            ("targets",),
+            targets=_TARGETS,
+            stage=_OPT_TEXT,
+            sticky=_OPT_TEXT,
+            placement=nullable(PLACEMENT_BODY),
+        ),
+        description="placement ({device, node, labels, spread}) applies to the targets that carry none. "
+        "400 for a malformed placement (naming device, node, labels or spread); 404 for a pin to an "
+        "unknown node; 409 when another deployment asks a different placement of the same version; 503 "
+        "when no node fits it (the message says why).",
     ),
     _op(
         "DELETE",
@@ -260,7 +279,24 @@ OPERATIONS = (
         D,
         _one("The deployment", DEPLOYMENT),
         params=_DEP,
-        body=obj(("target", "replicas"), target=string(minLength=1), replicas=integer(minimum=1)),
+        body=obj(
+            ("target", "replicas"),
+            target=string(minLength=1),
+            replicas=integer(minimum=1),
+            placement=nullable(PLACEMENT_BODY),
+        ),
+        description="placement: the target's new constraint (absent: it keeps its own).",
+    ),
+    _op(
+        "POST",
+        "/models/{name}/scale",
+        "Run N instances of a version clients name directly, where its placement allows",
+        D,
+        _one("The version's scale and instances", VERSION_SCALE),
+        params=_NAME,
+        body=obj(("replicas",), replicas=integer(minimum=1), placement=nullable(PLACEMENT_BODY)),
+        description="Kept in the registry (a restart keeps it). placement absent: the one it had. Errors "
+        "as for a deployment's placement (400, 404, 409, 503).",
     ),
     _op(
         "POST",

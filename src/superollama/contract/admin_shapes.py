@@ -5,7 +5,20 @@ from __future__ import annotations
 
 from superollama.contract.model import array, boolean, integer, nullable, number, obj, string
 
-__all__ = ["CONNECTION", "DEPLOYMENT", "EVENT", "INSTANCE", "ISSUED_KEY", "JOB", "KEY", "NODE", "VERSION"]
+__all__ = [
+    "CONNECTION",
+    "DEPLOYMENT",
+    "EVENT",
+    "INSTANCE",
+    "ISSUED_KEY",
+    "JOB",
+    "KEY",
+    "NODE",
+    "PLACEMENT",
+    "PLACEMENT_BODY",
+    "VERSION",
+    "VERSION_SCALE",
+]
 
 _TIME = nullable(string())
 
@@ -61,7 +74,40 @@ CONNECTION = obj(
     models=array({}),
     created_at=_TIME,
 )
-_TARGET = obj(("name", "weight"), name=string(), weight=integer(), role=string(), replicas=integer())
+_LABELS = {"type": "object", "additionalProperties": string(), "description": "key=value node labels"}
+PLACEMENT = obj(
+    ("device", "node", "labels", "spread"),
+    device=string(enum=["cpu", "gpu", "any"]),
+    node=nullable(string(description="pinned to this node")),
+    labels=_LABELS,
+    spread=boolean(),  # its replicas on different nodes, whatever the server's policy
+)
+PLACEMENT_BODY = obj(
+    (),
+    device=nullable(string(enum=["cpu", "gpu", "any"])),
+    node=nullable(string(minLength=1, description="pin to this node (404 if unknown)")),
+    labels=nullable({"anyOf": [_LABELS, string(description="k=v,k=v")]}),
+    spread=boolean(),
+)
+_TARGET = obj(
+    ("name", "weight"),
+    name=string(),
+    weight=integer(),
+    role=string(),
+    replicas=integer(),
+    placement=nullable(PLACEMENT),
+)
+VERSION_SCALE = obj(
+    ("version", "replicas", "wanted", "instances"),
+    version=string(),
+    replicas=integer(minimum=1),
+    placement=nullable(PLACEMENT),
+    updated_at=nullable(string(format="date-time")),
+    wanted=integer(minimum=1, description="instances wanted: the most its scale or deployments ask"),
+    instances=array(
+        obj(("id", "node", "state"), id=string(), node=string(), state=string(), device=nullable(string()))
+    ),
+)
 DEPLOYMENT = obj(
     ("name", "targets", "enabled"),
     name=string(),

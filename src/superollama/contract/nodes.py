@@ -135,6 +135,18 @@ OPERATIONS = (
         "Cordon a node and stop its instances (drained first): they are placed elsewhere on demand",
         obj(("node", "stopped"), node=NODE, stopped=array(string()), cut=integer(minimum=0)),
     ),
+    Operation(
+        "POST",
+        P + "/{name}/labels",
+        "Set and remove a node's labels (placement matches a deployment's labels against them)",
+        TAG,
+        Family.OPENAI,
+        {200: Reply("The node", {JSON: NODE})},
+        params=_NAME,
+        body=obj((), set=_LABELS, remove=array(string(minLength=1))),
+        description="Any node, local included. 400 for a malformed label (param labels), 404 for an "
+        "unknown node.",
+    ),
     _op(
         "DELETE",
         "/{name}",

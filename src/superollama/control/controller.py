@@ -16,9 +16,12 @@ from typing import Any
 
 from superollama.agent import CopiesVersions, LiveInstance, MovesInstances, NodeAgent
 from superollama.control.connections import ConnectionManager
+from superollama.control.placement import NO_CONSTRAINT, wanted
 from superollama.control.routing import Route, RouteTarget, RoutingHolder, RoutingTable
 from superollama.core import Artifact, EventRecord, ModelRef, NameError_, Progress, VersionRecord
+from superollama.core.deployments import VersionScale
 from superollama.core.images import capabilities_of
+from superollama.core.placement import PlacementConstraint
 from superollama.core.routing import Deployment
 from superollama.errors import (
     Conflict,
@@ -80,7 +83,10 @@ class Controller:
         self._background: set[asyncio.Task[bool]] = set()
         self._generation = 0
         self._deployments: Callable[[], Iterable[Deployment]] = tuple
+        self._planned: Callable[[], Iterable[Deployment]] = tuple  # + a change in progress (its swap)
         self._replicas: dict[str, int] = {}  # by version: the most replicas a deployment target asks for
+        self._placements: dict[str, PlacementConstraint] = {}  # by version: where its instances may run
+        self._scales: dict[str, VersionScale] = {}  # versions scaled by themselves (``scale VERSION``)
         self._gates: dict[str, asyncio.Event] = {}  # versions whose load waits for another to stop
         self._gate_waiters = 0
         self._gate_timeout = 120.0
@@ -99,11 +105,19 @@ class Controller:
         return self._holder
 
     def use_deployments(
-        self, source: Callable[[], Iterable[Deployment]], *, gate_timeout: float, gate_queue: int
+        self,
+        source: Callable[[], Iterable[Deployment]],
+        *,
+        gate_timeout: float,
+        gate_queue: int,
+        planned: Callable[[], Iterable[Deployment]] | None = None,
     ) -> None:
         """Publish ``source()``'s deployments in every snapshot; requests held at a gate (``hold_loads``)
-        wait at most ``gate_timeout`` s, at most ``gate_queue`` of them at once (then 503 busy)."""
+        wait at most ``gate_timeout`` s, at most ``gate_queue`` of them at once (then 503 busy).
+        ``planned()``: the same with a change in progress, whose swap starts instances before it is
+        published (their replicas and placement come from it)."""
         self._deployments = source
+        self._planned = planned or source
         self._gate_timeout, self._gate_queue = gate_timeout, gate_queue
 
     def hold_loads(self, version: str) -> asyncio.Event:
@@ -149,12 +163,7 @@ class Controller:
     def republish(self) -> None:
         routes = self._connections.routes() if self._connections is not None else []
         deployments = list(self._deployments())
-        replicas: dict[str, int] = {}
-        for dep in deployments:
-            for t in dep.targets:
-                if t.weight > 0 and t.replicas > replicas.get(t.name, 1):
-                    replicas[t.name] = t.replicas
-        self._replicas = replicas
+        self._replicas, self._placements = wanted(self._planned(), self._scales.values())
         for v in self._versions.values():
             if v.name in self._retiring:
                 continue
@@ -168,6 +177,15 @@ class Controller:
     def replicas_for(self, version: str) -> int:
         """How many instances of ``version`` its deployments want (the most any target asks; 1)."""
         return self._replicas.get(version, 1)
+
+    def placement_for(self, version: str) -> PlacementConstraint:
+        """Where ``version``'s instances may run (``control/placement.py``: its own scale's constraint, else
+        its deployment targets'); the empty constraint when nothing asks."""
+        return self._placements.get(version, NO_CONSTRAINT)
+
+    def use_scales(self, scales: Iterable[VersionScale]) -> None:
+        """The versions scaled by themselves (``scale VERSION --replicas N``), as the registry has them."""
+        self._scales = {s.version: s for s in scales}
 
     # -- use cases -------------------------------------------------------------------------------
     async def pull(
@@ -440,7 +458,12 @@ class Controller:
         if gate is not None:
             await self._wait_at(gate, route.version)
         artifact, runtime = await self._artifact(route.name, route.version)
-        inst = await self._agent.ensure(artifact, runtime, replicas=self.replicas_for(route.version))
+        inst = await self._agent.ensure(
+            artifact,
+            runtime,
+            replicas=self.replicas_for(route.version),
+            placement=self.placement_for(route.version),
+        )
         return RouteTarget(inst.id, inst.handle.endpoint)
 
     async def _artifact(self, name: str, version_name: str) -> tuple[Artifact, str]:
@@ -467,7 +490,8 @@ class Controller:
         if self._agent is None:
             raise ModelLoadFailed("this process runs no node agent")
         artifact, runtime = await self._artifact(version, version)
-        return await self._agent.scale(artifact, runtime, replicas, start=start)
+        placement = self.placement_for(version)
+        return await self._agent.scale(artifact, runtime, replicas, start=start, placement=placement)
 
     async def move_to_node(
         self, name: str, node: str, *, instance: str | None = None, actor: str = "api"

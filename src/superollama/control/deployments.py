@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,10 +28,20 @@ from typing import Any
 
 from superollama.agent.agent import MAX_REPLICAS
 from superollama.control.controller import Controller
+from superollama.control.placement import check_node, conflicting
+from superollama.control.scales import VersionScales
 from superollama.control.swap import Swapper, SwapPlan, SwapResult
 from superollama.core import EventRecord
-from superollama.core.deployments import DeploymentRecord, HistoryEntry
-from superollama.core.routing import PRODUCTION, STICKY_MODES, Deployment, DeploymentTarget, split_stage
+from superollama.core.deployments import DeploymentRecord, HistoryEntry, VersionScale
+from superollama.core.placement import PlacementConstraint
+from superollama.core.routing import (
+    PRODUCTION,
+    STICKY_MODES,
+    Deployment,
+    DeploymentTarget,
+    RoutingTable,
+    split_stage,
+)
 from superollama.errors import Conflict, InvalidRequest, NotFound
 
 __all__ = ["DeploymentDetails", "DeploymentManager", "parse_targets"]
@@ -91,18 +102,36 @@ class DeploymentManager:
         self._registry = controller.registry
         self._swapper = swapper
         self._records: dict[str, DeploymentRecord] = {}  # by client name
+        self._scales: dict[str, VersionScale] = {}  # versions scaled by themselves, by version
+        self._pending: DeploymentRecord | None = None  # a change whose swap runs (not yet published)
         self._lock = asyncio.Lock()  # one change at a time: each swap sees the last one's result
-        controller.use_deployments(self.routing, gate_timeout=gate_timeout, gate_queue=gate_queue)
+        # ``scale VERSION --replicas N``: under the same lock, refreshing this manager after each change
+        self.versions = VersionScales(controller, self._lock, self.routing, self.refresh, self._scales.get)
+        controller.use_deployments(
+            self.routing, gate_timeout=gate_timeout, gate_queue=gate_queue, planned=self._planned
+        )
 
     async def start(self) -> None:
         await self.refresh()
 
     async def refresh(self) -> None:
         self._records = {r.client_name: r for r in await self._registry.deployments.list()}
+        self._scales.clear()  # the same dict ``versions`` reads
+        self._scales.update({s.version: s for s in await self._registry.version_scales.list()})
+        self._controller.use_scales(self._scales.values())
         self._controller.republish()
 
     def routing(self) -> list[Deployment]:
         return [r.routing() for r in self._records.values()]
+
+    def _planned(self) -> list[Deployment]:
+        """The deployments with the change in progress in place of its stage: what instances started by
+        its swap are for (their replicas and placement)."""
+        pending = self._pending
+        if pending is None:
+            return self.routing()
+        others = [r.routing() for r in self._records.values() if r.client_name != pending.client_name]
+        return [*others, pending.routing()]
 
     # -- reading ---------------------------------------------------------------------------------
     async def list(self) -> list[DeploymentRecord]:
@@ -136,14 +165,30 @@ class DeploymentManager:
     async def split(
         self, name: str, targets: Sequence[DeploymentTarget], *, sticky: str | None = None, actor: str = "api"
     ) -> DeploymentDetails:
-        """New weights for an existing stage (``deploy`` that refuses to create)."""
+        """New weights for an existing stage (``deploy`` that refuses to create); a target that was there
+        keeps its placement unless it names another."""
         base, stage = self._split(name)
-        await self._registry.deployments.get(base, stage)
+        before = await self._registry.deployments.get(base, stage)
+        kept = {t.name: t.placement for t in before.targets}
+        table = self._controller.holder.table
+        targets = [
+            replace(t, placement=kept.get(_routed(table, t.name), t.placement)) if t.placement.empty else t
+            for t in targets
+        ]
         return await self.deploy(name, targets, stage=stage, sticky=sticky, actor=actor)
 
-    async def scale(self, name: str, target: str, replicas: int, *, actor: str = "api") -> DeploymentDetails:
+    async def scale(
+        self,
+        name: str,
+        target: str,
+        replicas: int,
+        *,
+        placement: PlacementConstraint | None = None,
+        actor: str = "api",
+    ) -> DeploymentDetails:
         """Run ``replicas`` instances of one target of the stage (the others keep theirs): the new ones
-        start (in parallel) and join when ready; a surplus drains, no request cut."""
+        start (in parallel) and join when ready; a surplus drains, no request cut. ``placement``: the
+        target's new constraint (None: it keeps its own)."""
         base, stage = self._split(name)
         async with self._lock:
             before = await self._registry.deployments.get(base, stage)
@@ -155,7 +200,12 @@ class DeploymentManager:
                     f"{target!r} is not a target of {before.client_name!r} (its targets: {names})",
                     param="target",
                 )
-            targets = tuple(replace(t, replicas=replicas) if t.name == wanted else t for t in before.targets)
+            targets = tuple(
+                replace(t, replicas=replicas, placement=t.placement if placement is None else placement)
+                if t.name == wanted
+                else t
+                for t in before.targets
+            )
             new = replace(before, targets=self._checked(targets))
             return await self._change(before, new, "deployment.scale", actor, self._registry.deployments.put)
 
@@ -212,6 +262,7 @@ class DeploymentManager:
         actor: str,
         write: Callable[[DeploymentRecord], Awaitable[DeploymentRecord]],
     ) -> DeploymentDetails:
+        await self._check_placements(new)
         old_names = _weighted(before.targets) if before else set()
         new_names = _weighted(new.targets)
         leaving = sorted(old_names - new_names - self._in_use(but=new.client_name))
@@ -224,26 +275,46 @@ class DeploymentManager:
             self._records[saved.client_name] = saved
             self._controller.republish()
 
+        was = {t.name: t.placement for t in before.targets} if before else {}
+        moved = frozenset(t.name for t in new.targets if was.get(t.name, t.placement) != t.placement)
+        self._pending = new  # the swap's instances start with the new target's replicas and placement
+        self._controller.republish()
         try:
-            await self._scale_running(new, incoming, up=True)  # memory refuses here, before any change
+            await self._scale_running(new, incoming, up=True, placed=moved)  # memory refuses here first
             result = await self._swapper.run(plan, publish)
         except Exception as exc:
+            self._pending = None
+            self._controller.republish()
+            await self._restore(moved)
             reason = getattr(exc, "message", None) or str(exc)
             await self._event(action, new.client_name, actor, {"error": reason}, result="failed")
             raise
+        finally:
+            self._pending = None
+            self._controller.republish()
         self._swapper.retire(leaving, new.client_name)
         await self._scale_running(new, incoming, up=False)
-        detail = {
+        detail: dict[str, Any] = {
             "targets": [
                 f"{t.name}={t.weight}" + (f"x{t.replicas}" if t.replicas != 1 else "") for t in new.targets
             ],
             "sticky": new.sticky,
         }
+        placed = {t.name: t.placement.as_json() for t in new.targets if not t.placement.empty}
+        if placed:
+            detail["placement"] = placed
         await self._event(action, new.client_name, actor, {**detail, "swap": result.as_json()})
         return replace(await self.show(new.client_name), swap=result)
 
     # -- helpers ---------------------------------------------------------------------------------
-    async def _scale_running(self, new: DeploymentRecord, incoming: Sequence[str], *, up: bool) -> None:
+    async def _scale_running(
+        self,
+        new: DeploymentRecord,
+        incoming: Sequence[str],
+        *,
+        up: bool,
+        placed: frozenset[str] = frozenset(),
+    ) -> None:
         """The targets of ``new`` that run here already get their replicas: more before the change is
         published (``up``: they start and join when ready; a 409 when memory cannot hold them), fewer
         after it (the surplus drains: no request cut)."""
@@ -260,8 +331,29 @@ class DeploymentManager:
                 continue
             want = max(t.replicas, others.get(t.name, 1))
             running = sum(1 for i in agent.instances_of(t.name) if i.state == "ready")
-            if (want > running) if up else (want != agent.replicas(t.name) or want < running):
+            moved = t.name in placed  # its constraint changed: the agent gets it for its next starts
+            if (want > running or moved) if up else (want != agent.replicas(t.name) or want < running):
                 await self._controller.scale(t.name, want, start=False)
+
+    async def _restore(self, versions: frozenset[str]) -> None:
+        """A change that failed gave the agent new placements for running versions: the ones in force
+        go back (their next starts honour them, not the refused change's)."""
+        agent = self._controller.agent
+        for version in sorted(versions):
+            if agent is not None and agent.instances_of(version):
+                with contextlib.suppress(Exception):
+                    await self._controller.scale(version, self._controller.replicas_for(version), start=False)
+
+    async def _check_placements(self, new: DeploymentRecord) -> None:
+        """Each target's constraint: a pinned node the registry knows (404), and the same as what the
+        other deployments and the version's own scale ask of that version (409)."""
+        others = [r.routing() for r in self._records.values() if r.client_name != new.client_name]
+        for t in new.targets:
+            if t.placement.empty:
+                continue
+            if t.weight > 0:
+                conflicting(t.name, t.placement, others, self._scales.values())
+            await check_node(self._registry, t.placement)
 
     def _in_use(self, but: str | None = None) -> set[str]:
         """Versions some deployment stage (other than ``but``) still sends traffic to."""
@@ -305,6 +397,7 @@ class DeploymentManager:
                     "share": round(100.0 * max(t.weight, 0) / total, 2),
                     "role": t.role,
                     "replicas": t.replicas,
+                    "placement": None if t.placement.empty else t.placement.as_json(),
                     "routed": routed,
                     "instances": instances,
                 }
@@ -371,3 +464,8 @@ class DeploymentManager:
 
 def _weighted(targets: Sequence[DeploymentTarget]) -> set[str]:
     return {t.name for t in targets if t.weight > 0}
+
+
+def _routed(table: RoutingTable, name: str) -> str:
+    route = table.lookup(name)
+    return route.name if route is not None else name

@@ -19,13 +19,14 @@ source changed is reported, not replaced; a key's limits are fixed at creation, 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 from superollama.control.connections import ConnectionManager
 from superollama.control.controller import Controller
 from superollama.control.deployments import DeploymentManager
+from superollama.control.placement import parse_placement
 from superollama.core.deployments import targets_from_json, targets_json
 from superollama.core.routing import PRODUCTION
 from superollama.errors import InvalidRequest
@@ -105,6 +106,7 @@ class Fleet:
                 "targets": [
                     {"name": t["name"], "weight": t["weight"]}
                     | ({"replicas": t["replicas"]} if t["replicas"] != 1 else {})
+                    | ({"placement": t["placement"]} if t["placement"] else {})
                     for t in targets_json(d.targets)
                 ],
             }
@@ -211,7 +213,12 @@ class Fleet:
                 raise InvalidRequest(
                     f"deployment {name!r}: 'targets' is a non-empty list", param="deployments"
                 )
-            targets = targets_from_json(raw)
+            targets = tuple(  # a file's placement is checked like the API's (400 naming the field)
+                replace(
+                    t, placement=parse_placement(r.get("placement")) if isinstance(r, dict) else t.placement
+                )
+                for t, r in zip(targets_from_json(raw), raw, strict=True)
+            )
             sticky, enabled = str(x.get("sticky") or "none"), bool(x.get("enabled", True))
             old = now.get(name)
             shown = " ".join(f"{t.name}={t.weight}" for t in targets)

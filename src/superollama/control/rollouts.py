@@ -34,6 +34,7 @@ from superollama.control.deployments import DeploymentManager
 from superollama.core import EventRecord
 from superollama.core.canary import CanaryPolicy, Decision, WindowStats, decide
 from superollama.core.deployments import RolloutRecord
+from superollama.core.placement import PlacementConstraint
 from superollama.core.routing import DeploymentTarget, split_stage
 from superollama.errors import Conflict, InvalidRequest, NotFound, SuperOllamaError
 from superollama.registry import Registry
@@ -259,8 +260,9 @@ class RolloutManager:
         record = await self._registry.deployments.get(rollout.name, rollout.stage)
         keep = rollout.target if decision.action == "promote" else rollout.stable
         extra = [t for t in record.targets if t.role != "primary"]
+        where = _placement_of(record.targets, rollout.stable)
         await self._deployments.deploy(
-            rollout.client_name, [DeploymentTarget(keep, 100), *extra], actor=actor
+            rollout.client_name, [DeploymentTarget(keep, 100, placement=where), *extra], actor=actor
         )
         action = {"promoted": "promote", "rolled_back": "rollback", "aborted": "abort"}[state]
         entry = _entry(self._clock(), action, decision.weight, decision.reason, actor, stats=stats)
@@ -287,7 +289,17 @@ def _targets(
 ) -> list[DeploymentTarget]:
     """The stage's targets with ``weight`` % on ``target`` and the rest on ``stable`` (shadows kept)."""
     extra = [t for t in current if t.role != "primary"]
-    return [DeploymentTarget(stable, 100 - weight), DeploymentTarget(target, weight), *extra]
+    where = _placement_of(current, stable)  # the canary runs where the stable version may
+    return [
+        DeploymentTarget(stable, 100 - weight, placement=where),
+        DeploymentTarget(target, weight, placement=where),
+        *extra,
+    ]
+
+
+def _placement_of(targets: tuple[DeploymentTarget, ...], name: str) -> PlacementConstraint:
+    """The placement constraint of target ``name`` (none if it is not a target)."""
+    return next((t.placement for t in targets if t.name == name), PlacementConstraint())
 
 
 def _entry(

@@ -8,11 +8,12 @@ set of weighted targets. Every change of that set keeps the previous one as hist
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from superollama.core.canary import CanaryPolicy
+from superollama.core.placement import PlacementConstraint
 from superollama.core.routing import PRODUCTION, Deployment, DeploymentTarget
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "HistoryEntry",
     "RolloutRecord",
     "ShadowSample",
+    "VersionScale",
     "targets_from_json",
     "targets_json",
 ]
@@ -58,6 +60,25 @@ class DeploymentRecord:
 
 
 @dataclass(frozen=True)
+class VersionScale:
+    """A version scaled by itself (``superollama scale VERSION --replicas N …``): clients name the version
+    directly, and this says how many instances of it run and where they may."""
+
+    version: str
+    replicas: int = 1
+    placement: PlacementConstraint = field(default_factory=PlacementConstraint)
+    updated_at: datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "replicas": self.replicas,
+            "placement": None if self.placement.empty else self.placement.as_json(),
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+        }
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
     """A target set a stage had before a change (newest first in listings)."""
 
@@ -76,13 +97,28 @@ class HistoryEntry:
 
 
 def targets_json(targets: Iterable[DeploymentTarget]) -> list[dict[str, Any]]:
-    return [{"name": t.name, "weight": t.weight, "role": t.role, "replicas": t.replicas} for t in targets]
+    """Targets as the registry keeps them and the API shows them (``placement``: null when it asks
+    nothing)."""
+    return [
+        {
+            "name": t.name,
+            "weight": t.weight,
+            "role": t.role,
+            "replicas": t.replicas,
+            "placement": None if t.placement.empty else t.placement.as_json(),
+        }
+        for t in targets
+    ]
 
 
 def targets_from_json(data: Iterable[Mapping[str, Any]]) -> tuple[DeploymentTarget, ...]:
     return tuple(
         DeploymentTarget(
-            str(t["name"]), int(t["weight"]), str(t.get("role") or "primary"), int(t.get("replicas") or 1)
+            str(t["name"]),
+            int(t["weight"]),
+            str(t.get("role") or "primary"),
+            int(t.get("replicas") or 1),
+            PlacementConstraint.from_json(t.get("placement")),
         )
         for t in data
     )

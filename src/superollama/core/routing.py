@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import Final, Literal
 
 from superollama.core.names import ModelRef, NameError_
+from superollama.core.placement import PlacementConstraint
 from superollama.core.types import Endpoint
 
 __all__ = [
@@ -89,6 +90,7 @@ class DeploymentTarget:
     weight: int
     role: str = "primary"
     replicas: int = 1
+    placement: PlacementConstraint = field(default_factory=PlacementConstraint)  # empty: anywhere
 
 
 @dataclass(frozen=True)

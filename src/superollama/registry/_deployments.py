@@ -16,14 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from superollama.core.deployments import (
     DeploymentRecord,
     HistoryEntry,
+    VersionScale,
     targets_from_json,
     targets_json,
 )
+from superollama.core.placement import PlacementConstraint
 from superollama.errors import NotFound
 from superollama.registry._base import Database
-from superollama.registry.schema import deployment_history, deployments
+from superollama.registry.schema import deployment_history, deployments, version_placements
 
-__all__ = ["DeploymentRepository"]
+__all__ = ["DeploymentRepository", "VersionScaleRepository"]
 
 
 def _record(row: Row[Any]) -> DeploymentRecord:
@@ -186,3 +188,56 @@ class DeploymentRepository:
             await conn.execute(delete(h).where((h.c.name == name) & (h.c.stage == stage)))
         if result.rowcount == 0:
             raise _missing(name, stage)
+
+
+class VersionScaleRepository:
+    """Versions scaled by themselves (``scale VERSION --replicas N …``): one row per version; a version
+    back to one instance anywhere has no row."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def list(self) -> builtins.list[VersionScale]:
+        t = version_placements
+        async with self._db.read("listing version placements") as conn:
+            rows = (await conn.execute(select(t).order_by(t.c.version))).all()
+        return [_scale(r) for r in rows]
+
+    async def find(self, version: str) -> VersionScale | None:
+        t = version_placements
+        async with self._db.read("reading a version's placement") as conn:
+            row = (await conn.execute(select(t).where(t.c.version == version))).first()
+        return None if row is None else _scale(row)
+
+    async def put(self, scale: VersionScale) -> VersionScale | None:
+        """Write the version's setting; one instance with no constraint deletes the row (None)."""
+        t = version_placements
+        if scale.replicas == 1 and scale.placement.empty:
+            await self.delete(scale.version)
+            return None
+        values = {
+            "version": scale.version,
+            "replicas": scale.replicas,
+            "placement": scale.placement.as_json(),
+            "updated_at": self._db.now(),
+        }
+        stmt = self._db.upsert(t, values, ["version"], ["replicas", "placement", "updated_at"])
+        async with self._db.write("saving a version's placement", change="deployments") as conn:
+            row = (await conn.execute(stmt.returning(*t.c))).one()
+        return _scale(row)
+
+    async def delete(self, version: str) -> bool:
+        t = version_placements
+        async with self._db.write("deleting a version's placement", change="deployments") as conn:
+            result = await conn.execute(delete(t).where(t.c.version == version))
+        return bool(result.rowcount)
+
+
+def _scale(row: Row[Any]) -> VersionScale:
+    m = row._mapping
+    return VersionScale(
+        version=m["version"],
+        replicas=int(m["replicas"]),
+        placement=PlacementConstraint.from_json(m["placement"]),
+        updated_at=m["updated_at"],
+    )

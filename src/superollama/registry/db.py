@@ -18,7 +18,7 @@ from superollama.registry._base import READ_ONLY, Clock, Database, feed_channel_
 from superollama.registry._batches import BatchRepository
 from superollama.registry._cluster import ClusterRepository
 from superollama.registry._connections import ConnectionRepository
-from superollama.registry._deployments import DeploymentRepository
+from superollama.registry._deployments import DeploymentRepository, VersionScaleRepository
 from superollama.registry._errors import mapped
 from superollama.registry._finetune import FineTuneRepository
 from superollama.registry._jobs import JobRepository
@@ -70,6 +70,7 @@ class Registry:
         self.keys = KeyRepository(db)
         self.usage = UsageRepository(db)
         self.deployments = DeploymentRepository(db)
+        self.version_scales = VersionScaleRepository(db)  # ``scale VERSION --replicas N …``
         self.responses = ResponseRepository(db)
         self.webhooks = WebhookRepository(db)
         self.rag = RagRepository(db)  # files, vector stores, grounding

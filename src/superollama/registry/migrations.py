@@ -637,6 +637,21 @@ def _m0017_join_tokens(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _m0018_version_placements(conn: Connection) -> None:
+    """A version scaled by itself (``superollama scale VERSION --replicas N [--device …]``): how many
+    instances of it run and where they may (a deployment's targets keep theirs in ``targets``)."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    Table(
+        "version_placements",
+        md,
+        Column("version", String, primary_key=True),
+        Column("replicas", Integer, nullable=False),
+        Column("placement", Json(), nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create models, versions, nodes, instances, events", _m0001_initial),
     Migration(2, "create connections", _m0002_connections),
@@ -664,6 +679,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(15, "create batches, batch_requests", _m0015_batches),
     Migration(16, "create fine_tuning_jobs, fine_tuning_events, fine_tuning_checkpoints", _m0016_fine_tuning),
     Migration(17, "create join_tokens", _m0017_join_tokens),
+    Migration(18, "create version_placements", _m0018_version_placements),
 )
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "vector_store_file_batches",
     "vector_store_files",
     "vector_stores",
+    "version_placements",
     "versions",
     "webhook_cursor",
     "webhook_deliveries",
@@ -289,6 +290,16 @@ deployment_history = Table(
     Column("sticky", String, nullable=False),
     Column("replaced_at", UTCDateTime, nullable=False),
     Index("ix_deployment_history_name_stage", "name", "stage"),
+)
+
+# Migration 18: a version scaled by itself (``scale VERSION --replicas N``), with where it may run.
+version_placements = Table(
+    "version_placements",
+    metadata,
+    Column("version", String, primary_key=True),
+    Column("replicas", Integer, nullable=False),
+    Column("placement", Json(), nullable=False),  # {device, node, labels, spread}
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 # Migration 9: the change feed between gateways (control/feed.py) and the gateways alive.

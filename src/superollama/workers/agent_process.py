@@ -48,6 +48,7 @@ from aiohttp import WSMsgType, web
 from superollama.agent import CopiesVersions, LiveInstance, LocalAgent, MovesInstances
 from superollama.agent.node import agent_config
 from superollama.core import Artifact, EventRecord, Runtime
+from superollama.core.placement import PlacementConstraint
 from superollama.errors import Conflict, SuperOllamaError
 from superollama.gateway.loop import run as run_loop
 from superollama.plugins import load_plugins
@@ -203,6 +204,7 @@ class AgentServer:
                 str(body["runtime"]),
                 device=str(body.get("device") or "cpu"),
                 replicas=None if replicas is None else int(replicas),
+                placement=_placement(body),
             )
         except SuperOllamaError as exc:
             return web.Response(body=error_json(exc), status=exc.status, content_type="application/json")
@@ -219,6 +221,7 @@ class AgentServer:
                 int(body["replicas"]),
                 device=str(body.get("device") or "cpu"),
                 start=bool(body.get("start", True)),
+                placement=_placement(body),
             )
         except SuperOllamaError as exc:
             return web.Response(body=error_json(exc), status=exc.status, content_type="application/json")
@@ -325,3 +328,9 @@ def serve_agent(settings: Settings, ctx: WorkerContext, *, agent: AgentFactory =
         run_loop(_serve(settings, ctx, agent))
     finally:
         logging_handle.close()
+
+
+def _placement(body: dict[str, Any]) -> PlacementConstraint | None:
+    """The call's placement constraint (absent: as before; ``{}``: none)."""
+    raw = body.get("placement")
+    return None if raw is None else PlacementConstraint.from_json(raw)

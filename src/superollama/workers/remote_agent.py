@@ -31,6 +31,7 @@ import orjson
 from superollama.agent import Ending, Inventory, LiveInstance
 from superollama.agent.choice import RuntimeChoice
 from superollama.core import Artifact, Endpoint, EventRecord, InstanceState, Runtime
+from superollama.core.placement import PlacementConstraint
 from superollama.errors import LoadTimeout, Unavailable
 from superollama.runtimes.process import is_our_process
 from superollama.workers.activity import ActivityReporter
@@ -216,7 +217,13 @@ class RemoteAgent:
         return await asyncio.to_thread(self._inventory.usage)
 
     async def ensure(
-        self, artifact: Artifact, runtime: str, *, device: str = "cpu", replicas: int | None = None
+        self,
+        artifact: Artifact,
+        runtime: str,
+        *,
+        device: str = "cpu",
+        replicas: int | None = None,
+        placement: PlacementConstraint | None = None,
     ) -> LiveInstance:
         if replicas is not None:
             self._replicas[artifact.name] = replicas
@@ -225,14 +232,19 @@ class RemoteAgent:
             return live
         self._ensuring[artifact.name] = self._ensuring.get(artifact.name, 0) + 1
         try:
-            return await self._ensure(artifact, runtime, device, replicas)
+            return await self._ensure(artifact, runtime, device, replicas, placement)
         finally:
             self._ensuring[artifact.name] -= 1
             if not self._ensuring[artifact.name]:
                 del self._ensuring[artifact.name]
 
     async def _ensure(
-        self, artifact: Artifact, runtime: str, device: str, replicas: int | None
+        self,
+        artifact: Artifact,
+        runtime: str,
+        device: str,
+        replicas: int | None,
+        placement: PlacementConstraint | None,
     ) -> LiveInstance:
         deadline = asyncio.get_running_loop().time() + self._load_timeout
         await self._reachable(deadline, f"model {artifact.name!r}")
@@ -241,6 +253,7 @@ class RemoteAgent:
             "runtime": runtime,
             "device": device,
             "replicas": replicas,
+            "placement": None if placement is None else placement.as_json(),
         }
         left = max(1.0, deadline - asyncio.get_running_loop().time())
         data = await post_json(self._session, _BASE + "/agent/ensure", body, left + 15, peer=_PEER)
@@ -249,7 +262,14 @@ class RemoteAgent:
         return inst
 
     async def scale(
-        self, artifact: Artifact, runtime: str, replicas: int, *, device: str = "cpu", start: bool = True
+        self,
+        artifact: Artifact,
+        runtime: str,
+        replicas: int,
+        *,
+        device: str = "cpu",
+        start: bool = True,
+        placement: PlacementConstraint | None = None,
     ) -> list[LiveInstance]:
         self._replicas[artifact.name] = replicas
         deadline = asyncio.get_running_loop().time() + self._load_timeout
@@ -260,6 +280,7 @@ class RemoteAgent:
             "device": device,
             "replicas": replicas,
             "start": start,
+            "placement": None if placement is None else placement.as_json(),
         }
         await self._send({"op": "activity"})  # a drain of the surplus sees our counts first
         timeout = self._load_timeout + _CALL_TIMEOUT + 3600.0

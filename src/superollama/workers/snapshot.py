@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from superollama.core import Endpoint
+from superollama.core.placement import PlacementConstraint
 from superollama.core.routing import Deployment, DeploymentTarget, Route, RouteTarget, RoutingTable
 
 __all__ = ["decode_table", "decode_target", "table_json"]
@@ -34,12 +35,16 @@ def decode_table(data: Mapping[str, Any]) -> RoutingTable:
 
 def _deployment(data: Mapping[str, Any]) -> Deployment:
     values = _known(Deployment, data)
-    values["targets"] = tuple(
-        DeploymentTarget(**_known(DeploymentTarget, t)) for t in data.get("targets") or ()
-    )
+    values["targets"] = tuple(_target(t) for t in data.get("targets") or ())
     values.pop("choices", None)
     values.pop("bounds", None)
     return Deployment(**values)
+
+
+def _target(data: Mapping[str, Any]) -> DeploymentTarget:
+    values = _known(DeploymentTarget, data)
+    values["placement"] = PlacementConstraint(**_known(PlacementConstraint, data.get("placement") or {}))
+    return DeploymentTarget(**values)
 
 
 def decode_target(data: Mapping[str, Any]) -> RouteTarget:
