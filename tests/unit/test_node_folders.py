@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,8 @@ from superollama.cluster.folders import (
     folder_plan,
     node_folder_key,
 )
-from superollama.core import Layer, Manifest
-from superollama.errors import IntegrityError, StoreError
+from superollama.core import Artifact, Layer, Manifest
+from superollama.errors import IntegrityError, ModelLoadFailed, StoreError
 from superollama.store import MEDIA_FILE, ModelStore
 
 CHUNK = 64 * 1024
@@ -30,9 +31,9 @@ FILES = {
 }
 
 
-async def _folder_version(store: ModelStore, name: str = "minilm:1") -> Path:
+async def _folder_version(store: ModelStore, name: str = "minilm:1", files: dict[str, bytes] = FILES) -> Path:
     layers = []
-    for filename, data in FILES.items():
+    for filename, data in files.items():
         blob = await store.blobs.ingest([data])
         layers.append(Layer(media_type=MEDIA_FILE, digest=blob.digest, size=blob.size, filename=filename))
     store.manifests.write(Manifest(name=name, format="safetensors", layers=tuple(layers)))
@@ -161,3 +162,44 @@ async def test_a_version_in_another_storage_root_is_served_from_that_roots_blobs
     await _copy_files(node, plan)
     path = Path(node.assemble(plan.key, plan.entries, {}))
     assert {n: (path / n).read_bytes() for n in FILES} == FILES
+
+
+@dataclass(frozen=True)
+class _Node:
+    name: str
+    node_id: str
+    store_root: str | None
+
+
+async def test_placing_points_the_folder_and_an_adapters_base_at_the_nodes_copies(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``NodeCopies.place`` (the control plane's side): which plans it asks the node for, and the artifact
+    it hands the runtime; the copies themselves run on Ray (``tests/cluster/test_cluster_blobs.py``)."""
+    pytest.importorskip("ray")
+    from superollama.cluster.copies import NodeCopies
+
+    store = ModelStore(home)
+    base = await _folder_version(store, "smol:hf")
+    adapter = await _folder_version(store, "smol:lora", {"adapter_config.json": b"{}", "x.safetensors": b"w"})
+    copies = NodeCopies(lambda name, node_id: asyncio.sleep(0), dict, node_actor=None)
+    asked: list[FolderPlan] = []
+
+    async def ensure_folder(node: _Node, plan: FolderPlan) -> str:
+        asked.append(plan)
+        return f"{node.store_root}/models/{plan.key}"
+
+    monkeypatch.setattr(copies, "ensure_folder", ensure_folder)
+    meta = {"adapter": "lora", "base": "smol:hf", "base_path": str(base), "base_format": "safetensors"}
+    artifact = Artifact(name="smol:lora", format="lora", path=adapter, metadata=meta)
+
+    placed = await copies.place(_Node("beta", "n1", "/beta"), artifact)
+    assert [p.version for p in asked] == ["smol:lora", "smol:hf"]
+    assert placed.path == Path("/beta/models") / asked[0].key
+    assert placed.metadata["base_path"] == f"/beta/models/{asked[1].key}"
+    assert placed.metadata["adapter"] == "lora" and artifact.metadata["base_path"] == str(base)
+
+    assert await copies.place(_Node("gamma", "n2", None), artifact) == artifact  # reads the control plane's
+    stray = Artifact(name="smol:hf", format="safetensors", path=adapter)  # not the folder it makes
+    with pytest.raises(ModelLoadFailed, match=r"smol:hf cannot be copied to node beta: .*does not describe"):
+        await copies.place(_Node("beta", "n1", "/beta"), stray)
