@@ -276,9 +276,7 @@ class RayAgent(LocalAgent):
             except (ray.exceptions.RayError, TimeoutError) as exc:
                 log.warning("node %s did not report its inventory: %s", name, exc)
                 continue
-            # read again after the report: a cordon set while the reports ran must not be written over
             prior = await self._registry.nodes.find(name)
-            state = prior.state if prior is not None and prior.closed else "ready"
             labels = dict((prior.inventory.get("labels") or {}) if prior is not None else {})
             store = report.get("store") or {}
             inventory = {
@@ -291,9 +289,13 @@ class RayAgent(LocalAgent):
                 "store": store,
                 "memory": self._memory_of(name),
             }
-            record = NodeRecord(name=name, address=address, state=state, inventory=inventory)
-            await self._registry.nodes.upsert(record)
-            await self._registry.nodes.heartbeat(name)
+            # the state is left as it is (a cordon set while the reports ran stays), except that a node
+            # new or back from down is ready
+            record = None
+            if prior is not None and (prior.closed or prior.state == "ready"):
+                record = await self._registry.nodes.report(name, address, inventory)
+            if record is None:
+                record = await self._registry.nodes.upsert(NodeRecord(name, address, "ready", inventory))
             root = store.get("root")
             view = self._view(record, report)
             found[name] = RayNode(name, node_id, address, view, root or None, record, report)
