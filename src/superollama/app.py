@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,7 +58,7 @@ from superollama.control.batches import BatchManager
 from superollama.control.fleet import Fleet
 from superollama.control.rollouts import RolloutManager
 from superollama.control.webhooks import WebhookManager
-from superollama.core import EventRecord
+from superollama.core import EventRecord, Runtime
 from superollama.errors import StoreError, SuperOllamaError, UnsafeBind
 from superollama.gateway import OpenAIRoutes, Relay, error_middleware
 from superollama.gateway.anthropic_routes import AnthropicRoutes
@@ -549,6 +549,15 @@ async def _serve(settings: Settings, worker: WorkerContext | None = None) -> Non
         await runner.cleanup()
 
 
+def _cluster_agent(
+    settings: Settings, registry: Registry, runtimes: Mapping[str, Runtime], _: WorkerContext
+) -> LocalAgent:
+    """The agent process's agent under ``serve --cluster --workers N`` (``workers.agent_process``)."""
+    from superollama.cluster import cluster_agent
+
+    return cluster_agent(settings, registry, runtimes, agent_config(settings))
+
+
 def serve(settings: Settings, worker: WorkerContext | None = None) -> None:
     """Run the server until SIGTERM/SIGINT. Several workers (``settings.workers``, default one per CPU):
     a supervisor that forks them, this function running again as worker 0 (``worker`` set)."""
@@ -556,9 +565,10 @@ def serve(settings: Settings, worker: WorkerContext | None = None) -> None:
         from superollama.workers import resolve_workers, supervise
 
         prepare_home(settings)  # before any log file or worker: a bad home is one clear error
-        count = 1 if settings.cluster else resolve_workers(settings)  # one Ray driver for now
-        if count > 1:
-            raise SystemExit(supervise(settings, count, primary=serve))
+        count = resolve_workers(settings)
+        if count > 1:  # with --cluster, the agent process is the one Ray driver; the workers never import Ray
+            agent = _cluster_agent if settings.cluster else None
+            raise SystemExit(supervise(settings, count, primary=serve, agent=agent))
     logging_handle = configure_telemetry_logging(settings)
     try:
         run_loop(_serve(settings, worker))

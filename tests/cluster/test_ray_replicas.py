@@ -65,6 +65,7 @@ class Load:
     workers: int = 4
     served: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    failed_sent: list[float] = field(default_factory=list)  # when each failed request was sent (monotonic)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -89,11 +90,13 @@ class Load:
         body = {"model": self.model, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4}
         with httpx.Client(timeout=300) as client:
             while not self._stop.is_set():
+                sent = time.monotonic()
                 try:
                     reply = client.post(self.url + "/v1/chat/completions", json=body)
                 except httpx.HTTPError as exc:
                     with self._lock:
                         self.failures.append(repr(exc))
+                        self.failed_sent.append(sent)
                     continue
                 with self._lock:
                     if reply.status_code == 200 and reply.json()["choices"]:
@@ -101,6 +104,7 @@ class Load:
                         self.served[inst] = self.served.get(inst, 0) + 1
                     else:
                         self.failures.append(f"{reply.status_code} {reply.text[:300]}")
+                        self.failed_sent.append(sent)
 
 
 def _ready(srv: ServerProcess) -> list[dict[str, Any]]:
@@ -191,7 +195,7 @@ def _stream(srv: ServerProcess, out: dict[str, Any]) -> None:
         out["ended"].set()
 
 
-@pytest.mark.timeout(1200)  # a load, a move and a long stream under load on a small shared CPU
+@pytest.mark.timeout(1500)  # a c=8 load, a move and a long stream under load on a small shared CPU
 def test_mv_to_node_moves_the_instance_with_no_request_failing(
     clean: ServerProcess, ray_cluster: RayTestCluster
 ) -> None:
@@ -237,9 +241,9 @@ def test_mv_to_node_moves_the_instance_with_no_request_failing(
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    load = Load(srv.url, MODEL).start()
+    load = Load(srv.url, MODEL, workers=8).start()
     try:
-        moved = srv.cli("mv", MODEL, "--to-node", target, "--json", timeout=900)
+        moved = srv.cli("mv", MODEL, "--to-node", target, "--json", timeout=1300)
         assert moved.returncode == 0, moved.stderr
         during = load.total
     finally:
@@ -262,6 +266,70 @@ def test_mv_to_node_moves_the_instance_with_no_request_failing(
     assert again.returncode != 0 and "already" in again.stderr + again.stdout
     print(
         f"\nmv {old['node']} -> {target}: {result['seconds']:.2f} s (new instance ready after "
-        f"{result['ready_seconds']:.2f} s); {during} requests at c=4 during it, 0 failed; "
+        f"{result['ready_seconds']:.2f} s); {during} requests at c=8 during it, 0 failed; "
         f"a {stream['chunks']}-chunk stream finished on the old instance"
     )
+
+
+@pytest.mark.timeout(900)  # a third node, two loads and a replacement under a c=8 load on a small shared CPU
+def test_a_node_killed_under_load_fails_only_its_requests_in_flight(
+    clean: ServerProcess, ray_cluster: RayTestCluster
+) -> None:
+    """Two replicas on alpha and gamma serve a c=8 load; gamma's raylet and workers are killed (by PID,
+    no warning): only requests sent before the kill fail (those in flight on gamma), the rest go to alpha,
+    and the deployment gets its second replica back on beta."""
+    srv = clean
+    gamma = ray_cluster.cluster.add_node(
+        node_ip_address="127.0.0.1", num_cpus=1, resources={"so_node:gamma": 1}
+    )
+    try:
+        assert wait_until(
+            lambda: "gamma" in {n["name"] for n in srv.admin("GET", "/admin/v1/nodes").json()["nodes"]},
+            timeout=60,
+        )
+        srv.cli("nodes", "cordon", "beta")  # spread then puts the two replicas on alpha and gamma
+        deployed = srv.cli("deploy", "chat", "--target", f"{MODEL}=100", "--replicas", "2")
+        assert deployed.returncode == 0, deployed.stderr
+        assert wait_until(lambda: len(_ready(srv)) == 2, timeout=300), srv.instances()
+        both = {str(i["node"]): i for i in _ready(srv)}
+        assert both.keys() == {"alpha", "gamma"}, both
+        srv.cli("nodes", "uncordon", "beta")
+
+        load = Load(srv.url, "chat", workers=8).start()
+        try:
+            ids = {str(i["id"]) for i in both.values()}
+            assert wait_until(lambda: ids <= load.served.keys(), timeout=300), load.served
+            killed_at = time.monotonic()
+            ray_cluster.cluster.remove_node(gamma, allow_graceful=False)
+            gamma = None
+            dead = str(both["gamma"]["id"])
+            assert wait_until(lambda: dead not in {i["id"] for i in srv.instances()}, timeout=60)
+            out_of_routing = time.monotonic() - killed_at
+
+            def replaced() -> dict[str, Any] | None:
+                fresh = [i for i in _ready(srv) if i["id"] not in {x["id"] for x in both.values()}]
+                return fresh[0] if fresh and str(fresh[0]["id"]) in load.served else None
+
+            assert wait_until(lambda: replaced() is not None, timeout=300), (srv.instances(), load.served)
+            serving_again = time.monotonic() - killed_at
+            new = replaced()
+            assert new is not None and new["node"] == "beta", new
+            after = load.total
+            assert wait_until(lambda: load.total >= after + 16, timeout=300)
+        finally:
+            load.stop()
+        # only the requests in flight at the kill failed: each was sent before it, none after
+        assert len(load.failures) <= load.workers, load.failures
+        late = [sent - killed_at for sent in load.failed_sent if sent >= killed_at]
+        assert late == [], (late, load.failures)
+        assert {str(i["node"]) for i in _ready(srv)} == {"alpha", "beta"}
+        assert wait_until(lambda: not psutil.pid_exists(int(both["gamma"]["pid"])), timeout=60)
+        print(
+            f"\nnode killed at c=8: out of routing after {out_of_routing:.2f} s, its replacement on beta "
+            f"serving after {serving_again:.2f} s; {load.total} requests, {len(load.failures)} failed "
+            f"(all sent before the kill); {load.served}"
+        )
+        assert srv.admin("DELETE", "/admin/v1/deployments/chat").status_code == 200
+    finally:
+        if gamma is not None:
+            ray_cluster.cluster.remove_node(gamma)

@@ -36,12 +36,16 @@ class ServerProcess:
         }
         self.env.pop("SUPEROLLAMA_URL", None)
         self.proc: subprocess.Popen[str] | None = None
+        # what the server and the CLI run under (``ip netns exec NS``: another host)
+        self.wrap: list[str] = []
+        self.args: list[str] = []  # ``serve``'s options
         self.url = ""
         self.log = home / "serve.log"
 
     def start(self, timeout: float = 60) -> ServerProcess:
+        """``superollama serve`` with ``self.args`` (its options), until it says where it listens."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "superollama.cli", "serve"],
+            [*self.wrap, sys.executable, "-m", "superollama.cli", "serve", *self.args],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=self.log.open("a"),
@@ -91,7 +95,7 @@ class ServerProcess:
     ) -> subprocess.CompletedProcess[str]:
         env = {**self.env, "SUPEROLLAMA_URL": self.url}
         return subprocess.run(
-            [sys.executable, "-m", "superollama.cli", *args],
+            [*self.wrap, sys.executable, "-m", "superollama.cli", *args],
             env=env,
             capture_output=True,
             text=True,

@@ -17,7 +17,7 @@ from aiohttp import web
 from superollama.admin.routes import PREFIX, actor_of
 from superollama.admin.serialize import move_json, version_json
 from superollama.control import Controller, JobManager
-from superollama.core import JobRecord
+from superollama.core import JobRecord, Progress
 from superollama.errors import InvalidRequest
 from superollama.gateway import read_json
 from superollama.gateway.responses import json_response as _json
@@ -61,18 +61,25 @@ class JobRoutes:
         """Start a pull job. ``stream`` (default true): NDJSON progress until it ends (the job goes on if
         the client leaves); ``stream: false``: wait and answer the result; ``background: true``: 202 + id."""
         body = await read_json(request)
-        source, name, runtime = (
+        source, name, runtime, node = (
             _text(body, "source", required=True),
             _text(body, "name"),
             _text(body, "runtime"),
+            _text(body, "node"),
         )
+        if node is not None:
+            await self._controller.check_copy_node(node)  # 404/409 before any job starts
         actor = actor_of(request)
 
         async def work(emit: Any) -> dict[str, Any]:
             record = await self._controller.pull(source, name, actor=actor, runtime=runtime, on_progress=emit)
-            return {"model": version_json(record)}
+            if node is None:
+                return {"model": version_json(record)}
+            emit(Progress(f"copying its files to node {node}"))
+            copied = await self._controller.copy_to_node(record.name, node, actor=actor)
+            return {"model": version_json(record), "node": copied}
 
-        params = {"source": source, "name": name}
+        params = {"source": source, "name": name, **({"node": node} if node else {})}
         job = await self._jobs.submit("pull", name or source, work, actor=actor, params=params)
         return await self._answer(request, body, job)
 

@@ -24,7 +24,7 @@ ones: an over-estimate, on the safe side.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 
 # Bytes per element of llama.cpp's KV cache types (block types: bytes per block / elements per block).
 CACHE_TYPE_BYTES: dict[str, float] = {
@@ -84,13 +85,22 @@ class MemoryEstimate:
     compute: int
     overhead: int
     basis: str  # how it was made, for "does not fit" messages and ``ps``
+    device_share: float = 0.0  # a runtime that takes this share of its device's memory (vLLM on a GPU)
 
     @property
     def total(self) -> int:
         return self.weights + self.kv_cache + self.compute + self.overhead
 
+    def on_device(self, device_total: int) -> MemoryEstimate:
+        """What it needs on a device of ``device_total`` bytes: its parts, or its share of the device when
+        that is more (the difference counted as KV cache: what vLLM fills the rest of its share with)."""
+        share = int(self.device_share * device_total)
+        if share <= self.total:
+            return self
+        return replace(self, kv_cache=self.kv_cache + share - self.total)
+
     def as_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "total": self.total,
             "weights": self.weights,
             "kv_cache": self.kv_cache,
@@ -98,6 +108,9 @@ class MemoryEstimate:
             "overhead": self.overhead,
             "basis": self.basis,
         }
+        if self.device_share:
+            out["device_share"] = self.device_share
+        return out
 
 
 def kv_cache_bytes(
@@ -129,12 +142,19 @@ def estimate(
     n_parallel: int = 1,
     cache_type: str = "f16",
     n_ubatch: int = 512,
+    plan: Mapping[str, float] | None = None,
 ) -> MemoryEstimate:
     """What one instance of a version (its ``Artifact.metadata`` and format) needs on ``device_kind``.
 
     ``n_ctx``: tokens per sequence (None: the model's own context length); ``n_parallel``: sequences
-    served at once (llama.cpp's slots). Raises ``ValueError`` when the metadata lacks what is needed."""
+    served at once (llama.cpp's slots). ``plan``: what a runtime that sizes its own memory says of it
+    (its ``memory_plan(device_kind)``): ``device_share`` (a share of the device's memory: vLLM's
+    ``gpu_memory_utilization``), ``kv_cache_bytes`` (a KV cache of a fixed size: vLLM's
+    ``VLLM_CPU_KVCACHE_SPACE``), ``overhead_bytes`` (its process). Raises ``ValueError`` when the
+    metadata lacks what is needed."""
     overhead = OVERHEAD.get(device_kind, OVERHEAD["cpu"])
+    if plan:
+        return _planned(estimate(metadata, fmt, device_kind=device_kind, n_ctx=n_ctx), plan)
     if fmt.lower() == "gguf":
         return _gguf(
             metadata, overhead, n_ctx=n_ctx, n_parallel=n_parallel, cache_type=cache_type, n_ubatch=n_ubatch
@@ -208,6 +228,19 @@ def _safetensors(
         )
     basis = f"safetensors: {params} parameters x {per_param:g} B ({dtype}) + KV {cache_type}"
     return MemoryEstimate(int(params * per_param), kv, 0, overhead, basis)
+
+
+def _planned(base: MemoryEstimate, plan: Mapping[str, float]) -> MemoryEstimate:
+    """``base`` (the weights from the metadata) sized as the runtime's ``plan`` says."""
+    kv = int(plan.get("kv_cache_bytes", base.kv_cache))
+    overhead = int(plan.get("overhead_bytes", base.overhead))
+    share = float(plan.get("device_share", 0.0))
+    basis = base.basis.split(" + KV", 1)[0]
+    if share:
+        basis += f"; the runtime takes {share:g} of the device's memory"
+    elif "kv_cache_bytes" in plan:
+        basis += f" + a KV cache of {kv / GIB:g} GiB (the runtime's own)"
+    return MemoryEstimate(base.weights, kv, 0 if share else base.compute, overhead, basis, share)
 
 
 def _int(v: Any) -> int | None:

@@ -135,6 +135,21 @@ class NodeAgent(Protocol):
 
 
 @runtime_checkable
+class CopiesVersions(Protocol):
+    """An agent over several nodes can put a version's files in a node's own store ahead of its first
+    start there (``pull --node``). ``check_copy_node`` refuses a node that is unknown (404) or not up
+    (409) before anything is pulled; ``copy_to_node`` says where the files are and what it copied.
+    ``several_nodes``: False for an agent that may run one node only (then its node has the files)."""
+
+    @property
+    def several_nodes(self) -> bool: ...
+
+    async def check_copy_node(self, node: str) -> None: ...
+
+    async def copy_to_node(self, artifact: Artifact, node: str) -> dict[str, Any]: ...
+
+
+@runtime_checkable
 class MovesInstances(Protocol):
     """An agent over several nodes (``cluster.agent.RayAgent``) can move a running instance to another
     node: a new one starts there and becomes ready, then the old one drains and stops. The answer says

@@ -151,6 +151,7 @@ def _choose(
             need = estimates.get(dev.kind)
             if dev.kind not in kinds or need is None:
                 continue
+            need = need.on_device(dev.total)  # a runtime that takes a share of the device (vLLM on a GPU)
             option = Placement(node=node.name, device=dev.name, estimate=need, free_before=dev.free)
             if roomiest is None or option.free_before > roomiest.free_before:
                 roomiest = option

@@ -44,8 +44,24 @@ def _labels(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     help="A blob store of this node's own (SUPEROLLAMA_NODE_STORE): versions are copied there on need.",
 )
 @click.option("--node-ip", help="This node's address in the cluster (default: the one that reaches --join).")
+@click.option(
+    "--fence",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    envvar="SUPEROLLAMA_AGENT_FENCE",
+    help="Seconds without the Ray head after which this node stops its Ray node and model processes "
+    "(cut off, the cluster has declared it dead), then joins again once the control plane answers.",
+)
 def agent(
-    *, url: str, token: str, name: str | None, labels: dict[str, str], data: Path | None, node_ip: str | None
+    *,
+    url: str,
+    token: str,
+    name: str | None,
+    labels: dict[str, str],
+    data: Path | None,
+    node_ip: str | None,
+    fence: float,
 ) -> None:
     """Join a `serve --cluster` control plane as a Ray node and keep it joined: the node is started again
     when it ends (the token is checked again first); SIGTERM or Ctrl-C stops it."""
@@ -68,7 +84,7 @@ def agent(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await NodeSupervisor(spec, say=say).run(stop)
+        await NodeSupervisor(spec, say=say, fence=fence).run(stop)
         say(f"stopped node {spec.name}")
 
     try:

@@ -164,6 +164,14 @@ def cli(ctx: click.Context, home: Path | None, url: str | None, api_key: str | N
 )
 @click.option("--cluster-address", help="host:port of a Ray head to join (with --cluster).")
 @click.option("--cluster-host", help="This node's address in the cluster (default 127.0.0.1).")
+@click.option(
+    "--db",
+    "database_url",
+    help="The registry's database, e.g. postgresql://user@host/db (default: SQLite in the home).",
+)
+@click.option(
+    "--redis", "redis_url", help="Redis for rate limits and quotas shared by gateways (redis://host:6379/0)."
+)
 @pass_ctx
 def serve(ctx: Context, /, **given: Any) -> None:
     """Run the server: gateway, admin API and the local node agent (with --workers above 1: that many

@@ -47,11 +47,15 @@ def _source_uri(source: str) -> str:
 @click.argument("source")
 @click.option("--name", help="Name the version (name:tag); default: from the source.")
 @click.option("--runtime", help="Serve it with this runtime instead of the format's default.")
+@click.option("--node", help="Also copy its files to this node's own store (serve --cluster).")
 @json_option
 @pass_ctx
 @api
-def pull(ctx: Context, source: str, name: str | None, runtime: str | None, as_json: bool) -> None:
-    """Pull a model from SOURCE (file://PATH or a local path) into the store and register it."""
+def pull(
+    ctx: Context, source: str, *, name: str | None, runtime: str | None, node: str | None, as_json: bool
+) -> None:
+    """Pull a model from SOURCE (file://PATH or a local path) into the store and register it; with
+    --node, its files are then copied to that node (placement otherwise copies them when it chooses)."""
     uri = _source_uri(source)
     if ctx.client.reachable():
         job: list[str] = []
@@ -62,7 +66,7 @@ def pull(ctx: Context, source: str, name: str | None, runtime: str | None, as_js
                     job.append(event["job"])
                 yield event
 
-        events = remember_job(ctx.client.models.pull(uri, name=name, runtime=runtime))
+        events = remember_job(ctx.client.models.pull(uri, name=name, runtime=runtime, node=node))
         try:
             final = last_event(events) if as_json else show_progress(console, events)
         except KeyboardInterrupt:
@@ -72,11 +76,15 @@ def pull(ctx: Context, source: str, name: str | None, runtime: str | None, as_js
             sys.exit(130)
         if final.get("status") != "success":
             raise SuperollamaError(f"pull failed: {failure_reason(final)}")
+        on = final.get("node")
         if as_json:
-            print_json(final["model"])
+            print_json({**final["model"], "node": on} if on else final["model"])
             return
-        console.print(f"pulled {final['model']['name']}")
+        where = f" (its files on node {on['name']}, {on['seconds']:.1f} s)" if on else ""
+        console.print(f"pulled {final['model']['name']}{where}")
         return
+    if node is not None:
+        raise SuperollamaError(f"--node needs a running server (none at {ctx.client.base_url})")
     err = err_console if as_json else console
     err.print(f"[dim]no server at {ctx.client.base_url}: pulling into {ctx.settings.home}[/dim]")
     record = asyncio.run(_pull_offline(ctx.settings, uri, name, runtime))

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 from superollama.client._async_transport import AsyncResource
-from superollama.client._common import ADMIN, flag, quote_name, route, without_none
+from superollama.client._common import ADMIN, MOVE_TIMEOUT, flag, quote_name, route, without_none
 from superollama.client.types import (
     ApplyReport,
     Connection,
@@ -93,19 +93,22 @@ class AsyncModels(AsyncResource):
 
     @route("POST", ADMIN + "/pull")
     async def pull(
-        self, source: str, *, name: str | None = None, runtime: str | None = None
+        self, source: str, *, name: str | None = None, runtime: str | None = None, node: str | None = None
     ) -> AsyncIterator[Progress]:
         """Pull ``source`` (hf://, ollama://, https://, file://): its progress until the job ends; the
         first line names the job (``job``), the last has ``status`` ``success`` (and ``model``) or
-        ``error``. Leaving the loop early does not cancel the job: ``jobs.cancel`` does."""
-        body = without_none(source=source, name=name, runtime=runtime, stream=True)
+        ``error``. Leaving the loop early does not cancel the job: ``jobs.cancel`` does. ``node``: also
+        copy its files to that node's own store (``serve --cluster``), so that it starts there at once."""
+        body = without_none(source=source, name=name, runtime=runtime, node=node, stream=True)
         async for line in self._t.lines("POST", ADMIN + "/pull", json=body):
             yield cast(Progress, line)
 
     @route("POST", ADMIN + "/pull")
-    async def start_pull(self, source: str, *, name: str | None = None, runtime: str | None = None) -> Job:
+    async def start_pull(
+        self, source: str, *, name: str | None = None, runtime: str | None = None, node: str | None = None
+    ) -> Job:
         """Start a pull in the background: the job, to follow with ``jobs.watch`` or ``jobs.get``."""
-        body = without_none(source=source, name=name, runtime=runtime, background=True)
+        body = without_none(source=source, name=name, runtime=runtime, node=node, background=True)
         return cast(Job, await self._t.call("POST", ADMIN + "/pull", json=body))
 
     @route("POST", ADMIN + "/move")
@@ -132,9 +135,12 @@ class AsyncInstances(AsyncResource):
     @route("POST", ADMIN + "/instances/move")
     async def move(self, name: str, node: str, *, instance: str | None = None) -> JSONObject:
         """Move a running instance of version ``name`` to ``node`` (``serve --cluster``): the new one is
-        ready before the old one drains and stops. The answer names both, with the seconds it took."""
+        ready before the old one drains and stops. The answer names both, with the seconds it took. The
+        call lasts as long as the old instance's requests (the server's drain bound), so it waits up to
+        ``MOVE_TIMEOUT``."""
         body = without_none(name=name, node=node, instance=instance)
-        return cast(JSONObject, await self._t.call("POST", ADMIN + "/instances/move", json=body))
+        answer = await self._t.call("POST", ADMIN + "/instances/move", json=body, timeout=MOVE_TIMEOUT)
+        return cast(JSONObject, answer)
 
 
 class AsyncStorage(AsyncResource):

@@ -35,6 +35,7 @@ __all__ = [
     "ADMIN",
     "CONNECT_TIMEOUT",
     "DEFAULT_MAX_RETRIES",
+    "MOVE_TIMEOUT",
     "REQUEST_TIMEOUT",
     "STREAM_READ_TIMEOUT",
     "find_server_url",
@@ -47,6 +48,7 @@ __all__ = [
 USER_AGENT = f"superollama-client/{__version__}"
 CONNECT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 600.0  # some admin calls load or drain models
+MOVE_TIMEOUT = 3600.0  # a move waits for the old instance's requests (the server's drain bound)
 STREAM_READ_TIMEOUT = 120.0  # progress streams repeat their latest line every few seconds
 DEFAULT_MAX_RETRIES = 2
 BACKOFF = 0.2
@@ -112,6 +114,13 @@ def headers(api_key: str | None) -> dict[str, str]:
     if api_key:
         out["Authorization"] = f"Bearer {api_key}"
     return out
+
+
+def call_timeout(timeout: float) -> httpx.Timeout:
+    """The timeout of one plain call that the server bounds by a longer time than the client's."""
+    import httpx
+
+    return httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
 
 
 def timeouts(timeout: float) -> tuple[httpx.Timeout, httpx.Timeout]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
-from superollama.client._common import ADMIN, flag, quote_name, route, without_none
+from superollama.client._common import ADMIN, MOVE_TIMEOUT, flag, quote_name, route, without_none
 from superollama.client._sync_transport import Resource
 from superollama.client.types import (
     ApplyReport,
@@ -90,18 +90,23 @@ class Models(Resource):
         return cast(Version, self._t.call("POST", ADMIN + "/rename", json=body))
 
     @route("POST", ADMIN + "/pull")
-    def pull(self, source: str, *, name: str | None = None, runtime: str | None = None) -> Iterator[Progress]:
+    def pull(
+        self, source: str, *, name: str | None = None, runtime: str | None = None, node: str | None = None
+    ) -> Iterator[Progress]:
         """Pull ``source`` (hf://, ollama://, https://, file://): its progress until the job ends; the
         first line names the job (``job``), the last has ``status`` ``success`` (and ``model``) or
-        ``error``. Leaving the loop early does not cancel the job: ``jobs.cancel`` does."""
-        body = without_none(source=source, name=name, runtime=runtime, stream=True)
+        ``error``. Leaving the loop early does not cancel the job: ``jobs.cancel`` does. ``node``: also
+        copy its files to that node's own store (``serve --cluster``), so that it starts there at once."""
+        body = without_none(source=source, name=name, runtime=runtime, node=node, stream=True)
         for line in self._t.lines("POST", ADMIN + "/pull", json=body):
             yield cast(Progress, line)
 
     @route("POST", ADMIN + "/pull")
-    def start_pull(self, source: str, *, name: str | None = None, runtime: str | None = None) -> Job:
+    def start_pull(
+        self, source: str, *, name: str | None = None, runtime: str | None = None, node: str | None = None
+    ) -> Job:
         """Start a pull in the background: the job, to follow with ``jobs.watch`` or ``jobs.get``."""
-        body = without_none(source=source, name=name, runtime=runtime, background=True)
+        body = without_none(source=source, name=name, runtime=runtime, node=node, background=True)
         return cast(Job, self._t.call("POST", ADMIN + "/pull", json=body))
 
     @route("POST", ADMIN + "/move")
@@ -126,9 +131,12 @@ class Instances(Resource):
     @route("POST", ADMIN + "/instances/move")
     def move(self, name: str, node: str, *, instance: str | None = None) -> JSONObject:
         """Move a running instance of version ``name`` to ``node`` (``serve --cluster``): the new one is
-        ready before the old one drains and stops. The answer names both, with the seconds it took."""
+        ready before the old one drains and stops. The answer names both, with the seconds it took. The
+        call lasts as long as the old instance's requests (the server's drain bound), so it waits up to
+        ``MOVE_TIMEOUT``."""
         body = without_none(name=name, node=node, instance=instance)
-        return cast(JSONObject, self._t.call("POST", ADMIN + "/instances/move", json=body))
+        answer = self._t.call("POST", ADMIN + "/instances/move", json=body, timeout=MOVE_TIMEOUT)
+        return cast(JSONObject, answer)
 
 
 class Storage(Resource):

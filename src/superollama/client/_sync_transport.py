@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from superollama.client._common import (
+    call_timeout,
     decode,
     decode_line,
     headers,
@@ -72,14 +73,16 @@ class Transport:
         data: Any = None,
         idempotent: bool | None = None,
         raw: bool = False,
+        timeout: float | None = None,
     ) -> Any:
         """The JSON answer of one call (its bytes with ``raw``); retried as ``_common.retry_wait`` allows.
-        Parameters that are None are left out of the query."""
+        Parameters that are None are left out of the query. ``timeout``: this call's, in seconds, for
+        the calls the server itself bounds by a longer time (the client's otherwise)."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         attempt = 0
         while True:
             try:
-                return self._once(method, path, query, json, files, data, raw)
+                return self._once(method, path, query, json, files, data, raw, timeout)
             except SuperollamaError as exc:
                 wait = retry_wait(exc, method, idempotent, attempt, self.max_retries)
                 if wait is None:
@@ -88,10 +91,21 @@ class Transport:
             time.sleep(wait)
 
     def _once(  # noqa: PLR0917
-        self, method: str, path: str, params: dict[str, Any], json: Any, files: Any, data: Any, raw: bool
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any],
+        json: Any,
+        files: Any,
+        data: Any,
+        raw: bool,
+        timeout: float | None,
     ) -> Any:
+        limit = self._timeout if timeout is None else call_timeout(timeout)
         with talking(self.base_url):
-            response = self._http.request(method, path, params=params, json=json, files=files, data=data)
+            response = self._http.request(
+                method, path, params=params, json=json, files=files, data=data, timeout=limit
+            )
             if response.status_code >= 400:
                 raise with_retry_after(status_error(response), response)
             return response.content if raw else decode(response)

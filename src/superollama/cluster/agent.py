@@ -183,6 +183,7 @@ class RayAgent(LocalAgent):
         self._ready_timeout = ready_timeout
         self._node_refresh = node_refresh
         self._reserved: dict[tuple[str, str], int] = {}  # (node, device) → bytes of loads in progress
+        self._device_locks: dict[tuple[str, str], asyncio.Lock] = {}  # one vLLM start per GPU at a time
         self._placing: dict[str, int] = {}  # node → loads in progress there (``spread`` counts them)
         self._nodes: dict[str, RayNode] = {}
         self._refresher: asyncio.Task[None] | None = None
@@ -238,6 +239,10 @@ class RayAgent(LocalAgent):
         if self._head is not None:
             await self._head.stop()
 
+    async def _refuse_when_closed(self, version: str) -> None:
+        """Nothing refused up front: the control plane's node is one node of the cluster, and a cordon of
+        it keeps instances off it only. Placement filters every cordoned node, and its 503 names them."""
+
     @property
     def registry(self) -> Registry:
         return self._registry
@@ -250,6 +255,30 @@ class RayAgent(LocalAgent):
 
         outcome = await move_instance(self, artifact, runtime, node, instance=instance)
         return outcome.as_json()
+
+    @property
+    def several_nodes(self) -> bool:
+        return True
+
+    async def check_copy_node(self, node: str) -> None:
+        """``CopiesVersions``: the node a pull copies to is known and up (404, 409)."""
+        from superollama.cluster.moves import check_node
+
+        await check_node(self, node)
+
+    async def copy_to_node(self, artifact: Artifact, node: str) -> dict[str, Any]:
+        """``CopiesVersions``: the version's files in ``node``'s own store (copied now unless there
+        already), as ``pull --node`` asks; a node that reads the control plane's files needs no copy."""
+        await self.check_copy_node(node)
+        t0 = time.perf_counter()
+        target = self._nodes[node]
+        placed = await self._place_blobs(target, artifact)
+        return {
+            "name": node,
+            "path": str(placed.path),
+            "own_store": target.store_root is not None,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
 
     # -- nodes -----------------------------------------------------------------------------------------
     def nodes(self) -> dict[str, RayNode]:
@@ -418,9 +447,15 @@ class RayAgent(LocalAgent):
     def _estimate(runtime: Runtime, artifact: Artifact, kind: str) -> MemoryEstimate:
         ctx, parallel = getattr(runtime, "ctx", None), int(getattr(runtime, "parallel", 1) or 1)
         per_seq = ctx // parallel if isinstance(ctx, int) and ctx > 0 else None  # llama.cpp splits n_ctx
+        planner = getattr(runtime, "memory_plan", None)  # a runtime that sizes its own memory (vLLM)
         try:
             return estimate(
-                artifact.metadata, artifact.format, device_kind=kind, n_ctx=per_seq, n_parallel=parallel
+                artifact.metadata,
+                artifact.format,
+                device_kind=kind,
+                n_ctx=per_seq,
+                n_parallel=parallel,
+                plan=planner(kind) if callable(planner) else None,
             )
         except ValueError:
             size = artifact.path.stat().st_size if artifact.path.is_file() else 0
@@ -443,7 +478,8 @@ class RayAgent(LocalAgent):
         )
         try:
             artifact = await self._place_blobs(node, spec.artifact)
-            handle = await self._start_on(runtime, replace(spec, artifact=artifact), node, chosen.device)
+            async with self._device_start(chosen):
+                handle = await self._start_on(runtime, replace(spec, artifact=artifact), node, chosen.device)
         finally:
             self._reserved[key] -= chosen.estimate.total
             self._placing[chosen.node] -= 1
@@ -460,6 +496,13 @@ class RayAgent(LocalAgent):
             "?" if seen is None else seen >> 20,
         )
         return handle
+
+    def _device_start(self, chosen: Placement) -> contextlib.AbstractAsyncContextManager[object]:
+        """One start at a time on a device for a runtime that takes a share of it (vLLM measures the
+        free memory as it starts: two starts side by side would each count the other's as theirs)."""
+        if not chosen.estimate.device_share:
+            return contextlib.nullcontext()
+        return self._device_locks.setdefault((chosen.node, chosen.device), asyncio.Lock())
 
     # -- blobs -----------------------------------------------------------------------------------------
     async def _place_blobs(self, node: RayNode, artifact: Artifact) -> Artifact:

@@ -12,7 +12,13 @@
    again — and starts a new one, after a backoff (1 s doubling to 30 s; back to 1 s once a node ran a
    minute). A token that is revoked or expired, or a join the control plane refuses (400, 409), ends the
    agent with that message and a non-zero status; a control plane that cannot be reached is tried again.
-4. **Stop**: on SIGTERM or SIGINT the child is stopped by its PID (SIGTERM: ``ray start --block`` stops
+4. **Fence**: a node cut off from the head is declared dead by the cluster, but Ray leaves its raylet
+   running, waiting for the head, and with it the node's model processes (serving no one, holding their
+   memory), for as long as the cut lasts. When the head's control store has not answered for ``fence``
+   seconds in a row (60 s; a head restart takes a few), the agent stops its Ray node (SIGKILL to its
+   process group after 5 s: no drain, the head is not there) — its model processes end with their actors
+   — and joins again once the control plane answers.
+5. **Stop**: on SIGTERM or SIGINT the child is stopped by its PID (SIGTERM: ``ray start --block`` stops
    the Ray processes it started; SIGKILL to its process group after a grace period) — never by
    ``ray stop``, which kills every Ray process of the machine by name.
 
@@ -42,7 +48,7 @@ from superollama.cluster.blobs import NODE_STORE_ENV
 from superollama.cluster.head import RAY_ENV, stop_ray_start
 from superollama.runtimes._child import set_pdeathsig
 
-__all__ = ["JoinRefused", "JoinSpec", "NodeSupervisor", "local_address"]
+__all__ = ["JoinRefused", "JoinSpec", "NodeSupervisor", "head_answers", "local_address"]
 
 log = logging.getLogger("superollama.cluster")
 
@@ -56,6 +62,10 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 HEALTHY_RUN = 60.0  # a node that ran this long resets the backoff
 STOP_GRACE = 30.0
+FENCE = 60.0  # seconds without the head's control store before the node stops its Ray node
+FENCE_GRACE = 5.0  # a fenced node is not drained: ``ray start`` would wait 30 s for a head it cannot reach
+PROBE_EVERY = 1.0
+PROBE_TIMEOUT = 2.0
 
 
 class JoinRefused(Exception):
@@ -87,6 +97,20 @@ def local_address(url: str) -> str:
 
 
 Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
+Probe = Callable[[str], Awaitable[bool]]
+
+
+async def head_answers(address: str) -> bool:
+    """Whether the Ray head's control store (``host:port``) accepts a connection now."""
+    host, _, port = address.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), PROBE_TIMEOUT)
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 class NodeSupervisor:
@@ -101,12 +125,18 @@ class NodeSupervisor:
         spawn: Spawn = asyncio.create_subprocess_exec,
         backoff_first: float = BACKOFF_FIRST,
         backoff_max: float = BACKOFF_MAX,
+        fence: float = FENCE,
+        probe: Probe = head_answers,
+        probe_every: float = PROBE_EVERY,
     ) -> None:
         self.spec = spec
         self._say = say
         self._spawn = spawn
         self._backoff_first = backoff_first
         self._backoff_max = backoff_max
+        self._fence = fence
+        self._probe = probe
+        self._probe_every = probe_every
         self.child: asyncio.subprocess.Process | None = None
         self.starts = 0
 
@@ -180,10 +210,30 @@ class NodeSupervisor:
         )
         ended = asyncio.ensure_future(proc.wait())
         stopping = asyncio.ensure_future(stop.wait())
+        fenced = asyncio.ensure_future(self._cut_off(address))
         try:
-            await asyncio.wait((ended, stopping), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((ended, stopping, fenced), return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
+            fenced.cancel()
         if not ended.done():
-            await stop_ray_start(proc, STOP_GRACE)
+            grace = STOP_GRACE
+            if not stop.is_set():
+                grace = FENCE_GRACE
+                self._say(
+                    f"the Ray head {address} has not answered for {self._fence:g} s: stopping this "
+                    "Ray node and its model processes (the cluster has declared it dead)"
+                )
+            await stop_ray_start(proc, grace)
         return await ended
+
+    async def _cut_off(self, address: str) -> None:
+        """Return once the head's control store has not answered for ``fence`` seconds in a row."""
+        loop = asyncio.get_running_loop()
+        answered = loop.time()
+        while True:
+            if await self._probe(address):
+                answered = loop.time()
+            elif loop.time() - answered >= self._fence:
+                return
+            await asyncio.sleep(self._probe_every)

@@ -61,7 +61,7 @@ async def move_instance(
     ``node``; see the module's docstring."""
     t0 = time.perf_counter()
     version = artifact.name
-    await _check_node(agent, node)
+    await check_node(agent, node)
     old = _source(agent.instances_of(version), version, node, instance)
     from_node = str(getattr(old.handle, "node", "") or "")
     new = await agent.start_extra(artifact, runtime, device=old.device, options={"node": node})
@@ -70,7 +70,8 @@ async def move_instance(
     return MoveOutcome(version, new.id, node, old.id, from_node, time.perf_counter() - t0, ready, cut)
 
 
-async def _check_node(agent: RayAgent, node: str) -> None:
+async def check_node(agent: RayAgent, node: str) -> None:
+    """``node`` is known, up and takes new work: 404 or 409 otherwise."""
     known = {n.name: n for n in await agent.registry.nodes.list()}
     record = known.get(node)
     if record is None:

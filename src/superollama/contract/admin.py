@@ -163,7 +163,7 @@ OPERATIONS = (
         "Pull a version from hf://, ollama://, https:// or file:// (a job)",
         M,
         _JOB_REPLIES,
-        body=obj(("source",), source=TEXT, name=_OPT_TEXT, runtime=_OPT_TEXT, **_JOB_MODE),
+        body=obj(("source",), source=TEXT, name=_OPT_TEXT, runtime=_OPT_TEXT, node=_OPT_TEXT, **_JOB_MODE),
     ),
     _op(
         "POST",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from superollama.agent import LiveInstance, MovesInstances, NodeAgent
+from superollama.agent import CopiesVersions, LiveInstance, MovesInstances, NodeAgent
 from superollama.control.connections import ConnectionManager
 from superollama.control.routing import Route, RouteTarget, RoutingHolder, RoutingTable
 from superollama.core import Artifact, EventRecord, ModelRef, NameError_, Progress, VersionRecord
@@ -28,6 +28,7 @@ from superollama.errors import (
     ModelInUse,
     ModelLoadFailed,
     ModelNotFound,
+    NotFound,
     SuperOllamaError,
     Unavailable,
 )
@@ -483,6 +484,30 @@ class Controller:
         moved = await agent.move_instance(artifact, runtime, node, instance=instance)
         await self._event("instance.move", version.name, actor, "ok", moved)
         return moved
+
+    async def check_copy_node(self, node: str) -> None:
+        """The node ``pull --node`` copies to: a cluster's node that is up, or this server's own node on
+        one machine (its files are there already); 404 or 409 otherwise, before anything is pulled."""
+        agent = self._agent
+        if isinstance(agent, CopiesVersions) and agent.several_nodes:
+            await agent.check_copy_node(node)
+            return
+        known = sorted(n.name for n in await self._registry.nodes.list())
+        if node not in known:
+            raise NotFound(f"node {node!r} not found (nodes: {', '.join(known) or 'none'})", param="node")
+
+    async def copy_to_node(self, name: str, node: str, *, actor: str = "api") -> dict[str, Any]:
+        """Version ``name``'s files in ``node``'s own store (a cluster's agent copies them there and
+        verifies them); on one machine they are already on its only node."""
+        version = await self._get(name)
+        artifact, _ = await self._artifact(name, version.name)
+        agent = self._agent
+        if not (isinstance(agent, CopiesVersions) and agent.several_nodes):
+            await self.check_copy_node(node)
+            return {"name": node, "path": str(artifact.path), "own_store": False, "seconds": 0.0}
+        copied = await agent.copy_to_node(artifact, node)
+        await self._event("model.copy_to_node", version.name, actor, "ok", copied)
+        return copied
 
     def _files_of(self, version: VersionRecord) -> Artifact:
         """A version's files on this node: through this home's manifest, or, for a version pulled through

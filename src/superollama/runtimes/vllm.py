@@ -121,6 +121,9 @@ class VllmHandle:
         await self._inner.stop(max(timeout, self.min_stop))
 
 
+VLLM_CPU_OVERHEAD = 2 * 2**30  # API server + engine core, each importing torch: placement allows that
+
+
 class VllmRuntime:
     """Runs Hugging Face model folders with vLLM's OpenAI server (implements ``core.Runtime``).
 
@@ -168,6 +171,15 @@ class VllmRuntime:
 
     def accepts(self, artifact: Artifact) -> bool:
         return artifact.format.lower() == "safetensors" and artifact.path.is_dir()
+
+    def memory_plan(self, device_kind: str) -> dict[str, float]:
+        """How vLLM sizes its memory, for placement (``agent/estimate.py``): on a GPU it takes
+        ``gpu_memory_utilization`` of the device (weights, activations and KV cache inside that share);
+        on a CPU a KV cache of ``cpu_kvcache_gib`` (``VLLM_CPU_KVCACHE_SPACE``) beside the weights, and
+        its two processes (API server and engine core, each with torch) as overhead."""
+        if device_kind == "cuda":
+            return {"device_share": self.gpu_memory_utilization}
+        return {"kv_cache_bytes": self.cpu_kvcache_gib * 2**30, "overhead_bytes": VLLM_CPU_OVERHEAD}
 
     async def suits(self, inventory: Mapping[str, Any]) -> bool:
         """A node with a GPU whose ``python`` has vLLM (on CPU only, transformers serves safetensors: vLLM's

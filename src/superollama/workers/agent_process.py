@@ -1,8 +1,10 @@
 """The node agent's own process in ``serve --workers N``: model processes are its children, not a gateway's.
 
-The master starts it next to the workers and restarts it like them. It runs a ``LocalAgent`` and serves
-it on ``agent.sock`` (in the run directory, mode 0600) to the primary worker, whose
-``workers.remote_agent.RemoteAgent`` is the other side — the same ``NodeAgent`` seam the controller uses
+The master starts it next to the workers and restarts it like them. It runs a ``LocalAgent`` (with
+``serve --cluster``, the cluster's agent: this process is then the only Ray driver, and no gateway worker
+imports Ray, so a lost Ray head never takes a gateway with it) and serves it on ``agent.sock`` (in the
+run directory, mode 0600) to the primary worker, whose ``workers.remote_agent.RemoteAgent`` is the other
+side — the same ``NodeAgent`` seam the controller uses
 in a plain ``serve``. Same style as the primary's ``control.sock`` (``workers.primary``):
 
 - ``GET /agent/watch``: one WebSocket per client (the primary), for its whole life. Agent → client:
@@ -15,6 +17,10 @@ in a plain ``serve``. Same style as the primary's ``control.sock`` (``workers.pr
   ``workers.activity``).
 - ``POST /agent/stop`` ``{version, reason, drain}``: drain then stop; ``{"cut": n | null}``.
 - ``POST /agent/ended`` ``{instance, within}``: how an instance a request could not reach has ended.
+- ``POST /agent/move`` ``{artifact, runtime, node, instance}``: move an instance to another node (a cluster
+  agent only; 409 otherwise); the answer is the move's outcome.
+- ``POST /agent/copy`` ``{artifact, node}``: a version's files into a node's own store (``pull --node``; a
+  cluster agent only); without ``artifact``, only the check that the node can take them.
 
 Lifetimes: a gateway worker's death (the primary's included) costs the model processes nothing; the
 primary that restarts finds them in the first ``state``. The agent's own death costs them nothing
@@ -31,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,20 +45,24 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from superollama.agent import LiveInstance, LocalAgent
+from superollama.agent import CopiesVersions, LiveInstance, LocalAgent, MovesInstances
 from superollama.agent.node import agent_config
-from superollama.core import Artifact, EventRecord
-from superollama.errors import SuperOllamaError
+from superollama.core import Artifact, EventRecord, Runtime
+from superollama.errors import Conflict, SuperOllamaError
 from superollama.gateway.loop import run as run_loop
 from superollama.plugins import load_plugins
-from superollama.registry import open_registry
+from superollama.registry import Registry, open_registry
 from superollama.settings import Settings
 from superollama.telemetry import configure_logging as configure_telemetry_logging
 from superollama.workers.activity import ActivityLedger, Holds
 from superollama.workers.context import WorkerContext
 from superollama.workers.primary import error_json
 
-__all__ = ["CLIENT_PID", "AgentServer", "instance_json", "serve_agent"]
+__all__ = ["CLIENT_PID", "AgentFactory", "AgentServer", "instance_json", "local_agent", "serve_agent"]
+
+AgentFactory = Callable[[Settings, Registry, Mapping[str, Runtime], WorkerContext], LocalAgent]
+"""Builds the agent process's agent: ``local_agent``, or (``serve --cluster``) the app's cluster agent,
+which makes this process the only Ray driver: no gateway worker imports Ray."""
 
 CLIENT_PID = "X-Superollama-Client-Pid"  # on the client's every request: whose holds an ensure takes
 
@@ -68,6 +79,7 @@ def instance_json(inst: LiveInstance, keep_alive: float) -> dict[str, Any]:
         "device": inst.device,
         "pid": inst.pid,
         "state": str(inst.state),
+        "node": getattr(inst.handle, "node", None),  # on a cluster: the node it runs on
         "started_at": inst.started_at.isoformat(),
         "load_seconds": inst.load_seconds,
         "keep_alive": keep_alive if keep_alive != float("inf") else None,
@@ -102,6 +114,8 @@ class AgentServer:
         app.router.add_post("/agent/stop", self._stop)
         app.router.add_post("/agent/scale", self._scale)
         app.router.add_post("/agent/ended", self._ended)
+        app.router.add_post("/agent/move", self._move)
+        app.router.add_post("/agent/copy", self._copy)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         with contextlib.suppress(FileNotFoundError):
@@ -119,7 +133,8 @@ class AgentServer:
     def _state(self) -> dict[str, Any]:
         agent = self._agent
         instances = [instance_json(i, agent.keep_alive(i)) for i in agent.instances()]
-        return {"op": "state", "instances": instances}
+        cluster = getattr(agent, "cluster_address", None)  # the Ray head machines join (``admin/join.py``)
+        return {"op": "state", "instances": instances, "cluster_address": cluster}
 
     def _changed(self) -> None:
         for client in list(self._clients):
@@ -221,6 +236,39 @@ class AgentServer:
         ending = await self._agent.ended(str(body["instance"]), within=float(body.get("within", 2.0)))
         return web.Response(body=orjson.dumps({"ending": ending}), content_type="application/json")
 
+    async def _move(self, request: web.Request) -> web.Response:
+        body = await request.json(loads=orjson.loads)
+        agent = self._agent
+        try:
+            if not isinstance(agent, MovesInstances):
+                raise Conflict(
+                    "moving an instance to another node needs a cluster (serve --cluster)", param="node"
+                )
+            instance = body.get("instance")
+            moved = await agent.move_instance(
+                _artifact(body["artifact"]),
+                str(body["runtime"]),
+                str(body["node"]),
+                instance=None if instance is None else str(instance),
+            )
+        except SuperOllamaError as exc:
+            return web.Response(body=error_json(exc), status=exc.status, content_type="application/json")
+        return web.Response(body=orjson.dumps(moved, default=str), content_type="application/json")
+
+    async def _copy(self, request: web.Request) -> web.Response:
+        body = await request.json(loads=orjson.loads)
+        agent = self._agent
+        try:
+            if not isinstance(agent, CopiesVersions):
+                raise Conflict("copying a version to a node needs a cluster (serve --cluster)", param="node")
+            if body.get("artifact") is None:  # only the check
+                await agent.check_copy_node(str(body["node"]))
+                return web.Response(body=b"{}", content_type="application/json")
+            copied = await agent.copy_to_node(_artifact(body["artifact"]), str(body["node"]))
+        except SuperOllamaError as exc:
+            return web.Response(body=error_json(exc), status=exc.status, content_type="application/json")
+        return web.Response(body=orjson.dumps(copied, default=str), content_type="application/json")
+
 
 def _artifact(data: dict[str, Any]) -> Artifact:
     return Artifact(
@@ -232,17 +280,24 @@ def _artifact(data: dict[str, Any]) -> Artifact:
     )
 
 
-async def _serve(settings: Settings, ctx: WorkerContext) -> None:
+def local_agent(
+    settings: Settings, registry: Registry, runtimes: Mapping[str, Runtime], ctx: WorkerContext
+) -> LocalAgent:
+    """The agent of one machine: its model processes are guarded by the master, not by this process."""
+    for runtime in runtimes.values():
+        if hasattr(runtime, "guardian_pid"):  # its instances outlive this process and die with the master
+            runtime.guardian_pid = ctx.master_pid
+    return LocalAgent(registry, runtimes, agent_config(settings))
+
+
+async def _serve(settings: Settings, ctx: WorkerContext, make_agent: AgentFactory) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     registry = await open_registry(settings.registry_url)
     runtimes = load_plugins().runtimes(settings)  # the same runtimes, in the same order, as a plain serve
-    for runtime in runtimes.values():
-        if hasattr(runtime, "guardian_pid"):  # its instances outlive this process and die with the master
-            runtime.guardian_pid = ctx.master_pid
-    agent = LocalAgent(registry, runtimes, agent_config(settings))
+    agent = make_agent(settings, registry, runtimes, ctx)
     server = AgentServer(agent, ctx.paths.agent)
     try:
         await agent.start()  # re-adopts or stops what an earlier agent process left
@@ -256,10 +311,11 @@ async def _serve(settings: Settings, ctx: WorkerContext) -> None:
         await registry.close()
 
 
-def serve_agent(settings: Settings, ctx: WorkerContext) -> None:
-    """The agent process's main (in the forked process)."""
+def serve_agent(settings: Settings, ctx: WorkerContext, *, agent: AgentFactory = local_agent) -> None:
+    """The agent process's main (in the forked process); ``partial(serve_agent, agent=…)`` chooses its
+    agent."""
     logging_handle = configure_telemetry_logging(settings)
     try:
-        run_loop(_serve(settings, ctx))
+        run_loop(_serve(settings, ctx, agent))
     finally:
         logging_handle.close()

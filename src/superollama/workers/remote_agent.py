@@ -54,10 +54,11 @@ class RemoteHandle:
     """``InstanceHandle`` of an instance the agent process runs: identity only; it ends when the agent
     says so (``wait``). Stopping goes through the agent (``RemoteAgent.stop_version``)."""
 
-    def __init__(self, instance_id: str, pid: int, endpoint: Endpoint) -> None:
+    def __init__(self, instance_id: str, pid: int, endpoint: Endpoint, node: str | None = None) -> None:
         self.instance_id = instance_id
         self.pid = pid
         self.endpoint = endpoint
+        self.node = node  # on a cluster: the node it runs on (its pid is that machine's); None: this one
         self._gone = asyncio.Event()
 
     def alive(self) -> bool:
@@ -110,6 +111,12 @@ class RemoteAgent:
         self._listeners: list[Callable[[], None]] = []
         self._event_listeners: list[Callable[[EventRecord], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._cluster_address: str | None = None
+
+    @property
+    def cluster_address(self) -> str | None:
+        """The Ray head other machines join, when the agent process runs a cluster (``serve --cluster``)."""
+        return self._cluster_address
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -251,6 +258,30 @@ class RemoteAgent:
         data = await post_json(self._session, _BASE + "/agent/scale", body, timeout, peer=_PEER)
         return [self._mirror(i) for i in data["instances"]]
 
+    async def move_instance(
+        self, artifact: Artifact, runtime: str, node: str, *, instance: str | None = None
+    ) -> dict[str, Any]:
+        """``MovesInstances`` through the agent process (a cluster agent moves; another answers 409)."""
+        deadline = asyncio.get_running_loop().time() + self._load_timeout
+        await self._reachable(deadline, f"model {artifact.name!r}")
+        body = {"artifact": _artifact_json(artifact), "runtime": runtime, "node": node, "instance": instance}
+        await self._send({"op": "activity"})  # the old instance's drain sees our counts first
+        timeout = self._load_timeout + _CALL_TIMEOUT + 3600.0
+        return dict(await post_json(self._session, _BASE + "/agent/move", body, timeout, peer=_PEER))
+
+    @property
+    def several_nodes(self) -> bool:
+        """``CopiesVersions``: whether the agent process runs a cluster (known from its first state)."""
+        return self._cluster_address is not None
+
+    async def check_copy_node(self, node: str) -> None:
+        await post_json(self._session, _BASE + "/agent/copy", {"node": node}, _CALL_TIMEOUT, peer=_PEER)
+
+    async def copy_to_node(self, artifact: Artifact, node: str) -> dict[str, Any]:
+        body = {"artifact": _artifact_json(artifact), "node": node}
+        timeout = self._load_timeout + _CALL_TIMEOUT + 3600.0  # a copy of many GiB between machines
+        return dict(await post_json(self._session, _BASE + "/agent/copy", body, timeout, peer=_PEER))
+
     async def _reachable(self, deadline: float, what: str) -> None:
         left = deadline - asyncio.get_running_loop().time()
         try:
@@ -317,8 +348,11 @@ class RemoteAgent:
 
     def _exited(self, inst: LiveInstance | None) -> Ending | None:
         """``crashed`` when the process of an instance still in the mirror is gone (it died with the agent
-        process that ran it): out of the mirror at once, so the next ``ensure`` loads it again."""
-        if inst is None or is_our_process(inst.pid, inst.id):
+        process that ran it): out of the mirror at once, so the next ``ensure`` loads it again. An instance
+        on a cluster node is not this machine's to judge: the agent (Ray) says how it ended."""
+        if inst is None or getattr(inst.handle, "node", None) is not None:
+            return None
+        if is_our_process(inst.pid, inst.id):
             return None
         self._forget(inst)
         self._changed()
@@ -352,6 +386,7 @@ class RemoteAgent:
     def _received(self, data: dict[str, Any]) -> None:
         op = data.get("op")
         if op == "state":
+            self._cluster_address = data.get("cluster_address")
             self._apply(data.get("instances") or [])
             self._first_state.set()
         elif op == "event":
@@ -390,7 +425,9 @@ class RemoteAgent:
                 version=str(data["version"]),
                 runtime=str(data.get("runtime") or ""),
                 device=str(data.get("device") or "cpu"),
-                handle=RemoteHandle(target.instance_id, int(data.get("pid") or 0), target.endpoint),
+                handle=RemoteHandle(
+                    target.instance_id, int(data.get("pid") or 0), target.endpoint, data.get("node")
+                ),
                 started_at=datetime.fromisoformat(started) if started else datetime.now(UTC),
                 load_seconds=float(data.get("load_seconds") or 0.0),
                 last_used=time.monotonic(),

@@ -42,9 +42,10 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -61,6 +62,9 @@ from superollama.workers.posix import (
     set_pdeathsig,
     url_of,
 )
+
+if TYPE_CHECKING:
+    from superollama.workers.agent_process import AgentFactory
 
 __all__ = ["AGENT", "SERVER_FILE", "WorkerMain", "supervise"]
 
@@ -345,10 +349,13 @@ def _name(slot: _Slot) -> str:
     return "the agent process" if slot.index == AGENT else f"worker {slot.index}"
 
 
-def supervise(settings: Settings, count: int, *, primary: WorkerMain) -> int:
-    """Run ``count`` workers (``primary`` as worker 0, replicas after it) until SIGTERM/SIGINT; the exit
-    status of ``superollama serve``."""
-    from superollama.workers.agent_process import serve_agent
+def supervise(
+    settings: Settings, count: int, *, primary: WorkerMain, agent: AgentFactory | None = None
+) -> int:
+    """Run ``count`` workers (``primary`` as worker 0, replicas after it) and the agent process (its agent
+    built by ``agent``, a plain ``LocalAgent`` by default) until SIGTERM/SIGINT; the exit status of
+    ``superollama serve``."""
+    from superollama.workers.agent_process import local_agent, serve_agent
     from superollama.workers.replica import serve_replica
 
     if not sys.platform.startswith("linux"):
@@ -367,7 +374,8 @@ def supervise(settings: Settings, count: int, *, primary: WorkerMain) -> int:
     paths = RunPaths.create(settings.home, os.getpid())
     limits = None if settings.redis_url else SharedLimitTable()
     server_file = settings.home / SERVER_FILE
-    master = _Master(settings, sockets, paths, limits, primary, serve_replica, serve_agent)
+    agent_main = partial(serve_agent, agent=agent or local_agent)
+    master = _Master(settings, sockets, paths, limits, primary, serve_replica, agent_main)
     try:
         return master.run(url_of(settings.host, port), server_file)
     finally:
