@@ -264,6 +264,18 @@ async def test_nodes(registry: Registry, clock: Clock) -> None:
     )
     assert await registry.nodes.get("b-node") == changed
 
+    # a node's report leaves its state alone (an admin's cordon set meanwhile stays)
+    reported = await registry.nodes.report("b-node", "http://10.0.0.3:7070", {"cpu": {"cores": 8}})
+    assert reported is not None
+    assert (reported.address, reported.state, reported.inventory) == (
+        "http://10.0.0.3:7070",
+        "draining",
+        {"cpu": {"cores": 8}},
+    )
+    assert reported.last_seen == clock() and await registry.nodes.get("b-node") == reported
+    assert await registry.nodes.report("zzz", "x", {}) is None
+    assert await registry.nodes.find("zzz") is None
+
     seen = clock.tick(10)
     beat = await registry.nodes.heartbeat("a-node")
     assert beat.last_seen == seen

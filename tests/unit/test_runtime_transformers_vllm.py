@@ -247,6 +247,9 @@ def test_transformers_command_carries_spec_and_options(tmp_path: Path) -> None:
         == "float32"
     )
     assert _is_worker_cmdline(list(argv), "inst-1", TRANSFORMERS_WORKER)
+    assert pairs["--host"] == "127.0.0.1"  # loopback by default; a cluster node's actor sets its own address
+    runtime.host = "10.0.0.6"
+    assert dict(itertools.pairwise(runtime.command(folder_spec(tmp_path))))["--host"] == "10.0.0.6"
     with pytest.raises(ModelLoadFailed, match="dtype"):
         runtime.command(folder_spec(tmp_path, dtype="int4"))
     with pytest.raises(ValueError):

@@ -167,6 +167,17 @@ class NodeActor:
     async def read_chunk(self, digest: str, shared: str | None, offset: int, length: int) -> bytes:
         return await asyncio.to_thread(self._blobs.read, digest, shared, offset, length)
 
+    async def folder_local(self, key: str, entries: Sequence[tuple[str, str, int]]) -> str | None:
+        """The complete folder ``models/<key>`` of this node's store, or None."""
+        return await asyncio.to_thread(self._blobs.folder, key, entries)
+
+    async def assemble_folder(
+        self, key: str, entries: Sequence[tuple[str, str, int]], summary: dict[str, Any]
+    ) -> str:
+        """Build a folder version's folder from its blobs, each already here and verified (``fetch_blob``);
+        its path. Renamed into ``models/`` in one step, so no instance sees half of it."""
+        return await asyncio.to_thread(self._blobs.assemble, key, entries, summary)
+
     async def fetch_blob(self, digest: str, size: int, sources: Sequence[tuple[str, Any, str | None]]) -> str:
         """Copy a blob into this node's store from the first of ``sources`` — ``(node name, its
         NodeActor, the file for a node without a store of its own)`` — that can send it; its path here."""

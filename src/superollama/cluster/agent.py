@@ -22,7 +22,10 @@ the chosen node instead of in this process:
    lacks a version's blob files gets them first — its ``NodeActor`` pulls them in chunks from another
    node that has them or, last, from the control plane's origin actor, verified by sha256 before they are
    visible — and its instance runs from its own copies. One transfer per (node, blob) at a time here,
-   and one per blob on the node. A node without a store of its own reads the control plane's files.
+   and one per blob on the node. A folder version (``cluster/folders.py``) is copied file by file, each
+   one a blob checked against the version's manifest, and its folder is built on the node in one rename
+   once all are there (one copy per (node, folder) at a time); an adapter's base goes with it. A node
+   without a store of its own reads the control plane's files.
 5. **Observed memory** (``cluster/memory.py``): what the instance's process uses once loaded is kept per
    (version, device kind); later placements of that version need ``max(estimate, observed x 1.05)``.
    Each node's inventory lists its instances with both numbers (``memory``).
@@ -52,7 +55,7 @@ from superollama.agent.estimate import MemoryEstimate, estimate
 from superollama.agent.instance import AgentConfig, LiveInstance
 from superollama.agent.placement import DeviceView, NodeView, Placement, Policy, place, request_for
 from superollama.cluster.actors import InstanceActor, NodeActor
-from superollama.cluster.blobs import blob_digest
+from superollama.cluster.copies import NodeCopies
 from superollama.cluster.head import RayHead
 from superollama.cluster.memory import ObservedMemory, observed_bytes
 from superollama.core import (
@@ -66,7 +69,7 @@ from superollama.core import (
     Runtime,
 )
 from superollama.core.placement import PlacementConstraint
-from superollama.errors import IntegrityError, ModelLoadFailed
+from superollama.errors import ModelLoadFailed
 from superollama.registry import Registry
 
 __all__ = ["NODE_RESOURCE", "RayAgent", "RayHandle", "RayRuntime"]
@@ -193,9 +196,9 @@ class RayAgent(LocalAgent):
         self._instance_actor = ray.remote(InstanceActor)
         self._node_actor = ray.remote(NodeActor)
         self.observed = ObservedMemory()
-        self._blob_flights: dict[tuple[str, str], asyncio.Task[str]] = {}
-        self._origin: Any = None  # the control plane's blob server (a NodeActor on its node), made on need
-        self._origin_node = ""
+        self.copies = NodeCopies(
+            self._node_handle, self.nodes, self._node_actor, origin_node=self._own_node_id
+        )
 
     @property
     def cluster_address(self) -> str:
@@ -321,8 +324,7 @@ class RayAgent(LocalAgent):
             except (ray.exceptions.RayError, TimeoutError) as exc:
                 log.warning("node %s did not report its inventory: %s", name, exc)
                 continue
-            prior = known.get(name)
-            state = prior.state if prior is not None and prior.closed else "ready"
+            prior = await self._registry.nodes.find(name)
             labels = dict((prior.inventory.get("labels") or {}) if prior is not None else {})
             store = report.get("store") or {}
             inventory = {
@@ -335,9 +337,13 @@ class RayAgent(LocalAgent):
                 "store": store,
                 "memory": self._memory_of(name),
             }
-            record = NodeRecord(name=name, address=address, state=state, inventory=inventory)
-            await self._registry.nodes.upsert(record)
-            await self._registry.nodes.heartbeat(name)
+            # the state is left as it is (a cordon set while the reports ran stays), except that a node
+            # new or back from down is ready
+            record = None
+            if prior is not None and (prior.closed or prior.state == "ready"):
+                record = await self._registry.nodes.report(name, address, inventory)
+            if record is None:
+                record = await self._registry.nodes.upsert(NodeRecord(name, address, "ready", inventory))
             root = store.get("root")
             view = self._view(record, report)
             found[name] = RayNode(name, node_id, address, view, root or None, record, report)
@@ -556,122 +562,16 @@ class RayAgent(LocalAgent):
             return contextlib.nullcontext()
         return self._device_locks.setdefault((chosen.node, chosen.device), asyncio.Lock())
 
+    def _own_node_id(self) -> str | None:
+        """The Ray node id of this machine when the head is ours (after a head restart: the new one)."""
+        own = self._nodes.get(self._config.node) if self._head is not None else None
+        return own.node_id if own is not None else None
+
     # -- blobs -----------------------------------------------------------------------------------------
     async def _place_blobs(self, node: RayNode, artifact: Artifact) -> Artifact:
-        """The artifact as ``node`` sees it: its blob files copied into the node's own store first (when
-        it has one), the paths pointing there."""
-        if node.store_root is None:
-            return artifact
-        if artifact.path.is_dir():
-            raise ModelLoadFailed(
-                f"{artifact.name}: a folder version cannot be copied to node {node.name} yet "
-                "(its store is its own); run it on a node that reads the control plane's files"
-            )
-        model = await self._node_copy(node, artifact, artifact.path)
-        projector = None
-        if artifact.projector is not None:
-            projector = await self._node_copy(node, artifact, artifact.projector)
-        return replace(artifact, path=model, projector=projector)
-
-    async def _node_copy(self, node: RayNode, artifact: Artifact, path: Path) -> Path:
-        digest = blob_digest(path)
-        if digest is None:
-            raise ModelLoadFailed(f"{artifact.name}: {path} is not a blob of the store")
-        return Path(await self.ensure_blob(node, digest, path))
-
-    async def ensure_blob(self, node: RayNode, digest: str, origin_path: Path) -> str:
-        """The blob's path in ``node``'s store, copied there first if missing (one copy per node and
-        blob at a time: concurrent callers share it)."""
-        key = (node.name, digest)
-        task = self._blob_flights.get(key)
-        if task is None:
-            task = asyncio.create_task(self._copy_blob(node, digest, origin_path))
-            self._blob_flights[key] = task
-            task.add_done_callback(lambda done: self._blob_flight_done(key, done))
-        return await asyncio.shield(task)
-
-    def _blob_flight_done(self, key: tuple[str, str], task: asyncio.Task[str]) -> None:
-        if self._blob_flights.get(key) is task:
-            del self._blob_flights[key]
-        if not task.cancelled():
-            task.exception()
-
-    async def _copy_blob(self, node: RayNode, digest: str, origin_path: Path) -> str:
-        target = await self._node_handle(node.name, node.node_id)
-        have = await asyncio.wait_for(_result(target.blob_local.remote(digest)), _CALL_TIMEOUT)
-        size = (await asyncio.to_thread(origin_path.stat)).st_size
-        if have is not None and int(have[1]) == size:
-            return str(have[0])
-        sources = await self._blob_sources(node, digest, origin_path, size)
-        log.info(
-            "copying blob %s (%d MiB) to node %s from %s",
-            digest,
-            size >> 20,
-            node.name,
-            ", ".join(name for name, _, _ in sources),
-        )
-        ref = target.fetch_blob.remote(digest, size, sources)
-        try:
-            while True:
-                done, _ = await asyncio.to_thread(ray.wait, [ref], timeout=1.0)
-                if done:
-                    break
-                with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
-                    report = await asyncio.wait_for(_result(target.blobs.remote()), _CALL_TIMEOUT)
-                    for item in report.get("in_progress") or []:
-                        if item.get("digest") == digest:
-                            log.info(
-                                "blob %s to %s: %d/%d MiB from %s",
-                                digest,
-                                node.name,
-                                int(item["done"]) >> 20,
-                                int(item["total"]) >> 20,
-                                item.get("source"),
-                            )
-            path: str = await _result(ref)
-        except ray.exceptions.RayError as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, IntegrityError):
-                raise ModelLoadFailed(f"node {node.name}: {cause.message}") from None
-            reason = getattr(cause, "message", None) or str(cause or exc) or type(exc).__name__
-            raise ModelLoadFailed(f"node {node.name} could not get blob {digest}: {reason}") from None
-        return path
-
-    async def _blob_sources(
-        self, target: RayNode, digest: str, origin_path: Path, size: int
-    ) -> list[tuple[str, Any, str | None]]:
-        """Where the blob can come from: the other nodes whose own store has it (by name), then the
-        control plane's origin."""
-        others = [n for n in self._nodes.values() if n.name != target.name and n.store_root is not None]
-
-        async def ask(node: RayNode) -> tuple[str, Any, str | None] | None:
-            try:
-                actor = await self._node_handle(node.name, node.node_id)
-                have = await asyncio.wait_for(_result(actor.blob_local.remote(digest)), _CALL_TIMEOUT)
-            except (ray.exceptions.RayError, TimeoutError):
-                return None
-            return (node.name, actor, None) if have is not None and int(have[1]) == size else None
-
-        found = [
-            s for s in await asyncio.gather(*(ask(n) for n in sorted(others, key=lambda n: n.name))) if s
-        ]
-        return [*found, ("control plane", await self._origin_actor(), str(origin_path))]
-
-    async def _origin_actor(self) -> Any:
-        """The control plane's blob server: a ``NodeActor`` on this driver's node reading its store's
-        files, owned by this driver (it ends with it)."""
-        # our head's node is this machine's (after a head restart: the new one, not this driver's first)
-        own = self._nodes.get(self._config.node) if self._head is not None else None
-        node_id = own.node_id if own is not None else ray.get_runtime_context().get_node_id()
-        if self._origin is None or self._origin_node != node_id:
-            self._origin_node = node_id
-            self._origin = await asyncio.to_thread(
-                lambda: self._node_actor.options(
-                    num_cpus=0,
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-                ).remote(origin=True)
-            )
-        return self._origin
+        """The artifact as ``node`` sees it: its files copied into the node's own store first (when it
+        has one, ``cluster/copies.py``), the paths pointing there."""
+        return await self.copies.place(node, artifact)
 
     async def _start_on(self, runtime: Runtime, spec: InstanceSpec, node: RayNode, device: str) -> RayHandle:
         placed = InstanceSpec(

@@ -20,6 +20,9 @@ node's store, or the control plane's (its origin).
 - **Single flight**: concurrent fetches of the same blob on one node share one transfer.
 - **Progress**: ``report()`` lists the transfers in progress (bytes done of total, source) and the last
   ones finished (source, bytes, seconds, resumed from), for the node's inventory.
+- **Folder versions** (``cluster/folders.py``): each file travels as a blob like any other; ``assemble``
+  then builds the version's folder from them in one rename, only once every one is here (``folder``:
+  the folder when it is complete already), and lists it with the last folder copies (``folders``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from superollama.cluster.folders import Entry, assemble_folder, complete_folder
 from superollama.errors import IntegrityError, InvalidRequest, StoreError
 from superollama.store.blobs import BlobStore, normalize_digest
 
@@ -149,6 +153,7 @@ class NodeBlobs:
         self._flights: dict[str, asyncio.Task[Path]] = {}
         self._progress: dict[str, dict[str, Any]] = {}
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=_RECENT)
+        self._folders: collections.deque[dict[str, Any]] = collections.deque(maxlen=_RECENT)
 
     @property
     def root(self) -> Path | None:
@@ -180,7 +185,27 @@ class NodeBlobs:
             "transfers": self.transfers,
             "in_progress": [dict(p) for p in self._progress.values()],
             "recent": list(self._recent),
+            "folders": list(self._folders),
+            "pid": os.getpid(),  # the process that holds the store and serves its chunks
         }
+
+    def folder(self, key: str, entries: Sequence[Entry]) -> str | None:
+        """The folder ``models/<key>`` of this node's store when it is complete (blocking); else None."""
+        if self.store is None:
+            return None
+        found = complete_folder(self.store.root, key, entries)
+        return None if found is None else str(found)
+
+    def assemble(self, key: str, entries: Sequence[Entry], summary: dict[str, Any]) -> str:
+        """Build the folder ``models/<key>`` from its blobs, all here and verified (blocking); ``summary``
+        (the version, files and bytes copied, seconds) goes to the recent folder copies."""
+        if self.store is None:
+            raise StoreError("this node has no store of its own: it reads the control plane's files")
+        path = assemble_folder(self.store.root, key, entries)
+        self._folders.append(
+            {"folder": key, "files": len(entries), "bytes": sum(e[2] for e in entries), **summary}
+        )
+        return str(path)
 
     async def fetch(self, digest: str, size: int, sources: Sequence[BlobSource]) -> Path:
         """The blob's path in this node's store, copied from the first source that can send it."""

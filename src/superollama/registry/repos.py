@@ -6,7 +6,7 @@ become ``RegistryError``; a missing row is ``ModelNotFound`` (versions) or ``Not
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -78,6 +78,19 @@ class NodeRepository:
         if row is None:
             raise NotFound(f"node {name!r} not found", param="node")
         return _node(row)
+
+    async def report(self, name: str, address: str, inventory: Mapping[str, Any]) -> NodeRecord | None:
+        """Record what a node reports (address, inventory; seen now) and leave its state alone, so that a
+        cordon or drain an admin sets while the report is made is never written over; None when no
+        such node is known (``upsert`` registers one)."""
+        stmt = (
+            update(nodes)
+            .where(nodes.c.name == name)
+            .values(address=address, inventory=plain(inventory), last_seen=self._db.now())
+        )
+        async with self._db.write("recording a node's report") as conn:
+            row = (await conn.execute(stmt.returning(*nodes.c))).first()
+        return None if row is None else _node(row)
 
     async def delete(self, name: str) -> None:
         """Forget a node; ``NotFound`` if there is none."""

@@ -53,6 +53,7 @@ class TransformersRuntime:
         env: Mapping[str, str] | None = None,
         spawn: SpawnFn = spawn_worker,
         guardian_pid: int | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, not {dtype!r}")
@@ -66,6 +67,7 @@ class TransformersRuntime:
         self.env = dict(env or {})
         self._spawn = spawn
         self.guardian_pid = guardian_pid  # workers outlive the agent and die with it (``process``)
+        self.host = host  # the worker's listening address: a cluster node's own (``cluster.actors``)
 
     def accepts(self, artifact: Artifact) -> bool:
         """A safetensors version whose path is a model folder (config.json and weights side by side), or a
@@ -113,6 +115,8 @@ class TransformersRuntime:
             str(self.threads),
             "--max-queue",
             str(self.max_queue),
+            "--host",
+            self.host,
             "--parent-pid",
             str(os.getpid()),
             *(("--guardian-pid", str(self.guardian_pid)) if self.guardian_pid is not None else ()),

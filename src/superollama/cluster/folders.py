@@ -1,0 +1,163 @@
+"""Folder versions between nodes (no Ray here: ``cluster.agent`` and ``cluster.actors`` use it).
+
+A folder version (a safetensors model, a sentence-transformers folder, a LoRA adapter) is one blob per
+file in the store, and the runtime is given a directory built from them (``store/folders.py``:
+``<home>/models/sha256-<key>/``, hard links to the blobs). A node with a store of its own gets the same:
+
+- **The plan** (control plane, ``folder_plan``): the version's manifest, read from the home that built
+  the folder the control plane's runtime would get, lists each file's path in the folder, digest and size,
+  and where its blob lies (the origin the control plane's node actor serves). A folder no manifest of
+  that home describes is refused: the files of a node must be verified against digests we recorded.
+- **The files** travel one by one as blobs (``cluster/blobs.py``: chunked, each sha256-verified while it
+  is written, renamed into ``blobs/`` only when it matches, resumable, one transfer per node and blob).
+- **The folder** (node, ``assemble_folder``) is built only once every blob is in place: hard links
+  (symlinks where links are refused) in ``tmp/models-<uuid>/``, renamed to ``models/<key>/`` in one step,
+  so an instance never starts on half a folder. ``<key>`` is the store's own folder key (the sorted
+  (path, digest) list), so two versions with the same files share one folder on the node too. A folder
+  found there already is checked cheaply (each file is its blob: same inode, or a link to it) and rebuilt
+  if it is not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from superollama.core import Layer, Manifest
+from superollama.errors import IntegrityError, ModelNotFound, StoreError
+from superollama.store.blobs import BlobStore, normalize_digest
+from superollama.store.folders import MODELS_DIR, folder_key, is_folder
+from superollama.store.manifests import ManifestStore
+from superollama.store.sources.base import MEDIA_FILE, safe_relpath
+
+__all__ = [
+    "Entry",
+    "FolderFile",
+    "FolderPlan",
+    "assemble_folder",
+    "complete_folder",
+    "folder_plan",
+    "node_folder_key",
+]
+
+Entry = tuple[str, str, int]  # (path in the folder, digest, size): what a node is told of a file
+
+
+@dataclass(frozen=True)
+class FolderFile:
+    path: str  # relative path inside the folder
+    digest: str
+    size: int
+    origin: Path  # the control plane's blob file of it (``…/blobs/sha256-<hex>``), served by its origin
+
+
+@dataclass(frozen=True)
+class FolderPlan:
+    """What a node needs to hold a folder version: its files, and the folder's name there."""
+
+    version: str
+    key: str  # ``sha256-<hex>``: the folder's name under the node's ``models/``
+    files: tuple[FolderFile, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def entries(self) -> list[Entry]:
+        return [(f.path, f.digest, f.size) for f in self.files]
+
+
+def folder_plan(version: str, folder: Path) -> FolderPlan:
+    """The plan of ``version``'s folder ``folder`` (``<home>/models/sha256-<key>``, what the control
+    plane's store built): the version's manifest in that home, which must describe that very folder
+    (blocking)."""
+    home = folder.parent.parent
+    if folder.parent.name != MODELS_DIR:
+        raise StoreError(f"{version}: {folder} is not a folder of the store (not under {MODELS_DIR}/)")
+    try:
+        manifest = ManifestStore(home).read(version)
+    except ModelNotFound:
+        raise StoreError(f"{version}: no manifest of it in {home}, so its files cannot be verified") from None
+    if not is_folder(manifest) or folder_key(manifest) != folder.name:
+        raise StoreError(f"{version}: its manifest in {home} does not describe the folder {folder.name}")
+    blobs = BlobStore(manifest.storage_root or home)
+    files = tuple(
+        FolderFile(safe_relpath(la.filename), normalize_digest(la.digest), la.size, blobs.path(la.digest))
+        for la in manifest.layers
+        if la.media_type == MEDIA_FILE and la.filename
+    )
+    return FolderPlan(version, node_folder_key((f.path, f.digest) for f in files), files)
+
+
+def node_folder_key(files: Iterable[tuple[str, str]]) -> str:
+    """The folder's name on a node: the store's key of its (path, digest) list, without a storage root
+    (a node has one store)."""
+    layers = tuple(Layer(MEDIA_FILE, digest, 0, path) for path, digest in files)
+    return folder_key(replace(_EMPTY, layers=layers))
+
+
+_EMPTY = Manifest(name="folder", format="safetensors", layers=())
+
+
+def complete_folder(root: Path, key: str, entries: Sequence[Entry]) -> Path | None:
+    """``root/models/<key>`` when it is there and each of its files is the blob it should be (the same
+    inode, or a link to it), else None (blocking)."""
+    dest = root / MODELS_DIR / key
+    if not dest.is_dir():
+        return None
+    blobs = BlobStore(root)
+    for path, digest, _size in entries:
+        try:
+            if not os.path.samefile(dest / safe_relpath(path), blobs.path(digest)):
+                return None
+        except OSError:
+            return None
+    return dest
+
+
+def assemble_folder(root: Path, key: str, entries: Sequence[Entry]) -> Path:
+    """``root/models/<key>``, built from the blobs of ``entries`` in ``root``'s store once every one is
+    there with its size (blocking). Built in ``tmp/`` and renamed: never a half folder under ``models/``.
+    ``IntegrityError`` when a blob is missing or of another size, or ``key`` is not the entries' key."""
+    if node_folder_key((p, d) for p, d, _ in entries) != key:
+        raise IntegrityError(f"folder {key}: its files do not make that folder")
+    done = complete_folder(root, key, entries)
+    if done is not None:
+        return done
+    blobs = BlobStore(root)
+    for path, digest, size in entries:
+        try:
+            got = blobs.path(digest).stat().st_size
+        except OSError:
+            raise IntegrityError(f"folder {key}: blob {digest} ({path}) is not on this node") from None
+        if got != size:
+            raise IntegrityError(f"folder {key}: blob {digest} ({path}) has {got} bytes, not {size}")
+    dest = root / MODELS_DIR / key
+    tmp = blobs.tmp_dir / f"models-{uuid.uuid4().hex}"
+    stale = blobs.tmp_dir / f"models-stale-{uuid.uuid4().hex}"
+    try:
+        for path, digest, _size in entries:
+            target = tmp / safe_relpath(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(blobs.path(digest), target)
+            except OSError:
+                os.symlink(blobs.path(digest), target)
+        tmp.mkdir(parents=True, exist_ok=True)  # a folder of no files is still a folder
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.is_dir():  # there, but not made of these blobs (damaged): set aside, then replaced
+            os.rename(dest, stale)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if complete_folder(root, key, entries) is None:  # not a lost race with another builder
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
+    return dest
