@@ -206,6 +206,16 @@ class Bench:
                     for note in systems.governance_notes(running):
                         running.notes.append(note)
                         log(f"{running.label}: {note}")
+                    note = self.idle_cpu(running)
+                    running.notes.append(note)
+                    log(f"{running.label}: {note}")
+
+    def idle_cpu(self, running: systems.Running, seconds: float = 2.0) -> str:
+        """CPU the system burns with no request (timers, pollers): a fixed cost per second that CPU
+        ms/request divides by the request count, so it weighs more the fewer requests a run gets through."""
+        before = self.cpu_s(running)
+        time.sleep(seconds)
+        return f"idle CPU {(self.cpu_s(running) - before) * 1000 / seconds:.0f} ms/s"
 
     def check(self, running: systems.Running) -> None:
         """One request per workload before measuring: a 200 with the body we expect, or the workload goes."""

@@ -33,17 +33,25 @@ __all__ = ["AiohttpResponse", "AiohttpTransport"]
 class AiohttpResponse:
     """``transport.BackendResponse`` over an ``aiohttp.ClientResponse``."""
 
-    __slots__ = ("_response", "headers", "reason", "status")
+    __slots__ = ("_headers", "_response", "reason", "status")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self.status = response.status
         self.reason = response.reason or ""
-        self.headers = {name.lower(): value for name, value in response.headers.items()}
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Lower-case names; built on first use (the relay reads only the content type)."""
+        if self._headers is None:
+            self._headers = {name.lower(): value for name, value in self._response.headers.items()}
+        return self._headers
 
     @property
     def content_type(self) -> str:
-        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        raw = self._response.headers.get("Content-Type", "")  # case-insensitive: no dict to build
+        return raw.split(";", 1)[0].strip().lower()
 
     async def read(self) -> bytes:
         try:
@@ -108,6 +116,7 @@ class AiohttpTransport:
         self._per_host = per_host
         self._connect_timeout = connect_timeout
         self._env: dict[str, _EnvRoute] = {}  # base URL → what the environment says for it
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:  # created on first use: it must be made inside the running loop
@@ -124,11 +133,17 @@ class AiohttpTransport:
     async def post(
         self, base_url: str, path: str, body: bytes, headers: Iterable[tuple[str, str]], *, timeout: float
     ) -> AiohttpResponse:
-        limits = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, self._connect_timeout))
+        limits = self._timeouts.get(timeout)
+        if limits is None:  # one per distinct timeout (the settings'), not one per request
+            limits = self._timeouts[timeout] = aiohttp.ClientTimeout(
+                total=timeout, sock_connect=min(timeout, self._connect_timeout)
+            )
         env = self._env.get(base_url) or await self._route(base_url)
-        sent = list(headers)
-        if env.netrc_auth is not None and not any(name.lower() == "authorization" for name, _ in sent):
-            sent.append(("Authorization", env.netrc_auth))
+        sent = headers
+        if env.netrc_auth is not None:
+            sent = list(headers)
+            if not any(name.lower() == "authorization" for name, _ in sent):
+                sent.append(("Authorization", env.netrc_auth))
         try:
             response = await self._get_session().post(
                 base_url + path,
