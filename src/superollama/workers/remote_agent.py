@@ -379,9 +379,8 @@ class RemoteAgent:
         """``crashed`` when the process of an instance still in the mirror is gone (it died with the agent
         process that ran it): out of the mirror at once, so the next ``ensure`` loads it again. An instance
         on a cluster node is not this machine's to judge: the agent (Ray) says how it ended."""
-        if inst is None or getattr(inst.handle, "node", None) is not None:
-            return None
-        if is_our_process(inst.pid, inst.id):
+        elsewhere = inst is not None and getattr(inst.handle, "node", None) is not None
+        if inst is None or elsewhere or is_our_process(inst.pid, inst.id):
             return None
         self._forget(inst)
         self._changed()
