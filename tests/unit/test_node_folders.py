@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from superollama.cluster.blobs import BlobSource, NodeBlobs, read_blob_chunk
+from superollama.cluster.blobs import BlobSource, NodeBlobs, TransferFailed, read_blob_chunk
 from superollama.cluster.folders import (
+    FILES_SUFFIX,
+    FolderFile,
     FolderPlan,
     assemble_folder,
     complete_folder,
+    derived_folder_plan,
     folder_plan,
     node_folder_key,
 )
@@ -199,7 +203,132 @@ async def test_placing_points_the_folder_and_an_adapters_base_at_the_nodes_copie
     assert placed.metadata["base_path"] == f"/beta/models/{asked[1].key}"
     assert placed.metadata["adapter"] == "lora" and artifact.metadata["base_path"] == str(base)
 
+    assert placed.metadata.get("hf_base") is None
     assert await copies.place(_Node("gamma", "n2", None), artifact) == artifact  # reads the control plane's
     stray = Artifact(name="smol:hf", format="safetensors", path=adapter)  # not the folder it makes
     with pytest.raises(ModelLoadFailed, match=r"smol:hf cannot be copied to node beta: .*does not describe"):
         await copies.place(_Node("beta", "n1", "/beta"), stray)
+
+
+def _dequantised_base(bases: Path) -> Path:
+    """A fine-tune's dequantised base as the training worker leaves it: a plain folder, no manifest."""
+    folder = bases / "0123456789abcdef"
+    for name, data in {**FILES, ".superollama-complete": b"base.gguf\n"}.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def _origin(plan: FolderPlan, *, fail_after: int | None = None) -> dict[str, BlobSource]:
+    """Each file as the control plane's origin serves it (``NodeBlobs(None).read``: only a file named
+    after its digest in a ``blobs`` folder); ``fail_after``: every read past that many bytes fails."""
+    origin = NodeBlobs(None)
+    sources = {}
+    for file in plan.files:
+
+        async def read(offset: int, length: int, file: FolderFile = file) -> bytes:
+            if fail_after is not None and offset + length > fail_after:
+                raise ConnectionError("the origin went away")
+            return await asyncio.to_thread(origin.read, file.digest, str(file.origin), offset, length)
+
+        sources[file.path] = BlobSource("control plane", read)
+    return sources
+
+
+async def test_a_dequantised_base_gets_a_manifest_on_demand_and_travels_verified(tmp_path: Path) -> None:
+    bases = tmp_path / "fine_tuning" / "bases"
+    folder = _dequantised_base(bases)
+    plan = await derived_folder_plan("smol:gguf (dequantised)", folder)
+    assert {f.path for f in plan.files} == {*FILES, ".superollama-complete"}
+    for file in plan.files:  # hashed into a blob store beside it, by hard links: no second copy
+        assert file.origin.parent == bases / "blobs" and (folder / file.path).samefile(file.origin)
+    listing = folder.with_name(folder.name + FILES_SUFFIX)
+    kept = listing.stat().st_ino
+    again = await derived_folder_plan("smol:gguf (dequantised)", folder)
+    assert again == plan and listing.stat().st_ino == kept  # unchanged files: the kept list, not rewritten
+
+    node_root = tmp_path / "node"
+    node = NodeBlobs(node_root, chunk_size=CHUNK, window=2)
+    big = next(f for f in plan.files if f.path == "model.safetensors")
+    with pytest.raises(TransferFailed, match="origin went away"):  # cut after two chunks: bytes kept
+        await node.fetch(big.digest, big.size, [_origin(plan, fail_after=2 * CHUNK)[big.path]])
+    assert node.folder(plan.key, plan.entries) is None and _models(node_root) == []
+    sources = _origin(plan)
+    for file in plan.files:
+        await node.fetch(file.digest, file.size, [sources[file.path]])
+    resumed = next(r for r in node.report()["recent"] if r["digest"] == big.digest)
+    assert resumed["resumed_from"] == 2 * CHUNK  # the rest only
+    path = Path(node.assemble(plan.key, plan.entries, {"version": plan.version}))
+    assert path == node_root / "models" / plan.key
+    assert {n: (path / n).read_bytes() for n in FILES} == FILES
+
+    (folder / "config.json").write_bytes(b'{"model_type": "llama"}')  # the base made again: hashed again
+    changed = await derived_folder_plan("smol:gguf (dequantised)", folder)
+    assert changed.key != plan.key and listing.stat().st_ino != kept
+    [new] = [f for f in changed.files if f.path == "config.json"]
+    assert new.origin.read_bytes() == b'{"model_type": "llama"}'
+
+
+async def test_a_dequantised_base_changed_after_its_manifest_is_refused_on_the_node(tmp_path: Path) -> None:
+    folder = _dequantised_base(tmp_path / "bases")
+    plan = await derived_folder_plan("smol:gguf (dequantised)", folder)
+    big = next(f for f in plan.files if f.path == "model.safetensors")
+    with (folder / "model.safetensors").open("r+b") as f:  # same size, other bytes, in place (the same inode)
+        f.write(b"x" * 16)
+    node_root = tmp_path / "node"
+    node = NodeBlobs(node_root, chunk_size=CHUNK)
+    with pytest.raises(IntegrityError, match=rf"blob {big.digest} copied from control plane: .*refused"):
+        await node.fetch(big.digest, big.size, [_origin(plan)[big.path]])
+    assert list((node_root / "blobs").iterdir()) == []  # nothing kept, not even a partial file
+    with pytest.raises(StoreError, match="not a folder"):
+        await derived_folder_plan("gone", tmp_path / "bases" / "missing")
+
+
+async def test_placing_an_adapter_of_a_gguf_copies_its_dequantised_base_too(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fine-tune of a GGUF base: the GGUF blob goes (llama.cpp's base) and so does the dequantised
+    folder (``hf_base``, the transformers runtime's base), planned once for two nodes at once."""
+    pytest.importorskip("ray")
+    from superollama.cluster.copies import NodeCopies
+
+    store = ModelStore(home)
+    gguf = await store.blobs.ingest([b"GGUF" + os.urandom(64)])
+    adapter = await _folder_version(store, "smol:ft", {"adapter_config.json": b"{}", "x.safetensors": b"w"})
+    hf_base = _dequantised_base(tmp_path / "bases")
+    copies = NodeCopies(lambda name, node_id: asyncio.sleep(0), dict, node_actor=None)
+    folders: list[FolderPlan] = []
+    blobs: list[str] = []
+
+    async def ensure_folder(node: _Node, plan: FolderPlan) -> str:
+        folders.append(plan)
+        return f"{node.store_root}/models/{plan.key}"
+
+    async def ensure_blob(node: _Node, digest: str, origin: Path) -> str:
+        blobs.append(digest)
+        return f"{node.store_root}/blobs/{digest.replace(':', '-')}"
+
+    monkeypatch.setattr(copies, "ensure_folder", ensure_folder)
+    monkeypatch.setattr(copies, "ensure_blob", ensure_blob)
+    meta = {
+        "adapter": "lora",
+        "base": "smol:q4",
+        "base_path": str(gguf.path),
+        "base_format": "gguf",
+        "hf_base": str(hf_base),
+    }
+    artifact = Artifact(name="smol:ft", format="lora", path=adapter, metadata=meta)
+    beta, gamma = await asyncio.gather(
+        copies.place(_Node("beta", "n1", "/beta"), artifact),
+        copies.place(_Node("gamma", "n2", "/gamma"), artifact),
+    )
+    assert blobs == [gguf.digest, gguf.digest]
+    [base_plan] = {p for p in folders if p.version == "smol:q4 (dequantised)"}  # one planning, both nodes
+    assert beta.metadata["base_path"] == f"/beta/blobs/{gguf.digest.replace(':', '-')}"
+    assert beta.metadata["hf_base"] == f"/beta/models/{base_plan.key}"
+    assert gamma.metadata["hf_base"] == f"/gamma/models/{base_plan.key}"
+    assert {f.path for f in base_plan.files} >= set(FILES)
+
+    shutil.rmtree(hf_base)  # gone from the control plane too: nothing to copy, the node is told as it was
+    placed = await copies.place(_Node("beta", "n1", "/beta"), artifact)
+    assert placed.metadata["hf_base"] == str(hf_base)

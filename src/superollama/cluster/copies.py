@@ -3,8 +3,9 @@ node's side, ``cluster/folders.py`` the folder versions').
 
 ``NodeCopies.place`` gives an instance's artifact as the node it is placed on sees it: on a node with a
 store of its own (``SUPEROLLAMA_NODE_STORE``), every file the runtime reads — the model file, a GGUF
-projector, a folder version's folder, an adapter's base — is copied there first and the paths point
-there; a node without one reads the control plane's files as they are.
+projector, a folder version's folder, an adapter's base (and a fine-tune's dequantised base, ``hf_base``,
+which no manifest describes: ``folders.derived_folder_plan`` gives it one) — is copied there first and
+the paths point there; a node without one reads the control plane's files as they are.
 
 - **A blob** goes from the first source that has it: another node's store (node to node), else the
   control plane's origin (a ``NodeActor`` on this driver's node, owned by it); the node's actor pulls it
@@ -25,19 +26,21 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from superollama.cluster.blobs import blob_digest
-from superollama.cluster.folders import FolderPlan, folder_plan
+from superollama.cluster.folders import FolderPlan, derived_folder_plan, folder_plan
 from superollama.core import Artifact
 from superollama.errors import IntegrityError, ModelLoadFailed, StoreError
 
 __all__ = ["NodeCopies", "StoreNode"]
 
 log = logging.getLogger("superollama.cluster")
+
+T = TypeVar("T")
 
 Source = tuple[str, Any, str | None]  # (node name, its NodeActor, the file for a node without a store)
 
@@ -72,14 +75,15 @@ class NodeCopies:
         self._node_actor = node_actor
         self._timeout = timeout
         self._origin_node = origin_node
-        self._flights: dict[tuple[str, str], asyncio.Task[str]] = {}
+        self._flights: dict[tuple[str, str], asyncio.Task[Any]] = {}  # by (node name, blob or folder)
         self._origin: Any = None  # the control plane's blob server, made on need
         self._origin_on = ""  # the Ray node id it runs on
 
     async def place(self, node: StoreNode, artifact: Artifact) -> Artifact:
         """The artifact as ``node`` sees it: its files copied into the node's own store first (when it
         has one), the paths pointing there: a model file, a folder version's folder (``cluster/folders``),
-        a GGUF projector, and an adapter's base (``base_path``)."""
+        a GGUF projector, an adapter's base (``base_path``) and the dequantised base a fine-tune of a GGUF
+        was trained on (``hf_base``, for the transformers runtime)."""
         if node.store_root is None:
             return artifact
         path = await self._node_place(node, artifact.name, artifact.path)
@@ -89,8 +93,28 @@ class NodeCopies:
         metadata = artifact.metadata
         base, base_path = metadata.get("base"), metadata.get("base_path")
         if metadata.get("adapter") and isinstance(base, str) and isinstance(base_path, str):
-            metadata = {**metadata, "base_path": str(await self._node_place(node, base, Path(base_path)))}
+            placed = str(await self._node_place(node, base, Path(base_path)))
+            metadata = {**metadata, "base_path": placed}
+            hf_base = metadata.get("hf_base")
+            if hf_base == base_path:  # a safetensors base: its own folder, just copied
+                metadata["hf_base"] = placed
+            elif isinstance(hf_base, str) and await asyncio.to_thread(Path(hf_base).is_dir):
+                metadata["hf_base"] = await self._derived_folder(node, f"{base} (dequantised)", Path(hf_base))
         return replace(artifact, path=path, projector=projector, metadata=metadata)
+
+    async def _derived_folder(self, node: StoreNode, version: str, folder: Path) -> str:
+        """A folder no manifest describes (a fine-tune's dequantised base, ``hf_base``) in ``node``'s
+        store: hashed into a manifest of its own first (``folders.derived_folder_plan``, once: one
+        planning per folder at a time here), then copied like a folder version."""
+        plan = await self._single_flight(("", f"plan:{folder}"), lambda: self._plan_derived(version, folder))
+        return await self.ensure_folder(node, plan)
+
+    async def _plan_derived(self, version: str, folder: Path) -> FolderPlan:
+        try:
+            return await derived_folder_plan(version, folder)
+        except (StoreError, OSError) as exc:
+            reason = exc.message if isinstance(exc, StoreError) else str(exc)
+            raise ModelLoadFailed(f"{version} cannot be copied to a node: {reason}") from None
 
     async def _node_place(self, node: StoreNode, version: str, path: Path) -> Path:
         """``version``'s file or folder ``path`` (the control plane's) in ``node``'s store."""
@@ -167,7 +191,7 @@ class NodeCopies:
             (node.name, digest), lambda: self._copy_blob(node, digest, origin_path)
         )
 
-    async def _single_flight(self, key: tuple[str, str], copy: Callable[[], Coroutine[Any, Any, str]]) -> str:
+    async def _single_flight(self, key: tuple[str, str], copy: Callable[[], Coroutine[Any, Any, T]]) -> T:
         task = self._flights.get(key)
         if task is None:
             task = asyncio.create_task(copy())
@@ -175,7 +199,7 @@ class NodeCopies:
             task.add_done_callback(lambda done: self._flight_done(key, done))
         return await asyncio.shield(task)
 
-    def _flight_done(self, key: tuple[str, str], task: asyncio.Task[str]) -> None:
+    def _flight_done(self, key: tuple[str, str], task: asyncio.Task[Any]) -> None:
         if self._flights.get(key) is task:
             del self._flights[key]
         if not task.cancelled():

@@ -16,16 +16,27 @@ file in the store, and the runtime is given a directory built from them (``store
   (path, digest) list), so two versions with the same files share one folder on the node too. A folder
   found there already is checked cheaply (each file is its blob: same inode, or a link to it) and rebuilt
   if it is not.
+- **A derived folder** (``derived_folder_plan``): a folder no pull made and no manifest describes — a
+  fine-tune's dequantised base (``metadata["hf_base"]``, ``<bases>/<sha256[:16]>/``) — is given one on
+  demand, the first time a node needs it: each file is hashed into a blob store beside it
+  (``<bases>/blobs/``, hard links: no second copy of the bytes) and the list is kept in
+  ``<folder>.files.json``, reused while each file is still the one hashed (same inode, size and mtime).
+  From there it travels like any folder version. On demand rather than when the fine-tune made it: the
+  bases made before this existed need it too, one machine never pays for the hashing, and the digests
+  certify the very bytes the control plane's own runtime would read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from superollama.core import Layer, Manifest
 from superollama.errors import IntegrityError, ModelNotFound, StoreError
@@ -40,6 +51,7 @@ __all__ = [
     "FolderPlan",
     "assemble_folder",
     "complete_folder",
+    "derived_folder_plan",
     "folder_plan",
     "node_folder_key",
 ]
@@ -92,6 +104,71 @@ def folder_plan(version: str, folder: Path) -> FolderPlan:
         if la.media_type == MEDIA_FILE and la.filename
     )
     return FolderPlan(version, node_folder_key((f.path, f.digest) for f in files), files)
+
+
+FILES_SUFFIX = ".files.json"  # ``<folder>.files.json``: a derived folder's files, their digests and stats
+
+
+async def derived_folder_plan(version: str, folder: Path) -> FolderPlan:
+    """The plan of ``folder``, a folder no manifest describes (a fine-tune's dequantised base): its files
+    hashed into the blob store of ``folder``'s parent once (hard links), the list kept beside it and
+    reused while every file is still the one hashed. ``StoreError`` when it is not a folder."""
+    listing = folder.with_name(folder.name + FILES_SUFFIX)
+    blobs = BlobStore(folder.parent)
+    files = await asyncio.to_thread(_current_files, folder)
+    known = await asyncio.to_thread(_known_files, listing, blobs, files)
+    if known is None:
+        known = []
+        for rel, (path, _stat) in files.items():
+            blob = await blobs.adopt(path)
+            stat = path.stat()
+            known.append({"path": rel, "digest": blob.digest, "size": blob.size, **_identity(stat)})
+        await asyncio.to_thread(_write_json, listing, known)
+    plan_files = tuple(
+        FolderFile(str(f["path"]), str(f["digest"]), int(f["size"]), blobs.path(str(f["digest"])))
+        for f in known
+    )
+    return FolderPlan(version, node_folder_key((f.path, f.digest) for f in plan_files), plan_files)
+
+
+def _identity(stat: os.stat_result) -> dict[str, int]:
+    return {"ino": stat.st_ino, "mtime_ns": stat.st_mtime_ns, "bytes": stat.st_size}
+
+
+def _current_files(folder: Path) -> dict[str, tuple[Path, os.stat_result]]:
+    if not folder.is_dir():
+        raise StoreError(f"{folder} is not a folder on this machine")
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            found[safe_relpath(path.relative_to(folder).as_posix())] = (path, path.stat())
+    return found
+
+
+def _known_files(
+    listing: Path, blobs: BlobStore, files: dict[str, tuple[Path, os.stat_result]]
+) -> list[dict[str, Any]] | None:
+    """The kept list when it still describes ``files`` exactly (the same files, each unchanged since it
+    was hashed, its blob there), else None."""
+    try:
+        known = json.loads(listing.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(known, list) or sorted(str(f.get("path")) for f in known) != sorted(files):
+        return None
+    for f in known:
+        _path, stat = files[str(f["path"])]
+        if {k: f.get(k) for k in ("ino", "mtime_ns", "bytes")} != _identity(stat):
+            return None
+        if blobs.size(str(f["digest"])) != int(f["size"]):
+            return None
+    return known
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
 
 
 def node_folder_key(files: Iterable[tuple[str, str]]) -> str:
