@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from superollama.agent.estimate import MIB, OVERHEAD, estimate, kv_cache_bytes
+from superollama.agent.estimate import (
+    MIB,
+    OVERHEAD,
+    SENTENCE_TRANSFORMERS_OVERHEAD,
+    TORCH_CPU_OVERHEAD,
+    estimate,
+    kv_cache_bytes,
+)
 from superollama.store.gguf import as_metadata, read_gguf_metadata
 
 GIB = 1024**3
@@ -83,9 +90,38 @@ def test_safetensors_parameters_times_dtype_plus_kv() -> None:
     }
     est = estimate(meta, "safetensors", n_ctx=2048)
     assert est.weights == 134_515_008 * 4
-    assert est.kv_cache == 2048 * 30 * 3 * (64 + 64) * 2
+    assert est.kv_cache == 2048 * 30 * 3 * (64 + 64) * 4  # transformers keeps an F32 model's cache in F32
     bf16 = estimate({**meta, "dtype": "BF16"}, "safetensors", n_ctx=2048)
-    assert bf16.weights == est.weights // 2
+    assert bf16.weights == est.weights // 2 and bf16.kv_cache == est.kv_cache // 2
+    assert "KV bf16" in bf16.basis
+
+
+def test_safetensors_on_a_cpu_counts_the_pytorch_runtime() -> None:
+    """all-MiniLM-L6-v2 (its metadata as a pull records it) on the transformers runtime used 536 MiB
+    resident after its load (``bench/memory.py``): 87 MiB of weights over the 470 MiB that torch,
+    transformers, sentence-transformers and the worker cost before any model. The estimate counts
+    that runtime (it was 219 MiB with llama.cpp's 128 MiB worker overhead, 2.4x under) and no KV cache
+    for an encoder."""
+    minilm = {
+        "architecture": "bert",
+        "parameter_count": 22_713_728,
+        "dtype": "F32",
+        "context_length": 512,
+        "embedding_length": 384,
+        "block_count": 6,
+        "head_count": 12,
+        "head_count_kv": 12,
+        "sentence_transformers": True,
+    }
+    est = estimate(minilm, "safetensors")
+    assert est.weights == 22_713_728 * 4 and est.kv_cache == 0 and "encoder" in est.basis
+    assert est.overhead == TORCH_CPU_OVERHEAD + SENTENCE_TRANSFORMERS_OVERHEAD
+    observed = 536 * MIB
+    assert observed <= est.total <= 1.25 * observed  # above what it uses, not far above
+    chat = estimate({**minilm, "sentence_transformers": False}, "safetensors")
+    assert chat.overhead == TORCH_CPU_OVERHEAD and chat.kv_cache == 512 * 6 * 12 * (32 + 32) * 4
+    on_gpu = estimate(minilm, "safetensors", device_kind="cuda")
+    assert on_gpu.overhead == OVERHEAD["cuda"]  # the device's memory: a CUDA context, not the host's torch
 
 
 def test_unknown_format_is_refused() -> None:

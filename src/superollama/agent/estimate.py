@@ -12,8 +12,13 @@ so they come from what the store already read when the version was pulled (``Art
   activations, 4 bytes each, per token of ``n_ubatch``); then a fixed overhead per device kind (the
   worker process itself; a CUDA context).
 - **safetensors** (``store/folders.py``): parameters x bytes of their dtype, the same KV cache formula
-  from ``config.json``'s numbers (``n_ctx``: the model's ``max_position_embeddings`` unless given), and
-  the overhead (PyTorch and the runner process).
+  from ``config.json``'s numbers (``n_ctx``: the model's ``max_position_embeddings`` unless given), in the
+  model's own float type (what transformers keeps it in: an F32 model's cache is F32); none for a
+  sentence-transformers folder (an encoder: it generates nothing). The overhead on a CPU is the PyTorch
+  runtime's, measured in the transformers worker before any model loads (torch 2.13 CPU, transformers,
+  the worker's server: 271 MiB resident; sentence-transformers, which the worker imports for such a
+  folder, adds 199 MiB): ``TORCH_CPU_OVERHEAD`` and ``SENTENCE_TRANSFORMERS_OVERHEAD``, not the 128 MiB
+  of a llama.cpp worker (all-MiniLM-L6-v2 was estimated at 219 MiB with it and used 536 MiB).
 
 Checked against llama.cpp's own report on load (``tests/unit/test_memory_estimate.py`` records it):
 SmolLM2-135M Q4_1 with ``n_ctx`` 8192 over 4 slots → model buffer 92.10 MiB (ours: 92.10), KV 180.00 MiB
@@ -31,6 +36,8 @@ __all__ = [
     "CACHE_TYPE_BYTES",
     "DTYPE_BYTES",
     "OVERHEAD",
+    "SENTENCE_TRANSFORMERS_OVERHEAD",
+    "TORCH_CPU_OVERHEAD",
     "MemoryEstimate",
     "estimate",
     "kv_cache_bytes",
@@ -74,6 +81,11 @@ DTYPE_BYTES: dict[str, float] = {
 # A fixed allowance per instance beyond its buffers: the worker process (Python + the runtime's library)
 # on a CPU; a CUDA context and the library's kernels on a GPU.
 OVERHEAD: dict[str, int] = {"cpu": 128 * MIB, "cuda": 512 * MIB}
+# A safetensors model's worker on a CPU: Python, torch, transformers and the worker's server resident
+# before the weights (271 MiB measured), with room for one forward pass's activations.
+TORCH_CPU_OVERHEAD = 320 * MIB
+# What importing sentence-transformers adds to it (199 MiB measured: it pulls scikit-learn and scipy in).
+SENTENCE_TRANSFORMERS_OVERHEAD = 200 * MIB
 
 
 @dataclass(frozen=True)
@@ -147,7 +159,8 @@ def estimate(
     """What one instance of a version (its ``Artifact.metadata`` and format) needs on ``device_kind``.
 
     ``n_ctx``: tokens per sequence (None: the model's own context length); ``n_parallel``: sequences
-    served at once (llama.cpp's slots). ``plan``: what a runtime that sizes its own memory says of it
+    served at once (llama.cpp's slots); ``cache_type``: llama.cpp's KV cache type (a safetensors model
+    keeps its cache in its own float type). ``plan``: what a runtime that sizes its own memory says of it
     (its ``memory_plan(device_kind)``): ``device_share`` (a share of the device's memory: vLLM's
     ``gpu_memory_utilization``), ``kv_cache_bytes`` (a KV cache of a fixed size: vLLM's
     ``VLLM_CPU_KVCACHE_SPACE``), ``overhead_bytes`` (its process). Raises ``ValueError`` when the
@@ -160,7 +173,11 @@ def estimate(
             metadata, overhead, n_ctx=n_ctx, n_parallel=n_parallel, cache_type=cache_type, n_ubatch=n_ubatch
         )
     if fmt.lower() in ("safetensors", "folder", "hf"):
-        return _safetensors(metadata, overhead, n_ctx, n_parallel, cache_type)
+        if device_kind == "cpu":
+            overhead = TORCH_CPU_OVERHEAD
+            if metadata.get("sentence_transformers"):
+                overhead += SENTENCE_TRANSFORMERS_OVERHEAD
+        return _safetensors(metadata, overhead, n_ctx, n_parallel)
     raise ValueError(f"no memory estimate for format {fmt!r}")
 
 
@@ -207,14 +224,16 @@ def _gguf(
 
 
 def _safetensors(
-    meta: Mapping[str, Any], overhead: int, n_ctx: int | None, n_parallel: int, cache_type: str
+    meta: Mapping[str, Any], overhead: int, n_ctx: int | None, n_parallel: int
 ) -> MemoryEstimate:
     params = _need(meta.get("parameter_count"), "parameter_count")
     dtype = str(meta.get("dtype") or "F32")
     per_param = DTYPE_BYTES.get(dtype, DTYPE_BYTES.get(dtype.upper(), 4.0))
+    cache_type = "f32" if per_param >= 4 else "bf16" if "bf16" in dtype.lower() else "f16"
     kv = 0
     layers, embd, heads = meta.get("block_count"), meta.get("embedding_length"), meta.get("head_count")
-    if isinstance(layers, int) and isinstance(embd, int) and isinstance(heads, int) and heads:
+    encoder = bool(meta.get("sentence_transformers"))
+    if not encoder and isinstance(layers, int) and isinstance(embd, int) and isinstance(heads, int) and heads:
         ctx = n_ctx or _int(meta.get("context_length")) or 2048
         head_dim = embd // heads
         kv = kv_cache_bytes(
@@ -226,7 +245,8 @@ def _safetensors(
             head_dim_v=head_dim,
             cache_type=cache_type,
         )
-    basis = f"safetensors: {params} parameters x {per_param:g} B ({dtype}) + KV {cache_type}"
+    basis = f"safetensors: {params} parameters x {per_param:g} B ({dtype})"
+    basis += " (an encoder: no KV cache)" if encoder else f" + KV {cache_type}"
     return MemoryEstimate(int(params * per_param), kv, 0, overhead, basis)
 
 
