@@ -246,6 +246,10 @@ async def test_a_dequantised_base_gets_a_manifest_on_demand_and_travels_verified
     kept = listing.stat().st_ino
     again = await derived_folder_plan("smol:gguf (dequantised)", folder)
     assert again == plan and listing.stat().st_ino == kept  # unchanged files: the kept list, not rewritten
+    for damaged in ("not json", '[{"path": "config.json"}]', '["x"]'):  # a damaged list: hashed again
+        listing.write_text(damaged)
+        assert await derived_folder_plan("smol:gguf (dequantised)", folder) == plan
+    kept = listing.stat().st_ino
 
     node_root = tmp_path / "node"
     node = NodeBlobs(node_root, chunk_size=CHUNK, window=2)

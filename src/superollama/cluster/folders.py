@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from superollama.core import Layer, Manifest
-from superollama.errors import IntegrityError, ModelNotFound, StoreError
+from superollama.errors import IntegrityError, InvalidRequest, ModelNotFound, StoreError
 from superollama.store.blobs import BlobStore, normalize_digest
 from superollama.store.folders import MODELS_DIR, folder_key, is_folder
 from superollama.store.manifests import ManifestStore
@@ -119,9 +119,8 @@ async def derived_folder_plan(version: str, folder: Path) -> FolderPlan:
     known = await asyncio.to_thread(_known_files, listing, blobs, files)
     if known is None:
         known = []
-        for rel, (path, _stat) in files.items():
-            blob = await blobs.adopt(path)
-            stat = path.stat()
+        for rel, (path, stat) in files.items():  # stat taken before the hashing: a file changed
+            blob = await blobs.adopt(path)  # while it is hashed no longer matches, and is hashed again
             known.append({"path": rel, "digest": blob.digest, "size": blob.size, **_identity(stat)})
         await asyncio.to_thread(_write_json, listing, known)
     plan_files = tuple(
@@ -154,13 +153,18 @@ def _known_files(
         known = json.loads(listing.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(known, list) or sorted(str(f.get("path")) for f in known) != sorted(files):
+    if not isinstance(known, list) or not all(isinstance(f, dict) for f in known):
+        return None
+    if sorted(str(f.get("path")) for f in known) != sorted(files):
         return None
     for f in known:
         _path, stat = files[str(f["path"])]
         if {k: f.get(k) for k in ("ino", "mtime_ns", "bytes")} != _identity(stat):
             return None
-        if blobs.size(str(f["digest"])) != int(f["size"]):
+        try:
+            if blobs.size(str(f["digest"])) != int(f["size"]):
+                return None
+        except (KeyError, ValueError, TypeError, InvalidRequest):
             return None
     return known
 
