@@ -224,10 +224,25 @@ class RayAgent(LocalAgent):
         await asyncio.to_thread(self._connect)
         self._choice.inventory = await asyncio.to_thread(self.inventory.capacity)
         await self.refresh_nodes()
+        await self._own_node_up()
         await self._replace_leftovers()
         await self._kill_unknown_actors()
         self._reaper = asyncio.create_task(self._reap_idle(), name="agent-reaper")
         self._refresher = asyncio.create_task(self._refresh_loop(), name="cluster-nodes")
+
+    async def _own_node_up(self) -> None:
+        """A head of ours with a control store runs nothing (``cluster/head.py``): this machine's node is
+        a Ray node started beside it. Wait for its report (the head's start timeout at most), so the
+        first placements and re-adoptions see it."""
+        if self._head is None or self._head.node is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._head.start_timeout
+        while self._config.node not in self._nodes and loop.time() < deadline:
+            await asyncio.sleep(0.5)
+            await self.refresh_nodes()
+        if self._config.node not in self._nodes:
+            log.warning("this machine's Ray node %s has not joined the head yet", self._config.node)
 
     def _connect(self) -> None:
         if not ray.is_initialized():
@@ -563,7 +578,8 @@ class RayAgent(LocalAgent):
         return self._device_locks.setdefault((chosen.node, chosen.device), asyncio.Lock())
 
     def _own_node_id(self) -> str | None:
-        """The Ray node id of this machine when the head is ours (after a head restart: the new one)."""
+        """The Ray node id of this machine when the head is ours: the head's own node, or with a control
+        store the Ray node beside it (which a head restart leaves as it is)."""
         own = self._nodes.get(self._config.node) if self._head is not None else None
         return own.node_id if own is not None else None
 
