@@ -245,14 +245,29 @@ class RayAgent(LocalAgent):
             log.warning("this machine's Ray node %s has not joined the head yet", self._config.node)
 
     def _connect(self) -> None:
-        if not ray.is_initialized():
-            ray.init(
-                address=self._address,
-                namespace=self._namespace,
-                log_to_driver=False,
-                configure_logging=False,
-                _node_ip_address=self._node_ip_address,
-            )
+        """Join the cluster as its driver. With a head of ours that has a control store, the driver is
+        a process of this machine's own Ray node (found by its Ray directory; Ray would otherwise pick
+        the head on the same address): a driver on the head's node has its job marked finished when a
+        head restart declares that node dead, and can then create no actor of its own (the origin)."""
+        if ray.is_initialized():
+            return
+        own = self._head.node if self._head is not None else None
+        deadline = time.monotonic() + (self._head.start_timeout * 3 if self._head is not None else 0)
+        while True:
+            try:
+                ray.init(
+                    address=self._address,
+                    namespace=self._namespace,
+                    log_to_driver=False,
+                    configure_logging=False,
+                    _node_ip_address=self._node_ip_address,
+                    _temp_dir=str(own.ray_temp_dir) if own is not None else None,
+                )
+                return
+            except RuntimeError as exc:  # Ray looks for the node a minute at a time
+                if own is None or "No node info found" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning("waiting for this machine's Ray node to join the head (see %s)", own.log_path)
 
     async def close(self) -> None:
         """Leave the cluster; the instances are detached and keep serving (a restarted control plane

@@ -3,21 +3,26 @@
 ``ray start --head --block`` runs as our child: with ``--block`` it stays in the foreground and, when it
 gets SIGTERM, stops the Ray processes it started (GCS, raylet, …) — so the head is stopped by its PID,
 never by ``ray stop`` (which kills every Ray process on the machine by name). Its ports bind to
-``cluster_host`` (loopback by default, never all interfaces unless named); the head is also a node
-(``so_node:NODE_NAME``) that instances may be placed on.
+``cluster_host`` (loopback by default, never all interfaces unless named). Without a control store the
+head is also the machine's node (``so_node:NODE_NAME``) that instances may be placed on; with one it is
+a pure control node (no CPU, no GPU, no ``so_node:``: nothing of ours runs on it, as Ray recommends for
+GCS fault tolerance) and the machine's node is a Ray node of its own beside it (``join.OwnNode``:
+``ray start --block --address=HEAD``, supervised like a joined machine's node, stopped before the head).
 
 The head's PID and address are written to ``TEMP_DIR/head.json``. A control plane killed without its
 cleanup leaves the head running (in its own session: its instances keep serving); the next start finds
-it there, answering, and takes it over instead of starting a second head.
+it there, answering, and takes it over instead of starting a second head (with a control store, the
+machine's own node too: ``TEMP_DIR/node.json``).
 
 With a control store on Redis (``cluster/control_store.py``) the head is also watched (its PID, ours or
 taken over): when it ends without ``stop`` — its GCS or raylet died, and ``ray start --block`` then
 stops the rest — it is started again on the same address and port over the same Redis namespace, so the
-GCS reads the cluster's tables back and the other nodes' raylets reconnect; the detached instance and
-node actors keep running. What was left of the dead head (its agents and idle workers, in its process
-group) is killed first, by that group. A head stopped on purpose ends its cluster: the namespace's keys
-are deleted after it, and the next start is a new cluster. Without Redis nothing is watched: a new head
-would be a new, empty control store that the running driver and nodes cannot rejoin.
+GCS reads the cluster's tables back and the other nodes' raylets reconnect (the machine's own node's
+too); the detached instance and node actors keep running, those on the machine's own node included. What
+was left of the dead head (its agents and idle workers, in its process group) is killed first, by that
+group. A head stopped on purpose ends its cluster: the namespace's keys are deleted after it, and the
+next start is a new cluster. Without Redis nothing is watched: a new head would be a new, empty control
+store that the running driver and nodes cannot rejoin.
 """
 
 from __future__ import annotations

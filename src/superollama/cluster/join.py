@@ -289,7 +289,7 @@ class OwnNode(NodeSupervisor):
         self, name: str, node_ip: str, address: str, temp_dir: Path, auth_token: Path | None, **kwargs: Any
     ) -> None:
         super().__init__(
-            JoinSpec(url="", token="", name=name, node_ip=node_ip),
+            JoinSpec(url=address, token="", name=name, node_ip=node_ip),  # the head, for messages
             say=lambda line: log.info("own node: %s", line),
             spawn=self._spawn_logged,
             **kwargs,
@@ -304,21 +304,32 @@ class OwnNode(NodeSupervisor):
         return self.temp_dir / "node.json"
 
     @property
+    def log_path(self) -> Path:
+        return self.temp_dir / "node.log"
+
+    @property
     def pid(self) -> int | None:
         """The ``ray start --block`` process now running the node."""
         if self.adopted is not None:
             return self.adopted
         return self.child.pid if self.child is not None and self.child.returncode is None else None
 
+    @property
+    def ray_temp_dir(self) -> Path:
+        """The node's own Ray directory: a driver finds it there (``ray.init(_temp_dir=…)``) rather than
+        the head, which Ray prefers on the same address."""
+        return self.temp_dir / "node"
+
     def argv(self, address: str, node_ip: str) -> list[str]:
-        return [sys.executable, "-c", _RAY_START_AS_GIVEN, *super().argv(address, node_ip)[1:]]
+        ray_start = super().argv(address, node_ip)[1:]
+        return [sys.executable, "-c", _RAY_START_AS_GIVEN, *ray_start, f"--temp-dir={self.ray_temp_dir}"]
 
     def env(self, ray_token: str | None = None) -> dict[str, str]:
         return {**super().env(), **auth_env(self.auth_token)}  # the head's token file, as its driver
 
     async def _spawn_logged(self, *argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
-        with (self.temp_dir / "node.log").open("ab") as out:
+        with self.log_path.open("ab") as out:
             proc = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out, **kwargs)
         self._record.write_text(json.dumps({"pid": proc.pid, "address": self.address}))
         return proc
