@@ -1,7 +1,9 @@
 """``serve --cluster`` without an address starts a Ray head of its own (``cluster/head.py``): on the
 address it is given (loopback here), taken over by the next control plane after a crash (one head, not
-two), stopped by its PID with everything it started; with its control store on Redis, started again when
-it dies, nothing it ran dying with it; with Ray's token, which refuses a node that lacks it."""
+two), stopped by its PID with everything it started; with its control store on Redis, a pure control
+node beside the machine's own Ray node, started again when it dies, nothing it ran dying with it (the
+instances on the control plane's own machine included); with Ray's token, which refuses a node that
+lacks it."""
 
 from __future__ import annotations
 
@@ -114,13 +116,28 @@ def _chat(srv: ServerProcess, timeout: float = 180) -> httpx.Response:
     )
 
 
-def _instance_actors(agent: Agent) -> list[int]:
-    """The instance actors' worker processes under the joined node (one per instance, never two)."""
-    return [p.pid for p in agent.ray_tree() if "InstanceActor" in " ".join(p.cmdline())]
-
-
 def _head(home: Path) -> dict[str, Any]:
     return dict(json.loads((home / "ray" / "head.json").read_text()))
+
+
+def _own_node(home: Path) -> list[psutil.Process]:
+    """The control plane's own Ray node (``OwnNode``: ``ray start --block --address=HEAD``), and what
+    it runs."""
+    pid = int(json.loads((home / "ray" / "node.json").read_text())["pid"])
+    return _tree(pid)
+
+
+def _instance_actors(procs: list[psutil.Process]) -> list[int]:
+    """The instance actors' worker processes among ``procs`` (one per instance, never two)."""
+    return [pid for pid, line in _lines(procs) if "InstanceActor" in line]
+
+
+def _lines(procs: list[psutil.Process]) -> list[tuple[int, str]]:
+    out = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            out.append((proc.pid, " ".join(proc.cmdline())))
+    return out
 
 
 def _node(srv: ServerProcess, name: str) -> dict[str, Any] | None:
@@ -138,10 +155,12 @@ def _cmdlines(procs: list[psutil.Process]) -> str:
 
 
 class Load:
-    """Chat requests one after another in a thread, each one's end time and outcome kept."""
+    """Chat requests one after another in a thread, each one's end time and outcome kept (and its start
+    time in ``started``)."""
 
     def __init__(self, srv: ServerProcess) -> None:
         self.results: list[tuple[float, bool]] = []
+        self.started: list[float] = []
         self._stop = threading.Event()
         self._srv = srv
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -149,6 +168,7 @@ class Load:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.started.append(time.monotonic())
             try:
                 ok = _chat(self._srv, timeout=30).status_code == 200
             except httpx.HTTPError:
@@ -165,11 +185,13 @@ class Load:
 
 @pytest.mark.timeout(900)  # a head, a joined node, two loads and a head restart on a shared 2-core machine
 def test_the_head_restarts_over_redis_with_its_token_and_nothing_it_ran_dies(tmp_path: Path) -> None:
-    """Its own head on 127.0.0.2, its control store in a Redis namespace of this test's own, a machine
-    joined with a join token (Ray's token handed over by the join), SmolLM2 served there; the head's
-    processes killed (-9, by PID): the control plane starts it again on the same address, the instance
-    keeps its process and id and keeps answering, the control plane's driver keeps placing; a Ray node
-    without the token is refused; stopping the server deletes the namespace's keys."""
+    """Its own head on 127.0.0.2, its control store in a Redis namespace of this test's own, a pure
+    control node (nothing of ours on it) beside the control plane's own Ray node, a machine joined with a
+    join token (Ray's token handed over by the join), SmolLM2 served on the control plane's own node; the
+    head's processes killed (-9, by PID): the control plane starts it again on the same address, the
+    instance keeps its process and id and keeps answering, both nodes are ready again, the control
+    plane's driver keeps placing; a Ray node without the token is refused; stopping the server stops its
+    own node by PID and deletes the namespace's keys."""
     home = Path(tempfile.mkdtemp(prefix="so-ha-", dir="/tmp"))  # Ray's socket paths must stay short
     namespace = f"so-test-{secrets.token_hex(4)}"
     srv = ServerProcess(
@@ -196,23 +218,28 @@ def test_the_head_restarts_over_redis_with_its_token_and_nothing_it_ran_dies(tmp
         assert wait_until_sync(lambda: _up(srv), timeout=NODE_TIMEOUT, interval=1), agent.output()
         head_pid = int(_head(home)["pid"])
         head_tree = [psutil.Process(head_pid), *psutil.Process(head_pid).children(recursive=True)]
-        seen = _cmdlines([*head_tree, *agent.ray_tree(), psutil.Process(srv.pid)])
+        own = _own_node(home)
+        seen = _cmdlines([*head_tree, *own, *agent.ray_tree(), psutil.Process(srv.pid)])
         assert ray_token not in seen  # never on a command line (ps shows those to everyone)
         assert ray_token not in srv.log.read_text() + agent.output()  # nor in a log
 
+        # the head is a control node only: the nodes are the control plane's own and the joined one
+        assert wait_until_sync(lambda: _node(srv, "local") is not None, timeout=60)
+        assert {n["name"] for n in json.loads(srv.cli("nodes", "ls", "--json").stdout)} == {"local", "joined"}
+        assert srv.cli("nodes", "cordon", "joined").returncode == 0  # the instance goes to `local`
         first = _chat(srv)
         assert first.status_code == 200, first.text
+        assert srv.cli("nodes", "uncordon", "joined").returncode == 0
         [inst] = srv.instances()
-        if inst["node"] != "joined":  # the head's own node dies with it: the instance goes to `joined`
-            moved = srv.cli("mv", MODEL, "--to-node", "joined", "--json", timeout=600)
-            assert moved.returncode == 0, moved.stderr
-            [inst] = srv.instances()
-        assert inst["node"] == "joined"
+        assert inst["node"] == "local"
         pid = int(inst["pid"])  # type: ignore[call-overload]
-        actors = _instance_actors(agent)
-        assert len(actors) == 1, actors
+        actors = _instance_actors(_own_node(home))
+        assert len(actors) == 1 and not _instance_actors(head_tree), _cmdlines(_own_node(home))
+        own_pid = own[0].pid
+        own_rss = sum(p.memory_info().rss for p in own if p.is_running()) >> 20
 
         # the head's processes die (-9): GCS, raylet, agents, workers, and ray start itself
+        inst_node_id = _node(srv, "local")["inventory"]["ray_node_id"]  # type: ignore[index]
         load = Load(srv)
         assert wait_until_sync(lambda: load.ok_after(0) >= 2, timeout=60), load.results
         saved = _head(home)
@@ -241,40 +268,43 @@ def test_the_head_restarts_over_redis_with_its_token_and_nothing_it_ran_dies(tmp
         answered = min(at for at, ok in load.results if ok and at > back)
         during = [ok for at, ok in load.results if killed <= at <= answered]
 
-        # nothing it ran died: same instance, same process, one actor; the node is up again
-        assert psutil.pid_exists(pid)
-        assert _instance_actors(agent) == actors
+        # nothing it ran died: the own node's `ray start`, the same instance, process and actor
+        assert psutil.pid_exists(pid) and _own_node(home)[0].pid == own_pid
+        assert _instance_actors(_own_node(home)) == actors
         [same] = srv.instances()
-        assert (same["id"], same["pid"], same["node"]) == (inst["id"], pid, "joined")
+        assert (same["id"], same["pid"], same["node"]) == (inst["id"], pid, "local")
         restarted = datetime.now(UTC)
 
-        def refreshed() -> bool:  # the driver asks Ray again after the restart: its node actor answers
-            node = _node(srv, "joined")
+        def refreshed(name: str) -> bool:  # the driver asks Ray again after the restart: the node answers
+            node = _node(srv, name)
             if not node or node["state"] != "ready" or not node["last_seen"]:
                 return False
             seen = datetime.fromisoformat(node["last_seen"])
             return (seen if seen.tzinfo else seen.replace(tzinfo=UTC)) > restarted
 
-        assert wait_until_sync(refreshed, timeout=60, interval=1), _node(srv, "joined")
-        # the head's own node is back too (under heavy load Ray's start-up timeouts may end a restarted
-        # head once or twice: the watch starts it again, ~40 s a round here)
-        assert wait_until_sync(lambda: (_node(srv, "local") or {}).get("state") == "ready", timeout=180)
+        assert wait_until_sync(lambda: refreshed("local"), timeout=60, interval=1), _node(srv, "local")
+        assert wait_until_sync(lambda: refreshed("joined"), timeout=60, interval=1), _node(srv, "joined")
+        assert _node(srv, "local")["inventory"]["ray_node_id"] == inst_node_id  # type: ignore[index]
         load.stop()
         failed = [ok for ok in during if not ok]
+        # requests sent after the kill (none was in flight on a process that died: none may fail)
+        after = [ok for sent, (_, ok) in zip(load.started, load.results, strict=False) if sent > killed]
         first_ok = min(at for at, ok in load.results if ok and at > killed)
         print(
             f"\nhead killed -> back (a new GCS answering): {back - killed:.1f} s; first request answered "
             f"after the kill: {first_ok - killed:.1f} s, after the head was back: {answered - killed:.1f} s; "
-            f"requests ended meanwhile: {len(during)}, failed: {len(failed)}; served: {load.ok_after(0)}"
+            f"requests ended meanwhile: {len(during)}, failed: {len(failed)}; sent after the kill: "
+            f"{len(after)}, failed: {after.count(False)}; served: {load.ok_after(0)}; instance pid {pid} "
+            f"unchanged; the own Ray node's RSS: {own_rss} MiB"
         )
-        assert not failed, load.results
+        assert not failed and False not in after, load.results
         assert srv.proc is not None and srv.proc.poll() is None  # the control plane (the driver) lives
 
         # the driver still places: the instance stopped, the next request starts a new one on `joined`
         assert srv.cli("stop", MODEL).returncode == 0
         assert wait_until_sync(lambda: not psutil.pid_exists(pid), timeout=60)
         again = _chat(srv)
-        assert again.status_code == 200, again.text
+        assert again.status_code == 200, again.text + srv.log.read_text()[-4000:]
         [fresh] = srv.instances()
         assert fresh["id"] != inst["id"] and fresh["node"] in ("joined", "local")
         assert psutil.pid_exists(int(fresh["pid"]))  # type: ignore[call-overload]
@@ -314,6 +344,7 @@ def test_the_head_restarts_over_redis_with_its_token_and_nothing_it_ran_dies(tmp
         agent.stop()
         assert srv.stop(timeout=90) == 0
         assert _store_keys(namespace) == []
+        assert not psutil.pid_exists(own_pid)  # the own node stopped by its PID
     finally:
         if load is not None:
             load.stop()

@@ -224,20 +224,50 @@ class RayAgent(LocalAgent):
         await asyncio.to_thread(self._connect)
         self._choice.inventory = await asyncio.to_thread(self.inventory.capacity)
         await self.refresh_nodes()
+        await self._own_node_up()
         await self._replace_leftovers()
         await self._kill_unknown_actors()
         self._reaper = asyncio.create_task(self._reap_idle(), name="agent-reaper")
         self._refresher = asyncio.create_task(self._refresh_loop(), name="cluster-nodes")
 
+    async def _own_node_up(self) -> None:
+        """A head of ours with a control store runs nothing (``cluster/head.py``): this machine's node is
+        a Ray node started beside it. Wait for its report (the head's start timeout at most), so the
+        first placements and re-adoptions see it."""
+        if self._head is None or self._head.node is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._head.start_timeout
+        while self._config.node not in self._nodes and loop.time() < deadline:
+            await asyncio.sleep(0.5)
+            await self.refresh_nodes()
+        if self._config.node not in self._nodes:
+            log.warning("this machine's Ray node %s has not joined the head yet", self._config.node)
+
     def _connect(self) -> None:
-        if not ray.is_initialized():
-            ray.init(
-                address=self._address,
-                namespace=self._namespace,
-                log_to_driver=False,
-                configure_logging=False,
-                _node_ip_address=self._node_ip_address,
-            )
+        """Join the cluster as its driver. With a head of ours that has a control store, the driver is
+        a process of this machine's own Ray node (found by its Ray directory; Ray would otherwise pick
+        the head on the same address): a driver on the head's node has its job marked finished when a
+        head restart declares that node dead, and can then create no actor of its own (the origin)."""
+        if ray.is_initialized():
+            return
+        own = self._head.node if self._head is not None else None
+        deadline = time.monotonic() + (self._head.start_timeout * 3 if self._head is not None else 0)
+        while True:
+            try:
+                ray.init(
+                    address=self._address,
+                    namespace=self._namespace,
+                    log_to_driver=False,
+                    configure_logging=False,
+                    _node_ip_address=self._node_ip_address,
+                    _temp_dir=str(own.ray_temp_dir) if own is not None else None,
+                )
+                return
+            except RuntimeError as exc:  # Ray looks for the node a minute at a time
+                if own is None or "No node info found" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning("waiting for this machine's Ray node to join the head (see %s)", own.log_path)
 
     async def close(self) -> None:
         """Leave the cluster; the instances are detached and keep serving (a restarted control plane
@@ -563,7 +593,8 @@ class RayAgent(LocalAgent):
         return self._device_locks.setdefault((chosen.node, chosen.device), asyncio.Lock())
 
     def _own_node_id(self) -> str | None:
-        """The Ray node id of this machine when the head is ours (after a head restart: the new one)."""
+        """The Ray node id of this machine when the head is ours: the head's own node, or with a control
+        store the Ray node beside it (which a head restart leaves as it is)."""
         own = self._nodes.get(self._config.node) if self._head is not None else None
         return own.node_id if own is not None else None
 

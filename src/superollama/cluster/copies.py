@@ -268,8 +268,8 @@ class NodeCopies:
 
     async def _origin_actor(self) -> Any:
         """The control plane's blob server: a ``NodeActor`` on this driver's node reading its store's
-        files, owned by this driver (it ends with it). After a head restart the control plane's machine is
-        a new Ray node: the origin is made again there."""
+        files, owned by this driver (it ends with it). When the control plane's machine is a new Ray node
+        (a head restarted without a control store) the origin is made again there."""
         node_id = self._origin_node() or ray.get_runtime_context().get_node_id()
         if self._origin is None or self._origin_on != node_id:
             self._origin_on = node_id

@@ -3,21 +3,26 @@
 ``ray start --head --block`` runs as our child: with ``--block`` it stays in the foreground and, when it
 gets SIGTERM, stops the Ray processes it started (GCS, raylet, …) — so the head is stopped by its PID,
 never by ``ray stop`` (which kills every Ray process on the machine by name). Its ports bind to
-``cluster_host`` (loopback by default, never all interfaces unless named); the head is also a node
-(``so_node:NODE_NAME``) that instances may be placed on.
+``cluster_host`` (loopback by default, never all interfaces unless named). Without a control store the
+head is also the machine's node (``so_node:NODE_NAME``) that instances may be placed on; with one it is
+a pure control node (no CPU, no GPU, no ``so_node:``: nothing of ours runs on it, as Ray recommends for
+GCS fault tolerance) and the machine's node is a Ray node of its own beside it (``join.OwnNode``:
+``ray start --block --address=HEAD``, supervised like a joined machine's node, stopped before the head).
 
 The head's PID and address are written to ``TEMP_DIR/head.json``. A control plane killed without its
 cleanup leaves the head running (in its own session: its instances keep serving); the next start finds
-it there, answering, and takes it over instead of starting a second head.
+it there, answering, and takes it over instead of starting a second head (with a control store, the
+machine's own node too: ``TEMP_DIR/node.json``).
 
 With a control store on Redis (``cluster/control_store.py``) the head is also watched (its PID, ours or
 taken over): when it ends without ``stop`` — its GCS or raylet died, and ``ray start --block`` then
 stops the rest — it is started again on the same address and port over the same Redis namespace, so the
-GCS reads the cluster's tables back and the other nodes' raylets reconnect; the detached instance and
-node actors keep running. What was left of the dead head (its agents and idle workers, in its process
-group) is killed first, by that group. A head stopped on purpose ends its cluster: the namespace's keys
-are deleted after it, and the next start is a new cluster. Without Redis nothing is watched: a new head
-would be a new, empty control store that the running driver and nodes cannot rejoin.
+GCS reads the cluster's tables back and the other nodes' raylets reconnect (the machine's own node's
+too); the detached instance and node actors keep running, those on the machine's own node included. What
+was left of the dead head (its agents and idle workers, in its process group) is killed first, by that
+group. A head stopped on purpose ends its cluster: the namespace's keys are deleted after it, and the
+next start is a new cluster. Without Redis nothing is watched: a new head would be a new, empty control
+store that the running driver and nodes cannot rejoin.
 """
 
 from __future__ import annotations
@@ -32,12 +37,16 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from superollama.cluster.control_store import RedisStore, auth_env
 
-__all__ = ["RAY_ENV", "RayHead", "stop_ray_start"]
+if TYPE_CHECKING:
+    from superollama.cluster.join import OwnNode
+
+__all__ = ["RAY_ENV", "RayHead", "is_ray_start", "kill_group", "stop_pid", "stop_ray_start"]
 
 log = logging.getLogger("superollama.cluster")
 
@@ -93,6 +102,9 @@ class RayHead:
         self._adopted_pid: int | None = None  # a head an earlier control plane started
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
+        self.node: OwnNode | None = None  # this machine's Ray node (with a control store)
+        self._node_task: asyncio.Task[None] | None = None
+        self._node_stop = asyncio.Event()
 
     @property
     def address(self) -> str:
@@ -121,7 +133,7 @@ class RayHead:
         if saved is None:
             return False
         pid, host, port = saved
-        if host != self.host or not _is_ray_start(pid):
+        if host != self.host or not is_ray_start(pid):
             return False
         self.port = port
         if not await self._answers():
@@ -136,6 +148,7 @@ class RayHead:
         self._stopping = False
         if await self._adopt():
             self._watch()
+            self._start_node()
             return self.address
         try:
             self.port = await asyncio.to_thread(self._port_to_start_on)
@@ -144,6 +157,7 @@ class RayHead:
             await self.stop()
             raise
         self._watch()
+        self._start_node()
         return self.address
 
     def _port_to_start_on(self) -> int:
@@ -187,7 +201,7 @@ class RayHead:
             "--block",
             f"--node-ip-address={self.host}",
             f"--port={self.port}",
-            f"--resources={json.dumps({f'so_node:{self.node_name}': 1})}",
+            *self._node_args(),
             "--include-dashboard=false",
             "--disable-usage-stats",
             f"--temp-dir={self.temp_dir}",
@@ -214,6 +228,40 @@ class RayHead:
         self._record.write_text(json.dumps({"pid": proc.pid, "host": self.host, "port": self.port}))
         log.info("Ray head (pid %d) listening on %s", proc.pid, self.address)
 
+    def _node_args(self) -> list[str]:
+        """A head with a control store is a pure control node (nothing of ours is scheduled on it: no
+        CPU, no GPU, no ``so_node:``); the machine's node is ``OwnNode``. Without one the head is the
+        machine's node too."""
+        if self.store is not None:
+            return ["--num-cpus=0", "--num-gpus=0"]
+        return [f"--resources={json.dumps({f'so_node:{self.node_name}': 1})}"]
+
+    def _start_node(self) -> None:
+        """With a control store: this machine's own Ray node, a worker of the head (taken over when an
+        earlier control plane left it running), supervised until ``stop``."""
+        if self.store is None or self._node_task is not None:
+            return
+        from superollama.cluster.join import OwnNode  # join.py imports this module
+
+        self.node = node = OwnNode(self.node_name, self.host, self.address, self.temp_dir, self.auth_token)
+        node.take_over()
+        self._node_stop = asyncio.Event()
+        self._node_task = asyncio.create_task(self._run_node(node, self._node_stop), name="ray-own-node")
+
+    @staticmethod
+    async def _run_node(node: OwnNode, stop: asyncio.Event) -> None:
+        try:
+            await node.run(stop)
+        except Exception:  # the head goes on; a node that cannot run says why once
+            log.exception("this machine's Ray node stopped being supervised")
+
+    async def _stop_node(self) -> None:
+        if self._node_task is None:
+            return
+        self._node_stop.set()
+        await self._node_task
+        self._node_task = None
+
     def _watch(self) -> None:
         if self.store is not None and self._watcher is None:
             self._watcher = asyncio.create_task(self._restart_when_dead(), name="ray-head-watch")
@@ -236,7 +284,7 @@ class RayHead:
                 self.address,
                 self.store.namespace if self.store is not None else "-",
             )
-            _kill_group(pid)  # what the dead head left (its agents, idle workers): by its process group
+            kill_group(pid)  # what the dead head left (its agents, idle workers): by its process group
             for _ in range(100):  # the old GCS's socket answers until it is reaped (10 s at most)
                 if not await self._answers():
                     break
@@ -267,7 +315,7 @@ class RayHead:
             return await self._proc.wait()
         pid = self._adopted_pid
         while pid is not None:
-            if not _is_ray_start(pid):
+            if not is_ray_start(pid):
                 break
             await asyncio.sleep(0.5)  # not our child: nothing to wait on but its /proc entry
         return None
@@ -291,8 +339,9 @@ class RayHead:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+        await self._stop_node()  # before the head: its raylet then leaves the cluster in order
         if self._adopted_pid is not None:
-            await _stop_pid(self._adopted_pid, grace)
+            await stop_pid(self._adopted_pid, grace)
             self._adopted_pid = None
         elif self._proc is not None:
             await stop_ray_start(self._proc, grace)
@@ -321,23 +370,26 @@ async def stop_ray_start(proc: asyncio.subprocess.Process, grace: float) -> None
         await proc.wait()
 
 
-def _is_ray_start(pid: int) -> bool:
-    """Whether ``pid`` is a ``ray start --head --block`` (never signal a PID reused by something else)."""
+def is_ray_start(pid: int, *, address: str | None = None) -> bool:
+    """Whether ``pid`` is a ``ray start --head --block`` (with ``address``: a ``ray start --block``
+    joining the head there) — never signal a PID reused by something else."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"start" in cmdline and b"--head" in cmdline and b"--block" in cmdline
+    which = b"--head" if address is None else f"--address={address}".encode()
+    return b"start" in cmdline and which in cmdline and b"--block" in cmdline
 
 
-def _kill_group(pgid: int) -> None:
-    """SIGKILL to what is left in a dead head's process group (``ray start`` led it: its own session)."""
+def kill_group(pgid: int) -> None:
+    """SIGKILL to what is left in a dead ``ray start``'s process group (it led it: its own session)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
 
 
-async def _stop_pid(pid: int, grace: float) -> None:
-    if not _is_ray_start(pid):
+async def stop_pid(pid: int, grace: float, *, address: str | None = None) -> None:
+    """``stop_ray_start`` for a ``ray start --block`` that is not our child (``is_ray_start``)."""
+    if not is_ray_start(pid, address=address):
         return
     try:
         proc = psutil.Process(pid)

@@ -41,15 +41,16 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from superollama.client import APIConnectionError, APIStatusError, AsyncClient, RateLimitError, ServerError
 from superollama.cluster.blobs import NODE_STORE_ENV
-from superollama.cluster.head import RAY_ENV, stop_ray_start
+from superollama.cluster.control_store import auth_env
+from superollama.cluster.head import RAY_ENV, is_ray_start, kill_group, stop_pid, stop_ray_start
 from superollama.runtimes._child import set_pdeathsig
 
-__all__ = ["JoinRefused", "JoinSpec", "NodeSupervisor", "head_answers", "local_address"]
+__all__ = ["JoinRefused", "JoinSpec", "NodeSupervisor", "OwnNode", "head_answers", "local_address"]
 
 log = logging.getLogger("superollama.cluster")
 
@@ -114,9 +115,15 @@ async def head_answers(address: str) -> bool:
     return True
 
 
+def _die_with_us() -> None:
+    set_pdeathsig(signal.SIGTERM)  # in the child before it runs: a killed agent leaves no Ray node behind
+
+
 class NodeSupervisor:
     """Joins, runs ``ray start --block`` and starts it again when it ends, until ``stop`` is set.
     ``say``: one line for the operator per thing that happened (joined, node ended, rejoining)."""
+
+    dies_with_us: ClassVar[bool] = True  # the Ray node gets SIGTERM when this process dies
 
     def __init__(
         self,
@@ -144,25 +151,32 @@ class NodeSupervisor:
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``; ``JoinRefused`` when the control plane refuses the join."""
         node_ip = self.spec.node_ip or local_address(self.spec.url)
-        delay = self._backoff_first
         async with AsyncClient(self.spec.url, self.spec.token) as client:
-            while not stop.is_set():
-                try:
-                    answer = await self._join(client)
-                except (APIConnectionError, ServerError, RateLimitError) as exc:
-                    self._say(f"the control plane {self.spec.url} did not answer the join: {exc.message}")
-                    delay = await self._pause(stop, delay)
-                    continue
-                loop = asyncio.get_running_loop()
-                started = loop.time()
-                token = answer.get("ray_token")
-                code = await self._run_node(str(answer["address"]), node_ip, stop, token)
-                if stop.is_set():
-                    return
-                if loop.time() - started >= HEALTHY_RUN:
-                    delay = self._backoff_first
-                self._say(f"the Ray node ended (status {code}); joining again in {delay:g} s")
+            await self._supervise(stop, node_ip, lambda: self._join(client))
+
+    async def _supervise(
+        self, stop: asyncio.Event, node_ip: str, join: Callable[[], Awaitable[Mapping[str, Any]]]
+    ) -> None:
+        """Join (``join``: the head's ``address`` and Ray's ``ray_token``), run the node, and again after
+        a backoff when it ends, until ``stop``."""
+        delay = self._backoff_first
+        while not stop.is_set():
+            try:
+                answer = await join()
+            except (APIConnectionError, ServerError, RateLimitError) as exc:
+                self._say(f"the control plane {self.spec.url} did not answer the join: {exc.message}")
                 delay = await self._pause(stop, delay)
+                continue
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            token = answer.get("ray_token")
+            code = await self._run_node(str(answer["address"]), node_ip, stop, token)
+            if stop.is_set():
+                return
+            if loop.time() - started >= HEALTHY_RUN:
+                delay = self._backoff_first
+            self._say(f"the Ray node ended (status {code}); joining again in {delay:g} s")
+            delay = await self._pause(stop, delay)
 
     async def _join(self, client: AsyncClient) -> dict[str, Any]:
         try:
@@ -208,7 +222,7 @@ class NodeSupervisor:
             stdin=asyncio.subprocess.DEVNULL,
             env=self.env(ray_token),
             start_new_session=True,  # our SIGTERM reaches it; a Ctrl-C on the terminal does not
-            preexec_fn=lambda: set_pdeathsig(signal.SIGTERM),
+            preexec_fn=_die_with_us if self.dies_with_us else None,
         )
         self.starts += 1
         self._say(
@@ -232,7 +246,9 @@ class NodeSupervisor:
                     "Ray node and its model processes (the cluster has declared it dead)"
                 )
             await stop_ray_start(proc, grace)
-        return await ended
+        code = await ended
+        kill_group(proc.pid)  # what the ended node left in its session (agents, idle workers)
+        return code
 
     async def _cut_off(self, address: str) -> None:
         """Return once the head's control store has not answered for ``fence`` seconds in a row."""
@@ -244,3 +260,116 @@ class NodeSupervisor:
             elif loop.time() - answered >= self._fence:
                 return
             await asyncio.sleep(self._probe_every)
+
+
+# ``ray start`` with the loopback rewrite off: a node joining a head needs Ray's "cluster" switch on
+# (``NODE_ENV``), which makes Ray rewrite 127.0.0.1 (the head's address and the node's own) to the
+# machine's routable address, where a head bound to loopback does not listen. The control plane's own
+# node keeps the address it is given, as the head does.
+_RAY_START_AS_GIVEN = (
+    "import sys, ray._private.services as s; s.resolve_ip_for_localhost = lambda host: host; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"
+)
+
+
+class OwnNode(NodeSupervisor):
+    """The control plane's own machine as a Ray node of the head it started with a control store
+    (``cluster/head.py``: that head is a pure control node, so nothing of ours dies with it):
+    ``ray start --block --address=HEAD --resources={"so_node:NAME": 1}`` with the machine's own CPUs and
+    GPUs (Ray counts them), supervised as ``agent --join`` supervises a joined node — started again after
+    a backoff when it ends, fenced, stopped by its PID, what it left killed by its process group — with
+    no token check (the control plane is itself) and no PR_SET_PDEATHSIG: like the head it outlives a
+    control plane killed without its cleanup (its instances keep serving), and the next control plane
+    takes it over (``take_over``) instead of starting a second node of the same name. Its PID and head
+    are written to ``TEMP_DIR/node.json``, its output to ``TEMP_DIR/node.log``."""
+
+    dies_with_us: ClassVar[bool] = False
+
+    def __init__(
+        self, name: str, node_ip: str, address: str, temp_dir: Path, auth_token: Path | None, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            JoinSpec(url=address, token="", name=name, node_ip=node_ip),  # the head, for messages
+            say=lambda line: log.info("own node: %s", line),
+            spawn=self._spawn_logged,
+            **kwargs,
+        )
+        self.address = address
+        self.temp_dir = temp_dir
+        self.auth_token = auth_token
+        self.adopted: int | None = None  # the node an earlier control plane started, taken over
+
+    @property
+    def _record(self) -> Path:
+        return self.temp_dir / "node.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.temp_dir / "node.log"
+
+    @property
+    def pid(self) -> int | None:
+        """The ``ray start --block`` process now running the node."""
+        if self.adopted is not None:
+            return self.adopted
+        return self.child.pid if self.child is not None and self.child.returncode is None else None
+
+    @property
+    def ray_temp_dir(self) -> Path:
+        """The node's own Ray directory: a driver finds it there (``ray.init(_temp_dir=…)``) rather than
+        the head, which Ray prefers on the same address."""
+        return self.temp_dir / "node"
+
+    def argv(self, address: str, node_ip: str) -> list[str]:
+        ray_start = super().argv(address, node_ip)[1:]
+        return [sys.executable, "-c", _RAY_START_AS_GIVEN, *ray_start, f"--temp-dir={self.ray_temp_dir}"]
+
+    def env(self, ray_token: str | None = None) -> dict[str, str]:
+        return {**super().env(), **auth_env(self.auth_token)}  # the head's token file, as its driver
+
+    async def _spawn_logged(self, *argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out, **kwargs)
+        self._record.write_text(json.dumps({"pid": proc.pid, "address": self.address}))
+        return proc
+
+    def take_over(self) -> bool:
+        """Whether the node an earlier control plane left for this head still runs: then it is watched
+        (and started again once it ends). One left for another head is killed (by its process group)."""
+        try:
+            saved = json.loads(self._record.read_text())
+            pid, address = int(saved["pid"]), str(saved["address"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if not is_ray_start(pid, address=address):
+            return False
+        if address != self.address:
+            log.warning("stopping the Ray node (pid %d) left for the head %s", pid, address)
+            kill_group(pid)
+            return False
+        self.adopted = pid
+        log.info("took over this machine's Ray node (pid %d) of the head %s", pid, address)
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.adopted is not None:
+            pid = self.adopted
+            while not stop.is_set() and is_ray_start(pid, address=self.address):
+                with contextlib.suppress(TimeoutError):  # not our child: nothing to wait on but /proc
+                    await asyncio.wait_for(stop.wait(), 0.5)
+            if stop.is_set():
+                await stop_pid(pid, STOP_GRACE, address=self.address)
+                return
+            self.adopted = None
+            kill_group(pid)
+            self._say(f"the Ray node (pid {pid}) an earlier control plane started ended")
+
+        async def join() -> Mapping[str, Any]:
+            return {"address": self.address}
+
+        assert self.spec.node_ip is not None
+        try:
+            await self._supervise(stop, self.spec.node_ip, join)
+        finally:
+            self._record.unlink(missing_ok=True)
