@@ -127,7 +127,7 @@ class _Master:
             self.server_file = server_file
             print(
                 f"Super Ollama {__version__} listening on {url} (home {self.settings.home}, "
-                f"{len(self.sockets)} workers)",
+                f"{len(self.sockets)} worker{'s' if len(self.sockets) != 1 else ''})",
                 flush=True,
             )
             self._supervise()
