@@ -562,14 +562,18 @@ def _cluster_agent(
 
 
 def serve(settings: Settings, worker: WorkerContext | None = None) -> None:
-    """Run the server until SIGTERM/SIGINT. Several workers (``settings.workers``, default one per CPU):
-    a supervisor that forks them, this function running again as worker 0 (``worker`` set)."""
+    """Run the server until SIGTERM/SIGINT. Several workers (``settings.workers``, default one per CPU), or
+    ``--cluster`` (even with one worker): a supervisor that forks them and the agent process, this
+    function running again as worker 0 (``worker`` set)."""
     if worker is None:
         from superollama.workers import resolve_workers, supervise
 
         prepare_home(settings)  # before any log file or worker: a bad home is one clear error
         count = resolve_workers(settings)
-        if count > 1:  # with --cluster, the agent process is the one Ray driver; the workers never import Ray
+        # With --cluster, whatever the count, the agent process is the one Ray driver and no gateway
+        # process imports Ray: Ray ends a connected process about 60 s after its head is gone, and the
+        # master starts the agent process again, while the gateways keep serving.
+        if count > 1 or (settings.cluster and sys.platform.startswith("linux")):  # elsewhere: one process
             agent = _cluster_agent if settings.cluster else None
             raise SystemExit(supervise(settings, count, primary=serve, agent=agent))
     logging_handle = configure_telemetry_logging(settings)

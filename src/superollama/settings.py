@@ -74,7 +74,8 @@ class Settings(BaseSettings):
         ge=0,
         le=512,
         description="Worker processes serving the port (SO_REUSEPORT), one primary and replicas; "
-        "0: as many as the CPUs this process may use; 1: one process, no supervisor.",
+        "0: as many as the CPUs this process may use; 1: one process, no supervisor (with --cluster: "
+        "one worker beside the agent process, the Ray driver).",
     )
     url: str | None = Field(
         default=None,

@@ -154,7 +154,8 @@ def cli(ctx: click.Context, home: Path | None, url: str | None, api_key: str | N
 @click.option(
     "--workers",
     type=click.IntRange(0, 512),
-    help="Worker processes sharing the port (default: one per CPU; 1: a single process).",
+    help="Worker processes sharing the port (default: one per CPU; 1: a single process, or with "
+    "--cluster one worker beside the agent process that is the Ray driver).",
 )
 @click.option(
     "--cluster",

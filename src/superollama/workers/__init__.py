@@ -20,7 +20,9 @@ State shared between the workers, and how:
 - usage ledger: every worker writes its own batches to the shared registry;
 - metrics: ``/metrics`` (the primary) sums every worker's series.
 
-One worker (``--workers 1``, or one CPU) is the plain single process, with none of this.
+One worker (``--workers 1``, or one CPU) is the plain single process, with none of this, except under
+``--cluster``: there the master, one worker (the primary, with no replica) and the agent process run as
+above, so that the agent process is the one Ray driver and no gateway process imports Ray.
 """
 
 from superollama.workers.context import WORKER_HEADER, WorkerContext

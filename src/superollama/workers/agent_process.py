@@ -1,8 +1,10 @@
-"""The node agent's own process in ``serve --workers N``: model processes are its children, not a gateway's.
+"""The node agent's own process in ``serve --workers N`` (and in every ``serve --cluster``, one worker
+included): model processes are its children, not a gateway's.
 
 The master starts it next to the workers and restarts it like them. It runs a ``LocalAgent`` (with
 ``serve --cluster``, the cluster's agent: this process is then the only Ray driver, and no gateway worker
-imports Ray, so a lost Ray head never takes a gateway with it) and serves it on ``agent.sock`` (in the
+imports Ray, so a lost Ray head never takes a gateway with it; Ray ends this process instead, and the
+master starts it again) and serves it on ``agent.sock`` (in the
 run directory, mode 0600) to the primary worker, whose ``workers.remote_agent.RemoteAgent`` is the other
 side — the same ``NodeAgent`` seam the controller uses
 in a plain ``serve``. Same style as the primary's ``control.sock`` (``workers.primary``):

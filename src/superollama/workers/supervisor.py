@@ -1,4 +1,6 @@
 """The master of ``superollama serve --workers N``: binds the port N times, forks N workers, keeps them up.
+With ``--cluster`` it runs even for N = 1 (one primary, no replica): the agent process is then the Ray
+driver, which Ray ends when its head stays away, and the master starts it again.
 
 Why fork (and not spawn with the sockets passed): the master has imported the whole app when it forks, so
 a worker starts without importing anything (pages shared copy-on-write), inherits its socket, the shared
@@ -127,7 +129,7 @@ class _Master:
             self.server_file = server_file
             print(
                 f"Super Ollama {__version__} listening on {url} (home {self.settings.home}, "
-                f"{len(self.sockets)} workers)",
+                f"{len(self.sockets)} worker{'s' if len(self.sockets) != 1 else ''})",
                 flush=True,
             )
             self._supervise()
