@@ -149,10 +149,9 @@ async def test_a_slow_load_times_out_but_keeps_loading(registry: Registry) -> No
     runtime.gate.set()
     # the same load goes on in the background and ends ready (its registry writes take a busy machine
     # longer than the 50 ms load timeout, so wait for it rather than race it)
-    for _ in range(500):
-        if any(i.state is InstanceState.READY for i in agent.instances_of("m:1")):
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(
+        lambda: any(i.state is InstanceState.READY for i in agent.instances_of("m:1")), what="the load's end"
+    )
     inst = await agent.ensure(ART, "gate")
     assert runtime.starts == 1 and inst.version == "m:1"
     await agent.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from tests.waiting import wait_until
 
 from superollama.gateway.h1 import H1Response
 from superollama.gateway.transport import ConnectFailed
@@ -107,8 +108,7 @@ async def test_the_per_host_bound_holds_and_a_burst_waits_for_a_slot(backend: Ba
 
     try:
         calls = [asyncio.create_task(one(i)) for i in range(5)]
-        while backend.inflight < 2:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: backend.inflight == 2, what="two requests at the backend")
         await asyncio.sleep(0.2)  # the other three are queued here, not sent
         assert backend.inflight == 2 and len(backend.seen) == 2
         backend.release.set()
@@ -118,8 +118,7 @@ async def test_the_per_host_bound_holds_and_a_burst_waits_for_a_slot(backend: Ba
         # a wait for a slot is bounded by the request's time
         backend.release.clear()
         held = [asyncio.create_task(one(i)) for i in range(2)]
-        while backend.inflight < 2:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: backend.inflight == 2, what="two requests at the backend")
         with pytest.raises(TimeoutError, match="no connection to the backend was free"):
             await transport.post(base, "/x", b"{}", JSON, timeout=0.3)
         backend.release.set()
@@ -127,8 +126,7 @@ async def test_the_per_host_bound_holds_and_a_burst_waits_for_a_slot(backend: Ba
         # every slot came back: the bound's worth of requests run at once again
         backend.release.clear()
         again = [asyncio.create_task(one(i)) for i in range(2)]
-        while backend.inflight < 2:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: backend.inflight == 2, what="two requests at the backend")
         backend.release.set()
         await asyncio.gather(*again)
     finally:
