@@ -1,7 +1,7 @@
 """What keeps the data plane answering when backends fail, built once per process from ``Settings``.
 
-* ``mounts``: the transports (``transport``): our ``h1`` client for the instances we run, aiohttp's
-  (``transport_aiohttp``) for external connections;
+* ``mounts``: the transports (``transport``): our ``h1`` client for the instances we run; for external
+  connections ``transport_external`` (``h1`` for plain HTTP with no proxy, aiohttp's client otherwise);
 * ``guard``: breakers per instance and the retry budget (``breaker``), shared by every ``Lease``;
 * ``limits``: per-route concurrency with a bounded queue (``limits``);
 * ``fallbacks``: the models tried next when a model fails (5xx, timeout, context too short), by name —
@@ -32,7 +32,7 @@ from superollama.gateway.lease import Guard
 from superollama.gateway.limits import RouteLimits
 from superollama.gateway.responses import json_response
 from superollama.gateway.transport import Mounts
-from superollama.gateway.transport_aiohttp import AiohttpTransport
+from superollama.gateway.transport_external import ExternalTransport
 from superollama.settings import Settings
 from superollama.telemetry import Counter, Gauge
 
@@ -69,7 +69,12 @@ class Resilience:
     @classmethod
     def from_settings(cls, settings: Settings) -> Resilience:
         return cls(
-            mounts=Mounts(H1Client(), AiohttpTransport(per_host=settings.external_pool_limit)),
+            mounts=Mounts(
+                H1Client(),
+                ExternalTransport(
+                    per_host=settings.external_pool_limit, own_client=settings.external_own_client
+                ),
+            ),
             guard=Guard(
                 Breakers(settings.breaker_failures, settings.breaker_cooldown),
                 RetryBudget(settings.retry_budget_ratio, floor=settings.retry_budget_floor),

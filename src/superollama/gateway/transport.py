@@ -22,7 +22,10 @@ load average ~10, so read the ratios, not the absolute numbers)::
 So: our own ``h1.H1Client`` for the instances we run (the hot path: 5-15x aiohttp's rate on one core);
 aiohttp's client (``transport_aiohttp.AiohttpTransport``) for external connections, where a request
 costs seconds at a paid API anyway and what matters is ``HTTPS_PROXY`` / ``NO_PROXY`` (``trust_env``),
-a bound on connections per host (``SUPEROLLAMA_EXTERNAL_POOL_LIMIT``), maintained TLS and gzip. httpx
+a bound on connections per host (``SUPEROLLAMA_EXTERNAL_POOL_LIMIT``), maintained TLS and gzip; an
+external connection over plain HTTP that none of these touch (no proxy, no ``~/.netrc`` entry: a vLLM
+or an Ollama on the same network) goes through ``h1`` too, under the same bound per host
+(``transport_external``). httpx
 is the only one with HTTP/2, but its pool is 5-60x slower than h1 here and collapses under concurrency;
 no backend we speak to needs HTTP/2 yet, so it is not mounted (a ``Transport`` over it is ~60 lines,
 mounted by URL prefix through ``Mounts(mounts={"https://api.example.com": ...})`` when one does).

@@ -27,7 +27,7 @@ from yarl import URL
 
 from superollama.gateway.transport import ConnectFailed, NoAnswer, UpstreamConnectionError, os_reason
 
-__all__ = ["AiohttpResponse", "AiohttpTransport"]
+__all__ = ["AiohttpResponse", "AiohttpTransport", "EnvRoute", "env_route"]
 
 
 class AiohttpResponse:
@@ -80,7 +80,7 @@ class AiohttpResponse:
             self._response.close()  # a body left unread: close, so the server stops sending it
 
 
-class _EnvRoute(NamedTuple):
+class EnvRoute(NamedTuple):
     """What the environment says for one backend URL: its proxy (and the proxy's credentials), and the
     ``~/.netrc`` credentials of its host (sent only when the request carries no ``Authorization``)."""
 
@@ -89,7 +89,7 @@ class _EnvRoute(NamedTuple):
     netrc_auth: str | None  # the ``Authorization`` value
 
 
-def _env_route(base_url: str) -> _EnvRoute:
+def env_route(base_url: str) -> EnvRoute:
     """The lookups ``trust_env=True`` makes per request, made once (blocking: a file may be read)."""
     url = URL(base_url)
     proxy, proxy_auth, netrc_auth = None, None, None
@@ -98,7 +98,7 @@ def _env_route(base_url: str) -> _EnvRoute:
     if url.host is not None:
         with contextlib.suppress(LookupError):
             netrc_auth = basicauth_from_netrc(netrc_from_env(), url.host).encode()
-    return _EnvRoute(proxy, proxy_auth, netrc_auth)
+    return EnvRoute(proxy, proxy_auth, netrc_auth)
 
 
 class AiohttpTransport:
@@ -115,19 +115,19 @@ class AiohttpTransport:
         self._owned = session is None
         self._per_host = per_host
         self._connect_timeout = connect_timeout
-        self._env: dict[str, _EnvRoute] = {}  # base URL → what the environment says for it
+        self._env: dict[str, EnvRoute] = {}  # base URL → what the environment says for it
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:  # created on first use: it must be made inside the running loop
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._per_host, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)  # see _env_route
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)  # see env_route
         return self._session
 
-    async def _route(self, base_url: str) -> _EnvRoute:
+    async def _route(self, base_url: str) -> EnvRoute:
         env = self._env.get(base_url)
         if env is None:
-            env = self._env[base_url] = await asyncio.to_thread(_env_route, base_url)
+            env = self._env[base_url] = await asyncio.to_thread(env_route, base_url)
         return env
 
     async def post(

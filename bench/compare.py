@@ -1,0 +1,92 @@
+"""Two checkouts side by side: the floor and each tree's variants against one nginx, in interleaved rounds.
+
+    git worktree add /tmp/base <commit>
+    python bench/compare.py --base /tmp/base                  # this tree against that one
+    python bench/compare.py --base /tmp/base --rounds 7 --workloads json --concurrency 64
+
+``run.py`` measures one tree; between two of its runs a busy machine moves CPU ms/request by 2x, so
+two runs cannot tell a 20 % change from noise. Here every system is up at once and each round loads
+each of them for ``--seconds`` in turn, so a disturbance lands on all of them alike; the table gives the
+median CPU ms/request of the rounds (the gateway's process tree, as ``run.py`` counts it), every round's
+value, and requests per CPU-second against the floor measured in the same rounds. Same pinning,
+upstream, governance and variants as ``run.py`` (``sobench.systems``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run  # bench/run.py: the Bench that starts nginx, Redis and the systems
+from sobench import systems
+
+THIS = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--base", type=Path, required=True, help="the other checkout (its src/ is served)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0, help="load per system per round")
+    parser.add_argument("--workloads", default="json,sse")
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    if not (args.base / "src" / "superollama").is_dir():
+        raise SystemExit(f"{args.base} has no src/superollama: give a checkout of this repository")
+    trees = {"base": args.base.resolve(), "this": THIS}
+    bench = run.Bench(argparse.Namespace(quick=True))
+    try:
+        ctx, _ = bench.start_upstream()
+        bench.start_redis()
+        started = [systems.start_floor(ctx)]
+        for variant in systems.SUPEROLLAMA_VARIANTS:
+            for tree, path in trees.items():
+                systems.REPO = path  # the checkout whose src/ the server imports
+                running = systems.start_superollama(
+                    ctx, dataclasses.replace(variant, name=f"{variant.name}-{tree}")
+                )
+                running.label = f"{variant.label} ({tree})"
+                started.append(running)
+        bench.running = started
+        live = []
+        for running in started:
+            print(f"{running.label}: {running.unavailable or 'up'}", flush=True)
+            if not running.unavailable:
+                live.append(running)
+        cpu: dict[tuple[str, str], list[float]] = {}
+        for workload in args.workloads.split(","):
+            for running in live:
+                bench.load(running, workload, args.concurrency, 1.0)  # warm-up
+            for _ in range(args.rounds):
+                for running in live:
+                    assert running.service is not None
+                    before = running.service.cpu_s()
+                    result = bench.load(running, workload, args.concurrency, args.seconds)
+                    spent = running.service.cpu_s() - before
+                    if result.requests:
+                        cpu.setdefault((running.label, workload), []).append(1000 * spent / result.requests)
+            print(f"{workload}: load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    finally:
+        bench.close()
+    print(f"\nc={args.concurrency}, {args.rounds} rounds of {args.seconds:g} s, base = {trees['base']}")
+    print("| system | load | CPU ms/req (median) | rounds | req per CPU-s vs floor |")
+    print("|---|---|--:|---|--:|")
+    for (label, workload), values in cpu.items():
+        floor = cpu.get(("aiohttp floor", workload))
+        median = statistics.median(values)
+        ratio = f"{statistics.median(floor) / median:.2f}x" if floor else "-"
+        rounds = " ".join(f"{v:.3f}" for v in values)
+        print(f"| {label} | {workload} | {median:.3f} | {rounds} | {ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
