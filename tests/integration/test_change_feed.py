@@ -185,7 +185,8 @@ async def test_a_poller_wakes_on_its_topic_from_another_process_not_on_a_heartbe
         assert watch is None  # NOTIFY and the pollers' own intervals: nothing to watch
         return
     assert watch is not None
-    topics = ["generations", "webhooks", "batches", "fine_tuning", "rollouts"]
+    topics = ["generations", "gateways", "webhooks", "batches", "fine_tuning", "rollouts"]
+    await registry.cluster.heartbeat(GatewayRecord(id="gw-idle", host="h", pid=1))
     version, seen = watch.version(), watch.probe(topics)
     await registry.cluster.heartbeat(GatewayRecord(id="gw-idle", host="h", pid=1))
     assert watch.version() != version  # a commit of another connection moves it…
@@ -199,10 +200,12 @@ async def test_a_poller_wakes_on_its_topic_from_another_process_not_on_a_heartbe
     await feed.start()
     other = await open_registry(db_url)  # another gateway process on the same file
     try:
-        await other.events.add(EventRecord(action="pull", target="x"))
-        # shorter than the nudge's SAFETY: only the watch can wake it in time
+        # shorter than the nudge's SAFETY: only the feed can wake it in time (first: its baseline's look)
         await asyncio.wait_for(webhooks.sleep(30.0), timeout=SAFETY / 2)
-        assert not batches._event.is_set()  # another topic: still asleep
+        batches.clear()
+        await other.events.add(EventRecord(action="pull", target="x"))
+        await asyncio.wait_for(webhooks.sleep(30.0), timeout=SAFETY / 2)
+        assert not batches.pending  # another topic: still asleep
     finally:
         await other.close()
         await feed.close()

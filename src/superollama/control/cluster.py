@@ -63,6 +63,8 @@ class Cluster:
         self._started = datetime.now(UTC)
         self._task: asyncio.Task[None] | None = None
         self._alive: set[str] | None = None  # the gateways alive at the leader's last look
+        self._alone = False  # that look found no row but this gateway's (a dead one's row counts)
+        self._joined = feed.subscribe("gateways")  # a gateway's row added or removed
         self._forgot = 0.0  # monotonic time of the leader's last forgetting
 
     @property
@@ -108,10 +110,16 @@ class Cluster:
 
         ``every=False`` (the heartbeat's): the jobs only when the set of live gateways changed since the
         last look (a job is left running only by a gateway that died, and a gateway dies only by leaving
-        that set), and the forgetting once every ``_FORGET_EVERY`` seconds: an idle leader then reads one
-        table per heartbeat instead of writing two."""
-        gateways = await self._registry.cluster.list(stale=self.stale)
-        alive = {g.id for g in gateways if g.alive} | {self.gateway}
+        that set), and the forgetting once every ``_FORGET_EVERY`` seconds. A leader alone on a watched
+        (SQLite) registry does not even list the gateways until a row is added or removed: only another
+        gateway could die. So an idle ``serve`` writes its heartbeat and reads nothing."""
+        if not every and self._alone and self._joined.watched and not self._joined.pending:
+            alive = {self.gateway}
+        else:
+            self._joined.clear()  # before the look: a row added meanwhile sets it again
+            gateways = await self._registry.cluster.list(stale=self.stale)
+            alive = {g.id for g in gateways if g.alive} | {self.gateway}
+            self._alone = all(g.id == self.gateway for g in gateways)
         if every or alive != self._alive:
             ended = await self._jobs.end_orphans(alive, leader=self.gateway)
             for job in ended:

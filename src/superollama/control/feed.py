@@ -69,6 +69,14 @@ class Nudge:
     def set(self) -> None:
         self._event.set()
 
+    @property
+    def pending(self) -> bool:
+        """Set and not slept on since (for a poller on its own timer: is there anything to look at?)."""
+        return self._event.is_set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
     async def sleep(self, poll: float, *, due: float | None = None) -> None:
         """Until set; at most ``poll`` seconds when unwatched, else ``due`` seconds (the poller's next
         own deadline, None: none) or ``SAFETY``, whichever comes first."""
@@ -194,6 +202,9 @@ class ChangeFeed:
         assert watch is not None
         version = watch.version()  # before the first look: a commit meanwhile moves it
         seen = watch.probe(["generations", *self._nudges])
+        for nudges in self._nudges.values():  # what moved before this baseline: everyone looks once
+            for nudge in nudges:
+                nudge.set()
         await self.catch_up()
         safety = time.monotonic() + SAFETY
         while True:

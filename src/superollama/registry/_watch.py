@@ -35,6 +35,7 @@ def _among(values: tuple[str, ...]) -> str:
 # topic → one SELECT of scalars whose values move when that topic's poller has something to do.
 PROBES: Final[Mapping[str, str]] = {
     "generations": "SELECT value FROM generations WHERE name = 'all'",
+    "gateways": "SELECT count(*), group_concat(id) FROM gateways",
     "webhooks": "SELECT (SELECT max(id) FROM events), (SELECT max(id) FROM webhook_deliveries)",
     "batches": f"SELECT group_concat(id || ':' || status) FROM batches WHERE status IN ({_among(ACTIVE)})",
     "fine_tuning": "SELECT group_concat(id || ':' || status) FROM fine_tuning_jobs "
