@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = """
 import os, atexit
 _path = os.environ.get("IDLE_QUERY_LOG")
 if _path:
@@ -42,7 +42,7 @@ if _path:
             import time
             words = " ".join(statement.split())[:90]
             _out.write(f"{time.time():.3f} {words}\\n")
-'''
+"""
 
 
 def tree_cpu(proc: psutil.Process) -> float:
@@ -112,7 +112,9 @@ def measure(workers: int, warmup: float, seconds: float, extra_env: dict[str, st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--seconds", type=float, default=60.0)
