@@ -255,7 +255,11 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
     cluster = Cluster(registry, gateway, feed, leader, jobs, heartbeat=settings.gateway_heartbeat)
     leader.on_change(cluster.elected)
     webhooks = WebhookManager(
-        registry, secrets, timeout=settings.webhook_timeout, max_attempts=settings.webhook_attempts
+        registry,
+        secrets,
+        timeout=settings.webhook_timeout,
+        max_attempts=settings.webhook_attempts,
+        nudge=feed.subscribe("webhooks"),
     )
     leader.on_change(webhooks.elected)
     telemetry = Telemetry(settings, usage_store=registry.usage)
@@ -290,6 +294,7 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
         fresh=3 * settings.rollout_report_interval + settings.rollout_tick,
         is_leader=lambda: leader.is_leader,
         notify=telemetry.notify,
+        nudge=feed.subscribe("rollouts"),
     )
     shadow = ShadowMirror(
         targets,
@@ -335,6 +340,7 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
         sender,
         concurrency=settings.batch_concurrency,
         poll=settings.batch_poll,
+        nudge=feed.subscribe("batches"),
     )
     leader.on_change(batches.elected)
     BatchRoutes(batches).register(app)
@@ -345,7 +351,13 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
 
     feed.watch("deployments", deployments_changed)
     finetune = install_finetune(
-        app, registry, controller, store, settings, is_leader=lambda: leader.is_leader
+        app,
+        registry,
+        controller,
+        store,
+        settings,
+        is_leader=lambda: leader.is_leader,
+        nudge=feed.subscribe("fine_tuning"),
     )
     if telemetry.metrics is not None:
         telemetry.metrics.add_source(finetune.families)

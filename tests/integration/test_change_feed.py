@@ -18,7 +18,8 @@ import pytest
 from tests.waiting import wait_until
 
 from superollama.control import ChangeFeed, JobManager, LeaderLock
-from superollama.core import JobRecord, JobState, VersionRecord
+from superollama.control.feed import SAFETY
+from superollama.core import EventRecord, JobRecord, JobState, VersionRecord
 from superollama.errors import ModelExists
 from superollama.registry import Registry, open_registry
 from superollama.registry._base import CHANGE_KINDS
@@ -174,3 +175,37 @@ async def test_a_restarted_gateway_ends_its_own_jobs_only(registry: Registry) ->
     assert record.state is JobState.FAILED and record.error == "the server stopped before the job finished"
     assert (await registry.jobs.get(other.id)).state is JobState.RUNNING
     await jobs.close()
+
+
+async def test_a_poller_wakes_on_its_topic_from_another_process_not_on_a_heartbeat(
+    registry: Registry, db_url: str
+) -> None:
+    watch = registry.watch
+    if db_url.startswith("postgres"):
+        assert watch is None  # NOTIFY and the pollers' own intervals: nothing to watch
+        return
+    assert watch is not None
+    topics = ["generations", "gateways", "webhooks", "batches", "fine_tuning", "rollouts"]
+    await registry.cluster.heartbeat(GatewayRecord(id="gw-idle", host="h", pid=1))
+    version, seen = watch.version(), watch.probe(topics)
+    await registry.cluster.heartbeat(GatewayRecord(id="gw-idle", host="h", pid=1))
+    assert watch.version() != version  # a commit of another connection moves it…
+    assert watch.probe(topics) == seen  # …but touches no poller's topic: it wakes nobody
+
+    feed = ChangeFeed(registry, poll=30.0)
+    webhooks = feed.subscribe("webhooks")
+    batches = feed.subscribe("batches")
+    assert webhooks.watched
+    await feed.baseline()
+    await feed.start()
+    other = await open_registry(db_url)  # another gateway process on the same file
+    try:
+        # shorter than the nudge's SAFETY: only the feed can wake it in time (first: its baseline's look)
+        await asyncio.wait_for(webhooks.sleep(30.0), timeout=SAFETY / 2)
+        batches.clear()
+        await other.events.add(EventRecord(action="pull", target="x"))
+        await asyncio.wait_for(webhooks.sleep(30.0), timeout=SAFETY / 2)
+        assert not batches.pending  # another topic: still asleep
+    finally:
+        await other.close()
+        await feed.close()

@@ -48,6 +48,7 @@ from superollama.control.batch_files import (
     parse_batch_jsonl,
     said,
 )
+from superollama.control.feed import Nudge
 from superollama.errors import InvalidRequest, NotFound, SuperOllamaError
 from superollama.registry._batches import (
     BatchRecord,
@@ -136,8 +137,12 @@ class BatchManager:
         poll: float = 1.0,
         retries: int = 5,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        nudge: Nudge | None = None,
     ) -> None:
+        """``nudge``: the change feed's for the ``batches`` topic (the set of active batches moved); the
+        leader's loop sleeps on it between looks instead of looking every ``poll`` seconds."""
         self._repo = repo
+        self._nudge = nudge or Nudge(watched=False)
         self._files = files
         self._sender = sender
         self._concurrency = concurrency
@@ -173,7 +178,7 @@ class BatchManager:
                 param="input_file_id",
             )
         now = self._repo.now()
-        return await self._repo.add(
+        added = await self._repo.add(
             BatchRecord(
                 id=f"batch_{uuid.uuid4().hex[:24]}",
                 endpoint=str(endpoint),
@@ -186,6 +191,8 @@ class BatchManager:
                 created_at=now,
             )
         )
+        self._nudge.set()  # the leader's loop, if it runs here, starts it now
+        return added
 
     async def get(self, batch_id: str, *, key_id: str | None) -> BatchRecord:
         batch = await self._repo.find(batch_id, key_id=key_id)
@@ -231,13 +238,18 @@ class BatchManager:
 
     async def _run_forever(self) -> None:
         while True:
+            settled = False  # every active batch has its runner: only a change gives more work
             try:
                 await self.tick()
+                settled = self._sender.ready()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the registry may be away for a while: the next round tries again
                 log.exception("batches: this round failed")
-            await self._sleep(self._poll)
+            if settled and self._nudge.watched:
+                await self._nudge.sleep(self._poll)
+            else:
+                await self._sleep(self._poll)
 
     async def tick(self) -> int:
         """Start a runner for every active batch not running here yet; how many were started."""

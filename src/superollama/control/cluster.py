@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,7 @@ GATEWAY_HEADER = "X-Superollama-Gateway"  # on every answer: the id of the gatew
 log = logging.getLogger("superollama.control")
 
 _FORGET_AFTER = 3600.0  # seconds a dead gateway's row stays listed
+_FORGET_EVERY = 60.0  # seconds between the heartbeat's forgettings of them
 
 
 def gateway_id(name: str | None, pid: int | None = None) -> str:
@@ -60,6 +62,10 @@ class Cluster:
         self.url: str | None = None  # set once the gateway listens
         self._started = datetime.now(UTC)
         self._task: asyncio.Task[None] | None = None
+        self._alive: set[str] | None = None  # the gateways alive at the leader's last look
+        self._alone = False  # that look found no row but this gateway's (a dead one's row counts)
+        self._joined = feed.subscribe("gateways")  # a gateway's row added or removed
+        self._forgot = 0.0  # monotonic time of the leader's last forgetting
 
     @property
     def stale(self) -> float:
@@ -99,14 +105,31 @@ class Cluster:
             )
         )
 
-    async def lead(self) -> None:
-        """The leader's duties: end the jobs of dead gateways; forget long-dead gateways."""
-        gateways = await self._registry.cluster.list(stale=self.stale)
-        alive = {g.id for g in gateways if g.alive} | {self.gateway}
-        ended = await self._jobs.end_orphans(alive, leader=self.gateway)
-        for job in ended:
-            log.warning("job %s (%s %s) of a stopped gateway ended as failed", job.id, job.kind, job.target)
-        await self._registry.cluster.forget_dead(stale=self.stale, older_than=_FORGET_AFTER)
+    async def lead(self, *, every: bool = True) -> None:
+        """The leader's duties: end the jobs of dead gateways; forget long-dead gateways.
+
+        ``every=False`` (the heartbeat's): the jobs only when the set of live gateways changed since the
+        last look (a job is left running only by a gateway that died, and a gateway dies only by leaving
+        that set), and the forgetting once every ``_FORGET_EVERY`` seconds. A leader alone on a watched
+        (SQLite) registry does not even list the gateways until a row is added or removed: only another
+        gateway could die. So an idle ``serve`` writes its heartbeat and reads nothing."""
+        if not every and self._alone and self._joined.watched and not self._joined.pending:
+            alive = {self.gateway}
+        else:
+            self._joined.clear()  # before the look: a row added meanwhile sets it again
+            gateways = await self._registry.cluster.list(stale=self.stale)
+            alive = {g.id for g in gateways if g.alive} | {self.gateway}
+            self._alone = all(g.id == self.gateway for g in gateways)
+        if every or alive != self._alive:
+            ended = await self._jobs.end_orphans(alive, leader=self.gateway)
+            for job in ended:
+                log.warning(
+                    "job %s (%s %s) of a stopped gateway ended as failed", job.id, job.kind, job.target
+                )
+            self._alive = alive
+        if every or time.monotonic() - self._forgot >= _FORGET_EVERY:
+            await self._registry.cluster.forget_dead(stale=self.stale, older_than=_FORGET_AFTER)
+            self._forgot = time.monotonic()
 
     async def _run(self) -> None:
         while True:
@@ -114,7 +137,7 @@ class Cluster:
             try:
                 await self.beat()
                 if self.leader.is_leader:
-                    await self.lead()
+                    await self.lead(every=False)
             except Exception as exc:
                 log.warning("gateway heartbeat: %s", exc)
 

@@ -19,6 +19,16 @@ optional, for rate limits). Either way a subscriber that reconnects re-reads the
 
 On SQLite there is no NOTIFY: the poll (at most every second) is how another process on the same file
 (two ``serve`` on one home) sees a change. A single process has nothing to catch up with.
+
+The same tick serves the other pollers of a SQLite registry (webhook deliveries, batches, fine-tuning jobs,
+rollouts): each ``subscribe``s to a topic and sleeps on its ``Nudge``. Every second the feed asks the
+registry's ``watch`` (``registry/_watch.py``) whether anything committed since (one pragma on the loop's
+thread, no query through the engine); only then does it read each topic's probe and wake the pollers
+whose topic moved, and catch up only when a generation moved. So an idle server runs no query through the
+engine at all, and a change made by this process, another worker or another ``serve`` on the file still
+reaches its poller within the second it did before. A watched poller also wakes on its own due time (a
+webhook retry) and after ``SAFETY`` seconds whatever happens. Where there is no watch (Postgres, an
+in-memory SQLite) a ``Nudge`` sleeps the poller's own interval, as before.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +46,7 @@ from superollama.registry import Registry
 if TYPE_CHECKING:
     import asyncpg
 
-__all__ = ["ChangeFeed", "Reloader"]
+__all__ = ["SAFETY", "ChangeFeed", "Nudge", "Reloader"]
 
 log = logging.getLogger("superollama.control")
 
@@ -43,6 +55,35 @@ Reloader = Callable[[], Awaitable[object]]
 _RECONNECT_FIRST = 0.1
 _RECONNECT_MAX = 2.0
 _SQLITE_POLL_MAX = 1.0
+SAFETY = 60.0  # seconds a watched poller sleeps at most, whatever the watch says
+
+
+class Nudge:
+    """What one poller sleeps on (see the module's docstring): set by the feed when the poller's topic
+    moved in the registry, or by the poller's own process when it wrote what the poller should see."""
+
+    def __init__(self, *, watched: bool) -> None:
+        self.watched = watched  # the feed wakes it: the poller may sleep until its own due time
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    @property
+    def pending(self) -> bool:
+        """Set and not slept on since (for a poller on its own timer: is there anything to look at?)."""
+        return self._event.is_set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    async def sleep(self, poll: float, *, due: float | None = None) -> None:
+        """Until set; at most ``poll`` seconds when unwatched, else ``due`` seconds (the poller's next
+        own deadline, None: none) or ``SAFETY``, whichever comes first."""
+        timeout = poll if not self.watched else min(SAFETY, SAFETY if due is None else max(0.0, due))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+        self._event.clear()
 
 
 class ChangeFeed:
@@ -59,11 +100,18 @@ class ChangeFeed:
         self._seen: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._nudges: dict[str, list[Nudge]] = {}
         self.connected = False  # the LISTEN session is up (always False on SQLite)
         self.reloads = 0  # how many kinds were reloaded (observability)
 
     def watch(self, kind: str, reloader: Reloader) -> None:
         self._reloaders[kind] = reloader
+
+    def subscribe(self, topic: str) -> Nudge:
+        """A ``Nudge`` the feed sets when ``topic`` (one of ``registry._watch.PROBES``) moved."""
+        nudge = Nudge(watched=self._registry.watch is not None)
+        self._nudges.setdefault(topic, []).append(nudge)
+        return nudge
 
     @property
     def generation(self) -> int:
@@ -126,6 +174,8 @@ class ChangeFeed:
                     self.connected = True
                 else:
                     poll = min(poll, _SQLITE_POLL_MAX)
+                    if self._registry.watch is not None:
+                        await self._watched(poll)
                 await self.catch_up()  # what happened while we were not listening
                 delay = _RECONNECT_FIRST
                 while True:
@@ -145,6 +195,40 @@ class ChangeFeed:
                     conn.terminate()
             await asyncio.sleep(delay)
             delay = min(_RECONNECT_MAX, delay * 2)
+
+    async def _watched(self, poll: float) -> None:
+        """The SQLite tick with a watch (the module's docstring); returns only by an exception."""
+        watch = self._registry.watch
+        assert watch is not None
+        version = watch.version()  # before the first look: a commit meanwhile moves it
+        seen = watch.probe(["generations", *self._nudges])
+        for nudges in self._nudges.values():  # what moved before this baseline: everyone looks once
+            for nudge in nudges:
+                nudge.set()
+        await self.catch_up()
+        safety = time.monotonic() + SAFETY
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), poll)
+            pinged = self._wake.is_set()
+            self._wake.clear()
+            try:
+                now = watch.version()
+                if now == version and not pinged and time.monotonic() < safety:
+                    continue
+                version = now
+                current = watch.probe(["generations", *self._nudges])
+            except sqlite3.Error as exc:  # the file away for a moment: everyone looks for themselves
+                log.warning("change feed: the registry's watch failed (%s); waking every poller", exc)
+                current = {}
+            for topic, nudges in self._nudges.items():
+                if current.get(topic) != seen.get(topic) or topic not in current:
+                    for nudge in nudges:
+                        nudge.set()
+            seen, moved = current, current.get("generations") != seen.get("generations")
+            if pinged or moved or not current or time.monotonic() >= safety:
+                safety = time.monotonic() + SAFETY
+                await self.catch_up()
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
         self._wake.set()

@@ -25,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from superollama.control.deployments import DeploymentManager
+from superollama.control.feed import Nudge
 from superollama.core import EventRecord
 from superollama.core.canary import CanaryPolicy, Decision, WindowStats, decide
 from superollama.core.deployments import RolloutRecord
@@ -57,8 +59,12 @@ class RolloutManager:
         is_leader: Callable[[], bool],
         notify: Notify | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        nudge: Nudge | None = None,
     ) -> None:
+        """``nudge``: the change feed's for the ``rollouts`` topic; with none running, the analysis sleeps
+        on it (a rollout started anywhere wakes it) instead of looking every ``tick``."""
         self._deployments = deployments
+        self._nudge = nudge or Nudge(watched=False)
         self._registry = registry
         self._tick = tick
         self._fresh = fresh  # seconds a gateway's window report counts (a few report intervals)
@@ -112,6 +118,7 @@ class RolloutManager:
             now + timedelta(seconds=policy.every),
         )
         saved = await self._registry.rollouts.put(rollout)
+        self._nudge.set()
         await self._event("rollout.start", saved, actor, {"to": target, "policy": policy.as_json()})
         return saved
 
@@ -189,27 +196,35 @@ class RolloutManager:
 
     # -- the analysis (leader only) ---------------------------------------------------------------
     async def _run(self) -> None:
-        passes = 0
+        pruned = time.monotonic()
+        running = 1  # the first pass looks, whatever the nudge says
         while True:
-            await asyncio.sleep(self._tick)
+            if running:  # a running rollout steps on time: every tick
+                await asyncio.sleep(self._tick)
+            else:
+                await self._nudge.sleep(self._tick)
             if not self._is_leader():
+                running = 1
                 continue
             try:
-                await self.analyse()
-                passes += 1
-                if passes % 600 == 0:  # reports of gateway processes gone long ago
+                running = await self.analyse()
+                if time.monotonic() - pruned >= 600:  # reports of gateway processes gone long ago
+                    pruned = time.monotonic()
                     await self._registry.windows.prune(older_than=600)
             except Exception:
+                running = 1
                 log.exception("rollout analysis failed")
 
-    async def analyse(self) -> None:
-        """One pass over the running rollouts (what the leader does every tick)."""
+    async def analyse(self) -> int:
+        """One pass over the running rollouts (what the leader does every tick); how many there were."""
         async with self._lock:
-            for rollout in await self._registry.rollouts.running():
+            rollouts = await self._registry.rollouts.running()
+            for rollout in rollouts:
                 try:
                     await self._judge(rollout)
                 except SuperOllamaError as exc:
                     log.warning("rollout of %s: %s", rollout.client_name, exc.message)
+        return len(rollouts)
 
     async def _judge(self, rollout: RolloutRecord) -> None:
         now = self._clock()

@@ -34,6 +34,7 @@ import aiohttp
 import orjson
 
 from superollama import __version__
+from superollama.control.feed import Nudge
 from superollama.control.secrets import SecretBox
 from superollama.core import EventRecord
 from superollama.core.signing import SIGNATURE_HEADER, signature_header
@@ -69,8 +70,12 @@ class WebhookManager:
         timeout: float = 10.0,
         max_attempts: int = 8,
         concurrency: int = 8,
+        nudge: Nudge | None = None,
     ) -> None:
+        """``nudge``: the change feed's for the ``webhooks`` topic (new events or deliveries); without one
+        the loop looks every ``poll`` seconds."""
         self._registry = registry
+        self._nudge = nudge or Nudge(watched=False)
         self._repo = registry.webhooks
         self._box = box
         self._poll = poll
@@ -155,6 +160,7 @@ class WebhookManager:
         }
         delivery = await self._repo.add_ping(hook.id, payload)
         await self._attempt(hook, delivery)
+        self._nudge.set()  # a failed ping is retried by the loop: it learns the retry's time
         return next(d for d in await self._repo.deliveries(hook.id, limit=5) if d.id == delivery.id)
 
     # -- the leader's loop ----------------------------------------------------------------------------------
@@ -185,7 +191,17 @@ class WebhookManager:
                 raise
             except Exception:  # the registry may be away for a while: the next tick tries again
                 log.exception("webhook deliveries: this round failed")
-            await asyncio.sleep(self._poll)
+            await self._nudge.sleep(self._poll, due=await self._next_due())
+
+    async def _next_due(self) -> float | None:
+        """Seconds until the next pending delivery is due (a retry), when the feed wakes the loop."""
+        if not self._nudge.watched:
+            return None
+        try:
+            due = await self._repo.next_due()
+        except Exception:  # looked at again after the poll interval
+            return self._poll
+        return None if due is None else (due - self._registry_now()).total_seconds()
 
     async def tick(self) -> int:
         """One round: new events into deliveries, then send what is due; returns how many were sent."""

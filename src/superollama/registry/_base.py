@@ -124,6 +124,13 @@ class Database:
         set_ = dict(update) if isinstance(update, Mapping) else {name: stmt.excluded[name] for name in update}
         return stmt.on_conflict_do_update(index_elements=list(keys), set_=set_)
 
+    def upsert_template(self, table: Table, keys: Sequence[str], update: Sequence[str]) -> Any:
+        """``upsert`` without its values, executed with them as parameters: one statement built once and
+        compiled once (SQLAlchemy's cache), for a row written over and over (a gateway's heartbeat)."""
+        stmt = self._insert(table)
+        set_ = {name: stmt.excluded[name] for name in update}
+        return stmt.on_conflict_do_update(index_elements=list(keys), set_=set_)
+
     def _insert(self, table: Table) -> Any:
         if self.dialect == "postgresql":
             return postgresql.insert(table)

@@ -60,6 +60,8 @@ def _gateway(row: Row[Any], alive: bool) -> GatewayRecord:
 class ClusterRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
+        kept = ["host", "pid", "url", "session", "generation", "leader", "seen_at"]
+        self._beat = db.upsert_template(gateways, ["id"], kept)  # every second: built once
 
     async def generations(self) -> dict[str, int]:
         """Every generation by name (``all`` and each of ``CHANGE_KINDS``)."""
@@ -81,9 +83,8 @@ class ClusterRepository:
             "started_at": record.started_at or now,
             "seen_at": now,
         }
-        kept = ["host", "pid", "url", "session", "generation", "leader", "seen_at"]
         async with self._db.write("recording a gateway's heartbeat") as conn:
-            await conn.execute(self._db.upsert(gateways, values, ["id"], kept))
+            await conn.execute(self._beat, values)
 
     async def remove(self, gateway_id: str) -> None:
         async with self._db.write("removing a gateway") as conn:

@@ -182,6 +182,13 @@ class WebhookRepository:
             rows = (await conn.execute(stmt)).all()
         return [_delivery(r._mapping) for r in rows]
 
+    async def next_due(self) -> datetime | None:
+        """When the first pending delivery is due (None: none is pending)."""
+        stmt = select(func.min(webhook_deliveries.c.next_at)).where(webhook_deliveries.c.state == "pending")
+        async with self._db.read("reading the next webhook delivery's time") as conn:
+            value = (await conn.execute(stmt)).scalar()
+        return None if value is None else value
+
     async def attempted(
         self,
         delivery_id: int,

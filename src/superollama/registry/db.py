@@ -28,6 +28,7 @@ from superollama.registry._rag import RagRepository
 from superollama.registry._responses import ResponseRepository
 from superollama.registry._rollouts import RolloutRepository, ShadowRepository, WindowRepository
 from superollama.registry._usage import UsageRepository
+from superollama.registry._watch import SqliteWatch
 from superollama.registry._webhooks import WebhookRepository
 from superollama.registry.migrations import MIGRATIONS, Migration, Sealer, migrate
 from superollama.registry.repos import EventRepository, InstanceRepository, NodeRepository, VersionRepository
@@ -59,6 +60,11 @@ class Registry:
         self.engine = engine
         self._session_url = session_url
         self._schema = schema
+        self._watch: SqliteWatch | None = None
+        database = engine.url.database or ""
+        # a plain path only (a file: URI may name a shared in-memory database)
+        if self.dialect == "sqlite" and generations and database not in ("", ":memory:"):
+            self._watch = None if database.startswith("file:") else SqliteWatch(database)
         self.cluster = ClusterRepository(db)
         self.versions = VersionRepository(db)
         self.nodes = NodeRepository(db)
@@ -105,7 +111,14 @@ class Registry:
                 raise
         return conn, channel
 
+    @property
+    def watch(self) -> SqliteWatch | None:
+        """A file-backed SQLite registry's cheap change check (``registry/_watch.py``); None elsewhere."""
+        return self._watch
+
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         await self.engine.dispose()
 
     async def __aenter__(self) -> Registry:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from superollama.agent.inventory import nvidia_smi_gpus
 from superollama.control import Controller
+from superollama.control.feed import Nudge
 from superollama.plugins.finetune.routes import FineTuningRoutes
 from superollama.plugins.finetune.service import FineTuning
 from superollama.plugins.rag.files import FileService
@@ -41,6 +42,7 @@ def install(
     settings: Settings,
     *,
     is_leader: Callable[[], bool],
+    nudge: Nudge | None = None,
 ) -> FineTuning:
     """The routes on ``app`` and the runner (started here; ``close`` it with the app)."""
     service = FineTuning(
@@ -54,6 +56,7 @@ def install(
         is_leader=is_leader,
         poll=settings.finetune_poll,
         threads=settings.finetune_threads,
+        nudge=nudge,
     )
     FineTuningRoutes(service).register(app)
     service.start()

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from superollama.control import Controller
+from superollama.control.feed import Nudge
 from superollama.errors import Conflict, InvalidRequest, NotFound, SuperOllamaError
 from superollama.plugins.rag.files import FileService, check_fine_tune_jsonl
 from superollama.registry import Registry
@@ -152,11 +153,14 @@ class FineTuning:
         poll: float = 2.0,
         threads: int = 0,
         python: str = sys.executable,
+        nudge: Nudge | None = None,
     ) -> None:
         """``home``: jobs' folders go under ``home/fine_tuning``; ``bases``: where GGUF bases are
         dequantised to HF folders (kept: the transformers runtime serves adapters over them); ``device``:
         where the next job trains (``cpu``, ``cuda:0``), asked at its start; ``poll``: how often a
-        gateway that is not running a job looks for one to run when it is the leader."""
+        gateway that is not running a job looks for one to run when it is the leader; ``nudge``: the change
+        feed's for the ``fine_tuning`` topic: with it, a leader with no job to run sleeps until a job is
+        added or changed anywhere, instead of looking every ``poll`` seconds."""
         self._repo = registry.fine_tuning
         self._controller = controller
         self._store = store
@@ -168,7 +172,7 @@ class FineTuning:
         self._poll = poll
         self._threads = threads
         self._python = python
-        self._wake = asyncio.Event()
+        self._wake = nudge or Nudge(watched=False)
         self._run: _Run | None = None
         self._task: asyncio.Task[None] | None = None
         self._loss = Gauge(_METRIC + "train_loss", "Training loss at the latest step, by job.", ("job",))
@@ -298,21 +302,22 @@ class FineTuning:
 
     async def _loop(self) -> None:
         while True:
+            settled = False  # leader, and no job left to run: only a change in the registry brings one
             try:
                 if self._is_leader():
-                    for job in await self._repo.unfinished():
+                    jobs = await self._repo.unfinished()
+                    for job in jobs:
                         if not self._is_leader():
                             break
                         await self._run_job(job)
+                    settled = not jobs
             except asyncio.CancelledError:
                 raise
             except SuperOllamaError as exc:
                 log.warning("fine-tuning runner: %s", exc.message)
             except Exception:
                 log.exception("fine-tuning runner failed; trying again")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll)
+            await self._wake.sleep(self._poll, due=None if settled else self._poll)
 
     async def _run_job(self, job: FineTuneRecord) -> None:
         current = await self._repo.get(job.id, any_key=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from superollama.plugins.rag.routes import RagRoutes
 from superollama.plugins.rag.service import Embed, VectorStores
 from superollama.plugins.rag.vectors import Chunk, Hit, VectorStore
 from superollama.registry import Registry
+from superollama.registry._watch import SqliteWatch
 
 __all__ = [
     "Chunk",
@@ -109,6 +111,17 @@ async def install(
     return Rag(stores, grounding)
 
 
+def _generation(watch: SqliteWatch | None) -> object | None:
+    """The registry's ``all`` generation by the watch's probe (no query through the engine); None when
+    there is no watch or it failed (then the replica reloads every poll, as without one)."""
+    if watch is None:
+        return None
+    try:
+        return watch.probe(["generations"])["generations"]
+    except sqlite3.Error:
+        return None
+
+
 async def replica_grounding(
     registry: Registry,
     targets: ModelTargets,
@@ -132,14 +145,22 @@ async def replica_grounding(
         default_engine=engine,
     )
     grounding = Grounding(stores, targets, backend)
+    watch = registry.watch  # SQLite: reload only when a generation moved (groundings bump one)
+    seen = _generation(watch)  # before the load: a change meanwhile is newer
     await grounding.reload()
 
     async def reload_forever() -> None:
+        nonlocal seen
         while True:
             await asyncio.sleep(poll)
+            now = _generation(watch)
+            if now is not None and now == seen:
+                continue
             try:
                 await grounding.reload()
             except SuperOllamaError as exc:  # the registry is away: keep the last groundings
                 log.warning("could not reload groundings: %s", exc.message)
+            else:
+                seen = now
 
     return Rag(stores, grounding), asyncio.create_task(reload_forever(), name="grounding-reload")
