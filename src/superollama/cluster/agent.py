@@ -93,6 +93,10 @@ class RayNode:
     report: Mapping[str, Any] | None = None
 
 
+_UNAVAILABLE_FIRST_WAIT = 0.5  # seconds before asking an unreachable actor again (doubling)
+_UNAVAILABLE_MAX_WAIT = 10.0
+
+
 class RayHandle:
     """``InstanceHandle`` of an instance actor: the child's pid and endpoint, the node and device it
     runs on. ``wait`` ends when the child exits or the actor (or its node) dies."""
@@ -117,11 +121,24 @@ class RayHandle:
         return not self._gone
 
     async def wait(self) -> int:
-        try:
-            code = int(await self._actor.wait.remote())
-        except ray.exceptions.RayError as exc:
-            log.warning("instance %s: its actor is gone (%s)", self.instance_id, type(exc).__name__)
-            code = -1
+        delay = _UNAVAILABLE_FIRST_WAIT
+        while True:
+            try:
+                code = int(await self._actor.wait.remote())
+                break
+            except ray.exceptions.ActorUnavailableError as exc:
+                # Ray's word for "not reachable now, maybe later" (a link to its node down, a head
+                # restarting): the instance may well be serving still. Ask again; once the actor is
+                # really gone, Ray says so with ActorDiedError.
+                log.info(
+                    "instance %s: its actor is unreachable for now (%s); asking again", self.instance_id, exc
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _UNAVAILABLE_MAX_WAIT)
+            except ray.exceptions.RayError as exc:
+                log.warning("instance %s: its actor is gone (%s)", self.instance_id, type(exc).__name__)
+                code = -1
+                break
         await _kill(self._actor)  # the instance is over: its actor goes too (never one left behind)
         self._gone = True
         return code
