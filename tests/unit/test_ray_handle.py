@@ -42,25 +42,36 @@ class _Actor:
 
 
 @pytest.fixture(autouse=True)
-def _quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+def killed(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Quick retries, and the actors ``wait`` kills once the instance is over (a stand-in is no actor
+    for ``ray.kill``, which a test session with Ray connected would hand to Ray)."""
     monkeypatch.setattr(cluster_agent, "_UNAVAILABLE_FIRST_WAIT", 0.001)
     monkeypatch.setattr(cluster_agent, "_UNAVAILABLE_MAX_WAIT", 0.002)
+    gone: list[object] = []
+
+    async def kill(actor: object) -> None:
+        gone.append(actor)
+
+    monkeypatch.setattr(cluster_agent, "_kill", kill)
+    return gone
 
 
 def _unavailable() -> ray.exceptions.ActorUnavailableError:
     return ray.exceptions.ActorUnavailableError("the link to its node is down", None)
 
 
-async def test_an_unreachable_actor_is_asked_again_and_its_exit_code_read() -> None:
+async def test_an_unreachable_actor_is_asked_again_and_its_exit_code_read(killed: list[object]) -> None:
     actor = _Actor([_unavailable(), _unavailable(), _unavailable(), 0])
     handle = RayHandle("inst-1", actor, INFO, "alpha", "cpu")
     assert await handle.wait() == 0
     assert actor.wait.calls == 4 and not handle.alive()
+    assert killed == [actor]  # once the child exited, its actor goes too
 
 
-async def test_a_dead_actor_or_another_ray_error_ends_the_instance() -> None:
+async def test_a_dead_actor_or_another_ray_error_ends_the_instance(killed: list[object]) -> None:
     for ending in (ray.exceptions.ActorDiedError(), ray.exceptions.RaySystemError("gone")):
         actor = _Actor([_unavailable(), ending])
         handle = RayHandle("inst-2", actor, INFO, "alpha", "cpu")
         assert await handle.wait() == -1
         assert actor.wait.calls == 2 and not handle.alive()
+        assert killed[-1] is actor
