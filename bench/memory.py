@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from tests.conftest import minilm_path, smollm2_path  # noqa: E402
+from tests.llamacpp_report import llama_cpp_reports  # noqa: E402
 
 from superollama.agent.estimate import MIB, MemoryEstimate  # noqa: E402
 from superollama.cluster.actors import observe_memory  # noqa: E402
@@ -46,38 +45,6 @@ from superollama.runtimes.llamacpp import LlamaCppRuntime  # noqa: E402
 from superollama.runtimes.transformers import TransformersRuntime  # noqa: E402
 from superollama.store.folders import folder_metadata  # noqa: E402
 from superollama.store.gguf import as_metadata, read_gguf_metadata  # noqa: E402
-
-_LOAD = """
-import os, sys, xllamacpp
-p = xllamacpp.CommonParams()
-p.model.path = sys.argv[1]
-p.port = 0
-p.hostnames = ["127.0.0.1"]
-p.n_ctx = int(sys.argv[2])
-p.n_parallel = int(sys.argv[3])
-p.embedding = True
-p.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
-p.verbosity = 4
-s = xllamacpp.Server(p)
-sys.stderr.flush()
-os._exit(0)
-"""
-_BUFFER = re.compile(r"(model|KV|compute) buffer size =\s+([\d.]+) MiB")
-
-
-def llama_cpp_reports(gguf: Path, n_ctx: int, parallel: int) -> dict[str, float]:
-    """The buffers llama.cpp logs when it loads ``gguf`` (MiB by kind)."""
-    done = subprocess.run(
-        [sys.executable, "-c", _LOAD, str(gguf), str(n_ctx), str(parallel)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    found: dict[str, float] = {}
-    for kind, mib in _BUFFER.findall(done.stdout + done.stderr):
-        found[kind] = found.get(kind, 0.0) + float(mib)
-    return found
 
 
 def folder_artifact(name: str, folder: Path) -> Artifact:

@@ -109,8 +109,8 @@ async def test_the_per_host_bound_holds_and_a_burst_waits_for_a_slot(backend: Ba
     try:
         calls = [asyncio.create_task(one(i)) for i in range(5)]
         await wait_until(lambda: backend.inflight == 2, what="two requests at the backend")
-        await asyncio.sleep(0.2)  # the other three are queued here, not sent
-        assert backend.inflight == 2 and len(backend.seen) == 2
+        await wait_until(lambda: transport.waiting == 3, what="the other three queued for a slot")
+        assert backend.inflight == 2 and len(backend.seen) == 2  # queued here, not sent
         backend.release.set()
         answers = await asyncio.gather(*calls)
         assert sorted(answers) == [b'{"echo":%d}' % i for i in range(5)]

@@ -96,6 +96,7 @@ class ExternalTransport:
         self._own_client = own_client
         self._routes: dict[str, _Own | None] = {}  # base URL → its h1 route, or _LIBRARY
         self._hosts: dict[str, asyncio.Semaphore] = {}  # host:port → its connection slots
+        self._waiting = 0
 
     async def _route(self, base_url: str) -> _Own | None:
         route: _Own | None = _LIBRARY
@@ -132,11 +133,14 @@ class ExternalTransport:
         if slots.locked():  # a burst past the bound: wait for a slot, within the request's time
             loop = asyncio.get_running_loop()
             started = loop.time()
+            self._waiting += 1
             try:
                 async with asyncio.timeout(timeout):
                     await slots.acquire()
             except TimeoutError:
                 raise TimeoutError(f"no connection to the backend was free within {timeout:g}s") from None
+            finally:
+                self._waiting -= 1
             timeout = max(0.001, timeout - (loop.time() - started))
         else:
             await slots.acquire()  # free: returns at once
@@ -146,6 +150,11 @@ class ExternalTransport:
             slots.release()
             raise
         return _Slotted(response, slots)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a connection slot on ``h1`` (a burst past the bound, queued here)."""
+        return self._waiting
 
     def own_client(self, base_url: str) -> bool | None:
         """Whether ``base_url`` goes through ``h1`` (None: not decided yet, before its first request)."""
