@@ -413,6 +413,47 @@ async def test_concurrent_event_adds_all_land(registry: Registry) -> None:
     assert sorted(e.detail["i"] for e in listed) == list(range(20))
 
 
+# A write whose statement takes a while: SQLite counts through a recursive CTE, Postgres sleeps.
+_SLOW_WRITE = {
+    "sqlite": "UPDATE generations SET value = value + (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+    "SELECT x + 1 FROM c WHERE x < 3000000) SELECT count(*) FROM c) WHERE name = 'all' RETURNING value",
+    "postgresql": "UPDATE generations SET value = value + (SELECT 1 FROM pg_sleep(0.5)) WHERE name = 'all' "
+    "RETURNING value",
+}
+
+
+async def test_a_write_cancelled_mid_statement_releases_its_lock(
+    db_url: str, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task cancelled while its write's statement runs (a client gone, a shutdown) must not keep the
+    write lock: SQLite's driver drops such a connection, and closing it with the statement's cursor still
+    referenced (here: by the cancelled task's traceback) left a connection that held its transaction until
+    that cursor was collected; the next writer waited its busy timeout and failed "database is locked"."""
+    monkeypatch.setattr("superollama.registry.db.SQLITE_BUSY_TIMEOUT_MS", 1_000)
+    async with await open_registry(db_url, clock=clock) as reg:
+        before = await _all_generation(reg)
+
+        async def slow_write() -> None:
+            async with reg.engine.begin() as conn:
+                (await conn.exec_driver_sql(_SLOW_WRITE[reg.dialect])).first()
+
+        for delay in (0.0, 0.02, 0.1):
+            task = asyncio.create_task(slow_write())
+            await asyncio.sleep(delay)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task  # ``task`` stays referenced, and with it the cursor the statement ran on
+            await reg.events.add(EventRecord(action="after-cancel", target=str(delay)))
+        assert [e.target for e in await reg.events.list(action="after-cancel")] == ["0.1", "0.02", "0.0"]
+        assert await _all_generation(reg) == before  # none of the cancelled writes landed
+
+
+async def _all_generation(reg: Registry) -> int:
+    stmt = select(tables.generations.c.value).where(tables.generations.c.name == "all")
+    async with reg.engine.connect() as conn:
+        return int((await conn.execute(stmt)).scalar_one())
+
+
 # --- migrations, opening, errors ------------------------------------------------------------------------
 
 

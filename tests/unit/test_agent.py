@@ -24,6 +24,7 @@ from superollama.core import (
     InstanceRecord,
     InstanceSpec,
     InstanceState,
+    NodeRecord,
 )
 from superollama.errors import LoadTimeout, ModelLoadFailed, Unavailable
 from superollama.registry import Registry, open_registry
@@ -136,6 +137,35 @@ async def test_concurrent_requests_share_one_load(registry: Registry) -> None:
     await agent.close()
     assert runtime.handles[0].stops == 1
     assert (await registry.instances.get(instances[0].id)).state is InstanceState.STOPPED
+
+
+async def test_a_caller_whose_checks_outlast_the_load_takes_its_instance(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller reads the registry (cordon, placement) before it joins or starts a load; if the load
+    another caller started ends meanwhile, it must take that instance, not start a second one."""
+    runtime = GateRuntime()
+    agent = make_agent(registry, runtime)
+    await agent.start()
+    find = registry.nodes.find
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_second_find(name: str) -> NodeRecord | None:
+        if held.is_set():
+            return await find(name)
+        held.set()  # the first caller's read is held until the other caller's load has ended
+        await release.wait()
+        return await find(name)
+
+    monkeypatch.setattr(registry.nodes, "find", slow_second_find)
+    late = asyncio.create_task(agent.ensure(ART, "gate"))
+    await held.wait()
+    first = await agent.ensure(ART, "gate")
+    release.set()
+    assert await late is first
+    assert runtime.starts == 1
+    await agent.close()
 
 
 async def test_a_slow_load_times_out_but_keeps_loading(registry: Registry) -> None:

@@ -238,8 +238,7 @@ class LocalAgent:
         self._specs[version] = (artifact, runtime, device)
         ready = self._ready(version)
         if ready:
-            self._top_up(version)
-            return min(ready, key=lambda i: i.in_flight + i.pending)
+            return self._least_loaded(version, ready)
         if self._closing:
             raise Unavailable("server is shutting down", retry_after=5)
         if self._waiting >= self._config.max_pending_loads:
@@ -249,6 +248,10 @@ class LocalAgent:
         if artifact.name not in self._loading:
             await self._refuse_when_closed(version)
             await self._check_placement(version, runtime)
+            # the load another caller started may have ended while these read the registry
+            ready = self._ready(version)
+            if ready:
+                return self._least_loaded(version, ready)
         task = self._loading.get(artifact.name)
         if task is None:
             task = self._start_load(artifact, runtime, device, waited=True, name=f"load {artifact.name}")
@@ -271,6 +274,10 @@ class LocalAgent:
                 del self._load_waiters[version]
             if task.done() and not task.cancelled() and task.exception() is None:
                 self._handed_over(task.result())
+
+    def _least_loaded(self, version: str, ready: list[LiveInstance]) -> LiveInstance:
+        self._top_up(version)
+        return min(ready, key=lambda i: i.in_flight + i.pending)
 
     async def _refuse_when_closed(self, version: str) -> None:
         """A cordoned (or drained) node starts nothing new: the registry's state, so that a cordon made

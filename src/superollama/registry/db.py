@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -193,6 +195,25 @@ def _parse(url: str, schema: str | None) -> tuple[URL, str | None]:
     raise RegistryError(f"registry URL: unsupported database {backend!r} (use sqlite or postgresql)")
 
 
+class _RollbackOnClose(sqlite3.Connection):
+    """A SQLite connection that rolls back an open transaction when it is closed.
+
+    A task cancelled in the middle of a statement (a client gone, a shutdown) makes SQLAlchemy drop the
+    connection: aiosqlite closes it in its thread once the statement is done. Python's ``close`` leaves
+    the statement of a cursor still referenced (by the cancelled task's traceback, say) unfinalized, and
+    SQLite then keeps the connection as a "zombie" that holds its transaction, and with it the write
+    lock, until that cursor is collected: every other writer waited its busy timeout and failed with
+    "database is locked". Rolling back first ends the transaction there and then (pending statements
+    are aborted)."""
+
+    def close(self) -> None:
+        if self.in_transaction:
+            # closing anyway: if this fails, SQLite rolls back when the connection is finally freed
+            with contextlib.suppress(sqlite3.Error):
+                self.rollback()
+        super().close()
+
+
 def _sqlite_engine(url: URL, pool_size: int) -> AsyncEngine:
     database = url.database or ""
     memory = database in ("", ":memory:")
@@ -207,7 +228,9 @@ def _sqlite_engine(url: URL, pool_size: int) -> AsyncEngine:
         if memory
         else {"pool_size": pool_size, "max_overflow": pool_size}
     )
-    engine = create_async_engine(url, poolclass=AsyncAdaptedQueuePool, **pool)
+    engine = create_async_engine(
+        url, poolclass=AsyncAdaptedQueuePool, connect_args={"factory": _RollbackOnClose}, **pool
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
