@@ -45,7 +45,9 @@ class RayTestCluster:
 def ray_cluster() -> Iterator[RayTestCluster]:
     # Ray's Unix sockets live under the temp dir: keep the path short (108 bytes at most)
     tmpdir = tempfile.mkdtemp(prefix="so-ray-", dir="/tmp")
-    env = {**RAY_ENV, "RAY_TMPDIR": tmpdir}
+    # A node's Python worker for an instance actor can take over the default 30 s to start on a 2-core box
+    # running the rest of the suite (a move failed so under load): the servers here wait longer for it.
+    env = {**RAY_ENV, "RAY_TMPDIR": tmpdir, "SUPEROLLAMA_PLACEMENT_TIMEOUT": "120"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     from ray.cluster_utils import Cluster

@@ -99,17 +99,19 @@ class Relay:
         deadline = None
         if stream and self._first_token is not None:
             deadline = asyncio.get_running_loop().time() + self._first_token
-        first_token = asyncio.timeout_at(deadline)
+        # A timeout context only where there is a deadline: entering and leaving one, even without a
+        # deadline, was ~2 % of a JSON request's CPU in the profile.
+        first_token: asyncio.Timeout | None = None
         try:
-            async with first_token:
-                upstream = await post_to_backend(
-                    self._client,
-                    target,
-                    path,
-                    orjson.dumps(body),
-                    self._timeout,
-                    credentials=self._credentials,
-                )
+            sent = post_to_backend(
+                self._client, target, path, orjson.dumps(body), self._timeout, credentials=self._credentials
+            )
+            if deadline is None:
+                upstream = await sent
+            else:
+                first_token = asyncio.timeout_at(deadline)
+                async with first_token:
+                    upstream = await sent
             if ex is not None and not target.external:  # the instance that answered (of the replicas)
                 ex.headers[INSTANCE_HEADER] = target.instance_id
             async with upstream:
@@ -139,7 +141,7 @@ class Relay:
                         ex.output = _answer_text(data)
                 return web.Response(body=data, status=upstream.status, content_type="application/json")
         except TimeoutError as exc:
-            if first_token.expired() or isinstance(exc, _NoFirstToken):
+            if (first_token is not None and first_token.expired()) or isinstance(exc, _NoFirstToken):
                 target.failed()
                 raise UpstreamTimeout(
                     f"backend of {target.endpoint.served_name!r} sent no first token within "
