@@ -96,3 +96,57 @@ async def test_the_answer_ends_at_done_and_usage_is_metered_but_not_shown(
     ex = exchanges[0]
     assert (ex.prompt_tokens, ex.completion_tokens) == (3, 2)
     assert ex.first_byte is not None
+
+
+async def test_the_headers_go_out_with_the_first_event_and_done_with_the_end_of_the_body() -> None:
+    """A relayed stream costs the client's connection no write of its own for the status line and
+    headers, nor one for the end of the chunked body: the first write carries the headers and the first
+    event, the last one ``[DONE]`` and the body's end."""
+    writes: list[bytes] = []
+
+    async def backend(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in EVENTS:
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    back = web.Application()
+    back.router.add_post("/v1/chat/completions", backend)
+    back_runner, back_url = await _serve(back)
+    client = H1Client()
+    relay = Relay(client, timeout=30)
+    target = RouteTarget("inst-1", Endpoint(back_url + "/v1", "openai", "m"))
+
+    async def gateway(request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        assert transport is not None
+        sent_by = transport.write
+
+        def write(data: bytes) -> None:  # what the client's connection is given, write by write
+            writes.append(bytes(data))
+            sent_by(data)
+
+        transport.write = write  # type: ignore[method-assign]
+        transport.writelines = lambda chunks: write(b"".join(chunks))  # type: ignore[method-assign]
+        request[EXCHANGE] = Exchange(request_id="r", protocol="openai")
+        body = await request.json()
+        lease = Lease(Route("m", "m", True, 0, (target,)), target, NoStarter(), NoCounts())
+        return await relay.forward(request, lease, "/chat/completions", body, stream=True)
+
+    front = web.Application()
+    front.router.add_post("/v1/chat/completions", gateway)
+    front_runner, front_url = await _serve(front)
+    try:
+        async with aiohttp.ClientSession() as session:
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            async with session.post(front_url + "/v1/chat/completions", json=body) as response:
+                data = await asyncio.wait_for(response.read(), 10)
+    finally:
+        await front_runner.cleanup()
+        await back_runner.cleanup()
+        await client.close()
+    assert data == EVENTS[0] + EVENTS[1] + EVENTS[3]
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and EVENTS[0] in writes[0], writes
+    assert writes[-1].endswith(EVENTS[3] + b"\r\n0\r\n\r\n"), writes

@@ -190,7 +190,7 @@ async def _relay_stream(
 ) -> web.StreamResponse:
     """Relay whole SSE events as they complete; read usage from the event that carries it. ``kept``
     collects what is relayed until usage arrives (to estimate it if none does)."""
-    response = web.StreamResponse(status=upstream.status, headers=_SSE_HEADERS)
+    response = _EventStream(status=upstream.status, headers=_SSE_HEADERS)
     await response.prepare(request)
     pending = b""
     try:
@@ -207,13 +207,14 @@ async def _relay_stream(
                     ex.mark_first_byte()
                     if kept is not None and ex.prompt_tokens is None:
                         kept.append(ready)
-                await response.write(ready)
                 if ready.endswith(_DONE):
                     # The stream's last event: end the client's answer now rather than when the backend
                     # ends its body (a client that stops at [DONE] and hangs up must not turn a complete
-                    # answer into a 499). A backend body not yet ended costs its pooled connection.
-                    pending = b""
-                    break
+                    # answer into a 499), in the same write as the chunked body's end. A backend body not
+                    # yet ended costs its pooled connection.
+                    await response.write_eof(ready)
+                    return response
+                await response.write(ready)
         if pending:
             await response.write(pending)
     except UPSTREAM_DOWN as exc:
@@ -227,6 +228,14 @@ async def _relay_stream(
         await response.write(b"event: error\ndata: " + orjson.dumps(error_body(err)) + b"\n\n")
     await response.write_eof()
     return response
+
+
+class _EventStream(web.StreamResponse):
+    """An SSE answer whose status line and headers go out with its first event, in one write: aiohttp
+    sends a stream's headers on their own as it is prepared (a system call per stream, ~5 % of a short
+    stream's CPU). The client sees them no later than the first event, which is all it waits for."""
+
+    _send_headers_immediately = False
 
 
 def _answer_text(data: bytes) -> Any:
