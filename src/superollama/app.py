@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,7 +73,7 @@ from superollama.gateway.listener import (
 )
 from superollama.gateway.loop import run as run_loop
 from superollama.gateway.loop import settle_heap
-from superollama.gateway.middleware import RequestMiddleware, add_exchange_headers
+from superollama.gateway.middleware import AnswerHeaders, RequestMiddleware
 from superollama.gateway.ollama_routes import OllamaRoutes
 from superollama.gateway.openai_routes import ModelTargets
 from superollama.gateway.rerank_routes import RerankRoutes
@@ -279,8 +279,7 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
             *plugin_middlewares(plugins),
         ],
     )
-    app.on_response_prepare.append(add_exchange_headers)
-    app.on_response_prepare.append(_gateway_header(gateway))
+    AnswerHeaders.of(app).fixed[GATEWAY_HEADER] = gateway
     app[CLUSTER] = cluster
     backends = resilience.mounts  # h1 to our instances, aiohttp to connections (gateway/transport.py)
     relay = Relay(
@@ -439,15 +438,6 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
 
     app.on_cleanup.append(close)
     return app
-
-
-def _gateway_header(gateway: str) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """``on_response_prepare``: which gateway answered (``GATEWAY_HEADER``)."""
-
-    async def add(_request: web.Request, response: web.StreamResponse) -> None:
-        response.headers[GATEWAY_HEADER] = gateway
-
-    return add
 
 
 async def _security(

@@ -22,7 +22,7 @@ from superollama.core import Artifact, Endpoint, InstanceSpec
 from superollama.errors import InvalidRequest, ModelLoadFailed
 from superollama.gateway import error_middleware
 from superollama.gateway.exchange import EXCHANGE, Exchange
-from superollama.gateway.middleware import add_exchange_headers
+from superollama.gateway.middleware import AnswerHeaders
 from superollama.gateway.openai_routes import ModelTargets
 from superollama.gateway.rerank_routes import RerankRoutes
 from superollama.gateway.resilience import Resilience, parse_fallbacks
@@ -176,7 +176,7 @@ async def gateway() -> AsyncIterator[Make]:
         targets = ModelTargets(holder, NoStarter(), Counts(), security, resilience)
         app = web.Application(middlewares=[_exchanges, error_middleware])
         app[EXCHANGES] = []
-        app.on_response_prepare.append(add_exchange_headers)
+        AnswerHeaders.of(app)
         RerankRoutes(targets, Backend(Mounts(transport), 30)).register(app)
         client = TestClient(TestServer(app))
         clients.append(client)

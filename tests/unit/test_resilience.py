@@ -22,7 +22,7 @@ from superollama.gateway.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, Retry
 from superollama.gateway.exchange import EXCHANGE, Exchange
 from superollama.gateway.lease import Guard
 from superollama.gateway.limits import RouteLimits
-from superollama.gateway.middleware import add_exchange_headers
+from superollama.gateway.middleware import AnswerHeaders
 from superollama.gateway.ollama_routes import OllamaRoutes
 from superollama.gateway.openai_routes import ModelTargets
 from superollama.gateway.resilience import Resilience, parse_fallbacks
@@ -87,7 +87,7 @@ async def gateway() -> AsyncIterator[Callable[[MockTransport, list[Route], Resil
         mounts = Mounts(transport)
         relay = Relay(mounts, 30, first_token_timeout=resilience.first_token_timeout)
         app = web.Application(middlewares=[exchanges, error_middleware])
-        app.on_response_prepare.append(add_exchange_headers)
+        AnswerHeaders.of(app)
         OpenAIRoutes(holder, targets, relay).register(app)
         OllamaRoutes(
             targets, None, counts, mounts, 30, first_token_timeout=resilience.first_token_timeout

@@ -26,10 +26,10 @@ from superollama.contract.nodes import JOIN_PATH
 from superollama.core import RequestRecord
 from superollama.errors import SuperOllamaError
 from superollama.gateway.errors import error_response
-from superollama.gateway.exchange import EXCHANGE, Exchange, Observer, exchange_of
+from superollama.gateway.exchange import EXCHANGE, Exchange, Observer
 from superollama.security import Admission, Security
 
-__all__ = ["NullObserver", "RequestIds", "RequestMiddleware", "add_exchange_headers"]
+__all__ = ["ANSWER_HEADERS", "AnswerHeaders", "NullObserver", "RequestIds", "RequestMiddleware"]
 
 log = logging.getLogger("superollama.gateway")
 
@@ -205,12 +205,37 @@ def _is_metrics(request: web.Request) -> bool:
     )
 
 
-async def add_exchange_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: the request id and rate-limit headers, streamed answers included."""
-    ex = exchange_of(request)
-    if ex is not None:
-        response.headers["X-Request-Id"] = ex.request_id
-        if ex.protocol == "anthropic":
-            response.headers["request-id"] = ex.request_id  # what the Anthropic SDKs read
-        for name, value in ex.headers.items():
-            response.headers.setdefault(name, value)
+class AnswerHeaders:
+    """The app's one ``on_response_prepare`` callback (``AnswerHeaders.of(app)``): the headers every answer
+    carries (``fixed``: which gateway, which worker) and those of the request's exchange (request id,
+    rate limits, the instance that answered), streamed answers included. One callback for all of them:
+    aiohttp awaits each callback in turn on every answer."""
+
+    __slots__ = ("fixed",)
+
+    def __init__(self) -> None:
+        self.fixed: dict[str, str] = {}
+
+    @classmethod
+    def of(cls, app: web.Application) -> AnswerHeaders:
+        """The app's callback, installed on first use (before the app is frozen)."""
+        installed = app.get(ANSWER_HEADERS)
+        if installed is None:
+            installed = app[ANSWER_HEADERS] = cls()
+            app.on_response_prepare.append(installed)
+        return installed
+
+    async def __call__(self, request: web.Request, response: web.StreamResponse) -> None:
+        headers = response.headers
+        if self.fixed:
+            headers.update(self.fixed)
+        ex = request.get(EXCHANGE)
+        if ex is not None:
+            headers["X-Request-Id"] = ex.request_id
+            if ex.protocol == "anthropic":
+                headers["request-id"] = ex.request_id  # what the Anthropic SDKs read
+            for name, value in ex.headers.items():
+                headers.setdefault(name, value)
+
+
+ANSWER_HEADERS = web.AppKey("superollama_answer_headers", AnswerHeaders)

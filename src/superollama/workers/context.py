@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from superollama.gateway.listener import ConnectionGate, ConnectionLimits, GatedSockSite
+from superollama.gateway.middleware import AnswerHeaders
 from superollama.security.shared_limits import SharedLimitTable, SharedMemoryRateLimiter
 from superollama.workers.paths import RunPaths
 
@@ -40,12 +41,7 @@ class WorkerContext:
         return SharedMemoryRateLimiter(self.limits)
 
     def add_worker_header(self, app: web.Application) -> None:
-        value = str(self.index)
-
-        async def worker_header(_request: web.Request, response: web.StreamResponse) -> None:
-            response.headers[WORKER_HEADER] = value
-
-        app.on_response_prepare.append(worker_header)
+        AnswerHeaders.of(app).fixed[WORKER_HEADER] = str(self.index)
 
     async def start_sites(self, runner: web.AppRunner, limits: ConnectionLimits) -> None:
         """Serve the shared port with this worker's connection bounds (and, on the primary,

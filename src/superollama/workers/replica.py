@@ -30,7 +30,7 @@ from superollama.gateway.anthropic_routes import AnthropicRoutes
 from superollama.gateway.images import image_inputs
 from superollama.gateway.listener import ConnectionLimits, make_runner, refuse_oversized
 from superollama.gateway.loop import run as run_loop
-from superollama.gateway.middleware import RequestMiddleware, add_exchange_headers
+from superollama.gateway.middleware import AnswerHeaders, RequestMiddleware
 from superollama.gateway.ollama_routes import OllamaRoutes
 from superollama.gateway.openai_routes import ModelTargets
 from superollama.gateway.rerank_routes import RerankRoutes
@@ -113,14 +113,8 @@ async def create_replica_app(settings: Settings, ctx: WorkerContext, link: Prima
             *plugin_middlewares(load_plugins()),  # the request hooks run where the request is routed
         ],
     )
-    app.on_response_prepare.append(add_exchange_headers)
     ctx.add_worker_header(app)
-    gateway = gateway_id(settings.gateway_name, ctx.master_pid)
-
-    async def gateway_header(_request: web.Request, response: web.StreamResponse) -> None:
-        response.headers[GATEWAY_HEADER] = gateway
-
-    app.on_response_prepare.append(gateway_header)
+    AnswerHeaders.of(app).fixed[GATEWAY_HEADER] = gateway_id(settings.gateway_name, ctx.master_pid)
     backends = resilience.mounts
     relay = Relay(
         backends,
