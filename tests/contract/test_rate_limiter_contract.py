@@ -8,6 +8,7 @@ test, deleted afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -154,6 +155,29 @@ async def test_a_per_model_limit_applies_to_its_models_only(subject: Subject) ->
     with pytest.raises(RateLimited, match="on models 'big-\\*'"):
         await subject.limiter.admit(p, "big-8b", 0)
     await subject.limiter.admit(p, "small", 0)
+
+
+async def test_a_reloaded_key_is_limited_by_its_new_limits_at_once(subject: Subject) -> None:
+    """An admin's change reaches the limiter as a new ``Principal`` of the same key (``KeyCache.load``):
+    its limits apply from its next request, whatever the limiter kept from the old one."""
+    p = principal(rpm=100)
+    first = await subject.limiter.admit(p, "m1", 10)
+    assert (
+        first.headers["x-ratelimit-limit-requests"] == "100"
+        and "x-ratelimit-limit-tokens" not in first.headers
+    )
+    changed = dataclasses.replace(p, rpm=5, tpm=1000)
+    second = await subject.limiter.admit(changed, "m1", 10)
+    assert second.headers["x-ratelimit-limit-requests"] == "5"
+    assert second.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert second.headers["x-ratelimit-remaining-tokens"] == "990"
+    scoped = dataclasses.replace(changed, tpm=None, model_limits=(ModelLimit("m*", rpm=1),))
+    third = await subject.limiter.admit(scoped, "m1", 10)
+    assert third.headers["x-ratelimit-limit-requests"] == "1"  # the model's limit is the tighter one now
+    assert "x-ratelimit-limit-tokens" not in third.headers
+    with pytest.raises(RateLimited, match="on models 'm\\*': 1 RPM"):
+        await subject.limiter.admit(scoped, "m2", 10)
+    assert (await subject.limiter.admit(changed, "m2", 10)).headers["x-ratelimit-limit-requests"] == "5"
 
 
 async def test_budgets_spend_and_refuse_once_spent(subject: Subject) -> None:

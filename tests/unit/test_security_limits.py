@@ -3,6 +3,7 @@ settlement, budgets, and the x-ratelimit-* headers."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from superollama.errors import QuotaExceeded, RateLimited
 from superollama.security import MemoryRateLimiter, Principal
 from superollama.security.keys import ModelLimit
-from superollama.security.limits import format_duration
+from superollama.security.limits import Plans, format_duration
 
 T0 = datetime(2026, 3, 31, 23, 59, 0, tzinfo=UTC).timestamp()
 
@@ -189,3 +190,17 @@ async def test_idle_buckets_are_forgotten(clock: Clock) -> None:
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_a_plan_is_kept_per_principal_object_and_model_within_its_bound() -> None:
+    plans = Plans(str.upper, size=2)  # store keys: anything the limiter makes of a bucket's key
+    p = key(rpm=60, tpm=1000, model_limits=(ModelLimit("big-*", tpm=10),))
+    plan = plans.get(p, "big-1")
+    assert plans.get(p, "big-1") is plan
+    assert [b.kind for b in plan.buckets] == ["requests", "tokens", "tokens"]
+    assert plan.keys == tuple(b.key.upper() for b in plan.buckets)
+    assert [b.cost for b in plan.charge(40)] == [1, 40, 10]  # a token cost is at most the bucket's size
+    assert plans.get(dataclasses.replace(p), "big-1") is not plan  # equal, but a new object: a reload
+    for model in ("a", "b", "c", "d"):
+        assert len(plans.get(p, model).buckets) == 2
+        assert len(plans) <= 2

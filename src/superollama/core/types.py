@@ -313,3 +313,78 @@ class RequestRecord:
     user_agent: str | None = None
     input: Any = None  # request messages/prompt, only when capture is enabled
     output: Any = None  # response text, only when capture is enabled
+
+    @classmethod
+    def of(  # noqa: PLR0917 (positional on purpose: 29 keywords cost a microsecond more to match)
+        cls,
+        request_id: str,
+        protocol: str,
+        operation: str,
+        model: str,
+        status: int,
+        started_at: float,
+        duration: float,
+        stream: bool,
+        key_id: str | None,
+        key_prefix: str | None,
+        version: str | None,
+        deployment: str | None,
+        target: str | None,
+        instance: str | None,
+        connection: str | None,
+        node: str | None,
+        ttft: float | None,
+        load_wait: float | None,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        usage_estimated: bool,
+        search_units: int | None,
+        cost: float | None,
+        error_type: str | None,
+        error: str | None,
+        client: str | None,
+        user_agent: str | None,
+        input: Any,
+        output: Any,
+    ) -> RequestRecord:
+        """The same value as ``RequestRecord(...)``, every field given positionally in its order: what the
+        data plane makes once per request. A frozen dataclass's ``__init__`` sets each of the 29 fields
+        through ``object.__setattr__`` (4.2 us called by keywords); this fills the instance's dict at once
+        (1.4 us)."""
+        record = object.__new__(cls)
+        object.__setattr__(
+            record,
+            "__dict__",
+            {
+                "request_id": request_id,
+                "protocol": protocol,
+                "operation": operation,
+                "model": model,
+                "status": status,
+                "started_at": started_at,
+                "duration": duration,
+                "stream": stream,
+                "key_id": key_id,
+                "key_prefix": key_prefix,
+                "version": version,
+                "deployment": deployment,
+                "target": target,
+                "instance": instance,
+                "connection": connection,
+                "node": node,
+                "ttft": ttft,
+                "load_wait": load_wait,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "usage_estimated": usage_estimated,
+                "search_units": search_units,
+                "cost": cost,
+                "error_type": error_type,
+                "error": error,
+                "client": client,
+                "user_agent": user_agent,
+                "input": input,
+                "output": output,
+            },
+        )
+        return record

@@ -6,7 +6,9 @@ hash is as strong as a slow KDF here and costs a microsecond per request.
 
 ``KeyCache`` is what the request path reads: every key of the registry indexed by hash, rebuilt by
 ``reload()`` when keys change (the admin API calls it after each change). A lookup is one hash and one dict
-access; the stored hash is compared again with ``hmac.compare_digest``.
+access; the stored hash is compared again with ``hmac.compare_digest``. A key seen since the last reload is
+found again without the hash (a bounded memo of the keys that matched; a key that matched nothing is never
+kept, so random keys cannot grow it); revocation and expiry are checked on every request either way.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ the admin API (``GET``) and ``/metrics`` and signs in to the web UI read-only; i
 calls no model."""
 _PREFIX_ALPHABET = string.ascii_lowercase + string.digits
 _KEY_LENGTH = len(KEY_SCHEME) + PREFIX_CHARS + 40
+MEMO_SIZE = 4096  # keys found again without hashing them; all forgotten when full, and on every load
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,8 @@ class KeyCache:
         self._source = source
         self._clock = clock
         self._by_hash: Mapping[str, tuple[str, Principal]] = {}
+        # presented key → its entry of ``_by_hash``: only keys that matched one, and only until the next load
+        self._memo: dict[str, tuple[str, Principal]] = {}
         self._used: dict[str, float] = {}
 
     async def reload(self) -> int:
@@ -197,8 +202,10 @@ class KeyCache:
         return len(self._by_hash)
 
     def load(self, records: Iterable[KeyRecord]) -> None:
-        """Replace the index with these records (one swap: lookups never see half of it)."""
+        """Replace the index with these records (one swap: lookups never see half of it). The memo goes
+        with the old index: a key revoked, rotated or deleted is looked up afresh."""
         self._by_hash = {r.hash: (r.hash, Principal.from_record(r)) for r in records}
+        self._memo = {}
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -232,10 +239,15 @@ class KeyCache:
 
     def lookup(self, key: str) -> Principal:
         """The principal behind ``key``; ``Unauthorized`` for an unknown, revoked or expired key."""
-        digest = hash_key(key)
-        entry = self._by_hash.get(digest)
-        if entry is None or not hmac.compare_digest(entry[0], digest):
-            raise Unauthorized("invalid API key")
+        entry = self._memo.get(key)
+        if entry is None:
+            digest = hash_key(key)
+            entry = self._by_hash.get(digest)
+            if entry is None or not hmac.compare_digest(entry[0], digest):
+                raise Unauthorized("invalid API key")
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo = {}
+            self._memo[key] = entry
         return self._usable(entry[1])
 
     def _usable(self, principal: Principal) -> Principal:

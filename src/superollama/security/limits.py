@@ -23,9 +23,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, Protocol
+from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
 
 from superollama.errors import QuotaExceeded, RateLimited
 from superollama.security.budgets import period_label
@@ -37,11 +36,11 @@ __all__ = [
     "Admission",
     "Bucket",
     "MemoryRateLimiter",
+    "Plan",
+    "Plans",
     "RateLimiter",
-    "buckets_for",
     "format_duration",
     "quota_error",
-    "rate_headers",
     "rate_limited",
     "settled_tat",
 ]
@@ -55,57 +54,173 @@ _MAX_SLACK = 0.001
 Kind = Literal["requests", "tokens"]
 
 
-@dataclass(frozen=True)
-class Bucket:
-    """One GCRA bucket an admission charged: ``cost`` units of ``limit`` per minute."""
+class Bucket(NamedTuple):
+    """One GCRA bucket an admission charged: ``cost`` units of ``limit`` per minute. ``interval`` (seconds
+    per unit) and ``slack`` follow from ``limit``; ``Plan`` works them out once per key and model."""
 
     key: str
     kind: Kind
     limit: int
     cost: int
-    scope: str = "key"  # "key" or the model pattern of a per-model limit
-
-    @property
-    def interval(self) -> float:
-        return WINDOW / self.limit
-
-    @property
-    def slack(self) -> float:
-        return min(self.interval * _TOLERANCE, _MAX_SLACK)
+    scope: str  # "key" or the model pattern of a per-model limit
+    interval: float
+    slack: float
 
 
-@dataclass(frozen=True)
-class Admission:
+def _bucket(key: str, kind: Kind, limit: int, scope: str = "key") -> Bucket:
+    interval = WINDOW / limit
+    return Bucket(
+        key,
+        kind,
+        limit,
+        1 if kind == "requests" else 0,
+        scope,
+        interval,
+        min(interval * _TOLERANCE, _MAX_SLACK),
+    )
+
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class Admission(NamedTuple):
     """What ``admit`` let through: hand it back to ``settle`` when the request ends.
 
     ``headers`` are the ``x-ratelimit-*`` headers for the response; ``degraded`` means the limiter's store
-    was unreachable and the request was admitted unchecked (fail open)."""
+    was unreachable and the request was admitted unchecked (fail open). A tuple, made once per request: a
+    quarter of the time of a frozen dataclass."""
 
     model: str
     principal: Principal | None = None
     reserved_tokens: int = 0
     buckets: tuple[Bucket, ...] = ()
-    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    headers: Mapping[str, str] = _NO_HEADERS
     degraded: bool = False
 
 
-def buckets_for(principal: Principal, model: str, estimated_tokens: int) -> tuple[Bucket, ...]:
-    """The buckets one request of ``principal`` on ``model`` charges, with their costs."""
-    tokens = max(0, int(estimated_tokens))
-    out: list[Bucket] = []
-    base = f"{{{principal.key_id}}}"  # a Redis hash tag: every bucket of a key in one cluster slot
-    if principal.rpm:
-        out.append(Bucket(f"{base}:rpm", "requests", principal.rpm, 1))
-    if principal.tpm:
-        out.append(Bucket(f"{base}:tpm", "tokens", principal.tpm, min(tokens, principal.tpm)))
-    scoped = principal.model_limit(model)
-    if scoped is not None:
-        if scoped.rpm:
-            out.append(Bucket(f"{base}:m:{scoped.pattern}:rpm", "requests", scoped.rpm, 1, scoped.pattern))
-        if scoped.tpm:
-            cost = min(tokens, scoped.tpm)
-            out.append(Bucket(f"{base}:m:{scoped.pattern}:tpm", "tokens", scoped.tpm, cost, scoped.pattern))
-    return tuple(out)
+K = TypeVar("K")
+
+_HEADER_NAMES: dict[str, tuple[str, str, str]] = {
+    kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}")
+    for kind in ("requests", "tokens")
+}
+
+
+class Plan(Generic[K]):
+    """What every request of ``principal`` on ``model`` charges, worked out once: the buckets (a request
+    costs 1 of each requests bucket; ``charge`` fills in the tokens), their keys in the limiter's store
+    (``keys``, in the buckets' order), and the fixed parts of the ``x-ratelimit-*`` headers.
+
+    A plan belongs to one ``Principal`` object: a key reload makes new ones, so changed limits get a new
+    plan (see ``Plans``)."""
+
+    __slots__ = ("_kinds", "_tokens", "buckets", "keys", "model", "principal")
+
+    def __init__(self, principal: Principal, model: str, store_key: Callable[[str], K]) -> None:
+        self.principal = principal
+        self.model = model
+        base = f"{{{principal.key_id}}}"  # a Redis hash tag: every bucket of a key in one cluster slot
+        out: list[Bucket] = []
+        if principal.rpm:
+            out.append(_bucket(f"{base}:rpm", "requests", principal.rpm))
+        if principal.tpm:
+            out.append(_bucket(f"{base}:tpm", "tokens", principal.tpm))
+        scoped = principal.model_limit(model)
+        if scoped is not None:
+            if scoped.rpm:
+                out.append(_bucket(f"{base}:m:{scoped.pattern}:rpm", "requests", scoped.rpm, scoped.pattern))
+            if scoped.tpm:
+                out.append(_bucket(f"{base}:m:{scoped.pattern}:tpm", "tokens", scoped.tpm, scoped.pattern))
+        self.buckets: tuple[Bucket, ...] = tuple(out)
+        self.keys: tuple[K, ...] = tuple(store_key(b.key) for b in out)
+        self._tokens = any(b.kind == "tokens" for b in out)
+        # per kind present, in the headers' order: the three names, then (index, limit, its text, interval,
+        # slack) of each bucket of that kind
+        self._kinds = tuple(
+            (
+                *_HEADER_NAMES[kind],
+                tuple(
+                    (i, b.limit, str(b.limit), b.interval, b.slack)
+                    for i, b in enumerate(out)
+                    if b.kind == kind
+                ),
+            )
+            for kind in ("requests", "tokens")
+            if any(b.kind == kind for b in out)
+        )
+
+    def charge(self, estimated_tokens: int) -> tuple[Bucket, ...]:
+        """The buckets with this request's costs: 1 request, the estimate in tokens (at most a bucket's
+        whole capacity: a larger one waits for a full bucket instead of never passing)."""
+        if not self._tokens:
+            return self.buckets
+        tokens = max(0, int(estimated_tokens))
+        out = []
+        for bucket in self.buckets:
+            if bucket.kind == "requests":
+                out.append(bucket)
+            else:  # positional: a third of the time of ``_replace``
+                key, kind, limit, _, scope, interval, slack = bucket
+                out.append(
+                    Bucket(key, kind, limit, tokens if tokens < limit else limit, scope, interval, slack)
+                )
+        return tuple(out)
+
+    def headers(self, tats: Sequence[float], now: float) -> dict[str, str]:
+        """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` from the buckets' TATs (in the plan's
+        order); per kind, the most constraining bucket (the least remaining) speaks."""
+        headers: dict[str, str] = {}
+        for limit_name, remaining_name, reset_name, members in self._kinds:
+            best = -1
+            text = ""
+            wait = 0.0
+            for i, limit, limit_text, interval, slack in members:
+                tat = tats[i]
+                ahead = tat - now if tat > now else 0.0
+                remaining = math.floor((WINDOW + slack - ahead) / interval)
+                if remaining > limit:
+                    remaining = limit
+                elif remaining < 0:
+                    remaining = 0
+                if best < 0 or remaining < best:
+                    best, text, wait = remaining, limit_text, ahead
+            headers[limit_name] = text
+            headers[remaining_name] = str(best)
+            headers[reset_name] = format_duration(wait)
+        return headers
+
+
+class Plans(Generic[K]):
+    """A limiter's plans by principal and model, at most ``size`` of them (all forgotten when full: they
+    are rebuilt on the next request, a few microseconds each).
+
+    Looked up by the principal object's identity, which is cheaper than hashing its value and is what
+    makes a reload take effect: ``KeyCache.load`` makes new ``Principal`` objects, so an admin's change of a
+    key's limits misses the old plans. A plan holds its principal, so an id in the table is never reused
+    by another object while the plan is there."""
+
+    def __init__(self, store_key: Callable[[str], K], size: int = 1024) -> None:
+        self._store_key = store_key
+        self._size = size
+        self._plans: dict[tuple[int, str], Plan[K]] = {}
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def get(self, principal: Principal, model: str) -> Plan[K]:
+        slot = (id(principal), model)
+        plan = self._plans.get(slot)
+        if plan is not None and plan.principal is principal:
+            return plan
+        plan = Plan(principal, model, self._store_key)
+        if len(self._plans) >= self._size:
+            self._plans.clear()
+        self._plans[slot] = plan
+        return plan
+
+
+def _same(key: str) -> str:
+    return key
 
 
 def spend_key(principal: Principal, now: float) -> tuple[str, int]:
@@ -138,28 +253,9 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{rest}s"
 
 
-def rate_headers(buckets: Sequence[Bucket], tats: Sequence[float], now: float) -> dict[str, str]:
-    """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` from the buckets' TATs; per kind, the
-    most constraining bucket (the least remaining) speaks."""
-    best: dict[str, tuple[int, Bucket, float]] = {}
-    for bucket, tat in zip(buckets, tats, strict=True):
-        ahead = max(0.0, tat - now)
-        fits = math.floor((WINDOW + bucket.slack - ahead) / bucket.interval)
-        remaining = max(0, min(bucket.limit, fits))
-        if bucket.kind not in best or remaining < best[bucket.kind][0]:
-            best[bucket.kind] = (remaining, bucket, ahead)
-    headers: dict[str, str] = {}
-    for kind, (remaining, bucket, ahead) in sorted(best.items()):
-        headers[f"x-ratelimit-limit-{kind}"] = str(bucket.limit)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
-        headers[f"x-ratelimit-reset-{kind}"] = format_duration(ahead)
-    return headers
-
-
-def rate_limited(
-    principal: Principal, buckets: Sequence[Bucket], tats: Sequence[float], now: float
-) -> RateLimited:
-    """The 429 for a refused admission: which limit, when to retry, and the headers."""
+def rate_limited(plan: Plan[K], buckets: Sequence[Bucket], tats: Sequence[float], now: float) -> RateLimited:
+    """The 429 for a refused admission of ``buckets`` (``plan``'s, charged): which limit, when to retry,
+    and the headers."""
     worst: tuple[float, Bucket] | None = None
     for bucket, tat in zip(buckets, tats, strict=True):
         wait = max(tat, now) + bucket.cost * bucket.interval - WINDOW - now
@@ -169,10 +265,10 @@ def rate_limited(
     per = "RPM" if bucket.kind == "requests" else "TPM"
     scope = "" if bucket.scope == "key" else f" on models {bucket.scope!r}"
     message = (
-        f"Rate limit reached for API key {principal.prefix}{scope}: {bucket.limit} {per}. "
+        f"Rate limit reached for API key {plan.principal.prefix}{scope}: {bucket.limit} {per}. "
         f"Please try again in {format_duration(wait)}."
     )
-    return RateLimited(message, retry_after=wait, headers=rate_headers(buckets, tats, now))
+    return RateLimited(message, retry_after=wait, headers=plan.headers(tats, now))
 
 
 def quota_error(principal: Principal, spent: float) -> QuotaExceeded:
@@ -204,6 +300,7 @@ class MemoryRateLimiter:
         self._spend: dict[str, tuple[str, float]] = {}  # key id → (spend key of its period, USD)
         self._sweep_every = sweep_every
         self._since_sweep = 0
+        self._plans: Plans[str] = Plans(_same)
 
     def _now(self) -> float:
         return self._clock() - EPOCH
@@ -214,17 +311,18 @@ class MemoryRateLimiter:
             spent = self._spent(principal, now)
             if spent >= principal.budget_usd:
                 raise quota_error(principal, spent)
-        buckets = buckets_for(principal, model, estimated_tokens)
+        plan = self._plans.get(principal, model)
+        buckets = plan.charge(estimated_tokens)
         if not buckets:
             return Admission(model, principal, max(0, estimated_tokens))
-        tats = [self._tats.get(b.key, now) for b in buckets]
+        tats = [self._tats.get(key, now) for key in plan.keys]
         new = [max(tat, now) + b.cost * b.interval for b, tat in zip(buckets, tats, strict=True)]
         if any(n - now > WINDOW + b.slack for b, n in zip(buckets, new, strict=True)):
-            raise rate_limited(principal, buckets, tats, now)
-        for bucket, tat in zip(buckets, new, strict=True):
-            self._tats[bucket.key] = tat
+            raise rate_limited(plan, buckets, tats, now)
+        for key, tat in zip(plan.keys, new, strict=True):
+            self._tats[key] = tat
         self._maybe_sweep(now)
-        return Admission(model, principal, max(0, estimated_tokens), buckets, rate_headers(buckets, new, now))
+        return Admission(model, principal, max(0, estimated_tokens), buckets, plan.headers(new, now))
 
     async def settle(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None:
         if admission.degraded:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from superollama.security.keys import Principal
-from superollama.security.limits import Bucket, rate_headers
+from superollama.security.limits import Bucket, Plan
 
 __all__ = ["LEASE_MIN", "LEASE_REQUESTS", "LEASE_SHARE", "LEASE_TTL", "Allowance", "grant_for"]
 
@@ -62,18 +62,19 @@ class Allowance:
     def expired(self, monotonic: float) -> bool:
         return monotonic - self.taken_at >= LEASE_TTL
 
-    def take(self, buckets: Sequence[Bucket], monotonic: float) -> dict[str, str] | None:
-        """Admit one request costing ``buckets``' costs from what is left: its rate headers, or None
-        when some bucket has too little left (the caller goes to Redis)."""
+    def take(self, plan: Plan[str], buckets: Sequence[Bucket], monotonic: float) -> dict[str, str] | None:
+        """Admit one request costing ``buckets``' costs (``plan``'s, charged) from what is left: its rate
+        headers, or None when some bucket has too little left (the caller goes to Redis)."""
         left = self.left
         for i, bucket in enumerate(buckets):
             if left[i] < bucket.cost:
                 return None
+        # the TATs as if the units still left had not been charged yet: what the headers show
+        own, tats = self.buckets, self.tats[:]
         for i, bucket in enumerate(buckets):
-            left[i] -= bucket.cost
-        now = self.now + (monotonic - self.taken_at)
-        tats = [tat - n * b.interval for tat, n, b in zip(self.tats, left, self.buckets, strict=True)]
-        return rate_headers(buckets, tats, now)
+            n = left[i] = left[i] - bucket.cost
+            tats[i] -= n * own[i].interval
+        return plan.headers(tats, self.now + (monotonic - self.taken_at))
 
     def leftover(self) -> list[tuple[Bucket, int]]:
         """What to refund: minus the units left, per bucket (and nothing left after this)."""

@@ -33,9 +33,9 @@ from superollama.security.limits import (
     WINDOW,
     Admission,
     Bucket,
-    buckets_for,
+    Plan,
+    Plans,
     quota_error,
-    rate_headers,
     rate_limited,
     spend_key,
 )
@@ -192,6 +192,10 @@ class RedisRateLimiter:
         self._lease = lease
         self._allowances: dict[tuple[str, ...], Allowance] = {}  # by the buckets' keys
         self._refills: dict[tuple[str, ...], asyncio.Future[None]] = {}  # allowances being taken
+        self._plans: Plans[str] = Plans(self._store_key)
+
+    def _store_key(self, key: str) -> str:
+        return self._ns + key
 
     @property
     def degraded(self) -> bool:
@@ -214,31 +218,34 @@ class RedisRateLimiter:
 
     async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
         reserved = max(0, int(estimated_tokens))
-        buckets = buckets_for(principal, model, reserved)
+        plan = self._plans.get(principal, model)
+        buckets = plan.charge(reserved)
         if not buckets and principal.budget_usd is None:
             return Admission(model, principal, reserved)
         if self._outage.skip():
             return self._unchecked(model, principal, reserved)
         if not (self._lease and principal.budget_usd is None and buckets):
-            return await self._admit_in_redis(model, principal, reserved, buckets, None)
-        slot = tuple(b.key for b in buckets)
-        headers = self._from_allowance(slot, buckets)
+            return await self._admit_in_redis(model, plan, reserved, buckets, None)
+        slot = plan.keys
+        headers = self._from_allowance(slot, plan, buckets)
         if headers is None and (pending := self._refills.get(slot)) is not None:
             await asyncio.shield(pending)  # one refill at a time per key: wait for it, then take from it
-            headers = self._from_allowance(slot, buckets)
+            headers = self._from_allowance(slot, plan, buckets)
         if headers is not None:
             return Admission(model, principal, reserved, buckets, headers)
         grant = grant_for(buckets)
         if grant is None or slot in self._refills:
-            return await self._admit_in_redis(model, principal, reserved, buckets, None)
+            return await self._admit_in_redis(model, plan, reserved, buckets, None)
         refill = self._refills[slot] = asyncio.get_running_loop().create_future()
         try:
-            return await self._admit_in_redis(model, principal, reserved, buckets, grant)
+            return await self._admit_in_redis(model, plan, reserved, buckets, grant)
         finally:
             del self._refills[slot]
             refill.set_result(None)
 
-    def _from_allowance(self, slot: tuple[str, ...], buckets: Sequence[Bucket]) -> dict[str, str] | None:
+    def _from_allowance(
+        self, slot: tuple[str, ...], plan: Plan[str], buckets: Sequence[Bucket]
+    ) -> dict[str, str] | None:
         """The headers of an admission from the key's allowance, or None (none, used up, or expired)."""
         allowance = self._allowances.get(slot)
         if allowance is None:
@@ -247,21 +254,22 @@ class RedisRateLimiter:
         if allowance.expired(now_local):
             self._return(slot, allowance)
             return None
-        return allowance.take(buckets, now_local)
+        return allowance.take(plan, buckets, now_local)
 
     async def _admit_in_redis(
         self,
         model: str,
-        principal: Principal,
+        plan: Plan[str],
         reserved: int,
         buckets: tuple[Bucket, ...],
         grant: tuple[int, ...] | None,
     ) -> Admission:
+        principal = plan.principal
         try:
-            out = await self._call_admit(principal, buckets, grant)
+            out = await self._call_admit(plan, buckets, grant)
             if grant is not None and int(out[0]) == 1:  # no room for an allowance: the request alone
                 grant = None
-                out = await self._call_admit(principal, buckets, None)
+                out = await self._call_admit(plan, buckets, None)
         except _FAILURES as exc:
             self._outage.failed(exc)
             return self._unchecked(model, principal, reserved)
@@ -271,17 +279,18 @@ class RedisRateLimiter:
             raise quota_error(principal, float(out[2]))
         tats = [float(x) for x in out[2:]]
         if code == 1:
-            raise rate_limited(principal, buckets, tats, now)
+            raise rate_limited(plan, buckets, tats, now)
         if grant is not None:
-            self._keep(principal, buckets, list(grant), tats, now)
+            self._keep(plan, buckets, list(grant), tats, now)
             tats = [tat - g * b.interval for tat, g, b in zip(tats, grant, buckets, strict=True)]
-        return Admission(model, principal, reserved, buckets, rate_headers(buckets, tats, now))
+        return Admission(model, principal, reserved, buckets, plan.headers(tats, now))
 
     async def _call_admit(
-        self, principal: Principal, buckets: Sequence[Bucket], grant: Sequence[int] | None
+        self, plan: Plan[str], buckets: Sequence[Bucket], grant: Sequence[int] | None
     ) -> Any:
+        principal = plan.principal
         spend = self._spend_key(principal, needed=principal.budget_usd is not None)[0]
-        keys = [spend, *(self._ns + b.key for b in buckets)]
+        keys = [spend, *plan.keys]
         budget = "" if principal.budget_usd is None else repr(principal.budget_usd)
         costs = (
             [b.cost for b in buckets]
@@ -296,15 +305,15 @@ class RedisRateLimiter:
         return await self._admit(self._redis, keys, args)
 
     def _keep(
-        self, principal: Principal, buckets: Sequence[Bucket], grant: list[int], tats: list[float], now: float
+        self, plan: Plan[str], buckets: Sequence[Bucket], grant: list[int], tats: list[float], now: float
     ) -> None:
         """Hold a fresh allowance (what was left of the previous one goes back), and give it back after
         ``LEASE_TTL`` if no request has used it up by then."""
-        slot = tuple(b.key for b in buckets)
+        slot = plan.keys
         old = self._allowances.get(slot)
         if old is not None:
             self._return(slot, old)
-        allowance = Allowance(principal, tuple(buckets), grant, tats, now, self._monotonic())
+        allowance = Allowance(plan.principal, tuple(buckets), grant, tats, now, self._monotonic())
         self._allowances[slot] = allowance
         asyncio.get_running_loop().call_later(LEASE_TTL, self._expire, slot, allowance)
 

@@ -42,9 +42,8 @@ from superollama.security.limits import (
     EPOCH,
     WINDOW,
     Admission,
-    buckets_for,
+    Plans,
     quota_error,
-    rate_headers,
     rate_limited,
     settled_tat,
     spend_key,
@@ -226,6 +225,7 @@ class SharedMemoryRateLimiter:
         self._table = table
         self._clock = clock
         self._full_logged_at = -_INF
+        self._plans: Plans[int] = Plans(key_hash)  # the buckets' slots, hashed once per key and model
 
     def _now(self) -> float:
         return self._clock() - EPOCH
@@ -233,8 +233,9 @@ class SharedMemoryRateLimiter:
     async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
         now = self._now()
         reserved = max(0, estimated_tokens)
-        buckets = buckets_for(principal, model, estimated_tokens)
-        hashes = [key_hash(b.key) for b in buckets]
+        plan = self._plans.get(principal, model)
+        buckets = plan.charge(estimated_tokens)
+        hashes = plan.keys
         table = self._table
         try:
             with table.locked():
@@ -248,27 +249,28 @@ class SharedMemoryRateLimiter:
                 olds = [now if t is None else t for t in tats]
                 new = [max(t, now) + b.cost * b.interval for b, t in zip(buckets, olds, strict=True)]
                 if any(n - now > WINDOW + b.slack for b, n in zip(buckets, new, strict=True)):
-                    raise rate_limited(principal, buckets, olds, now)
+                    raise rate_limited(plan, buckets, olds, now)
                 for h, tat in zip(hashes, new, strict=True):
                     table.put(h, tat, tat, now)
                 table.sweep(now)
         except TableFull as exc:
             self._full(exc)
             return Admission(model, principal, reserved, degraded=True)
-        return Admission(model, principal, reserved, buckets, rate_headers(buckets, new, now))
+        return Admission(model, principal, reserved, buckets, plan.headers(new, now))
 
     async def settle(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None:
         if admission.degraded:
             return
         now = self._now()
         table = self._table
+        # the admission's buckets are its plan's, in order (the same key and model make the same plan)
+        hashes = self._plans.get(admission.principal, admission.model).keys if admission.principal else ()
         try:
             with table.locked():
-                for bucket in admission.buckets:
+                for h, bucket in zip(hashes, admission.buckets, strict=True):
                     delta = max(0, actual_tokens) - bucket.cost if bucket.kind == "tokens" else 0
                     if delta == 0:
                         continue
-                    h = key_hash(bucket.key)
                     new = settled_tat(table.get(h, now), now, delta, bucket.interval)
                     if new is None:
                         continue
