@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -44,6 +45,8 @@ def _values(r: RequestRecord) -> dict[str, Any]:
 
 
 _COLUMNS = [c.name for c in usage.columns if c.name != "id"]
+# rows built per turn of the event loop (building is ~5 µs a row; a stall of ~0.5 ms at most)
+_ROWS_PER_TURN = 100
 # the insert's SQL, a function from a row's values to its parameters in order, and (index, bind
 # processor) for the parameters whose type converts them
 _CompiledInsert = tuple[str, Callable[[Mapping[str, Any]], tuple[Any, ...]], tuple[tuple[int, Any], ...]]
@@ -95,11 +98,13 @@ class UsageRepository:
             return 0
         sql, pick, processors = self._compiled_insert()
         rows = []
-        for record in records:
+        for n, record in enumerate(records, 1):
             row = list(pick(_values(record)))
             for i, process in processors:
                 row[i] = process(row[i])
             rows.append(tuple(row))
+            if n % _ROWS_PER_TURN == 0:
+                await asyncio.sleep(0)  # let requests in between: 500 rows held the loop for 2.5 ms
         async with self._db.write("recording usage") as conn:
             await conn.exec_driver_sql(sql, rows)
         return len(records)
