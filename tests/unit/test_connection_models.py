@@ -177,3 +177,24 @@ def test_the_usage_chunk_nobody_asked_for_is_dropped_however_it_is_spaced(compac
     assert (ex.prompt_tokens, ex.completion_tokens) == (3, 2) and not ex.usage_estimated
     assert b'"usage"' not in kept and b"[DONE]" in kept and b'"hi"' in kept
     assert _take_usage(events, Exchange(request_id="r", protocol="openai"), strip=False) == events
+
+
+def test_only_usage_only_events_are_cut_and_the_rest_is_relayed_byte_for_byte() -> None:
+    """A backend that reports usage on every chunk (vLLM's continuous usage) keeps those chunks; the
+    usage-only one, wherever it sits in the block, is cut out, and the last usage counts."""
+    first = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    last = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    head = _sse({"choices": [{"delta": {"content": "a"}}], "usage": None})[: -len(b"data: [DONE]\n\n")]
+    counted = _sse({"choices": [{"delta": {"content": "b"}}], "usage": first})[: -len(b"data: [DONE]\n\n")]
+    usage_only = _sse({"choices": [], "usage": last})[: -len(b"data: [DONE]\n\n")]
+    done = b"data: [DONE]\n\n"
+    for block, expected in [
+        (usage_only + head + counted + done, head + counted + done),
+        (head + usage_only + counted + done, head + counted + done),
+        (head + counted + usage_only, head + counted),
+        (usage_only, b""),
+        (head + counted + done, head + counted + done),
+    ]:
+        ex = Exchange(request_id="r", protocol="openai")
+        assert _take_usage(block, ex, strip=True) == expected
+        assert ex.prompt_tokens == 3

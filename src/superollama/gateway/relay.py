@@ -250,18 +250,28 @@ def _answer_text(data: bytes) -> Any:
 
 def _take_usage(events: bytes, ex: Exchange, strip: bool) -> bytes:
     """Record the usage these SSE events carry; drop the usage-only event when the client did not ask.
-    Most events say ``"usage":null``: only a block with a usage *object* is looked into."""
-    if _USAGE_OBJECT.search(events) is None:
+    Most events say ``"usage":null``: only a block with a usage *object* is looked into, and only the
+    events around those objects are cut out (the block is not split event by event)."""
+    found = _USAGE_OBJECT.search(events)
+    if found is None:
         return events
     ex.usage(find_usage(events))
     if not strip:
         return events
-    kept = []
-    for event in events.split(b"\n\n"):
-        if b'"usage"' in event and (b'"choices":[]' in event or b'"choices": []' in event):
-            continue
-        if event:
-            kept.append(event + b"\n\n")
+    kept, at = [], 0
+    while found is not None:
+        cut = events.rfind(b"\n\n", at, found.start())
+        start = at if cut == -1 else cut + 2
+        end = events.find(b"\n\n", found.end())
+        end = len(events) if end == -1 else end + 2
+        event = events[start:end]
+        if b'"choices":[]' in event or b'"choices": []' in event:  # usage alone: not the client's
+            kept.append(events[at:start])
+            at = end
+        found = _USAGE_OBJECT.search(events, end)
+    if at == 0:
+        return events
+    kept.append(events[at:])
     return b"".join(kept)
 
 
