@@ -1,14 +1,16 @@
-"""Idle cost of `superollama serve`: CPU ms per second and registry queries per minute with no request.
+"""Idle cost of `superollama serve`: CPU ms per second, resident memory, and registry queries per minute
+with no request.
 
     python bench/idle.py                     # 1 and 2 workers, 20 s warm-up, 60 s measured
     python bench/idle.py --workers 1 --seconds 30
 
 Starts `superollama serve` from this checkout (a temporary home, SQLite, the bundled SmolLM2 registered,
 port 0), waits for the warm-up, then reads psutil cpu_times (user + system) of the server's process tree
-before and after the measured window. Registry queries are counted by a `sitecustomize` put on the
-server's PYTHONPATH that listens to SQLAlchemy's `before_cursor_execute` on every engine of every
-process of the tree and appends one line per statement's first words to a file, so the table also says
-which statements run while nothing happens.
+before and after the measured window, and the tree's RSS at the end of the warm-up (MB, 10^6 bytes).
+Registry queries are counted by a `sitecustomize` put on the server's PYTHONPATH that listens to
+SQLAlchemy's `before_cursor_execute` on every engine of every process of the tree and appends one line
+per statement's first words to a file, so the table also says which statements run while nothing
+happens.
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ def tree_cpu(proc: psutil.Process) -> float:
     return total
 
 
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def measure(workers: int, warmup: float, seconds: float, extra_env: dict[str, str]) -> None:
     with tempfile.TemporaryDirectory(prefix="so-idle-") as tmp:
         site = Path(tmp) / "site"
@@ -87,6 +99,7 @@ def measure(workers: int, warmup: float, seconds: float, extra_env: dict[str, st
                 raise RuntimeError("server did not start")
             time.sleep(warmup)
             ps = psutil.Process(proc.pid)
+            rss = tree_rss(ps)
             started = time.time()
             before = tree_cpu(ps)
             time.sleep(seconds)
@@ -105,7 +118,8 @@ def measure(workers: int, warmup: float, seconds: float, extra_env: dict[str, st
         per_min = 60 / seconds
         print(
             f"workers={workers}: {used * 1000 / seconds:.1f} ms/s idle CPU over {seconds:.0f} s "
-            f"({nprocs} processes), {sum(kinds.values()) * per_min:.0f} registry statements/min"
+            f"({nprocs} processes), RSS {rss / 1e6:.1f} MB after {warmup:.0f} s, "
+            f"{sum(kinds.values()) * per_min:.0f} registry statements/min"
         )
         for words, n in kinds.most_common(15):
             print(f"  {n * per_min:7.1f}/min  {words}")

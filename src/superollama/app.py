@@ -71,8 +71,8 @@ from superollama.gateway.listener import (
     make_runner,
     refuse_oversized,
 )
+from superollama.gateway.loop import limit_malloc_arenas, settle_heap
 from superollama.gateway.loop import run as run_loop
-from superollama.gateway.loop import settle_heap
 from superollama.gateway.middleware import AnswerHeaders, RequestMiddleware
 from superollama.gateway.ollama_routes import OllamaRoutes
 from superollama.gateway.openai_routes import ModelTargets
@@ -567,6 +567,7 @@ def serve(settings: Settings, worker: WorkerContext | None = None) -> None:
     """Run the server until SIGTERM/SIGINT. Several workers (``settings.workers``, default one per CPU), or
     ``--cluster`` (even with one worker): a supervisor that forks them and the agent process, this
     function running again as worker 0 (``worker`` set)."""
+    limit_malloc_arenas()  # before the first thread (the log writer's)
     if worker is None:
         from superollama.workers import resolve_workers, supervise
 

@@ -26,6 +26,8 @@ import psutil
 __all__ = ["GpuUsage", "Inventory", "detect_gpus", "nvidia_smi_gpus", "nvml_gpus", "parse_nvidia_smi"]
 
 _QUERY = "index,name,uuid,memory.total,memory.used,utilization.gpu"
+# Where an NVIDIA driver shows itself: Linux's kernel module, and WSL2's GPU paravirtualization device.
+NVIDIA_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/dxg")
 _MIB = 1024 * 1024
 
 
@@ -108,6 +110,8 @@ def nvml_gpus(nvml: Any = None) -> list[GpuUsage] | None:
     when NVML cannot be used here (the binding is not installed, or the driver's library is missing), so
     that the caller asks ``nvidia-smi`` instead. A field a GPU does not support is None."""
     if nvml is None:
+        if not any(os.path.exists(path) for path in NVIDIA_DRIVER_PATHS):
+            return None  # no driver to talk to: the binding is not loaded (it stays for the process life)
         try:
             import pynvml
         except ImportError:

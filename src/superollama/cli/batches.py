@@ -10,8 +10,8 @@ from urllib.parse import quote
 
 import click
 
-from superollama.cli.main import Context, api, cli, console, pass_ctx
-from superollama.cli.render import age, print_json, print_table
+from superollama.cli.main import Context, api, cli, pass_ctx
+from superollama.cli.render import age, console, print_json, print_table
 
 __all__ = ["batches"]
 

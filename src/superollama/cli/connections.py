@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from superollama.cli.main import Context, api, cli, console, json_option, pass_ctx
-from superollama.cli.render import last_event, print_json, print_table, show_progress
+from superollama.cli.main import Context, api, cli, json_option, pass_ctx
+from superollama.cli.render import console, last_event, print_json, print_table, show_progress
 from superollama.client import SuperollamaError
 from superollama.client.types import Connection
 

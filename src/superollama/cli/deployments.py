@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
-from superollama.cli.main import Context, api, cli, console, json_option, pass_ctx
-from superollama.cli.render import print_json, print_table
+from superollama.cli.main import Context, api, cli, json_option, pass_ctx
+from superollama.cli.render import console, print_json, print_table
 from superollama.client.types import Placement
 
 __all__ = ["deploy", "deployments", "pause", "promote", "resume", "rollback", "scale", "split"]

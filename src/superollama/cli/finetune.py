@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from superollama.cli.main import Context, api, cli, console, pass_ctx
-from superollama.cli.render import print_json, print_table
+from superollama.cli.main import Context, api, cli, pass_ctx
+from superollama.cli.render import console, print_json, print_table
 
 __all__ = ["finetune"]
 

@@ -3,8 +3,8 @@ the registry each gateway has applied (``GET /admin/v1/gateways``)."""
 
 from __future__ import annotations
 
-from superollama.cli.main import Context, api, cli, console, json_option, pass_ctx
-from superollama.cli.render import age, print_json, print_table
+from superollama.cli.main import Context, api, cli, json_option, pass_ctx
+from superollama.cli.render import age, console, print_json, print_table
 
 __all__ = ["status"]
 

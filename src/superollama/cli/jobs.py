@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 import click
 
-from superollama.cli.main import Context, api, cli, console, fail, json_option, pass_ctx
-from superollama.cli.render import age, last_event, print_json, print_table, show_progress
+from superollama.cli.main import Context, api, cli, fail, json_option, pass_ctx
+from superollama.cli.render import age, console, last_event, print_json, print_table, show_progress
 from superollama.client import SuperollamaError
 
 __all__ = ["jobs"]

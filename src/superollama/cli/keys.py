@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from superollama.cli.main import Context, api, cli, console, err_console, json_option, pass_ctx
-from superollama.cli.render import age, print_json, print_table
+from superollama.cli.main import Context, api, cli, json_option, pass_ctx
+from superollama.cli.render import age, console, err_console, print_json, print_table
 from superollama.client import APIConnectionError, SuperollamaError
 
 if TYPE_CHECKING:

@@ -2,11 +2,14 @@
 ``superollama.Client`` (``ctx.client``); ``pull`` and ``keys`` also work offline (no server running)
 through the same controller code the server uses.
 
-Adding a command: a module of ``superollama.cli`` (imported in ``main`` below) defines it on ``cli``
-with ``@pass_ctx`` and ``@api``, calls a method of ``ctx.client`` (add the method to the client first:
-see ``superollama.client``'s docstring), and, when it prints data, takes ``@json_option`` and prints the
-API's object with ``print_json`` when ``--json`` is given — the objects, unchanged, so that scripts can
-rely on them.
+Adding a command: a module of ``superollama.cli`` defines it on ``cli`` with ``@pass_ctx`` and ``@api``,
+calls a method of ``ctx.client`` (add the method to the client first: see ``superollama.client``'s
+docstring), and, when it prints data, takes ``@json_option`` and prints the API's object with
+``print_json`` (``superollama.cli.render``) when ``--json`` is given — the objects, unchanged, so that
+scripts can rely on them. Then name the command in ``COMMANDS`` below, with its module: the group imports
+a command's module only when that command runs (or ``--help`` lists them all), so that ``serve`` does not
+carry every client command, rich and the client in its memory (a unit test checks the map against what
+the modules define).
 
 Errors: whatever a command fails with (an answer of the server, a connection refused or dropped, a timeout,
 a home that is a file, a permission error) ends as one line on stderr, ``superollama: MESSAGE``, and exit
@@ -15,18 +18,15 @@ status 1; ``error_line`` is the one place that words them. A traceback is never 
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
-from rich.console import Console
 
 from superollama import __version__
-from superollama.cli.render import print_json, print_table
-from superollama.client._common import find_server_url
-from superollama.client._errors import SuperollamaError
 from superollama.settings import Settings
 
 if TYPE_CHECKING:
@@ -34,21 +34,94 @@ if TYPE_CHECKING:
     from superollama.plugins import Plugins
 
 __all__ = [
+    "COMMANDS",
     "Context",
+    "LazyGroup",
     "api",
     "cli",
-    "console",
     "error_line",
     "fail",
     "json_option",
     "main",
     "pass_ctx",
-    "print_json",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console()
-err_console = Console(stderr=True)
+
+# Every command outside this module: its name → the module of ``superollama.cli`` that defines it.
+COMMANDS: dict[str, str] = {
+    "agent": "agent",
+    "batches": "batches",
+    "connect": "connections",
+    "connections": "connections",
+    "disconnect": "connections",
+    "deploy": "deployments",
+    "deployments": "deployments",
+    "pause": "deployments",
+    "promote": "deployments",
+    "resume": "deployments",
+    "rollback": "deployments",
+    "scale": "deployments",
+    "split": "deployments",
+    "finetune": "finetune",
+    "apply": "fleet",
+    "export": "fleet",
+    "status": "gateways",
+    "jobs": "jobs",
+    "keys": "keys",
+    "cp": "models",
+    "disable": "models",
+    "enable": "models",
+    "events": "models",
+    "ls": "models",
+    "mv": "models",
+    "ps": "models",
+    "pull": "models",
+    "rm": "models",
+    "run": "models",
+    "show": "models",
+    "stop": "models",
+    "storage": "models",
+    "nodes": "nodes",
+    "plugins": "plugins",
+    "files": "rag",
+    "grounding": "rag",
+    "vector-stores": "rag",
+    "rollout": "rollouts",
+    "shadow": "rollouts",
+    "usage": "usage",
+    "webhooks": "webhooks",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands live in modules imported on first use (``lazy``: name → module).
+
+    A command already on the group when its module is imported keeps its place: that is a plugin's
+    (``register_commands`` runs before any lazy import), and a plugin's command has always won over a
+    built-in one of the same name."""
+
+    def __init__(self, *args: Any, lazy: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            module = self.lazy.get(cmd_name)
+            # An unknown name is an error whose "Did you mean" click draws from ``self.commands``: all
+            # of them are loaded for it.
+            for each in [module] if module is not None else sorted(set(self.lazy.values())):
+                self.load(each)
+        return self.commands.get(cmd_name)
+
+    def load(self, module: str) -> None:
+        """Import ``module`` (whose decorators add its commands to this group)."""
+        earlier = dict(self.commands)
+        importlib.import_module(module)
+        self.commands.update(earlier)
 
 
 class Context:
@@ -77,7 +150,7 @@ class Context:
     def client(self) -> Client:
         """The admin API's client (httpx is imported here, on first use: ``serve`` never pays for it)."""
         if self._client is None:
-            from superollama.client import Client
+            from superollama.client import Client, find_server_url
 
             key = self.settings.api_key
             self._client = Client(
@@ -96,6 +169,7 @@ def error_line(exc: BaseException) -> str:
     """The one line a failed command prints for ``exc``."""
     from pydantic import ValidationError
 
+    from superollama.client import SuperollamaError
     from superollama.errors import SuperOllamaError
 
     if isinstance(exc, SuperollamaError | SuperOllamaError):
@@ -124,6 +198,8 @@ def api(fn: F) -> F:
     it is invoked directly)."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from superollama.client import SuperollamaError  # the command is the client's: it loads it anyway
+
         try:
             return fn(*args, **kwargs)
         except SuperollamaError as exc:
@@ -134,7 +210,11 @@ def api(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    lazy={name: f"superollama.cli.{module}" for name, module in COMMANDS.items()},
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option("--home", type=click.Path(path_type=Path), help="Home directory (SUPEROLLAMA_HOME).")
 @click.option("--url", help="Server URL for client commands (SUPEROLLAMA_URL).")
 @click.option("--api-key", "api_key", help="API key client commands send (SUPEROLLAMA_API_KEY).")
@@ -191,6 +271,8 @@ def serve(ctx: Context, /, **given: Any) -> None:
 @pass_ctx
 def config(ctx: Context, as_json: bool) -> None:
     """Print every setting: environment variable, value, description."""
+    from superollama.cli.render import console, print_json, print_table
+
     if as_json:
         print_json(
             [
@@ -210,23 +292,6 @@ def config(ctx: Context, as_json: bool) -> None:
 
 
 def main() -> None:
-    # Each module registers its commands on the group when imported.
-    import superollama.cli.agent
-    import superollama.cli.batches
-    import superollama.cli.connections
-    import superollama.cli.deployments
-    import superollama.cli.finetune
-    import superollama.cli.fleet
-    import superollama.cli.gateways
-    import superollama.cli.jobs
-    import superollama.cli.keys
-    import superollama.cli.models
-    import superollama.cli.nodes
-    import superollama.cli.plugins
-    import superollama.cli.rag
-    import superollama.cli.rollouts
-    import superollama.cli.usage
-    import superollama.cli.webhooks  # noqa: F401
     from superollama.plugins import load_plugins
 
     try:

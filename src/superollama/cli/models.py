@@ -11,8 +11,17 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from superollama.cli.jobs import failure_reason
-from superollama.cli.main import Context, api, cli, console, err_console, json_option, pass_ctx
-from superollama.cli.render import age, human_size, last_event, print_json, print_table, show_progress
+from superollama.cli.main import Context, api, cli, json_option, pass_ctx
+from superollama.cli.render import (
+    age,
+    console,
+    err_console,
+    human_size,
+    last_event,
+    print_json,
+    print_table,
+    show_progress,
+)
 from superollama.client import SuperollamaError
 from superollama.client.types import Progress
 from superollama.core import ModelRef, NameError_

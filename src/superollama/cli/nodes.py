@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from superollama.cli.main import Context, api, cli, console, err_console, pass_ctx
-from superollama.cli.render import age, human_size, print_json, print_table
+from superollama.cli.main import Context, api, cli, pass_ctx
+from superollama.cli.render import age, console, err_console, human_size, print_json, print_table
 from superollama.client.types import Node
 
 __all__ = ["nodes"]

@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from superollama.cli.main import Context, api, cli, console, json_option, pass_ctx
-from superollama.cli.render import print_json, print_table
+from superollama.cli.main import Context, api, cli, json_option, pass_ctx
+from superollama.cli.render import console, print_json, print_table
 
 __all__ = ["plugins"]
 

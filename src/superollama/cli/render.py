@@ -12,7 +12,19 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-__all__ = ["age", "human_size", "last_event", "print_json", "print_table", "show_progress"]
+__all__ = [
+    "age",
+    "console",
+    "err_console",
+    "human_size",
+    "last_event",
+    "print_json",
+    "print_table",
+    "show_progress",
+]
+
+console = Console()
+err_console = Console(stderr=True)
 
 
 def print_json(value: Any) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from superollama.cli.deployments import _print
-from superollama.cli.main import Context, api, cli, console, json_option, pass_ctx
-from superollama.cli.render import print_json
+from superollama.cli.main import Context, api, cli, json_option, pass_ctx
+from superollama.cli.render import console, print_json
 
 __all__ = ["print_rollout", "print_shadow", "rollout", "shadow"]
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from superollama.cli.main import Context, api, cli, console, json_option, pass_ctx
-from superollama.cli.render import print_json, print_table
+from superollama.cli.main import Context, api, cli, json_option, pass_ctx
+from superollama.cli.render import console, print_json, print_table
 from superollama.telemetry.usage import REQUEST_COLUMNS, SUMMARY_COLUMNS, rows_csv
 
 __all__ = ["usage"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 
-from superollama.cli.main import Context, api, cli, console, json_option, pass_ctx
-from superollama.cli.render import age, print_json, print_table
+from superollama.cli.main import Context, api, cli, json_option, pass_ctx
+from superollama.cli.render import age, console, print_json, print_table
 
 __all__ = ["webhooks"]
 

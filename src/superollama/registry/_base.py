@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from superollama.registry._errors import mapped
@@ -133,6 +133,8 @@ class Database:
 
     def _insert(self, table: Table) -> Any:
         if self.dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql  # here: a SQLite registry never loads it
+
             return postgresql.insert(table)
         if self.dialect == "sqlite":
             return sqlite.insert(table)

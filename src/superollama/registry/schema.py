@@ -27,7 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeEngine
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -97,9 +97,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-def Json() -> Any:
-    """JSON text on SQLite, JSONB on Postgres."""
-    return JSON().with_variant(JSONB(), "postgresql")
+class Json(TypeDecorator[Any]):
+    """JSON text on SQLite, JSONB on Postgres.
+
+    The type is picked when a statement is compiled for a dialect (not with ``with_variant(JSONB())``
+    at import), so that a SQLite registry never imports SQLAlchemy's Postgres dialect: ``serve`` at
+    idle does not carry it."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
 
 
 def _event_id() -> Any:
