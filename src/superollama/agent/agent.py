@@ -631,7 +631,8 @@ class LocalAgent:
                 break
             inst.idle.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(inst.idle.wait(), left)
+                async with asyncio.timeout(left):  # not wait_for, which may swallow a cancellation
+                    await inst.idle.wait()
         cut = max(inst.in_flight, 0) + max(inst.pending, 0)
         if cut:
             log.warning("%s: %d request(s) still in flight after the %.1f s drain bound", version, cut, bound)

@@ -567,7 +567,8 @@ class Controller:
             )
         self._gate_waiters += 1
         try:
-            await asyncio.wait_for(gate.wait(), self._gate_timeout)
+            async with asyncio.timeout(self._gate_timeout):  # not wait_for: it may swallow a cancel
+                await gate.wait()
         except TimeoutError:
             raise LoadTimeout(
                 f"model {version!r} is still waiting for a swap to finish", retry_after=5

@@ -29,6 +29,11 @@ engine at all, and a change made by this process, another worker or another ``se
 reaches its poller within the second it did before. A watched poller also wakes on its own due time (a
 webhook retry) and after ``SAFETY`` seconds whatever happens. Where there is no watch (Postgres, an
 in-memory SQLite) a ``Nudge`` sleeps the poller's own interval, as before.
+
+The sleeps here wait on an event under ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11,
+``wait_for`` returns normally when its task is cancelled just as the event is set (the cancellation is
+lost), and a poller that missed its cancellation runs on while its owner waits for it to end (a shutdown
+that hung, 1 in 6 test runs, when a change woke the webhooks poller as the app closed).
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ class Nudge:
         own deadline, None: none) or ``SAFETY``, whichever comes first."""
         timeout = poll if not self.watched else min(SAFETY, SAFETY if due is None else max(0.0, due))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for (see the module's docstring)
+                await self._event.wait()
         self._event.clear()
 
 
@@ -180,7 +186,8 @@ class ChangeFeed:
                 delay = _RECONNECT_FIRST
                 while True:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), poll)
+                        async with asyncio.timeout(poll):
+                            await self._wake.wait()
                     self._wake.clear()
                     if conn is not None and conn.is_closed():
                         raise ConnectionError("the change feed's connection closed")
@@ -209,7 +216,8 @@ class ChangeFeed:
         safety = time.monotonic() + SAFETY
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), poll)
+                async with asyncio.timeout(poll):
+                    await self._wake.wait()
             pinged = self._wake.is_set()
             self._wake.clear()
             try:

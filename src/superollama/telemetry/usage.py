@@ -243,7 +243,8 @@ class UsageLedger:
     async def _sleep(self, seconds: float) -> None:
         """Until ``seconds`` pass or a full batch (or ``close``) wakes the writer."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for, which may swallow a cancellation
+                await self._wake.wait()
         self._wake.clear()
 
     async def flush(self) -> int:
