@@ -38,10 +38,13 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 @pytest.fixture
-async def setup() -> AsyncIterator[tuple[str, list[dict[str, object]], list[Exchange], asyncio.Event]]:
+async def setup() -> AsyncIterator[
+    tuple[str, list[dict[str, object]], list[Exchange], asyncio.Event, list[bytes]]
+]:
     release = asyncio.Event()  # the backend ends its body only when the test says so
     bodies: list[dict[str, object]] = []
     exchanges: list[Exchange] = []
+    writes: list[bytes] = []  # what the gateway gave the client's connection, write by write
 
     async def backend(request: web.Request) -> web.StreamResponse:
         bodies.append(await request.json())
@@ -61,6 +64,7 @@ async def setup() -> AsyncIterator[tuple[str, list[dict[str, object]], list[Exch
     target = RouteTarget("inst-1", Endpoint(back_url + "/v1", "openai", "m"))
 
     async def gateway(request: web.Request) -> web.StreamResponse:
+        _record_writes(request, writes)
         ex = Exchange(request_id="r", protocol="openai")
         request[EXCHANGE] = ex
         exchanges.append(ex)
@@ -72,7 +76,7 @@ async def setup() -> AsyncIterator[tuple[str, list[dict[str, object]], list[Exch
     front.router.add_post("/v1/chat/completions", gateway)
     front_runner, front_url = await _serve(front)
     try:
-        yield front_url, bodies, exchanges, release
+        yield front_url, bodies, exchanges, release, writes
     finally:
         release.set()
         await front_runner.cleanup()
@@ -81,9 +85,9 @@ async def setup() -> AsyncIterator[tuple[str, list[dict[str, object]], list[Exch
 
 
 async def test_the_answer_ends_at_done_and_usage_is_metered_but_not_shown(
-    setup: tuple[str, list[dict[str, object]], list[Exchange], asyncio.Event],
+    setup: tuple[str, list[dict[str, object]], list[Exchange], asyncio.Event, list[bytes]],
 ) -> None:
-    url, bodies, exchanges, release = setup
+    url, bodies, exchanges, release, _ = setup
     async with aiohttp.ClientSession() as session:
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
         async with session.post(url + "/v1/chat/completions", json=body) as response:
@@ -98,55 +102,30 @@ async def test_the_answer_ends_at_done_and_usage_is_metered_but_not_shown(
     assert ex.first_byte is not None
 
 
-async def test_the_headers_go_out_with_the_first_event_and_done_with_the_end_of_the_body() -> None:
+def _record_writes(request: web.Request, writes: list[bytes]) -> None:
+    transport = request.transport
+    assert transport is not None
+    sent_by = transport.write
+
+    def write(data: bytes) -> None:
+        writes.append(bytes(data))
+        sent_by(data)
+
+    transport.write = write  # type: ignore[method-assign]
+    transport.writelines = lambda chunks: write(b"".join(chunks))  # type: ignore[method-assign]
+
+
+async def test_the_headers_go_out_with_the_first_event_and_done_with_the_end_of_the_body(
+    setup: tuple[str, list[dict[str, object]], list[Exchange], asyncio.Event, list[bytes]],
+) -> None:
     """A relayed stream costs the client's connection no write of its own for the status line and
     headers, nor one for the end of the chunked body: the first write carries the headers and the first
     event, the last one ``[DONE]`` and the body's end."""
-    writes: list[bytes] = []
-
-    async def backend(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for event in EVENTS:
-            await response.write(event)
-        await response.write_eof()
-        return response
-
-    back = web.Application()
-    back.router.add_post("/v1/chat/completions", backend)
-    back_runner, back_url = await _serve(back)
-    client = H1Client()
-    relay = Relay(client, timeout=30)
-    target = RouteTarget("inst-1", Endpoint(back_url + "/v1", "openai", "m"))
-
-    async def gateway(request: web.Request) -> web.StreamResponse:
-        transport = request.transport
-        assert transport is not None
-        sent_by = transport.write
-
-        def write(data: bytes) -> None:  # what the client's connection is given, write by write
-            writes.append(bytes(data))
-            sent_by(data)
-
-        transport.write = write  # type: ignore[method-assign]
-        transport.writelines = lambda chunks: write(b"".join(chunks))  # type: ignore[method-assign]
-        request[EXCHANGE] = Exchange(request_id="r", protocol="openai")
-        body = await request.json()
-        lease = Lease(Route("m", "m", True, 0, (target,)), target, NoStarter(), NoCounts())
-        return await relay.forward(request, lease, "/chat/completions", body, stream=True)
-
-    front = web.Application()
-    front.router.add_post("/v1/chat/completions", gateway)
-    front_runner, front_url = await _serve(front)
-    try:
-        async with aiohttp.ClientSession() as session:
-            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-            async with session.post(front_url + "/v1/chat/completions", json=body) as response:
-                data = await asyncio.wait_for(response.read(), 10)
-    finally:
-        await front_runner.cleanup()
-        await back_runner.cleanup()
-        await client.close()
+    url, _, _, _, writes = setup
+    async with aiohttp.ClientSession() as session:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        async with session.post(url + "/v1/chat/completions", json=body) as response:
+            data = await asyncio.wait_for(response.read(), 10)
     assert data == EVENTS[0] + EVENTS[1] + EVENTS[3]
     assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and EVENTS[0] in writes[0], writes
     assert writes[-1].endswith(EVENTS[3] + b"\r\n0\r\n\r\n"), writes
