@@ -26,7 +26,7 @@ from superollama.contract.nodes import JOIN_PATH
 from superollama.core import RequestRecord
 from superollama.errors import SuperOllamaError
 from superollama.gateway.errors import error_response
-from superollama.gateway.exchange import EXCHANGE, Exchange, Observer
+from superollama.gateway.exchange import EXCHANGE, Exchange, Observer, exchange_of
 from superollama.security import Admission, Security
 
 __all__ = ["ANSWER_HEADERS", "AnswerHeaders", "NullObserver", "RequestIds", "RequestMiddleware"]
@@ -229,7 +229,7 @@ class AnswerHeaders:
         headers = response.headers
         if self.fixed:
             headers.update(self.fixed)
-        ex = request.get(EXCHANGE)
+        ex = exchange_of(request)
         if ex is not None:
             headers["X-Request-Id"] = ex.request_id
             if ex.protocol == "anthropic":
