@@ -266,6 +266,17 @@ def test_rpm_is_exact_across_two_gateway_processes(
             srv.stop()
 
 
+def _log_with(srv: ServerProcess, text: str) -> str:
+    """The server's log once it holds ``text``: a thread of its own writes the log, so a line can follow
+    the answers sent after it by a moment."""
+
+    def read() -> str:
+        log = srv.log.read_text()
+        return log if text in log else ""
+
+    return waiting.wait_until_sync(read, timeout=10, what=f"{text!r} in {srv.log.name}")
+
+
 def test_redis_outage_fails_open_logged_and_recovers(tmp_path: Path, stand_in: StandIn) -> None:
     private = PrivateRedis().start()
     servers: list[ServerProcess] = []
@@ -312,7 +323,7 @@ def test_redis_outage_fails_open_logged_and_recovers(tmp_path: Path, stand_in: S
         assert after[200] > 100 and set(after) == {200}  # fail open: over the limit, unchecked
         for srv in servers:
             assert srv.proc is not None and srv.proc.poll() is None, srv.log.read_text()[-2000:]
-            log = srv.log.read_text()
+            log = _log_with(srv, "Redis unreachable")
             assert "rate limiter: Redis unreachable" in log and "fail open" in log, log[-2000:]
             assert "Traceback" not in log, log[-4000:]
 
@@ -327,8 +338,7 @@ def test_redis_outage_fails_open_logged_and_recovers(tmp_path: Path, stand_in: S
                 f"{time.monotonic() - restarted:.1f}s"
             )
             assert again.statuses[429] > 0, again.statuses
-            log = srv.log.read_text()
-            assert "Redis reachable again" in log
+            log = _log_with(srv, "Redis reachable again")
             print(f"  outages logged by {srv.log.name}: {log.count('rate limiter: Redis unreachable')}")
     finally:
         for srv in servers:
