@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="of direct, floor, litellm, superollama (every variant in sobench/systems.py) or one variant "
         f"({', '.join(v.name for v in systems.SUPEROLLAMA_VARIANTS)})",
     )
-    ap.add_argument("--profile", type=float, default=0, metavar="S", help="then py-spy Super Ollama (S s)")
+    ap.add_argument("--profile", type=float, default=0, metavar="S", help="then py-spy the floor and Super Ollama (S s)")
     ap.add_argument("--soak", type=int, nargs="?", const=1_000_000, metavar="N", help="soak N requests")
     ap.add_argument("--soak-every", type=int, default=100_000, metavar="N", help="RSS sample interval")
     ap.add_argument(
@@ -291,10 +291,12 @@ class Bench:
         return self.nginx.rss_mb() if self.nginx else None
 
     def profile(self, seconds: float) -> list[str]:
-        """py-spy each Super Ollama variant under c=16 JSON and SSE; the top frames as text lines."""
+        """py-spy the floor and each Super Ollama variant under c=16 JSON and SSE (the floor's profile is
+        the baseline of the others'); the top frames as text lines."""
         lines = []
         for running in self.running:
-            if not running.name.startswith("superollama") or running.unavailable or not running.service:
+            profiled = running.name == "floor" or running.name.startswith("superollama")
+            if not profiled or running.unavailable or not running.service:
                 continue
             for workload in ("json", "sse"):
                 if workload not in running.targets or workload not in self.args.workloads:
