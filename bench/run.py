@@ -56,7 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="of direct, floor, litellm, superollama (every variant in sobench/systems.py) or one variant "
         f"({', '.join(v.name for v in systems.SUPEROLLAMA_VARIANTS)})",
     )
-    ap.add_argument("--profile", type=float, default=0, metavar="S", help="then py-spy the floor and Super Ollama (S s)")
+    ap.add_argument(
+        "--profile", type=float, default=0, metavar="S", help="then py-spy the floor and Super Ollama (S s)"
+    )
     ap.add_argument("--soak", type=int, nargs="?", const=1_000_000, metavar="N", help="soak N requests")
     ap.add_argument("--soak-every", type=int, default=100_000, metavar="N", help="RSS sample interval")
     ap.add_argument(
