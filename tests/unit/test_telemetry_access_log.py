@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -15,7 +15,8 @@ import pytest
 from superollama.core import RequestRecord
 from superollama.settings import Settings
 from superollama.telemetry import ACCESS_LOGGER, AccessLog, Telemetry, configure_logging
-from superollama.telemetry.access_log import JsonFormatter
+from superollama.telemetry._sink import SinkThread
+from superollama.telemetry.access_log import JsonFormatter, access_fields
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 SECRET = "so-ab12cd34" + "Zx9" * 14  # a whole key: it must never reach a log line
@@ -182,3 +183,89 @@ def test_log_lines_never_carry_the_secrets_of_a_url() -> None:
     assert "GET http://***@127.0.0.1:9/v1?api-key=***&v=1 failed" in out
     assert "ValueError: bad answer from http://***@" in out
     assert "TOPSECRETPW" not in out and "K3Y" not in out
+
+
+def _written(json_lines: bool, write: Callable[[AccessLog], None]) -> tuple[list[str], int]:
+    """What ``write`` puts out through ``configure_logging``'s writer, and how many items it queued."""
+    root = logging.getLogger()
+    level = root.level
+    stream = io.StringIO()
+    handle = configure_logging(Settings(log_json=json_lines), stream=stream)
+    queued = 0
+    put = handle.handler.queue.put_nowait
+
+    def counting(item: object) -> None:
+        nonlocal queued
+        queued += item is not None  # None: the writer's stop
+        put(item)  # type: ignore[arg-type]
+
+    handle.handler.queue.put_nowait = counting  # type: ignore[method-assign]
+    others = [h for h in root.handlers if h is not handle.handler]  # pytest's capture: not in a server
+    for other in others:
+        root.removeHandler(other)
+    try:
+        write(AccessLog())
+    finally:
+        handle.close()
+        root.setLevel(level)
+        for other in others:
+            root.addHandler(other)
+    return stream.getvalue().splitlines(), queued
+
+
+@pytest.mark.parametrize("json_lines", [True, False], ids=["json", "plain"])
+def test_a_batch_goes_to_the_writer_as_one_item_and_writes_the_same_lines(json_lines: bool) -> None:
+    records = [rec(request_id=f"r{i}", duration=0.001 * i) for i in range(50)]
+    one_by_one, items = _written(json_lines, lambda log: [log(r) for r in records])
+    assert len(one_by_one) == 50 and items == 50
+    batched, items = _written(json_lines, lambda log: log.many(records))
+    assert items == 1  # not a hand-over per line
+    assert batched == one_by_one
+    if json_lines:  # the spliced line is the line a full encoding makes
+        for line, record in zip(batched, records, strict=True):
+            created = record.started_at + record.duration
+            head = {
+                "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+                "level": "INFO",
+                "logger": ACCESS_LOGGER,
+            }
+            assert line == orjson.dumps({**head, **access_fields(record)}).decode()
+
+
+def test_a_batch_goes_through_logging_line_by_line_to_any_other_handler(
+    access: tuple[logging.Logger, Lines],
+) -> None:
+    logger, out = access
+    AccessLog(logger=logger).many([rec(request_id=f"r{i}") for i in range(3)])
+    assert [orjson.loads(line)["request_id"] for line in out.lines] == ["r0", "r1", "r2"]
+    logger.setLevel(logging.WARNING)
+    AccessLog(logger=logger).many([rec(request_id="below the level")])
+    assert len(out.lines) == 3
+
+
+def test_the_sink_thread_hands_batches_to_sinks_that_take_them_and_survives_a_failing_one() -> None:
+    class Batches:
+        def __init__(self) -> None:
+            self.batches: list[list[str]] = []
+
+        def __call__(self, record: RequestRecord) -> None:
+            raise AssertionError("a batch sink is not called record by record")
+
+        def many(self, records: Sequence[RequestRecord]) -> None:
+            self.batches.append([r.request_id for r in records])
+
+    class Broken(Batches):
+        def many(self, records: Sequence[RequestRecord]) -> None:
+            raise RuntimeError("broken sink")
+
+    each: list[str] = []
+    batches = Batches()
+    thread = SinkThread([Broken(), batches, lambda r: each.append(r.request_id)])
+    thread.start()
+    for i in range(5):
+        thread.put(rec(request_id=f"r{i}"))  # no loop running: handed over one by one
+    assert thread.flush(10)
+    thread.close(10)
+    names = [f"r{i}" for i in range(5)]
+    assert each == names and [n for batch in batches.batches for n in batch] == names
+    assert thread.failures == 5  # the broken sink, once per batch; the others got everything

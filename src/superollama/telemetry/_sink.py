@@ -7,7 +7,8 @@ in front: when it is full the record is dropped and counted, the request never w
 Records are handed over in batches: on the event loop, ``put`` appends to a list, and the first record of a
 list schedules one hand-over 20 ms later. Under load that is one queue operation (and one wake-up of the
 thread, which then contends for the GIL) per many requests rather than per request; ``flush`` and
-``close`` hand over what is gathered first.
+``close`` hand over what is gathered first. A sink with a ``many`` method takes the batch whole (the
+access log: one hand-over to the log writer per batch, not per line); the others, record by record.
 """
 
 from __future__ import annotations
@@ -140,17 +141,27 @@ class SinkThread:
             if item is _STOP:
                 return
             if isinstance(item, list):
-                for record in item:
-                    self._dispatch(record)
+                self._deliver(item)
                 self._queued -= len(item)
             elif callable(item):
                 item()
 
-    def _dispatch(self, record: RequestRecord) -> None:
+    def _deliver(self, records: list[RequestRecord]) -> None:
         for sink in self._sinks:
-            try:
-                sink(record)
-            except Exception:
-                self.failures += 1
-                if self.failures == 1 or self.failures % 1000 == 0:
-                    log.exception("a telemetry sink failed (%d failures so far)", self.failures)
+            many = getattr(sink, "many", None)
+            if many is not None:
+                try:
+                    many(records)
+                except Exception:
+                    self._failed()
+                continue
+            for record in records:
+                try:
+                    sink(record)
+                except Exception:
+                    self._failed()
+
+    def _failed(self) -> None:
+        self.failures += 1
+        if self.failures == 1 or self.failures % 1000 == 0:
+            log.exception("a telemetry sink failed (%d failures so far)", self.failures)

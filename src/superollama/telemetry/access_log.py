@@ -3,7 +3,13 @@
 The access line is built in the telemetry thread (``SinkThread``), never on the event loop, and goes out
 through the logger ``superollama.access``. ``configure_logging`` routes every logger through a bounded
 queue to one writer thread, as JSON lines when ``log_json`` or as plain text otherwise; an access line is
-JSON either way (in plain mode, its message is the JSON object).
+JSON either way (in plain mode, its message is the JSON object), encoded once.
+
+The telemetry thread hands the access log its records in batches (``AccessLog.many``). When the lines go
+nowhere but to that queue (no filter, no other handler on the way: how ``configure_logging`` sets it up),
+a batch is one item on the queue and one write of the writer thread, not a trip through ``logging`` and a
+hand-over per line: that was most of an access line's cost. Otherwise (a test's handler, a filter), each
+line goes through ``logging`` as usual.
 
 Key material never appears: the line carries the key's visible prefix and id. Prompts and outputs appear
 only when content capture is on and the record carries them.
@@ -17,7 +23,7 @@ import logging
 import logging.handlers
 import queue
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -105,18 +111,29 @@ class AccessLog:
         return self._logger.isEnabledFor(logging.INFO)
 
     def __call__(self, record: RequestRecord) -> None:
+        if self._logger.isEnabledFor(logging.INFO):
+            self._logger.handle(self._line(record))
+
+    def many(self, records: Sequence[RequestRecord]) -> None:
+        """The lines of a batch: as one item on the log queue when nothing else would see them."""
         logger = self._logger
-        if not logger.isEnabledFor(logging.INFO):
+        if not records or not logger.isEnabledFor(logging.INFO):
             return
+        queue_handler = _sole_queue_handler(logger)
+        if queue_handler is None:
+            for record in records:
+                logger.handle(self._line(record))
+            return
+        queue_handler.enqueue_many([self._line(record) for record in records])
+
+    def _line(self, record: RequestRecord) -> logging.LogRecord:
+        """A ``LogRecord`` for an access line, made without ``LogRecord.__init__`` (which looks up the
+        thread, the process and the caller's file for every record). The message is the fields as JSON
+        (``JsonFormatter`` puts it in its line as is); the fields ride along for other handlers. The
+        line's time is when the request ended, not when this thread got to it."""
         trace_id = self._trace_id(record.request_id) if self._trace_id is not None else None
         fields = access_fields(record, capture=self._capture, trace_id=trace_id)
-        # The line's time is when the request ended, not when this thread got to it.
-        logger.handle(self._line(fields, record.started_at + record.duration))
-
-    def _line(self, fields: dict[str, Any], created: float) -> logging.LogRecord:
-        """A ``LogRecord`` for an access line, made without ``LogRecord.__init__`` (which looks up the
-        thread, the process and the caller's file for every record: most of an access line's cost).
-        The message is the fields as JSON; the fields ride along for ``JsonFormatter``."""
+        created = record.started_at + record.duration
         line = logging.LogRecord.__new__(logging.LogRecord)
         vars(line).update(self._static)
         line.msg = orjson.dumps(fields, default=str).decode()
@@ -125,6 +142,26 @@ class AccessLog:
         line.relativeCreated = (created - self._log_start) * 1000
         setattr(line, _FIELDS, fields)
         return line
+
+
+def _sole_queue_handler(logger: logging.Logger) -> _QueueHandler | None:
+    """The ``_QueueHandler`` that every line of ``logger`` goes to, and nothing else on the way (no other
+    handler, no filter), else None."""
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters or current.disabled:
+            return None
+        found.extend(current.handlers)
+        if not current.propagate:
+            break
+        current = current.parent
+    if len(found) != 1:
+        return None
+    handler = found[0]
+    if not isinstance(handler, _QueueHandler) or handler.filters or handler.level > logging.INFO:
+        return None
+    return handler
 
 
 class JsonFormatter(logging.Formatter):
@@ -136,11 +173,11 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
         }
-        fields = getattr(record, _FIELDS, None)
-        if isinstance(fields, dict):
-            out.update(fields)
-        else:
-            out["message"] = record.getMessage()
+        if hasattr(record, _FIELDS) and not record.exc_text and isinstance(record.msg, str):
+            # an access line: its message is its fields as a JSON object already; spliced, not re-encoded
+            head = orjson.dumps(out).decode()
+            return head[:-1] + ("," + record.msg[1:] if len(record.msg) > 2 else "}")
+        out["message"] = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -177,6 +214,13 @@ class _QueueHandler(logging.handlers.QueueHandler):
         except queue.Full:
             self.dropped += 1
 
+    def enqueue_many(self, records: list[logging.LogRecord]) -> None:
+        """Access lines, as one item (they need no ``prepare``: made for this queue)."""
+        try:
+            self.queue.put_nowait(records)  # type: ignore[arg-type]
+        except queue.Full:
+            self.dropped += len(records)
+
 
 class _LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that leaves flushing to ``_Writer``: one flush per burst, not per line."""
@@ -187,12 +231,31 @@ class _LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
 
+    def emit_many(self, records: list[logging.LogRecord]) -> None:
+        """Lines at or above this handler's level, formatted and written at once."""
+        fmt, end = self.format, self.terminator
+        try:
+            text = "".join(fmt(r) + end for r in records if r.levelno >= self.level)
+            if text:
+                self.stream.write(text)
+        except Exception:
+            self.handleError(records[0])
+
 
 class _Writer(logging.handlers.QueueListener):
-    """The writer thread: formats and writes each queued record, and flushes once the queue is empty."""
+    """The writer thread: formats and writes each queued record (a batch of access lines in one write),
+    and flushes once the queue is empty."""
 
-    def handle(self, record: logging.LogRecord) -> None:
-        super().handle(record)
+    def handle(self, record: logging.LogRecord | list[logging.LogRecord]) -> None:
+        if isinstance(record, list):
+            for target in self.handlers:
+                if isinstance(target, _LazyFlushHandler):
+                    target.emit_many(record)
+                else:
+                    for line in record:
+                        target.handle(line)
+        else:
+            super().handle(record)
         if isinstance(self.queue, queue.Queue) and self.queue.empty():
             for target in self.handlers:
                 target.flush()
