@@ -9,8 +9,8 @@ two runs cannot tell a 20 % change from noise. Here every system is up at once a
 each of them for ``--seconds`` in turn, so a disturbance lands on all of them alike; the table gives the
 median CPU ms/request of the rounds (the gateway's process tree, as ``run.py`` counts it), every round's
 value, requests per CPU-second against the floor measured in the same rounds, and the medians of the
-rounds' p50 and p99 latency. Same pinning,
-upstream, governance and variants as ``run.py`` (``sobench.systems``).
+rounds' p50 and p99 latency. Same pinning, upstream, governance and variants as ``run.py``
+(``sobench.systems``).
 """
 
 from __future__ import annotations
@@ -62,8 +62,7 @@ def main() -> int:
             print(f"{running.label}: {running.unavailable or 'up'}", flush=True)
             if not running.unavailable:
                 live.append(running)
-        cpu: dict[tuple[str, str], list[float]] = {}
-        latency: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (p50, p99) ms of each round
+        rounds: dict[tuple[str, str], list[tuple[float, float, float]]] = {}  # CPU ms/req, p50, p99 ms
         for workload in args.workloads.split(","):
             for running in live:
                 bench.load(running, workload, args.concurrency, 1.0)  # warm-up
@@ -74,9 +73,8 @@ def main() -> int:
                     result = bench.load(running, workload, args.concurrency, args.seconds)
                     spent = running.service.cpu_s() - before
                     if result.requests:
-                        cpu.setdefault((running.label, workload), []).append(1000 * spent / result.requests)
-                        latency.setdefault((running.label, workload), []).append(
-                            (result.p50_ms, result.p99_ms)
+                        rounds.setdefault((running.label, workload), []).append(
+                            (1000 * spent / result.requests, result.p50_ms, result.p99_ms)
                         )
             print(f"{workload}: load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     finally:
@@ -84,14 +82,14 @@ def main() -> int:
     print(f"\nc={args.concurrency}, {args.rounds} rounds of {args.seconds:g} s, base = {trees['base']}")
     print("| system | load | CPU ms/req (median) | rounds | req per CPU-s vs floor | p50 ms | p99 ms |")
     print("|---|---|--:|---|--:|--:|--:|")
-    for (label, workload), values in cpu.items():
-        floor = cpu.get(("aiohttp floor", workload))
-        median = statistics.median(values)
-        ratio = f"{statistics.median(floor) / median:.2f}x" if floor else "-"
-        rounds = " ".join(f"{v:.3f}" for v in values)
-        p50 = statistics.median(p for p, _ in latency[label, workload])
-        p99 = statistics.median(p for _, p in latency[label, workload])
-        print(f"| {label} | {workload} | {median:.3f} | {rounds} | {ratio} | {p50:.2f} | {p99:.2f} |")
+    for (label, workload), measured in rounds.items():
+        cpu, p50s, p99s = zip(*measured, strict=True)
+        floor = rounds.get(("aiohttp floor", workload))
+        median = statistics.median(cpu)
+        ratio = f"{statistics.median(r[0] for r in floor) / median:.2f}x" if floor else "-"
+        each = " ".join(f"{v:.3f}" for v in cpu)
+        p50, p99 = statistics.median(p50s), statistics.median(p99s)
+        print(f"| {label} | {workload} | {median:.3f} | {each} | {ratio} | {p50:.2f} | {p99:.2f} |")
     return 0
 
 

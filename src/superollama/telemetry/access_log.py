@@ -246,19 +246,18 @@ class _Writer(logging.handlers.QueueListener):
     """The writer thread: formats and writes each queued record (a batch of access lines in one write),
     and flushes once the queue is empty."""
 
+    def __init__(self, q: queue.Queue[logging.LogRecord], target: _LazyFlushHandler) -> None:
+        super().__init__(q, target)
+        self._lines = q
+        self._target = target
+
     def handle(self, record: logging.LogRecord | list[logging.LogRecord]) -> None:
         if isinstance(record, list):
-            for target in self.handlers:
-                if isinstance(target, _LazyFlushHandler):
-                    target.emit_many(record)
-                else:
-                    for line in record:
-                        target.handle(line)
+            self._target.emit_many(record)
         else:
             super().handle(record)
-        if isinstance(self.queue, queue.Queue) and self.queue.empty():
-            for target in self.handlers:
-                target.flush()
+        if self._lines.empty():
+            self._target.flush()
 
 
 class LoggingHandle:
