@@ -1,6 +1,7 @@
 """What ``superollama serve`` keeps out of its memory until something asks for it: the other CLI commands
 (and rich, and the admin client), jsonschema (the first admin body), SQLAlchemy's Postgres dialect (a
-Postgres registry), pynvml (an NVIDIA driver), the OpenAPI document (the first ``/openapi.json``).
+Postgres registry) and its ORM (never), pynvml (an NVIDIA driver), the OpenAPI document (the first
+``/openapi.json``).
 
 Each check runs in a fresh interpreter that goes the way ``serve`` goes: the CLI's ``main``, the ``serve``
 command, and ``create_app`` on a temporary home (``superollama.app.serve`` is replaced by a stand-in that
@@ -122,6 +123,14 @@ def test_serve_loads_no_jsonschema_until_an_admin_body(served: dict[str, object]
 
 def test_a_sqlite_registry_loads_no_postgres_dialect(served: dict[str, object]) -> None:
     assert not _loaded(_modules(served), "sqlalchemy.dialects.postgresql")
+
+
+def test_the_registry_loads_no_orm(served: dict[str, object]) -> None:
+    """The registry is SQLAlchemy Core on its own async engine (``registry/engine.py``):
+    ``sqlalchemy.ext.asyncio`` would bring the ORM with it, about 6 MB."""
+    modules = _modules(served)
+    assert not _loaded(modules, "sqlalchemy.orm")
+    assert not _loaded(modules, "sqlalchemy.ext.asyncio")
 
 
 def test_pynvml_is_loaded_only_where_an_nvidia_driver_shows(served: dict[str, object]) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import Table, text, update
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from superollama.registry._errors import mapped
+from superollama.registry.engine import AsyncConnection, AsyncEngine
 from superollama.registry.schema import generations
 
 __all__ = ["CHANGE_KINDS", "READ_ONLY", "Clock", "Database", "feed_channel_sql", "plain", "utcnow"]

@@ -11,7 +11,6 @@ import builtins
 from typing import Any
 
 from sqlalchemy import Row, delete, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from superollama.core.deployments import (
     DeploymentRecord,
@@ -23,6 +22,7 @@ from superollama.core.deployments import (
 from superollama.core.placement import PlacementConstraint
 from superollama.errors import NotFound
 from superollama.registry._base import Database
+from superollama.registry.engine import AsyncConnection
 from superollama.registry.schema import deployment_history, deployments, version_placements
 
 __all__ = ["DeploymentRepository", "VersionScaleRepository"]

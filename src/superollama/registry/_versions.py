@@ -7,11 +7,11 @@ from typing import Any
 
 from sqlalchemy import Row, delete, exists, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from superollama.core import ModelRef, NameError_, VersionRecord
 from superollama.errors import InvalidModelName, ModelExists, ModelNotFound
 from superollama.registry._base import Database, plain
+from superollama.registry.engine import AsyncConnection
 from superollama.registry.schema import models, versions
 
 __all__ = ["VersionRepository"]

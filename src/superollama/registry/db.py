@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import URL, event, inspect, make_url, text
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from superollama.errors import RegistryError
@@ -32,6 +31,7 @@ from superollama.registry._rollouts import RolloutRepository, ShadowRepository, 
 from superollama.registry._usage import UsageRepository
 from superollama.registry._watch import SqliteWatch
 from superollama.registry._webhooks import WebhookRepository
+from superollama.registry.engine import AsyncEngine, create_engine
 from superollama.registry.migrations import MIGRATIONS, Migration, Sealer, migrate
 from superollama.registry.repos import EventRepository, InstanceRepository, NodeRepository, VersionRepository
 from superollama.registry.schema import generations
@@ -228,7 +228,7 @@ def _sqlite_engine(url: URL, pool_size: int) -> AsyncEngine:
         if memory
         else {"pool_size": pool_size, "max_overflow": pool_size}
     )
-    engine = create_async_engine(
+    engine = create_engine(
         url, poolclass=AsyncAdaptedQueuePool, connect_args={"factory": _RollbackOnClose}, **pool
     )
 
@@ -256,7 +256,7 @@ def _postgres_engine(url: URL, schema: str | None, pool_size: int) -> AsyncEngin
     settings = {"application_name": "superollama"}
     if schema is not None:
         settings["search_path"] = _quote(schema)
-    return create_async_engine(
+    return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,

@@ -42,11 +42,11 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from superollama.core.credentials import split_url
 from superollama.errors import RegistryError
 from superollama.registry._errors import mapped
+from superollama.registry.engine import AsyncEngine
 from superollama.registry.schema import NAMING_CONVENTION, Json, UTCDateTime
 
 __all__ = ["MIGRATIONS", "Migration", "Sealer", "current_version", "migrate"]
