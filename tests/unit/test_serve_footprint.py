@@ -1,7 +1,7 @@
 """What ``superollama serve`` keeps out of its memory until something asks for it: the other CLI commands
 (and rich, and the admin client), jsonschema (the first admin body), SQLAlchemy's Postgres dialect (a
 Postgres registry) and its ORM (never), pynvml (an NVIDIA driver), the OpenAPI document (the first
-``/openapi.json``).
+``/openapi.json``), the pydantic models of the Anthropic and Responses APIs (their first request).
 
 Each check runs in a fresh interpreter that goes the way ``serve`` goes: the CLI's ``main``, the ``serve``
 command, and ``create_app`` on a temporary home (``superollama.app.serve`` is replaced by a stand-in that
@@ -36,6 +36,7 @@ def build_and_report(settings, worker=None):
         try:
             return {
                 "modules": sorted(sys.modules),
+                "lazy": sorted(n for n, m in sys.modules.items() if type(m).__name__ == "_LazyModule"),
                 "openapi_rendered": openapi.handler.__self__._rendered is not None,
             }
         finally:
@@ -131,6 +132,14 @@ def test_the_registry_loads_no_orm(served: dict[str, object]) -> None:
     modules = _modules(served)
     assert not _loaded(modules, "sqlalchemy.orm")
     assert not _loaded(modules, "sqlalchemy.ext.asyncio")
+
+
+def test_the_anthropic_and_responses_models_wait_for_their_first_request(served: dict[str, object]) -> None:
+    """Their modules are imported lazily (``core/lazy.py``): in ``sys.modules``, their code not run."""
+    modules, lazy = _modules(served), served["lazy"]
+    assert isinstance(lazy, list)
+    for name in ("superollama.wire.anthropic", "superollama.wire.responses"):
+        assert name not in modules or name in lazy, f"{name} was loaded at start"
 
 
 def test_pynvml_is_loaded_only_where_an_nvidia_driver_shows(served: dict[str, object]) -> None:

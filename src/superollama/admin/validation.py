@@ -10,13 +10,13 @@ a gateway that is never administered does not carry it (about 2 MB with ``refere
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from superollama.contract.model import Operation, Schema
+from superollama.contract.model import Operation
 from superollama.errors import InvalidRequest
 from superollama.gateway import read_json
 
@@ -55,7 +55,7 @@ class _Body:
 
     __slots__ = ("_validator", "required", "schema")
 
-    def __init__(self, schema: Schema, required: bool) -> None:
+    def __init__(self, schema: Mapping[str, Any], required: bool) -> None:
         self.schema = schema
         self.required = required
         self._validator: Draft202012Validator | None = None

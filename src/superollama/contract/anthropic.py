@@ -17,7 +17,6 @@ from superollama.contract.model import (
     sse_event,
     string,
 )
-from superollama.wire import anthropic as wire
 
 __all__ = ["OPERATIONS"]
 
@@ -54,7 +53,8 @@ OPERATIONS = (
                 {JSON: _MESSAGE_OBJECT, SSE: _EVENTS},
             )
         },
-        body=model_schema(wire.MessagesRequest, "Anthropic"),  # what the route parses
+        # the schema of the model the route parses with
+        body=model_schema("superollama.wire.anthropic", "MessagesRequest", "Anthropic"),
         params=_HEADERS,
         upstream=True,
     ),
@@ -65,7 +65,7 @@ OPERATIONS = (
         TAG,
         Family.ANTHROPIC,
         {200: Reply("The count", {JSON: obj(("input_tokens",), input_tokens=integer(minimum=0))})},
-        body=model_schema(wire.CountTokensRequest, "Anthropic"),
+        body=model_schema("superollama.wire.anthropic", "CountTokensRequest", "Anthropic"),
         params=_HEADERS,
         upstream=True,
     ),

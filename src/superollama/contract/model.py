@@ -7,11 +7,11 @@ Schemas are JSON Schema 2020-12 (OpenAPI 3.1's dialect), written with the small 
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-
-from pydantic import BaseModel
 
 __all__ = [
     "ERROR_SCHEMAS",
@@ -19,6 +19,7 @@ __all__ = [
     "NDJSON",
     "SSE",
     "Family",
+    "ModelSchema",
     "Operation",
     "Param",
     "Reply",
@@ -37,13 +38,44 @@ __all__ = [
 Schema = dict[str, Any]
 
 
-def model_schema(model: type[BaseModel], prefix: str) -> Schema:
-    """A pydantic model's JSON Schema (the one the route parses with), its ``$defs`` renamed
-    ``{prefix}{Model}``: the document hoists them into its components, where the ``$ref`` s point."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/" + prefix + "{model}")
-    if "$defs" in schema:
-        schema["$defs"] = {prefix + name: d for name, d in schema["$defs"].items()}
-    return schema
+class ModelSchema(Mapping[str, Any]):
+    """A pydantic model's JSON Schema (the one the route parses with), made when first read: the model's
+    module is imported then, not when the contract is (``core/lazy.py`` says why). Its ``$defs`` are
+    renamed ``{prefix}{Model}``: the document hoists them into its components, where the ``$ref`` s
+    point."""
+
+    __slots__ = ("_made", "_model", "_module", "_prefix")
+
+    def __init__(self, module: str, model: str, prefix: str) -> None:
+        self._module, self._model, self._prefix = module, model, prefix
+        self._made: Schema | None = None
+
+    def _schema(self) -> Schema:
+        if self._made is None:
+            model = getattr(importlib.import_module(self._module), self._model)
+            template = f"#/components/schemas/{self._prefix}{{model}}"
+            schema: Schema = model.model_json_schema(ref_template=template)
+            if "$defs" in schema:
+                schema["$defs"] = {self._prefix + name: d for name, d in schema["$defs"].items()}
+            self._made = schema
+        return self._made
+
+    def __getitem__(self, key: str) -> Any:
+        return self._schema()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._schema())
+
+    def __len__(self) -> int:
+        return len(self._schema())
+
+    def __repr__(self) -> str:
+        return f"ModelSchema({self._module}.{self._model})"
+
+
+def model_schema(module: str, model: str, prefix: str) -> ModelSchema:
+    """The JSON Schema of pydantic model ``model`` of ``module``, made on first use (see ``ModelSchema``)."""
+    return ModelSchema(module, model, prefix)
 
 
 JSON = "application/json"
@@ -165,7 +197,7 @@ class Operation:
     tag: str
     family: Family
     replies: dict[int, Reply]
-    body: Schema | None = None
+    body: Schema | ModelSchema | None = None
     body_required: bool = True
     body_media: str = JSON  # the request body's content type: multipart/form-data for an upload
     params: tuple[Param, ...] = ()

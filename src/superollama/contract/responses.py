@@ -18,7 +18,6 @@ from superollama.contract.model import (
     sse_event,
     string,
 )
-from superollama.wire import responses as wire
 
 __all__ = ["OPERATIONS"]
 
@@ -51,7 +50,8 @@ OPERATIONS = (
                 {JSON: _RESPONSE, SSE: _EVENTS},
             )
         },
-        body=model_schema(wire.ResponsesRequest, "Responses"),  # what the route parses
+        # the schema of the model the route parses with
+        body=model_schema("superollama.wire.responses", "ResponsesRequest", "Responses"),
         upstream=True,
     ),
     Operation(

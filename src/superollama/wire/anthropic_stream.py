@@ -22,9 +22,14 @@ stream (to watch for stop sequences) is built from the same state (``message``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from superollama.wire.anthropic import stop_reason, tool_input, usage
+from superollama.core.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from superollama.wire import anthropic as wire
+else:
+    wire = lazy_module("superollama.wire.anthropic")  # pydantic models: loaded on the first request
 
 __all__ = ["Event", "StopScanner", "StreamTranslator"]
 
@@ -87,7 +92,7 @@ class StreamTranslator:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": usage(0, 0),
+            "usage": wire.usage(0, 0),
         }
         return [("message_start", {"type": "message_start", "message": head}), ("ping", {"type": "ping"})]
 
@@ -157,13 +162,13 @@ class StreamTranslator:
             return []
         index, self._open = self._open, None
         if index in self._json:
-            self.blocks[index]["input"] = tool_input(self._json[index])
+            self.blocks[index]["input"] = wire.tool_input(self._json[index])
         return [("content_block_stop", {"type": "content_block_stop", "index": index})]
 
     def stop_reason(self) -> str:
         if self.stop is not None:
             return "stop_sequence"
-        reason = stop_reason(self.finish)
+        reason = wire.stop_reason(self.finish)
         return "tool_use" if reason == "end_turn" and self._tools else reason
 
     def end(self) -> list[Event]:
@@ -171,7 +176,7 @@ class StreamTranslator:
         out = self._text(self._scanner.flush()) if self.stop is None else []
         out += self._close()
         delta = {"stop_reason": self.stop_reason(), "stop_sequence": self.stop}
-        counts = usage(self.prompt_tokens or 0, self.completion_tokens or 0)
+        counts = wire.usage(self.prompt_tokens or 0, self.completion_tokens or 0)
         out.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": counts}))
         out.append(("message_stop", {"type": "message_stop"}))
         return out
@@ -186,5 +191,5 @@ class StreamTranslator:
             "content": self.blocks,
             "stop_reason": self.stop_reason(),
             "stop_sequence": self.stop,
-            "usage": usage(self.prompt_tokens or 0, self.completion_tokens or 0),
+            "usage": wire.usage(self.prompt_tokens or 0, self.completion_tokens or 0),
         }

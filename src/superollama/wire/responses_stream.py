@@ -20,19 +20,17 @@ sent as ``event: <type>`` + ``data:`` SSE, as OpenAI does. The file search ran b
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from superollama.wire.responses import (
-    Found,
-    ResponsesRequest,
-    call_item,
-    file_search_item,
-    item_id,
-    message_item,
-    response_object,
-)
+from superollama.core.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from superollama.wire import responses as wire
+    from superollama.wire.responses import Found, ResponsesRequest
+else:
+    wire = lazy_module("superollama.wire.responses")  # pydantic models: loaded on the first request
 
 __all__ = ["ResponseStream", "sse"]
 
@@ -61,7 +59,7 @@ class ResponseStream:
         return event
 
     def snapshot(self, status: str) -> dict[str, Any]:
-        return response_object(
+        return wire.response_object(
             self._req,
             self._id,
             self._created,
@@ -79,7 +77,7 @@ class ResponseStream:
 
     def file_search(self, fs_id: str, queries: list[str], found: list[Found] | None) -> list[dict[str, Any]]:
         """The events of a file search (done before the stream opened): its item, added then done."""
-        item = file_search_item(fs_id, queries, None, status="in_progress")
+        item = wire.file_search_item(fs_id, queries, None, status="in_progress")
         self.output.append(item)
         index = len(self.output) - 1
         common = {"item_id": fs_id, "output_index": index}
@@ -88,7 +86,7 @@ class ResponseStream:
             self._event("response.file_search_call.in_progress", **common),
             self._event("response.file_search_call.searching", **common),
         ]
-        self.output[index] = item = file_search_item(fs_id, queries, found)
+        self.output[index] = item = wire.file_search_item(fs_id, queries, found)
         out.append(self._event("response.file_search_call.completed", **common))
         out.append(self._event("response.output_item.done", output_index=index, item=dict(item)))
         return out
@@ -112,7 +110,7 @@ class ResponseStream:
         out: list[dict[str, Any]] = []
         if self._open is None or self.output[self._open]["type"] != "message":
             out += self._close()
-            item = message_item("", status="in_progress")
+            item = wire.message_item("", status="in_progress")
             self.output.append(item)
             self._open = index = len(self.output) - 1
             out.append(
@@ -151,8 +149,8 @@ class ResponseStream:
         function = call.get("function") or {}
         if position not in self._calls:
             out += self._close()
-            item = call_item(
-                call.get("id") or item_id("call"), function.get("name") or "", "", status="in_progress"
+            item = wire.call_item(
+                call.get("id") or wire.item_id("call"), function.get("name") or "", "", status="in_progress"
             )
             self.output.append(item)
             self._open = self._calls[position] = len(self.output) - 1

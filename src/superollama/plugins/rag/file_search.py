@@ -6,11 +6,18 @@ prompt template."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+from superollama.core.lazy import lazy_module
 from superollama.plugins.rag.grounding import sources_prompt
 from superollama.plugins.rag.service import VectorStores
 from superollama.plugins.rag.vectors import compile_filter
-from superollama.wire.responses import FileSearchTool, Found
+
+if TYPE_CHECKING:
+    from superollama.wire import responses as wire
+    from superollama.wire.responses import FileSearchTool, Found
+else:
+    wire = lazy_module("superollama.wire.responses")  # pydantic models: loaded on the first request
 
 __all__ = ["DEFAULT_MAX_RESULTS", "FileSearcher"]
 
@@ -35,7 +42,7 @@ class FileSearcher:
         for store in stores:
             hits += await self._stores.search(store, queries, k, where, threshold)
         best = sorted(hits, key=lambda h: -h.score)[:k]
-        return [Found(h.file_id, h.filename, h.score, h.text, dict(h.attributes)) for h in best]
+        return [wire.Found(h.file_id, h.filename, h.score, h.text, dict(h.attributes)) for h in best]
 
     def prompt(self, question: str, found: Sequence[Found]) -> str:
         return sources_prompt(None, question, [(f.filename, f.text) for f in found])
