@@ -27,7 +27,6 @@ __all__ = [
     "array",
     "boolean",
     "integer",
-    "model_schema",
     "nullable",
     "number",
     "obj",
@@ -71,11 +70,6 @@ class ModelSchema(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"ModelSchema({self._module}.{self._model})"
-
-
-def model_schema(module: str, model: str, prefix: str) -> ModelSchema:
-    """The JSON Schema of pydantic model ``model`` of ``module``, made on first use (see ``ModelSchema``)."""
-    return ModelSchema(module, model, prefix)
 
 
 JSON = "application/json"

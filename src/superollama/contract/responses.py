@@ -6,13 +6,13 @@ from superollama.contract.model import (
     JSON,
     SSE,
     Family,
+    ModelSchema,
     Operation,
     Param,
     Reply,
     array,
     boolean,
     integer,
-    model_schema,
     nullable,
     obj,
     sse_event,
@@ -51,7 +51,7 @@ OPERATIONS = (
             )
         },
         # the schema of the model the route parses with
-        body=model_schema("superollama.wire.responses", "ResponsesRequest", "Responses"),
+        body=ModelSchema("superollama.wire.responses", "ResponsesRequest", "Responses"),
         upstream=True,
     ),
     Operation(

@@ -4,12 +4,9 @@
 first read (``importlib.util.LazyLoader``). For a module whose import is costly and which only some
 requests need: Anthropic's and the Responses API's pydantic request models and the JSON Schemas the
 contract makes of them are about 1 MB of a server's memory that a server nobody sends those requests to
-never needs. Write the import so that type checkers still see the real module::
-
-    if TYPE_CHECKING:
-        from superollama.wire import anthropic as wire
-    else:
-        wire = lazy_module("superollama.wire.anthropic")
+never needs. Declare such a module lazy once, in its package's ``__init__`` (``superollama/wire``
+does): every ``from package import module`` then gets the module without running it, as plain imports
+that type checkers read as usual. A ``from package.module import name`` reads the attribute and runs it.
 
 The first attribute read runs the module's code in the thread that reads it: the server's event loop,
 where the first such request is (for the request models above: about 40 ms, once).

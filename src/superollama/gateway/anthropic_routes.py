@@ -18,11 +18,9 @@ error after the stream began is an ``event: error``.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from superollama.core.lazy import lazy_module
 from superollama.core.routing import Route
 from superollama.errors import SuperOllamaError
 from superollama.gateway.exchange import exchange_of, principal_of
@@ -31,12 +29,8 @@ from superollama.gateway.openai_routes import ModelTargets, read_json
 from superollama.gateway.responses import json_response
 from superollama.gateway.shadow import NO_SHADOW, ShadowTap
 from superollama.gateway.translated import CHAT, Backend, open_sse
+from superollama.wire import anthropic as wire
 from superollama.wire.anthropic_stream import StreamTranslator
-
-if TYPE_CHECKING:
-    from superollama.wire import anthropic as wire
-else:
-    wire = lazy_module("superollama.wire.anthropic")  # pydantic models: loaded on the first request
 
 __all__ = ["MISSING", "AnthropicRoutes"]
 

@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
 
-from superollama.core.lazy import lazy_module
 from superollama.errors import InvalidRequest, NotFound, PayloadTooLarge, SuperOllamaError
 from superollama.gateway.exchange import exchange_of
+from superollama.wire import anthropic
 from superollama.wire.openai import error_body
-
-if TYPE_CHECKING:
-    from superollama.wire import anthropic
-else:
-    anthropic = lazy_module("superollama.wire.anthropic")  # pydantic: on the first Anthropic error
 
 __all__ = ["ANTHROPIC_PREFIX", "error_middleware", "error_response"]
 

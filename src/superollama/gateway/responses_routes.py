@@ -21,11 +21,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from superollama.core.lazy import lazy_module
 from superollama.core.routing import Route
 from superollama.errors import InvalidRequest, NotFound, SuperOllamaError
 from superollama.gateway.exchange import exchange_of, principal_of
@@ -35,12 +34,8 @@ from superollama.gateway.responses import json_response
 from superollama.gateway.shadow import NO_SHADOW, ShadowTap
 from superollama.gateway.translated import CHAT, Backend, open_sse
 from superollama.registry._responses import StoredResponse
+from superollama.wire import responses as wire
 from superollama.wire.responses_stream import ResponseStream, sse
-
-if TYPE_CHECKING:
-    from superollama.wire import responses as wire
-else:
-    wire = lazy_module("superollama.wire.responses")  # pydantic models: loaded on the first request
 
 __all__ = ["FileSearch", "ResponseStore", "ResponsesRoutes"]
 

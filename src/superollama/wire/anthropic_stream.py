@@ -22,14 +22,9 @@ stream (to watch for stop sequences) is built from the same state (``message``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from superollama.core.lazy import lazy_module
-
-if TYPE_CHECKING:
-    from superollama.wire import anthropic as wire
-else:
-    wire = lazy_module("superollama.wire.anthropic")  # pydantic models: loaded on the first request
+from superollama.wire import anthropic as wire
 
 __all__ = ["Event", "StopScanner", "StreamTranslator"]
 

@@ -24,13 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from superollama.core.lazy import lazy_module
+from superollama.wire import responses as wire
 
 if TYPE_CHECKING:
-    from superollama.wire import responses as wire
     from superollama.wire.responses import Found, ResponsesRequest
-else:
-    wire = lazy_module("superollama.wire.responses")  # pydantic models: loaded on the first request
 
 __all__ = ["ResponseStream", "sse"]
 

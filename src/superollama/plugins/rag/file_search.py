@@ -8,16 +8,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from superollama.core.lazy import lazy_module
 from superollama.plugins.rag.grounding import sources_prompt
 from superollama.plugins.rag.service import VectorStores
 from superollama.plugins.rag.vectors import compile_filter
+from superollama.wire import responses as wire
 
 if TYPE_CHECKING:
-    from superollama.wire import responses as wire
     from superollama.wire.responses import FileSearchTool, Found
-else:
-    wire = lazy_module("superollama.wire.responses")  # pydantic models: loaded on the first request
 
 __all__ = ["DEFAULT_MAX_RESULTS", "FileSearcher"]
 
