@@ -56,7 +56,7 @@ def _instances(ui: UiServer) -> list[dict[str, Any]]:
 
 def _register(ui: UiServer, record: NodeRecord) -> None:
     """Write a node into the server's registry, as another machine's agent does when it registers."""
-    url = Settings(home=ui.server.home).registry_url  # the server's: same home, same environment
+    url = Settings.from_env(home=ui.server.home).registry_url  # the server's: same home, same environment
 
     async def upsert() -> None:
         registry = await open_registry(url)

@@ -1,7 +1,8 @@
 """What ``superollama serve`` keeps out of its memory until something asks for it: the other CLI commands
 (and rich, and the admin client), jsonschema (the first admin body), SQLAlchemy's Postgres dialect (a
 Postgres registry) and its ORM (never), pynvml (an NVIDIA driver), the OpenAPI document (the first
-``/openapi.json``), the pydantic models of the Anthropic and Responses APIs (their first request).
+``/openapi.json``), pydantic and the pydantic models of the Anthropic and Responses APIs (their first
+request).
 
 Each check runs in a fresh interpreter that goes the way ``serve`` goes: the CLI's ``main``, the ``serve``
 command, and ``create_app`` on a temporary home (``superollama.app.serve`` is replaced by a stand-in that
@@ -140,6 +141,14 @@ def test_the_anthropic_and_responses_models_wait_for_their_first_request(served:
     assert isinstance(lazy, list)
     for name in ("superollama.wire.anthropic", "superollama.wire.responses"):
         assert name not in modules or name in lazy, f"{name} was loaded at start"
+
+
+def test_pydantic_waits_for_the_first_request_that_needs_it(served: dict[str, object]) -> None:
+    """The settings are checked without pydantic (``settings/fields.py``): pydantic and its compiled core
+    are about 5 MB, and only the Anthropic and Responses APIs' request models use them."""
+    modules = _modules(served)
+    for package in ("pydantic", "pydantic_core", "pydantic_settings"):
+        assert not _loaded(modules, package), f"{package} was loaded at start"
 
 
 def test_pynvml_is_loaded_only_where_an_nvidia_driver_shows(served: dict[str, object]) -> None:

@@ -13,11 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from superollama.core import Layer, Manifest, Progress
 from superollama.errors import IntegrityError, InvalidRequest, StoreError
-from superollama.settings import Settings, parse_storage_roots
+from superollama.settings import Settings, SettingsError, parse_storage_roots
 from superollama.store import MEDIA_FILE, BlobStore, ModelStore, StorageRoots
 from superollama.store.relocate import copy_blob
 
@@ -55,7 +54,7 @@ def test_the_setting_takes_named_and_unnamed_absolute_roots_only() -> None:
         ("a=/x,a=/y", "twice"),
         ("/x,/x", "twice"),
     ]:
-        with pytest.raises(ValidationError, match=why):
+        with pytest.raises(SettingsError, match=why):
             Settings(storage_roots=bad)
 
 

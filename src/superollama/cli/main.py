@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from superollama import __version__
-from superollama.settings import Settings
+from superollama.settings import ENV_PREFIX, Settings, SettingsError, described, shown
 
 if TYPE_CHECKING:
     from superollama.client import Client
@@ -126,15 +126,9 @@ class LazyGroup(click.Group):
 
 class Context:
     def __init__(self, overrides: dict[str, Any], plugins: Plugins | None = None) -> None:
-        from pydantic import ValidationError
-
         self._plugins = plugins
-
-        try:
-            self.settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-        except ValidationError as exc:  # one line per bad setting, not a traceback
-            lines = [f"SUPEROLLAMA_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
-            raise click.ClickException("; ".join(lines)) from None
+        given = {k: v for k, v in overrides.items() if v is not None}
+        self.settings = _settings(lambda: Settings.from_env(**given))
         self._client: Client | None = None
 
     @property
@@ -263,7 +257,7 @@ def serve(ctx: Context, /, **given: Any) -> None:
     from superollama.app import serve as run_server
 
     updates = {k: v for k, v in given.items() if v is not None}
-    run_server(ctx.settings.model_copy(update=updates))
+    run_server(_settings(lambda: ctx.settings.replace(**updates)))
 
 
 @cli.command()
@@ -273,22 +267,24 @@ def config(ctx: Context, as_json: bool) -> None:
     """Print every setting: environment variable, value, description."""
     from superollama.cli.render import console, print_json, print_table
 
+    rows = [
+        (f"{ENV_PREFIX}{key.upper()}", shown(getattr(ctx.settings, key)), description)
+        for key, description in described(Settings)
+    ]
     if as_json:
-        print_json(
-            [
-                {
-                    "variable": f"SUPEROLLAMA_{key.upper()}",
-                    "value": getattr(ctx.settings, key),
-                    "description": f.description,
-                }
-                for key, f in Settings.model_fields.items()
-            ]
-        )
+        print_json([{"variable": v, "value": value, "description": d} for v, value, d in rows])
         return
-    rows = []
-    for key, field in Settings.model_fields.items():
-        rows.append((f"SUPEROLLAMA_{key.upper()}", getattr(ctx.settings, key), field.description or ""))
     print_table(console, ("VARIABLE", "VALUE", "DESCRIPTION"), rows)
+
+
+def _settings(make: Callable[[], Settings]) -> Settings:
+    """``make()``, or a usage error with one line per bad setting (named as its variable), not a
+    traceback."""
+    try:
+        return make()
+    except SettingsError as exc:
+        lines = [f"{ENV_PREFIX}{name.upper()}: {why}" for name, why in exc.problems]
+        raise click.ClickException("; ".join(lines)) from None
 
 
 def main() -> None:

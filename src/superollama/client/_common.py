@@ -106,7 +106,7 @@ def find_server_url(settings: Settings) -> str:
 def default_settings() -> Settings:
     from superollama.settings import Settings
 
-    return Settings()
+    return Settings.from_env()
 
 
 def headers(api_key: str | None) -> dict[str, str]:
