@@ -189,7 +189,8 @@ class NodeSupervisor:
 
     async def _pause(self, stop: asyncio.Event, delay: float) -> float:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
+            async with asyncio.timeout(delay):  # not wait_for: it may swallow a cancel (control/feed.py)
+                await stop.wait()
         return min(delay * 2, self._backoff_max)
 
     def argv(self, address: str, node_ip: str) -> list[str]:
@@ -357,7 +358,8 @@ class OwnNode(NodeSupervisor):
             pid = self.adopted
             while not stop.is_set() and is_ray_start(pid, address=self.address):
                 with contextlib.suppress(TimeoutError):  # not our child: nothing to wait on but /proc
-                    await asyncio.wait_for(stop.wait(), 0.5)
+                    async with asyncio.timeout(0.5):  # not wait_for (see _pause)
+                        await stop.wait()
             if stop.is_set():
                 await stop_pid(pid, STOP_GRACE, address=self.address)
                 return

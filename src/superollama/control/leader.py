@@ -55,7 +55,8 @@ class LeaderLock:
         """Start trying; returns once the first try is done (leader or not, or no database)."""
         self._task = asyncio.create_task(self._run(), name="leader-lock")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first.wait(), 15)
+            async with asyncio.timeout(15):  # not wait_for: it may swallow a cancel (control/feed.py)
+                await self._first.wait()
 
     async def close(self) -> None:
         if self._task is not None:

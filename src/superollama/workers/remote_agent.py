@@ -135,7 +135,8 @@ class RemoteAgent:
             asyncio.create_task(self._activity.run(self._send), name="agent-report"),
         ]
         try:
-            await asyncio.wait_for(self._first_state.wait(), self._first_state_timeout)
+            async with asyncio.timeout(self._first_state_timeout):  # not wait_for (see control/feed.py)
+                await self._first_state.wait()
         except TimeoutError:
             log.warning("the node agent process has not answered yet; its instances appear once it does")
 
@@ -314,7 +315,8 @@ class RemoteAgent:
     async def _reachable(self, deadline: float, what: str) -> None:
         left = deadline - asyncio.get_running_loop().time()
         try:
-            await asyncio.wait_for(self._connected.wait(), max(0.0, left))
+            async with asyncio.timeout(max(0.0, left)):  # not wait_for: a client's cancellation stays one
+                await self._connected.wait()
         except TimeoutError:
             raise LoadTimeout(f"{what}: the node agent process is still restarting", retry_after=5) from None
 
