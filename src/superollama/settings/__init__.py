@@ -84,24 +84,6 @@ def parse_storage_roots(spec: str) -> list[tuple[str | None, str]]:
 class Settings:
     """Configuration of one Super Ollama process (server, agent or CLI)."""
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **values: Any) -> Settings:
-        """The values given, then the ``SUPEROLLAMA_*`` variables of ``environ`` (default: this process's
-        environment), then the defaults."""
-        found = from_environment(cls, os.environ if environ is None else environ)
-        return cls(**{**found, **values})
-
-    def replace(self, **values: Any) -> Settings:
-        """A copy with ``values`` changed, checked like a new one."""
-        return dataclasses.replace(self, **values)
-
-    def __post_init__(self) -> None:
-        check(self)
-        try:
-            parse_storage_roots(self.storage_roots)
-        except ValueError as exc:
-            raise SettingsError([("storage_roots", str(exc))]) from None
-
     home: Path = setting(
         default_factory=_default_home,
         description="Home directory: model store (blobs/, manifests/), registry.db, logs.",
@@ -561,6 +543,24 @@ class Settings:
         description="URL that incidents (instance crashed, load failed, connection unhealthy, budget "
         "exhausted, rate-limit storm) are POSTed to as JSON, with retries.",
     )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **values: Any) -> Settings:
+        """The values given, then the ``SUPEROLLAMA_*`` variables of ``environ`` (default: this process's
+        environment), then the defaults."""
+        found = from_environment(cls, os.environ if environ is None else environ)
+        return cls(**{**found, **values})
+
+    def replace(self, **values: Any) -> Settings:
+        """A copy with ``values`` changed, checked like a new one."""
+        return dataclasses.replace(self, **values)
+
+    def __post_init__(self) -> None:
+        check(self)
+        try:
+            parse_storage_roots(self.storage_roots)
+        except ValueError as exc:
+            raise SettingsError([("storage_roots", str(exc))]) from None
 
     @property
     def storage_root_specs(self) -> list[tuple[str | None, str]]:

@@ -11,12 +11,16 @@ flag, any string for a path or a secret.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "ENV_PREFIX",
@@ -119,12 +123,13 @@ def from_environment(cls: type, environ: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
-def check(settings: object) -> None:
+def check(settings: DataclassInstance) -> None:
     """Convert each field of a just-made frozen dataclass to its declared type and check its bounds, in
     place; raise one ``SettingsError`` naming every field that is wrong."""
-    hints = _hints(type(settings))
+    kind: type = type(settings)
+    hints = _hints(kind)
     problems: list[tuple[str, str]] = []
-    for f in dataclasses.fields(settings):  # type: ignore[arg-type]
+    for f in dataclasses.fields(settings):
         try:
             value = _convert(getattr(settings, f.name), hints[f.name])
             _bounds(value, f.metadata)
@@ -136,14 +141,10 @@ def check(settings: object) -> None:
         raise SettingsError(problems)
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
-    return hints
+    """The fields' types, resolved once per class (its annotations are strings)."""
+    return typing.get_type_hints(cls)
 
 
 def _convert(value: Any, hint: Any) -> Any:
