@@ -47,7 +47,17 @@ def ray_cluster() -> Iterator[RayTestCluster]:
     tmpdir = tempfile.mkdtemp(prefix="so-ray-", dir="/tmp")
     # A node's Python worker for an instance actor can take over the default 30 s to start on a 2-core box
     # running the rest of the suite (a move failed so under load): the servers here wait longer for it.
-    env = {**RAY_ENV, "RAY_TMPDIR": tmpdir, "SUPEROLLAMA_PLACEMENT_TIMEOUT": "120"}
+    # The nodes here are one machine: an instance on each, each taking every core (llama.cpp's default),
+    # makes twice as many compute threads as cores, and under the tests' load llama.cpp's threads spin at
+    # their barriers waiting for a partner that is not running (1.5 tokens/s against 31 with a thread
+    # each, measured on a 2-core box; a stream then outlived the upstream timeout). One thread each is
+    # this machine shared between its nodes, as separate machines would not share it.
+    env = {
+        **RAY_ENV,
+        "RAY_TMPDIR": tmpdir,
+        "SUPEROLLAMA_PLACEMENT_TIMEOUT": "120",
+        "SUPEROLLAMA_LLAMACPP_THREADS": "1",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     from ray.cluster_utils import Cluster
