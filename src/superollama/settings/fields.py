@@ -10,13 +10,14 @@ flag, any string for a path or a secret.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ __all__ = [
 
 ENV_PREFIX = "SUPEROLLAMA_"
 
+_N = TypeVar("_N", int, float)
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 
@@ -62,9 +64,6 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
-
-    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:  # worker processes get their settings pickled
-        return (Secret, (self._value,))
 
 
 class SettingsError(ValueError):
@@ -173,31 +172,25 @@ def _to_str(value: Any) -> str:
 
 
 def _to_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r}: give a whole number")
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise ValueError(f"{value!r}: give a whole number")
+    return _number(value, int, "a whole number")
 
 
 def _to_float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r}: give a number")
-    if isinstance(value, int | float):
+    if isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    return _number(value, float, "a number")
+
+
+def _number(value: Any, kind: type[_N], what: str) -> _N:
+    """``value`` when it is already a ``kind`` (a flag is not a number), or a string that reads as one."""
+    if isinstance(value, kind) and not isinstance(value, bool):
+        return value
     if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            pass
-    raise ValueError(f"{value!r}: give a number")
+        with contextlib.suppress(ValueError):
+            return kind(value.strip())
+    raise ValueError(f"{value!r}: give {what}")
 
 
 def _to_bool(value: Any) -> bool:
