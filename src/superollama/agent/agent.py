@@ -45,6 +45,7 @@ from superollama.core import (
     Runtime,
 )
 from superollama.core.placement import PlacementConstraint
+from superollama.core.waits import wait_set
 from superollama.errors import Conflict, LoadTimeout, ModelLoadFailed, Unavailable
 from superollama.registry import Registry
 
@@ -630,9 +631,7 @@ class LocalAgent:
             if left <= 0:
                 break
             inst.idle.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):  # not wait_for, which may swallow a cancellation
-                    await inst.idle.wait()
+            await wait_set(inst.idle, left)
         cut = max(inst.in_flight, 0) + max(inst.pending, 0)
         if cut:
             log.warning("%s: %d request(s) still in flight after the %.1f s drain bound", version, cut, bound)

@@ -48,6 +48,7 @@ from superollama.client import APIConnectionError, APIStatusError, AsyncClient, 
 from superollama.cluster.blobs import NODE_STORE_ENV
 from superollama.cluster.control_store import auth_env
 from superollama.cluster.head import RAY_ENV, is_ray_start, kill_group, stop_pid, stop_ray_start
+from superollama.core.waits import wait_set
 from superollama.runtimes._child import set_pdeathsig
 
 __all__ = ["JoinRefused", "JoinSpec", "NodeSupervisor", "OwnNode", "head_answers", "local_address"]
@@ -188,9 +189,7 @@ class NodeSupervisor:
         return dict(answer)
 
     async def _pause(self, stop: asyncio.Event, delay: float) -> float:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):  # not wait_for: it may swallow a cancel (control/feed.py)
-                await stop.wait()
+        await wait_set(stop, delay)
         return min(delay * 2, self._backoff_max)
 
     def argv(self, address: str, node_ip: str) -> list[str]:
@@ -357,9 +356,7 @@ class OwnNode(NodeSupervisor):
         if self.adopted is not None:
             pid = self.adopted
             while not stop.is_set() and is_ray_start(pid, address=self.address):
-                with contextlib.suppress(TimeoutError):  # not our child: nothing to wait on but /proc
-                    async with asyncio.timeout(0.5):  # not wait_for (see _pause)
-                        await stop.wait()
+                await wait_set(stop, 0.5)  # not our child: nothing to wait on but /proc
             if stop.is_set():
                 await stop_pid(pid, STOP_GRACE, address=self.address)
                 return

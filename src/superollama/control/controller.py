@@ -23,6 +23,7 @@ from superollama.core.deployments import VersionScale
 from superollama.core.images import capabilities_of
 from superollama.core.placement import PlacementConstraint
 from superollama.core.routing import Deployment
+from superollama.core.waits import wait_set
 from superollama.errors import (
     Conflict,
     InvalidModelName,
@@ -567,12 +568,8 @@ class Controller:
             )
         self._gate_waiters += 1
         try:
-            async with asyncio.timeout(self._gate_timeout):  # not wait_for: it may swallow a cancel
-                await gate.wait()
-        except TimeoutError:
-            raise LoadTimeout(
-                f"model {version!r} is still waiting for a swap to finish", retry_after=5
-            ) from None
+            if not await wait_set(gate, self._gate_timeout):
+                raise LoadTimeout(f"model {version!r} is still waiting for a swap to finish", retry_after=5)
         finally:
             self._gate_waiters -= 1
 

@@ -30,10 +30,10 @@ reaches its poller within the second it did before. A watched poller also wakes 
 webhook retry) and after ``SAFETY`` seconds whatever happens. Where there is no watch (Postgres, an
 in-memory SQLite) a ``Nudge`` sleeps the poller's own interval, as before.
 
-The sleeps here wait on an event under ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11,
-``wait_for`` returns normally when its task is cancelled just as the event is set (the cancellation is
-lost), and a poller that missed its cancellation runs on while its owner waits for it to end (a shutdown
-that hung, 1 in 6 test runs, when a change woke the webhooks poller as the app closed).
+The sleeps here wait on an event with ``core.waits.wait_set``, not ``asyncio.wait_for``, which on Python
+3.11 loses a cancellation that comes as the event is set: a poller that missed its cancellation ran on
+while its owner waited for it to end (a shutdown hung, 1 in 6 test runs, when a change woke the webhooks
+poller as the app closed).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from superollama.core.waits import wait_set
 from superollama.registry import Registry
 
 if TYPE_CHECKING:
@@ -86,9 +87,7 @@ class Nudge:
         """Until set; at most ``poll`` seconds when unwatched, else ``due`` seconds (the poller's next
         own deadline, None: none) or ``SAFETY``, whichever comes first."""
         timeout = poll if not self.watched else min(SAFETY, SAFETY if due is None else max(0.0, due))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):  # not wait_for (see the module's docstring)
-                await self._event.wait()
+        await wait_set(self._event, timeout)
         self._event.clear()
 
 
@@ -185,9 +184,7 @@ class ChangeFeed:
                 await self.catch_up()  # what happened while we were not listening
                 delay = _RECONNECT_FIRST
                 while True:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(poll):
-                            await self._wake.wait()
+                    await wait_set(self._wake, poll)
                     self._wake.clear()
                     if conn is not None and conn.is_closed():
                         raise ConnectionError("the change feed's connection closed")
@@ -215,9 +212,7 @@ class ChangeFeed:
         await self.catch_up()
         safety = time.monotonic() + SAFETY
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(poll):
-                    await self._wake.wait()
+            await wait_set(self._wake, poll)
             pinged = self._wake.is_set()
             self._wake.clear()
             try:

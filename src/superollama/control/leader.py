@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
+from superollama.core.waits import wait_set
 from superollama.registry import Registry
 
 if TYPE_CHECKING:
@@ -54,9 +55,7 @@ class LeaderLock:
     async def start(self) -> None:
         """Start trying; returns once the first try is done (leader or not, or no database)."""
         self._task = asyncio.create_task(self._run(), name="leader-lock")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(15):  # not wait_for: it may swallow a cancel (control/feed.py)
-                await self._first.wait()
+        await wait_set(self._first, 15)
 
     async def close(self) -> None:
         if self._task is not None:

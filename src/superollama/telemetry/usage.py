@@ -12,7 +12,6 @@ The store is the registry's ``usage`` repository (``registry.usage``), or anythi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import io
 import logging
@@ -26,6 +25,7 @@ from typing import Any, Literal, Protocol
 import orjson
 
 from superollama.core import RequestRecord
+from superollama.core.waits import wait_set
 
 __all__ = [
     "GROUPINGS",
@@ -242,9 +242,7 @@ class UsageLedger:
 
     async def _sleep(self, seconds: float) -> None:
         """Until ``seconds`` pass or a full batch (or ``close``) wakes the writer."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):  # not wait_for, which may swallow a cancellation
-                await self._wake.wait()
+        await wait_set(self._wake, seconds)
         self._wake.clear()
 
     async def flush(self) -> int:

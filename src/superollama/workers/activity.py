@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from superollama.core.waits import wait_set
+
 __all__ = ["ActivityLedger", "ActivityReporter", "Counted", "Holds"]
 
 HOLD_TTL = 60.0
@@ -89,9 +91,7 @@ class ActivityReporter:
     async def run(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         """Send ``{"op": "activity"}`` (``send`` attaches ``take()``) when woken, at least once a second."""
         while True:
-            with contextlib.suppress(TimeoutError):  # asyncio.timeout: a cancel is never swallowed
-                async with asyncio.timeout(_REPORT_EVERY):
-                    await self._urgent.wait()
+            await wait_set(self._urgent, _REPORT_EVERY)
             self._urgent.clear()
             with contextlib.suppress(aiohttp.ClientError, ConnectionError, OSError, RuntimeError):
                 await send({"op": "activity"})

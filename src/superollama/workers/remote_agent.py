@@ -32,6 +32,7 @@ from superollama.agent import Ending, Inventory, LiveInstance
 from superollama.agent.choice import RuntimeChoice
 from superollama.core import Artifact, Endpoint, EventRecord, InstanceState, Runtime
 from superollama.core.placement import PlacementConstraint
+from superollama.core.waits import wait_set
 from superollama.errors import LoadTimeout, Unavailable
 from superollama.runtimes.process import is_our_process
 from superollama.workers.activity import ActivityReporter
@@ -134,10 +135,7 @@ class RemoteAgent:
             asyncio.create_task(self._watch(), name="agent-watch"),
             asyncio.create_task(self._activity.run(self._send), name="agent-report"),
         ]
-        try:
-            async with asyncio.timeout(self._first_state_timeout):  # not wait_for (see control/feed.py)
-                await self._first_state.wait()
-        except TimeoutError:
+        if not await wait_set(self._first_state, self._first_state_timeout):
             log.warning("the node agent process has not answered yet; its instances appear once it does")
 
     async def close(self) -> None:
@@ -314,11 +312,8 @@ class RemoteAgent:
 
     async def _reachable(self, deadline: float, what: str) -> None:
         left = deadline - asyncio.get_running_loop().time()
-        try:
-            async with asyncio.timeout(max(0.0, left)):  # not wait_for: a client's cancellation stays one
-                await self._connected.wait()
-        except TimeoutError:
-            raise LoadTimeout(f"{what}: the node agent process is still restarting", retry_after=5) from None
+        if not await wait_set(self._connected, max(0.0, left)):
+            raise LoadTimeout(f"{what}: the node agent process is still restarting", retry_after=5)
 
     async def unload(self, version: str, *, reason: str = "requested", drain: float | None = None) -> bool:
         return await self.stop_version(version, reason=reason, drain=drain) is not None
