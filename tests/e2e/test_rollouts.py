@@ -278,19 +278,27 @@ def test_with_two_workers_the_analysis_sees_both_processes(
         assert srv.cli("deploy", "chat", "--target", "good/echo-1=100").returncode == 0
         body = {"to": "bad/echo-1", "canary": 50, "every": "1h", "min_samples": 1000}  # holds: no judgement
         assert srv.admin("POST", "/admin/v1/deployments/chat/rollout", json=body).status_code == 201
+        sent = 0
         for worker in (0, 1):
+            # The split is random: each worker sends until it has answered from both targets (10 requests at
+            # least), so that both report both (ten requests alone all land on one target 1 time in 512).
+            targets: list[str] = []
             with pinned(srv.url, worker) as client:
-                for _ in range(10):
-                    client.post("/v1/chat/completions", json={"model": "chat", "messages": HI})
+                while len(targets) < 10 or len(set(targets)) < 2:
+                    out = client.post("/v1/chat/completions", json={"model": "chat", "messages": HI})
+                    targets.append(out.headers["X-Superollama-Target"])
+                    assert len(targets) < 100, targets
+            sent += len(targets)
 
         seen: dict[str, Any] = {}
 
         def both() -> bool:
             """One snapshot in which both workers reported every request they answered (a report can land
-            between two requests, so the first snapshot with two reporters may not hold all 20)."""
+            between two requests, so the first snapshot with two reporters may not hold them all)."""
             seen.update(_rollout(srv, "chat")["live"])
             reports = [seen.get(t, {}) for t in ("good/echo-1", "bad/echo-1")]
-            return all(r.get("gateways") == 2 for r in reports) and sum(r["requests"] for r in reports) == 20
+            answered = sum(r.get("requests", 0) for r in reports)
+            return all(r.get("gateways") == 2 for r in reports) and answered == sent
 
         assert wait_until(both, timeout=30), seen
         assert seen["bad/echo-1"]["error_rate"] == 1.0 and seen["good/echo-1"]["errors"] == 0

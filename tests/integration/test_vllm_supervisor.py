@@ -118,6 +118,52 @@ async def test_a_cancelled_start_leaves_nothing(tmp_path: Path) -> None:
     assert await all_gone(procs)
 
 
+# A supervisor that is SIGKILLed the moment vLLM's process has started (argv[1]: where the stand-in server
+# writes its own pid and its engine's): it does what ``main`` does up to Popen, then nothing more of its own.
+KILLED_AT_START = """
+import functools, os, signal, subprocess, sys, time
+from superollama.runtimes.vllm_supervisor import enter_watch, start_watchdog
+_, tell = start_watchdog()
+server = subprocess.Popen(
+    [sys.executable, "-c", sys.argv[2], sys.argv[1]],
+    start_new_session=True,
+    preexec_fn=functools.partial(enter_watch, tell, os.getpid()),
+)
+while not os.path.getsize(sys.argv[1]):  # the server and its engine run: die before anything else
+    time.sleep(0.01)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+# Like vLLM, it keeps running when its parent dies: it clears the death signal before anything else.
+IMMORTAL_SERVER = """
+import ctypes, os, subprocess, sys, time
+ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)
+engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+with open(sys.argv[1], "w") as out:
+    out.write(f"{os.getpid()} {engine.pid} ")
+time.sleep(600)
+"""
+
+
+async def test_a_supervisor_killed_as_vllm_starts_still_takes_its_group_along(tmp_path: Path) -> None:
+    """The watchdog is there before vLLM's process is, and learns its group before vLLM can start a
+    process of its own: no moment in which a SIGKILL of the supervisor leaves vLLM's engine behind."""
+    pids = tmp_path / "server-and-engine.pid"
+    pids.touch()
+    supervisor = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", KILLED_AT_START, str(pids), IMMORTAL_SERVER
+    )
+    assert await supervisor.wait() == -signal.SIGKILL
+    server, engine = (int(pid) for pid in pids.read_text().split())
+
+    def alive(pid: int) -> bool:
+        try:
+            return running(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            return False
+
+    await wait_until(lambda: not alive(server) and not alive(engine), what="vLLM's server and engine gone")
+
+
 async def test_a_server_that_dies_early_or_never_answers_fails_with_the_reason(tmp_path: Path) -> None:
     crash = "import sys; print('CUDA out of memory (stand-in)', file=sys.stderr); sys.exit(2)"
     with pytest.raises(ModelLoadFailed) as info:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import select
 import signal
@@ -120,24 +121,42 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def start_watchdog(pgid: int) -> int:
-    """Fork a process that SIGKILLs process group ``pgid`` once this process is gone; its pid.
+def start_watchdog() -> tuple[int, int]:
+    """Fork, before vLLM starts, a process that SIGKILLs vLLM's process group once this process is gone;
+    its pid and the pipe that vLLM's process writes its group into (``enter_watch``).
 
-    It polls its parent pid (no signal races): when the supervisor dies, however, the watchdog is
-    re-parented and kills the group. A supervisor that stops vLLM itself kills the watchdog first."""
+    Forked first, so no moment exists in which vLLM runs and nothing watches it (a supervisor SIGKILLed
+    just after starting vLLM left vLLM's engine running). It polls its parent pid (no signal races): when
+    the supervisor dies, however, the watchdog is re-parented and kills the group it was told. A
+    supervisor that stops vLLM itself kills the watchdog first."""
     supervisor = os.getpid()
+    told, tell = os.pipe()
     pid = os.fork()
     if pid:
-        return pid
+        os.close(told)
+        return pid, tell
     try:  # the watchdog: runs no Python cleanup of the supervisor's, only this loop
-        os.closerange(3, 65536)  # not the handshake pipe: the agent must see EOF when the supervisor dies
+        # not the handshake pipe: the agent must see EOF when the supervisor dies
+        os.closerange(3, told)
+        os.closerange(told + 1, 65536)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         while os.getppid() == supervisor:
             time.sleep(_POLL)
-        _signal_group(pgid, signal.SIGKILL)
+        # vLLM wrote its group before it could start anything (or it never ran: nothing to read)
+        if select.select([told], [], [], 0)[0] and (group := os.read(told, 32).strip()):
+            _signal_group(int(group), signal.SIGKILL)
     finally:
         os._exit(0)
+
+
+def enter_watch(tell: int, supervisor: int) -> None:
+    """Run in vLLM's process between fork and exec (its own session by then): die with the supervisor, and
+    tell the watchdog its process group, before vLLM can start a process of its own."""
+    set_pdeathsig()
+    os.write(tell, b"%d\n" % os.getpgid(0))
+    if os.getppid() != supervisor:  # the supervisor died before the death signal was set
+        os._exit(1)
 
 
 def end_watchdog(pid: int) -> None:
@@ -181,21 +200,24 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port(args.host)
     argv = [*command, "--host", args.host, "--port", str(port)]
     print(f"instance {args.instance_id}: starting {' '.join(argv)}", file=sys.stderr, flush=True)
+    watchdog, tell = start_watchdog()
     try:
-        child = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=sys.stderr.fileno(),
-            stderr=sys.stderr.fileno(),
-            start_new_session=True,
-            preexec_fn=set_pdeathsig,  # noqa: PLW1509 (single-threaded here); vLLM dies if we are SIGKILLed
-        )
-    except OSError as exc:
-        control.write(format_failed(f"cannot start {command[0]}: {exc}"))
-        control.close()
-        return 1
-    watchdog = start_watchdog(child.pid)
-    try:
+        try:
+            child = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=sys.stderr.fileno(),
+                stderr=sys.stderr.fileno(),
+                start_new_session=True,
+                # single-threaded here; vLLM dies if we are SIGKILLed, its engine by the watchdog
+                preexec_fn=functools.partial(enter_watch, tell, os.getpid()),  # noqa: PLW1509
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            control.write(format_failed(f"cannot start {command[0]}: {exc}"))
+            control.close()
+            return 1
+        finally:
+            os.close(tell)
         return _supervise(child, args, f"http://{args.host}:{port}", control, stop)
     finally:
         end_watchdog(watchdog)
