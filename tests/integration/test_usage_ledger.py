@@ -27,6 +27,7 @@ from superollama.core import RequestRecord
 from superollama.errors import InvalidRequest
 from superollama.gateway import error_middleware
 from superollama.registry import Registry, open_registry
+from superollama.registry.schema import usage
 from superollama.settings import Settings
 from superollama.telemetry import Telemetry
 from superollama.telemetry.usage import REQUEST_COLUMNS, SUMMARY_COLUMNS
@@ -75,6 +76,12 @@ def rec(i: int, **changes: Any) -> RequestRecord:
         output="never stored either",
     )
     return replace(base, **changes)
+
+
+def row_values(r: RequestRecord) -> dict[str, Any]:
+    """A record as the columns of its row (but ``created_at``)."""
+    names = [c.name for c in usage.columns if c.name not in {"id", "created_at"}]
+    return {name: getattr(r, "duration" if name == "latency" else name) for name in names}
 
 
 def workload() -> list[RequestRecord]:
@@ -245,3 +252,33 @@ async def test_search_units_round_trip_and_add_up(registry: Registry) -> None:
     assert telemetry.usage is not None
     summary = {s.group: s for s in await telemetry.usage.summary("model", datetime.fromtimestamp(DAY1, UTC))}
     assert (summary["reranker:tiny"].search_units, summary["smollm2:135m"].search_units) == (6, 0)
+
+
+async def test_start_times_are_stored_as_any_statement_stores_them(registry: Registry) -> None:
+    """The batch insert hands the database one JSON parameter and lets it build ``created_at``: the value
+    must be what SQLAlchemy itself writes for ``datetime.fromtimestamp`` (on SQLite, the very same text,
+    since windows compare it as text), rounded to the microsecond the same way, carries included."""
+    # .123456|4 and .123456|6 round apart, 1.999999|6 carries into the next second, 3 + 1/128 s is a tie
+    # (7812.5 µs) that goes to the even 7812
+    times = [DAY1 + 0.1234564, DAY1 + 0.1234566, DAY1 + 1.9999996, DAY1 + 2.0000004, DAY1 + 3 + 1 / 128]
+    await registry.usage.insert_many([rec(i, started_at=t) for i, t in enumerate(times)])
+    async with registry.usage._db.write("the same rows through SQLAlchemy") as conn:
+        await conn.execute(
+            usage.insert(),
+            [
+                {**row_values(rec(100 + i, started_at=t)), "created_at": datetime.fromtimestamp(t, UTC)}
+                for i, t in enumerate(times)
+            ],
+        )
+        stored = (await conn.exec_driver_sql("SELECT request_id, created_at FROM usage ORDER BY id")).all()
+    ours, theirs = stored[: len(times)], stored[len(times) :]
+    assert [at for _, at in ours] == [at for _, at in theirs]
+    back = await registry.usage.query(since=datetime.fromtimestamp(DAY1, UTC))
+    expected = [datetime.fromtimestamp(t, UTC).timestamp() for t in times]
+    assert [
+        r.started_at for r in back if r.request_id.startswith("r") and int(r.request_id[1:]) < 100
+    ] == expected
+    # a window cut between two microseconds of one second holds exactly the rows before it
+    cut = datetime.fromtimestamp(DAY1, UTC).replace(microsecond=123457)
+    inside = await registry.usage.query(since=datetime.fromtimestamp(DAY1, UTC), until=cut)
+    assert sorted(r.request_id for r in inside) == ["r0", "r100"]
