@@ -99,6 +99,64 @@ async def test_a_full_batch_wakes_the_writer() -> None:
     assert store.batches == [3, 1]  # close writes the rest
 
 
+class GatedStore(MemoryStore):
+    """Each write waits for a permit from the test (``calls``: the batch sizes asked for, in order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+        self.permits = asyncio.Semaphore(0)
+
+    async def insert_many(self, records: Sequence[RequestRecord]) -> int:
+        self.calls.append(len(records))
+        await self.permits.acquire()
+        return await super().insert_many(records)
+
+
+async def test_rows_that_arrive_during_a_write_wait_for_the_next_full_batch() -> None:
+    """Under steady load rows keep arriving while a batch is written. The writer must not chase them:
+    it used to write them at once, a transaction of a few rows every few ms, never parking."""
+    store = GatedStore()
+    ledger = UsageLedger(store, flush_rows=10, flush_seconds=60)  # the timer cannot fire during the test
+    await ledger.start()
+    try:
+        for i in range(10):
+            ledger.add(rec(i))
+        await wait_until(lambda: store.calls == [10], what="the full batch being written")
+        for i in range(10, 13):
+            ledger.add(rec(i))  # arrive during the write
+        store.permits.release()
+        await wait_until(lambda: ledger.written == 10, what="the first batch written")
+        # The writer's next step after counting the batch was either the next write (it chased) or its
+        # timer: it is on the timer, the three rows wait.
+        assert store.calls == [10] and ledger.pending == 3
+        for i in range(13, 20):
+            ledger.add(rec(i))
+        await wait_until(lambda: store.calls == [10, 10], what="the second full batch being written")
+        store.permits.release()
+        await wait_until(lambda: ledger.written == 20, what="the second batch written")
+    finally:
+        store.permits.release()
+        await ledger.close()
+    assert store.calls == [10, 10]
+    assert [r.request_id for r in store.rows] == [f"r{i}" for i in range(20)]
+
+
+async def test_a_flush_writes_what_was_pending_when_it_was_called() -> None:
+    store = GatedStore()
+    ledger = UsageLedger(store, flush_rows=10, flush_seconds=60)
+    for i in range(4):
+        ledger.add(rec(i))
+    flushing = asyncio.create_task(ledger.flush())
+    await wait_until(lambda: store.calls == [4], what="the flush writing")
+    ledger.add(rec(4))
+    store.permits.release()
+    await wait_until(flushing.done, what="the flush done after its one write")
+    assert flushing.result() == 4 and ledger.pending == 1  # the late row is the next flush's
+    store.permits.release()
+    assert await ledger.flush() == 1 and store.calls == [4, 1]
+
+
 async def test_a_partial_batch_is_written_when_time_passes() -> None:
     store = MemoryStore()
     ledger = UsageLedger(store, flush_rows=3, flush_seconds=0.2)

@@ -246,11 +246,16 @@ class UsageLedger:
         self._wake.clear()
 
     async def flush(self) -> int:
-        """Write every pending row now; returns how many. On failure the rows stay pending and it raises."""
+        """Write the rows pending now; returns how many. On failure the rows stay pending and it raises.
+
+        Rows added while it writes wait for the next flush (a full batch, the timer, or a caller): chasing
+        them, a flush under steady load never ended and wrote a transaction of a few rows every few ms,
+        as many as the requests that came in during the last write, at 5× the CPU a row of full batches."""
         written = 0
         async with self._lock:
-            while self._pending:
-                batch = self._pending[: self._flush_rows]
+            left = len(self._pending)
+            while left > 0 and self._pending:
+                batch = self._pending[: min(self._flush_rows, left)]
                 del self._pending[: len(batch)]
                 try:
                     await self._store.insert_many(batch)
@@ -262,6 +267,7 @@ class UsageLedger:
                         self._drop(excess)
                     raise
                 written += len(batch)
+                left -= len(batch)
                 self.written += len(batch)
         return written
 
