@@ -250,7 +250,7 @@ class UsageLedger:
 
         Rows added while it writes wait for the next flush (a full batch, the timer, or a caller): chasing
         them, a flush under steady load never ended and wrote a transaction of a few rows every few ms,
-        as many as the requests that came in during the last write, at 5× the CPU a row of full batches."""
+        as many as the requests that came in during the last write, at five times the CPU a row of full batches."""
         written = 0
         async with self._lock:
             left = len(self._pending)
