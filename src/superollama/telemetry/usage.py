@@ -248,9 +248,9 @@ class UsageLedger:
     async def flush(self) -> int:
         """Write the rows pending now; returns how many. On failure the rows stay pending and it raises.
 
-        Rows added while it writes wait for the next flush (a full batch, the timer, or a caller): chasing
-        them, a flush under steady load never ended and wrote a transaction of a few rows every few ms,
-        as many as the requests that came in during the last write, at five times the CPU a row of full batches."""
+        Rows added while it writes wait for the next flush (a full batch, the timer, or a caller). A flush
+        that chased them never ended under steady load: it wrote a transaction every few ms, of the few
+        rows that came in during the last write, at five times the CPU a row of full batches."""
         written = 0
         async with self._lock:
             left = len(self._pending)
