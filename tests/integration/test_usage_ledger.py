@@ -255,9 +255,9 @@ async def test_search_units_round_trip_and_add_up(registry: Registry) -> None:
 
 
 async def test_start_times_are_stored_as_any_statement_stores_them(registry: Registry) -> None:
-    """The batch insert gives the database epoch seconds and lets it build ``created_at``: the value must
-    be what SQLAlchemy itself writes for ``datetime.fromtimestamp`` (on SQLite, the very same text, since
-    windows compare it as text), rounded to the microsecond the same way, carries and ties included."""
+    """The batch insert's ``created_at`` must be what SQLAlchemy itself writes for
+    ``datetime.fromtimestamp`` (on SQLite, the very same text, since windows compare it as text), rounded
+    to the microsecond the same way, carries and ties included."""
     # .123456|4 and .123456|6 round apart, 1.999999|6 carries into the next second, 3 + 1/128 s is a tie
     # (7812.5 µs) that goes to the even 7812
     times = [DAY1 + 0.1234564, DAY1 + 0.1234566, DAY1 + 1.9999996, DAY1 + 2.0000004, DAY1 + 3 + 1 / 128]
@@ -284,9 +284,9 @@ async def test_start_times_are_stored_as_any_statement_stores_them(registry: Reg
     assert sorted(r.request_id for r in inside) == ["r0", "r100"]
 
 
-async def test_a_batch_of_several_statements_arrives_whole_and_in_order(registry: Registry) -> None:
-    """SQLite takes a batch 100 rows a statement: 250 rows are three statements (100, 100, 50) in one
-    transaction, every column of every row back in order."""
+async def test_a_batch_of_several_turns_arrives_whole_and_in_order(registry: Registry) -> None:
+    """A batch larger than the rows built per turn of the event loop (100) comes back whole: every
+    column of every row, in order."""
     rows = workload()[:250]
     assert await registry.usage.insert_many(rows) == 250
     stored = await registry.usage.query(since=datetime.fromtimestamp(DAY1 - 1, UTC))
