@@ -27,6 +27,7 @@ from superollama.core import RequestRecord
 from superollama.errors import InvalidRequest
 from superollama.gateway import error_middleware
 from superollama.registry import Registry, open_registry
+from superollama.registry._usage import _values
 from superollama.registry.schema import usage
 from superollama.settings import Settings
 from superollama.telemetry import Telemetry
@@ -76,12 +77,6 @@ def rec(i: int, **changes: Any) -> RequestRecord:
         output="never stored either",
     )
     return replace(base, **changes)
-
-
-def row_values(r: RequestRecord) -> dict[str, Any]:
-    """A record as the columns of its row (but ``created_at``)."""
-    names = [c.name for c in usage.columns if c.name not in {"id", "created_at"}]
-    return {name: getattr(r, "duration" if name == "latency" else name) for name in names}
 
 
 def workload() -> list[RequestRecord]:
@@ -265,10 +260,7 @@ async def test_start_times_are_stored_as_any_statement_stores_them(registry: Reg
     async with registry.usage._db.write("the same rows through SQLAlchemy") as conn:
         await conn.execute(
             usage.insert(),
-            [
-                {**row_values(rec(100 + i, started_at=t)), "created_at": datetime.fromtimestamp(t, UTC)}
-                for i, t in enumerate(times)
-            ],
+            [_values(rec(100 + i, started_at=t)) for i, t in enumerate(times)],
         )
         stored = (await conn.exec_driver_sql("SELECT request_id, created_at FROM usage ORDER BY id")).all()
     ours, theirs = stored[: len(times)], stored[len(times) :]
