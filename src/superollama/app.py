@@ -250,7 +250,6 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
     feed.watch("catalog", controller.reload)
     feed.watch("connections", connections.reload)
     feed.watch("keys", plane.keys_changed)
-    feed.watch("deployments", deployments.refresh)
     leader = LeaderLock(registry, retry=settings.leader_retry)
     cluster = Cluster(registry, gateway, feed, leader, jobs, heartbeat=settings.gateway_heartbeat)
     leader.on_change(cluster.elected)

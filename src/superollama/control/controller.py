@@ -82,6 +82,7 @@ class Controller:
         self._versions: dict[str, VersionRecord] = {}
         self._retiring: set[str] = set()  # versions being removed: out of routing, not started again
         self._background: set[asyncio.Task[bool]] = set()
+        self._reloading = asyncio.Lock()
         self._generation = 0
         self._deployments: Callable[[], Iterable[Deployment]] = tuple
         self._planned: Callable[[], Iterable[Deployment]] = tuple  # + a change in progress (its swap)
@@ -140,9 +141,12 @@ class Controller:
         await self.refresh()
 
     async def refresh(self) -> None:
-        """Reload the catalog from the registry and publish a new snapshot (after every change)."""
-        self._versions = {v.name: v for v in await self._registry.versions.list()}
-        self.republish()
+        """Reload the catalog from the registry and publish a new snapshot (after every change). The
+        change feed reloads while this gateway's own changes do: one at a time, so an older read never
+        replaces a newer one."""
+        async with self._reloading:
+            self._versions = {v.name: v for v in await self._registry.versions.list()}
+            self.republish()
 
     async def reload(self) -> None:
         """The change feed's reload: the catalog changed (through another gateway, or this one). Refresh,

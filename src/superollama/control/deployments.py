@@ -105,8 +105,9 @@ class DeploymentManager:
         self._scales: dict[str, VersionScale] = {}  # versions scaled by themselves, by version
         self._pending: DeploymentRecord | None = None  # a change whose swap runs (not yet published)
         self._lock = asyncio.Lock()  # one change at a time: each swap sees the last one's result
+        self._reloading = asyncio.Lock()  # one reload at a time: an older read never replaces a newer one
         # ``scale VERSION --replicas N``: under the same lock, refreshing this manager after each change
-        self.versions = VersionScales(controller, self._lock, self.routing, self.refresh, self._scales.get)
+        self.versions = VersionScales(controller, self._lock, self.routing, self.refresh, self.scale_of)
         controller.use_deployments(
             self.routing, gate_timeout=gate_timeout, gate_queue=gate_queue, planned=self._planned
         )
@@ -115,11 +116,20 @@ class DeploymentManager:
         await self.refresh()
 
     async def refresh(self) -> None:
-        self._records = {r.client_name: r for r in await self._registry.deployments.list()}
-        self._scales.clear()  # the same dict ``versions`` reads
-        self._scales.update({s.version: s for s in await self._registry.version_scales.list()})
-        self._controller.use_scales(self._scales.values())
-        self._controller.republish()
+        """Reload the deployments and the versions scaled by themselves from the registry. The change
+        feed calls this while this manager's own changes call it too: reloads run one at a time (each
+        reads after the last one is in place), and each puts its whole snapshot in place at once, so
+        no reader ever sees a half-loaded or an older state."""
+        async with self._reloading:
+            records = {r.client_name: r for r in await self._registry.deployments.list()}
+            scales = {s.version: s for s in await self._registry.version_scales.list()}
+            self._records, self._scales = records, scales
+            self._controller.use_scales(scales.values())
+            self._controller.republish()
+
+    def scale_of(self, version: str) -> VersionScale | None:
+        """The version's own scale as last reloaded (None: one instance, no constraint)."""
+        return self._scales.get(version)
 
     def routing(self) -> list[Deployment]:
         return [r.routing() for r in self._records.values()]

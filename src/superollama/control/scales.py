@@ -63,7 +63,8 @@ class VersionScales:
             raise InvalidRequest(f"{name!r} is a connection's model: it has no replicas here", param="name")
         version = route.version
         async with self._lock:
-            prior = self._current(version)
+            # the registry's row, not the reloaded copy: a change made elsewhere may not be reloaded yet
+            prior = await self._registry.version_scales.find(version)
             if placement is None:
                 placement = prior.placement if prior is not None else PlacementConstraint()
             conflicting(version, placement, self._deployments(), (), but="scale")
