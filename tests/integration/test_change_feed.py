@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -24,15 +23,6 @@ from superollama.errors import ModelExists
 from superollama.registry import Registry, open_registry
 from superollama.registry._base import CHANGE_KINDS
 from superollama.registry._cluster import GatewayRecord
-
-
-@pytest.fixture
-async def registry(db_url: str) -> AsyncIterator[Registry]:
-    reg = await open_registry(db_url)
-    try:
-        yield reg
-    finally:
-        await reg.close()
 
 
 def version(name: str) -> VersionRecord:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from superollama.core.deployments import VersionScale
 from superollama.core.placement import PlacementConstraint
 from superollama.core.routing import RoutingHolder
 from superollama.errors import ModelLoadFailed
-from superollama.registry import Registry, open_registry
+from superollama.registry import Registry
 from superollama.registry._deployments import VersionScaleRepository
 from superollama.store import ModelStore
 
@@ -54,15 +53,6 @@ class HeldLists:
 
 
 @pytest.fixture
-async def registry(db_url: str) -> AsyncIterator[Registry]:
-    reg = await open_registry(db_url)
-    try:
-        yield reg
-    finally:
-        await reg.close()
-
-
-@pytest.fixture
 async def manager(registry: Registry, tmp_path: Path) -> DeploymentManager:
     await registry.versions.add(version("a:1"))
     controller = Controller(registry, ModelStore(tmp_path / "models"), RoutingHolder())  # no node agent
@@ -79,14 +69,23 @@ def _held(registry: Registry) -> tuple[HeldLists, asyncio.Event]:
     return lists, lists.hold
 
 
-async def test_a_reload_in_progress_shows_the_last_whole_state(
+async def _reloading_zone_b(
     registry: Registry, manager: DeploymentManager
-) -> None:
+) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """a:1 scaled to 2 on zone b and reloaded; then a reload held between its read and putting it in
+    place (set the event to let it end)."""
     await registry.version_scales.put(VersionScale("a:1", 2, ZONE_B))
     await manager.refresh()
     lists, hold = _held(registry)
     reload = asyncio.create_task(manager.refresh())
     await lists.reading.wait()
+    return reload, hold
+
+
+async def test_a_reload_in_progress_shows_the_last_whole_state(
+    registry: Registry, manager: DeploymentManager
+) -> None:
+    reload, hold = await _reloading_zone_b(registry, manager)
     shown = manager.versions.show("a:1")  # what ``scale`` and ``show`` answer meanwhile
     assert (shown["replicas"], shown["placement"]) == (2, ZONE_B.as_json())
     hold.set()
@@ -112,11 +111,7 @@ async def test_an_older_reload_never_replaces_a_newer_one(
 async def test_a_failed_scale_puts_back_the_registrys_row_not_a_reloading_copy(
     registry: Registry, manager: DeploymentManager
 ) -> None:
-    await registry.version_scales.put(VersionScale("a:1", 2, ZONE_B))
-    await manager.refresh()
-    lists, hold = _held(registry)
-    reload = asyncio.create_task(manager.refresh())
-    await lists.reading.wait()
+    reload, hold = await _reloading_zone_b(registry, manager)
     # the scale's own reload waits for the held one: let that one end a moment after the scale began
     asyncio.get_running_loop().call_later(0.1, hold.set)
     # no placement given: the one it had; this process runs no node agent, so the start fails
