@@ -230,3 +230,31 @@ def test_the_markdown_has_an_on_off_table_when_both_variants_ran() -> None:
     assert "| ON vs OFF | load | c | req/s ratio |" in md
     assert "| | json | 16 | 0.80x | 1.25x | +0.200 | +0.50 | +1.00 |" in md
     assert "| ON | - | - | - | key sent |" in md
+
+
+def test_threads_are_named_by_kind_and_the_table_has_medians_totals_and_the_floor_ratio() -> None:
+    import threads
+
+    names = {7: "MainThread", 8: "Thread-3 (_connection_worker_thread)", 9: "superollama-telemetry"}
+    assert threads.label(names, 7, 7) == "main thread (event loop)"
+    assert threads.label(names, 8, 7) == "registry connections (aiosqlite)"  # whatever its number
+    assert threads.label(names, 9, 7) == "telemetry sinks (access log, spans)"
+    assert threads.label(names, 10, 7) == "thread 10"  # py-spy did not name it
+
+    floor = threads.Point("floor", "aiohttp floor", [6000, 7000, 6500], {"main": [150, 140, 145]})
+    on = threads.Point(
+        "superollama-on",
+        "Super Ollama, all ON",
+        [4000, 4200, 4100],
+        {"main": [200, 210, 220], "log writer": [10, 0, 5]},  # idle in one round: counted as 0
+    )
+    assert on.median_total() == 210  # the rounds' totals 210, 210, 225
+    table = threads.render({("json", 16): [floor, on]})
+
+    assert "### json c=16" in table
+    assert "| aiohttp floor | 6,500 | main | 145.0 |" in table
+    assert "| aiohttp floor | 6,500 | **all threads** | **145.0** |" in table
+    assert "| Super Ollama, all ON | 4,100 | main | 210.0 |" in table
+    assert "| Super Ollama, all ON | 4,100 | log writer | 5.0 |" in table
+    total = "| Super Ollama, all ON | 4,100 | **all threads** (0.69x the floor per CPU-second) | **210.0** |"
+    assert total in table
