@@ -23,7 +23,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -48,8 +47,16 @@ class Point:
     requests_per_s: list[float] = field(default_factory=list)
     by_thread: dict[str, list[float]] = field(default_factory=dict)
 
+    def add_round(self, requests_per_s: float, per_thread: dict[str, float]) -> float:
+        """One more round's measurements (a thread idle in it counts 0.0); returns ``requests_per_s``."""
+        done = len(self.requests_per_s)
+        self.requests_per_s.append(requests_per_s)
+        for name in set(self.by_thread) | set(per_thread):
+            self.by_thread.setdefault(name, [0.0] * done).append(per_thread.get(name, 0.0))
+        return requests_per_s
+
     def total(self, round_: int) -> float:
-        return sum(values[round_] for values in self.by_thread.values() if round_ < len(values))
+        return sum(values[round_] for values in self.by_thread.values())  # 0.0 where a thread was idle
 
     def median_total(self) -> float:
         rounds = len(self.requests_per_s)
@@ -91,26 +98,18 @@ def measure(
     pid = running.service.proc.pid
     target = running.targets[workload]
     body = bench.body_file(running, workload)
-    out: dict[str, wrk.WrkResult] = {}
-
-    def load() -> None:
-        out["r"] = wrk.run_wrk(
-            target.url,
-            script=bench.script,
-            body_file=body,
-            connections=conc,
-            duration_s=seconds,
-            pin=procs.pin(bench.load_cpu),
-            headers=target.headers,
-        )
-
     before = thread_cpu(pid)
-    loader = threading.Thread(target=load)
-    loader.start()
-    loader.join()
+    result = wrk.run_wrk(
+        target.url,
+        script=bench.script,
+        body_file=body,
+        connections=conc,
+        duration_s=seconds,
+        pin=procs.pin(bench.load_cpu),
+        headers=target.headers,
+    )
     after = thread_cpu(pid)
     names = thread_names(pid)
-    result = out["r"]
     requests = max(1, result.requests)
     per_thread: dict[str, float] = {}
     for tid, cpu in after.items():
@@ -159,16 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         live = [r for r in bench.running if not r.unavailable and r.service is not None]
         for workload in args.workloads.split(","):
             for conc in (int(c) for c in args.concurrency.split(",")):
-                row = points[(workload, conc)] = [
-                    Point(r.name, r.label) for r in live if workload in r.targets
-                ]
                 serving = [r for r in live if workload in r.targets]
+                row = points[(workload, conc)] = [Point(r.name, r.label) for r in serving]
                 for round_ in range(args.rounds):
                     for running, point in zip(serving, row, strict=True):
-                        rps, per_thread = measure(bench, running, workload, conc, args.seconds)
-                        point.requests_per_s.append(rps)
-                        for name in set(point.by_thread) | set(per_thread):
-                            point.by_thread.setdefault(name, [0.0] * round_).append(per_thread.get(name, 0.0))
+                        rps = point.add_round(*measure(bench, running, workload, conc, args.seconds))
                         harness.log(
                             f"{running.label} {workload} c={conc} round {round_ + 1}: {rps:,.0f} req/s"
                         )

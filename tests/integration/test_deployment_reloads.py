@@ -52,14 +52,42 @@ class HeldLists:
         return rows
 
 
+class WatchedLock(asyncio.Lock):
+    """The manager's reload lock, telling when a reload has to wait for another (``queued``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued = asyncio.Event()
+
+    async def acquire(self) -> bool:
+        if self.locked():
+            self.queued.set()
+        return await super().acquire()
+
+
+async def first_of(task: asyncio.Task[object], event: asyncio.Event) -> None:
+    """Wait until ``task`` ends or ``event`` is set, whichever comes first (30 s at most)."""
+    waiter = asyncio.create_task(event.wait())
+    done, _ = await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    assert done, "neither the task ended nor the event came"
+
+
 @pytest.fixture
 async def manager(registry: Registry, tmp_path: Path) -> DeploymentManager:
     await registry.versions.add(version("a:1"))
     controller = Controller(registry, ModelStore(tmp_path / "models"), RoutingHolder())  # no node agent
     await controller.start()
     deployments = DeploymentManager(controller, Swapper(controller))
+    deployments._reloading = WatchedLock()
     await deployments.start()
     return deployments
+
+
+def _watched(manager: DeploymentManager) -> WatchedLock:
+    lock = manager._reloading
+    assert isinstance(lock, WatchedLock)
+    return lock
 
 
 def _held(registry: Registry) -> tuple[HeldLists, asyncio.Event]:
@@ -101,7 +129,8 @@ async def test_an_older_reload_never_replaces_a_newer_one(
     await lists.reading.wait()
     await registry.version_scales.put(VersionScale("a:1", 3, ZONE_B))
     newer = asyncio.create_task(manager.refresh())  # reads after it
-    await asyncio.sleep(0.05)  # the newer one as far as it goes before the older one ends
+    # the newer one as far as it goes before the older one ends: to its end, or queued behind it
+    await first_of(newer, _watched(manager).queued)
     hold.set()
     await asyncio.gather(older, newer)
     kept = manager.scale_of("a:1")
@@ -112,11 +141,14 @@ async def test_a_failed_scale_puts_back_the_registrys_row_not_a_reloading_copy(
     registry: Registry, manager: DeploymentManager
 ) -> None:
     reload, hold = await _reloading_zone_b(registry, manager)
-    # the scale's own reload waits for the held one: let that one end a moment after the scale began
-    asyncio.get_running_loop().call_later(0.1, hold.set)
     # no placement given: the one it had; this process runs no node agent, so the start fails
+    scale = asyncio.create_task(manager.versions.scale("a:1", 3))
+    # the scale as far as it goes while the held reload is in progress: to its end, or its own reload
+    # queued behind the held one
+    await first_of(scale, _watched(manager).queued)
+    hold.set()
     with pytest.raises(ModelLoadFailed):
-        await manager.versions.scale("a:1", 3)
+        await scale
     await reload
     row = await registry.version_scales.find("a:1")
     assert row is not None and (row.replicas, row.placement) == (2, ZONE_B)
