@@ -126,6 +126,22 @@ async def test_tokens_per_minute_reserve_the_estimate(subject: Subject) -> None:
     await subject.limiter.admit(p, "m", 40)
 
 
+async def test_settle_soon_charges_at_once_or_returns_the_round_trip_to_await(subject: Subject) -> None:
+    p = principal(tpm=100)
+    reserved = await subject.limiter.admit(p, "m", 80)
+    rest = subject.limiter.settle_soon(reserved, 10, cost=0.25)  # used 10 of 80, and costs $0.25
+    if isinstance(subject.limiter, RedisRateLimiter):  # settle_delay 0: each settlement is a round trip
+        assert rest is not None
+        await rest
+    else:
+        assert rest is None  # in memory: settled before it returned
+    again = await subject.limiter.admit(p, "m", 80)
+    assert again.headers["x-ratelimit-remaining-tokens"] == "10"
+    assert await subject.limiter.spent(p) == pytest.approx(0.25)
+    assert subject.limiter.settle_soon(again._replace(degraded=True), 0, cost=1.0) is None
+    assert await subject.limiter.spent(p) == pytest.approx(0.25)  # a degraded admission settles nothing
+
+
 async def test_settlement_refunds_and_surcharges_the_difference(subject: Subject) -> None:
     p = principal(tpm=100)
     reserved = await subject.limiter.admit(p, "m", 80)

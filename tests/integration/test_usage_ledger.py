@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -27,7 +28,7 @@ from superollama.core import RequestRecord
 from superollama.errors import InvalidRequest
 from superollama.gateway import error_middleware
 from superollama.registry import Registry, open_registry
-from superollama.registry._usage import _values
+from superollama.registry._usage import _created_at
 from superollama.registry.schema import usage
 from superollama.settings import Settings
 from superollama.telemetry import Telemetry
@@ -256,24 +257,33 @@ async def test_start_times_are_stored_as_any_statement_stores_them(registry: Reg
     # .123456|4 and .123456|6 round apart, 1.999999|6 carries into the next second, 3 + 1/128 s is a tie
     # (7812.5 µs) that goes to the even 7812
     times = [DAY1 + 0.1234564, DAY1 + 0.1234566, DAY1 + 1.9999996, DAY1 + 2.0000004, DAY1 + 3 + 1 / 128]
-    await registry.usage.insert_many([rec(i, started_at=t) for i, t in enumerate(times)])
+    kinds = [  # every column's values, None included
+        {"stream": True, "usage_estimated": True, "cost": 0.25, "error_type": "x", "load_wait": 0.5},
+        {"key_id": None, "key_prefix": None, "prompt_tokens": None, "ttft": None, "cost": 1},
+    ]
+    made = [rec(i, started_at=t, **kinds[i % 2]) for i, t in enumerate(times)]
+    await registry.usage.insert_many(made)
     async with registry.usage._db.write("the same rows through SQLAlchemy") as conn:
         await conn.execute(
-            usage.insert(),
-            [_values(rec(100 + i, started_at=t)) for i, t in enumerate(times)],
+            usage.insert(), [_sqlalchemy_values(replace(r, request_id="s" + r.request_id)) for r in made]
         )
-        stored = (await conn.exec_driver_sql("SELECT request_id, created_at FROM usage ORDER BY id")).all()
+        stored = (await conn.exec_driver_sql("SELECT * FROM usage ORDER BY id")).all()
     ours, theirs = stored[: len(times)], stored[len(times) :]
-    assert [at for _, at in ours] == [at for _, at in theirs]
+    # as stored, column by column (ids and request ids aside): the same text on SQLite, values on Postgres
+    assert [(row[1], *row[3:]) for row in ours] == [(row[1], *row[3:]) for row in theirs]
     back = await registry.usage.query(since=datetime.fromtimestamp(DAY1, UTC))
     expected = [datetime.fromtimestamp(t, UTC).timestamp() for t in times]
-    assert [
-        r.started_at for r in back if r.request_id.startswith("r") and int(r.request_id[1:]) < 100
-    ] == expected
+    assert [r.started_at for r in back if r.request_id.startswith("r")] == expected
     # a window cut between two microseconds of one second holds exactly the rows before it
     cut = datetime.fromtimestamp(DAY1, UTC).replace(microsecond=123457)
     inside = await registry.usage.query(since=datetime.fromtimestamp(DAY1, UTC), until=cut)
-    assert sorted(r.request_id for r in inside) == ["r0", "r100"]
+    assert sorted(r.request_id for r in inside) == ["r0", "sr0"]
+
+
+def _sqlalchemy_values(r: RequestRecord) -> dict[str, Any]:
+    """A ledger row as SQLAlchemy's own ``insert`` takes it: the reference for the ledger's fast path."""
+    values = {c.name: getattr(r, c.name, None) for c in usage.columns if c.name != "id"}
+    return {**values, "created_at": datetime.fromtimestamp(r.started_at, UTC), "latency": r.duration}
 
 
 async def test_a_batch_of_several_turns_arrives_whole_and_in_order(registry: Registry) -> None:
@@ -283,3 +293,16 @@ async def test_a_batch_of_several_turns_arrives_whole_and_in_order(registry: Reg
     assert await registry.usage.insert_many(rows) == 250
     stored = await registry.usage.query(since=datetime.fromtimestamp(DAY1 - 1, UTC))
     assert stored == [replace(r, input=None, output=None) for r in rows]
+
+
+def test_created_at_falls_back_to_the_columns_own_conversion_where_the_fast_text_differs() -> None:
+    """Should a dialect store times differently (here: ISO text with a ``T``), the ledger binds what the
+    column's processor makes, not its own text."""
+
+    def iso(value: datetime) -> str:
+        return value.replace(tzinfo=None).isoformat(sep="T", timespec="microseconds")
+
+    created_at = _created_at(SimpleNamespace(name="sqlite"), iso)  # type: ignore[arg-type]
+    assert created_at(DAY1 + 0.5) == "2026-03-01T12:00:00.500000"
+    same = _created_at(SimpleNamespace(name="sqlite"), lambda v: v.strftime("%Y-%m-%d %H:%M:%S.%f"))  # type: ignore[arg-type]
+    assert same(DAY1 + 1.9999996) == "2026-03-01 12:00:02.000000"

@@ -185,7 +185,9 @@ def test_log_lines_never_carry_the_secrets_of_a_url() -> None:
     assert "TOPSECRETPW" not in out and "K3Y" not in out
 
 
-def _written(json_lines: bool, write: Callable[[AccessLog], None]) -> tuple[list[str], int]:
+def _written(
+    json_lines: bool, write: Callable[[AccessLog], None], log: Callable[[], AccessLog] = AccessLog
+) -> tuple[list[str], int]:
     """What ``write`` puts out through ``configure_logging``'s writer, and how many items it queued."""
     root = logging.getLogger()
     level = root.level
@@ -204,7 +206,7 @@ def _written(json_lines: bool, write: Callable[[AccessLog], None]) -> tuple[list
     for other in others:
         root.removeHandler(other)
     try:
-        write(AccessLog())
+        write(log())
     finally:
         handle.close()
         root.setLevel(level)
@@ -213,15 +215,31 @@ def _written(json_lines: bool, write: Callable[[AccessLog], None]) -> tuple[list
     return stream.getvalue().splitlines(), queued
 
 
+@pytest.mark.parametrize("capture", [False, True], ids=["plain-fields", "capture-and-trace"])
 @pytest.mark.parametrize("json_lines", [True, False], ids=["json", "plain"])
-def test_a_batch_goes_to_the_writer_as_one_item_and_writes_the_same_lines(json_lines: bool) -> None:
-    records = [rec(request_id=f"r{i}", duration=0.001 * i) for i in range(50)]
-    one_by_one, items = _written(json_lines, lambda log: [log(r) for r in records])
-    assert len(one_by_one) == 50 and items == 50
-    batched, items = _written(json_lines, lambda log: log.many(records))
+def test_a_batch_goes_to_the_writer_as_one_item_and_writes_the_same_lines(
+    json_lines: bool, capture: bool
+) -> None:
+    records = [
+        rec(
+            request_id=f"r{i}",
+            duration=0.001 * i,
+            ttft=None if i % 3 else 0.0005 * i,
+            error=f"e{i}" * (i % 2),
+        )
+        for i in range(50)
+    ]
+    records.append(rec(request_id="odd", cost=0.25, usage_estimated=True, load_wait=0.5, input={"x": {1, 2}}))
+
+    def log() -> AccessLog:  # with capture: the captured content and a trace id on every line
+        return AccessLog(capture=capture, trace_id=(lambda rid: "t-" + rid) if capture else None)
+
+    one_by_one, items = _written(json_lines, lambda log: [log(r) for r in records], log)
+    assert len(one_by_one) == 51 and items == 51
+    batched, items = _written(json_lines, lambda log: log.many(records), log)
     assert items == 1  # not a hand-over per line
     assert batched == one_by_one
-    if json_lines:  # the spliced line is the line a full encoding makes
+    if json_lines:  # each line is the line a full encoding of the whole object makes
         for line, record in zip(batched, records, strict=True):
             created = record.started_at + record.duration
             head = {
@@ -229,7 +247,65 @@ def test_a_batch_goes_to_the_writer_as_one_item_and_writes_the_same_lines(json_l
                 "level": "INFO",
                 "logger": ACCESS_LOGGER,
             }
-            assert line == orjson.dumps({**head, **access_fields(record)}).decode()
+            trace = "t-" + record.request_id if capture else None
+            fields = access_fields(record, capture=capture, trace_id=trace)
+            assert line == orjson.dumps({**head, **fields}, default=str).decode()
+            assert ("input" in fields) is capture and ("trace_id" in fields) is capture
+
+
+def test_access_fields_leave_out_what_is_none_and_keep_the_order() -> None:
+    full = access_fields(
+        rec(
+            load_wait=0.002,
+            usage_estimated=True,
+            search_units=1,
+            cost=0.5,
+            error_type="x",
+            error="y",
+            client="c",
+            user_agent="u",
+        ),
+        capture=True,
+        trace_id="t",
+    )
+    assert list(full) == [
+        "request_id", "trace_id", "protocol", "operation", "model", "version", "instance", "node", "key_id",
+        "key_prefix", "status", "stream", "latency_ms", "ttft_ms", "load_wait_ms", "prompt_tokens",
+        "completion_tokens", "usage_estimated", "search_units", "cost", "error_type", "error", "client",
+        "user_agent", "input", "output",
+    ]  # fmt: skip
+    assert full["latency_ms"] == 1250.0 and full["ttft_ms"] == 125.0 and full["load_wait_ms"] == 2.0
+    bare = access_fields(
+        RequestRecord(request_id="r", protocol="p", operation="o", model="m", status=500, started_at=T0,
+                      duration=0.0012345)
+    )  # fmt: skip
+    assert bare == {
+        "request_id": "r", "protocol": "p", "operation": "o", "model": "m", "status": 500, "stream": False,
+        "latency_ms": 1.234,
+    }  # fmt: skip
+    assert "input" not in access_fields(rec(), capture=False)
+
+
+def test_a_full_queue_drops_a_batch_of_text_lines_and_counts_each() -> None:
+    root = logging.getLogger()
+    level = root.level
+    stream = io.StringIO()
+    handle = configure_logging(Settings(log_json=True), stream=stream, queue_size=1)
+    others = [h for h in root.handlers if h is not handle.handler]
+    for other in others:
+        root.removeHandler(other)
+    handle.listener.stop()  # nothing takes from the queue: the second batch finds it full
+    try:
+        AccessLog().many([rec(request_id="a")])
+        AccessLog().many([rec(request_id=f"b{i}") for i in range(7)])
+        assert handle.dropped == 7
+    finally:
+        handle.handler.queue.get_nowait()  # the first batch: now the writer can start again and stop
+        handle.listener.start()
+        handle.close()
+        root.setLevel(level)
+        for other in others:
+            root.addHandler(other)
 
 
 def test_a_batch_goes_through_logging_line_by_line_to_any_other_handler(

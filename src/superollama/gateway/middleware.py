@@ -28,7 +28,7 @@ from superollama.core import RequestRecord
 from superollama.errors import SuperOllamaError
 from superollama.gateway.errors import error_response
 from superollama.gateway.exchange import EXCHANGE, Exchange, Observer, exchange_of
-from superollama.security import Admission, Security
+from superollama.security import Security
 
 __all__ = ["ANSWER_HEADERS", "AnswerHeaders", "NullObserver", "RequestIds", "RequestMiddleware"]
 
@@ -93,7 +93,7 @@ class RequestMiddleware:
         self._observer = observer
         self._node = node
         self._settling: set[asyncio.Task[None]] = set()
-        self._owed: list[tuple[Admission, RequestRecord]] = []  # ended requests waiting to be settled
+        self._owed: list[Awaitable[None]] = []  # settlements of ended requests left to send
         self._ids = RequestIds()
 
     def middleware(self) -> Middleware:
@@ -174,22 +174,30 @@ class RequestMiddleware:
         except Exception:
             log.exception("telemetry failed to record %s", ex.request_id)
         if ex.admission is not None and ex.admission.principal is not None:  # nothing to settle without a key
+            try:
+                rest = self._security.settle_soon(ex.admission, record)
+            except Exception as exc:
+                log.warning("rate-limit settlement failed: %s", exc)
+                return
+            if rest is None:  # settled (or owed to the limiter's next batched round trip)
+                return
             if not self._owed:
                 asyncio.get_running_loop().call_soon(self._settle_owed)
-            self._owed.append((ex.admission, record))
+            self._owed.append(rest)
 
     def _settle_owed(self) -> None:
-        """One task settles every request that ended in this turn of the loop (not a task each)."""
+        """One task awaits the settlements left to send by requests that ended in this turn of the loop
+        (not a task each)."""
         owed, self._owed = self._owed, []
         if owed:
             task = asyncio.get_running_loop().create_task(self._settle(owed))
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, owed: list[tuple[Admission, RequestRecord]]) -> None:
-        for admission, record in owed:
+    async def _settle(self, owed: list[Awaitable[None]]) -> None:
+        for rest in owed:
             try:
-                await self._security.settle(admission, record)
+                await rest
             except Exception as exc:
                 log.warning("rate-limit settlement failed: %s", exc)
 

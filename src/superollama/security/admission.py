@@ -4,12 +4,12 @@ did it cost (``settle``).
     principal = security.authenticate(request.headers)          # 401
     admission = await security.admit(principal, model, estimate_tokens(body))   # 403, 429 quota, 429 rate
     ...  response.headers.update(admission.headers)
-    await security.settle(admission, record)                      # after the response, off its path
+    security.settle_soon(admission, record)      # at the end: None, or a round trip left to await
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
 from superollama.core.types import RequestRecord
@@ -130,13 +130,20 @@ class Security:
 
     async def settle(self, admission: Admission, record: RequestRecord) -> None:
         """Charge the real token count (the reservation is kept when the usage is unknown) and the cost."""
+        rest = self.settle_soon(admission, record)
+        if rest is not None:
+            await rest
+
+    def settle_soon(self, admission: Admission, record: RequestRecord) -> Awaitable[None] | None:
+        """``settle`` as far as it goes without waiting; what is left to await, if anything (a round trip
+        of a limiter that settles each request on its own: see ``RateLimiter.settle_soon``)."""
         if admission.principal is None:
-            return
+            return None
         if record.prompt_tokens is None and record.completion_tokens is None:
             actual = admission.reserved_tokens
         else:
             actual = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
-        await self.limiter.settle(admission, actual, cost=self.cost(admission.model, record))
+        return self.limiter.settle_soon(admission, actual, cost=self.cost(admission.model, record))
 
     def require_admin(self, principal: Principal | None, method: str = "POST") -> None:
         """401 without a key where auth is required; 403 for a user key, and for a viewer key on a

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
 
@@ -39,6 +39,7 @@ __all__ = [
     "Plan",
     "Plans",
     "RateLimiter",
+    "SettlesSoon",
     "format_duration",
     "quota_error",
     "rate_limited",
@@ -281,16 +282,38 @@ def quota_error(principal: Principal, spent: float) -> QuotaExceeded:
 class RateLimiter(Protocol):
     """Admission control for one request. ``admit`` checks the budget, then every bucket, and reserves the
     estimate (``RateLimited``/``QuotaExceeded`` when refused); ``settle`` charges the difference between
-    the actual and the reserved tokens and adds the request's cost to the key's spend."""
+    the actual and the reserved tokens and adds the request's cost to the key's spend.
+
+    ``settle_soon`` is ``settle`` for the request path: it charges what it can at once, without waiting,
+    and returns None when that was all (the common case: in memory, or owed until the limiter's next
+    batched round trip), else an awaitable that sends the rest. The gateway settles every request this
+    way: a task to await a settlement that had nothing to wait for cost more than the settlement."""
 
     async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission: ...
     async def settle(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None: ...
+    def settle_soon(
+        self, admission: Admission, actual_tokens: int, *, cost: float = 0.0
+    ) -> Awaitable[None] | None: ...
     async def add_spend(self, principal: Principal, amount: float) -> float: ...
     async def spent(self, principal: Principal) -> float: ...
     async def close(self) -> None: ...
 
 
-class MemoryRateLimiter:
+class SettlesSoon:
+    """A limiter's ``settle``, made of its ``settle_soon`` (see ``RateLimiter``)."""
+
+    def settle_soon(
+        self, admission: Admission, actual_tokens: int, *, cost: float = 0.0
+    ) -> Awaitable[None] | None:
+        raise NotImplementedError
+
+    async def settle(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None:
+        rest = self.settle_soon(admission, actual_tokens, cost=cost)
+        if rest is not None:
+            await rest
+
+
+class MemoryRateLimiter(SettlesSoon):
     """The single-process limiter: GCRA buckets and spend counters in dicts. ``clock`` returns
     ``time.time()`` seconds (injectable for tests)."""
 
@@ -324,7 +347,7 @@ class MemoryRateLimiter:
         self._maybe_sweep(now)
         return Admission(model, principal, max(0, estimated_tokens), buckets, plan.headers(new, now))
 
-    async def settle(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None:
+    def settle_soon(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None:
         if admission.degraded:
             return
         now = self._now()
@@ -338,9 +361,12 @@ class MemoryRateLimiter:
             else:
                 self._tats[bucket.key] = new
         if cost > 0 and admission.principal is not None:
-            await self.add_spend(admission.principal, cost)
+            self._add_spend(admission.principal, cost)
 
     async def add_spend(self, principal: Principal, amount: float) -> float:
+        return self._add_spend(principal, amount)
+
+    def _add_spend(self, principal: Principal, amount: float) -> float:
         key, _ = spend_key(principal, self._now())
         current = self._spend.get(principal.key_id)
         total = (current[1] if current is not None and current[0] == key else 0.0) + amount

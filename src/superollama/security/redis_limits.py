@@ -23,7 +23,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from superollama.errors import Unavailable
@@ -35,6 +35,7 @@ from superollama.security.limits import (
     Bucket,
     Plan,
     Plans,
+    SettlesSoon,
     quota_error,
     rate_limited,
     spend_key,
@@ -159,7 +160,7 @@ class _Owed:
         return self
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(SettlesSoon):
     """``RateLimiter`` on Redis (``redis_url``), exact across processes. ``clock``: None uses Redis's clock
     (production); a function of ``time.time()`` seconds pins it (tests)."""
 
@@ -343,23 +344,26 @@ class RedisRateLimiter:
             )
         return Admission(model, principal, reserved, degraded=True)
 
-    async def settle(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None:
+    def settle_soon(
+        self, admission: Admission, actual_tokens: int, *, cost: float = 0.0
+    ) -> Awaitable[None] | None:
         """Charge the token difference and add the cost; never raises (a lost settlement is logged).
 
         With ``settle_delay`` > 0 (the default) nothing is sent now: what each key owes is summed here and
         sent once per key every ``settle_delay`` seconds, so a busy key costs one round trip per interval
-        instead of one per request. Totals stay exact; buckets and spend lag by at most the delay."""
+        instead of one per request. Totals stay exact; buckets and spend lag by at most the delay. With
+        no delay, the round trip is what is returned to await."""
         principal = admission.principal
         if admission.degraded or principal is None:
-            return
+            return None
         actual = max(0, int(actual_tokens))
         deltas = [(b, actual - b.cost) for b in admission.buckets if b.kind == "tokens" and actual != b.cost]
         if not deltas and cost <= 0:
-            return
+            return None
         if self._settle_delay <= 0:
-            await self._send_owed(_Owed(principal).add(deltas, cost))
-            return
+            return self._send_owed(_Owed(principal).add(deltas, cost))
         self._owe(principal, deltas, cost)
+        return None
 
     def _owe(self, principal: Principal, deltas: Iterable[tuple[Bucket, int]], cost: float) -> None:
         """Add to what the key owes; sent with the next settlement (at most ``settle_delay`` from now)."""

@@ -43,6 +43,7 @@ from superollama.security.limits import (
     WINDOW,
     Admission,
     Plans,
+    SettlesSoon,
     quota_error,
     rate_limited,
     settled_tat,
@@ -217,7 +218,7 @@ class SharedLimitTable:
         return sum(1 for i in range(self.slots) if (s := self._slot(i))[0] != 0 and s[2] > now)
 
 
-class SharedMemoryRateLimiter:
+class SharedMemoryRateLimiter(SettlesSoon):
     """``RateLimiter`` on a ``SharedLimitTable``: the ``MemoryRateLimiter`` algorithm, exact across the
     processes that share the table. ``clock`` returns ``time.time()`` seconds (injectable for tests)."""
 
@@ -258,7 +259,7 @@ class SharedMemoryRateLimiter:
             return Admission(model, principal, reserved, degraded=True)
         return Admission(model, principal, reserved, buckets, plan.headers(new, now))
 
-    async def settle(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None:
+    def settle_soon(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None:
         if admission.degraded:
             return
         now = self._now()
