@@ -262,13 +262,17 @@ async def test_start_times_are_stored_as_any_statement_stores_them(registry: Reg
         {"key_id": None, "key_prefix": None, "prompt_tokens": None, "ttft": None, "cost": 1},
     ]
     made = [rec(i, started_at=t, **kinds[i % 2]) for i, t in enumerate(times)]
+    # and a hundred more rows, of every kind
+    made += [
+        rec(0, request_id=f"x{i}", started_at=DAY1 + 10 + i * 0.0013, **kinds[i % 2]) for i in range(100)
+    ]
     await registry.usage.insert_many(made)
     async with registry.usage._db.write("the same rows through SQLAlchemy") as conn:
         await conn.execute(
             usage.insert(), [_sqlalchemy_values(replace(r, request_id="s" + r.request_id)) for r in made]
         )
         stored = (await conn.exec_driver_sql("SELECT * FROM usage ORDER BY id")).all()
-    ours, theirs = stored[: len(times)], stored[len(times) :]
+    ours, theirs = stored[: len(made)], stored[len(made) :]
     # as stored, column by column (ids and request ids aside): the same text on SQLite, values on Postgres
     assert [(row[1], *row[3:]) for row in ours] == [(row[1], *row[3:]) for row in theirs]
     back = await registry.usage.query(since=datetime.fromtimestamp(DAY1, UTC))
