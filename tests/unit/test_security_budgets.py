@@ -32,6 +32,19 @@ def test_inline_json_exact_beats_patterns_and_longer_patterns_win() -> None:
     assert prices.cost("openai/gpt-4o", 1_000_000, 500_000) == pytest.approx(7.5)
     assert prices.cost("openai/gpt-4o-mini", 1000, 1000) == pytest.approx(0.00075)
     assert prices.cost("llama3:8b", 10**9, 10**9) == 0
+    # asked again (the answer remembered once a model name): the same prices
+    for _ in range(2):
+        assert prices.price("openai/gpt-4o-2024-08-06") == Price(2.5, 10.0)
+        assert prices.price("acme/model") == Price(1.0, 1.0) and prices.price("llama3:8b") == Price()
+    assert PriceTable().cost("openai/gpt-4o", 10**9, 10**9) == 0  # no table: nothing costs anything
+
+
+def test_a_price_table_remembers_a_bounded_number_of_model_names() -> None:
+    prices = PriceTable.parse(TABLE)
+    for i in range(5000):  # more names than are remembered: each still gets its pattern's price
+        assert prices.price(f"acme/m{i}") == Price(1.0, 1.0)
+        assert prices.price(f"m{i}") == Price()
+    assert len(prices._matched) == 4096
 
 
 def test_json_file(tmp_path: Path) -> None:

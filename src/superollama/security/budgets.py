@@ -62,6 +62,10 @@ class Price:
     output: float = 0.0
 
 
+_FREE = Price()  # a model without a price (one value: a frozen dataclass is slow to make)
+_MATCHES_KEPT = 4096  # model names whose pattern match is remembered
+
+
 class PriceTable:
     def __init__(self, prices: Mapping[str, Price] | None = None) -> None:
         prices = dict(prices or {})
@@ -69,6 +73,8 @@ class PriceTable:
         self._patterns = sorted(
             ((k, v) for k, v in prices.items() if _is_pattern(k)), key=lambda kv: (-len(kv[0]), kv[0])
         )
+        self._priced = bool(prices)
+        self._matched: dict[str, Price] = {}  # model → the price its first matching pattern gives
 
     @classmethod
     def parse(cls, value: str | None) -> PriceTable:
@@ -108,13 +114,18 @@ class PriceTable:
         exact = self._exact.get(model)
         if exact is not None:
             return exact
-        for pattern, price in self._patterns:
-            if fnmatch.fnmatchcase(model, pattern):
-                return price
-        return Price()
+        found = self._matched.get(model)
+        if found is not None:
+            return found
+        found = next((p for pattern, p in self._patterns if fnmatch.fnmatchcase(model, pattern)), _FREE)
+        if len(self._matched) < _MATCHES_KEPT:  # the patterns once a model name, not once a request
+            self._matched[model] = found
+        return found
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
-        """USD for one request."""
+        """USD for one request (0.0 at once with no prices: every request asks)."""
+        if not self._priced:
+            return 0.0
         p = self.price(model)
         return (max(0, prompt_tokens) * p.input + max(0, completion_tokens) * p.output) / 1_000_000
 
