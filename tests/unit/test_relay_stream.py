@@ -19,7 +19,7 @@ from superollama.core import Endpoint
 from superollama.gateway.exchange import EXCHANGE, Exchange
 from superollama.gateway.h1 import H1Client
 from superollama.gateway.lease import Lease
-from superollama.gateway.relay import Relay
+from superollama.gateway.relay import _USAGE_KEY, Relay, _take_usage
 
 EVENTS = [
     b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}],"usage":null}\n\n',
@@ -129,3 +129,41 @@ async def test_the_headers_go_out_with_the_first_event_and_done_with_the_end_of_
     assert data == EVENTS[0] + EVENTS[1] + EVENTS[3]
     assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and EVENTS[0] in writes[0], writes
     assert writes[-1].endswith(EVENTS[3] + b"\r\n0\r\n\r\n"), writes
+
+
+class _Metered:
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int] | None] = []
+
+    def usage(self, usage: tuple[int, int] | None) -> None:
+        self.seen.append(usage)
+
+
+_NULL = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}],"usage":null}\n\n'
+_ALONE = b'data: {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 4}}\n\n'
+_WITH = b'data: {"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":9,"completion_tokens":1}}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("events", "usage", "stripped"),
+    [
+        (_NULL * 3 + b"data: [DONE]\n\n", None, _NULL * 3 + b"data: [DONE]\n\n"),  # no usage object
+        (_NULL + _ALONE + b"data: [DONE]\n\n", (7, 4), _NULL + b"data: [DONE]\n\n"),
+        # "usage":null after the object (a backend that says it on every event): found looking back
+        (_NULL + _ALONE + _NULL * 2, (7, 4), _NULL * 3),
+        (_ALONE + _NULL, (7, 4), _NULL),  # the object opens the block
+        (_WITH + _NULL, (9, 1), _WITH + _NULL),  # usage with choices: the client's event, kept whole
+        (_NULL + _ALONE + _NULL + _ALONE, (7, 4), _NULL * 2),  # every usage-only event goes
+        (b'data: {"text":"the word \\"usage\\" in a string"}\n\n', None, None),
+    ],
+    ids=["none", "last-but-one", "nulls-after", "first", "with-choices", "two", "in-a-string"],
+)
+@pytest.mark.parametrize("strip", [False, True], ids=["kept", "stripped"])
+def test_usage_is_taken_from_the_last_usage_object_wherever_it_is(
+    events: bytes, usage: tuple[int, int] | None, stripped: bytes | None, strip: bool
+) -> None:
+    metered = _Metered()
+    last = events.rfind(_USAGE_KEY)
+    out = _take_usage(events, metered, strip, last) if last != -1 else events  # type: ignore[arg-type]
+    assert metered.seen == ([] if usage is None else [usage])
+    assert out == (stripped if strip and stripped is not None else events)
