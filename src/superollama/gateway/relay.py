@@ -250,13 +250,15 @@ def _answer_text(data: bytes) -> Any:
         return None
 
 
-def _take_usage(events: bytes, ex: Exchange, strip: bool, last: int) -> bytes:
-    """Record the usage these SSE events carry (``last``: where the last ``"usage"`` key is); drop the
-    usage-only event when the client did not ask. Most events say ``"usage":null``: only a block with a
-    usage *object* is looked into, and only the events around those objects are cut out (the block is not
-    split event by event). The object is looked for backwards from ``last``: a usage event comes at the
-    end of a stream, so a search from the start read the whole block first (2.4 µs for 5 kB)."""
-    at = last
+def _take_usage(events: bytes, ex: Exchange, strip: bool, last: int | None = None) -> bytes:
+    """Record the usage these SSE events carry; drop the usage-only event when the client did not ask.
+    Most events say ``"usage":null``: only a block with a usage *object* is looked into, and only the
+    events around those objects are cut out (the block is not split event by event).
+
+    The object is looked for backwards from the last ``"usage"`` key (``last``, when the caller found it
+    already): a usage event comes at the end of a stream, so a search from the start read the whole
+    block first (2.4 µs for 5 kB)."""
+    at = events.rfind(_USAGE_KEY) if last is None else last
     while at != -1 and _USAGE_OBJECT.match(events, at) is None:
         at = events.rfind(_USAGE_KEY, 0, at)
     if at == -1:
