@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
@@ -299,13 +300,13 @@ class RateLimiter(Protocol):
     async def close(self) -> None: ...
 
 
-class SettlesSoon:
+class SettlesSoon(ABC):
     """A limiter's ``settle``, made of its ``settle_soon`` (see ``RateLimiter``)."""
 
+    @abstractmethod
     def settle_soon(
         self, admission: Admission, actual_tokens: int, *, cost: float = 0.0
-    ) -> Awaitable[None] | None:
-        raise NotImplementedError
+    ) -> Awaitable[None] | None: ...
 
     async def settle(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None:
         rest = self.settle_soon(admission, actual_tokens, cost=cost)

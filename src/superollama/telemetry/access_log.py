@@ -24,7 +24,6 @@ import logging.handlers
 import queue
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
@@ -132,7 +131,6 @@ class AccessLog:
         proto = logging.LogRecord(self._logger.name, logging.INFO, __file__, 0, "", None, None)
         self._log_start = proto.created - proto.relativeCreated / 1000
         self._static = {k: v for k, v in vars(proto).items() if k not in ("msg", "created", "msecs")}
-        self._stamps = UtcStamps("%Y-%m-%dT%H:%M:%S")
 
     @property
     def enabled(self) -> bool:
@@ -161,13 +159,11 @@ class AccessLog:
     def _json_text(self, records: Sequence[RequestRecord]) -> str:
         """The batch's lines as ``JsonFormatter`` writes them, each encoded once, whole: no ``LogRecord``,
         no second encoding of a head spliced in, and nothing left for the writer but to write."""
-        stamps, name, capture, trace_id = self._stamps, self._logger.name, self._capture, self._trace_id
+        name, capture, trace_id = self._logger.name, self._capture, self._trace_id
         dumps = orjson.dumps
         lines = []
         for record in records:
-            # the time as JsonFormatter writes it (isoformat, to the millisecond), 0.6 µs against 2.2
-            second, us = stamps(record.started_at + record.duration)
-            head = {"time": f"{second}.{us // 1000:03d}+00:00", "level": "INFO", "logger": name}
+            head = {"time": _line_time(record.started_at + record.duration), "level": "INFO", "logger": name}
             trace = trace_id(record.request_id) if trace_id is not None else None
             lines.append(
                 dumps(access_fields(record, capture=capture, trace_id=trace, into=head), default=str)
@@ -191,6 +187,16 @@ class AccessLog:
         line.relativeCreated = (created - self._log_start) * 1000
         setattr(line, _FIELDS, fields)
         return line
+
+
+_STAMPS = UtcStamps("%Y-%m-%dT%H:%M:%S")  # one for the process: it is safe to share across threads
+
+
+def _line_time(created: float) -> str:
+    """A log line's time, as ``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")``
+    writes it, at a quarter of the cost (0.6 against 2.2 µs: every access line has one)."""
+    second, us = _STAMPS(created)
+    return f"{second}.{us // 1000:03d}+00:00"
 
 
 def _sole_queue_handler(logger: logging.Logger) -> _QueueHandler | None:
@@ -218,7 +224,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": _line_time(record.created),
             "level": record.levelname,
             "logger": record.name,
         }
