@@ -33,7 +33,7 @@ from superollama.admin.nodes import NodeRoutes
 from superollama.admin.plugins import PluginRoutes
 from superollama.admin.rollouts import RolloutRoutes
 from superollama.admin.usage import UsageRoutes
-from superollama.admin.validation import body_validation
+from superollama.admin.validation import admin_bodies
 from superollama.admin.webhooks import WebhookRoutes
 from superollama.agent import LocalAgent, NodeAgent
 from superollama.agent.node import agent_config
@@ -60,16 +60,16 @@ from superollama.control.rollouts import RolloutManager
 from superollama.control.webhooks import WebhookManager
 from superollama.core import EventRecord, Runtime
 from superollama.errors import StoreError, SuperOllamaError, UnsafeBind
-from superollama.gateway import OpenAIRoutes, Relay, error_middleware
+from superollama.gateway import OpenAIRoutes, Relay
 from superollama.gateway.anthropic_routes import AnthropicRoutes
 from superollama.gateway.batch_routes import BatchRoutes, LoopbackSender
+from superollama.gateway.errors import ErrorMiddleware
 from superollama.gateway.images import image_inputs
 from superollama.gateway.listener import (
     ConnectionGate,
     ConnectionLimits,
     GatedTCPSite,
     make_runner,
-    refuse_oversized,
 )
 from superollama.gateway.loop import limit_malloc_arenas, settle_heap
 from superollama.gateway.loop import run as run_loop
@@ -271,10 +271,8 @@ async def create_app(settings: Settings, worker: WorkerContext | None = None) ->
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
-            refuse_oversized,
-            requests.middleware(),
-            error_middleware,
-            body_validation(OPERATIONS),
+            requests.middleware(),  # asks too_large first
+            ErrorMiddleware(check=admin_bodies(OPERATIONS)),  # the admin API's bodies, against the contract
             *plugin_middlewares(plugins),
         ],
     )

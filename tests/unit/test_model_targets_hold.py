@@ -72,3 +72,17 @@ async def test_no_target_gives_the_slot_back() -> None:
                 raise AssertionError("no lease without a target")
         assert limits.state("cold") == (0, 0)
     assert counts.now == {}
+
+
+async def test_a_route_without_fallbacks_is_just_its_attempt() -> None:
+    targets = targets_with(Counts(), RouteLimits())
+    tried: list[tuple[str, bool]] = []
+
+    async def attempt(route: Route, more: bool) -> Any:
+        tried.append((route.name, more))
+        return route.name
+
+    pending: Any = targets.with_fallbacks(request_with(Exchange("r", "openai")), RUNNING, attempt)
+    assert pending.cr_code is attempt.__code__  # the attempt's own coroutine: no other around it
+    assert await pending == "m"
+    assert tried == [("m", False)]

@@ -19,7 +19,8 @@ from superollama.core import Endpoint
 from superollama.gateway.exchange import EXCHANGE, Exchange
 from superollama.gateway.h1 import H1Client
 from superollama.gateway.lease import Lease
-from superollama.gateway.relay import _USAGE_KEY, Relay, _take_usage
+from superollama.gateway.relay import Relay, _take_usage
+from superollama.wire.openai import USAGE_KEY
 
 EVENTS = [
     b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}],"usage":null}\n\n',
@@ -163,7 +164,7 @@ def test_usage_is_taken_from_the_last_usage_object_wherever_it_is(
     events: bytes, usage: tuple[int, int] | None, stripped: bytes | None, strip: bool
 ) -> None:
     metered = _Metered()
-    last = events.rfind(_USAGE_KEY)
+    last = events.rfind(USAGE_KEY)
     out = _take_usage(events, metered, strip, last) if last != -1 else events  # type: ignore[arg-type]
     assert metered.seen == ([] if usage is None else [usage])
     assert out == (stripped if strip and stripped is not None else events)

@@ -158,3 +158,24 @@ def test_numbers_at_their_limits_pass() -> None:
             "n_predict": -1,
         }
     )
+
+
+@pytest.mark.parametrize(
+    ("data", "usage"),
+    [
+        (b'{"id":"x","usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}', (3, 4)),
+        # JSON allows blanks around the colon: a backend that pretty-prints is metered too
+        (b'{"usage" : {"prompt_tokens": 3, "completion_tokens": 4}}', (3, 4)),
+        (b'{\n  "usage":\n    {\n      "prompt_tokens": 5,\n      "completion_tokens": 6\n    }\n}', (5, 6)),
+        (b'{"usage"\t:\t{"prompt_tokens":1}}', (1, 0)),  # an embeddings answer: no completion tokens
+        # the last usage object wins; a null after it and the word inside a string do not count
+        (b'data: {"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\ndata: {"usage":null}\n\n', (1, 1)),
+        (b'{"text":"\\"usage\\": {","usage":{"prompt_tokens":2,"completion_tokens":9}}', (2, 9)),
+        (b'{"usage":{"prompt_tokens":"3","completion_tokens":4}}', None),  # not integers: no usage
+        (b'{"usage":null}', None),
+        (b'{"usage" : {"prompt_tokens": 3', None),  # cut short
+        (b"", None),
+    ],
+)
+def test_find_usage(data: bytes, usage: tuple[int, int] | None) -> None:
+    assert wire.find_usage(data) == usage

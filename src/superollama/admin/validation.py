@@ -10,44 +10,48 @@ a gateway that is never administered does not carry it (about 2 MB with ``refere
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from superollama.contract.model import Operation
 from superollama.errors import InvalidRequest
 from superollama.gateway import read_json
+from superollama.gateway.errors import Check
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
 
-__all__ = ["body_validation"]
+__all__ = ["admin_bodies"]
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _PREFIX = "/admin/"
 
 
-def body_validation(operations: Iterable[Operation]) -> Middleware:
-    """A middleware (inside ``error_middleware``) validating the admin operations' JSON bodies."""
+def admin_bodies(operations: Iterable[Operation]) -> Check:
+    """The check ``ErrorMiddleware`` runs before the handler: None (nothing to await) for a request
+    outside ``/admin/`` or for an operation without a body, else the validation of its JSON body."""
     checks = {
         op.key: _Body(op.body, op.body_required)
         for op in operations
         if op.body is not None and op.path.startswith(_PREFIX)
     }
 
-    @web.middleware
-    async def validate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(_PREFIX):
-            resource = request.match_info.route.resource
-            check = checks.get((request.method, resource.canonical)) if resource is not None else None
-            if check is not None and (check.required or request.can_read_body):
-                _check(check.validator(), await read_json(request))  # aiohttp keeps the body for the handler
-        return await handler(request)
+    def check(request: web.Request) -> Awaitable[None] | None:
+        if not request.path.startswith(_PREFIX):
+            return None
+        resource = request.match_info.route.resource
+        body = checks.get((request.method, resource.canonical)) if resource is not None else None
+        if body is None or not (body.required or request.can_read_body):
+            return None
+        return _validate(body, request)
 
-    return validate
+    return check
+
+
+async def _validate(body: _Body, request: web.Request) -> None:
+    _check(body.validator(), await read_json(request))  # aiohttp keeps the body for the handler
 
 
 class _Body:

@@ -1,15 +1,23 @@
 """Render every failure at the edge in the client's protocol, with the right status.
 
-One middleware: our error tree → OpenAI's envelope (``/api/*`` → Ollama's ``{"error": "..."}``,
-``/v1/messages*`` → Anthropic's ``{"type": "error", "error": {"type", "message"}}``);
-aiohttp's own HTTP errors (404 route, 405, 413 body too large) get the same shapes; anything else is a
-500 with a generic message and a logged traceback — never a crashed server.
+One middleware (``ErrorMiddleware``; ``error_middleware`` is one with no check): our error tree → OpenAI's
+envelope (``/api/*`` → Ollama's ``{"error": "..."}``, ``/v1/messages*`` → Anthropic's
+``{"type": "error", "error": {"type", "message"}}``); aiohttp's own HTTP errors (404 route, 405, 413 body
+too large) get the same shapes; anything else is a 500 with a generic message and a logged traceback —
+never a crashed server.
+
+A ``check`` given to the middleware runs before the handler, inside the rendering: the admin API's body
+validation (``admin/validation.py``). It is a plain function that returns None for a request it has nothing
+to do with (every data-plane request: one call, no coroutine) or the awaitable that checks the request.
+Every middleware is one more coroutine that each request enters and each of its awaits passes through,
+so the data plane has as few as it can.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import ClassVar
 
 import orjson
 from aiohttp import web
@@ -19,13 +27,14 @@ from superollama.gateway.exchange import exchange_of
 from superollama.wire import anthropic
 from superollama.wire.openai import error_body
 
-__all__ = ["ANTHROPIC_PREFIX", "error_middleware", "error_response"]
+__all__ = ["ANTHROPIC_PREFIX", "Check", "ErrorMiddleware", "error_middleware", "error_response"]
 
 ANTHROPIC_PREFIX = "/v1/messages"  # the Anthropic Messages API: its own error envelope
 
 log = logging.getLogger("superollama.gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Check = Callable[[web.Request], Awaitable[None] | None]
 
 
 def error_response(
@@ -53,24 +62,38 @@ def _from_http(exc: web.HTTPException) -> SuperOllamaError:
     return err
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    ollama = request.path.startswith("/api/")
-    if request.path.startswith(ANTHROPIC_PREFIX):
-        ollama = False
-    try:
-        return await handler(request)
-    except SuperOllamaError as exc:
-        return _render(request, exc, ollama)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _render(request, _from_http(exc), ollama)
-    except (ConnectionResetError, ConnectionError):
-        raise  # the client went away: nothing to render
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return _render(request, SuperOllamaError("internal server error"), ollama)
+class ErrorMiddleware:
+    """The middleware (an object aiohttp calls as ``middleware(request, handler=...)``), with an optional
+    ``check`` run before the handler (see the module's docstring)."""
+
+    __middleware_version__: ClassVar[int] = 1  # aiohttp's mark of a new-style middleware
+    __slots__ = ("_check",)
+
+    def __init__(self, check: Check | None = None) -> None:
+        self._check = check
+
+    async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        ollama = request.path.startswith("/api/")
+        if request.path.startswith(ANTHROPIC_PREFIX):
+            ollama = False
+        try:
+            if self._check is not None and (checking := self._check(request)) is not None:
+                await checking
+            return await handler(request)
+        except SuperOllamaError as exc:
+            return _render(request, exc, ollama)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _render(request, _from_http(exc), ollama)
+        except (ConnectionResetError, ConnectionError):
+            raise  # the client went away: nothing to render
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return _render(request, SuperOllamaError("internal server error"), ollama)
+
+
+error_middleware = ErrorMiddleware()
 
 
 def _render(request: web.Request, exc: SuperOllamaError, ollama: bool) -> web.Response:

@@ -58,14 +58,6 @@ class _Origin:
         self.prefix = parts.path.rstrip("/")
 
 
-async def _exchange(conn: Connection, data: bytes, timeout: float) -> H1Response:
-    try:
-        return await conn.send(data, timeout)
-    except asyncio.CancelledError:
-        conn.abort()  # the caller went away before the answer began: nobody will read or release it
-        raise
-
-
 class H1Client:
     """A pool of keep-alive connections per backend origin (no limit: the backends bound concurrency)."""
 
@@ -99,15 +91,22 @@ class H1Client:
         data = "".join(lines).encode("latin-1") + body
         deadline = time.monotonic() + timeout
         conn = self._take(origin)
-        if conn is not None:
+        pooled = conn is not None
+        while True:
+            if conn is None:
+                conn = await self._connect(origin, max(0.001, deadline - time.monotonic()))
+                timeout = max(0.001, deadline - time.monotonic())
             try:
-                return await _exchange(conn, data, timeout)
+                return await conn.send(data, timeout)
+            except asyncio.CancelledError:
+                conn.abort()  # the caller went away before the answer began: nobody will read or release it
+                raise
             except UpstreamConnectionError:
-                if conn.got_bytes:
+                if not pooled or conn.got_bytes:
                     raise
-                # the server closed the idle connection as we sent: it never saw the request
-        conn = await self._connect(origin, max(0.001, deadline - time.monotonic()))
-        return await _exchange(conn, data, max(0.001, deadline - time.monotonic()))
+                # the server closed the idle connection as we sent: it never saw the request; once more
+                # on a new connection
+                conn, pooled = None, False
 
     def _take(self, origin: _Origin) -> Connection | None:
         idle = self._idle.get((origin.host, origin.port, origin.tls))

@@ -64,8 +64,14 @@ class RouteLimits:
 
     def slot(self, route: str) -> AbstractAsyncContextManager[None]:
         """Hold one of ``route``'s slots for the block, queueing (bounded) for it when all are taken."""
+        held = self.limited_slot(route)
+        return _UNLIMITED if held is None else held
+
+    def limited_slot(self, route: str) -> AbstractAsyncContextManager[None] | None:
+        """``slot``, or None for a route without a limit: nothing to enter (the request path's form, where
+        entering even a no-op context costs two coroutines a request)."""
         limit = self.limit(route)
-        return _UNLIMITED if limit <= 0 else self._held(route, limit)
+        return None if limit <= 0 else self._held(route, limit)
 
     @contextlib.asynccontextmanager
     async def _held(self, route: str, limit: int) -> AsyncIterator[None]:

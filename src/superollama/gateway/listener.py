@@ -25,9 +25,10 @@ and no connection cap. This module adds them at the narrowest seams aiohttp 3.14
   connection. Refusals in progress are capped at the same number: past that, a connection is closed at
   once. The primary's Unix socket for the replicas' proxies is not gated (those are our own connections).
 
-``refuse_oversized`` (a middleware, put first) answers 413 to a request whose ``Content-Length`` is over
-the app's body limit before any byte of the body is read; a chunked body over it fails while being read
-(aiohttp's ``client_max_size``), also a 413.
+``too_large`` (asked first by ``RequestMiddleware``; ``refuse_oversized`` is the same as a middleware of
+its own) answers 413 to a request whose ``Content-Length`` is over the app's body limit before any byte
+of the body is read; a chunked body over it fails while being read (aiohttp's ``client_max_size``), also a
+413.
 
 These seams reach into aiohttp internals (``RequestHandler._process_keepalive``, ``_messages``,
 ``_request_count``, ``_lingering_time``, the sites' ``_sock``/``_host``): aiohttp is pinned (``==3.14.5``)
@@ -75,6 +76,7 @@ __all__ = [
     "GatedTCPSite",
     "make_runner",
     "refuse_oversized",
+    "too_large",
 ]
 
 log = logging.getLogger("superollama.gateway")
@@ -462,17 +464,24 @@ class GatedSockSite(web.SockSite):
         )
 
 
+def too_large(request: web.Request) -> web.Response | None:
+    """The 413 for a declared ``Content-Length`` over the body limit, before the body is read (the
+    connection closes after it), or None. ``RequestMiddleware`` asks first thing; ``refuse_oversized``
+    is the same check as a middleware of its own, for the apps that put another one before it."""
+    declared = request.content_length
+    if declared is None or declared <= request.client_max_size:
+        return None
+    exc = PayloadTooLarge(
+        f"request body too large: Content-Length {declared} is over the limit of "
+        f"{request.client_max_size} bytes"
+    )
+    response = error_response(exc, ollama=request.path.startswith("/api/"))
+    response.force_close()
+    return response
+
+
 @web.middleware
 async def refuse_oversized(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """413 for a declared ``Content-Length`` over the body limit, before the body is read; the connection
-    closes after the answer."""
-    declared = request.content_length
-    if declared is not None and declared > request.client_max_size:
-        exc = PayloadTooLarge(
-            f"request body too large: Content-Length {declared} is over the limit of "
-            f"{request.client_max_size} bytes"
-        )
-        response = error_response(exc, ollama=request.path.startswith("/api/"))
-        response.force_close()
-        return response
-    return await handler(request)
+    """``too_large`` as a middleware."""
+    refused = too_large(request)
+    return refused if refused is not None else await handler(request)

@@ -10,6 +10,12 @@ matched, not by the path's spelling.
 It sits outside the error middleware, so it sees the status the client got. Nothing here awaits I/O on
 the way in (the key check is an in-memory lookup); settlements run after the response, one task per
 turn of the loop.
+
+The object is the middleware itself (aiohttp calls it as ``middleware(request, handler=...)``), and it
+asks ``too_large`` (the 413 for a declared body over the limit) before anything else: neither a closure
+around a bound method nor a middleware of its own for those three lines, since each is one more coroutine
+that every request enters and every await of it passes through. A 413 so refused is not metered, as
+before (``refuse_oversized`` stood outside this middleware).
 """
 
 from __future__ import annotations
@@ -19,15 +25,16 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
+from typing import ClassVar
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Middleware
 
 from superollama.contract.nodes import JOIN_PATH
 from superollama.core import RequestRecord
 from superollama.errors import SuperOllamaError
 from superollama.gateway.errors import error_response
 from superollama.gateway.exchange import EXCHANGE, Exchange, Observer, exchange_of
+from superollama.gateway.listener import too_large
 from superollama.security import Security
 
 __all__ = ["ANSWER_HEADERS", "AnswerHeaders", "NullObserver", "RequestIds", "RequestMiddleware"]
@@ -88,24 +95,29 @@ class RequestIds:
 
 
 class RequestMiddleware:
-    def __init__(self, security: Security, observer: Observer, node: str) -> None:
+    """The middleware (see the module's docstring). ``refuse_oversized``: ask ``too_large`` first (False
+    where the app already put ``refuse_oversized`` before a middleware of its own, as the replicas do)."""
+
+    __middleware_version__: ClassVar[int] = 1  # aiohttp's mark of a new-style middleware
+
+    def __init__(
+        self, security: Security, observer: Observer, node: str, *, refuse_oversized: bool = True
+    ) -> None:
         self._security = security
         self._observer = observer
         self._node = node
+        self._refuse_oversized = refuse_oversized
         self._settling: set[asyncio.Task[None]] = set()
         self._owed: list[Awaitable[None]] = []  # settlements of ended requests left to send
         self._ids = RequestIds()
 
-    def middleware(self) -> Middleware:
-        """The aiohttp middleware (a plain function: aiohttp does not take bound methods)."""
+    def middleware(self) -> RequestMiddleware:
+        """What goes in the app's ``middlewares``: this object."""
+        return self
 
-        @web.middleware
-        async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            return await self.handle(request, handler)
-
-        return request_middleware
-
-    async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._refuse_oversized and (refused := too_large(request)) is not None:
+            return refused
         protocol = _protocol(request.path)
         if protocol is None:
             if _is_metrics(request):

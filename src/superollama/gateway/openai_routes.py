@@ -178,30 +178,47 @@ class ModelTargets:
         started when there is none. When every breaker is open: a 503 (until the first may be probed) if
         the request has somewhere else to go (``elsewhere``: a fallback), else any of them anyway (a
         request that may fail beats one refused for sure)."""
-        if route.targets:
-            breakers = self.resilience.guard.breakers
-            ready = tuple(t for t in route.targets if breakers.available(t.instance_id))
-            if not ready:
-                if elsewhere:
-                    wait = min(breakers.retry_after(t.instance_id) for t in route.targets)
-                    raise Unavailable(
-                        f"every instance of {route.name!r} failed repeatedly: not sending to them for now",
-                        retry_after=max(1.0, wait),
-                    )
-                ready = route.targets
-            return pick_instance(ready, self.agent.in_flight)
-        return await self.controller.ensure_ready(route)
+        target = self.pick_ready(route, elsewhere=elsewhere)
+        return target if target is not None else await self.controller.ensure_ready(route)
 
-    async def with_fallbacks(
+    def pick_ready(self, route: Route, *, elsewhere: bool = False) -> RouteTarget | None:
+        """``pick`` among the route's ready targets; None when it has none (to be started)."""
+        if not route.targets:
+            return None
+        breakers = self.resilience.guard.breakers
+        ready = tuple(t for t in route.targets if breakers.available(t.instance_id))
+        if not ready:
+            if elsewhere:
+                wait = min(breakers.retry_after(t.instance_id) for t in route.targets)
+                raise Unavailable(
+                    f"every instance of {route.name!r} failed repeatedly: not sending to them for now",
+                    retry_after=max(1.0, wait),
+                )
+            ready = route.targets
+        return pick_instance(ready, self.agent.in_flight)
+
+    def with_fallbacks(
         self,
         request: web.Request,
         route: Route,
         attempt: Callable[[Route, bool], Awaitable[web.StreamResponse]],
-    ) -> web.StreamResponse:
+    ) -> Awaitable[web.StreamResponse]:
         """``attempt(route, more)``, then with each fallback in turn while it fails in a way a fallback may
         answer better (``more``: one remains): an answer ``Declined`` by the relay, no answer or a
-        timeout (``Unavailable``: breakers open and queues full too), or a prompt over the context."""
-        chain = [route, *self.fallbacks(principal_of(request), route, request=request)]
+        timeout (``Unavailable``: breakers open and queues full too), or a prompt over the context.
+        A route with no fallback (the common case) is just its attempt, with no coroutine around it."""
+        more = self.fallbacks(principal_of(request), route, request=request)
+        if not more:
+            return attempt(route, False)
+        return self._down_the_chain(request, [route, *more], attempt)
+
+    async def _down_the_chain(
+        self,
+        request: web.Request,
+        chain: list[Route],
+        attempt: Callable[[Route, bool], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        route = chain[0]
         for i, current in enumerate(chain):
             more = i + 1 < len(chain)
             try:
@@ -262,10 +279,11 @@ class ModelTargets:
 class Hold:
     """``ModelTargets.hold``'s block: the route's slot, then a lease on a ready target, both released at
     its end. A class rather than an ``asynccontextmanager``: entered on every request, a generator-based
-    one costs several microseconds more (a generator and its wrapper made, then stepped through)."""
+    one costs several microseconds more (a generator and its wrapper made, then stepped through). A route
+    without a limit has no slot to enter, and a route with a ready target is picked without a coroutine."""
 
     __slots__ = ("_elsewhere", "_ex", "_lease", "_route", "_slot", "_targets")
-    _slot: AbstractAsyncContextManager[None]
+    _slot: AbstractAsyncContextManager[None] | None
     _lease: Lease
 
     def __init__(self, targets: ModelTargets, route: Route, ex: Exchange | None, elsewhere: bool) -> None:
@@ -276,36 +294,41 @@ class Hold:
 
     async def __aenter__(self) -> Lease:
         targets, ex = self._targets, self._ex
-        slot = self._slot = targets.resilience.limits.slot(self._route.name)
-        await slot.__aenter__()
+        slot = self._slot = targets.resilience.limits.limited_slot(self._route.name)
+        if slot is not None:
+            await slot.__aenter__()
         try:
             # the request waited on admission: the snapshot may have changed
             route = self._route = targets._latest(self._route)
-            t0 = time.perf_counter()
-            target = await targets.pick(route, elsewhere=self._elsewhere)
-            if ex is not None:
-                if not route.targets:
+            target = targets.pick_ready(route, elsewhere=self._elsewhere)
+            if target is None:
+                t0 = time.perf_counter()
+                target = await targets.controller.ensure_ready(route)
+                if ex is not None:
                     ex.load_wait = time.perf_counter() - t0
+            if ex is not None:
                 ex.instance = None if route.connection else target.instance_id
             guard = targets.resilience.guard
             self._lease = Lease(route, target, targets.controller, targets.agent, guard)
         except BaseException as exc:
-            await slot.__aexit__(type(exc), exc, exc.__traceback__)
+            if slot is not None:
+                await slot.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self._lease
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
-        lease = self._lease
+        lease, slot = self._lease, self._slot
         try:
             lease.release()
             if self._ex is not None and self._route.connection is None:
                 self._ex.instance = lease.instance_id
         except BaseException as error:
-            await self._slot.__aexit__(type(error), error, error.__traceback__)
+            if slot is not None:
+                await slot.__aexit__(type(error), error, error.__traceback__)
             raise
-        return await self._slot.__aexit__(exc_type, exc, tb)
+        return None if slot is None else await slot.__aexit__(exc_type, exc, tb)
 
 
 class GroundedChat(Protocol):

@@ -30,7 +30,7 @@ from superollama.gateway.lease import Lease
 from superollama.gateway.transport import BackendResponse, Mounts, Transport
 from superollama.gateway.upstream import UPSTREAM_DOWN, describe_failure, post_to_backend
 from superollama.gateway.usage_estimate import estimate_answer, estimate_stream
-from superollama.wire.openai import error_body, find_usage
+from superollama.wire.openai import USAGE_KEY, USAGE_OBJECT, error_body, find_usage
 
 __all__ = ["INSTANCE_HEADER", "Declined", "Relay", "too_long"]
 
@@ -40,8 +40,6 @@ log = logging.getLogger("superollama.gateway.relay")
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = b"data: [DONE]\n\n"
-_USAGE_KEY = b'"usage"'
-_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _CONTEXT_EXCEEDED = re.compile(
     rb"context_length_exceeded|exceed_context_size|maximum context length|context length|too many tokens",
     re.I,
@@ -202,7 +200,7 @@ async def _relay_stream(
                 continue
             ready, pending = pending[: cut + 2], pending[cut + 2 :]
             # from the end: the usage event is a stream's last but one, so this rarely reads far
-            if ex is not None and (last := ready.rfind(_USAGE_KEY)) != -1:
+            if ex is not None and (last := ready.rfind(USAGE_KEY)) != -1:
                 ready = _take_usage(ready, ex, strip_usage, last)
             if ready:
                 if ex is not None:
@@ -258,15 +256,15 @@ def _take_usage(events: bytes, ex: Exchange, strip: bool, last: int | None = Non
     The object is looked for backwards from the last ``"usage"`` key (``last``, when the caller found it
     already): a usage event comes at the end of a stream, so a search from the start read the whole
     block first (2.4 µs for 5 kB)."""
-    at = events.rfind(_USAGE_KEY) if last is None else last
-    while at != -1 and _USAGE_OBJECT.match(events, at) is None:
-        at = events.rfind(_USAGE_KEY, 0, at)
+    at = events.rfind(USAGE_KEY) if last is None else last
+    while at != -1 and USAGE_OBJECT.match(events, at) is None:
+        at = events.rfind(USAGE_KEY, 0, at)
     if at == -1:
         return events
     ex.usage(find_usage(events))
     if not strip:
         return events
-    found = _USAGE_OBJECT.search(events)
+    found = USAGE_OBJECT.search(events)
     kept, at = [], 0
     while found is not None:
         cut = events.rfind(b"\n\n", at, found.start())
@@ -277,7 +275,7 @@ def _take_usage(events: bytes, ex: Exchange, strip: bool, last: int | None = Non
         if b'"choices":[]' in event or b'"choices": []' in event:  # usage alone: not the client's
             kept.append(events[at:start])
             at = end
-        found = _USAGE_OBJECT.search(events, end)
+        found = USAGE_OBJECT.search(events, end)
     if at == 0:
         return events
     kept.append(events[at:])

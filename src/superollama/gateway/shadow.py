@@ -232,23 +232,36 @@ class ShadowTap:
         dep = self._deployment(route.deployment)
         return dep if self._mirror.wants(dep) else None
 
-    async def around(
+    def around(
         self,
         request: web.Request,
         route: Route,
         path: str,
         body: dict[str, Any],
         answer: Awaitable[web.StreamResponse],
-    ) -> web.StreamResponse:
+    ) -> Awaitable[web.StreamResponse]:
         """``answer`` (not started yet), and a copy of ``body`` (the request in OpenAI's shape, as sent to
-        ``path``) to the shadow when this request is drawn: the edges' one-liner."""
+        ``path``) to the shadow when this request is drawn: the edges' one-liner. Not drawn (the common
+        case): ``answer`` itself, with no coroutine around it for every await to pass through."""
         dep = self.pick(route)
         if dep is None:
-            return await answer
-        copy, started = dict(body), time.perf_counter()
+            return answer
+        return self._mirrored(request, dep, route, answer, path=path, body=dict(body))
+
+    async def _mirrored(
+        self,
+        request: web.Request,
+        dep: Deployment,
+        route: Route,
+        answer: Awaitable[web.StreamResponse],
+        *,
+        path: str,
+        body: dict[str, Any],
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
         response = await answer
         latency = time.perf_counter() - started
-        self.copy(request, dep, route, path=path, body=copy, response=response, latency=latency)
+        self.copy(request, dep, route, path=path, body=body, response=response, latency=latency)
         return response
 
     def copy(

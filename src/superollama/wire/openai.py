@@ -7,6 +7,7 @@ naming the field, so the official SDKs raise a ``BadRequestError`` a user can ac
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -225,21 +226,22 @@ def model_list(models: Iterable[tuple[str, int, str]]) -> dict[str, Any]:
     return {"object": "list", "data": [model_object(*m) for m in models]}
 
 
-_USAGE = b'"usage":'
+USAGE_KEY = b'"usage"'
+USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')  # JSON allows blanks around the colon
 
 
 def find_usage(data: bytes) -> tuple[int, int] | None:
     """``(prompt_tokens, completion_tokens)`` of the last ``"usage": {...}`` object in a response body or
     SSE text, without decoding the rest (an embeddings answer can be megabytes of numbers)."""
-    at = data.rfind(_USAGE)
+    at = data.rfind(USAGE_KEY)
     while at != -1:
-        start = data.find(b"{", at + len(_USAGE), at + len(_USAGE) + 8)
-        usage = _object_at(data, start) if start != -1 else None
+        found = USAGE_OBJECT.match(data, at)
+        usage = _object_at(data, found.end() - 1) if found is not None else None
         if isinstance(usage, dict):
             prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
             if isinstance(prompt, int) and isinstance(completion, int):
                 return prompt, completion
-        at = data.rfind(_USAGE, 0, at)
+        at = data.rfind(USAGE_KEY, 0, at)
     return None
 
 

@@ -101,7 +101,7 @@ async def create_replica_app(settings: Settings, ctx: WorkerContext, link: Prima
     plane: ControlPlaneClient = link  # the replica's control plane is its primary, behind the one seam
     resilience = Resilience.from_settings(settings)
     targets = ModelTargets(plane.holder, plane, plane, security, resilience, images=image_inputs(settings))
-    requests = RequestMiddleware(security, telemetry, settings.node_name)
+    requests = RequestMiddleware(security, telemetry, settings.node_name, refuse_oversized=False)
     proxy = PrimaryProxy(ctx.paths.primary)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
