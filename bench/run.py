@@ -52,8 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workloads", default="json,sse", help="of json, sse, emb (default json,sse)")
     ap.add_argument(
         "--systems",
-        default="direct,floor,litellm,superollama",
-        help="of direct, floor, litellm, superollama (every variant in sobench/systems.py) or one variant "
+        default="direct,floor,bare,litellm,superollama",
+        help="of direct, floor, bare, floor-h1, litellm, superollama (every variant in sobench/systems.py) "
+        "or one variant "
         f"({', '.join(v.name for v in systems.SUPEROLLAMA_VARIANTS)})",
     )
     ap.add_argument(
@@ -191,6 +192,10 @@ class Bench:
                 started = [systems.start_direct(ctx, self.nginx, nginx_start)]  # type: ignore[arg-type]
             elif name == "floor":
                 started = [systems.start_floor(ctx)]
+            elif name == "bare":
+                started = [systems.start_bare(ctx)]
+            elif name == "floor-h1":
+                started = [systems.start_bare(ctx, server="aiohttp")]
             elif name == "litellm":
                 started = [systems.start_litellm(ctx, log)]
             elif name == "superollama":

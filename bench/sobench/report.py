@@ -248,7 +248,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         head = " | ".join(f"{w} c={c}" for w, c in RATIO_POINTS)
         lines += ["", f"| ratio | {head} |", "|---|" + "--:|" * len(RATIO_POINTS)]
         for by, unit in (("rps", "req/s"), ("cpu", "req per CPU-second")):
-            for num, den, values in ratio_rows(points, numerators, ["litellm", "floor"], by=by):
+            for num, den, values in ratio_rows(points, numerators, ["litellm", "floor", "bare"], by=by):
                 cells = " | ".join(_num(v, "{:.2f}x") for v in values)
                 lines.append(f"| {labels.get(num, num)} / {labels.get(den, den)}, {unit} | {cells} |")
     for on, off in on_off_pairs([s["name"] for s in systems if not s.get("unavailable")]):

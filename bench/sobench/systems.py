@@ -27,6 +27,7 @@ __all__ = [
     "Running",
     "Target",
     "Variant",
+    "start_bare",
     "start_direct",
     "start_floor",
     "start_litellm",
@@ -198,6 +199,22 @@ def start_floor(ctx: Context) -> Running:
     service = procs.Service("floor", cmd, log_dir=ctx.tmp)
     base = f"http://{procs.HOST}:{port}"
     running = Running("floor", "aiohttp floor")
+    running.targets = _targets(base, MODEL, MODEL, sse_prefix="/stream")
+    return _started(running, service, f"{base}/v1/models", {})
+
+
+def start_bare(ctx: Context, server: str = "bare") -> Running:
+    """``bare.py``: Super Ollama's backend client behind no web framework (``bare``: the least a Python
+    proxy can do) or behind aiohttp's web server (``aiohttp``: ``floor.py`` with our client instead of
+    aiohttp's). Served from this checkout's ``src`` (the client is ``superollama.gateway.h1``)."""
+    port = procs.free_port()
+    script = [sys.executable, str(BENCH_DIR / "bare.py"), str(port), ctx.upstream, "--server", server]
+    name, label = ("bare", "bare relay (no framework)") if server == "bare" else ("floor-h1", "aiohttp + h1")
+    service = procs.Service(
+        name, [*procs.pin(ctx.gateway_cpu), *script], log_dir=ctx.tmp, env={"PYTHONPATH": str(REPO / "src")}
+    )
+    base = f"http://{procs.HOST}:{port}"
+    running = Running(name, label)
     running.targets = _targets(base, MODEL, MODEL, sse_prefix="/stream")
     return _started(running, service, f"{base}/v1/models", {})
 

@@ -179,3 +179,14 @@ def test_numbers_at_their_limits_pass() -> None:
 )
 def test_find_usage(data: bytes, usage: tuple[int, int] | None) -> None:
     assert wire.find_usage(data) == usage
+
+
+def test_of_two_wrong_numbers_the_first_in_the_fields_order_is_reported() -> None:
+    body = {"model": "m", "messages": MSG, "top_p": 5, "temperature": "hot", "max_tokens": 0}  # body order
+    with pytest.raises(InvalidRequest) as err:
+        wire.check_chat(body)
+    assert err.value.param == "max_tokens"
+    wide = {f"x{i}": i for i in range(20)} | body  # more fields than the numeric ones: the other way round
+    with pytest.raises(InvalidRequest) as err:
+        wire.check_chat(wide)
+    assert err.value.param == "max_tokens"

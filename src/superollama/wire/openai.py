@@ -17,6 +17,8 @@ from superollama.errors import InvalidRequest, SuperOllamaError
 from superollama.wire._numbers import INT32_MAX, INT64_MAX, INT64_MIN, Bound, kind_of, problem
 
 __all__ = [
+    "USAGE_KEY",
+    "USAGE_OBJECT",
     "check_chat",
     "check_completion",
     "check_embeddings",
@@ -58,11 +60,24 @@ _COMPLETION_NUMBERS: tuple[tuple[str, Bound], ...] = (
     ("best_of", Bound(True, 1, 20)),
 )
 _EMBEDDING_NUMBERS: tuple[tuple[str, Bound], ...] = (("dimensions", Bound(True, 1, INT32_MAX)),)
+_COMMON_BOUNDS = dict(_COMMON_NUMBERS)
 
 
-def _check_numbers(body: Mapping[str, Any], fields: tuple[tuple[str, Bound], ...]) -> None:
+def _check_numbers(
+    body: Mapping[str, Any], fields: tuple[tuple[str, Bound], ...], bounds: Mapping[str, Bound] | None = None
+) -> None:
     """Every present (non-null) field of ``fields`` within its range, else a 400 with ``param`` set and
-    OpenAI's own wording and codes (``invalid_type``, ``integer_above_max_value`` …)."""
+    OpenAI's own wording and codes (``invalid_type``, ``integer_above_max_value`` …). With ``bounds``
+    (``fields`` as a dict) and a body of fewer fields than ``fields`` (a chat request has a handful, against
+    16 numeric fields), the body's own fields are looked up in it first, and a body with nothing wrong is
+    done; the first wrong field in ``fields``' order is the one reported."""
+    if bounds is not None and len(body) < len(fields):
+        for key, value in body.items():
+            bound = bounds.get(key)
+            if bound is not None and value is not None and problem(value, bound) is not None:
+                break
+        else:
+            return
     for key, bound in fields:
         value = body.get(key)
         if value is None:
@@ -93,7 +108,7 @@ def _common(body: Mapping[str, Any]) -> None:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _bad(f"{stream!r} is not of type 'boolean' - 'stream'", "stream")
-    _check_numbers(body, _COMMON_NUMBERS)
+    _check_numbers(body, _COMMON_NUMBERS, _COMMON_BOUNDS)
     stop = body.get("stop")
     if stop is not None and not (
         isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
