@@ -6,6 +6,7 @@ its ``check`` (the admin API's body validation) before the handler and renders w
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from superollama.core import RequestRecord
 from superollama.errors import InvalidRequest
-from superollama.gateway.errors import ErrorMiddleware
+from superollama.gateway.errors import ErrorMiddleware, Handler
 from superollama.gateway.middleware import RequestMiddleware
 from superollama.gateway.shadow import ShadowTap
 from superollama.security import Budgets, KeyCache, MemoryRateLimiter, PriceTable, Security
@@ -41,10 +42,19 @@ def _security() -> Security:
     return Security(KeyCache(), limiter, Budgets(PriceTable({}), limiter), auth_required=False)
 
 
-async def _client(app: web.Application) -> TestClient[web.Request, web.Application]:
+@contextlib.asynccontextmanager
+async def _served(
+    app: web.Application, handler: Handler, *paths: str
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """``app`` with ``handler`` on ``paths`` (POST), served on loopback for the block."""
+    for path in paths:
+        app.router.add_post(path, handler)
     client = TestClient(TestServer(app))
     await client.start_server()
-    return client
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 @pytest.fixture
@@ -58,13 +68,8 @@ async def metered() -> AsyncIterator[tuple[TestClient[web.Request, web.Applicati
     app = web.Application(
         client_max_size=LIMIT, middlewares=[RequestMiddleware(_security(), recorder, "n").middleware()]
     )
-    app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_post("/api/chat", chat)
-    client = await _client(app)
-    try:
+    async with _served(app, chat, "/v1/chat/completions", "/api/chat") as client:
         yield client, recorder, reached
-    finally:
-        await client.close()
 
 
 async def test_the_middleware_is_the_object_aiohttp_calls() -> None:
@@ -101,13 +106,9 @@ async def test_without_refuse_oversized_the_app_before_it_answers_the_413() -> N
 
     middleware = RequestMiddleware(_security(), Recorder(), "n", refuse_oversized=False)
     app = web.Application(client_max_size=LIMIT, middlewares=[middleware.middleware()])
-    app.router.add_post("/v1/chat/completions", chat)
-    client = await _client(app)
-    try:
+    async with _served(app, chat, "/v1/chat/completions") as client:
         response = await client.post("/v1/chat/completions", data=b"x" * (LIMIT + 1))
         assert response.status == 200 and reached == ["/v1/chat/completions"]  # the body was never read
-    finally:
-        await client.close()
 
 
 @pytest.fixture
@@ -128,13 +129,8 @@ async def checked() -> AsyncIterator[tuple[TestClient[web.Request, web.Applicati
         return web.json_response(await request.json())
 
     app = web.Application(client_max_size=LIMIT, middlewares=[ErrorMiddleware(check=check)])
-    app.router.add_post("/admin/v1/things", handler)
-    app.router.add_post("/v1/things", handler)
-    client = await _client(app)
-    try:
+    async with _served(app, handler, "/admin/v1/things", "/v1/things") as client:
         yield client, checks, reached
-    finally:
-        await client.close()
 
 
 async def test_the_check_runs_before_the_handler_and_its_error_is_rendered(
