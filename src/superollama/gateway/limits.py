@@ -20,10 +20,6 @@ from superollama.errors import ServerBusy
 
 __all__ = ["RouteLimits"]
 
-# A route without a limit (the default) holds no slot: one shared no-op instead of a generator-based
-# context manager built and stepped through for every request.
-_UNLIMITED: AbstractAsyncContextManager[None] = contextlib.nullcontext()
-
 
 class _Gate:
     __slots__ = ("active", "waiters")
@@ -62,14 +58,10 @@ class RouteLimits:
         """Every route with requests in flight under a limit: (in flight, queued)."""
         return {name: (g.active, len(g.waiters)) for name, g in self._gates.items()}
 
-    def slot(self, route: str) -> AbstractAsyncContextManager[None]:
-        """Hold one of ``route``'s slots for the block, queueing (bounded) for it when all are taken."""
-        held = self.limited_slot(route)
-        return _UNLIMITED if held is None else held
-
-    def limited_slot(self, route: str) -> AbstractAsyncContextManager[None] | None:
-        """``slot``, or None for a route without a limit: nothing to enter (the request path's form, where
-        entering even a no-op context costs two coroutines a request)."""
+    def slot(self, route: str) -> AbstractAsyncContextManager[None] | None:
+        """A context that holds one of ``route``'s slots for its block, queueing (bounded) for it when all
+        are taken; None for a route without a limit: nothing to enter (not even a no-op context, which
+        would cost the request path two coroutines a request)."""
         limit = self.limit(route)
         return None if limit <= 0 else self._held(route, limit)
 

@@ -294,7 +294,7 @@ class Hold:
 
     async def __aenter__(self) -> Lease:
         targets, ex = self._targets, self._ex
-        slot = self._slot = targets.resilience.limits.limited_slot(self._route.name)
+        slot = self._slot = targets.resilience.limits.slot(self._route.name)
         if slot is not None:
             await slot.__aenter__()
         try:
