@@ -13,6 +13,7 @@ from superollama.core.images import (
     ImageError,
     capabilities_of,
     data_url,
+    has_image_parts,
     image_parts,
     is_vision_config,
     parse_data_url,
@@ -52,6 +53,26 @@ def test_image_parts_of_openai_messages() -> None:
     found = list(image_parts(messages))
     assert found == [(1, part)] and found[0][1] is part  # the part itself: the gateway rewrites it
     assert list(image_parts("not a list")) == []
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        [{"role": "system", "content": "x"}, {"role": "user", "content": [{"type": "image_url"}]}],
+        [{"role": "user", "content": [{"type": "text"}, {"type": "image_url", "image_url": "abc"}]}],
+        [{"role": "user", "content": ["text", 3, None]}, "not a message", None],
+        [{"role": "user", "content": {"type": "image_url"}}],  # not a list of parts
+        [],
+        "not a list",
+        None,
+    ],
+)
+def test_has_image_parts_answers_as_image_parts_finds(messages: Any) -> None:
+    """The chat path asks ``has_image_parts`` to skip the image step: it must agree with what that step
+    would find, or an image would reach the backend unchecked."""
+    assert has_image_parts(messages) is (next(image_parts(messages), None) is not None)
 
 
 def test_vision_is_read_from_the_config_and_kept_as_a_capability() -> None:

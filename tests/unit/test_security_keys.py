@@ -112,6 +112,42 @@ def test_a_key_revoked_by_a_reload_is_refused_at_once() -> None:
         cache.lookup(new.key)
 
 
+def test_a_found_key_is_not_hashed_again_until_the_next_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second request of a key costs a dict lookup, not a SHA-256; a made-up key is hashed every time
+    (never remembered); a load forgets every key, so what it changed applies to keys seen before it."""
+    new, other = generate_key(), generate_key().key
+    clock = Clock()
+    cache = KeyCache(clock=clock)
+    cache.load([record(new.key, rpm=60)])
+    hashed: list[str] = []
+
+    def counting(key: str) -> str:
+        hashed.append(key)
+        return hash_key(key)
+
+    monkeypatch.setattr("superollama.security.keys.hash_key", counting)
+    assert cache.lookup(new.key).rpm == 60 and cache.lookup(new.key).rpm == 60
+    assert hashed == [new.key]
+    for _ in range(2):
+        with pytest.raises(Unauthorized, match="invalid API key"):
+            cache.lookup(other)
+    assert hashed == [new.key, other, other]
+    assert cache.drain_used() == {"key_1": T0}  # a remembered key's use is recorded all the same
+    clock.t += 5
+    cache.lookup(new.key)
+    assert cache.drain_used() == {"key_1": T0 + timedelta(seconds=5)}
+    cache.load([record(new.key, rpm=5)])
+    assert cache.lookup(new.key).rpm == 5 and hashed[-1] == new.key and len(hashed) == 4
+    cache.load([record(new.key, rpm=5, revoked_at=T0)])
+    with pytest.raises(Unauthorized, match="revoked"):
+        cache.lookup(new.key)
+    with pytest.raises(Unauthorized, match="revoked"):  # refused, not remembered as usable
+        cache.lookup(new.key)
+    cache.load([])
+    with pytest.raises(Unauthorized, match="invalid API key"):
+        cache.lookup(new.key)
+
+
 def test_a_key_is_refused_once_it_expires_or_its_revocation_comes() -> None:
     """A revocation or expiry that was already scheduled at the last load needs no reload to apply."""
     expiring, revoking = generate_key(), generate_key()

@@ -26,6 +26,7 @@ __all__ = [
     "ImageError",
     "capabilities_of",
     "data_url",
+    "has_image_parts",
     "image_parts",
     "is_vision_config",
     "parse_data_url",
@@ -95,6 +96,20 @@ def image_parts(messages: Any) -> Iterator[tuple[int, dict[str, Any]]]:
         for part in content:
             if isinstance(part, dict) and part.get("type") == "image_url":
                 yield i, part
+
+
+def has_image_parts(messages: Any) -> bool:
+    """Whether ``image_parts`` finds any: a loop, not a generator, since the chat path asks it of every
+    request and almost none has an image."""
+    if not isinstance(messages, list):
+        return False
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    return True
+    return False
 
 
 def is_vision_config(config: Mapping[str, Any]) -> bool:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
+from superollama.core.images import has_image_parts
 from superollama.core.routing import (
     SESSION_HEADER,
     Deployment,
@@ -391,7 +392,7 @@ class OpenAIRoutes:
             if operation == "chat" and self.grounded is not None and self.grounded.applies(body["model"]):
                 return await self.grounded.chat(request, body)
             route = self._targets.route(principal_of(request), body["model"], request=request, body=body)
-            if operation == "chat":
+            if operation == "chat" and has_image_parts(body.get("messages")):  # no coroutine for none
                 await self._targets.images.prepare(route, body, model=body["model"])
             await self._targets.admit(request, route, body, operation)
             stream = body.get("stream") is True
