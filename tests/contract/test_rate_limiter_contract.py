@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from superollama.errors import QuotaExceeded, RateLimited
 from superollama.security import MemoryRateLimiter, Principal
 from superollama.security.keys import ModelLimit
-from superollama.security.limits import RateLimiter
+from superollama.security.limits import Admission, RateLimiter
 from superollama.security.redis_limits import RedisRateLimiter
 from superollama.security.shared_limits import SharedLimitTable, SharedMemoryRateLimiter
 
@@ -89,6 +89,24 @@ async def test_admits_under_the_rpm_limit_counting_down(subject: Subject) -> Non
         assert admission.headers["x-ratelimit-limit-requests"] == "3"
         remaining.append(admission.headers["x-ratelimit-remaining-requests"])
     assert remaining == ["2", "1", "0"]
+
+
+async def test_admit_soon_admits_and_refuses_as_admit_does(subject: Subject) -> None:
+    """``admit_soon`` (the request path's ``admit``): the same admissions and the same refusal, raised at
+    once or by the awaitable; the in-memory limiters decide every request at once (nothing to await)."""
+    p = principal(rpm=3)
+    remaining = []
+    for _ in range(3):
+        soon = subject.limiter.admit_soon(p, "m", 0)
+        if not isinstance(subject.limiter, RedisRateLimiter):
+            assert isinstance(soon, Admission)
+        admission = soon if isinstance(soon, Admission) else await soon
+        remaining.append(admission.headers["x-ratelimit-remaining-requests"])
+    assert remaining == ["2", "1", "0"]
+    with pytest.raises(RateLimited, match="3 RPM"):
+        soon = subject.limiter.admit_soon(p, "m", 0)
+        if not isinstance(soon, Admission):
+            await soon
 
 
 async def test_refuses_over_the_limit_with_retry_after_then_refills(subject: Subject) -> None:

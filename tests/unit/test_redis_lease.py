@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from superollama.errors import RateLimited
 from superollama.security import Principal
-from superollama.security.limits import EPOCH, WINDOW
+from superollama.security.limits import EPOCH, WINDOW, Admission
 from superollama.security.redis_lease import LEASE_MIN, LEASE_REQUESTS, LEASE_SHARE
 from superollama.security.redis_limits import RedisRateLimiter
 
@@ -123,3 +123,29 @@ async def test_concurrent_requests_share_one_refill(
     assert await _ahead(ns, p, "rpm") == pytest.approx((1 + grant) * WINDOW / rpm, abs=1e-6)  # one trip
     remaining = sorted(int(a.headers["x-ratelimit-remaining-requests"]) for a in admitted)
     assert remaining == list(range(rpm - 20, rpm))
+
+
+async def test_admit_soon_decides_from_the_allowance_without_a_coroutine(
+    made: Callable[..., tuple[RedisRateLimiter, str]],
+) -> None:
+    """The request path's ``admit_soon``: the first request of a key is a round trip to await (it takes the
+    allowance); the next ones are admitted at once, counting down as ``admit`` would; a key with no
+    allowance (a small limit) is a round trip every time."""
+    ticks = itertools.count()
+    limiter, ns = made(monotonic=lambda: next(ticks) * 1e-6)
+    rpm = 100_000
+    p = principal(rpm=rpm)
+    first = limiter.admit_soon(p, "m", 0)
+    assert not isinstance(first, Admission)
+    remaining = [int((await first).headers["x-ratelimit-remaining-requests"])]
+    for _ in range(5):
+        soon = limiter.admit_soon(p, "m", 0)
+        assert isinstance(soon, Admission) and soon.principal is p
+        remaining.append(int(soon.headers["x-ratelimit-remaining-requests"]))
+    assert remaining == list(range(rpm - 1, rpm - 7, -1))
+    small = principal(rpm=LEASE_MIN * LEASE_SHARE - 1)
+    for _ in range(2):
+        trip = limiter.admit_soon(small, "m", 0)
+        assert not isinstance(trip, Admission)
+        await trip
+    assert await _ahead(ns, small, "rpm") == pytest.approx(2 * WINDOW / small.rpm, abs=1e-6)

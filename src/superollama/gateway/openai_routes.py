@@ -36,7 +36,7 @@ from superollama.gateway.resilience import Resilience
 from superollama.gateway.responses import json_response as _json
 from superollama.gateway.seams import InstanceAccounting, InstanceStarter
 from superollama.gateway.shadow import ShadowMirror, ShadowTap
-from superollama.security import Principal, Security, estimate_tokens
+from superollama.security import Admission, Principal, Security, estimate_tokens
 from superollama.wire import openai as wire
 
 __all__ = ["OPENAI_MISSING", "GroundedChat", "ModelTargets", "OpenAIRoutes", "read_json"]
@@ -239,9 +239,18 @@ class ModelTargets:
         self, request: web.Request, route: Route, body: Mapping[str, Any], operation: str
     ) -> None:
         """Model permission, budget and rate limit for this request (403 / 429), recorded on its exchange."""
+        pending = self.admit_soon(request, route, body, operation)
+        if pending is not None:
+            await pending
+
+    def admit_soon(
+        self, request: web.Request, route: Route, body: Mapping[str, Any], operation: str
+    ) -> Awaitable[None] | None:
+        """``admit`` as far as it goes without waiting; what is left to await, if anything (a round trip
+        of the rate limiter: ``Security.admit_soon``). Most requests are admitted here, with no coroutine."""
         ex = exchange_of(request)
         if ex is None:
-            return
+            return None
         ex.model, ex.version, ex.connection = (
             str(body.get("model") or route.name),
             route.version,
@@ -253,10 +262,14 @@ class ModelTargets:
             ex.deployment, ex.target = route.deployment, route.name
         if ex.capture:
             ex.input = body.get("messages", body.get("prompt", body.get("input")))
-        ex.admission = await self.security.admit(
+        admission = self.security.admit_soon(
             ex.principal, route.deployment or route.name, estimate_tokens(body)
         )
-        ex.headers.update(ex.admission.headers)
+        if not isinstance(admission, Admission):
+            return _admitted(ex, admission)
+        ex.admission = admission
+        ex.headers.update(admission.headers)
+        return None
 
     def _latest(self, route: Route) -> Route:
         """``route`` in the current snapshot. A deployment's target that lost its weight meanwhile (a swap
@@ -394,7 +407,8 @@ class OpenAIRoutes:
             route = self._targets.route(principal_of(request), body["model"], request=request, body=body)
             if operation == "chat" and has_image_parts(body.get("messages")):  # no coroutine for none
                 await self._targets.images.prepare(route, body, model=body["model"])
-            await self._targets.admit(request, route, body, operation)
+            if (admitting := self._targets.admit_soon(request, route, body, operation)) is not None:
+                await admitting  # a round trip of the rate limiter
             stream = body.get("stream") is True
 
             async def attempt(current: Route, more: bool) -> web.StreamResponse:
@@ -406,6 +420,11 @@ class OpenAIRoutes:
             return await self.shadow.around(request, route, path, body, answer)
 
         return handle
+
+
+async def _admitted(ex: Exchange, pending: Awaitable[Admission]) -> None:
+    admission = ex.admission = await pending
+    ex.headers.update(admission.headers)
 
 
 def _falls_back(exc: SuperOllamaError) -> bool:

@@ -116,11 +116,20 @@ class Security:
         """403 for a model outside the key's patterns (a backstop: the gateway answers such a model as
         missing before it gets here), then 429 ``insufficient_quota`` for a spent budget, then 429
         ``rate_limit_exceeded``; else the admission (reserving ``estimated_tokens``)."""
+        admission = self.admit_soon(principal, model, estimated_tokens)
+        return admission if isinstance(admission, Admission) else await admission
+
+    def admit_soon(
+        self, principal: Principal | None, model: str, estimated_tokens: int
+    ) -> Admission | Awaitable[Admission]:
+        """``admit``: the admission when the limiter decides it without waiting, else an awaitable of it
+        (``RateLimiter.admit_soon``). A refusal decided without waiting is raised here, the others when
+        the awaitable is awaited."""
         if principal is None:
             return Admission(model, None, max(0, estimated_tokens))
         if not principal.allows(model):
             raise ModelNotAllowed(f"API key {principal.prefix} may not use model {model!r}", param="model")
-        return await self.limiter.admit(principal, model, estimated_tokens)
+        return self.limiter.admit_soon(principal, model, estimated_tokens)
 
     def cost(self, model: str, record: RequestRecord) -> float:
         """USD of a finished request: ``record.cost`` when already known, else from the price table."""

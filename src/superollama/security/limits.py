@@ -35,6 +35,7 @@ __all__ = [
     "EPOCH",
     "WINDOW",
     "Admission",
+    "AdmitsSoon",
     "Bucket",
     "MemoryRateLimiter",
     "Plan",
@@ -288,9 +289,16 @@ class RateLimiter(Protocol):
     ``settle_soon`` is ``settle`` for the request path: it charges what it can at once, without waiting,
     and returns None when that was all (the common case: in memory, or owed until the limiter's next
     batched round trip), else an awaitable that sends the rest. The gateway settles every request this
-    way: a task to await a settlement that had nothing to wait for cost more than the settlement."""
+    way: a task to await a settlement that had nothing to wait for cost more than the settlement.
+
+    ``admit_soon`` is ``admit`` for the request path, the same way round: the admission when it is decided
+    without waiting (in memory, or from a key's local allowance), else an awaitable of it. The chat path
+    then enters no coroutine of the limiter's (nor of ``Security``'s) on most requests."""
 
     async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission: ...
+    def admit_soon(
+        self, principal: Principal, model: str, estimated_tokens: int
+    ) -> Admission | Awaitable[Admission]: ...
     async def settle(self, admission: Admission, actual_tokens: int, *, cost: float = 0.0) -> None: ...
     def settle_soon(
         self, admission: Admission, actual_tokens: int, *, cost: float = 0.0
@@ -298,6 +306,19 @@ class RateLimiter(Protocol):
     async def add_spend(self, principal: Principal, amount: float) -> float: ...
     async def spent(self, principal: Principal) -> float: ...
     async def close(self) -> None: ...
+
+
+class AdmitsSoon(ABC):
+    """A limiter's ``admit``, made of its ``admit_soon`` (see ``RateLimiter``)."""
+
+    @abstractmethod
+    def admit_soon(
+        self, principal: Principal, model: str, estimated_tokens: int
+    ) -> Admission | Awaitable[Admission]: ...
+
+    async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
+        admission = self.admit_soon(principal, model, estimated_tokens)
+        return admission if isinstance(admission, Admission) else await admission
 
 
 class SettlesSoon(ABC):
@@ -314,7 +335,7 @@ class SettlesSoon(ABC):
             await rest
 
 
-class MemoryRateLimiter(SettlesSoon):
+class MemoryRateLimiter(AdmitsSoon, SettlesSoon):
     """The single-process limiter: GCRA buckets and spend counters in dicts. ``clock`` returns
     ``time.time()`` seconds (injectable for tests)."""
 
@@ -329,7 +350,7 @@ class MemoryRateLimiter(SettlesSoon):
     def _now(self) -> float:
         return self._clock() - EPOCH
 
-    async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
+    def admit_soon(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
         now = self._now()
         if principal.budget_usd is not None:
             spent = self._spent(principal, now)

@@ -32,6 +32,7 @@ from superollama.security.limits import (
     EPOCH,
     WINDOW,
     Admission,
+    AdmitsSoon,
     Bucket,
     Plan,
     Plans,
@@ -160,7 +161,7 @@ class _Owed:
         return self
 
 
-class RedisRateLimiter(SettlesSoon):
+class RedisRateLimiter(AdmitsSoon, SettlesSoon):
     """``RateLimiter`` on Redis (``redis_url``), exact across processes. ``clock``: None uses Redis's clock
     (production); a function of ``time.time()`` seconds pins it (tests)."""
 
@@ -217,7 +218,11 @@ class RedisRateLimiter(SettlesSoon):
         key, ttl = spend_key(principal, self._wall() - EPOCH)
         return self._ns + key, ttl
 
-    async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
+    def admit_soon(
+        self, principal: Principal, model: str, estimated_tokens: int
+    ) -> Admission | Awaitable[Admission]:
+        """At once when no bucket applies, when Redis is known to be down, or from the key's allowance;
+        else the round trip's coroutine."""
         reserved = max(0, int(estimated_tokens))
         plan = self._plans.get(principal, model)
         buckets = plan.charge(reserved)
@@ -226,10 +231,20 @@ class RedisRateLimiter(SettlesSoon):
         if self._outage.skip():
             return self._unchecked(model, principal, reserved)
         if not (self._lease and principal.budget_usd is None and buckets):
-            return await self._admit_in_redis(model, plan, reserved, buckets, None)
+            return self._admit_in_redis(model, plan, reserved, buckets, None)
+        headers = self._from_allowance(plan.keys, plan, buckets)
+        if headers is not None:
+            return Admission(model, principal, reserved, buckets, headers)
+        return self._admit_leased(model, plan, reserved, buckets)
+
+    async def _admit_leased(
+        self, model: str, plan: Plan[str], reserved: int, buckets: tuple[Bucket, ...]
+    ) -> Admission:
+        """The key's allowance is empty (or gone): wait for a refill in flight, else take one."""
+        principal = plan.principal
         slot = plan.keys
-        headers = self._from_allowance(slot, plan, buckets)
-        if headers is None and (pending := self._refills.get(slot)) is not None:
+        headers = None
+        if (pending := self._refills.get(slot)) is not None:
             await asyncio.shield(pending)  # one refill at a time per key: wait for it, then take from it
             headers = self._from_allowance(slot, plan, buckets)
         if headers is not None:

@@ -42,6 +42,7 @@ from superollama.security.limits import (
     EPOCH,
     WINDOW,
     Admission,
+    AdmitsSoon,
     Plans,
     SettlesSoon,
     quota_error,
@@ -218,7 +219,7 @@ class SharedLimitTable:
         return sum(1 for i in range(self.slots) if (s := self._slot(i))[0] != 0 and s[2] > now)
 
 
-class SharedMemoryRateLimiter(SettlesSoon):
+class SharedMemoryRateLimiter(AdmitsSoon, SettlesSoon):
     """``RateLimiter`` on a ``SharedLimitTable``: the ``MemoryRateLimiter`` algorithm, exact across the
     processes that share the table. ``clock`` returns ``time.time()`` seconds (injectable for tests)."""
 
@@ -231,7 +232,7 @@ class SharedMemoryRateLimiter(SettlesSoon):
     def _now(self) -> float:
         return self._clock() - EPOCH
 
-    async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
+    def admit_soon(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
         now = self._now()
         reserved = max(0, estimated_tokens)
         plan = self._plans.get(principal, model)
