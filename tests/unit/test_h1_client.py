@@ -215,6 +215,42 @@ async def test_timeouts_before_and_during_the_answer(server: Server) -> None:
         await client.close()
 
 
+async def test_each_exchange_on_a_kept_connection_times_out_at_its_own_deadline(server: Server) -> None:
+    """A kept connection arms one timer and moves it lazily: a later exchange with a shorter timeout
+    still ends at its own deadline, and one with a longer timeout is not ended at the deadline of the
+    exchange that armed the timer."""
+    answers = iter([answer(b"{}"), None, answer(b"{}"), None])
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> None:
+        nxt = next(answers)
+        if nxt is None:  # a backend that stalls: the client's timeout is under test
+            await asyncio.sleep(3600)
+        else:
+            await nxt(reader, writer, request)
+
+    server.script = script
+    client = H1Client()
+    loop = asyncio.get_running_loop()
+    try:
+        async with await client.post(server.url, "/x", b"{}", JSON, timeout=60) as up:
+            await up.read()  # arms the connection's timer 60 s out
+        started = loop.time()
+        with pytest.raises(TimeoutError, match=r"within 0\.2s"):
+            await client.post(server.url, "/x", b"{}", JSON, timeout=0.2)
+        assert loop.time() - started < 30  # its own 0.2 s, not the 60 s the timer was armed for
+        assert server.connections == 1
+
+        async with await client.post(server.url, "/x", b"{}", JSON, timeout=0.3) as up:
+            await up.read()  # a new connection (the timed-out one was closed): its timer 0.3 s out
+        started = loop.time()
+        with pytest.raises(TimeoutError, match=r"within 0\.8s"):
+            await client.post(server.url, "/x", b"{}", JSON, timeout=0.8)
+        assert loop.time() - started > 0.6  # not ended when the first exchange's 0.3 s ran out
+        assert server.connections == 2
+    finally:
+        await client.close()
+
+
 async def test_leaving_a_stream_early_closes_the_backend_connection(server: Server) -> None:
     async def endless(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _req: bytes) -> None:
         writer.write(

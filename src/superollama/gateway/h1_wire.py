@@ -24,6 +24,7 @@ _CRLF = b"\r\n"
 _HEAD_END = b"\r\n\r\n"
 _MAX_HEAD = 64 * 1024
 _HIGH_WATER = 512 * 1024  # buffered answer bytes before the socket is paused
+_TIMER_SLACK = 0.001  # seconds: how early a timer may fire (uvloop keeps time in milliseconds)
 
 # parser states
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
@@ -140,7 +141,10 @@ class Connection(asyncio.Protocol):
         self._head: asyncio.Future[H1Response] | None = None
         self._keep_alive = True
         self._paused = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # one per connection, moved lazily (see ``send``)
+        self._timer_at = 0.0
+        self._due = 0.0  # loop time at which the exchange in flight times out (0: none in flight)
+        self._timeout = 0.0
         self.got_bytes = False
         self.used = 0
         self.idle_since = 0.0
@@ -170,6 +174,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._keep_alive = False
+        self._stop_timer()
         if self._state == _UNTIL_CLOSE:
             self._complete()
         elif self._state == _HEAD and not self.got_bytes:
@@ -198,14 +203,37 @@ class Connection(asyncio.Protocol):
             return gone
         self._state, self._response, self.got_bytes = _HEAD, None, False
         self._head = loop.create_future()
-        self._timer = loop.call_later(timeout, self._timed_out, timeout)
+        # The connection's timer is left where it is when it fires no later than this exchange's deadline
+        # (``_expire`` moves it on): a keep-alive connection makes and cancels no timer per request.
+        self._timeout = timeout
+        due = self._due = loop.time() + timeout
+        timer = self._timer
+        if timer is None or self._timer_at > due:
+            if timer is not None:
+                timer.cancel()
+            self._timer_at = due
+            self._timer = loop.call_at(due, self._expire)
         self.used += 1
         self.transport.write(data)
         return self._head
 
-    def _timed_out(self, timeout: float) -> None:
+    def _expire(self) -> None:
         self._timer = None
-        self._fail(TimeoutError(f"the backend did not finish answering within {timeout:g}s"))
+        due = self._due
+        if not due:
+            return  # no exchange in flight: the next one arms the timer again
+        loop = asyncio.get_running_loop()
+        if due - loop.time() > _TIMER_SLACK:  # the exchange that armed it ended; this one is not due yet
+            self._timer_at = due
+            self._timer = loop.call_at(due, self._expire)
+            return
+        self._fail(TimeoutError(f"the backend did not finish answering within {self._timeout:g}s"))
+
+    def _stop_timer(self) -> None:
+        self._due = 0.0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def release(self, response: H1Response) -> None:
         """The caller is done with ``response``: pool the connection if the answer ended cleanly."""
@@ -221,9 +249,7 @@ class Connection(asyncio.Protocol):
             self.abort()
 
     def abort(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
         if self.transport is not None:
             self.transport.abort()
             self.transport = None
@@ -231,9 +257,7 @@ class Connection(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         state, self._state = self._state, _DONE
         self._keep_alive = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
         if self._head is not None and not self._head.done():
             self._head.set_exception(exc)
         elif self._response is not None and state != _DONE:
@@ -244,9 +268,7 @@ class Connection(asyncio.Protocol):
 
     def _complete(self) -> None:
         self._state = _DONE
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._due = 0.0  # the timer stays armed for the connection's next exchange
         if self._buf:  # bytes past the end of the answer: the connection is out of step
             self._keep_alive = False
             self._buf.clear()
