@@ -186,7 +186,20 @@ async def test_idle_buckets_are_forgotten(clock: Clock) -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0, "0s"), (0.0004, "1ms"), (0.02, "20ms"), (1, "1s"), (1.5, "1.5s"), (59.9991, "60s"), (360, "6m0s")],
+    [
+        (0, "0s"),
+        (-1, "0s"),
+        (1e-9, "1ms"),
+        (0.0004, "1ms"),
+        (0.02, "20ms"),
+        (0.0201, "21ms"),
+        (0.999, "999ms"),
+        (0.9999999, "1000ms"),
+        (1, "1s"),
+        (1.5, "1.5s"),
+        (59.9991, "60s"),
+        (360, "6m0s"),
+    ],
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text

@@ -244,12 +244,15 @@ def settled_tat(tat: float | None, now: float, delta: int, interval: float) -> f
     return base + delta * interval
 
 
+_MILLISECONDS = tuple(f"{n}ms" for n in range(1001))  # every request's reset headers: made once
+
+
 def format_duration(seconds: float) -> str:
     """Like OpenAI's reset headers (Go durations): ``20ms``, ``1.5s``, ``6m0s``."""
     if seconds <= 0:
         return "0s"
     if seconds < 1:
-        return f"{max(1, math.ceil(seconds * 1000))}ms"
+        return _MILLISECONDS[max(1, math.ceil(seconds * 1000))]
     if seconds < 60:
         return f"{math.ceil(seconds * 1000) / 1000:g}s"
     minutes, rest = divmod(math.ceil(seconds), 60)
