@@ -175,6 +175,17 @@ def test_numbers_at_their_limits_pass() -> None:
         (b'{"usage":null}', None),
         (b'{"usage" : {"prompt_tokens": 3', None),  # cut short
         (b"", None),
+        # details objects (two levels of braces, matched at once), and three levels (brace by brace)
+        (
+            b'{"usage":{"prompt_tokens":12,"completion_tokens":20,"prompt_tokens_details":{"cached_tokens":0},'
+            b'"completion_tokens_details":{"reasoning_tokens":0}},"x":1}',
+            (12, 20),
+        ),
+        (b'{"usage":{"prompt_tokens":7,"completion_tokens":8,"d":{"e":{"f":1}},"g":{}}}', (7, 8)),
+        (b'{"usage":{"prompt_tokens":7,"completion_tokens":8,"d":{"e":{"f":1}}', None),  # cut short, deep
+        # a brace inside a string of the usage object: the careful scan decides
+        (b'{"usage":{"note":"a } and a {","prompt_tokens":5,"completion_tokens":1,"d":{}}}', (5, 1)),
+        (b'{"usage":{"prompt_tokens":5,"completion_tokens":1,"d":{"s":"}"}}}', (5, 1)),
     ],
 )
 def test_find_usage(data: bytes, usage: tuple[int, int] | None) -> None:

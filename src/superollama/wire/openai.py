@@ -260,21 +260,31 @@ def find_usage(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+# An object whose braces nest at most two deep (a usage object and its ``*_details``), matched in one call;
+# possessive, so it never backtracks (linear in what it reads, whatever follows)
+_SHALLOW_OBJECT = re.compile(rb"\{(?:[^{}]++|\{[^{}]*+\})*+\}")
+
+
 def _object_at(data: bytes, start: int) -> Any:
-    """The JSON value of the object opening at ``start``, or None. Usage objects hold only keys and
-    numbers, so the braces are matched first by jumping from brace to brace at C speed; if that slice
+    """The JSON value of the object opening at ``start``, or None. Usage objects hold only keys, numbers
+    and objects of those, so the braces are matched first, at C speed: one regular expression for the
+    usual two levels (a third of the time of a ``find`` per brace), else brace to brace. If that slice
     does not parse (a brace inside a string), the careful scan decides."""
-    depth, i = 0, start
-    while True:
-        opening, closing = data.find(b"{", i), data.find(b"}", i)
-        if closing == -1:
-            return None
-        if opening != -1 and opening < closing:
-            depth, i = depth + 1, opening + 1
-            continue
-        depth, i = depth - 1, closing + 1
-        if depth == 0:
-            break
+    shallow = _SHALLOW_OBJECT.match(data, start)
+    if shallow is not None:
+        i = shallow.end()
+    else:
+        depth, i = 0, start
+        while True:
+            opening, closing = data.find(b"{", i), data.find(b"}", i)
+            if closing == -1:
+                return None
+            if opening != -1 and opening < closing:
+                depth, i = depth + 1, opening + 1
+                continue
+            depth, i = depth - 1, closing + 1
+            if depth == 0:
+                break
     try:
         return orjson.loads(data[start:i])
     except orjson.JSONDecodeError:
