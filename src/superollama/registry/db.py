@@ -253,6 +253,9 @@ def _sqlite_engine(url: URL, pool_size: int) -> AsyncEngine:
     return engine
 
 
+_NONE_ADAPTER: Any = {}.get  # None for any argument, in C (see _bind_none_directly)
+
+
 def _bind_none_directly() -> None:
     """Bind ``None`` (SQL NULL) without the sqlite3 module's failed adaptation lookup.
 
@@ -264,9 +267,6 @@ def _bind_none_directly() -> None:
     argument) hands ``None`` back, which is then bound as NULL, as before. Process-wide, like every sqlite3
     adapter, and the same value for every user of the module."""
     sqlite3.register_adapter(type(None), _NONE_ADAPTER)
-
-
-_NONE_ADAPTER: Any = {}.get
 
 
 def _postgres_engine(url: URL, schema: str | None, pool_size: int) -> AsyncEngine:

@@ -16,7 +16,7 @@ from superollama.core.types import RequestRecord
 from superollama.errors import AdminRequired, Forbidden, ModelNotAllowed, Unauthorized
 from superollama.security.budgets import Budgets
 from superollama.security.keys import KeyCache, Principal, looks_like_key
-from superollama.security.limits import Admission, RateLimiter
+from superollama.security.limits import Admission, RateLimiter, admitted
 from superollama.security.sessions import COOKIE, CSRF_HEADER, SAFE_METHODS, Sessions
 
 __all__ = ["DEFAULT_COMPLETION_TOKENS", "Security", "bearer_key", "estimate_tokens"]
@@ -116,8 +116,7 @@ class Security:
         """403 for a model outside the key's patterns (a backstop: the gateway answers such a model as
         missing before it gets here), then 429 ``insufficient_quota`` for a spent budget, then 429
         ``rate_limit_exceeded``; else the admission (reserving ``estimated_tokens``)."""
-        admission = self.admit_soon(principal, model, estimated_tokens)
-        return admission if isinstance(admission, Admission) else await admission
+        return await admitted(self.admit_soon(principal, model, estimated_tokens))
 
     def admit_soon(
         self, principal: Principal | None, model: str, estimated_tokens: int

@@ -42,6 +42,7 @@ __all__ = [
     "Plans",
     "RateLimiter",
     "SettlesSoon",
+    "admitted",
     "format_duration",
     "quota_error",
     "rate_limited",
@@ -320,8 +321,12 @@ class AdmitsSoon(ABC):
     ) -> Admission | Awaitable[Admission]: ...
 
     async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
-        admission = self.admit_soon(principal, model, estimated_tokens)
-        return admission if isinstance(admission, Admission) else await admission
+        return await admitted(self.admit_soon(principal, model, estimated_tokens))
+
+
+async def admitted(soon: Admission | Awaitable[Admission]) -> Admission:
+    """What an ``admit_soon`` handed back, as the admission (awaited when it is an awaitable)."""
+    return soon if isinstance(soon, Admission) else await soon
 
 
 class SettlesSoon(ABC):
