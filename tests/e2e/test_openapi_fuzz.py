@@ -9,6 +9,8 @@ otherwise never reach real code or take minutes per request (``_narrow``):
   and so is a vector store's ``embedding_model`` (the server's default for them, too);
 - generation is bounded (``max_tokens`` and its kin at most 8, and required), so that one example is one
   short llama.cpp call, not a 4096-token ramble;
+- the event log's live stream is bounded too (``timeout`` at most 2 s, and required): unbounded, it
+  is endless by design, and the run sat waiting out the 120 s request timeout on it;
 - ``apply``'s ``prune`` stays false: a random fleet file with prune deletes the model under test;
 - Anthropic's ``x-api-key`` header is not generated: the run authenticates with an admin key.
 No operation is excluded: the four that delete, rename or disable the model under test run in a second
@@ -54,9 +56,15 @@ _LAST = (
 
 def _narrow(doc: dict[str, Any]) -> dict[str, Any]:
     doc = copy.deepcopy(doc)
+    bounded = 0
     for path, methods in doc["paths"].items():
         for op in methods.values():
             op["parameters"] = [p for p in op["parameters"] if p["name"] != "x-api-key"]
+            for param in op["parameters"]:
+                if path.endswith("/events/stream") and param["name"] == "timeout":
+                    param["schema"] = {"type": "number", "exclusiveMinimum": 0, "maximum": 2}
+                    param["required"] = True
+                    bounded += 1
             body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
             if not body or "properties" not in body:
                 continue
@@ -76,6 +84,7 @@ def _narrow(doc: dict[str, Any]) -> dict[str, Any]:
                 body["required"] = sorted({*body.get("required", []), "options"})
             if path == "/admin/v1/apply":
                 props["prune"] = {"const": False}
+    assert bounded == 1, "the event stream's timeout was not found: the run would wait out endless streams"
     return doc
 
 

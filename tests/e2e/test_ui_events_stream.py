@@ -5,6 +5,7 @@ filters and the admin guard hold."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,3 +71,23 @@ def test_the_stream_needs_an_admin_or_viewer_key(ui_server: UiServer) -> None:
     assert httpx.get(url, headers={"Authorization": f"Bearer {user}"}, timeout=30).status_code == 403
     bad = httpx.get(url, params={"backlog": "x"}, headers={"Authorization": f"Bearer {ui_server.admin_key}"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "backlog", bad.text
+
+
+def test_a_stream_with_a_timeout_ends_by_itself_after_sending_what_came(ui_server: UiServer) -> None:
+    headers = {"Authorization": f"Bearer {ui_server.admin_key}"}
+    done = ui_server.api("POST", "/admin/v1/copy", json={"source": SMOL, "destination": "stream-window:1"})
+    assert done.status_code == 201, done.text
+    url = f"{ui_server.url}/admin/v1/events/stream"
+    params = {"backlog": "5", "target": "stream-window:1", "timeout": "1.5"}
+    started = time.monotonic()
+    with httpx.stream("GET", url, params=params, headers=headers, timeout=60) as response:
+        assert response.status_code == 200
+        got = list(messages(response))  # returns only when the server ends the stream
+    took = time.monotonic() - started
+    assert [m["data"]["action"] for m in got] == ["model.copy"], got
+    assert 1.5 <= took < 30, took  # ended by the server, not by the client's 60 s timeout
+
+    for bad in ("0", "-1", "x", "inf", "nan"):
+        refused = httpx.get(url, params={"timeout": bad}, headers=headers, timeout=30)
+        assert refused.status_code == 400, (bad, refused.text)
+        assert refused.json()["error"]["param"] == "timeout", refused.text

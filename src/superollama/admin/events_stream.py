@@ -4,7 +4,9 @@ page, or ``curl -N``).
 Each event is one SSE message, ``id:`` its event id and ``data:`` its JSON (``event_json``). The stream
 opens with the latest ``backlog`` events (default 20, oldest first), then sends each new one. A client
 that reconnects with ``Last-Event-ID`` (EventSource does) gets only what came after it. ``target`` and
-``action`` filter as on ``GET /admin/v1/events``.
+``action`` filter as on ``GET /admin/v1/events``. ``timeout`` (seconds, as Kubernetes' watch
+``timeoutSeconds``) ends the stream after that long, whatever came: for a script that wants what happens
+within a window, and for a client that must not hold a request open for ever.
 
 Why it polls the registry (every ``POLL`` seconds) rather than listening in memory: events are written by
 every process that shares the registry — the primary, the replicas, the CLI's offline commands — and the
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from datetime import datetime
 
@@ -49,6 +52,7 @@ class EventStreamRoutes:
             last_id = int(request.headers.get("Last-Event-ID", "0") or 0)
         except ValueError:
             raise InvalidRequest("'backlog' and Last-Event-ID must be integers", param="backlog") from None
+        ends = _deadline(q.get("timeout"))
         filters = {"target": q.get("target") or None, "action": q.get("action") or None}
         response = web.StreamResponse(
             headers={
@@ -69,6 +73,8 @@ class EventStreamRoutes:
                     await response.write(_message(event))
                     last_id = event.id or last_id
                     since = event.created_at or since
+                if time.monotonic() >= ends:
+                    break
                 if fresh:
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since >= KEEPALIVE:
@@ -78,9 +84,22 @@ class EventStreamRoutes:
                     newest = await self._controller.events(limit=1)
                     last_id = max(last_id, newest[0].id or 0) if newest and not first else last_id
                     since = newest[0].created_at if newest else None
-                await asyncio.sleep(POLL)
+                await asyncio.sleep(min(POLL, max(0.0, ends - time.monotonic())))
                 first = await self._controller.events(limit=_PAGE, since=since, **filters)
         return response
+
+
+def _deadline(timeout: str | None) -> float:
+    """When a stream with this ``timeout`` query parameter ends, on the monotonic clock."""
+    if timeout is None:
+        return math.inf
+    try:
+        seconds = float(timeout)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise InvalidRequest("'timeout' must be a positive number of seconds", param="timeout")
+    return time.monotonic() + seconds
 
 
 def _message(event: EventRecord) -> bytes:

@@ -55,10 +55,16 @@ class Events(Resource):
 
     @route("GET", ADMIN + "/events/stream")
     def stream(
-        self, *, backlog: int | None = None, target: str | None = None, action: str | None = None
+        self,
+        *,
+        backlog: int | None = None,
+        target: str | None = None,
+        action: str | None = None,
+        timeout: float | None = None,
     ) -> Iterator[Event]:
-        """Events as they happen (after the ``backlog`` latest), until the loop is left."""
-        params = {"backlog": backlog, "target": target, "action": action}
+        """Events as they happen (after the ``backlog`` latest), until the loop is left or, with
+        ``timeout``, for that many seconds."""
+        params = {"backlog": backlog, "target": target, "action": action, "timeout": timeout}
         for _name, data in self._t.events("GET", ADMIN + "/events/stream", params=params):
             yield cast(Event, orjson.loads(data))
 

@@ -499,6 +499,7 @@ OPERATIONS = (
             _query("backlog", integer(), "past events first"),
             _query("target", string(), "only this target"),
             _query("action", string(), "only this action"),
+            _query("timeout", number(exclusiveMinimum=0), "end the stream after this many seconds"),
         ),
     ),
     _op(
