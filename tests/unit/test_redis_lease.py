@@ -1,7 +1,9 @@
 """The Redis limiter's local allowance (``security/redis_lease.py``) against the real Redis on
 127.0.0.1:6379 (a namespace per test, deleted afterwards), with a pinned clock: a busy key with large
 limits admits from the allowance without touching its buckets, the headers still count down, what is left
-goes back to Redis, the limit stays exact to the request, and small limits or a budget get none."""
+goes back to Redis, the limit stays exact to the request, and small limits or a budget get none. The next
+allowance is taken ahead, in the background: a steady key's requests never wait for Redis, and where the
+buckets have no room for one, requests go to Redis one by one without asking again."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from redis.asyncio import Redis
 from superollama.errors import RateLimited
 from superollama.security import Principal
 from superollama.security.limits import EPOCH, WINDOW, Admission
-from superollama.security.redis_lease import LEASE_MIN, LEASE_REQUESTS, LEASE_SHARE
+from superollama.security.redis_lease import LEASE_LOW_AGE, LEASE_MIN, LEASE_REQUESTS, LEASE_SHARE, LEASE_TTL
 from superollama.security.redis_limits import RedisRateLimiter
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -149,3 +151,91 @@ async def test_admit_soon_decides_from_the_allowance_without_a_coroutine(
         assert not isinstance(trip, Admission)
         await trip
     assert await _ahead(ns, small, "rpm") == pytest.approx(2 * WINDOW / small.rpm, abs=1e-6)
+
+
+async def _evalsha_calls() -> int:
+    redis = Redis.from_url(REDIS_URL)
+    stats = await redis.info("commandstats")
+    await redis.aclose()
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def _settle_background() -> None:
+    """Let what the limiter started in the background (an allowance taken ahead) finish."""
+    for _ in range(50):
+        await asyncio.sleep(0.002)
+
+
+async def test_the_next_allowance_is_taken_ahead_so_no_request_waits(
+    made: Callable[..., tuple[RedisRateLimiter, str]],
+) -> None:
+    """Past three quarters of an allowance, the next is taken in the background: after the first, no
+    admission is a round trip, the headers count down as an exact limiter's, and once what is left goes
+    back, the bucket holds exactly the requests admitted."""
+    ticks = itertools.count()
+    limiter, ns = made(monotonic=lambda: next(ticks) * 1e-6)  # time stands still: only use runs it down
+    rpm = 100_000
+    p = principal(rpm=rpm)
+    grant = min(rpm // LEASE_SHARE, LEASE_REQUESTS)
+    first = limiter.admit_soon(p, "m", 0)
+    assert not isinstance(first, Admission)
+    remaining = [int((await first).headers["x-ratelimit-remaining-requests"])]
+    admitted = 3 * grant
+    for _ in range(admitted - 1):
+        soon = limiter.admit_soon(p, "m", 0)
+        assert isinstance(soon, Admission), "a request waited for Redis"
+        remaining.append(int(soon.headers["x-ratelimit-remaining-requests"]))
+        await asyncio.sleep(0)  # the loop turns between requests, as it does in a server
+        await asyncio.sleep(0)
+    assert remaining == list(range(rpm - 1, rpm - 1 - admitted, -1))
+    await limiter.flush()
+    assert await _ahead(ns, p, "rpm") == pytest.approx(admitted * WINDOW / rpm, abs=1e-6)
+
+
+async def test_an_allowance_late_in_its_life_is_followed_ahead_and_what_is_left_goes_back(
+    made: Callable[..., tuple[RedisRateLimiter, str]],
+) -> None:
+    now = [0.0]
+    limiter, ns = made(monotonic=lambda: now[0])
+    rpm = 100_000
+    p = principal(rpm=rpm)
+    grant = min(rpm // LEASE_SHARE, LEASE_REQUESTS)
+    interval = WINDOW / rpm
+    await limiter.admit(p, "m", 0)  # takes the first allowance
+    now[0] = LEASE_LOW_AGE  # three quarters of its life gone, most of it left
+    soon = limiter.admit_soon(p, "m", 0)
+    assert isinstance(soon, Admission)
+    await _settle_background()  # the second allowance arrives, and the rest of the first goes back
+    assert await _ahead(ns, p, "rpm") == pytest.approx((2 + grant) * interval, abs=1e-6)
+    now[0] = LEASE_LOW_AGE + LEASE_TTL / 10  # the first would have expired by now; the second has not
+    assert isinstance(limiter.admit_soon(p, "m", 0), Admission)
+    await limiter.flush()
+    assert await _ahead(ns, p, "rpm") == pytest.approx(3 * interval, abs=1e-6)
+
+
+async def test_with_no_room_for_an_allowance_ahead_requests_go_to_redis_exactly_and_it_is_not_asked_again(
+    made: Callable[..., tuple[RedisRateLimiter, str]],
+) -> None:
+    """Room for ten requests: the first takes itself and an allowance (room for one more left); the next
+    allowance is refused, once; the request after the allowance is a round trip that takes the last room,
+    and the one after that is refused. Ten admitted, as an exact limiter would."""
+    ticks = itertools.count()
+    limiter, ns = made(monotonic=lambda: next(ticks) * 1e-6)
+    rpm = LEASE_MIN * LEASE_SHARE
+    grant = LEASE_MIN
+    p = principal(rpm=rpm)
+    interval = WINDOW / rpm
+    redis = Redis.from_url(REDIS_URL)
+    await redis.set(f"{ns}{{{p.key_id}}}:rpm", repr(T0 - EPOCH + WINDOW - 10 * interval))
+    await redis.aclose()
+    before = await _evalsha_calls()
+    for _ in range(1 + grant):
+        await limiter.admit(p, "m", 0)
+        await _settle_background()
+    scripts = await _evalsha_calls() - before
+    assert scripts == 2, scripts  # the first admission and one allowance asked ahead (refused)
+    await limiter.admit(p, "m", 0)  # the tenth: a round trip, exact
+    with pytest.raises(RateLimited):
+        await limiter.admit(p, "m", 0)
+    await limiter.flush()
+    assert await _ahead(ns, p, "rpm") == pytest.approx(WINDOW, abs=1e-6)

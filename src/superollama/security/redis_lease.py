@@ -1,19 +1,21 @@
 """Local pre-admission for the Redis limiter: a busy key takes a small allowance of requests (and tokens)
 from Redis together with one admission, then admits its next requests from that allowance in memory, with
-no round trip.
+no round trip. The next allowance is taken ahead, in the background, when a quarter of the current one is
+left or three quarters of its life are gone: a steady key's requests never wait for Redis.
 
 The allowance is charged to the key's buckets in Redis when it is taken (in the same atomic script as the
-admission), so every process sees it as spent at once: no process can admit beyond the limit because of it.
-What is left of an allowance after ``LEASE_TTL`` seconds (or when the next one is taken) is refunded with
-the next settlement. The stated bound, per bucket:
+admission, or alone when taken ahead), so every process sees it as spent at once: no process can admit
+beyond the limit because of it. What is left of an allowance after ``LEASE_TTL`` seconds (or when the next
+one arrives) is refunded with the next settlement. The stated bound, per bucket:
 
 - at most ``LEASE_TTL / 60 s`` of the limit (0.1 %) more admitted than an exact limiter would, and only
   when the bucket was not full at the grant: units are charged before they are used, so a bucket with
   room counts them from the grant's time rather than from their use, at most ``LEASE_TTL`` earlier (a
   full bucket's TAT lies ahead of now, where the time of the charge does not move it);
-- at most ``min(limit // LEASE_SHARE, LEASE_REQUESTS requests' worth)`` units per gateway process held
-  back (charged, not yet used) at any moment, each for at most ``LEASE_TTL`` plus ``settle_delay``
-  seconds: 0.1 % of the limit, so a key refused near its limit is refused at most that early;
+- at most ``1.25 * min(limit // LEASE_SHARE, LEASE_REQUESTS requests' worth)`` units per gateway process
+  held back (charged, not yet used) at any moment, each for at most ``LEASE_TTL`` plus ``settle_delay``
+  seconds: the allowance in use, of which a quarter at most is left when the next is taken, and the next.
+  That is 0.125 % of the limit, so a key refused near its limit is refused at most that early;
 - only buckets that large get an allowance (worth ``LEASE_MIN`` requests at least: rpm >= 8,000), and
   never a key with a budget (its spend is checked in Redis on every request). Smaller limits behave
   exactly as without it. While Redis is unreachable, what is left of an allowance is still admitted
@@ -31,12 +33,24 @@ from dataclasses import dataclass
 from superollama.security.keys import Principal
 from superollama.security.limits import Bucket, Plan
 
-__all__ = ["LEASE_MIN", "LEASE_REQUESTS", "LEASE_SHARE", "LEASE_TTL", "Allowance", "grant_for"]
+__all__ = [
+    "LEASE_LOW_AGE",
+    "LEASE_LOW_LEFT",
+    "LEASE_MIN",
+    "LEASE_REQUESTS",
+    "LEASE_SHARE",
+    "LEASE_TTL",
+    "Allowance",
+    "grant_for",
+]
 
 LEASE_SHARE = 1000  # an allowance is at most 1/1000 of each bucket's limit
 LEASE_REQUESTS = 64  # and at most this many requests' worth of each bucket
 LEASE_MIN = 8  # an allowance smaller than this many requests' worth saves too little to be taken
 LEASE_TTL = 0.06  # seconds an allowance admits from; what is left then goes back to Redis
+# the next allowance is taken ahead when this share of the current one is left, or of its life is gone
+LEASE_LOW_LEFT = 0.25
+LEASE_LOW_AGE = 0.75 * LEASE_TTL
 
 
 def grant_for(buckets: Sequence[Bucket]) -> tuple[int, ...] | None:
@@ -58,9 +72,27 @@ class Allowance:
     tats: list[float]
     now: float  # Redis time (relative to EPOCH) of the grant
     taken_at: float  # local monotonic time of the grant
+    low: tuple[int, ...] = ()  # units left per bucket under which the next one is taken ahead (set here)
+    ahead: bool = False  # whether the next one was asked for (once: a refusal is not asked again)
+
+    def __post_init__(self) -> None:
+        self.low = tuple(int(n * LEASE_LOW_LEFT) for n in self.left)
 
     def expired(self, monotonic: float) -> bool:
         return monotonic - self.taken_at >= LEASE_TTL
+
+    def running_low(self, monotonic: float) -> bool:
+        """Whether the next allowance is due and not asked for yet: a quarter or less left of a bucket's,
+        or of its life."""
+        if self.ahead:
+            return False
+        if monotonic - self.taken_at >= LEASE_LOW_AGE:
+            return True
+        # a loop, not any() over a generator: asked on every admission from the allowance
+        for n, low in zip(self.left, self.low, strict=True):  # noqa: SIM110
+            if n <= low:
+                return True
+        return False
 
     def take(self, plan: Plan[str], buckets: Sequence[Bucket], monotonic: float) -> dict[str, str] | None:
         """Admit one request costing ``buckets``' costs (``plan``'s, charged) from what is left: its rate
