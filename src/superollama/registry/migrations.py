@@ -652,6 +652,15 @@ def _m0018_version_placements(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _m0019_usage_write_indexes(conn: Connection) -> None:
+    """The ledger's rows are read by time only (``created_at``); the indexes on ``key_id`` and ``model``
+    served no query and cost every request's row a third of its insert (two more B-trees to update).
+    Their names are ``NAMING_CONVENTION``'s; on Postgres the connection's search path holds the registry's
+    schema, where they are."""
+    for name in ("ix_usage_key_id", "ix_usage_model"):
+        conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create models, versions, nodes, instances, events", _m0001_initial),
     Migration(2, "create connections", _m0002_connections),
@@ -680,6 +689,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(16, "create fine_tuning_jobs, fine_tuning_events, fine_tuning_checkpoints", _m0016_fine_tuning),
     Migration(17, "create join_tokens", _m0017_join_tokens),
     Migration(18, "create version_placements", _m0018_version_placements),
+    Migration(19, "drop the indexes on usage.key_id and usage.model", _m0019_usage_write_indexes),
 )
 
 
