@@ -69,6 +69,9 @@ async def test_async_client_pulls_with_progress_and_manages_the_version(
         backlog = [await anext(live) for _ in range(3)]  # the three latest, oldest first
         await live.aclose()
         assert [e["action"] for e in backlog] == ["model.disable", "model.enable", "model.remove"]
+        # with a timeout the server ends the stream: the loop ends by itself
+        window = [e async for e in so.events.stream(backlog=1, target="other:1", timeout=0.5)]
+        assert [e["action"] for e in window] == ["model.remove"]
 
 
 async def test_sync_client_reads_and_writes_the_same_api(server: TestServer) -> None:

@@ -16,6 +16,7 @@ from superollama.client._common import (
     decode_line,
     headers,
     retry_wait,
+    without_none,
     status_error,
     talking,
     timeouts,
@@ -78,7 +79,7 @@ class AsyncTransport:
         """The JSON answer of one call (its bytes with ``raw``); retried as ``_common.retry_wait`` allows.
         Parameters that are None are left out of the query. ``timeout``: this call's, in seconds, for
         the calls the server itself bounds by a longer time (the client's otherwise)."""
-        query = {k: v for k, v in (params or {}).items() if v is not None}
+        query = without_none(**(params or {}))
         attempt = 0
         while True:
             try:
@@ -114,7 +115,8 @@ class AsyncTransport:
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """The NDJSON lines of a streamed answer (job progress), never retried."""
-        stream = self._http.stream(method, path, json=json, params=params, timeout=self._stream_timeout)
+        query = without_none(**(params or {}))  # a None would go as an empty value
+        stream = self._http.stream(method, path, json=json, params=query, timeout=self._stream_timeout)
         with talking(self.base_url):
             async with stream as response:
                 if response.status_code >= 400:
@@ -128,7 +130,8 @@ class AsyncTransport:
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> AsyncIterator[ServerEvent]:
         """The server-sent events of a streamed answer, as (event, data); ends at ``data: [DONE]``."""
-        stream = self._http.stream(method, path, json=json, params=params, timeout=self._stream_timeout)
+        query = without_none(**(params or {}))  # a None would go as an empty value
+        stream = self._http.stream(method, path, json=json, params=query, timeout=self._stream_timeout)
         with talking(self.base_url):
             async with stream as response:
                 if response.status_code >= 400:

@@ -83,7 +83,7 @@ def flag(value: bool | None) -> str | None:
 
 
 def without_none(**fields: Any) -> dict[str, Any]:
-    """A request body without the fields left out (None)."""
+    """A request body, or a query, without the fields left out (None)."""
     return {k: v for k, v in fields.items() if v is not None}
 
 

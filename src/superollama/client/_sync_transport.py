@@ -20,6 +20,7 @@ from superollama.client._common import (
     talking,
     timeouts,
     with_retry_after,
+    without_none,
 )
 from superollama.client._errors import SuperollamaError
 
@@ -78,7 +79,7 @@ class Transport:
         """The JSON answer of one call (its bytes with ``raw``); retried as ``_common.retry_wait`` allows.
         Parameters that are None are left out of the query. ``timeout``: this call's, in seconds, for
         the calls the server itself bounds by a longer time (the client's otherwise)."""
-        query = {k: v for k, v in (params or {}).items() if v is not None}
+        query = without_none(**(params or {}))
         attempt = 0
         while True:
             try:
@@ -114,7 +115,8 @@ class Transport:
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> Iterator[dict[str, Any]]:
         """The NDJSON lines of a streamed answer (job progress), never retried."""
-        stream = self._http.stream(method, path, json=json, params=params, timeout=self._stream_timeout)
+        query = without_none(**(params or {}))  # a None would go as an empty value
+        stream = self._http.stream(method, path, json=json, params=query, timeout=self._stream_timeout)
         with talking(self.base_url), stream as response:
             if response.status_code >= 400:
                 response.read()
@@ -127,7 +129,8 @@ class Transport:
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> Iterator[ServerEvent]:
         """The server-sent events of a streamed answer, as (event, data); ends at ``data: [DONE]``."""
-        stream = self._http.stream(method, path, json=json, params=params, timeout=self._stream_timeout)
+        query = without_none(**(params or {}))  # a None would go as an empty value
+        stream = self._http.stream(method, path, json=json, params=query, timeout=self._stream_timeout)
         with talking(self.base_url), stream as response:
             if response.status_code >= 400:
                 response.read()
