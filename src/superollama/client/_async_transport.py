@@ -16,11 +16,11 @@ from superollama.client._common import (
     decode_line,
     headers,
     retry_wait,
-    without_none,
     status_error,
     talking,
     timeouts,
     with_retry_after,
+    without_none,
 )
 from superollama.client._errors import SuperollamaError
 
