@@ -10,6 +10,7 @@ import asyncio
 import csv
 import io
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -26,9 +27,10 @@ from tests.databases import postgres_schema, schema_url
 
 from superollama.admin.usage import UsageRoutes, parse_time
 from superollama.core import RequestRecord
-from superollama.errors import InvalidRequest
+from superollama.errors import InvalidRequest, RegistryError
 from superollama.gateway import error_middleware
 from superollama.registry import Registry, open_registry
+from superollama.registry import _usage as usage_repository
 from superollama.registry._usage import _created_at
 from superollama.registry.schema import usage
 from superollama.settings import Settings
@@ -335,3 +337,37 @@ async def test_sqlite_binds_none_at_the_first_adapter_lookup(tmp_path: Path) -> 
         assert plain.execute("SELECT ? IS NULL, typeof(?)", (None, None)).fetchone() == (1, "null")
     finally:
         plain.close()
+
+
+async def test_sqlite_builds_a_batch_in_its_own_thread_and_gives_the_cpu_up_as_it_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the rows are built in the driver's thread as it inserts them, not on the event loop, and
+    that thread yields the CPU every ``_ROWS_PER_YIELD`` rows: on a one-core gateway a whole batch ran in
+    one time slice while requests waited."""
+    yielded: list[int] = []
+    monkeypatch.setattr(usage_repository, "_yield_cpu", lambda: yielded.append(threading.get_ident()))
+    reg = await open_registry(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+    try:
+        rows = workload()[:250]
+        assert await reg.usage.insert_many(rows) == 250
+        assert len(yielded) == 250 // usage_repository._ROWS_PER_YIELD
+        assert threading.get_ident() not in yielded  # not the loop's thread
+        stored = await reg.usage.query(since=datetime.fromtimestamp(DAY1 - 1, UTC))
+        assert stored == [replace(r, input=None, output=None) for r in rows]
+    finally:
+        await reg.close()
+
+
+async def test_a_batch_the_database_refuses_is_a_registry_error_and_leaves_nothing(
+    registry: Registry,
+) -> None:
+    """A row the table refuses (no request id) fails the whole batch as a ``RegistryError``, writes none of
+    it, and the next batch goes in."""
+    good = workload()[:3]
+    with pytest.raises(RegistryError, match="recording usage failed"):
+        await registry.usage.insert_many([*good, replace(good[0], request_id=None)])  # type: ignore[arg-type]
+    since = datetime.fromtimestamp(DAY1 - 1, UTC)
+    assert await registry.usage.query(since=since) == []
+    assert await registry.usage.insert_many(good) == 3
+    assert [r.request_id for r in await registry.usage.query(since=since)] == [r.request_id for r in good]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,8 +24,9 @@ def describe(exc: BaseException) -> str:
 
 @contextmanager
 def mapped(what: str) -> Iterator[None]:
-    """Turn a database failure inside the block into ``RegistryError("<what> failed: …")``."""
+    """Turn a database failure inside the block into ``RegistryError("<what> failed: …")`` (the driver's
+    own, too, where a statement goes to the driver directly: ``sqlite3.Error``)."""
     try:
         yield
-    except (SQLAlchemyError, OSError) as exc:
+    except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
         raise RegistryError(f"registry: {what} failed: {describe(exc)}") from exc

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import operator
-from collections.abc import Callable, Mapping, Sequence
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +26,9 @@ _COLUMNS = [c.name for c in usage.columns if c.name != "id"]
 _ATTRIBUTES = {"created_at": "started_at", "latency": "duration"}  # a column → the record's attribute
 # rows built per turn of the event loop (a stall of ~0.2 ms at most)
 _ROWS_PER_TURN = 100
+# rows SQLite's writer thread inserts before it gives the CPU up (~0.2 ms of work)
+_ROWS_PER_YIELD = 32
+_yield_cpu: Callable[[], None] = getattr(os, "sched_yield", lambda: time.sleep(0))
 # probes of the fast ``created_at``: the edges of microsecond rounding, a carry into the next second
 _PROBES = (1_767_225_599.9999995, 1_767_225_600.0000005, 1_767_225_600.0000015, 1_767_225_600.123456789)
 
@@ -74,6 +79,21 @@ def _created_at(dialect: Dialect, process: Callable[[Any], Any]) -> Callable[[fl
     return fast if all(fast(t) == through_process(t) for t in _PROBES) else through_process
 
 
+def _paced(
+    records: Sequence[RequestRecord], row: Callable[[RequestRecord], tuple[Any, ...]]
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of a batch for SQLite's ``executemany``, built in the driver's thread as it asks for them,
+    which gives the CPU up every ``_ROWS_PER_YIELD`` rows.
+
+    On a gateway that has one core, the event loop and that thread share it: a 500-row insert ran to its
+    end in one of the scheduler's time slices (~3 ms), and the requests that came meanwhile waited all of
+    it (most of the c=1 p99). Yielding every few rows lets them in after ~0.2 ms."""
+    for n, record in enumerate(records, 1):
+        yield row(record)
+        if n % _ROWS_PER_YIELD == 0:
+            _yield_cpu()
+
+
 def _record(row: Row[Any]) -> RequestRecord:
     m = row._mapping
     return RequestRecord(
@@ -119,6 +139,12 @@ class UsageRepository:
         if not records:
             return 0
         insert = self._compiled_insert()
+        if self._db.dialect == "sqlite":
+            async with self._db.write("recording usage") as conn:
+                driver = await conn.driver_connection()  # aiosqlite's: the rows are built in its thread
+                async with driver.executemany(insert.sql, _paced(records, insert.row)):
+                    pass  # the cursor is closed as soon as it is done
+            return len(records)
         row = insert.row
         rows = []
         for n, record in enumerate(records, 1):

@@ -144,6 +144,11 @@ class AsyncConnection:
         """A string handed to the driver as it is (its own parameter style)."""
         return await greenlet_spawn(self.sync_connection.exec_driver_sql, statement, parameters)
 
+    async def driver_connection(self) -> Any:
+        """The driver's own connection under this one (aiosqlite's, asyncpg's), for a call SQLAlchemy has
+        no way to make: its transaction is this connection's."""
+        return await greenlet_spawn(lambda: self.sync_connection.connection.driver_connection)
+
     async def run_sync(
         self, fn: Callable[Concatenate[Connection, _P], _T], *args: _P.args, **kwargs: _P.kwargs
     ) -> _T:
