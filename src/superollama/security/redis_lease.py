@@ -12,10 +12,10 @@ one arrives) is refunded with the next settlement. The stated bound, per bucket:
   when the bucket was not full at the grant: units are charged before they are used, so a bucket with
   room counts them from the grant's time rather than from their use, at most ``LEASE_TTL`` earlier (a
   full bucket's TAT lies ahead of now, where the time of the charge does not move it);
-- at most ``1.25 * min(limit // LEASE_SHARE, LEASE_REQUESTS requests' worth)`` units per gateway process
+- at most ``2 * min(limit // LEASE_SHARE, LEASE_REQUESTS requests' worth)`` units per gateway process
   held back (charged, not yet used) at any moment, each for at most ``LEASE_TTL`` plus ``settle_delay``
-  seconds: the allowance in use, of which a quarter at most is left when the next is taken, and the next.
-  That is 0.125 % of the limit, so a key refused near its limit is refused at most that early;
+  seconds: the allowance in use and the next, taken ahead (by age, most of the one in use may still be
+  unused). That is 0.2 % of the limit, so a key refused near its limit is refused at most that early;
 - only buckets that large get an allowance (worth ``LEASE_MIN`` requests at least: rpm >= 8,000), and
   never a key with a budget (its spend is checked in Redis on every request). Smaller limits behave
   exactly as without it. While Redis is unreachable, what is left of an allowance is still admitted

@@ -9,7 +9,7 @@ tests may inject a clock instead. The commands go through ``resp.RespClient``, p
 
 A busy key with large limits admits its requests without a round trip, from a small allowance charged in
 Redis along with an admission and taken ahead in the background before it runs out (``redis_lease``: at
-most 0.1 % of a limit over an exact limiter, and 0.125 % under it, for at most 60 ms plus
+most 0.1 % of a limit over an exact limiter, and 0.2 % under it, for at most 60 ms plus
 ``settle_delay``). Smaller limits (under 8,000 rpm), and keys with a budget, take the round trip every
 time.
 
