@@ -364,9 +364,10 @@ class RedisRateLimiter(AdmitsSoon, SettlesSoon):
         self, plan: Plan[str], buckets: Sequence[Bucket], grant: list[int], tats: list[float], now: float
     ) -> None:
         """Hold a fresh allowance (what was left of the previous one goes back), and give it back after
-        ``LEASE_TTL`` if no request has used it up by then. ``tats`` (Redis's, after the grant) become
-        what the headers show from now on: with what the key owes and has not sent yet (what went back
-        of earlier allowances, token differences) as the next settlement will leave them."""
+        ``LEASE_TTL`` if no request has used it up by then. ``tats`` (Redis's, after the grant) are
+        adjusted in place, so that the caller's headers show the same: by what the key owes and has not
+        sent yet (what went back of earlier allowances, token differences), as the next settlement will
+        leave them."""
         slot = plan.keys
         old = self._allowances.get(slot)
         if old is not None:
