@@ -85,6 +85,8 @@ def _bucket(key: str, kind: Kind, limit: int, scope: str = "key") -> Bucket:
 
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_new_tuple = tuple.__new__
+_floor, _ceil = math.floor, math.ceil
 
 
 class Admission(NamedTuple):
@@ -139,12 +141,12 @@ class Plan(Generic[K]):
         self.keys: tuple[K, ...] = tuple(store_key(b.key) for b in out)
         self._tokens = any(b.kind == "tokens" for b in out)
         # per kind present, in the headers' order: the three names, then (index, limit, its text, interval,
-        # slack) of each bucket of that kind
+        # the window and the slack) of each bucket of that kind
         self._kinds = tuple(
             (
                 *_HEADER_NAMES[kind],
                 tuple(
-                    (i, b.limit, str(b.limit), b.interval, b.slack)
+                    (i, b.limit, str(b.limit), b.interval, WINDOW + b.slack)
                     for i, b in enumerate(out)
                     if b.kind == kind
                 ),
@@ -163,11 +165,10 @@ class Plan(Generic[K]):
         for bucket in self.buckets:
             if bucket.kind == "requests":
                 out.append(bucket)
-            else:  # positional: a third of the time of ``_replace``
+            else:  # made as the tuple it is: a third of the time of ``Bucket(...)``, a tenth of ``_replace``
                 key, kind, limit, _, scope, interval, slack = bucket
-                out.append(
-                    Bucket(key, kind, limit, tokens if tokens < limit else limit, scope, interval, slack)
-                )
+                cost = tokens if tokens < limit else limit
+                out.append(_new_tuple(Bucket, (key, kind, limit, cost, scope, interval, slack)))
         return tuple(out)
 
     def headers(self, tats: Sequence[float], now: float) -> dict[str, str]:
@@ -178,10 +179,10 @@ class Plan(Generic[K]):
             best = -1
             text = ""
             wait = 0.0
-            for i, limit, limit_text, interval, slack in members:
+            for i, limit, limit_text, interval, window in members:
                 tat = tats[i]
                 ahead = tat - now if tat > now else 0.0
-                remaining = math.floor((WINDOW + slack - ahead) / interval)
+                remaining = _floor((window - ahead) / interval)
                 if remaining > limit:
                     remaining = limit
                 elif remaining < 0:
@@ -190,7 +191,10 @@ class Plan(Generic[K]):
                     best, text, wait = remaining, limit_text, ahead
             headers[limit_name] = text
             headers[remaining_name] = str(best)
-            headers[reset_name] = format_duration(wait)
+            # format_duration's common case inline: every admission has one per kind
+            headers[reset_name] = (
+                _MILLISECONDS[_ceil(wait * 1000) or 1] if 0 < wait < 1 else format_duration(wait)
+            )
         return headers
 
 

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 LEASE_SHARE = 1000  # an allowance is at most 1/1000 of each bucket's limit
-LEASE_REQUESTS = 64  # and at most this many requests' worth of each bucket
+LEASE_REQUESTS = 256  # and at most this many requests' worth of each bucket
 LEASE_MIN = 8  # an allowance smaller than this many requests' worth saves too little to be taken
 LEASE_TTL = 0.06  # seconds an allowance admits from; what is left then goes back to Redis
 # the next allowance is taken ahead when this share of the current one is left, or of its life is gone
@@ -74,6 +74,7 @@ class Allowance:
     taken_at: float  # local monotonic time of the grant
     low: tuple[int, ...] = ()  # units left per bucket under which the next one is taken ahead (set here)
     ahead: bool = False  # whether the next one was asked for (once: a refusal is not asked again)
+    due: bool = False  # whether the last ``take`` found the next one due, and not asked for yet
 
     def __post_init__(self) -> None:
         self.low = tuple(int(n * LEASE_LOW_LEFT) for n in self.left)
@@ -81,32 +82,29 @@ class Allowance:
     def expired(self, monotonic: float) -> bool:
         return monotonic - self.taken_at >= LEASE_TTL
 
-    def running_low(self, monotonic: float) -> bool:
-        """Whether the next allowance is due and not asked for yet: a quarter or less left of a bucket's,
-        or of its life."""
-        if self.ahead:
-            return False
-        if monotonic - self.taken_at >= LEASE_LOW_AGE:
-            return True
-        # a loop, not any() over a generator: asked on every admission from the allowance
-        for n, low in zip(self.left, self.low, strict=True):  # noqa: SIM110
-            if n <= low:
-                return True
-        return False
+    def take(self, plan: Plan[str], buckets: Sequence[Bucket], age: float) -> dict[str, str] | None:
+        """Admit one request costing ``buckets``' costs (``plan``'s, charged) from what is left, ``age``
+        seconds after the grant: its rate headers, or None when some bucket has too little left (the
+        caller goes to Redis). Sets ``due``: whether the next allowance should be asked for now (it was
+        not yet, and a quarter or less is left of a bucket's allowance, or of its life).
 
-    def take(self, plan: Plan[str], buckets: Sequence[Bucket], monotonic: float) -> dict[str, str] | None:
-        """Admit one request costing ``buckets``' costs (``plan``'s, charged) from what is left: its rate
-        headers, or None when some bucket has too little left (the caller goes to Redis)."""
+        One method for all that an admission from the allowance needs (the check, the charge, whether it
+        runs low, the headers): it runs on every request of a busy key."""
         left = self.left
         for i, bucket in enumerate(buckets):
             if left[i] < bucket.cost:
+                self.due = not self.ahead
                 return None
         # the TATs as if the units still left had not been charged yet: what the headers show
-        own, tats = self.buckets, self.tats[:]
+        own, tats, low = self.buckets, self.tats[:], self.low
+        due = age >= LEASE_LOW_AGE
         for i, bucket in enumerate(buckets):
             n = left[i] = left[i] - bucket.cost
             tats[i] -= n * own[i].interval
-        return plan.headers(tats, self.now + (monotonic - self.taken_at))
+            if n <= low[i]:
+                due = True
+        self.due = due and not self.ahead
+        return plan.headers(tats, self.now + age)
 
     def leftover(self) -> list[tuple[Bucket, int]]:
         """What to refund: minus the units left, per bucket (and nothing left after this)."""

@@ -230,7 +230,7 @@ class RedisRateLimiter(AdmitsSoon, SettlesSoon):
         buckets = plan.charge(reserved)
         if not buckets and principal.budget_usd is None:
             return Admission(model, principal, reserved)
-        if self._outage.skip():
+        if self._outage.since is not None and self._outage.skip():  # (inline: every request asks)
             return self._unchecked(model, principal, reserved)
         if not (self._lease and principal.budget_usd is None and buckets):
             return self._admit_in_redis(model, plan, reserved, buckets, None)
@@ -268,13 +268,13 @@ class RedisRateLimiter(AdmitsSoon, SettlesSoon):
         allowance = self._allowances.get(slot)
         if allowance is None:
             return None
-        now_local = self._monotonic()
-        if allowance.expired(now_local):
+        age = self._monotonic() - allowance.taken_at
+        if age >= LEASE_TTL:
             self._return(slot, allowance)
             return None
-        headers = allowance.take(plan, buckets, now_local)
-        if allowance.running_low(now_local) and slot not in self._refills:
-            allowance.ahead = True
+        headers = allowance.take(plan, buckets, age)
+        if allowance.due and slot not in self._refills:
+            allowance.ahead, allowance.due = True, False
             self._take_ahead(plan, buckets)
         return headers
 
@@ -418,24 +418,43 @@ class RedisRateLimiter(AdmitsSoon, SettlesSoon):
         if admission.degraded or principal is None:
             return None
         actual = max(0, int(actual_tokens))
-        deltas = [(b, actual - b.cost) for b in admission.buckets if b.kind == "tokens" and actual != b.cost]
-        if not deltas and cost <= 0:
-            return None
         if self._settle_delay <= 0:
+            deltas = [
+                (b, actual - b.cost) for b in admission.buckets if b.kind == "tokens" and actual != b.cost
+            ]
+            if not deltas and cost <= 0:
+                return None
             return self._send_owed(_Owed(principal).add(deltas, cost))
-        self._owe(principal, deltas, cost)
+        # what the key owes, added to in place: this runs at the end of every request
+        owed = self._owed.get(principal.key_id)
+        for bucket in admission.buckets:
+            if bucket.kind == "tokens" and actual != bucket.cost:
+                if owed is None:
+                    owed = self._owing(principal)
+                slot = (bucket.key, bucket.limit)
+                owed.tokens[slot] = owed.tokens.get(slot, 0) + actual - bucket.cost
+        if cost > 0:
+            if owed is None:
+                owed = self._owing(principal)
+            owed.cost += cost
         return None
 
     def _owe(self, principal: Principal, deltas: Iterable[tuple[Bucket, int]], cost: float) -> None:
         """Add to what the key owes; sent with the next settlement (at most ``settle_delay`` from now)."""
         owed = self._owed.get(principal.key_id)
         if owed is None:
-            owed = self._owed[principal.key_id] = _Owed(principal)
+            owed = self._owing(principal)
         owed.add(deltas, cost)
+
+    def _owing(self, principal: Principal) -> _Owed:
+        """A new entry for what the key owes, sent with the next settlement (one is due by
+        ``settle_delay`` from now)."""
+        owed = self._owed[principal.key_id] = _Owed(principal)
         if self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(
                 max(self._settle_delay, 0.0), self._flush_soon
             )
+        return owed
 
     def _flush_soon(self) -> None:
         self._flush_timer = None
