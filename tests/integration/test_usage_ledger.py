@@ -359,15 +359,29 @@ async def test_sqlite_builds_a_batch_in_its_own_thread_and_gives_the_cpu_up_as_i
         await reg.close()
 
 
+@pytest.mark.parametrize("size", [1, 9, 10, 23])
+async def test_every_batch_size_is_stored_whole_and_in_order(registry: Registry, size: int) -> None:
+    """SQLite takes a batch ten rows a statement, and the rest one a statement: batches of one, under ten,
+    exactly ten and ten-and-more come back whole and in order (each row's own values, nothing shifted
+    between rows of one statement)."""
+    rows = workload()[230 : 230 + size]  # rows of both days, with and without a key, error and usage
+    assert await registry.usage.insert_many(rows) == size
+    stored = await registry.usage.query(since=datetime.fromtimestamp(DAY1 - 1, UTC))
+    assert stored == [replace(r, input=None, output=None) for r in rows]
+
+
+@pytest.mark.parametrize("bad_at", [3, 12], ids=["in a ten-row statement", "in the rest"])
 async def test_a_batch_the_database_refuses_is_a_registry_error_and_leaves_nothing(
-    registry: Registry,
+    registry: Registry, bad_at: int
 ) -> None:
     """A row the table refuses (no request id) fails the whole batch as a ``RegistryError``, writes none of
-    it, and the next batch goes in."""
-    good = workload()[:3]
+    it (not the ten-row statement that went in before the refused row's either), and the next batch goes
+    in."""
+    good = workload()[:13]
+    batch = [*good[:bad_at], replace(good[0], request_id=None), *good[bad_at:]]  # type: ignore[arg-type]
     with pytest.raises(RegistryError, match="recording usage failed"):
-        await registry.usage.insert_many([*good, replace(good[0], request_id=None)])  # type: ignore[arg-type]
+        await registry.usage.insert_many(batch)
     since = datetime.fromtimestamp(DAY1 - 1, UTC)
     assert await registry.usage.query(since=since) == []
-    assert await registry.usage.insert_many(good) == 3
+    assert await registry.usage.insert_many(good) == 13
     assert [r.request_id for r in await registry.usage.query(since=since)] == [r.request_id for r in good]
