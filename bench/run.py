@@ -263,28 +263,30 @@ class Bench:
         live = [r for r in self.running if not r.unavailable]
         runs: dict[tuple[str, str, int], list[wrk.WrkResult]] = {}
         cpu: dict[tuple[str, str, int], list[float]] = {}
+        # Point by point, every system in turn (the order rotated each round): the systems a ratio compares
+        # are measured within a minute of each other, not minutes apart, so that the machine's drift (its
+        # neighbours, its clock) lands on both sides of the ratio.
         for rnd in range(args.repeat):
-            for running in live:
-                for workload in args.workloads:
-                    if workload not in running.targets:
-                        continue
-                    for c in args.concurrency:
-                        try:
-                            if args.warmup > 0:
-                                self.load(running, workload, c, args.warmup)
-                            before = self.cpu_s(running)
-                            result = self.load(running, workload, c, args.duration)
-                        except (RuntimeError, ValueError, subprocess.SubprocessError) as exc:
-                            running.notes.append(f"{workload} c={c} round {rnd + 1} failed: {exc}"[:200])
-                            log(f"{running.label} {workload} c={c}: {exc}")
-                            continue
-                        runs.setdefault((running.name, workload, c), []).append(result)
-                        cpu.setdefault((running.name, workload, c), []).append(self.cpu_s(running) - before)
-                        log(
-                            f"[{rnd + 1}/{args.repeat}] {running.label:32} {workload:4} c={c:<3} "
-                            f"{result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
-                            f"p99 {result.p99_ms:7.2f} ms  errors {result.error_count}"
-                        )
+            turn = live[rnd % len(live) :] + live[: rnd % len(live)] if live else []
+            for workload, c, running in (
+                (w, c, r) for w in args.workloads for c in args.concurrency for r in turn if w in r.targets
+            ):
+                try:
+                    if args.warmup > 0:
+                        self.load(running, workload, c, args.warmup)
+                    before = self.cpu_s(running)
+                    result = self.load(running, workload, c, args.duration)
+                except (RuntimeError, ValueError, subprocess.SubprocessError) as exc:
+                    running.notes.append(f"{workload} c={c} round {rnd + 1} failed: {exc}"[:200])
+                    log(f"{running.label} {workload} c={c}: {exc}")
+                    continue
+                runs.setdefault((running.name, workload, c), []).append(result)
+                cpu.setdefault((running.name, workload, c), []).append(self.cpu_s(running) - before)
+                log(
+                    f"[{rnd + 1}/{args.repeat}] {running.label:32} {workload:4} c={c:<3} "
+                    f"{result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+                    f"p99 {result.p99_ms:7.2f} ms  errors {result.error_count}"
+                )
         for running in live:
             running.rss_after_mb = running.service.rss_mb() if running.service else self.nginx_rss()
             running.notes += systems.ledger_and_log_notes(running)
