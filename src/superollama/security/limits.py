@@ -86,7 +86,7 @@ def _bucket(key: str, kind: Kind, limit: int, scope: str = "key") -> Bucket:
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _new_tuple = tuple.__new__
-_floor, _ceil = math.floor, math.ceil
+_floor = math.floor
 
 
 class Admission(NamedTuple):
@@ -191,10 +191,7 @@ class Plan(Generic[K]):
                     best, text, wait = remaining, limit_text, ahead
             headers[limit_name] = text
             headers[remaining_name] = str(best)
-            # format_duration's common case inline: every admission has one per kind
-            headers[reset_name] = (
-                _MILLISECONDS[_ceil(wait * 1000) or 1] if 0 < wait < 1 else format_duration(wait)
-            )
+            headers[reset_name] = format_duration(wait)
         return headers
 
 

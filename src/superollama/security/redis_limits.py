@@ -156,10 +156,13 @@ class _Owed:
 
     def add(self, deltas: Iterable[tuple[Bucket, int]], cost: float) -> _Owed:
         for bucket, delta in deltas:
-            slot = (bucket.key, bucket.limit)
-            self.tokens[slot] = self.tokens.get(slot, 0) + delta
+            self.add_tokens(bucket, delta)
         self.cost += cost
         return self
+
+    def add_tokens(self, bucket: Bucket, delta: int) -> None:
+        slot = (bucket.key, bucket.limit)
+        self.tokens[slot] = self.tokens.get(slot, 0) + delta
 
 
 class RedisRateLimiter(AdmitsSoon, SettlesSoon):
@@ -230,7 +233,7 @@ class RedisRateLimiter(AdmitsSoon, SettlesSoon):
         buckets = plan.charge(reserved)
         if not buckets and principal.budget_usd is None:
             return Admission(model, principal, reserved)
-        if self._outage.since is not None and self._outage.skip():  # (inline: every request asks)
+        if self._outage.skip():
             return self._unchecked(model, principal, reserved)
         if not (self._lease and principal.budget_usd is None and buckets):
             return self._admit_in_redis(model, plan, reserved, buckets, None)
@@ -274,7 +277,7 @@ class RedisRateLimiter(AdmitsSoon, SettlesSoon):
             return None
         headers = allowance.take(plan, buckets, age)
         if allowance.due and slot not in self._refills:
-            allowance.ahead, allowance.due = True, False
+            allowance.ahead = True  # (``due`` is worked out again by the next take)
             self._take_ahead(plan, buckets)
         return headers
 
@@ -425,26 +428,21 @@ class RedisRateLimiter(AdmitsSoon, SettlesSoon):
             if not deltas and cost <= 0:
                 return None
             return self._send_owed(_Owed(principal).add(deltas, cost))
-        # what the key owes, added to in place: this runs at the end of every request
+        # added to what the key owes as found, with no list of deltas: this runs at the end of every
+        # request (an entry is made only when there is something to owe)
         owed = self._owed.get(principal.key_id)
         for bucket in admission.buckets:
             if bucket.kind == "tokens" and actual != bucket.cost:
-                if owed is None:
-                    owed = self._owing(principal)
-                slot = (bucket.key, bucket.limit)
-                owed.tokens[slot] = owed.tokens.get(slot, 0) + actual - bucket.cost
+                owed = owed or self._owing(principal)
+                owed.add_tokens(bucket, actual - bucket.cost)
         if cost > 0:
-            if owed is None:
-                owed = self._owing(principal)
+            owed = owed or self._owing(principal)
             owed.cost += cost
         return None
 
     def _owe(self, principal: Principal, deltas: Iterable[tuple[Bucket, int]], cost: float) -> None:
         """Add to what the key owes; sent with the next settlement (at most ``settle_delay`` from now)."""
-        owed = self._owed.get(principal.key_id)
-        if owed is None:
-            owed = self._owing(principal)
-        owed.add(deltas, cost)
+        (self._owed.get(principal.key_id) or self._owing(principal)).add(deltas, cost)
 
     def _owing(self, principal: Principal) -> _Owed:
         """A new entry for what the key owes, sent with the next settlement (one is due by
